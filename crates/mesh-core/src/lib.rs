@@ -1,0 +1,21 @@
+//! Pure logic of the mesh node, with no nginx dependency so that `cargo test` can run it.
+//!
+//! * [`name`]: the protocol's identifier character set (streams and nodes).
+//! * [`role`]: the four node roles.
+//! * [`table`]: the relay table (parse + validate, refused whole on any error).
+//! * [`args`]: RTMP/HTTP query arguments (`node`, `key`, `token`).
+//! * [`token`]: viewer tokens (HMAC-SHA256) and broadcaster key hashing.
+//! * [`admission`]: publish/play decisions for every role and session kind.
+//! * [`push`]: which targets a node pushes a stream to, and the push URL.
+
+pub mod admission;
+pub mod args;
+pub mod name;
+pub mod push;
+pub mod role;
+pub mod table;
+pub mod token;
+
+pub use admission::{Decision, PlayRequest, PublishRequest, Refusal, SessionKind};
+pub use role::Role;
+pub use table::{Table, TableError, Target};

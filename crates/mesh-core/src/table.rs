@@ -1,0 +1,387 @@
+//! The relay table: parsed and validated as a whole. Any error refuses the whole table, so a
+//! caller keeps its last good one.
+//!
+//! The JSON shape is the protocol's (docs/protocol.md); unknown fields are ignored.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::name::{for_log, is_valid_id};
+use crate::role::Role;
+
+/// Largest table document accepted, in bytes.
+pub const MAX_TABLE_BYTES: usize = 64 << 20;
+
+/// One push target: a node, where it listens, and the key for this (stream, hop).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub node_id: String,
+    /// `rtmp://host[:port]/app`, checked.
+    pub node_url: String,
+    pub node_key: String,
+    /// For `relay` entries: the node that pushes to this target (absent: a root relay).
+    pub from: Option<String>,
+}
+
+/// A validated relay table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Table {
+    pub version: u64,
+    /// This node's role, when the table says it.
+    pub role: Option<Role>,
+    pub ingest: HashMap<String, Vec<Target>>,
+    pub relay: HashMap<String, Vec<Target>>,
+    /// Stream id → sha256 of the broadcaster's stream key.
+    pub publish: HashMap<String, [u8; 32]>,
+    pub viewer_secret: Option<String>,
+}
+
+/// Why a table was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableError {
+    /// Not JSON, or JSON of the wrong type somewhere.
+    Syntax { line: usize, column: usize, msg: String },
+    /// Well-formed JSON that breaks a rule; `path` names the field (`relay.cam1[0].node_key`).
+    Invalid { path: String, msg: String },
+    TooLarge(usize),
+}
+
+impl fmt::Display for TableError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TableError::Syntax { line, column, msg } => {
+                write!(f, "line {line}, column {column}: {msg}")
+            }
+            TableError::Invalid { path, msg } => write!(f, "{path}: {msg}"),
+            TableError::TooLarge(n) => {
+                write!(f, "table of {n} bytes is larger than {MAX_TABLE_BYTES}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for TableError {}
+
+#[derive(Deserialize)]
+struct RawTable {
+    version: Option<serde_json::Value>,
+    role: Option<String>,
+    #[serde(default)]
+    ingest: HashMap<String, Vec<RawTarget>>,
+    #[serde(default)]
+    relay: HashMap<String, Vec<RawTarget>>,
+    #[serde(default)]
+    publish: HashMap<String, RawPublish>,
+    viewer_secret: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawTarget {
+    node_id: Option<String>,
+    node_url: Option<String>,
+    node_key: Option<String>,
+    from: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawPublish {
+    key_sha256: Option<String>,
+}
+
+fn invalid(path: impl Into<String>, msg: impl Into<String>) -> TableError {
+    TableError::Invalid { path: path.into(), msg: msg.into() }
+}
+
+impl Table {
+    /// Parse and validate a table document.
+    pub fn parse(bytes: &[u8]) -> Result<Table, TableError> {
+        if bytes.len() > MAX_TABLE_BYTES {
+            return Err(TableError::TooLarge(bytes.len()));
+        }
+        let raw: RawTable = serde_json::from_slice(bytes).map_err(|e| TableError::Syntax {
+            line: e.line(),
+            column: e.column(),
+            msg: strip_position(&e.to_string()),
+        })?;
+        raw.validate()
+    }
+
+    /// Targets of `kind` ("ingest" or "relay") for a stream.
+    pub fn entries(&self, kind: EntryKind, stream: &str) -> &[Target] {
+        let map = match kind {
+            EntryKind::Ingest => &self.ingest,
+            EntryKind::Relay => &self.relay,
+        };
+        map.get(stream).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Number of streams named anywhere in the table.
+    pub fn stream_count(&self) -> usize {
+        let mut n = self.publish.len();
+        n += self.ingest.keys().filter(|s| !self.publish.contains_key(*s)).count();
+        n += self
+            .relay
+            .keys()
+            .filter(|s| !self.publish.contains_key(*s) && !self.ingest.contains_key(*s))
+            .count();
+        n
+    }
+}
+
+/// The two lists of targets in a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    Ingest,
+    Relay,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Ingest => "ingest",
+            EntryKind::Relay => "relay",
+        }
+    }
+}
+
+/// serde_json appends " at line L column C"; we report the position ourselves.
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+impl RawTable {
+    fn validate(self) -> Result<Table, TableError> {
+        let version = match self.version {
+            None => 0,
+            Some(v) => v
+                .as_u64()
+                .ok_or_else(|| invalid("version", format!("not a non-negative integer: {v}")))?,
+        };
+        let role = match self.role {
+            None => None,
+            Some(r) => Some(
+                r.parse::<Role>()
+                    .map_err(|()| invalid("role", format!("unknown role \"{}\"", for_log(&r))))?,
+            ),
+        };
+        let ingest = validate_targets(EntryKind::Ingest, self.ingest)?;
+        let relay = validate_targets(EntryKind::Relay, self.relay)?;
+        let mut publish = HashMap::with_capacity(self.publish.len());
+        for (stream, p) in self.publish {
+            check_stream_id("publish", &stream)?;
+            let path = format!("publish.{stream}.key_sha256");
+            let hex = p.key_sha256.ok_or_else(|| invalid(&path, "missing"))?;
+            let mut digest = [0u8; 32];
+            if hex.len() != 64 || hex::decode_to_slice(&hex, &mut digest).is_err() {
+                return Err(invalid(path, "not 64 hex digits"));
+            }
+            publish.insert(stream, digest);
+        }
+        if let Some(secret) = &self.viewer_secret {
+            if secret.is_empty() {
+                return Err(invalid("viewer_secret", "empty"));
+            }
+        }
+        Ok(Table { version, role, ingest, relay, publish, viewer_secret: self.viewer_secret })
+    }
+}
+
+fn check_stream_id(kind: &str, stream: &str) -> Result<(), TableError> {
+    if is_valid_id(stream) {
+        Ok(())
+    } else {
+        Err(invalid(
+            format!("{kind}.\"{}\"", for_log(stream)),
+            "invalid stream id (1-128 of A-Z a-z 0-9 _ -)",
+        ))
+    }
+}
+
+fn validate_targets(
+    kind: EntryKind,
+    raw: HashMap<String, Vec<RawTarget>>,
+) -> Result<HashMap<String, Vec<Target>>, TableError> {
+    let mut out = HashMap::with_capacity(raw.len());
+    for (stream, list) in raw {
+        check_stream_id(kind.as_str(), &stream)?;
+        let mut targets = Vec::with_capacity(list.len());
+        for (i, t) in list.into_iter().enumerate() {
+            let at = |field: &str| format!("{}.{stream}[{i}].{field}", kind.as_str());
+            let node_id = t.node_id.ok_or_else(|| invalid(at("node_id"), "missing"))?;
+            if !is_valid_id(&node_id) {
+                return Err(invalid(
+                    at("node_id"),
+                    format!("invalid node id \"{}\"", for_log(&node_id)),
+                ));
+            }
+            let node_url = t.node_url.ok_or_else(|| invalid(at("node_url"), "missing"))?;
+            check_node_url(&node_url).map_err(|m| invalid(at("node_url"), m))?;
+            let node_key = t.node_key.ok_or_else(|| invalid(at("node_key"), "missing"))?;
+            if !is_valid_key(&node_key) {
+                return Err(invalid(at("node_key"), "invalid key (1-256 of A-Z a-z 0-9 _ - . ~)"));
+            }
+            if let Some(from) = &t.from {
+                if kind == EntryKind::Ingest {
+                    return Err(invalid(at("from"), "only relay entries have \"from\""));
+                }
+                if !is_valid_id(from) {
+                    return Err(invalid(at("from"), format!("invalid node id \"{}\"", for_log(from))));
+                }
+            }
+            targets.push(Target { node_id, node_url, node_key, from: t.from });
+        }
+        out.insert(stream, targets);
+    }
+    Ok(out)
+}
+
+/// Node keys travel in an RTMP query string: URL-safe characters only.
+pub fn is_valid_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 256
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~'))
+}
+
+/// `rtmp://host[:port]/app[/more]`: no query, no whitespace, an app part.
+fn check_node_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("rtmp://")
+        .ok_or_else(|| format!("\"{}\" is not an rtmp:// URL", for_log(url)))?;
+    let bad = |why: &str| format!("\"{}\": {why}", for_log(url));
+    if rest.bytes().any(|b| !b.is_ascii_graphic() || matches!(b, b'?' | b'#' | b'&' | b'"')) {
+        return Err(bad("forbidden character"));
+    }
+    let (host, app) = rest.split_once('/').ok_or_else(|| bad("no application"))?;
+    let app = app.trim_end_matches('/');
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    if app.is_empty() {
+        return Err(bad("no application"));
+    }
+    if let Some((_, port)) = host.rsplit_once(':').filter(|_| !host.ends_with(']')) {
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => {}
+            _ => return Err(bad("invalid port")),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA: &str = "8a5edab282632443219e051e4ade2d1d5bbc671c781051bf1437897cbdfea0f1";
+
+    fn good() -> serde_json::Value {
+        serde_json::json!({
+            "version": 42,
+            "role": "relay",
+            "ingest": {"cam1": [{"node_id": "root-1", "node_url": "rtmp://10.0.0.2:1935/relay", "node_key": "k-ingest-root1-cam1"}]},
+            "relay": {"cam1": [
+                {"node_id": "edge-1", "node_url": "rtmp://10.0.0.3:1935/relay", "node_key": "k-root1-edge1-cam1"},
+                {"node_id": "edge-9", "node_url": "rtmp://10.0.0.9/relay", "node_key": "k-edge1-edge9-cam1", "from": "edge-1"}
+            ]},
+            "publish": {"cam1": {"key_sha256": SHA}},
+            "viewer_secret": "s3cret",
+            "future_field": {"ignored": true}
+        })
+    }
+
+    fn parse(v: &serde_json::Value) -> Result<Table, TableError> {
+        Table::parse(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn protocol_example_parses() {
+        let t = parse(&good()).unwrap();
+        assert_eq!(t.version, 42);
+        assert_eq!(t.role, Some(Role::Relay));
+        assert_eq!(t.entries(EntryKind::Relay, "cam1").len(), 2);
+        assert_eq!(t.entries(EntryKind::Relay, "cam1")[1].from.as_deref(), Some("edge-1"));
+        assert_eq!(t.entries(EntryKind::Ingest, "nope").len(), 0);
+        assert_eq!(hex::encode(t.publish["cam1"]), SHA);
+        assert_eq!(t.viewer_secret.as_deref(), Some("s3cret"));
+        assert_eq!(t.stream_count(), 1);
+    }
+
+    #[test]
+    fn empty_object_is_an_empty_table() {
+        let t = Table::parse(b"{}").unwrap();
+        assert_eq!(t, Table::default());
+    }
+
+    #[test]
+    fn syntax_errors_carry_a_position() {
+        let e = Table::parse(b"{\n  \"version\": 1,\n  \"relay\": [\n").unwrap_err();
+        match e {
+            TableError::Syntax { line, .. } => assert_eq!(line, 3),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(Table::parse(b""), Err(TableError::Syntax { .. })));
+        assert!(matches!(Table::parse(b"[]"), Err(TableError::Syntax { .. })));
+        let e = Table::parse(br#"{"relay": {"cam1": {"node_id": "x"}}}"#).unwrap_err();
+        assert!(e.to_string().starts_with("line 1, column "), "{e}");
+    }
+
+    /// Each mutation of the good table must be refused with the given field path.
+    #[test]
+    fn invalid_tables_are_refused_with_the_field() {
+        type Mutation = fn(&mut serde_json::Value);
+        let cases: Vec<(Mutation, &str)> = vec![
+            (|v| v["role"] = "edge".into(), "role: unknown role \"edge\""),
+            (|v| v["version"] = (-1).into(), "version:"),
+            (|v| v["version"] = "1".into(), "version:"),
+            (|v| v["relay"]["cam1"][0]["node_key"] = serde_json::Value::Null, "relay.cam1[0].node_key: missing"),
+            (|v| v["relay"]["cam1"][0]["node_key"] = "".into(), "relay.cam1[0].node_key: invalid key"),
+            (|v| { v["relay"]["cam1"][0].as_object_mut().unwrap().remove("node_key"); }, "relay.cam1[0].node_key: missing"),
+            (|v| { v["ingest"]["cam1"][0].as_object_mut().unwrap().remove("node_id"); }, "ingest.cam1[0].node_id: missing"),
+            (|v| { v["ingest"]["cam1"][0].as_object_mut().unwrap().remove("node_url"); }, "ingest.cam1[0].node_url: missing"),
+            (|v| v["ingest"]["cam1"][0]["node_id"] = "a b".into(), "ingest.cam1[0].node_id: invalid node id"),
+            (|v| v["ingest"]["cam1"][0]["node_key"] = "k&x=1".into(), "ingest.cam1[0].node_key: invalid key"),
+            (|v| v["ingest"]["cam1"][0]["node_url"] = "http://x/relay".into(), "is not an rtmp:// URL"),
+            (|v| v["ingest"]["cam1"][0]["node_url"] = "rtmp://x".into(), "no application"),
+            (|v| v["ingest"]["cam1"][0]["node_url"] = "rtmp://x:99999/a".into(), "invalid port"),
+            (|v| v["ingest"]["cam1"][0]["node_url"] = "rtmp://x/a?k=1".into(), "forbidden character"),
+            (|v| v["ingest"]["cam1"][0]["node_url"] = "rtmp:///a".into(), "no host"),
+            (|v| v["ingest"]["cam1"][0]["from"] = "edge-1".into(), "ingest.cam1[0].from: only relay"),
+            (|v| v["relay"]["cam1"][1]["from"] = "../x".into(), "relay.cam1[1].from: invalid node id"),
+            (|v| v["ingest"]["../etc"] = serde_json::json!([]), "ingest.\"../etc\": invalid stream id"),
+            (|v| v["relay"]["a b"] = serde_json::json!([]), "relay.\"a b\": invalid stream id"),
+            (|v| v["publish"][&"x".repeat(129)] = serde_json::json!({"key_sha256": SHA}), "publish.\"xxx"),
+            (|v| v["publish"]["cam1"]["key_sha256"] = "abc".into(), "publish.cam1.key_sha256: not 64 hex"),
+            (|v| { v["publish"]["cam1"].as_object_mut().unwrap().remove("key_sha256"); }, "publish.cam1.key_sha256: missing"),
+            (|v| v["viewer_secret"] = "".into(), "viewer_secret: empty"),
+        ];
+        for (i, (mutate, want)) in cases.into_iter().enumerate() {
+            let mut v = good();
+            mutate(&mut v);
+            let err = parse(&v).expect_err(&format!("case {i} ({want}) accepted"));
+            assert!(err.to_string().contains(want), "case {i}: {err} does not contain {want}");
+        }
+    }
+
+    #[test]
+    fn wrong_types_are_syntax_errors() {
+        for doc in [
+            r#"{"relay": {"cam1": "x"}}"#,
+            r#"{"publish": {"cam1": []}}"#,
+            r#"{"role": 3}"#,
+            r#"{"ingest": {"cam1": [{"node_id": 1}]}}"#,
+        ] {
+            assert!(matches!(Table::parse(doc.as_bytes()), Err(TableError::Syntax { .. })), "{doc}");
+        }
+    }
+
+    #[test]
+    fn too_large_is_refused_before_parsing() {
+        let big = vec![b' '; MAX_TABLE_BYTES + 1];
+        assert_eq!(Table::parse(&big), Err(TableError::TooLarge(MAX_TABLE_BYTES + 1)));
+    }
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install the Debian packages that building and testing need. Idempotent and quiet when
+# everything is already there. Needs root (apt-get) only when something is missing.
+set -euo pipefail
+
+want=(build-essential pkg-config libpcre2-dev libssl-dev zlib1g-dev libclang-dev dpkg-dev xz-utils
+      ffmpeg perl curl ca-certificates)
+[ "${1:-}" = "--test" ] && want+=(libjson-pp-perl libhttp-tiny-perl)
+
+missing=()
+for p in "${want[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "deps: installing ${missing[*]}"
+if [ "$(id -u)" -ne 0 ]; then
+	echo "deps: missing packages and not root; install them: apt-get install ${missing[*]}" >&2
+	exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
