@@ -42,9 +42,16 @@ pub struct Table {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TableError {
     /// Not JSON, or JSON of the wrong type somewhere.
-    Syntax { line: usize, column: usize, msg: String },
+    Syntax {
+        line: usize,
+        column: usize,
+        msg: String,
+    },
     /// Well-formed JSON that breaks a rule; `path` names the field (`relay.cam1[0].node_key`).
-    Invalid { path: String, msg: String },
+    Invalid {
+        path: String,
+        msg: String,
+    },
     TooLarge(usize),
 }
 
@@ -91,7 +98,10 @@ struct RawPublish {
 }
 
 fn invalid(path: impl Into<String>, msg: impl Into<String>) -> TableError {
-    TableError::Invalid { path: path.into(), msg: msg.into() }
+    TableError::Invalid {
+        path: path.into(),
+        msg: msg.into(),
+    }
 }
 
 impl Table {
@@ -120,7 +130,11 @@ impl Table {
     /// Number of streams named anywhere in the table.
     pub fn stream_count(&self) -> usize {
         let mut n = self.publish.len();
-        n += self.ingest.keys().filter(|s| !self.publish.contains_key(*s)).count();
+        n += self
+            .ingest
+            .keys()
+            .filter(|s| !self.publish.contains_key(*s))
+            .count();
         n += self
             .relay
             .keys()
@@ -187,7 +201,14 @@ impl RawTable {
                 return Err(invalid("viewer_secret", "empty"));
             }
         }
-        Ok(Table { version, role, ingest, relay, publish, viewer_secret: self.viewer_secret })
+        Ok(Table {
+            version,
+            role,
+            ingest,
+            relay,
+            publish,
+            viewer_secret: self.viewer_secret,
+        })
     }
 }
 
@@ -219,21 +240,36 @@ fn validate_targets(
                     format!("invalid node id \"{}\"", for_log(&node_id)),
                 ));
             }
-            let node_url = t.node_url.ok_or_else(|| invalid(at("node_url"), "missing"))?;
+            let node_url = t
+                .node_url
+                .ok_or_else(|| invalid(at("node_url"), "missing"))?;
             check_node_url(&node_url).map_err(|m| invalid(at("node_url"), m))?;
-            let node_key = t.node_key.ok_or_else(|| invalid(at("node_key"), "missing"))?;
+            let node_key = t
+                .node_key
+                .ok_or_else(|| invalid(at("node_key"), "missing"))?;
             if !is_valid_key(&node_key) {
-                return Err(invalid(at("node_key"), "invalid key (1-256 of A-Z a-z 0-9 _ - . ~)"));
+                return Err(invalid(
+                    at("node_key"),
+                    "invalid key (1-256 of A-Z a-z 0-9 _ - . ~)",
+                ));
             }
             if let Some(from) = &t.from {
                 if kind == EntryKind::Ingest {
                     return Err(invalid(at("from"), "only relay entries have \"from\""));
                 }
                 if !is_valid_id(from) {
-                    return Err(invalid(at("from"), format!("invalid node id \"{}\"", for_log(from))));
+                    return Err(invalid(
+                        at("from"),
+                        format!("invalid node id \"{}\"", for_log(from)),
+                    ));
                 }
             }
-            targets.push(Target { node_id, node_url, node_key, from: t.from });
+            targets.push(Target {
+                node_id,
+                node_url,
+                node_key,
+                from: t.from,
+            });
         }
         out.insert(stream, targets);
     }
@@ -244,7 +280,8 @@ fn validate_targets(
 pub fn is_valid_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 256
-        && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~'))
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~'))
 }
 
 /// `rtmp://host[:port]/app[/more]`: no query, no whitespace, an app part.
@@ -253,7 +290,10 @@ fn check_node_url(url: &str) -> Result<(), String> {
         .strip_prefix("rtmp://")
         .ok_or_else(|| format!("\"{}\" is not an rtmp:// URL", for_log(url)))?;
     let bad = |why: &str| format!("\"{}\": {why}", for_log(url));
-    if rest.bytes().any(|b| !b.is_ascii_graphic() || matches!(b, b'?' | b'#' | b'&' | b'"')) {
+    if rest
+        .bytes()
+        .any(|b| !b.is_ascii_graphic() || matches!(b, b'?' | b'#' | b'&' | b'"'))
+    {
         return Err(bad("forbidden character"));
     }
     let (host, app) = rest.split_once('/').ok_or_else(|| bad("no application"))?;
@@ -304,7 +344,10 @@ mod tests {
         assert_eq!(t.version, 42);
         assert_eq!(t.role, Some(Role::Relay));
         assert_eq!(t.entries(EntryKind::Relay, "cam1").len(), 2);
-        assert_eq!(t.entries(EntryKind::Relay, "cam1")[1].from.as_deref(), Some("edge-1"));
+        assert_eq!(
+            t.entries(EntryKind::Relay, "cam1")[1].from.as_deref(),
+            Some("edge-1")
+        );
         assert_eq!(t.entries(EntryKind::Ingest, "nope").len(), 0);
         assert_eq!(hex::encode(t.publish["cam1"]), SHA);
         assert_eq!(t.viewer_secret.as_deref(), Some("s3cret"));
@@ -325,7 +368,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(Table::parse(b""), Err(TableError::Syntax { .. })));
-        assert!(matches!(Table::parse(b"[]"), Err(TableError::Syntax { .. })));
+        assert!(matches!(
+            Table::parse(b"[]"),
+            Err(TableError::Syntax { .. })
+        ));
         let e = Table::parse(br#"{"relay": {"cam1": {"node_id": "x"}}}"#).unwrap_err();
         assert!(e.to_string().starts_with("line 1, column "), "{e}");
     }
@@ -338,32 +384,112 @@ mod tests {
             (|v| v["role"] = "edge".into(), "role: unknown role \"edge\""),
             (|v| v["version"] = (-1).into(), "version:"),
             (|v| v["version"] = "1".into(), "version:"),
-            (|v| v["relay"]["cam1"][0]["node_key"] = serde_json::Value::Null, "relay.cam1[0].node_key: missing"),
-            (|v| v["relay"]["cam1"][0]["node_key"] = "".into(), "relay.cam1[0].node_key: invalid key"),
-            (|v| { v["relay"]["cam1"][0].as_object_mut().unwrap().remove("node_key"); }, "relay.cam1[0].node_key: missing"),
-            (|v| { v["ingest"]["cam1"][0].as_object_mut().unwrap().remove("node_id"); }, "ingest.cam1[0].node_id: missing"),
-            (|v| { v["ingest"]["cam1"][0].as_object_mut().unwrap().remove("node_url"); }, "ingest.cam1[0].node_url: missing"),
-            (|v| v["ingest"]["cam1"][0]["node_id"] = "a b".into(), "ingest.cam1[0].node_id: invalid node id"),
-            (|v| v["ingest"]["cam1"][0]["node_key"] = "k&x=1".into(), "ingest.cam1[0].node_key: invalid key"),
-            (|v| v["ingest"]["cam1"][0]["node_url"] = "http://x/relay".into(), "is not an rtmp:// URL"),
-            (|v| v["ingest"]["cam1"][0]["node_url"] = "rtmp://x".into(), "no application"),
-            (|v| v["ingest"]["cam1"][0]["node_url"] = "rtmp://x:99999/a".into(), "invalid port"),
-            (|v| v["ingest"]["cam1"][0]["node_url"] = "rtmp://x/a?k=1".into(), "forbidden character"),
-            (|v| v["ingest"]["cam1"][0]["node_url"] = "rtmp:///a".into(), "no host"),
-            (|v| v["ingest"]["cam1"][0]["from"] = "edge-1".into(), "ingest.cam1[0].from: only relay"),
-            (|v| v["relay"]["cam1"][1]["from"] = "../x".into(), "relay.cam1[1].from: invalid node id"),
-            (|v| v["ingest"]["../etc"] = serde_json::json!([]), "ingest.\"../etc\": invalid stream id"),
-            (|v| v["relay"]["a b"] = serde_json::json!([]), "relay.\"a b\": invalid stream id"),
-            (|v| v["publish"][&"x".repeat(129)] = serde_json::json!({"key_sha256": SHA}), "publish.\"xxx"),
-            (|v| v["publish"]["cam1"]["key_sha256"] = "abc".into(), "publish.cam1.key_sha256: not 64 hex"),
-            (|v| { v["publish"]["cam1"].as_object_mut().unwrap().remove("key_sha256"); }, "publish.cam1.key_sha256: missing"),
+            (
+                |v| v["relay"]["cam1"][0]["node_key"] = serde_json::Value::Null,
+                "relay.cam1[0].node_key: missing",
+            ),
+            (
+                |v| v["relay"]["cam1"][0]["node_key"] = "".into(),
+                "relay.cam1[0].node_key: invalid key",
+            ),
+            (
+                |v| {
+                    v["relay"]["cam1"][0]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("node_key");
+                },
+                "relay.cam1[0].node_key: missing",
+            ),
+            (
+                |v| {
+                    v["ingest"]["cam1"][0]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("node_id");
+                },
+                "ingest.cam1[0].node_id: missing",
+            ),
+            (
+                |v| {
+                    v["ingest"]["cam1"][0]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("node_url");
+                },
+                "ingest.cam1[0].node_url: missing",
+            ),
+            (
+                |v| v["ingest"]["cam1"][0]["node_id"] = "a b".into(),
+                "ingest.cam1[0].node_id: invalid node id",
+            ),
+            (
+                |v| v["ingest"]["cam1"][0]["node_key"] = "k&x=1".into(),
+                "ingest.cam1[0].node_key: invalid key",
+            ),
+            (
+                |v| v["ingest"]["cam1"][0]["node_url"] = "http://x/relay".into(),
+                "is not an rtmp:// URL",
+            ),
+            (
+                |v| v["ingest"]["cam1"][0]["node_url"] = "rtmp://x".into(),
+                "no application",
+            ),
+            (
+                |v| v["ingest"]["cam1"][0]["node_url"] = "rtmp://x:99999/a".into(),
+                "invalid port",
+            ),
+            (
+                |v| v["ingest"]["cam1"][0]["node_url"] = "rtmp://x/a?k=1".into(),
+                "forbidden character",
+            ),
+            (
+                |v| v["ingest"]["cam1"][0]["node_url"] = "rtmp:///a".into(),
+                "no host",
+            ),
+            (
+                |v| v["ingest"]["cam1"][0]["from"] = "edge-1".into(),
+                "ingest.cam1[0].from: only relay",
+            ),
+            (
+                |v| v["relay"]["cam1"][1]["from"] = "../x".into(),
+                "relay.cam1[1].from: invalid node id",
+            ),
+            (
+                |v| v["ingest"]["../etc"] = serde_json::json!([]),
+                "ingest.\"../etc\": invalid stream id",
+            ),
+            (
+                |v| v["relay"]["a b"] = serde_json::json!([]),
+                "relay.\"a b\": invalid stream id",
+            ),
+            (
+                |v| v["publish"][&"x".repeat(129)] = serde_json::json!({"key_sha256": SHA}),
+                "publish.\"xxx",
+            ),
+            (
+                |v| v["publish"]["cam1"]["key_sha256"] = "abc".into(),
+                "publish.cam1.key_sha256: not 64 hex",
+            ),
+            (
+                |v| {
+                    v["publish"]["cam1"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("key_sha256");
+                },
+                "publish.cam1.key_sha256: missing",
+            ),
             (|v| v["viewer_secret"] = "".into(), "viewer_secret: empty"),
         ];
         for (i, (mutate, want)) in cases.into_iter().enumerate() {
             let mut v = good();
             mutate(&mut v);
             let err = parse(&v).expect_err(&format!("case {i} ({want}) accepted"));
-            assert!(err.to_string().contains(want), "case {i}: {err} does not contain {want}");
+            assert!(
+                err.to_string().contains(want),
+                "case {i}: {err} does not contain {want}"
+            );
         }
     }
 
@@ -375,13 +501,19 @@ mod tests {
             r#"{"role": 3}"#,
             r#"{"ingest": {"cam1": [{"node_id": 1}]}}"#,
         ] {
-            assert!(matches!(Table::parse(doc.as_bytes()), Err(TableError::Syntax { .. })), "{doc}");
+            assert!(
+                matches!(Table::parse(doc.as_bytes()), Err(TableError::Syntax { .. })),
+                "{doc}"
+            );
         }
     }
 
     #[test]
     fn too_large_is_refused_before_parsing() {
         let big = vec![b' '; MAX_TABLE_BYTES + 1];
-        assert_eq!(Table::parse(&big), Err(TableError::TooLarge(MAX_TABLE_BYTES + 1)));
+        assert_eq!(
+            Table::parse(&big),
+            Err(TableError::TooLarge(MAX_TABLE_BYTES + 1))
+        );
     }
 }

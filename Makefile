@@ -1,0 +1,58 @@
+# ngx_rtmp_mesh — build, run and test. See README.md.
+#
+#   make dist    build nginx 1.22.1 + nginx-rtmp-module 1.2.2 + our module into dist/
+#   make run     build, then run a standalone node from conf/standalone.conf
+#   make test    build, then run every test (unit tests, then t/*.t with prove)
+#   make stock   build the module against Debian's stock nginx (nginx-dev) into dist/stock/
+#   make check   cargo fmt --check, clippy -D warnings, cargo test
+
+SHELL := /bin/bash
+TOP := $(CURDIR)
+NGX := $(TOP)/nginx-src/nginx-1.22.1
+RTMP := $(TOP)/nginx-src/nginx-rtmp-module
+export NGINX_BUILD_DIR := $(NGX)/objs
+export NGX_RTMP_MODULE_DIR := $(RTMP)
+CARGO ?= cargo
+PROVE ?= prove
+
+.PHONY: all dist deps sources nginx module run test unit prove stock check clean
+
+all: dist
+
+deps:
+	@bash scripts/deps.sh --test
+
+sources: deps
+	@bash scripts/fetch-sources.sh
+
+nginx: sources
+	@bash scripts/build-nginx.sh
+
+module: nginx
+	@$(CARGO) build --release -p ngx_rtmp_mesh --locked
+
+dist: module
+	@bash scripts/assemble-dist.sh
+
+run: dist
+	@bash scripts/run-standalone.sh
+
+unit:
+	@$(CARGO) test --locked -p mesh-core
+
+prove: dist
+	@TEST_NGINX_BINARY=$${TEST_NGINX_BINARY:-$(TOP)/dist/sbin/nginx} $(PROVE) -r -I t/lib t/
+
+test: check dist stock
+	@TEST_NGINX_BINARY=$${TEST_NGINX_BINARY:-$(TOP)/dist/sbin/nginx} $(PROVE) -r -I t/lib t/
+
+stock: sources
+	@bash scripts/build-stock.sh
+
+check: nginx
+	@$(CARGO) fmt --all --check
+	@$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	@$(CARGO) test --locked -p mesh-core
+
+clean:
+	rm -rf dist target

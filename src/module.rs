@@ -1,0 +1,117 @@
+//! The module's definition: directives, rtmp module context, and the handler chains it heads.
+
+use std::ffi::c_void;
+use std::mem::offset_of;
+use std::ptr::{addr_of, addr_of_mut, null_mut};
+
+use ngx::ngx_string;
+
+use crate::conf::{self, AppConf, MainConf};
+use crate::ffi::*;
+use crate::session;
+
+const MAIN_CONF_OFFSET: ngx_uint_t = offset_of!(ngx_rtmp_conf_ctx_t, main_conf) as ngx_uint_t;
+const APP_CONF_OFFSET: ngx_uint_t = offset_of!(ngx_rtmp_conf_ctx_t, app_conf) as ngx_uint_t;
+const MAIN_TAKE1: ngx_uint_t = (NGX_RTMP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t;
+
+static mut COMMANDS: [ngx_command_t; 5] = [
+    ngx_command_t {
+        name: ngx_string!("mesh_node_id"),
+        type_: MAIN_TAKE1,
+        set: Some(conf::set_node_id),
+        conf: MAIN_CONF_OFFSET,
+        offset: 0,
+        post: null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("mesh_role"),
+        type_: MAIN_TAKE1,
+        set: Some(conf::set_role),
+        conf: MAIN_CONF_OFFSET,
+        offset: 0,
+        post: null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("mesh_table_file"),
+        type_: MAIN_TAKE1,
+        set: Some(conf::set_table_file),
+        conf: MAIN_CONF_OFFSET,
+        offset: 0,
+        post: null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("mesh"),
+        type_: (NGX_RTMP_MAIN_CONF | NGX_RTMP_SRV_CONF | NGX_RTMP_APP_CONF | NGX_CONF_FLAG)
+            as ngx_uint_t,
+        set: Some(ngx_conf_set_flag_slot),
+        conf: APP_CONF_OFFSET,
+        offset: offset_of!(AppConf, mesh) as ngx_uint_t,
+        post: null_mut(),
+    },
+    ngx_command_t::empty(),
+];
+
+static MODULE_CTX: ngx_rtmp_module_t = ngx_rtmp_module_t {
+    preconfiguration: None,
+    postconfiguration: Some(postconfiguration),
+    create_main_conf: Some(conf::create_main_conf),
+    init_main_conf: Some(conf::init_main_conf),
+    create_srv_conf: None,
+    merge_srv_conf: None,
+    create_app_conf: Some(conf::create_app_conf),
+    merge_app_conf: Some(conf::merge_app_conf),
+};
+
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_rtmp_mesh_module: ngx_module_t = ngx_module_t {
+    ctx: addr_of!(MODULE_CTX) as *mut c_void,
+    commands: addr_of_mut!(COMMANDS) as *mut ngx_command_t,
+    type_: NGX_RTMP_MODULE as ngx_uint_t,
+    ..ngx_module_t::default()
+};
+
+ngx::ngx_modules!(ngx_rtmp_mesh_module);
+
+/// Our rtmp ctx index (slot in main_conf/app_conf/ctx arrays).
+pub fn ctx_index() -> usize {
+    // SAFETY: ctx_index is written once by nginx at configuration time, before any session.
+    unsafe { (*addr_of!(ngx_rtmp_mesh_module)).ctx_index }
+}
+
+/// The module's address, used as the tag of our relay pushes.
+pub fn module_ptr() -> *mut c_void {
+    addr_of_mut!(ngx_rtmp_mesh_module).cast()
+}
+
+/// Our main conf for a session.
+///
+/// # Safety
+/// `s` must be a live session whose configuration includes this module.
+pub unsafe fn session_main_conf<'a>(s: *mut ngx_rtmp_session_t) -> &'a MainConf {
+    // SAFETY: the rtmp core fills s->main_conf with every rtmp module's main conf.
+    unsafe { &*(*(*s).main_conf.add(ctx_index())).cast::<MainConf>() }
+}
+
+/// Our app conf for a session (None before `connect` chose an application).
+///
+/// # Safety
+/// `s` must be a live session.
+pub unsafe fn session_app_conf<'a>(s: *mut ngx_rtmp_session_t) -> Option<&'a AppConf> {
+    // SAFETY: app_conf is null until connect, then the application's conf array.
+    unsafe {
+        let app = (*s).app_conf;
+        if app.is_null() {
+            return None;
+        }
+        (*app.add(ctx_index())).cast::<AppConf>().as_ref()
+    }
+}
+
+unsafe extern "C" fn postconfiguration(_cf: *mut ngx_conf_t) -> ngx_int_t {
+    // SAFETY: configuration time, single-threaded: nginx-rtmp's handler chains are plain
+    // globals that every module links itself into here ("next_publish" pattern). Loaded last,
+    // we run first.
+    unsafe { session::hook_chains() };
+    NGX_OK as ngx_int_t
+}

@@ -1,0 +1,77 @@
+//! Small helpers of the nginx glue: panics kept off the FFI boundary, Rust values in nginx
+//! pools, and string conversions.
+
+use std::ffi::{c_char, c_void};
+use std::mem;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+
+use crate::ffi::*;
+
+/// Run `f`, turning a panic into `fallback`. Every `extern "C"` entry of the module goes
+/// through this: a panic must never unwind into nginx. The panic message itself reaches the
+/// error log through stderr (nginx points stderr there).
+pub fn guard<R>(fallback: R, f: impl FnOnce() -> R) -> R {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(fallback)
+}
+
+/// `NGX_CONF_ERROR` as a directive/handler return value.
+pub const CONF_ERROR: *mut c_char = usize::MAX as *mut c_char;
+/// `NGX_CONF_OK`.
+pub const CONF_OK: *mut c_char = ptr::null_mut();
+
+/// Move `value` into memory owned by `pool`; it is dropped when the pool is destroyed.
+/// Returns null when the pool is out of memory.
+///
+/// # Safety
+/// `pool` must be a live nginx pool.
+pub unsafe fn pool_new<T>(pool: *mut ngx_pool_t, value: T) -> *mut T {
+    // ngx_palloc aligns to NGX_ALIGNMENT (sizeof(unsigned long)).
+    assert!(
+        mem::align_of::<T>() <= mem::size_of::<usize>(),
+        "over-aligned pool type"
+    );
+    unsafe extern "C" fn drop_value<T>(data: *mut c_void) {
+        // SAFETY: `data` is the T written by pool_new, dropped exactly once by the pool.
+        guard((), || unsafe { ptr::drop_in_place(data.cast::<T>()) })
+    }
+    // SAFETY: the caller gives a live pool; the cleanup's data block is sized for T.
+    unsafe {
+        let cln = ngx_pool_cleanup_add(pool, mem::size_of::<T>());
+        if cln.is_null() {
+            return ptr::null_mut();
+        }
+        let p = (*cln).data.cast::<T>();
+        ptr::write(p, value);
+        (*cln).handler = Some(drop_value::<T>);
+        p
+    }
+}
+
+/// The bytes of an `ngx_str_t`.
+///
+/// # Safety
+/// `s` must point to `len` readable bytes (or be empty) for the returned lifetime.
+pub unsafe fn str_bytes<'a>(s: &ngx_str_t) -> &'a [u8] {
+    if s.len == 0 || s.data.is_null() {
+        &[]
+    } else {
+        // SAFETY: the caller guarantees data/len describe readable memory.
+        unsafe { std::slice::from_raw_parts(s.data, s.len) }
+    }
+}
+
+/// A NUL-terminated fixed buffer (nginx-rtmp's `name[]`, `args[]`) as text, lossily.
+pub fn cbuf_str(buf: &[u8]) -> std::borrow::Cow<'_, str> {
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end])
+}
+
+/// Copy `bytes` into `pool` as an `ngx_str_t`.
+///
+/// # Safety
+/// `pool` must be a live nginx pool.
+pub unsafe fn pool_str(pool: *mut ngx_pool_t, bytes: &[u8]) -> Option<ngx_str_t> {
+    // SAFETY: pool is live; from_bytes copies into it.
+    unsafe { ngx_str_t::from_bytes(pool, bytes) }
+}
