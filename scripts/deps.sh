@@ -5,7 +5,7 @@ set -euo pipefail
 
 want=(build-essential pkg-config libpcre2-dev libssl-dev zlib1g-dev libclang-dev dpkg-dev xz-utils
       ffmpeg perl curl ca-certificates)
-[ "${1:-}" = "--test" ] && want+=(libjson-pp-perl libhttp-tiny-perl)
+# Perl tests use only core modules (Test::More, Digest::SHA, JSON::PP, HTTP::Tiny).
 
 missing=()
 for p in "${want[@]}"; do

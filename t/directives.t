@@ -1,0 +1,112 @@
+#!/usr/bin/perl
+
+# Directive and table errors: `nginx -t` fails, names the directive or file, the bad value and
+# where (file:line), in nginx's wording; good configurations pass.
+
+use strict;
+use warnings;
+use Test::More;
+use lib 't/lib';
+use Mesh::Test qw(sha256_hex);
+
+plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
+
+my $t = Mesh::Test->new(name => 'conf');
+my $dir = $t->testdir;
+my $sha = sha256_hex('k');
+
+$t->write_file('good.json', qq({"version": 3, "publish": {"cam1": {"key_sha256": "$sha"}}}));
+$t->write_file('relay.json', qq({"version": 3, "role": "relay"}));
+mkdir "$dir/adir";
+
+my %tables = (
+	'syntax.json' => qq({\n  "version": 1,\n  "relay": {\n}),
+	'role.json' => q({"role": "edge"}),
+	'stream.json' => q({"ingest": {"../etc": []}}),
+	'space.json' => q({"relay": {"a b": []}}),
+	'nokey.json' => q({"ingest": {"cam1": [{"node_id": "r1", "node_url": "rtmp://127.0.0.1/relay"}]}}),
+	'nodeid.json' => q({"ingest": {"cam1": [{"node_id": "r 1", "node_url": "rtmp://127.0.0.1/relay", "node_key": "k"}]}}),
+	'sha.json' => q({"publish": {"cam1": {"key_sha256": "xyz"}}}),
+	'url.json' => q({"ingest": {"cam1": [{"node_id": "r1", "node_url": "http://127.0.0.1/relay", "node_key": "k"}]}}),
+	'version.json' => q({"version": "one"}),
+);
+$t->write_file($_, $tables{$_}) for keys %tables;
+
+# [ directives at rtmp{} level, expected message (regex), line of the block named (or undef) ]
+my @bad = (
+	[ 'mesh_node_id "a b";', qr/invalid value "a b" in "mesh_node_id" directive, it must be 1-128 characters/, 1 ],
+	[ "mesh_node_id a;\n    mesh_node_id b;", qr/"mesh_node_id" directive is duplicate/, 2 ],
+	[ 'mesh_node_id;', qr/invalid number of arguments in "mesh_node_id" directive/, 1 ],
+	[ 'mesh_role edge;', qr/invalid value "edge" in "mesh_role" directive, it must be "ingest", "root_relay", "relay" or "standalone"/, 1 ],
+	[ "mesh_role relay;\n    mesh_role relay;", qr/"mesh_role" directive is duplicate/, 2 ],
+	[ 'mesh_role ingest;', qr/"mesh_node_id" is required for role "ingest"/ ],
+	[ 'mesh_table_file relay.json;', qr/"mesh_node_id" is required for role "relay"/ ],
+	[ 'mesh_table_file missing.json;', qr/mesh_table_file "\Q$dir\E\/missing.json": open\(\) failed \(2: No such file or directory\)/, 1 ],
+	[ 'mesh_table_file adir;', qr/mesh_table_file "\Q$dir\E\/adir": (?:open|read)\(\) failed \(21: Is a directory\)/, 1 ],
+	[ "mesh_table_file good.json;\n    mesh_table_file good.json;", qr/"mesh_table_file" directive is duplicate/, 2 ],
+	[ 'mesh_table_file syntax.json;', qr/syntax.json": invalid table: line 4, column 1: /, 1 ],
+	[ 'mesh_table_file role.json;', qr/role.json": invalid table: role: unknown role "edge"/, 1 ],
+	[ 'mesh_table_file stream.json;', qr/invalid table: ingest."..\/etc": invalid stream id/, 1 ],
+	[ 'mesh_table_file space.json;', qr/invalid table: relay."a b": invalid stream id/, 1 ],
+	[ 'mesh_table_file nokey.json;', qr/invalid table: ingest.cam1\[0\].node_key: missing/, 1 ],
+	[ 'mesh_table_file nodeid.json;', qr/invalid table: ingest.cam1\[0\].node_id: invalid node id "r 1"/, 1 ],
+	[ 'mesh_table_file sha.json;', qr/invalid table: publish.cam1.key_sha256: not 64 hex digits/, 1 ],
+	[ 'mesh_table_file url.json;', qr/invalid table: ingest.cam1\[0\].node_url: "http:\/\/127.0.0.1\/relay" is not an rtmp:\/\/ URL/, 1 ],
+	[ 'mesh_table_file version.json;', qr/invalid table: version: not a non-negative integer/, 1 ],
+);
+
+sub conf {
+	my ($main, $app) = @_;
+	$app //= 'mesh on;';
+	return "%%TEST_GLOBALS%%\nevents {}\nrtmp {\n    # main\n    $main\n    %%TEST_GLOBALS_RTMP%%\n"
+		. "    server {\n        listen 127.0.0.1:%%PORT_1%%;\n"
+		. "        application live {\n            $app\n            live on;\n        }\n    }\n}\n";
+}
+
+# The line number of the "# main" marker in the written configuration.
+sub main_line {
+	my @lines = split /\n/, $t->read_file('nginx.conf');
+	for my $i (0 .. $#lines) { return $i + 1 if $lines[$i] =~ /# main$/ }
+	die "no marker";
+}
+
+for my $case (@bad) {
+	my ($main, $re, $line) = @$case;
+	$t->write_file_expand('nginx.conf', conf($main));
+	my ($ok, $out) = $t->test_config;
+	ok(!$ok, "refused: $main");
+	like($out, qr/\[emerg\] .*$re/, "message: $main") or diag($out);
+	$line += main_line() if defined $line;
+	my $where = defined $line ? qr/ in \Q$dir\E\/nginx.conf:$line$/m : qr/ in \Q$dir\E\/nginx.conf:\d+$/m;
+	like($out, $where, "file:line: $main");
+}
+
+# Application-level errors: nginx's own wording for the flag, and context checks.
+for my $case (
+	[ 'mesh maybe;', qr/invalid value "maybe" in "mesh" directive, it must be "on" or "off"/ ],
+	[ "mesh on;\n            mesh on;", qr/"mesh" directive is duplicate/ ],
+	[ 'mesh_role relay;', qr/"mesh_role" directive is not allowed here/ ],
+) {
+	my ($app, $re) = @$case;
+	$t->write_file_expand('nginx.conf', conf('', $app));
+	my ($ok, $out) = $t->test_config;
+	ok(!$ok, "refused in application: $app");
+	like($out, qr/\[emerg\] $re in \Q$dir\E\/nginx.conf:\d+/, "message: $app") or diag($out);
+}
+
+# Good configurations pass.
+for my $main ('', 'mesh_table_file good.json;', "mesh_node_id ingest-1;\n    mesh_role ingest;\n    mesh_table_file good.json;",
+	"mesh_node_id e1;\n    mesh_table_file relay.json;")
+{
+	$t->write_file_expand('nginx.conf', conf($main));
+	my ($ok, $out) = $t->test_config;
+	ok($ok, "accepted: " . ($main || 'no mesh directives')) or diag($out);
+}
+
+# The table's role wins over mesh_role, with a warning.
+$t->write_file_expand('nginx.conf', conf("mesh_node_id e1;\n    mesh_role ingest;\n    mesh_table_file relay.json;"));
+my ($ok, $out) = $t->test_config;
+ok($ok, 'table role and mesh_role differ: accepted');
+like($out, qr/\[warn\] mesh_table_file ".*relay.json" sets role "relay", which overrides "mesh_role ingest"/, 'with a warning');
+
+done_testing();

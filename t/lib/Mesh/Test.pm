@@ -1,0 +1,288 @@
+package Mesh::Test;
+
+# A small harness in the spirit of nginx-tests' Test::Nginx (which is not installable here):
+# one object per nginx instance, each in its own test directory, ports picked free.
+#
+# Environment (as nginx-tests):
+#   TEST_NGINX_BINARY   nginx to run (default: dist/sbin/nginx)
+#   TEST_NGINX_MODULES  directory with ngx_rtmp_module.so and ngx_rtmp_mesh_module.so
+#                       (default: ../modules beside the binary)
+#   TEST_NGINX_GLOBALS  extra main-context directives for every test config
+#   TEST_NGINX_LEAVE    keep the test directories
+#   TEST_NGINX_VERBOSE  print what runs, and the error log of every instance stopped
+
+use strict;
+use warnings;
+
+use Cwd qw(abs_path);
+use File::Basename qw(dirname);
+use File::Path qw(rmtree);
+use File::Spec;
+use File::Temp qw(tempdir);
+use IO::Socket::INET;
+use POSIX qw(WNOHANG);
+use Test::More;
+use Time::HiRes qw(sleep time);
+
+use Exporter qw(import);
+our @EXPORT_OK = qw(free_port publish publish_status probe wait_until log_lines sha256_hex
+	viewer_token spawn reap);
+
+my $top = abs_path(dirname(__FILE__) . '/../../..');
+our $BINARY = $ENV{TEST_NGINX_BINARY} || "$top/dist/sbin/nginx";
+our $MODULES = $ENV{TEST_NGINX_MODULES} || abs_path(dirname($BINARY) . '/../modules') || '';
+our $TOOL = "$top/target/release/mesh-tool";
+my $VERBOSE = $ENV{TEST_NGINX_VERBOSE};
+
+my %used_ports;
+my @instances;
+
+sub diagv { diag(@_) if $VERBOSE }
+
+# A free TCP port on 127.0.0.1, never the same twice in one test file.
+sub free_port {
+	for (1 .. 100) {
+		my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+			Proto => 'tcp', ReuseAddr => 0) or die "no socket: $!";
+		my $port = $s->sockport;
+		close $s;
+		next if $used_ports{$port}++;
+		return $port;
+	}
+	die "no free port";
+}
+
+sub new {
+	my ($class, %opts) = @_;
+	my $dir = tempdir('mesh-test-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{TEST_NGINX_LEAVE});
+	chmod 0755, $dir;
+	mkdir "$dir/logs";
+	my $self = bless { dir => $dir, name => $opts{name} || 'nginx', ports => {} }, $class;
+	push @instances, $self;
+	diagv("$self->{name}: $dir");
+	return $self;
+}
+
+sub testdir { $_[0]{dir} }
+sub name { $_[0]{name} }
+
+# The port behind a placeholder number (like nginx-tests' port(8080)).
+sub port {
+	my ($self, $n) = @_;
+	return $self->{ports}{$n} //= free_port();
+}
+
+sub has_binary { -x $BINARY && -f "$MODULES/ngx_rtmp_mesh_module.so" }
+
+sub write_file {
+	my ($self, $name, $content) = @_;
+	my $path = "$self->{dir}/$name";
+	open my $fh, '>', $path or die "write $path: $!";
+	print $fh $content;
+	close $fh;
+	return $path;
+}
+
+# Expand %%TEST_GLOBALS%%, %%TEST_GLOBALS_RTMP%%, %%MODULES%%, %%TESTDIR%% and %%PORT_N%%.
+sub expand {
+	my ($self, $content) = @_;
+	my $dir = $self->{dir};
+	my $globals = "pid $dir/nginx.pid;\nerror_log $dir/error.log notice;\n"
+		. "load_module $MODULES/ngx_rtmp_module.so;\n"
+		. "load_module $MODULES/ngx_rtmp_mesh_module.so;\n"
+		. ($ENV{TEST_NGINX_GLOBALS} // '');
+	my $rtmp = "log_format mesh '\$remote_addr \$command \"\$app\" \"\$name\" \$bytes_received';\n"
+		. "    access_log $dir/rtmp_access.log mesh;";
+	$content =~ s/%%TEST_GLOBALS%%/$globals/g;
+	$content =~ s/%%TEST_GLOBALS_RTMP%%/$rtmp/g;
+	$content =~ s/%%MODULES%%/$MODULES/g;
+	$content =~ s/%%TESTDIR%%/$dir/g;
+	$content =~ s/%%PORT_(\d+)%%/$self->port($1)/ge;
+	return $content;
+}
+
+sub write_file_expand {
+	my ($self, $name, $content) = @_;
+	return $self->write_file($name, $self->expand($content));
+}
+
+sub _nginx {
+	my ($self, @args) = @_;
+	my $bin = $self->{binary} || $BINARY;
+	my @cmd = ($bin, '-p', "$self->{dir}/", '-c', 'nginx.conf', '-e', "$self->{dir}/error.log", @args);
+	diagv("run: @cmd");
+	return @cmd;
+}
+
+# Run `nginx -t`; returns (ok, output).
+sub test_config {
+	my ($self) = @_;
+	my @cmd = $self->_nginx('-t');
+	my $out = qx{@cmd 2>&1};
+	return ($? == 0, $out);
+}
+
+sub use_binary { my ($self, $bin) = @_; $self->{binary} = $bin; $self }
+
+sub run {
+	my ($self) = @_;
+	my @cmd = $self->_nginx();
+	my $out = qx{@cmd 2>&1};
+	if ($?) {
+		die "$self->{name}: nginx failed to start:\n$out\n" . $self->read_file('error.log');
+	}
+	$self->{running} = 1;
+	for my $port (values %{$self->{ports}}) {
+		wait_until(sub { IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port") }, 5)
+			if $self->{listens}{$port} // 1;
+	}
+	return $self;
+}
+
+sub pid {
+	my ($self) = @_;
+	my $pid = $self->read_file('nginx.pid') or return;
+	chomp $pid;
+	return $pid;
+}
+
+sub read_file {
+	my ($self, $name) = @_;
+	open my $fh, '<', "$self->{dir}/$name" or return '';
+	local $/;
+	return <$fh>;
+}
+
+sub error_log { $_[0]->read_file('error.log') }
+
+# Reload with the configuration as it is on disk now.
+sub reload {
+	my ($self) = @_;
+	my @cmd = $self->_nginx('-s', 'reload');
+	system(@cmd) == 0 or die "reload failed";
+}
+
+# Stop gracefully, then check the error log for alerts, crits and crashed workers.
+sub stop {
+	my ($self) = @_;
+	return unless $self->{running};
+	$self->{running} = 0;
+	my $pid = $self->pid;
+	if ($pid) {
+		kill 'QUIT', $pid;
+		unless (wait_until(sub { !kill(0, $pid) }, 10)) {
+			kill 'TERM', $pid;
+			wait_until(sub { !kill(0, $pid) }, 5) or kill 'KILL', $pid;
+			fail("$self->{name}: nginx stopped on QUIT within 10 s");
+		}
+	}
+	my $log = $self->error_log;
+	diag("$self->{name} error.log:\n$log") if $VERBOSE;
+	my @bad = grep { /\[(alert|crit|emerg)\]|exited on signal/ } split /\n/, $log;
+	is(join("\n", @bad), '', "$self->{name}: no alerts or crashes in the error log");
+}
+
+END {
+	for my $t (@instances) {
+		next unless $t->{running};
+		my $pid = $t->pid or next;
+		kill 'QUIT', $pid;
+	}
+}
+
+# Lines of an error log matching a pattern.
+sub log_lines {
+	my ($t, $re) = @_;
+	return grep { /$re/ } split /\n/, $t->error_log;
+}
+
+# Poll `cond` until it is true or `secs` pass; returns the last value.
+sub wait_until {
+	my ($cond, $secs) = @_;
+	my $deadline = time + $secs;
+	while (1) {
+		my $v = $cond->();
+		return $v if $v;
+		return $v if time > $deadline;
+		sleep 0.1;
+	}
+}
+
+sub spawn {
+	my (@cmd) = @_;
+	diagv("spawn: @cmd");
+	my $pid = fork // die "fork: $!";
+	if ($pid == 0) {
+		open STDIN, '<', '/dev/null';
+		unless ($VERBOSE) { open STDOUT, '>', '/dev/null'; open STDERR, '>', '/dev/null'; }
+		exec @cmd or POSIX::_exit(127);
+	}
+	return $pid;
+}
+
+# Wait for a spawned process up to `secs`; returns its exit status, or undef if still running.
+sub reap {
+	my ($pid, $secs) = @_;
+	my $status;
+	wait_until(sub {
+		my $r = waitpid($pid, WNOHANG);
+		$status = $? >> 8 if $r == $pid;
+		return $r == $pid || $r == -1;
+	}, $secs // 0);
+	return $status;
+}
+
+my @FFMPEG_SRC = ('-re', '-f', 'lavfi', '-i', 'testsrc=size=320x240:rate=25', '-f', 'lavfi',
+	'-i', 'sine=frequency=440', '-c:v', 'libx264', '-preset', 'ultrafast', '-tune', 'zerolatency',
+	'-g', '25', '-c:a', 'aac', '-f', 'flv');
+
+# Start an ffmpeg publisher in the background (`secs` seconds of test video); returns its pid.
+# `playpath` sets the stream name (and args) verbatim, for names a URL cannot carry.
+sub publish {
+	my ($url, %opt) = @_;
+	my @pp = defined $opt{playpath} ? ('-rtmp_playpath', $opt{playpath}) : ();
+	return spawn('ffmpeg', '-nostdin', '-loglevel', 'error', '-t', $opt{secs} // 30,
+		@FFMPEG_SRC, @pp, $url);
+}
+
+# Publish for `secs` and return ffmpeg's exit status (refused publishes exit non-zero at once).
+sub publish_status {
+	my ($url, %opt) = @_;
+	my $secs = $opt{secs} // 2;
+	my $pid = publish($url, %opt, secs => $secs);
+	my $st = reap($pid, $secs + 10);
+	unless (defined $st) { kill 'KILL', $pid; waitpid $pid, 0; }
+	return $st;
+}
+
+# Read `secs` seconds of a stream with ffprobe; returns { video => n, audio => n, ok => bool }.
+sub probe {
+	my ($url, %opt) = @_;
+	my $secs = $opt{secs} // 2;
+	my $limit = $opt{timeout} // 15;
+	my @cmd = ('timeout', $limit, 'ffprobe', '-v', 'error', '-rw_timeout', '5000000',
+		'-read_intervals', "%+$secs", '-show_entries', 'packet=codec_type', '-of', 'csv=p=0');
+	push @cmd, '-rtmp_playpath', $opt{playpath} if defined $opt{playpath};
+	diagv("probe: @cmd $url");
+	open my $fh, '-|', @cmd, $url or die "ffprobe: $!";
+	my %n = (video => 0, audio => 0);
+	while (<$fh>) { chomp; s/,.*//; $n{$_}++ if exists $n{$_}; }
+	close $fh;
+	$n{ok} = $? == 0;
+	return \%n;
+}
+
+sub sha256_hex {
+	my ($s) = @_;
+	require Digest::SHA;
+	return Digest::SHA::sha256_hex($s);
+}
+
+# A viewer token: "<expiry>.<hex HMAC-SHA256(secret, stream \n expiry)>".
+sub viewer_token {
+	my ($secret, $stream, $expiry) = @_;
+	require Digest::SHA;
+	return "$expiry." . Digest::SHA::hmac_sha256_hex("$stream\n$expiry", $secret);
+}
+
+1;
