@@ -36,6 +36,7 @@ my $VERBOSE = $ENV{TEST_NGINX_VERBOSE};
 
 my %used_ports;
 my @instances;
+my @spawned;
 
 sub diagv { diag(@_) if $VERBOSE }
 
@@ -162,14 +163,16 @@ sub reload {
 	system(@cmd) == 0 or die "reload failed";
 }
 
-# Stop gracefully, then check the error log for alerts, crits and crashed workers.
+# Stop gracefully (QUIT; `fast => 1`: TERM), then check the error log for alerts, crits and
+# crashed workers. nginx-rtmp keeps a graceful shutdown going while RTMP clients stay
+# connected: stop publishers and players first.
 sub stop {
-	my ($self) = @_;
+	my ($self, %opt) = @_;
 	return unless $self->{running};
 	$self->{running} = 0;
 	my $pid = $self->pid;
 	if ($pid) {
-		kill 'QUIT', $pid;
+		kill $opt{fast} ? 'TERM' : 'QUIT', $pid;
 		unless (wait_until(sub { !kill(0, $pid) }, 10)) {
 			kill 'TERM', $pid;
 			wait_until(sub { !kill(0, $pid) }, 5) or kill 'KILL', $pid;
@@ -183,6 +186,7 @@ sub stop {
 }
 
 END {
+	kill 'KILL', grep { kill 0, $_ } @spawned;
 	for my $t (@instances) {
 		next unless $t->{running};
 		my $pid = $t->pid or next;
@@ -217,6 +221,7 @@ sub spawn {
 		unless ($VERBOSE) { open STDOUT, '>', '/dev/null'; open STDERR, '>', '/dev/null'; }
 		exec @cmd or POSIX::_exit(127);
 	}
+	push @spawned, $pid;
 	return $pid;
 }
 
@@ -232,17 +237,18 @@ sub reap {
 	return $status;
 }
 
-my @FFMPEG_SRC = ('-re', '-f', 'lavfi', '-i', 'testsrc=size=320x240:rate=25', '-f', 'lavfi',
-	'-i', 'sine=frequency=440', '-c:v', 'libx264', '-preset', 'ultrafast', '-tune', 'zerolatency',
-	'-g', '25', '-c:a', 'aac', '-f', 'flv');
+my @FFMPEG_IN = ('-re', '-f', 'lavfi', '-i', 'testsrc=size=320x240:rate=25', '-f', 'lavfi',
+	'-i', 'sine=frequency=440');
+my @FFMPEG_OUT = ('-c:v', 'libx264', '-preset', 'ultrafast', '-tune', 'zerolatency', '-g', '25',
+	'-c:a', 'aac', '-f', 'flv');
 
 # Start an ffmpeg publisher in the background (`secs` seconds of test video); returns its pid.
 # `playpath` sets the stream name (and args) verbatim, for names a URL cannot carry.
 sub publish {
 	my ($url, %opt) = @_;
 	my @pp = defined $opt{playpath} ? ('-rtmp_playpath', $opt{playpath}) : ();
-	return spawn('ffmpeg', '-nostdin', '-loglevel', 'error', '-t', $opt{secs} // 30,
-		@FFMPEG_SRC, @pp, $url);
+	return spawn('ffmpeg', '-nostdin', '-loglevel', 'error', @FFMPEG_IN, '-t', $opt{secs} // 30,
+		@FFMPEG_OUT, @pp, $url);
 }
 
 # Publish for `secs` and return ffmpeg's exit status (refused publishes exit non-zero at once).
@@ -264,7 +270,11 @@ sub probe {
 		'-read_intervals', "%+$secs", '-show_entries', 'packet=codec_type', '-of', 'csv=p=0');
 	push @cmd, '-rtmp_playpath', $opt{playpath} if defined $opt{playpath};
 	diagv("probe: @cmd $url");
-	open my $fh, '-|', @cmd, $url or die "ffprobe: $!";
+	my $pid = open my $fh, '-|' // die "fork: $!";
+	if ($pid == 0) {
+		open STDERR, '>', '/dev/null' unless $VERBOSE;
+		exec @cmd, $url or POSIX::_exit(127);
+	}
 	my %n = (video => 0, audio => 0);
 	while (<$fh>) { chomp; s/,.*//; $n{$_}++ if exists $n{$_}; }
 	close $fh;
