@@ -58,7 +58,10 @@ sub new {
 	my $dir = tempdir('mesh-test-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{TEST_NGINX_LEAVE});
 	chmod 0755, $dir;
 	mkdir "$dir/logs";
-	my $self = bless { dir => $dir, name => $opts{name} || 'nginx', ports => {} }, $class;
+	my $self = bless { dir => $dir, name => $opts{name} || 'nginx', ports => {},
+		binary => $opts{binary},
+		load => $opts{load} || [ "$MODULES/ngx_rtmp_module.so", "$MODULES/ngx_rtmp_mesh_module.so" ] },
+		$class;
 	push @instances, $self;
 	diagv("$self->{name}: $dir");
 	return $self;
@@ -89,8 +92,7 @@ sub expand {
 	my ($self, $content) = @_;
 	my $dir = $self->{dir};
 	my $globals = "pid $dir/nginx.pid;\nerror_log $dir/error.log notice;\n"
-		. "load_module $MODULES/ngx_rtmp_module.so;\n"
-		. "load_module $MODULES/ngx_rtmp_mesh_module.so;\n"
+		. join('', map { "load_module $_;\n" } @{$self->{load}})
 		. ($ENV{TEST_NGINX_GLOBALS} // '');
 	my $rtmp = "log_format mesh '\$remote_addr \$command \"\$app\" \"\$name\" \$bytes_received';\n"
 		. "    access_log $dir/rtmp_access.log mesh;";
@@ -122,8 +124,6 @@ sub test_config {
 	my $out = qx{@cmd 2>&1};
 	return ($? == 0, $out);
 }
-
-sub use_binary { my ($self, $bin) = @_; $self->{binary} = $bin; $self }
 
 sub run {
 	my ($self) = @_;
