@@ -29,7 +29,7 @@ nginx: sources
 	@bash scripts/build-nginx.sh
 
 module: nginx
-	@$(CARGO) build --release -p ngx_rtmp_mesh --locked
+	@$(CARGO) build --release --locked -p ngx_rtmp_mesh -p mesh-core
 
 dist: module
 	@bash scripts/assemble-dist.sh

@@ -9,9 +9,9 @@
 //!
 //! Every decision is made by `mesh_core`, which has no nginx dependency.
 
-pub mod conf;
-pub mod ffi;
+mod conf;
+mod ffi;
 pub mod module;
-pub mod push;
-pub mod session;
-pub mod util;
+mod push;
+mod session;
+mod util;

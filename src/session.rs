@@ -37,10 +37,8 @@ pub unsafe fn hook_chains() {
     }
 }
 
-/// What we keep per admitted session (in the connection's pool, dropped with it).
+/// What we keep per session (in the connection's pool, dropped with it).
 pub struct SessionCtx {
-    pub kind: SessionKind,
-    pub stream: String,
     /// Pushes of a published stream, while it is published.
     pub pushes: Option<Box<Pushes>>,
 }
@@ -127,19 +125,16 @@ unsafe extern "C" fn publish(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_publis
                 node_id: &node.node_id,
                 now: now(),
             };
-            let kind = match ctx.publish(PublishRequest {
+            let source = match ctx.publish(PublishRequest {
                 stream: &stream,
                 args: &args,
             }) {
-                Ok(kind) => kind,
+                Ok(SessionKind::NodePush { from }) => Some(from),
+                Ok(_) => None,
                 Err(why) => {
                     log_refusal(s, "publish", &stream, why);
                     return NGX_ERROR;
                 }
-            };
-            let source = match &kind {
-                SessionKind::NodePush { from } => Some(from.clone()),
-                _ => None,
             };
             ngx::ngx_log_error!(
                 NGX_LOG_NOTICE,
@@ -149,18 +144,6 @@ unsafe extern "C" fn publish(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_publis
                 source.as_deref().unwrap_or("broadcaster"),
                 peer(s)
             );
-            if set_ctx(
-                s,
-                SessionCtx {
-                    kind,
-                    stream: stream.clone(),
-                    pushes: None,
-                },
-            )
-            .is_none()
-            {
-                return NGX_ERROR;
-            }
             let rc = next_publish(s, v);
             if rc == NGX_OK as ngx_int_t {
                 let targets = mesh_core::push::push_targets(
@@ -172,8 +155,8 @@ unsafe extern "C" fn publish(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_publis
                 );
                 if !targets.is_empty() {
                     let pushes = Pushes::start(s, &stream, &node.node_id, &targets);
-                    if let Some(ctx) = get_ctx(s) {
-                        ctx.pushes = pushes;
+                    if set_ctx(s, SessionCtx { pushes }).is_none() {
+                        return NGX_ERROR;
                     }
                 }
             }
@@ -203,21 +186,7 @@ unsafe extern "C" fn play(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_play_t) -
                 stream: &stream,
                 args: &args,
             }) {
-                Ok(kind) => {
-                    if set_ctx(
-                        s,
-                        SessionCtx {
-                            kind,
-                            stream,
-                            pushes: None,
-                        },
-                    )
-                    .is_none()
-                    {
-                        return NGX_ERROR;
-                    }
-                    next_play(s, v)
-                }
+                Ok(_) => next_play(s, v),
                 Err(why) => {
                     log_refusal(s, "play", &stream, why);
                     NGX_ERROR

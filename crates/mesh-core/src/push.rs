@@ -13,14 +13,13 @@ pub fn push_targets<'t>(
     stream: &str,
     source: Option<&str>,
 ) -> Vec<&'t Target> {
-    let (kind, from_rule): (EntryKind, fn(Option<&str>, &str) -> bool) = match role {
-        Role::Ingest | Role::Standalone => (EntryKind::Ingest, |_, _| true),
-        Role::RootRelay => (EntryKind::Relay, |from, me| from.is_none_or(|f| f == me)),
-        Role::Relay => (EntryKind::Relay, |from, me| from == Some(me)),
+    let kind = match role {
+        Role::Ingest | Role::Standalone => EntryKind::Ingest,
+        Role::RootRelay | Role::Relay => EntryKind::Relay,
     };
     let mut out: Vec<&Target> = Vec::new();
     for t in table.entries(kind, stream) {
-        if !from_rule(t.from.as_deref(), self_id)
+        if !pushed_by(role, t.from.as_deref(), self_id)
             || t.node_id == self_id
             || Some(t.node_id.as_str()) == source
             || out.iter().any(|o| o.node_id == t.node_id)
@@ -30,6 +29,17 @@ pub fn push_targets<'t>(
         out.push(t);
     }
     out
+}
+
+/// Does a node of `role` called `me` push to an entry whose `from` is `from`?
+/// Root relays push `relay` entries with no `from` (or naming them); relays only those naming
+/// them; `ingest` entries have no `from`.
+fn pushed_by(role: Role, from: Option<&str>, me: &str) -> bool {
+    match role {
+        Role::Ingest | Role::Standalone => true,
+        Role::RootRelay => from.is_none_or(|f| f == me),
+        Role::Relay => from == Some(me),
+    }
 }
 
 /// `node_url/stream?node=self&key=node_key`: what the receiver parses (docs/protocol.md).

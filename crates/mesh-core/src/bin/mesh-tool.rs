@@ -1,7 +1,8 @@
 //! mesh-tool: operator helpers for ngx_rtmp_mesh tables.
 //!
 //!   mesh-tool key-hash <stream key>                  hex sha256 for publish[S].key_sha256
-//!   mesh-tool token <viewer_secret> <stream> [ttl_s]  a viewer token (default ttl 3600 s)
+//!   mesh-tool token <viewer_secret> <stream> [ttl_s]  a viewer token (default ttl 3600 s);
+//!                                                    `@table.json` takes the table's secret
 //!   mesh-tool check <table.json>                     validate a table file
 
 use std::process::ExitCode;
@@ -13,7 +14,8 @@ use mesh_core::Table;
 
 const USAGE: &str = "usage:
   mesh-tool key-hash <stream key>                   print the hex sha256 for publish[S].key_sha256
-  mesh-tool token <viewer_secret> <stream> [ttl_s]  print a viewer token (default ttl 3600 s)
+  mesh-tool token <viewer_secret> <stream> [ttl_s]  print a viewer token (default ttl 3600 s);
+                                                    a secret of @FILE takes FILE's viewer_secret
   mesh-tool check <table.json>                      validate a table file";
 
 fn main() -> ExitCode {
@@ -30,16 +32,27 @@ fn main() -> ExitCode {
                 eprintln!("mesh-tool: ttl must be a number of seconds");
                 return ExitCode::from(2);
             };
+            let secret = match secret.strip_prefix('@') {
+                None => secret.to_string(),
+                Some(path) => match read_table(path).map(|t| t.viewer_secret) {
+                    Ok(Some(s)) => s,
+                    Ok(None) => {
+                        eprintln!("mesh-tool: {path} has no viewer_secret: viewers need no token");
+                        return ExitCode::FAILURE;
+                    }
+                    Err(e) => {
+                        eprintln!("mesh-tool: {path}: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            println!("{}", make_viewer_token(secret, stream, now + ttl));
+            println!("{}", make_viewer_token(&secret, stream, now + ttl));
         }
         ["check", path] => {
-            let parsed = std::fs::read(path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| Table::parse(&b).map_err(|e| e.to_string()));
-            match parsed {
+            match read_table(path) {
                 Ok(t) => println!(
                     "{path}: ok, version {}, {} streams",
                     t.version,
@@ -57,4 +70,9 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+fn read_table(path: &str) -> Result<Table, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    Table::parse(&bytes).map_err(|e| e.to_string())
 }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Run a standalone node from dist/ in the foreground (Ctrl-C stops it), after printing where
+# to publish and play, with the sample table's key and a fresh viewer token.
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+dist=$top/dist
+port=${MESH_RTMP_PORT:-1935}
+conf=$dist/conf/standalone.conf
+if [ "$port" != 1935 ]; then
+	sed "s/listen 1935;/listen $port;/" "$conf" >"$dist/conf/standalone.run.conf"
+	conf=$dist/conf/standalone.run.conf
+fi
+
+"$dist/sbin/nginx" -p "$dist/" -c "$conf" -t -q
+token=$("$dist/sbin/mesh-tool" token "@$dist/tables/standalone.json" demo 86400)
+
+cat <<TXT
+
+ngx_rtmp_mesh: standalone node on rtmp://127.0.0.1:$port (table: dist/tables/standalone.json)
+
+  publish:  ffmpeg -re -f lavfi -i testsrc=size=640x360:rate=25 -f lavfi -i sine -c:v libx264 \\
+              -preset veryfast -g 50 -c:a aac -f flv 'rtmp://127.0.0.1:$port/live/demo?key=demo-key'
+  play:     ffplay 'rtmp://127.0.0.1:$port/live/demo?token=$token'
+            (token valid 24 h; make another: dist/sbin/mesh-tool token @dist/tables/standalone.json demo)
+
+  logs:     dist/logs/error.log        stop: Ctrl-C
+
+TXT
+exec "$dist/sbin/nginx" -p "$dist/" -c "$conf" -g 'daemon off;'
