@@ -250,7 +250,7 @@ fn validate_targets(
             if !is_valid_key(&node_key) {
                 return Err(invalid(
                     at("node_key"),
-                    "invalid key (1-256 of A-Z a-z 0-9 _ - . ~)",
+                    "invalid key (1-100 of A-Z a-z 0-9 _ - . ~)",
                 ));
             }
             if let Some(from) = &t.from {
@@ -276,10 +276,15 @@ fn validate_targets(
     Ok(out)
 }
 
-/// Node keys travel in an RTMP query string: URL-safe characters only.
+/// Longest node key. nginx-rtmp keeps a publish's arguments in 256 bytes and cuts the rest
+/// silently: `node=<128>&key=<100>` must fit.
+pub const MAX_KEY_LEN: usize = 100;
+
+/// Node keys travel in an RTMP query string: URL-safe characters only, and short enough that
+/// nginx-rtmp does not truncate them.
 pub fn is_valid_key(k: &str) -> bool {
     !k.is_empty()
-        && k.len() <= 256
+        && k.len() <= MAX_KEY_LEN
         && k.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~'))
 }
