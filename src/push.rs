@@ -3,13 +3,13 @@
 //! Each push is an nginx-rtmp relay push (`ngx_rtmp_relay_push`), tagged with our module and
 //! the target, so that a timer can see which pushes are alive and start the missing ones
 //! again: a target that is down is retried every [`RETRY_MS`] without touching the source.
-//! Only IP literals are connected to: name resolution would block the event loop.
+//! URLs arrive with their hosts already resolved (conf::Node::resolve, at table load):
+//! nothing here waits for DNS.
 
 use std::ffi::c_void;
 use std::ptr::addr_of_mut;
 
-use mesh_core::push::push_url;
-use mesh_core::Target;
+use crate::conf::PlannedPush;
 
 use crate::ffi::*;
 use crate::module::module_ptr;
@@ -44,8 +44,7 @@ impl Pushes {
     pub unsafe fn start(
         s: *mut ngx_rtmp_session_t,
         stream: &str,
-        self_id: &str,
-        targets: &[&Target],
+        plan: &[PlannedPush],
     ) -> Option<Box<Pushes>> {
         // SAFETY: live session; every string handed to nginx is copied into the connection
         // pool, which outlives the publish.
@@ -53,9 +52,18 @@ impl Pushes {
             let pool = (*(*s).connection).pool;
             let log = (*(*s).connection).log;
             let name = pool_str(pool, stream.as_bytes())?;
-            let mut list = Vec::with_capacity(targets.len());
-            for t in targets {
-                let url = push_url(t, stream, self_id);
+            let mut list = Vec::with_capacity(plan.len());
+            for t in plan {
+                let Some(url) = &t.url else {
+                    ngx::ngx_log_error!(
+                        NGX_LOG_ERR,
+                        log,
+                        "mesh: push of stream \"{}\" to node \"{}\" skipped: its host did not resolve when the table was loaded",
+                        stream,
+                        t.node_id
+                    );
+                    continue;
+                };
                 let Some(u) = pool_str(pool, url.trim_start_matches("rtmp://").as_bytes()) else {
                     continue;
                 };
@@ -67,15 +75,12 @@ impl Pushes {
                 if ngx_parse_url(pool, &mut target.url) != NGX_OK as ngx_int_t
                     || target.url.naddrs == 0
                 {
-                    let host = String::from_utf8_lossy(crate::util::str_bytes(&target.url.host))
-                        .into_owned();
                     ngx::ngx_log_error!(
                         NGX_LOG_ERR,
                         log,
-                        "mesh: push of stream \"{}\" to node \"{}\" skipped: \"{}\" is not an IP address",
+                        "mesh: push of stream \"{}\" to node \"{}\" skipped: invalid address",
                         stream,
-                        t.node_id,
-                        host
+                        t.node_id
                     );
                     continue;
                 }

@@ -146,15 +146,9 @@ unsafe extern "C" fn publish(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_publis
             );
             let rc = next_publish(s, v);
             if rc == NGX_OK as ngx_int_t {
-                let targets = mesh_core::push::push_targets(
-                    &node.table,
-                    node.role,
-                    &node.node_id,
-                    &stream,
-                    source.as_deref(),
-                );
-                if !targets.is_empty() {
-                    let pushes = Pushes::start(s, &stream, &node.node_id, &targets);
+                let plan = node.plan_pushes(&stream, source.as_deref());
+                if !plan.is_empty() {
+                    let pushes = Pushes::start(s, &stream, &plan);
                     if set_ctx(s, SessionCtx { pushes }).is_none() {
                         return NGX_ERROR;
                     }

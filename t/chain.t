@@ -21,13 +21,15 @@ my $down = free_port();    # nothing listens here
 
 my $bkey = 'broadcaster-key-1';
 my $secret = 'edge-viewer-secret';
-my $to_root = qq({"node_id": "root-1", "node_url": "rtmp://127.0.0.1:$pr/relay", "node_key": "k-ingest1-root1-cam1"});
+# the ingest reaches root-1 by name: hosts are resolved when the table is loaded
+my $to_root = qq({"node_id": "root-1", "node_url": "rtmp://localhost:$pr/relay", "node_key": "k-ingest1-root1-cam1"});
+my $to_nowhere = qq({"node_id": "root-3", "node_url": "rtmp://no-such-host.invalid/relay", "node_key": "k-ingest1-root3-cam1"});
 my $to_down = qq({"node_id": "root-2", "node_url": "rtmp://127.0.0.1:$down/relay", "node_key": "k-ingest1-root2-cam1"});
 my $to_edge = qq({"node_id": "edge-1", "node_url": "rtmp://127.0.0.1:$pe/relay", "node_key": "k-root1-edge1-cam1"});
 
 my %tables = (
 	'ingest-1' => qq({"version": 1, "role": "ingest", "publish": {"cam1": {"key_sha256": "@{[sha256_hex($bkey)]}"}},
-		"ingest": {"cam1": [$to_root, $to_down]}}),
+		"ingest": {"cam1": [$to_root, $to_down, $to_nowhere]}}),
 	'root-1' => qq({"version": 1, "role": "root_relay", "ingest": {"cam1": [$to_root]}, "relay": {"cam1": [$to_edge]}}),
 	'edge-1' => qq({"version": 1, "role": "relay", "viewer_secret": "$secret", "relay": {"cam1": [$to_edge]}}),
 );
@@ -60,6 +62,10 @@ ok(wait_until(sub { log_lines($edge, qr/publish accepted: stream "cam1" from roo
 
 my $got = probe("rtmp://127.0.0.1:$pe/relay/cam1?token=$token", secs => 3);
 ok($got->{video} > 10 && $got->{audio} > 10, "stream published at ingest plays at the edge ($got->{video} video, $got->{audio} audio packets)");
+
+# A target whose host did not resolve at load time is skipped, with a line saying so.
+ok(wait_until(sub { log_lines($ingest, qr/push of stream "cam1" to node "root-3" skipped: its host did not resolve/) }, 5),
+	'unresolved target: skipped and logged');
 
 # The target that is down is retried, logged once, and the publisher is not disturbed.
 ok(wait_until(sub { log_lines($ingest, qr/push of stream "cam1" to node "root-2" is down, retrying/) }, 10), 'down target: logged');

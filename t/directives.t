@@ -103,6 +103,16 @@ for my $main ('', 'mesh_table_file good.json;', "mesh_node_id ingest-1;\n    mes
 	ok($ok, "accepted: " . ($main || 'no mesh directives')) or diag($out);
 }
 
+# A host that does not resolve is a warning, not an error: the target may come later.
+$t->write_file('unresolved.json', q({"ingest": {"cam1": [{"node_id": "r1", "node_url": "rtmp://no-such-host.invalid:1936/relay", "node_key": "k"}]}}));
+$t->write_file_expand('nginx.conf', conf("mesh_node_id i1;\n    mesh_role ingest;\n    mesh_table_file unresolved.json;"));
+{
+	my ($ok, $out) = $t->test_config;
+	ok($ok, 'unresolvable host: accepted');
+	like($out, qr/\[warn\] mesh_table_file ".*unresolved.json": host of "rtmp:\/\/no-such-host.invalid:1936\/relay" not resolved \(.*\): pushes to it are skipped/,
+		'unresolvable host: warned') or diag($out);
+}
+
 # The table's role wins over mesh_role, with a warning.
 $t->write_file_expand('nginx.conf', conf("mesh_node_id e1;\n    mesh_role ingest;\n    mesh_table_file relay.json;"));
 my ($ok, $out) = $t->test_config;

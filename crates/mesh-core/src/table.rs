@@ -289,8 +289,28 @@ pub fn is_valid_key(k: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~'))
 }
 
+/// A checked `node_url`, split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeUrl<'a> {
+    /// Host name or IP literal (IPv6 without brackets).
+    pub host: &'a str,
+    pub port: u16,
+    /// Everything after the host: `/app[/more]`.
+    pub path: &'a str,
+}
+
+impl NodeUrl<'_> {
+    /// The same URL with the host replaced by `ip` (after name resolution).
+    pub fn with_ip(&self, ip: std::net::IpAddr) -> String {
+        match ip {
+            std::net::IpAddr::V4(a) => format!("rtmp://{a}:{}{}", self.port, self.path),
+            std::net::IpAddr::V6(a) => format!("rtmp://[{a}]:{}{}", self.port, self.path),
+        }
+    }
+}
+
 /// `rtmp://host[:port]/app[/more]`: no query, no whitespace, an app part.
-fn check_node_url(url: &str) -> Result<(), String> {
+pub fn parse_node_url(url: &str) -> Result<NodeUrl<'_>, String> {
     let rest = url
         .strip_prefix("rtmp://")
         .ok_or_else(|| format!("\"{}\" is not an rtmp:// URL", for_log(url)))?;
@@ -301,21 +321,40 @@ fn check_node_url(url: &str) -> Result<(), String> {
     {
         return Err(bad("forbidden character"));
     }
-    let (host, app) = rest.split_once('/').ok_or_else(|| bad("no application"))?;
-    let app = app.trim_end_matches('/');
+    let slash = rest.find('/').ok_or_else(|| bad("no application"))?;
+    let (authority, path) = rest.split_at(slash);
+    if path.trim_matches('/').is_empty() {
+        return Err(bad("no application"));
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (h, after) = v6.split_once(']').ok_or_else(|| bad("invalid host"))?;
+            (h, after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
     if host.is_empty() {
         return Err(bad("no host"));
     }
-    if app.is_empty() {
-        return Err(bad("no application"));
-    }
-    if let Some((_, port)) = host.rsplit_once(':').filter(|_| !host.ends_with(']')) {
-        match port.parse::<u16>() {
-            Ok(p) if p > 0 => {}
+    let port = match port {
+        None => 1935,
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => p,
             _ => return Err(bad("invalid port")),
-        }
-    }
-    Ok(())
+        },
+    };
+    Ok(NodeUrl {
+        host,
+        port,
+        path: path.trim_end_matches('/'),
+    })
+}
+
+fn check_node_url(url: &str) -> Result<(), String> {
+    parse_node_url(url).map(|_| ())
 }
 
 #[cfg(test)]
@@ -510,6 +549,38 @@ mod tests {
                 matches!(Table::parse(doc.as_bytes()), Err(TableError::Syntax { .. })),
                 "{doc}"
             );
+        }
+    }
+
+    #[test]
+    fn node_urls_split() {
+        let u = parse_node_url("rtmp://10.0.0.2:1936/relay/").unwrap();
+        assert_eq!(
+            u,
+            NodeUrl {
+                host: "10.0.0.2",
+                port: 1936,
+                path: "/relay"
+            }
+        );
+        let u = parse_node_url("rtmp://root.example/relay").unwrap();
+        assert_eq!((u.host, u.port), ("root.example", 1935));
+        let u = parse_node_url("rtmp://[::1]:2000/a/b").unwrap();
+        assert_eq!((u.host, u.port, u.path), ("::1", 2000, "/a/b"));
+        assert_eq!(u.with_ip("::1".parse().unwrap()), "rtmp://[::1]:2000/a/b");
+        let u = parse_node_url("rtmp://localhost/relay").unwrap();
+        assert_eq!(
+            u.with_ip("127.0.0.1".parse().unwrap()),
+            "rtmp://127.0.0.1:1935/relay"
+        );
+        for bad in [
+            "rtmp://[::1/a",
+            "rtmp://h:0/a",
+            "rtmp://h:/a",
+            "rtmp://h//",
+            "rtmp://:1/a",
+        ] {
+            assert!(parse_node_url(bad).is_err(), "{bad}");
         }
     }
 

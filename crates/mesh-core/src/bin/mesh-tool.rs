@@ -51,19 +51,17 @@ fn main() -> ExitCode {
                 .map_or(0, |d| d.as_secs());
             println!("{}", make_viewer_token(&secret, stream, now + ttl));
         }
-        ["check", path] => {
-            match read_table(path) {
-                Ok(t) => println!(
-                    "{path}: ok, version {}, {} streams",
-                    t.version,
-                    t.stream_count()
-                ),
-                Err(e) => {
-                    eprintln!("{path}: {e}");
-                    return ExitCode::FAILURE;
-                }
+        ["check", path] => match read_table(path) {
+            Ok(t) => println!(
+                "{path}: ok, version {}, {} streams",
+                t.version,
+                t.stream_count()
+            ),
+            Err(e) => {
+                eprintln!("{path}: {e}");
+                return ExitCode::FAILURE;
             }
-        }
+        },
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
