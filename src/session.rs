@@ -96,6 +96,19 @@ unsafe fn log_refusal(s: *mut ngx_rtmp_session_t, what: &str, stream: &str, why:
     }
 }
 
+/// Did the live module take this session as its stream's publisher?
+///
+/// # Safety
+/// `s` must be a live session.
+unsafe fn is_live_publisher(s: *mut ngx_rtmp_session_t) -> bool {
+    // SAFETY: the live module's ctx slot holds null or its ngx_rtmp_live_ctx_t.
+    unsafe {
+        let idx = (*addr_of!(ngx_rtmp_live_module)).ctx_index;
+        let ctx = (*(*s).ctx.add(idx)).cast::<ngx_rtmp_live_ctx_t>();
+        !ctx.is_null() && !(*ctx).stream.is_null() && (*ctx).publishing() == 1
+    }
+}
+
 /// Is the mesh on for this session's application?
 ///
 /// # Safety
@@ -145,7 +158,9 @@ unsafe extern "C" fn publish(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_publis
                 peer(s)
             );
             let rc = next_publish(s, v);
-            if rc == NGX_OK as ngx_int_t {
+            // A second publisher of a live stream is told "already publishing" by the live
+            // module and left connected: it must not push.
+            if rc == NGX_OK as ngx_int_t && is_live_publisher(s) {
                 let plan = node.plan_pushes(&stream, source.as_deref());
                 if !plan.is_empty() {
                     let pushes = Pushes::start(s, &stream, &plan);

@@ -75,6 +75,13 @@ ok(!defined reap($pub, 0), 'publisher still running');
 $got = probe("rtmp://127.0.0.1:$pe/relay/cam1?token=$token", secs => 2);
 ok($got->{video} > 0, 'edge still plays while a target is down');
 
+# A second publisher of the same stream is turned away by the live module, and pushes nothing.
+my $pushes = () = log_lines($root, qr/publish accepted: stream "cam1" from ingest-1/);
+publish_status("rtmp://127.0.0.1:$pi/live/cam1?key=$bkey", secs => 3);
+ok(wait_until(sub { log_lines($ingest, qr/already publishing/) }, 3), 'second publisher: already publishing');
+is(scalar(() = log_lines($root, qr/publish accepted: stream "cam1" from ingest-1/)), $pushes, 'second publisher: no second push');
+ok(!defined reap($pub, 0), 'first publisher undisturbed');
+
 # A push with a wrong key (or from a node the table does not name for it) is refused.
 isnt(publish_status("rtmp://127.0.0.1:$pr/relay/cam1?node=ingest-1&key=k-guess"), 0, 'push with a wrong key refused');
 ok(wait_until(sub { log_lines($root, qr/publish refused: app "relay", stream "cam1", from 127.0.0.1: wrong key/) }, 3), 'root-1 logged the wrong key');
