@@ -13,6 +13,7 @@ pub mod args;
 pub mod name;
 pub mod push;
 pub mod role;
+pub mod sign;
 pub mod table;
 pub mod token;
 

@@ -1,0 +1,242 @@
+//! Signatures between node and master (docs/protocol.md, "Node → master").
+//!
+//! Request:  hex HMAC-SHA256(MASTER_KEY, METHOD "\n" PATH?QUERY "\n" TIMESTAMP "\n" hex sha256(body))
+//! Response: hex HMAC-SHA256(MASTER_KEY, STATUS "\n" TIMESTAMP "\n" hex sha256(body))
+//!
+//! `PATH?QUERY` is the path alone when there is no query. A message is used only when its
+//! signature verifies and its timestamp is within [`MAX_SKEW_S`] of the receiver's clock.
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Largest accepted distance between a message's timestamp and the receiver's clock.
+pub const MAX_SKEW_S: u64 = 300;
+
+/// Header names.
+pub const H_NODE: &str = "X-Mesh-Node";
+pub const H_TIMESTAMP: &str = "X-Mesh-Timestamp";
+pub const H_SIGNATURE: &str = "X-Mesh-Signature";
+
+/// Why a signed message was not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigError {
+    Missing,
+    BadTimestamp,
+    /// Timestamp outside [`MAX_SKEW_S`].
+    Skew,
+    BadSignature,
+}
+
+impl std::fmt::Display for SigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SigError::Missing => "missing signature",
+            SigError::BadTimestamp => "bad timestamp",
+            SigError::Skew => "timestamp outside 300 s",
+            SigError::BadSignature => "bad signature",
+        })
+    }
+}
+
+/// Hex sha256 of a body.
+pub fn body_sha256_hex(body: &[u8]) -> String {
+    hex::encode(Sha256::digest(body))
+}
+
+fn mac(key: &[u8], parts: &[&str]) -> HmacSha256 {
+    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            m.update(b"\n");
+        }
+        m.update(p.as_bytes());
+    }
+    m
+}
+
+fn request_parts<'a>(
+    method: &'a str,
+    path_query: &'a str,
+    ts: &'a str,
+    body_hex: &'a str,
+) -> [&'a str; 4] {
+    [method, path_query, ts, body_hex]
+}
+
+/// Signature of a request.
+pub fn sign_request(key: &[u8], method: &str, path_query: &str, ts: u64, body: &[u8]) -> String {
+    let (ts, bh) = (ts.to_string(), body_sha256_hex(body));
+    hex::encode(
+        mac(key, &request_parts(method, path_query, &ts, &bh))
+            .finalize()
+            .into_bytes(),
+    )
+}
+
+/// Signature of a response.
+pub fn sign_response(key: &[u8], status: u16, ts: u64, body: &[u8]) -> String {
+    let (st, ts, bh) = (status.to_string(), ts.to_string(), body_sha256_hex(body));
+    hex::encode(mac(key, &[&st, &ts, &bh]).finalize().into_bytes())
+}
+
+fn check(m: HmacSha256, sig: &str) -> Result<(), SigError> {
+    let mut raw = [0u8; 32];
+    if sig.len() != 64 || hex::decode_to_slice(sig, &mut raw).is_err() {
+        return Err(SigError::BadSignature);
+    }
+    m.verify_slice(&raw).map_err(|_| SigError::BadSignature)
+}
+
+fn check_ts(ts: Option<&str>, now: u64) -> Result<u64, SigError> {
+    let ts = ts.ok_or(SigError::Missing)?.trim();
+    let t: u64 = ts.parse().map_err(|_| SigError::BadTimestamp)?;
+    if t.abs_diff(now) > MAX_SKEW_S {
+        return Err(SigError::Skew);
+    }
+    Ok(t)
+}
+
+/// Verify a response's headers (`X-Mesh-Timestamp`, `X-Mesh-Signature`) against its status and
+/// body, at time `now`. The signature is checked before the clock, so a forgery learns nothing.
+pub fn verify_response(
+    key: &[u8],
+    status: u16,
+    ts: Option<&str>,
+    sig: Option<&str>,
+    body: &[u8],
+    now: u64,
+) -> Result<(), SigError> {
+    let (ts_raw, sig) = (
+        ts.ok_or(SigError::Missing)?.trim(),
+        sig.ok_or(SigError::Missing)?.trim(),
+    );
+    let (st, bh) = (status.to_string(), body_sha256_hex(body));
+    check(mac(key, &[&st, ts_raw, &bh]), sig)?;
+    check_ts(Some(ts_raw), now).map(|_| ())
+}
+
+/// Verify a request (the master's side; used by the reference master and in tests).
+#[allow(clippy::too_many_arguments)]
+pub fn verify_request(
+    key: &[u8],
+    method: &str,
+    path_query: &str,
+    ts: Option<&str>,
+    sig: Option<&str>,
+    body: &[u8],
+    now: u64,
+) -> Result<(), SigError> {
+    let (ts_raw, sig) = (
+        ts.ok_or(SigError::Missing)?.trim(),
+        sig.ok_or(SigError::Missing)?.trim(),
+    );
+    let bh = body_sha256_hex(body);
+    check(
+        mac(key, &request_parts(method, path_query, ts_raw, &bh)),
+        sig,
+    )?;
+    check_ts(Some(ts_raw), now).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &[u8] = b"1234567890-SUPER-STRONG-KEY";
+
+    #[test]
+    fn known_vectors() {
+        // python3: hmac.new(KEY, b"POST\n/announce\n1000\n" + sha256(b"{}").hexdigest().encode(), sha256)
+        assert_eq!(
+            body_sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            sign_request(KEY, "POST", "/announce", 1000, b"{}"),
+            "e96d68f55e47792c8a20ab99f281d8cd2c0cc32d75ca213b81b27047837b53b5"
+        );
+        assert_eq!(
+            sign_response(KEY, 200, 1000, b"{}"),
+            "6de73935dfacbe8a3781ec246e4616731ab5d910256aaea671f847a7e9d2b852"
+        );
+    }
+
+    #[test]
+    fn round_trips() {
+        let s = sign_request(KEY, "GET", "/streams?node_id=a&since=1&wait=25", 5000, b"");
+        assert_eq!(
+            verify_request(
+                KEY,
+                "GET",
+                "/streams?node_id=a&since=1&wait=25",
+                Some("5000"),
+                Some(&s),
+                b"",
+                5100
+            ),
+            Ok(())
+        );
+        let r = sign_response(KEY, 200, 5000, b"{\"version\":1}");
+        assert_eq!(
+            verify_response(KEY, 200, Some("5000"), Some(&r), b"{\"version\":1}", 4800),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let body = b"{\"version\":1}";
+        let r = sign_response(KEY, 200, 5000, body);
+        let v = |status, ts: Option<&str>, sig: Option<&str>, body: &[u8], now| {
+            verify_response(KEY, status, ts, sig, body, now)
+        };
+        assert_eq!(v(200, None, Some(&r), body, 5000), Err(SigError::Missing));
+        assert_eq!(
+            v(200, Some("5000"), None, body, 5000),
+            Err(SigError::Missing)
+        );
+        assert_eq!(
+            v(200, Some("5000"), Some(&r), b"{\"version\":2}", 5000),
+            Err(SigError::BadSignature)
+        );
+        assert_eq!(
+            v(304, Some("5000"), Some(&r), body, 5000),
+            Err(SigError::BadSignature)
+        );
+        assert_eq!(
+            v(200, Some("5001"), Some(&r), body, 5000),
+            Err(SigError::BadSignature)
+        );
+        assert_eq!(
+            v(200, Some("5000"), Some("zz"), body, 5000),
+            Err(SigError::BadSignature)
+        );
+        assert_eq!(
+            v(200, Some("5000"), Some(&r), body, 5301),
+            Err(SigError::Skew)
+        );
+        assert_eq!(
+            v(200, Some("5000"), Some(&r), body, 4699),
+            Err(SigError::Skew)
+        );
+        assert_eq!(v(200, Some("5000"), Some(&r), body, 5300), Ok(()));
+        let wrong_key = verify_response(b"other", 200, Some("5000"), Some(&r), body, 5000);
+        assert_eq!(wrong_key, Err(SigError::BadSignature));
+        let s = sign_request(KEY, "POST", "/auth", 5000, b"x");
+        assert_eq!(
+            verify_request(KEY, "POST", "/route", Some("5000"), Some(&s), b"x", 5000),
+            Err(SigError::BadSignature)
+        );
+        assert_eq!(
+            verify_request(KEY, "GET", "/auth", Some("5000"), Some(&s), b"x", 5000),
+            Err(SigError::BadSignature)
+        );
+        let bad_ts = sign_request(KEY, "POST", "/auth", 0, b"x");
+        assert_eq!(
+            verify_request(KEY, "POST", "/auth", Some("x1"), Some(&bad_ts), b"x", 5000),
+            Err(SigError::BadSignature)
+        );
+    }
+}
