@@ -7,15 +7,20 @@
 //! * [`token`]: viewer tokens (HMAC-SHA256) and broadcaster key hashing.
 //! * [`admission`]: publish/play decisions for every role and session kind.
 //! * [`push`]: which targets a node pushes a stream to, and the push URL.
+//! * [`sign`]: node ↔ master request and response signatures.
+//! * [`backoff`]: capped exponential backoff with jitter.
+//! * [`wire`]: node ↔ master request and response bodies.
 
 pub mod admission;
 pub mod args;
+pub mod backoff;
 pub mod name;
 pub mod push;
 pub mod role;
 pub mod sign;
 pub mod table;
 pub mod token;
+pub mod wire;
 
 pub use admission::{Decision, PlayRequest, PublishRequest, Refusal, SessionKind};
 pub use role::Role;
