@@ -38,7 +38,7 @@ run: dist
 	@bash scripts/run-standalone.sh
 
 unit:
-	@$(CARGO) test --locked -p mesh-core
+	@$(CARGO) test --locked -p mesh-core -p mesh-agent
 
 prove: dist
 	@TEST_NGINX_BINARY=$${TEST_NGINX_BINARY:-$(TOP)/dist/sbin/nginx} $(PROVE) -r -I t/lib t/
@@ -52,7 +52,7 @@ stock: sources
 check: nginx
 	@$(CARGO) fmt --all --check
 	@$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
-	@$(CARGO) test --locked -p mesh-core
+	@$(CARGO) test --locked -p mesh-core -p mesh-agent
 
 clean:
 	rm -rf dist target

@@ -6,106 +6,15 @@
 use std::ffi::{c_char, c_void};
 use std::sync::Arc;
 
-use std::collections::HashMap;
-
 use mesh_core::name::{for_log, is_valid_id};
-use mesh_core::push::{push_targets, push_url};
-use mesh_core::table::parse_node_url;
-use mesh_core::{Role, Table, Target};
+use mesh_agent::load::{make_node, read_table};
+use mesh_core::node::Node;
+use mesh_core::{Role, Table};
 use ngx::ngx_conf_log_error;
 use parking_lot::RwLock;
 
 use crate::ffi::*;
 use crate::util::{guard, pool_new, str_bytes, CONF_ERROR, CONF_OK};
-
-/// What a node decides with: its id, its role and its table. Swapped as one snapshot.
-#[derive(Debug)]
-pub struct Node {
-    pub node_id: String,
-    pub role: Role,
-    pub table: Table,
-    /// `node_url` → the same URL with its host resolved to an IP, made when the table was
-    /// loaded (never on the event loop). A URL missing here did not resolve.
-    pub dial: HashMap<String, String>,
-}
-
-/// One push the node should run: the target's id and, if its host resolved, the URL.
-pub struct PlannedPush {
-    pub node_id: String,
-    pub url: Option<String>,
-}
-
-impl Node {
-    /// The embedded default: a standalone node with an empty table.
-    pub fn standalone() -> Node {
-        Node {
-            node_id: "standalone".into(),
-            role: Role::Standalone,
-            table: Table::default(),
-            dial: HashMap::new(),
-        }
-    }
-
-    /// Build a node and resolve the hosts of its table's targets; returns the hosts that did
-    /// not resolve, as (node_url, error). Blocking: configuration time or a background thread.
-    pub fn resolve(node_id: String, role: Role, table: Table) -> (Node, Vec<(String, String)>) {
-        let mut dial = HashMap::new();
-        let mut failed = Vec::new();
-        let urls = table
-            .ingest
-            .values()
-            .chain(table.relay.values())
-            .flatten()
-            .map(|t| &t.node_url);
-        for url in urls {
-            if dial.contains_key(url) || failed.iter().any(|(u, _)| u == url) {
-                continue;
-            }
-            match resolve_url(url) {
-                Ok(d) => {
-                    dial.insert(url.clone(), d);
-                }
-                Err(e) => failed.push((url.clone(), e)),
-            }
-        }
-        (
-            Node {
-                node_id,
-                role,
-                table,
-                dial,
-            },
-            failed,
-        )
-    }
-
-    /// The pushes for `stream` published here (coming from `source`, if pushed).
-    pub fn plan_pushes(&self, stream: &str, source: Option<&str>) -> Vec<PlannedPush> {
-        push_targets(&self.table, self.role, &self.node_id, stream, source)
-            .into_iter()
-            .map(|t| PlannedPush {
-                node_id: t.node_id.clone(),
-                url: self.dial.get(&t.node_url).map(|dial| {
-                    let via = Target {
-                        node_url: dial.clone(),
-                        ..t.clone()
-                    };
-                    push_url(&via, stream, &self.node_id)
-                }),
-            })
-            .collect()
-    }
-}
-
-fn resolve_url(url: &str) -> Result<String, String> {
-    use std::net::ToSocketAddrs;
-    let u = parse_node_url(url)?;
-    let mut addrs = (u.host, u.port)
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())?;
-    let addr = addrs.next().ok_or_else(|| "no address".to_string())?;
-    Ok(u.with_ip(addr.ip()))
-}
 
 /// rtmp{} main configuration. Lives in the configuration pool (dropped with it).
 #[derive(Default)]
@@ -236,7 +145,7 @@ pub unsafe extern "C" fn set_table_file(
             String::from_utf8_lossy(str_bytes(&name)).into_owned()
         };
         // Configuration time, not the event loop: reading the file here is fine.
-        match load_table(&path) {
+        match read_table(std::path::Path::new(&path)) {
             Ok(t) => {
                 mcf.table = Some(t);
                 mcf.table_file = Some(path);
@@ -248,23 +157,6 @@ pub unsafe extern "C" fn set_table_file(
             }
         }
     })
-}
-
-/// Read and validate a table file; the message says what failed, in nginx's wording.
-pub fn load_table(path: &str) -> Result<Table, String> {
-    let bytes = std::fs::read(path).map_err(|e| match e.raw_os_error() {
-        Some(code) => format!(
-            "open() failed ({code}: {})",
-            strip_os_suffix(&e.to_string())
-        ),
-        None => format!("read failed ({e})"),
-    })?;
-    Table::parse(&bytes).map_err(|e| format!("invalid table: {e}"))
-}
-
-/// `No such file or directory (os error 2)` → `No such file or directory`.
-fn strip_os_suffix(s: &str) -> &str {
-    s.rsplit_once(" (os error").map_or(s, |(m, _)| m)
 }
 
 pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
@@ -308,7 +200,7 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
                 return CONF_ERROR;
             }
         };
-        let (node, failed) = Node::resolve(node_id, role, table);
+        let (node, failed) = make_node(&node_id, role, table);
         for (url, e) in failed {
             ngx_conf_log_error!(
                 NGX_LOG_WARN,

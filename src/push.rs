@@ -3,13 +3,13 @@
 //! Each push is an nginx-rtmp relay push (`ngx_rtmp_relay_push`), tagged with our module and
 //! the target, so that a timer can see which pushes are alive and start the missing ones
 //! again: a target that is down is retried every [`RETRY_MS`] without touching the source.
-//! URLs arrive with their hosts already resolved (conf::Node::resolve, at table load):
+//! URLs arrive with their hosts already resolved (mesh_agent, at table load):
 //! nothing here waits for DNS.
 
 use std::ffi::c_void;
 use std::ptr::addr_of_mut;
 
-use crate::conf::PlannedPush;
+use mesh_core::node::PlannedPush;
 
 use crate::ffi::*;
 use crate::module::module_ptr;

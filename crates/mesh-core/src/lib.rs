@@ -6,6 +6,7 @@
 //! * [`args`]: RTMP/HTTP query arguments (`node`, `key`, `token`).
 //! * [`token`]: viewer tokens (HMAC-SHA256) and broadcaster key hashing.
 //! * [`admission`]: publish/play decisions for every role and session kind.
+//! * [`node`]: the node snapshot (id, role, table, resolved target URLs).
 //! * [`push`]: which targets a node pushes a stream to, and the push URL.
 //! * [`sign`]: node ↔ master request and response signatures.
 //! * [`backoff`]: capped exponential backoff with jitter.
@@ -15,6 +16,7 @@ pub mod admission;
 pub mod args;
 pub mod backoff;
 pub mod name;
+pub mod node;
 pub mod push;
 pub mod role;
 pub mod sign;

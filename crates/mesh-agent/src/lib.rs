@@ -1,0 +1,9 @@
+//! The background side of a mesh node: everything that may block (DNS, files, HTTP to the
+//! master) and so must never run on nginx's event loop. No nginx dependency: the module's glue
+//! runs these on its own threads and takes the results back to the event loop.
+//!
+//! * [`resolve`]: target host names → addresses, when a table is loaded.
+//! * [`load`]: read, validate and resolve a table into a node snapshot; write one atomically.
+
+pub mod load;
+pub mod resolve;
