@@ -6,8 +6,8 @@
 use std::ffi::{c_char, c_void};
 use std::sync::Arc;
 
-use mesh_core::name::{for_log, is_valid_id};
 use mesh_agent::load::{make_node, read_table};
+use mesh_core::name::{for_log, is_valid_id};
 use mesh_core::node::Node;
 use mesh_core::{Role, Table};
 use ngx::ngx_conf_log_error;
