@@ -3,9 +3,11 @@
 //! runs these on its own threads and takes the results back to the event loop.
 //!
 //! * [`resolve`]: target host names → addresses, when a table is loaded.
+//! * [`agent`]: the background threads (announce, heartbeat, long poll, calls, file watch).
 //! * [`client`]: the master behind a trait, and its signed HTTP implementation.
 //! * [`load`]: read, validate and resolve a table into a node snapshot; write one atomically.
 
+pub mod agent;
 pub mod client;
 pub mod load;
 pub mod resolve;
