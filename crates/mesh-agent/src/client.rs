@@ -391,7 +391,8 @@ mod tests {
 
     #[test]
     fn refusals() {
-        let cases: Vec<(u16, &'static [u8], Option<&'static [u8]>, CallError)> = vec![
+        type Case = (u16, &'static [u8], Option<&'static [u8]>, CallError);
+        let cases: Vec<Case> = vec![
             (
                 200,
                 br#"{"status":"routed"}"#,
