@@ -26,14 +26,11 @@ fn main() {
     let includes = env::var("DEP_NGINX_INCLUDE").expect("DEP_NGINX_INCLUDE from nginx-sys");
     // nginx-sys 0.5.0 prints `cargo:metadata=cflags=...`, which reaches us as DEP_NGINX_METADATA.
     let cflags = env::var("DEP_NGINX_CFLAGS")
-        .or_else(|_| {
-            env::var("DEP_NGINX_METADATA").map(|m| m.trim_start_matches("cflags=").to_string())
-        })
+        .or_else(|_| env::var("DEP_NGINX_METADATA").map(|m| m.trim_start_matches("cflags=").to_string()))
         .unwrap_or_default();
 
-    let mut clang_args: Vec<String> = env::split_paths(&includes)
-        .map(|p| format!("-I{}", p.display()))
-        .collect();
+    let mut clang_args: Vec<String> =
+        env::split_paths(&includes).map(|p| format!("-I{}", p.display())).collect();
     clang_args.push(format!("-I{}", rtmp_dir.display()));
     clang_args.extend(cflags.split_whitespace().map(str::to_string));
 

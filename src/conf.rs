@@ -1,12 +1,16 @@
 //! Configuration: the `mesh_*` directives, create/merge, and the node state they produce.
 //!
-//! rtmp{} main level: `mesh_node_id`, `mesh_role`, `mesh_table_file`.
+//! rtmp{} main level: `mesh_node_id`, `mesh_role`, `mesh_table_file`, and the master's:
+//! `mesh_master`, `mesh_master_key` | `mesh_master_key_file`, `mesh_master_path`,
+//! `mesh_rtmp_url`, `mesh_http_url`, `mesh_heartbeat_interval`, `mesh_poll_wait`,
+//! `mesh_master_timeout`.
 //! application level (inherited): `mesh on|off`.
 
 use std::ffi::{c_char, c_void};
 use std::sync::Arc;
 
-use mesh_agent::load::{make_node, read_table};
+use mesh_agent::client::Paths;
+use mesh_agent::load::{make_node, os_error, read_table};
 use mesh_core::name::{for_log, is_valid_id};
 use mesh_core::node::Node;
 use mesh_core::{Role, Table};
@@ -17,23 +21,71 @@ use crate::ffi::*;
 use crate::util::{guard, pool_new, str_bytes, CONF_ERROR, CONF_OK};
 
 /// rtmp{} main configuration. Lives in the configuration pool (dropped with it).
-#[derive(Default)]
 pub struct MainConf {
     pub node_id: Option<String>,
     pub role: Option<Role>,
     pub table_file: Option<String>,
     table: Option<Table>,
+    /// `http(s)://host[:port][/prefix]`, no trailing slash.
+    pub master: Option<String>,
+    pub master_key: Option<Vec<u8>>,
+    pub paths: [Option<String>; 5],
+    pub rtmp_url: Option<String>,
+    pub http_url: Option<String>,
+    pub heartbeat_interval: ngx_msec_t,
+    pub poll_wait: ngx_msec_t,
+    pub master_timeout: ngx_msec_t,
     /// The node state the hot path reads: one read lock and an `Arc` clone per decision.
     node: RwLock<Option<Arc<Node>>>,
 }
 
+impl Default for MainConf {
+    fn default() -> MainConf {
+        MainConf {
+            node_id: None,
+            role: None,
+            table_file: None,
+            table: None,
+            master: None,
+            master_key: None,
+            paths: Default::default(),
+            rtmp_url: None,
+            http_url: None,
+            heartbeat_interval: UNSET_MSEC,
+            poll_wait: UNSET_MSEC,
+            master_timeout: UNSET_MSEC,
+            node: RwLock::new(None),
+        }
+    }
+}
+
+/// Endpoint names of `mesh_master_path`, in the order of `MainConf::paths`.
+pub const ENDPOINTS: [&str; 5] = ["announce", "heartbeat", "streams", "auth", "route"];
+
+const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
+
 impl MainConf {
     /// The current node snapshot.
     pub fn node(&self) -> Arc<Node> {
-        self.node
-            .read()
-            .clone()
-            .unwrap_or_else(|| Arc::new(Node::standalone()))
+        self.node.read().clone().unwrap_or_else(|| Arc::new(Node::standalone()))
+    }
+
+    /// Swap in a new snapshot (event loop only).
+    pub fn set_node(&self, node: Arc<Node>) {
+        *self.node.write() = Some(node);
+    }
+
+    /// The master's endpoint paths, defaults filled in.
+    pub fn master_paths(&self) -> Paths {
+        let d = Paths::default();
+        let pick = |i: usize, def: String| self.paths[i].clone().unwrap_or(def);
+        Paths {
+            announce: pick(0, d.announce),
+            heartbeat: pick(1, d.heartbeat),
+            streams: pick(2, d.streams),
+            auth: pick(3, d.auth),
+            route: pick(4, d.route),
+        }
     }
 }
 
@@ -159,11 +211,178 @@ pub unsafe extern "C" fn set_table_file(
     })
 }
 
+pub unsafe extern "C" fn set_master(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard(CONF_ERROR, || {
+        // SAFETY: called by the parser with our main conf and the directive's arguments.
+        let (mcf, value) = unsafe { (main_conf(conf), arg(cf, 1)) };
+        if mcf.master.is_some() {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        match check_http_url(&value) {
+            Ok(base) => {
+                mcf.master = Some(base);
+                CONF_OK
+            }
+            Err(why) => {
+                ngx_conf_log_error!(
+                    NGX_LOG_EMERG,
+                    cf,
+                    "invalid value \"{}\" in \"mesh_master\" directive, {}",
+                    for_log(&value),
+                    why
+                );
+                CONF_ERROR
+            }
+        }
+    })
+}
+
+/// `http(s)://host[:port][/prefix]` without query or fragment; returns it without a trailing
+/// slash.
+fn check_http_url(url: &str) -> Result<String, &'static str> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or("it must start with \"http://\" or \"https://\"")?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err("it has no host");
+    }
+    if rest.bytes().any(|b| !b.is_ascii_graphic() || b == b'?' || b == b'#') {
+        return Err("it must not have a query, a fragment or spaces");
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+pub unsafe extern "C" fn set_master_key(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard(CONF_ERROR, || {
+        // SAFETY: called by the parser with our main conf, its command and arguments.
+        let (mcf, value, name) = unsafe {
+            (main_conf(conf), arg(cf, 1), String::from_utf8_lossy(str_bytes(&(*cmd).name)).into_owned())
+        };
+        if mcf.master_key.is_some() {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        let key = if name == "mesh_master_key_file" {
+            // SAFETY: as in set_table_file: the path is made absolute in the cycle's pool.
+            let path = unsafe {
+                let mut p = args(cf)[1];
+                if ngx_conf_full_name((*cf).cycle, &mut p, 1) != NGX_OK as ngx_int_t {
+                    return CONF_ERROR;
+                }
+                String::from_utf8_lossy(str_bytes(&p)).into_owned()
+            };
+            match std::fs::read(&path) {
+                Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
+                Err(e) => {
+                    ngx_conf_log_error!(
+                        NGX_LOG_EMERG,
+                        cf,
+                        "mesh_master_key_file \"{}\": {}",
+                        path,
+                        os_error("open", e)
+                    );
+                    return CONF_ERROR;
+                }
+            }
+        } else {
+            value
+        };
+        if key.is_empty() {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "empty master key in \"{}\" directive", name);
+            return CONF_ERROR;
+        }
+        mcf.master_key = Some(key.into_bytes());
+        CONF_OK
+    })
+}
+
+pub unsafe extern "C" fn set_master_path(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard(CONF_ERROR, || {
+        // SAFETY: called by the parser with our main conf and the directive's arguments.
+        let (mcf, name, path) = unsafe { (main_conf(conf), arg(cf, 1), arg(cf, 2)) };
+        let Some(i) = ENDPOINTS.iter().position(|e| *e == name) else {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "invalid endpoint \"{}\" in \"mesh_master_path\" directive, it must be \"announce\", \"heartbeat\", \"streams\", \"auth\" or \"route\"",
+                for_log(&name)
+            );
+            return CONF_ERROR;
+        };
+        if mcf.paths[i].is_some() {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "\"mesh_master_path\" directive \"{}\" is duplicate",
+                name
+            );
+            return CONF_ERROR;
+        }
+        if !path.starts_with('/') || path.bytes().any(|b| !b.is_ascii_graphic() || b == b'?' || b == b'#') {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "invalid path \"{}\" in \"mesh_master_path\" directive, it must start with \"/\" and have no query",
+                for_log(&path)
+            );
+            return CONF_ERROR;
+        }
+        mcf.paths[i] = Some(path);
+        CONF_OK
+    })
+}
+
+pub unsafe extern "C" fn set_public_url(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard(CONF_ERROR, || {
+        // SAFETY: called by the parser with our main conf, its command and arguments.
+        let (mcf, value, name) = unsafe {
+            (main_conf(conf), arg(cf, 1), String::from_utf8_lossy(str_bytes(&(*cmd).name)).into_owned())
+        };
+        let (slot, schemes): (&mut Option<String>, &[&str]) = if name == "mesh_rtmp_url" {
+            (&mut mcf.rtmp_url, &["rtmp://"])
+        } else {
+            (&mut mcf.http_url, &["http://", "https://"])
+        };
+        if slot.is_some() {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        let ok = schemes.iter().any(|p| value.strip_prefix(p).is_some_and(|r| !r.is_empty()))
+            && value.bytes().all(|b| b.is_ascii_graphic());
+        if !ok {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "invalid value \"{}\" in \"{}\" directive, it must be a {} URL",
+                for_log(&value),
+                name,
+                schemes.join(" or ")
+            );
+            return CONF_ERROR;
+        }
+        *slot = Some(value);
+        CONF_OK
+    })
+}
+
 pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     // SAFETY: cf->pool is the configuration pool, alive as long as the cycle.
-    guard(std::ptr::null_mut(), || unsafe {
-        pool_new((*cf).pool, MainConf::default()).cast()
-    })
+    guard(std::ptr::null_mut(), || unsafe { pool_new((*cf).pool, MainConf::default()).cast() })
 }
 
 /// Settle the node: the table's `role` wins over `mesh_role` (it is the master's word), the
@@ -191,15 +410,26 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
             (Some(id), _) => id.clone(),
             (None, Role::Standalone) => "standalone".to_string(),
             (None, r) => {
-                ngx_conf_log_error!(
-                    NGX_LOG_EMERG,
-                    cf,
-                    "\"mesh_node_id\" is required for role \"{}\"",
-                    r
-                );
+                ngx_conf_log_error!(NGX_LOG_EMERG, cf, "\"mesh_node_id\" is required for role \"{}\"", r);
                 return CONF_ERROR;
             }
         };
+        if mcf.master.is_some() && mcf.master_key.is_none() {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "\"mesh_master\" needs \"mesh_master_key\" or \"mesh_master_key_file\""
+            );
+            return CONF_ERROR;
+        }
+        let msec = |v: &mut ngx_msec_t, d: ngx_msec_t| {
+            if *v == UNSET_MSEC {
+                *v = d;
+            }
+        };
+        msec(&mut mcf.heartbeat_interval, 10_000);
+        msec(&mut mcf.poll_wait, 25_000);
+        msec(&mut mcf.master_timeout, 5_000);
         let (node, failed) = make_node(&node_id, role, table);
         for (url, e) in failed {
             ngx_conf_log_error!(

@@ -4,14 +4,22 @@
 //! * [`module`]: the module definition, directives and chain hooks;
 //! * [`conf`]: configuration (directives, create/merge, the node snapshot);
 //! * [`session`]: publish/play admission at the head of nginx-rtmp's chains;
-//! * [`push`]: relay pushes of published streams, and their retries;
+//! * [`push`]: relay pushes of published streams, their retries and reconciliation;
+//! * [`registry`]: the admitted sessions, checked again when the table or role changes;
+//! * [`auth`]: the auth endpoint, asked without blocking (netcall-style suspend/resume);
+//! * [`route`]: route requests for streams a viewer wants here;
+//! * [`runtime`]: the background threads and the wake-up socket back to the event loop;
 //! * [`util`]: FFI helpers (panic guard, pool-owned values).
 //!
 //! Every decision is made by `mesh_core`, which has no nginx dependency.
 
+mod auth;
 mod conf;
 mod ffi;
 pub mod module;
 mod push;
+mod registry;
+mod route;
+mod runtime;
 mod session;
 mod util;

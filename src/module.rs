@@ -1,6 +1,6 @@
 //! The module's definition: directives, rtmp module context, and the handler chains it heads.
 
-use std::ffi::c_void;
+use std::ffi::{c_char, c_void};
 use std::mem::offset_of;
 use std::ptr::{addr_of, addr_of_mut, null_mut};
 
@@ -14,35 +14,49 @@ const MAIN_CONF_OFFSET: ngx_uint_t = offset_of!(ngx_rtmp_conf_ctx_t, main_conf) 
 const APP_CONF_OFFSET: ngx_uint_t = offset_of!(ngx_rtmp_conf_ctx_t, app_conf) as ngx_uint_t;
 const MAIN_TAKE1: ngx_uint_t = (NGX_RTMP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t;
 
-static mut COMMANDS: [ngx_command_t; 5] = [
+const MAIN_TAKE2: ngx_uint_t = (NGX_RTMP_MAIN_CONF | NGX_CONF_TAKE2) as ngx_uint_t;
+
+/// A main-level directive taking one argument, handled by `set`.
+const fn main1(name: ngx_str_t, set: SetFn, offset: usize) -> ngx_command_t {
     ngx_command_t {
-        name: ngx_string!("mesh_node_id"),
+        name,
         type_: MAIN_TAKE1,
-        set: Some(conf::set_node_id),
+        set: Some(set),
+        conf: MAIN_CONF_OFFSET,
+        offset: offset as ngx_uint_t,
+        post: null_mut(),
+    }
+}
+
+type SetFn = unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
+
+static mut COMMANDS: [ngx_command_t; 14] = [
+    main1(ngx_string!("mesh_master"), conf::set_master, 0),
+    main1(ngx_string!("mesh_master_key"), conf::set_master_key, 0),
+    main1(ngx_string!("mesh_master_key_file"), conf::set_master_key, 0),
+    ngx_command_t {
+        name: ngx_string!("mesh_master_path"),
+        type_: MAIN_TAKE2,
+        set: Some(conf::set_master_path),
         conf: MAIN_CONF_OFFSET,
         offset: 0,
         post: null_mut(),
     },
-    ngx_command_t {
-        name: ngx_string!("mesh_role"),
-        type_: MAIN_TAKE1,
-        set: Some(conf::set_role),
-        conf: MAIN_CONF_OFFSET,
-        offset: 0,
-        post: null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("mesh_table_file"),
-        type_: MAIN_TAKE1,
-        set: Some(conf::set_table_file),
-        conf: MAIN_CONF_OFFSET,
-        offset: 0,
-        post: null_mut(),
-    },
+    main1(ngx_string!("mesh_rtmp_url"), conf::set_public_url, 0),
+    main1(ngx_string!("mesh_http_url"), conf::set_public_url, 0),
+    main1(
+        ngx_string!("mesh_heartbeat_interval"),
+        ngx_conf_set_msec_slot,
+        offset_of!(MainConf, heartbeat_interval),
+    ),
+    main1(ngx_string!("mesh_poll_wait"), ngx_conf_set_msec_slot, offset_of!(MainConf, poll_wait)),
+    main1(ngx_string!("mesh_master_timeout"), ngx_conf_set_msec_slot, offset_of!(MainConf, master_timeout)),
+    main1(ngx_string!("mesh_node_id"), conf::set_node_id, 0),
+    main1(ngx_string!("mesh_role"), conf::set_role, 0),
+    main1(ngx_string!("mesh_table_file"), conf::set_table_file, 0),
     ngx_command_t {
         name: ngx_string!("mesh"),
-        type_: (NGX_RTMP_MAIN_CONF | NGX_RTMP_SRV_CONF | NGX_RTMP_APP_CONF | NGX_CONF_FLAG)
-            as ngx_uint_t,
+        type_: (NGX_RTMP_MAIN_CONF | NGX_RTMP_SRV_CONF | NGX_RTMP_APP_CONF | NGX_CONF_FLAG) as ngx_uint_t,
         set: Some(ngx_conf_set_flag_slot),
         conf: APP_CONF_OFFSET,
         offset: offset_of!(AppConf, mesh) as ngx_uint_t,
@@ -68,6 +82,9 @@ pub static mut ngx_rtmp_mesh_module: ngx_module_t = ngx_module_t {
     ctx: addr_of!(MODULE_CTX) as *mut c_void,
     commands: addr_of_mut!(COMMANDS) as *mut ngx_command_t,
     type_: NGX_RTMP_MODULE as ngx_uint_t,
+    init_module: Some(crate::runtime::init_module),
+    init_process: Some(crate::runtime::init_process),
+    exit_process: Some(crate::runtime::exit_process),
     ..ngx_module_t::default()
 };
 

@@ -1,15 +1,17 @@
 //! Pushes of a published stream to the targets the table gives this node's role.
 //!
-//! Each push is an nginx-rtmp relay push (`ngx_rtmp_relay_push`), tagged with our module and
-//! the target, so that a timer can see which pushes are alive and start the missing ones
+//! Each push is an nginx-rtmp relay push (`ngx_rtmp_relay_push`), tagged with our module and a
+//! per-target id, so that a timer can see which pushes are alive and start the missing ones
 //! again: a target that is down is retried every [`RETRY_MS`] without touching the source.
-//! URLs arrive with their hosts already resolved (mesh_agent, at table load):
-//! nothing here waits for DNS.
+//! When the table changes, [`Pushes::reconcile`] starts new targets and closes removed ones.
+//! URLs arrive with their hosts already resolved (mesh_agent, at table load): nothing here
+//! waits for DNS.
 
 use std::ffi::c_void;
 use std::ptr::addr_of_mut;
 
 use mesh_core::node::PlannedPush;
+use mesh_core::wire::PushStat;
 
 use crate::ffi::*;
 use crate::module::module_ptr;
@@ -19,24 +21,27 @@ use crate::util::{guard, pool_str};
 pub const RETRY_MS: ngx_msec_t = 3000;
 
 struct PushTarget {
+    id: usize,
     node_id: String,
+    url: String,
     target: ngx_rtmp_relay_target_t,
     /// Last seen state, to log changes only.
     up: bool,
 }
 
-/// The pushes of one published stream. Boxed: the timer event and the targets keep their
-/// addresses for the life of the publish.
+/// The pushes of one published stream. Boxed: the timer event keeps its address for the life
+/// of the publish.
 pub struct Pushes {
     s: *mut ngx_rtmp_session_t,
     stream: String,
     name: ngx_str_t,
     targets: Vec<PushTarget>,
+    next_id: usize,
     ev: ngx_event_t,
 }
 
 impl Pushes {
-    /// Start pushing `stream` (published on session `s`) to `targets`.
+    /// Start pushing `stream` (published on session `s`) as `plan` says.
     ///
     /// # Safety
     /// `s` must be the live publishing session; the returned value must be dropped before
@@ -49,82 +54,118 @@ impl Pushes {
         // SAFETY: live session; every string handed to nginx is copied into the connection
         // pool, which outlives the publish.
         unsafe {
-            let pool = (*(*s).connection).pool;
-            let log = (*(*s).connection).log;
-            let name = pool_str(pool, stream.as_bytes())?;
-            let mut list = Vec::with_capacity(plan.len());
-            for t in plan {
-                let Some(url) = &t.url else {
-                    ngx::ngx_log_error!(
-                        NGX_LOG_ERR,
-                        log,
-                        "mesh: push of stream \"{}\" to node \"{}\" skipped: its host did not resolve when the table was loaded",
-                        stream,
-                        t.node_id
-                    );
-                    continue;
-                };
-                let Some(u) = pool_str(pool, url.trim_start_matches("rtmp://").as_bytes()) else {
-                    continue;
-                };
-                let mut target: ngx_rtmp_relay_target_t = std::mem::zeroed();
-                target.url.url = u;
-                target.url.default_port = 1935;
-                target.url.set_uri_part(1);
-                target.url.set_no_resolve(1);
-                if ngx_parse_url(pool, &mut target.url) != NGX_OK as ngx_int_t
-                    || target.url.naddrs == 0
-                {
-                    ngx::ngx_log_error!(
-                        NGX_LOG_ERR,
-                        log,
-                        "mesh: push of stream \"{}\" to node \"{}\" skipped: invalid address",
-                        stream,
-                        t.node_id
-                    );
-                    continue;
-                }
-                list.push(PushTarget {
-                    node_id: t.node_id.clone(),
-                    target,
-                    up: true,
-                });
-            }
-            if list.is_empty() {
-                return None;
-            }
+            let name = pool_str((*(*s).connection).pool, stream.as_bytes())?;
             let mut p = Box::new(Pushes {
                 s,
                 stream: stream.to_string(),
                 name,
-                targets: list,
+                targets: Vec::new(),
+                next_id: 0,
                 ev: std::mem::zeroed(),
             });
             let me: *mut Pushes = &mut *p;
-            for t in p.targets.iter_mut() {
-                t.target.tag = module_ptr();
-                t.target.data = (t as *mut PushTarget).cast();
-            }
             p.ev.handler = Some(retry);
             p.ev.data = me.cast();
-            p.ev.log = log;
+            p.ev.log = (*(*s).connection).log;
             p.ev.set_cancelable(1);
-            for t in p.targets.iter_mut() {
-                ngx_rtmp_relay_push(s, &mut p.name, &mut t.target);
-            }
+            p.reconcile(plan);
             ngx_add_timer(&mut p.ev, RETRY_MS);
             Some(p)
+        }
+    }
+
+    /// Make the running pushes match `plan`: close the ones it no longer has (or whose URL
+    /// changed), start the new ones, leave the rest alone.
+    pub fn reconcile(&mut self, plan: &[PlannedPush]) {
+        let keep =
+            |t: &PushTarget| plan.iter().any(|p| p.node_id == t.node_id && p.url.as_deref() == Some(&t.url));
+        let (stay, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.targets).into_iter().partition(keep);
+        self.targets = stay;
+        for t in gone {
+            self.close(t.id);
+            // SAFETY: live session log.
+            unsafe { log_state(self.s, &self.stream, &t.node_id, "stopped: no longer in the table") };
+        }
+        for p in plan {
+            if self.targets.iter().any(|t| t.node_id == p.node_id) {
+                continue;
+            }
+            let Some(url) = &p.url else {
+                // SAFETY: live session log.
+                unsafe {
+                    log_error(
+                        self.s,
+                        &self.stream,
+                        &p.node_id,
+                        "skipped: its host did not resolve when the table was loaded",
+                    )
+                };
+                continue;
+            };
+            // SAFETY: live publishing session.
+            match unsafe { self.target(&p.node_id, url) } {
+                Some(mut t) => {
+                    // SAFETY: live publishing session; name and target live as long as `self`.
+                    unsafe { ngx_rtmp_relay_push(self.s, &mut self.name, &mut t.target) };
+                    self.targets.push(t);
+                }
+                // SAFETY: live session log.
+                None => unsafe { log_error(self.s, &self.stream, &p.node_id, "skipped: invalid address") },
+            }
+        }
+    }
+
+    /// A relay target for `url` (`rtmp://ip:port/app/stream?node=&key=`), parsed into the
+    /// connection's pool.
+    ///
+    /// # Safety
+    /// `self.s` is live.
+    unsafe fn target(&mut self, node_id: &str, url: &str) -> Option<PushTarget> {
+        // SAFETY: the pool is the live session's; ngx_parse_url keeps pointers into it.
+        unsafe {
+            let pool = (*(*self.s).connection).pool;
+            let u = pool_str(pool, url.trim_start_matches("rtmp://").as_bytes())?;
+            let mut target: ngx_rtmp_relay_target_t = std::mem::zeroed();
+            target.url.url = u;
+            target.url.default_port = 1935;
+            target.url.set_uri_part(1);
+            target.url.set_no_resolve(1);
+            if ngx_parse_url(pool, &mut target.url) != NGX_OK as ngx_int_t || target.url.naddrs == 0 {
+                return None;
+            }
+            self.next_id += 1;
+            target.tag = module_ptr();
+            target.data = self.next_id as *mut c_void;
+            Some(PushTarget {
+                id: self.next_id,
+                node_id: node_id.to_string(),
+                url: url.to_string(),
+                target,
+                up: true,
+            })
+        }
+    }
+
+    /// Close the live push with id `id`, if any.
+    fn close(&self, id: usize) {
+        // SAFETY: the relay ctx's `play` list holds live push contexts; finalizing a session
+        // only posts its close.
+        unsafe {
+            for (data, session) in self.live() {
+                if data as usize == id && !session.is_null() {
+                    ngx_rtmp_finalize_session(session);
+                }
+            }
         }
     }
 
     /// Push again to every target that has no live push now, then check again later.
     /// A change of a target's state is logged once, not every retry.
     fn push_missing(&mut self) {
-        let alive = self.alive();
+        let alive: Vec<usize> = self.live().into_iter().map(|(d, _)| d as usize).collect();
         let s = self.s;
         for t in self.targets.iter_mut() {
-            let key = (t as *mut PushTarget).cast::<c_void>();
-            if alive.contains(&key) {
+            if alive.contains(&t.id) {
                 if !t.up {
                     t.up = true;
                     // SAFETY: live session log.
@@ -144,8 +185,8 @@ impl Pushes {
         unsafe { ngx_add_timer(&mut self.ev, RETRY_MS) };
     }
 
-    /// The `data` of every live push of ours on this session.
-    fn alive(&self) -> Vec<*mut c_void> {
+    /// `(data, session)` of every live push of ours on this session.
+    fn live(&self) -> Vec<(*mut c_void, *mut ngx_rtmp_session_t)> {
         let mut out = Vec::new();
         // SAFETY: the relay module's ctx for this session lists its pushes in `play`; each
         // entry stays valid while linked.
@@ -158,12 +199,24 @@ impl Pushes {
             let mut p = (*rctx).play;
             while !p.is_null() {
                 if (*p).tag == module_ptr() {
-                    out.push((*p).data);
+                    out.push(((*p).data, (*p).session));
                 }
                 p = (*p).next;
             }
         }
         out
+    }
+
+    /// The state of each push, for the heartbeat.
+    pub fn figures(&self) -> Vec<PushStat> {
+        self.targets
+            .iter()
+            .map(|t| PushStat {
+                stream: self.stream.clone(),
+                to: t.node_id.clone(),
+                state: if t.up { "connected" } else { "retrying" }.into(),
+            })
+            .collect()
     }
 }
 
@@ -174,6 +227,22 @@ unsafe fn log_state(s: *mut ngx_rtmp_session_t, stream: &str, node: &str, what: 
     unsafe {
         ngx::ngx_log_error!(
             NGX_LOG_WARN,
+            (*(*s).connection).log,
+            "mesh: push of stream \"{}\" to node \"{}\" {}",
+            stream,
+            node,
+            what
+        );
+    }
+}
+
+/// # Safety
+/// `s` must be a live session.
+unsafe fn log_error(s: *mut ngx_rtmp_session_t, stream: &str, node: &str, what: &str) {
+    // SAFETY: live session log.
+    unsafe {
+        ngx::ngx_log_error!(
+            NGX_LOG_ERR,
             (*(*s).connection).log,
             "mesh: push of stream \"{}\" to node \"{}\" {}",
             stream,

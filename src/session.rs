@@ -1,25 +1,32 @@
 //! Admission: the publish and play handlers at the head of nginx-rtmp's chains.
 //!
-//! Decisions are made in-process against the node's table snapshot (mesh_core::admission):
-//! no I/O on the event loop. A refusal closes the session and writes one error-log line with
-//! who, what and why, never the key or token.
+//! Decisions are made in-process against the node's snapshot (mesh_core::admission): no I/O on
+//! the event loop. With a master, a broadcaster key or a viewer the table cannot decide is
+//! asked about in the background (auth.rs) while the session waits. A refusal closes the
+//! session and writes one error-log line with who, what and why, never the key or token.
 
 use std::ptr::addr_of;
 
-use mesh_core::admission::{Context, PublishRequest};
+use mesh_core::args::MeshArgs;
 use mesh_core::name::for_log;
-use mesh_core::{Refusal, SessionKind};
+use mesh_core::node::Node;
+use mesh_core::wire::{Action, AuthRequest};
+use mesh_core::{PublishRequest, Refusal, SessionKind};
 
+use crate::auth::{self, Answer, Waiter};
 use crate::ffi::*;
 use crate::module::{ctx_index, session_app_conf, session_main_conf};
 use crate::push::Pushes;
+use crate::registry::{self, Entry, Via};
 use crate::util::{cbuf_str, guard, pool_new, str_bytes};
+use crate::{route, runtime};
 
 static mut NEXT_PUBLISH: ngx_rtmp_publish_pt = None;
 static mut NEXT_PLAY: ngx_rtmp_play_pt = None;
 static mut NEXT_CLOSE_STREAM: ngx_rtmp_close_stream_pt = None;
 
 const NGX_ERROR: ngx_int_t = crate::ffi::NGX_ERROR as ngx_int_t;
+const OK: ngx_int_t = NGX_OK as ngx_int_t;
 
 /// Link our handlers in front of nginx-rtmp's publish, play and close_stream chains.
 ///
@@ -37,10 +44,39 @@ pub unsafe fn hook_chains() {
     }
 }
 
+/// A command kept while the auth endpoint is asked.
+pub enum PendingCmd {
+    Publish(Box<ngx_rtmp_publish_t>),
+    Play(Box<ngx_rtmp_play_t>),
+}
+
+pub struct Pending {
+    pub id: u64,
+    pub cmd: PendingCmd,
+    pub stream: String,
+    pub args: String,
+}
+
 /// What we keep per session (in the connection's pool, dropped with it).
+#[derive(Default)]
 pub struct SessionCtx {
+    /// Registry id while admitted.
+    pub reg: Option<u64>,
+    /// A publish or play waiting for the auth endpoint.
+    pub pending: Option<Pending>,
     /// Pushes of a published stream, while it is published.
     pub pushes: Option<Box<Pushes>>,
+}
+
+impl Drop for SessionCtx {
+    fn drop(&mut self) {
+        if let Some(id) = self.reg.take() {
+            registry::remove(id);
+        }
+        if let Some(p) = self.pending.take() {
+            auth::forget(p.id);
+        }
+    }
 }
 
 /// Our ctx of a session, if any.
@@ -52,17 +88,18 @@ pub unsafe fn get_ctx<'a>(s: *mut ngx_rtmp_session_t) -> Option<&'a mut SessionC
     unsafe { (*(*s).ctx.add(ctx_index())).cast::<SessionCtx>().as_mut() }
 }
 
+/// Our ctx of a session, made on first use.
+///
 /// # Safety
 /// `s` must be a live session.
-unsafe fn set_ctx(s: *mut ngx_rtmp_session_t, ctx: SessionCtx) -> Option<&'static mut SessionCtx> {
+unsafe fn ctx_mut<'a>(s: *mut ngx_rtmp_session_t) -> Option<&'a mut SessionCtx> {
     // SAFETY: the connection pool outlives the session's use of the ctx; pool_new drops the
-    // value (and so stops its timer) when the pool goes.
+    // value (and so leaves the registry, stops its timer) when the pool goes.
     unsafe {
-        if let Some(old) = get_ctx(s) {
-            *old = ctx;
-            return Some(old);
+        if let Some(c) = get_ctx(s) {
+            return Some(c);
         }
-        let p = pool_new((*(*s).connection).pool, ctx);
+        let p = pool_new((*(*s).connection).pool, SessionCtx::default());
         *(*s).ctx.add(ctx_index()) = p.cast();
         p.as_mut()
     }
@@ -72,28 +109,54 @@ unsafe fn set_ctx(s: *mut ngx_rtmp_session_t, ctx: SessionCtx) -> Option<&'stati
 ///
 /// # Safety
 /// `s` must be a live session.
-unsafe fn peer(s: *mut ngx_rtmp_session_t) -> String {
+pub unsafe fn peer(s: *mut ngx_rtmp_session_t) -> String {
     // SAFETY: addr_text is set for every accepted connection.
     unsafe { String::from_utf8_lossy(str_bytes(&(*(*s).connection).addr_text)).into_owned() }
 }
 
 /// # Safety
 /// `s` must be a live session.
-unsafe fn log_refusal(s: *mut ngx_rtmp_session_t, what: &str, stream: &str, why: Refusal) {
+unsafe fn app(s: *mut ngx_rtmp_session_t) -> String {
+    // SAFETY: live session.
+    unsafe { String::from_utf8_lossy(str_bytes(&(*s).app)).into_owned() }
+}
+
+/// One error-log line for a refused or dropped session: who (address), what (action,
+/// application, stream) and why.
+///
+/// # Safety
+/// `s` must be a live session.
+pub unsafe fn log_session(s: *mut ngx_rtmp_session_t, action: &str, verb: &str, stream: &str, why: &str) {
     // SAFETY: live session: its app string and connection log are valid.
     unsafe {
-        let app = String::from_utf8_lossy(str_bytes(&(*s).app));
         ngx::ngx_log_error!(
             NGX_LOG_ERR,
             (*(*s).connection).log,
-            "mesh: {} refused: app \"{}\", stream \"{}\", from {}: {}",
-            what,
-            for_log(&app),
+            "mesh: {} {}: app \"{}\", stream \"{}\", from {}: {}",
+            action,
+            verb,
+            for_log(&app(s)),
             for_log(stream),
             peer(s),
             why
         );
     }
+}
+
+/// # Safety
+/// `s` must be a live session.
+unsafe fn log_refusal(s: *mut ngx_rtmp_session_t, action: &str, stream: &str, why: &str) {
+    // SAFETY: live session.
+    unsafe { log_session(s, action, "refused", stream, why) }
+}
+
+/// Is the mesh on for this session's application?
+///
+/// # Safety
+/// `s` must be a live session.
+unsafe fn mesh_on(s: *mut ngx_rtmp_session_t) -> bool {
+    // SAFETY: live session.
+    unsafe { session_app_conf(s).is_some_and(|a| a.mesh == 1) }
 }
 
 /// Did the live module take this session as its stream's publisher?
@@ -109,16 +172,7 @@ unsafe fn is_live_publisher(s: *mut ngx_rtmp_session_t) -> bool {
     }
 }
 
-/// Is the mesh on for this session's application?
-///
-/// # Safety
-/// `s` must be a live session.
-unsafe fn mesh_on(s: *mut ngx_rtmp_session_t) -> bool {
-    // SAFETY: live session.
-    unsafe { session_app_conf(s).is_some_and(|a| a.mesh == 1) }
-}
-
-fn now() -> u64 {
+pub fn now() -> u64 {
     ngx_time().max(0) as u64
 }
 
@@ -132,44 +186,28 @@ unsafe extern "C" fn publish(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_publis
             let stream = cbuf_str(&(*v).name).into_owned();
             let args = cbuf_str(&(*v).args).into_owned();
             let node = session_main_conf(s).node();
-            let ctx = Context {
-                table: &node.table,
-                role: node.role,
-                node_id: &node.node_id,
-                now: now(),
-            };
-            let source = match ctx.publish(PublishRequest {
-                stream: &stream,
-                args: &args,
-            }) {
-                Ok(SessionKind::NodePush { from }) => Some(from),
-                Ok(_) => None,
-                Err(why) => {
-                    log_refusal(s, "publish", &stream, why);
-                    return NGX_ERROR;
+            let decision = node.context(now()).publish(PublishRequest { stream: &stream, args: &args });
+            match decision {
+                Ok(kind) => admit_publish(s, v, &node, &stream, &args, kind, Via::Table),
+                Err(Refusal::UnknownStream | Refusal::WrongKey)
+                    if MeshArgs::parse(&args).node.is_none() && runtime::has_master() =>
+                {
+                    let key = MeshArgs::parse(&args).key.map(str::to_string);
+                    ask_master(
+                        s,
+                        &node,
+                        Action::Publish,
+                        &stream,
+                        &args,
+                        key,
+                        PendingCmd::Publish(Box::new(std::ptr::read(v))),
+                    )
                 }
-            };
-            ngx::ngx_log_error!(
-                NGX_LOG_NOTICE,
-                (*(*s).connection).log,
-                "mesh: publish accepted: stream \"{}\" from {} ({})",
-                stream,
-                source.as_deref().unwrap_or("broadcaster"),
-                peer(s)
-            );
-            let rc = next_publish(s, v);
-            // A second publisher of a live stream is told "already publishing" by the live
-            // module and left connected: it must not push.
-            if rc == NGX_OK as ngx_int_t && is_live_publisher(s) {
-                let plan = node.plan_pushes(&stream, source.as_deref());
-                if !plan.is_empty() {
-                    let pushes = Pushes::start(s, &stream, &plan);
-                    if set_ctx(s, SessionCtx { pushes }).is_none() {
-                        return NGX_ERROR;
-                    }
+                Err(why) => {
+                    log_refusal(s, "publish", &stream, why.as_str());
+                    NGX_ERROR
                 }
             }
-            rc
         }
     })
 }
@@ -185,19 +223,24 @@ unsafe extern "C" fn play(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_play_t) -
             let stream = cbuf_str(&(*v).name).into_owned();
             let args = cbuf_str(&(*v).args).into_owned();
             let node = session_main_conf(s).node();
-            let ctx = Context {
-                table: &node.table,
-                role: node.role,
-                node_id: &node.node_id,
-                now: now(),
-            };
-            match ctx.play(PublishRequest {
-                stream: &stream,
-                args: &args,
-            }) {
-                Ok(_) => next_play(s, v),
+            let decision = node.context(now()).play(PublishRequest { stream: &stream, args: &args });
+            match decision {
+                // No viewer secret: with a master, the auth endpoint decides.
+                Ok(_) if node.table.viewer_secret.is_none() && runtime::has_master() => {
+                    let token = MeshArgs::parse(&args).token.map(str::to_string);
+                    ask_master(
+                        s,
+                        &node,
+                        Action::Play,
+                        &stream,
+                        &args,
+                        token,
+                        PendingCmd::Play(Box::new(std::ptr::read(v))),
+                    )
+                }
+                Ok(_) => admit_play(s, v, &node, &stream, &args, Via::Table),
                 Err(why) => {
-                    log_refusal(s, "play", &stream, why);
+                    log_refusal(s, "play", &stream, why.as_str());
                     NGX_ERROR
                 }
             }
@@ -205,20 +248,214 @@ unsafe extern "C" fn play(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_play_t) -
     })
 }
 
-unsafe extern "C" fn close_stream(
+/// Let a publish in: register it, pass it down the chain, start its pushes.
+///
+/// # Safety
+/// `s` and `v` as in the publish handler.
+unsafe fn admit_publish(
     s: *mut ngx_rtmp_session_t,
-    v: *mut ngx_rtmp_close_stream_t,
+    v: *mut ngx_rtmp_publish_t,
+    node: &Node,
+    stream: &str,
+    args: &str,
+    kind: SessionKind,
+    via: Via,
 ) -> ngx_int_t {
+    // SAFETY: live session and command, as the caller guarantees.
+    unsafe {
+        let source = match &kind {
+            SessionKind::NodePush { from } => Some(from.clone()),
+            _ => None,
+        };
+        ngx::ngx_log_error!(
+            NGX_LOG_NOTICE,
+            (*(*s).connection).log,
+            "mesh: publish accepted: stream \"{}\" from {} ({})",
+            stream,
+            source.as_deref().unwrap_or("broadcaster"),
+            peer(s)
+        );
+        let Some(ctx) = ctx_mut(s) else {
+            return NGX_ERROR;
+        };
+        if let Some(old) = ctx.reg.take() {
+            registry::remove(old);
+        }
+        let id = registry::add(Entry::new(s, kind, stream.into(), args.into(), via));
+        ctx.reg = Some(id);
+        let rc = next_publish(s, v);
+        // A second publisher of a live stream is told "already publishing" by the live
+        // module and left connected: it is no publisher of ours, and must not push.
+        if rc != OK || !is_live_publisher(s) {
+            if let Some(ctx) = get_ctx(s) {
+                if let Some(id) = ctx.reg.take() {
+                    registry::remove(id);
+                }
+            }
+            return rc;
+        }
+        let plan = node.plan_pushes(stream, source.as_deref());
+        if !plan.is_empty() {
+            let pushes = Pushes::start(s, stream, &plan);
+            if let Some(ctx) = get_ctx(s) {
+                ctx.pushes = pushes;
+            }
+        }
+        route::published(stream);
+        rc
+    }
+}
+
+/// Let a viewer in: register it, ask for a route when the stream is not here, pass it on.
+///
+/// # Safety
+/// `s` and `v` as in the play handler.
+unsafe fn admit_play(
+    s: *mut ngx_rtmp_session_t,
+    v: *mut ngx_rtmp_play_t,
+    node: &Node,
+    stream: &str,
+    args: &str,
+    via: Via,
+) -> ngx_int_t {
+    // SAFETY: live session and command, as the caller guarantees.
+    unsafe {
+        let Some(ctx) = ctx_mut(s) else {
+            return NGX_ERROR;
+        };
+        if let Some(old) = ctx.reg.take() {
+            registry::remove(old);
+        }
+        ctx.reg = Some(registry::add(Entry::new(s, SessionKind::Viewer, stream.into(), args.into(), via)));
+        route::wanted(node, stream);
+        next_play(s, v)
+    }
+}
+
+/// Ask the auth endpoint about a session the table cannot decide: a cached answer applies at
+/// once; otherwise the session waits with its command kept.
+///
+/// # Safety
+/// `s` is live; `cmd` is a copy of its command.
+unsafe fn ask_master(
+    s: *mut ngx_rtmp_session_t,
+    node: &Node,
+    action: Action,
+    stream: &str,
+    args: &str,
+    credential: Option<String>,
+    mut cmd: PendingCmd,
+) -> ngx_int_t {
+    // SAFETY: live session; the kept command is ours.
+    unsafe {
+        if let Some(a) = auth::cached(action, stream, credential.as_deref(), now()) {
+            return apply_answer(s, node, stream, args, &mut cmd, &a);
+        }
+        let (key, token) = match action {
+            Action::Publish => (credential, None),
+            Action::Play => (None, credential),
+        };
+        let req = AuthRequest {
+            node_id: node.node_id.clone(),
+            action,
+            stream: stream.into(),
+            key,
+            token,
+            addr: peer(s),
+        };
+        let Some(id) = auth::ask(Waiter::Session(s), req) else {
+            log_refusal(s, action_str(action), stream, "auth endpoint unavailable");
+            return NGX_ERROR;
+        };
+        let Some(ctx) = ctx_mut(s) else {
+            return NGX_ERROR;
+        };
+        ctx.pending = Some(Pending { id, cmd, stream: stream.into(), args: args.into() });
+        OK
+    }
+}
+
+fn action_str(a: Action) -> &'static str {
+    match a {
+        Action::Publish => "publish",
+        Action::Play => "play",
+    }
+}
+
+/// Apply the master's answer to a waiting command: admit it (with the role rules of the
+/// current node) or refuse it.
+///
+/// # Safety
+/// `s` is live and `cmd` its command.
+unsafe fn apply_answer(
+    s: *mut ngx_rtmp_session_t,
+    node: &Node,
+    stream: &str,
+    args: &str,
+    cmd: &mut PendingCmd,
+    a: &Answer,
+) -> ngx_int_t {
+    // SAFETY: live session and its kept command.
+    unsafe {
+        let what = match cmd {
+            PendingCmd::Publish(_) => "publish",
+            PendingCmd::Play(_) => "play",
+        };
+        if !a.allow {
+            log_refusal(s, what, stream, &format!("auth: {}", a.reason));
+            return NGX_ERROR;
+        }
+        let via = Via::Auth { until: a.until, asking: false };
+        match cmd {
+            PendingCmd::Publish(v) if node.role.takes_broadcasters() => {
+                admit_publish(s, &mut **v, node, stream, args, SessionKind::Broadcaster, via)
+            }
+            PendingCmd::Play(v) if node.role.serves_viewers() => {
+                admit_play(s, &mut **v, node, stream, args, via)
+            }
+            _ => {
+                log_refusal(s, what, stream, Refusal::WrongRole.as_str());
+                NGX_ERROR
+            }
+        }
+    }
+}
+
+/// An auth answer for a waiting session (event loop): resume it or close it.
+///
+/// # Safety
+/// `s` is live (a session that closed has left the waiters, and its answer never comes here).
+pub unsafe fn resume(s: *mut ngx_rtmp_session_t, a: &Answer) {
+    // SAFETY: live session.
+    unsafe {
+        let Some(ctx) = get_ctx(s) else { return };
+        let Some(mut p) = ctx.pending.take() else {
+            return;
+        };
+        let node = session_main_conf(s).node();
+        if apply_answer(s, &node, &p.stream, &p.args, &mut p.cmd, a) != OK {
+            ngx_rtmp_finalize_session(s);
+        }
+    }
+}
+
+unsafe extern "C" fn close_stream(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_close_stream_t) -> ngx_int_t {
     guard(NGX_ERROR, || {
         // SAFETY: nginx-rtmp calls us with a live session.
         unsafe {
             if let Some(ctx) = get_ctx(s) {
                 // Stops the push retry timer; nginx-rtmp's relay module closes the pushes.
                 ctx.pushes = None;
+                if let Some(id) = ctx.reg.take() {
+                    registry::remove(id);
+                }
+                if let Some(p) = ctx.pending.take() {
+                    auth::forget(p.id);
+                }
             }
             match *addr_of!(NEXT_CLOSE_STREAM) {
                 Some(next) => next(s, v),
-                None => NGX_OK as ngx_int_t,
+                None => OK,
             }
         }
     })
@@ -231,7 +468,7 @@ unsafe fn next_publish(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_publish_t) -
     unsafe {
         match *addr_of!(NEXT_PUBLISH) {
             Some(next) => next(s, v),
-            None => NGX_OK as ngx_int_t,
+            None => OK,
         }
     }
 }
@@ -243,7 +480,7 @@ unsafe fn next_play(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_play_t) -> ngx_
     unsafe {
         match *addr_of!(NEXT_PLAY) {
             Some(next) => next(s, v),
-            None => NGX_OK as ngx_int_t,
+            None => OK,
         }
     }
 }

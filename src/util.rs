@@ -27,10 +27,7 @@ pub const CONF_OK: *mut c_char = ptr::null_mut();
 /// `pool` must be a live nginx pool.
 pub unsafe fn pool_new<T>(pool: *mut ngx_pool_t, value: T) -> *mut T {
     // ngx_palloc aligns to NGX_ALIGNMENT (sizeof(unsigned long)).
-    assert!(
-        mem::align_of::<T>() <= mem::size_of::<usize>(),
-        "over-aligned pool type"
-    );
+    assert!(mem::align_of::<T>() <= mem::size_of::<usize>(), "over-aligned pool type");
     unsafe extern "C" fn drop_value<T>(data: *mut c_void) {
         // SAFETY: `data` is the T written by pool_new, dropped exactly once by the pool.
         guard((), || unsafe { ptr::drop_in_place(data.cast::<T>()) })

@@ -13,9 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mesh_core::backoff::{Backoff, Jitter};
 use mesh_core::node::Node;
-use mesh_core::wire::{
-    Announce, AuthReply, AuthRequest, Capabilities, Heartbeat, RouteReply, RouteRequest,
-};
+use mesh_core::wire::{Announce, AuthReply, AuthRequest, Capabilities, Heartbeat, RouteReply, RouteRequest};
 use mesh_core::{Role, Table};
 use parking_lot::{Condvar, Mutex};
 
@@ -43,14 +41,8 @@ pub enum Change {
 #[derive(Debug)]
 pub enum Event {
     Node(Arc<Node>, Change),
-    Auth {
-        id: u64,
-        result: Result<AuthReply, CallError>,
-    },
-    Route {
-        stream: String,
-        result: Result<RouteReply, CallError>,
-    },
+    Auth { id: u64, result: Result<AuthReply, CallError> },
+    Route { stream: String, result: Result<RouteReply, CallError> },
     Log(Level, String),
 }
 
@@ -98,11 +90,7 @@ impl Default for Config {
             table_file: None,
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(30),
-            capabilities: Capabilities {
-                transcode: false,
-                hls: false,
-                dash: false,
-            },
+            capabilities: Capabilities { transcode: false, hls: false, dash: false },
             watch_interval: Duration::from_secs(1),
             call_threads: 2,
         }
@@ -158,13 +146,7 @@ impl Shared {
         let Some(role) = role else { return };
         let current = self.node();
         if current.role != role {
-            self.log(
-                Level::Notice,
-                format!(
-                    "mesh: master sets role \"{role}\" (was \"{}\")",
-                    current.role
-                ),
-            );
+            self.log(Level::Notice, format!("mesh: master sets role \"{role}\" (was \"{}\")", current.role));
             self.publish(current.with_role(role), Change::Role(role));
         }
     }
@@ -184,9 +166,7 @@ struct Link {
 
 impl Link {
     fn new(what: &'static str, cfg: &Config) -> Link {
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
+        let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id());
         Link {
             what,
@@ -248,38 +228,19 @@ impl Agent {
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..shared.cfg.call_threads.max(1) {
             let (m, s, rx) = (master.clone(), shared.clone(), rx.clone());
-            threads.push(spawn(
-                if i == 0 {
-                    "mesh-calls-0"
-                } else {
-                    "mesh-calls-1"
-                },
-                move || calls_loop(&*m, &s, &rx),
-            )?);
+            threads.push(spawn(if i == 0 { "mesh-calls-0" } else { "mesh-calls-1" }, move || {
+                calls_loop(&*m, &s, &rx)
+            })?);
         }
-        Ok(Agent {
-            shared,
-            threads,
-            calls: Some(tx),
-            master: Some(master),
-        })
+        Ok(Agent { shared, threads, calls: Some(tx), master: Some(master) })
     }
 
     /// No master: watch the table file and load it again when it changes.
-    pub fn start_watch(
-        cfg: Config,
-        initial: Arc<Node>,
-        sink: Arc<dyn Sink>,
-    ) -> std::io::Result<Agent> {
+    pub fn start_watch(cfg: Config, initial: Arc<Node>, sink: Arc<dyn Sink>) -> std::io::Result<Agent> {
         let shared = new_shared(cfg, initial, sink);
         let s = shared.clone();
         let threads = vec![spawn("mesh-watch", move || watch_loop(&s))?];
-        Ok(Agent {
-            shared,
-            threads,
-            calls: None,
-            master: None,
-        })
+        Ok(Agent { shared, threads, calls: None, master: None })
     }
 
     /// Queue a call; false when there is no master to call.
@@ -413,9 +374,8 @@ fn poll_loop(m: &dyn Master, s: &Shared) {
                         }
                     }
                     Err(e) => {
-                        let msg = format!(
-                            "mesh: table from master refused: {e}; keeping table version {since}"
-                        );
+                        let msg =
+                            format!("mesh: table from master refused: {e}; keeping table version {since}");
                         if refused.as_deref() != Some(&msg) {
                             s.log(Level::Error, msg.clone());
                             refused = Some(msg);
@@ -444,20 +404,14 @@ fn install_table(s: &Shared, t: Table, persist: Option<&[u8]>, from: &str) {
     }
     s.log(
         Level::Notice,
-        format!(
-            "mesh: table version {version} from {from} in force (was {})",
-            current.table.version
-        ),
+        format!("mesh: table version {version} from {from} in force (was {})", current.table.version),
     );
     s.publish(node, Change::Table(version));
     if let (Some(path), Some(bytes)) = (&s.cfg.table_file, persist) {
         if let Err(e) = write_atomic(path, bytes) {
             s.log(
                 Level::Error,
-                format!(
-                    "mesh: cannot save table version {version} to \"{}\": {e}",
-                    path.display()
-                ),
+                format!("mesh: cannot save table version {version} to \"{}\": {e}", path.display()),
             );
         }
     }
@@ -471,16 +425,10 @@ fn calls_loop(m: &dyn Master, s: &Shared, rx: &Mutex<mpsc::Receiver<Call>>) {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         match call {
-            Call::Auth { id, req } => s.sink.send(Event::Auth {
-                id,
-                result: m.auth(&req),
-            }),
+            Call::Auth { id, req } => s.sink.send(Event::Auth { id, result: m.auth(&req) }),
             Call::Route(req) => {
                 let stream = req.stream.clone();
-                s.sink.send(Event::Route {
-                    stream,
-                    result: m.route(&req),
-                });
+                s.sink.send(Event::Route { stream, result: m.route(&req) });
             }
         }
     }
@@ -537,21 +485,15 @@ mod tests {
 
     impl Master for Scripted {
         fn announce(&self, _: &Announce) -> Result<AnnounceReply, CallError> {
-            self.announce
-                .lock()
-                .pop_front()
-                .unwrap_or(Ok(AnnounceReply {
-                    role: None,
-                    heartbeat_interval_s: None,
-                    table_refresh_s: None,
-                }))
+            self.announce.lock().pop_front().unwrap_or(Ok(AnnounceReply {
+                role: None,
+                heartbeat_interval_s: None,
+                table_refresh_s: None,
+            }))
         }
         fn heartbeat(&self, _: &Heartbeat) -> Result<HeartbeatReply, CallError> {
             *self.heartbeats.lock() += 1;
-            Ok(HeartbeatReply {
-                table_version: None,
-                role: None,
-            })
+            Ok(HeartbeatReply { table_version: None, role: None })
         }
         fn streams(&self, _: u64, _: Duration) -> Result<Option<Vec<u8>>, CallError> {
             if self.stall.load(Ordering::Relaxed) {
@@ -568,11 +510,7 @@ mod tests {
             })
         }
         fn auth(&self, _: &AuthRequest) -> Result<AuthReply, CallError> {
-            Ok(AuthReply {
-                allow: true,
-                ttl_s: Some(5),
-                reason: None,
-            })
+            Ok(AuthReply { allow: true, ttl_s: Some(5), reason: None })
         }
         fn route(&self, _: &RouteRequest) -> Result<RouteReply, CallError> {
             Err(CallError::Timeout)
@@ -609,26 +547,14 @@ mod tests {
             self.0
                 .lock()
                 .iter()
-                .filter_map(|e| {
-                    if let Event::Log(_, m) = e {
-                        Some(m.clone())
-                    } else {
-                        None
-                    }
-                })
+                .filter_map(|e| if let Event::Log(_, m) = e { Some(m.clone()) } else { None })
                 .collect()
         }
         fn changes(&self) -> Vec<Change> {
             self.0
                 .lock()
                 .iter()
-                .filter_map(|e| {
-                    if let Event::Node(_, c) = e {
-                        Some(c.clone())
-                    } else {
-                        None
-                    }
-                })
+                .filter_map(|e| if let Event::Node(_, c) = e { Some(c.clone()) } else { None })
                 .collect()
         }
         fn wait_for(&self, f: impl Fn(&Collect) -> bool) -> bool {
@@ -656,14 +582,8 @@ mod tests {
 
     fn start(m: Arc<Scripted>, cfg: Config) -> (Agent, Arc<Collect>) {
         let sink = Arc::new(Collect::default());
-        let node = Arc::new(Node {
-            node_id: "edge-1".into(),
-            ..Node::standalone()
-        });
-        (
-            Agent::start_master(cfg, node, m, sink.clone()).unwrap(),
-            sink,
-        )
+        let node = Arc::new(Node { node_id: "edge-1".into(), ..Node::standalone() });
+        (Agent::start_master(cfg, node, m, sink.clone()).unwrap(), sink)
     }
 
     #[test]
@@ -681,26 +601,11 @@ mod tests {
         }));
         let (agent, sink) = start(m.clone(), cfg());
         assert!(sink.wait_for(|s| s.changes().contains(&Change::Role(Role::Relay))));
-        assert!(
-            sink.wait_for(|_| *m.heartbeats.lock() >= 2),
-            "heartbeats follow the announce"
-        );
+        assert!(sink.wait_for(|_| *m.heartbeats.lock() >= 2), "heartbeats follow the announce");
         assert_eq!(agent.stop(Duration::from_secs(2)), 4);
         let logs = sink.logs();
-        assert_eq!(
-            logs.iter()
-                .filter(|l| l.contains("announce failed"))
-                .count(),
-            1,
-            "{logs:?}"
-        );
-        assert_eq!(
-            logs.iter()
-                .filter(|l| l.contains("announce is back"))
-                .count(),
-            1,
-            "{logs:?}"
-        );
+        assert_eq!(logs.iter().filter(|l| l.contains("announce failed")).count(), 1, "{logs:?}");
+        assert_eq!(logs.iter().filter(|l| l.contains("announce is back")).count(), 1, "{logs:?}");
     }
 
     #[test]
@@ -715,31 +620,19 @@ mod tests {
             Err(CallError::Transport("connection refused".into())),
             Ok(Some(br#"{"version": 6, "role": "relay"}"#.to_vec())),
         ]);
-        let (agent, sink) = start(
-            m,
-            Config {
-                table_file: Some(file.clone()),
-                ..cfg()
-            },
-        );
+        let (agent, sink) = start(m, Config { table_file: Some(file.clone()), ..cfg() });
         assert!(sink.wait_for(|s| s.changes().contains(&Change::Table(6))));
         agent.stop(Duration::from_secs(2));
-        assert_eq!(
-            sink.changes(),
-            vec![Change::Table(6)],
-            "the invalid table never reached the loop"
-        );
+        assert_eq!(sink.changes(), vec![Change::Table(6)], "the invalid table never reached the loop");
         let logs = sink.logs();
         assert_eq!(
-            logs.iter()
-                .filter(|l| l.contains("table from master refused: relay.\"../x\""))
-                .count(),
+            logs.iter().filter(|l| l.contains("table from master refused: relay.\"../x\"")).count(),
             1,
             "{logs:?}"
         );
         assert!(
-            logs.iter().any(|l| l
-                .contains("master streams failed: connection refused; keeping table version 0")),
+            logs.iter()
+                .any(|l| l.contains("master streams failed: connection refused; keeping table version 0")),
             "{logs:?}"
         );
         assert_eq!(read_table(&file).unwrap().version, 6, "saved for a restart");
@@ -750,13 +643,7 @@ mod tests {
     fn stop_does_not_wait_for_a_hung_master() {
         let m = Arc::new(Scripted::default());
         m.stall.store(true, Ordering::Relaxed);
-        let (agent, _sink) = start(
-            m,
-            Config {
-                heartbeat_interval: Duration::from_secs(60),
-                ..cfg()
-            },
-        );
+        let (agent, _sink) = start(m, Config { heartbeat_interval: Duration::from_secs(60), ..cfg() });
         thread::sleep(Duration::from_millis(50));
         let t = Instant::now();
         assert_eq!(agent.stop(Duration::from_secs(2)), 4, "every thread joined");
@@ -775,22 +662,17 @@ mod tests {
             addr: "a".into(),
         };
         assert!(agent.call(Call::Auth { id: 7, req }));
-        assert!(agent.call(Call::Route(RouteRequest {
-            node_id: "edge-1".into(),
-            stream: "s".into()
-        })));
+        assert!(agent.call(Call::Route(RouteRequest { node_id: "edge-1".into(), stream: "s".into() })));
         assert!(sink.wait_for(|s| s
             .0
             .lock()
             .iter()
             .any(|e| matches!(e, Event::Auth { id: 7, result: Ok(r) } if r.allow))));
-        assert!(sink.wait_for(|s| s.0.lock().iter().any(|e| matches!(
-            e,
-            Event::Route {
-                result: Err(CallError::Timeout),
-                ..
-            }
-        ))));
+        assert!(sink.wait_for(|s| s
+            .0
+            .lock()
+            .iter()
+            .any(|e| matches!(e, Event::Route { result: Err(CallError::Timeout), .. }))));
         agent.stop(Duration::from_secs(2));
     }
 
@@ -802,20 +684,15 @@ mod tests {
         std::fs::write(&file, r#"{"version": 1}"#).unwrap();
         let sink = Arc::new(Collect::default());
         let agent = Agent::start_watch(
-            Config {
-                table_file: Some(file.clone()),
-                ..cfg()
-            },
+            Config { table_file: Some(file.clone()), ..cfg() },
             Arc::new(Node::standalone()),
             sink.clone(),
         )
         .unwrap();
         thread::sleep(Duration::from_millis(60));
         std::fs::write(&file, r#"{"version": 2, "role": "edge"}"#).unwrap();
-        assert!(sink.wait_for(|s| s
-            .logs()
-            .iter()
-            .any(|l| l.contains("refused: invalid table: role: unknown role"))));
+        assert!(sink
+            .wait_for(|s| s.logs().iter().any(|l| l.contains("refused: invalid table: role: unknown role"))));
         std::fs::write(&file, r#"{"version": 3, "viewer_secret": "s"}"#).unwrap();
         assert!(sink.wait_for(|s| s.changes().contains(&Change::Table(3))));
         assert!(!agent.has_master());

@@ -7,8 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mesh_core::sign::{sign_request, verify_response, SigError, H_NODE, H_SIGNATURE, H_TIMESTAMP};
 use mesh_core::wire::{
-    Announce, AnnounceReply, AuthReply, AuthRequest, Heartbeat, HeartbeatReply, RouteReply,
-    RouteRequest,
+    Announce, AnnounceReply, AuthReply, AuthRequest, Heartbeat, HeartbeatReply, RouteReply, RouteRequest,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -97,9 +96,7 @@ pub struct HttpMaster {
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl HttpMaster {
@@ -113,10 +110,7 @@ impl HttpMaster {
             .user_agent(concat!("ngx_rtmp_mesh/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
-        HttpMaster {
-            cfg,
-            agent: parking_lot::Mutex::new(Some(agent)),
-        }
+        HttpMaster { cfg, agent: parking_lot::Mutex::new(Some(agent)) }
     }
 
     fn agent(&self) -> Result<ureq::Agent, CallError> {
@@ -134,13 +128,7 @@ impl HttpMaster {
         let agent = self.agent()?;
         let url = format!("{}{}", self.cfg.base, path_query);
         let ts = now();
-        let sig = sign_request(
-            &self.cfg.key,
-            method,
-            path_query,
-            ts,
-            body.unwrap_or_default(),
-        );
+        let sig = sign_request(&self.cfg.key, method, path_query, ts, body.unwrap_or_default());
         let ts = ts.to_string();
         let result = match body {
             Some(b) => agent
@@ -165,12 +153,7 @@ impl HttpMaster {
         };
         let mut resp = result.map_err(|e| self.map_err(e))?;
         let status = resp.status().as_u16();
-        let header = |name: &str| {
-            resp.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         let (rts, rsig) = (header(H_TIMESTAMP), header(H_SIGNATURE));
         let bytes = resp
             .body_mut()
@@ -181,15 +164,8 @@ impl HttpMaster {
         if !(200..300).contains(&status) && status != 304 {
             return Err(CallError::Status(status));
         }
-        verify_response(
-            &self.cfg.key,
-            status,
-            rts.as_deref(),
-            rsig.as_deref(),
-            &bytes,
-            now(),
-        )
-        .map_err(CallError::Signature)?;
+        verify_response(&self.cfg.key, status, rts.as_deref(), rsig.as_deref(), &bytes, now())
+            .map_err(CallError::Signature)?;
         Ok((status, bytes))
     }
 
@@ -207,11 +183,7 @@ impl HttpMaster {
         }
     }
 
-    fn post_json<Q: Serialize, R: DeserializeOwned>(
-        &self,
-        path: &str,
-        req: &Q,
-    ) -> Result<R, CallError> {
+    fn post_json<Q: Serialize, R: DeserializeOwned>(&self, path: &str, req: &Q) -> Result<R, CallError> {
         let body = serde_json::to_vec(req).map_err(|e| CallError::BadJson(e.to_string()))?;
         let (status, bytes) = self.call("POST", path, Some(&body), self.cfg.timeout)?;
         if status == 304 {
@@ -288,10 +260,7 @@ mod tests {
             let mut line = String::new();
             r.read_line(&mut line).unwrap();
             let mut parts = line.split_whitespace();
-            let (method, path) = (
-                parts.next().unwrap().to_string(),
-                parts.next().unwrap().to_string(),
-            );
+            let (method, path) = (parts.next().unwrap().to_string(), parts.next().unwrap().to_string());
             let (mut ts, mut sig, mut len) = (None, None, 0usize);
             loop {
                 let mut h = String::new();
@@ -310,24 +279,14 @@ mod tests {
             }
             let mut reqbody = vec![0; len];
             r.read_exact(&mut reqbody).unwrap();
-            let ok = verify_request(
-                KEY,
-                &method,
-                &path,
-                ts.as_deref(),
-                sig.as_deref(),
-                &reqbody,
-                now(),
-            )
-            .is_ok();
+            let ok =
+                verify_request(KEY, &method, &path, ts.as_deref(), sig.as_deref(), &reqbody, now()).is_ok();
             let _ = tx.send((method, path, ok));
             thread::sleep(delay);
             let ts = now();
             let mut w = s;
-            let mut head = format!(
-                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
-                body.len()
-            );
+            let mut head =
+                format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
             if let Some(k) = sign {
                 head += &format!(
                     "X-Mesh-Timestamp: {ts}\r\nX-Mesh-Signature: {}\r\n",
@@ -353,20 +312,12 @@ mod tests {
     }
 
     fn route() -> RouteRequest {
-        RouteRequest {
-            node_id: "edge-1".into(),
-            stream: "cam1".into(),
-        }
+        RouteRequest { node_id: "edge-1".into(), stream: "cam1".into() }
     }
 
     #[test]
     fn signed_round_trip() {
-        let (base, seen) = serve(
-            200,
-            br#"{"status":"routed","table_version":3}"#,
-            Some(KEY),
-            Duration::ZERO,
-        );
+        let (base, seen) = serve(200, br#"{"status":"routed","table_version":3}"#, Some(KEY), Duration::ZERO);
         let r = master(base).route(&route()).unwrap();
         assert_eq!((r.status, r.table_version), (RouteStatus::Routed, Some(3)));
         assert_eq!(seen.recv().unwrap(), ("POST".into(), "/route".into(), true));
@@ -375,17 +326,10 @@ mod tests {
     #[test]
     fn long_poll_path_and_304() {
         let (base, seen) = serve(304, b"", Some(KEY), Duration::ZERO);
-        assert_eq!(
-            master(base).streams(41, Duration::from_secs(1)).unwrap(),
-            None
-        );
+        assert_eq!(master(base).streams(41, Duration::from_secs(1)).unwrap(), None);
         assert_eq!(
             seen.recv().unwrap(),
-            (
-                "GET".into(),
-                "/streams?node_id=edge-1&since=41&wait=1".into(),
-                true
-            )
+            ("GET".into(), "/streams?node_id=edge-1&since=41&wait=1".into(), true)
         );
     }
 
@@ -393,12 +337,7 @@ mod tests {
     fn refusals() {
         type Case = (u16, &'static [u8], Option<&'static [u8]>, CallError);
         let cases: Vec<Case> = vec![
-            (
-                200,
-                br#"{"status":"routed"}"#,
-                None,
-                CallError::Signature(SigError::Missing),
-            ),
+            (200, br#"{"status":"routed"}"#, None, CallError::Signature(SigError::Missing)),
             (
                 200,
                 br#"{"status":"routed"}"#,
@@ -423,10 +362,7 @@ mod tests {
     #[test]
     fn stall_times_out_and_shutdown_interrupts() {
         let (base, _) = serve(200, b"{}", Some(KEY), Duration::from_secs(5));
-        assert_eq!(
-            master(base).route(&route()).unwrap_err(),
-            CallError::Timeout
-        );
+        assert_eq!(master(base).route(&route()).unwrap_err(), CallError::Timeout);
 
         let (base, seen) = serve(200, b"{}", Some(KEY), Duration::from_secs(30));
         let m = std::sync::Arc::new(master(base));
@@ -440,10 +376,7 @@ mod tests {
         m.shutdown();
         let (r, took) = t.join().unwrap();
         assert!(r.is_err());
-        assert!(
-            took < Duration::from_secs(5),
-            "shutdown interrupted the poll ({took:?})"
-        );
+        assert!(took < Duration::from_secs(5), "shutdown interrupted the poll ({took:?})");
         let auth = AuthRequest {
             node_id: "n".into(),
             action: Action::Play,
@@ -460,9 +393,6 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", l.local_addr().unwrap());
         drop(l);
-        assert!(matches!(
-            master(base).route(&route()).unwrap_err(),
-            CallError::Transport(_)
-        ));
+        assert!(matches!(master(base).route(&route()).unwrap_err(), CallError::Transport(_)));
     }
 }

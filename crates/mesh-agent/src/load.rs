@@ -15,18 +15,21 @@ use crate::resolve::resolve_targets;
 /// (`open() failed (2: No such file or directory)`, `invalid table: relay.cam1[0].node_key: missing`).
 pub fn read_table(path: &Path) -> Result<Table, String> {
     let os_error = |call: &str, e: std::io::Error| match e.raw_os_error() {
-        Some(code) => format!(
-            "{call}() failed ({code}: {})",
-            strip_os_suffix(&e.to_string())
-        ),
+        Some(code) => format!("{call}() failed ({code}: {})", strip_os_suffix(&e.to_string())),
         None => format!("{call}() failed ({e})"),
     };
     let file = fs::File::open(path).map_err(|e| os_error("open", e))?;
     let mut bytes = Vec::new();
-    file.take(MAX_TABLE_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| os_error("read", e))?;
+    file.take(MAX_TABLE_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(|e| os_error("read", e))?;
     Table::parse(&bytes).map_err(|e| format!("invalid table: {e}"))
+}
+
+/// An I/O error in nginx's wording: `open() failed (2: No such file or directory)`.
+pub fn os_error(call: &str, e: std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => format!("{call}() failed ({code}: {})", strip_os_suffix(&e.to_string())),
+        None => format!("{call}() failed ({e})"),
+    }
 }
 
 /// `No such file or directory (os error 2)` → `No such file or directory`.
@@ -36,22 +39,10 @@ fn strip_os_suffix(s: &str) -> &str {
 
 /// Build a node snapshot from a validated table: the table's role wins over `fallback_role`;
 /// target hosts are resolved (blocking). Returns the hosts that did not resolve.
-pub fn make_node(
-    node_id: &str,
-    fallback_role: Role,
-    table: Table,
-) -> (Node, Vec<(String, String)>) {
+pub fn make_node(node_id: &str, fallback_role: Role, table: Table) -> (Node, Vec<(String, String)>) {
     let role = table.role.unwrap_or(fallback_role);
     let (dial, failed) = resolve_targets(&table);
-    (
-        Node {
-            node_id: node_id.to_string(),
-            role,
-            table,
-            dial,
-        },
-        failed,
-    )
+    (Node { node_id: node_id.to_string(), role, table, dial }, failed)
 }
 
 /// Write `bytes` to `path` atomically: a temporary file beside it, flushed, then renamed over.
@@ -105,15 +96,9 @@ mod tests {
         write_atomic(&p, b"{\"version\": 1}").unwrap();
         write_atomic(&p, b"{\"version\": 2}").unwrap();
         assert_eq!(read_table(&p).unwrap().version, 2);
-        let leftovers: Vec<_> = fs::read_dir(&d)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name() != "t.json")
-            .collect();
-        assert!(
-            leftovers.is_empty(),
-            "no temporary file left: {leftovers:?}"
-        );
+        let leftovers: Vec<_> =
+            fs::read_dir(&d).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name() != "t.json").collect();
+        assert!(leftovers.is_empty(), "no temporary file left: {leftovers:?}");
         assert!(write_atomic(&d.join("no/such/dir/t.json"), b"{}").is_err());
         fs::remove_dir_all(d).unwrap();
     }
@@ -122,9 +107,6 @@ mod tests {
     fn table_role_wins() {
         let t = Table::parse(br#"{"role": "relay"}"#).unwrap();
         assert_eq!(make_node("e1", Role::Ingest, t).0.role, Role::Relay);
-        assert_eq!(
-            make_node("e1", Role::Ingest, Table::default()).0.role,
-            Role::Ingest
-        );
+        assert_eq!(make_node("e1", Role::Ingest, Table::default()).0.role, Role::Ingest);
     }
 }

@@ -29,9 +29,7 @@ pub fn resolve_targets(table: &Table) -> (HashMap<String, String>, Vec<(String, 
 
 fn resolve_url(url: &str) -> Result<String, String> {
     let u = parse_node_url(url)?;
-    let mut addrs = (u.host, u.port)
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())?;
+    let mut addrs = (u.host, u.port).to_socket_addrs().map_err(|e| e.to_string())?;
     let addr = addrs.next().ok_or_else(|| "no address".to_string())?;
     Ok(u.with_ip(addr.ip()))
 }
@@ -51,14 +49,8 @@ mod tests {
         )
         .unwrap();
         let (dial, failed) = resolve_targets(&t);
-        assert_eq!(
-            dial["rtmp://127.0.0.1:1936/relay"],
-            "rtmp://127.0.0.1:1936/relay"
-        );
-        assert!(
-            dial["rtmp://localhost/relay"].ends_with(":1935/relay"),
-            "{dial:?}"
-        );
+        assert_eq!(dial["rtmp://127.0.0.1:1936/relay"], "rtmp://127.0.0.1:1936/relay");
+        assert!(dial["rtmp://localhost/relay"].ends_with(":1935/relay"), "{dial:?}");
         assert_eq!(dial["rtmp://[::1]:7/relay"], "rtmp://[::1]:7/relay");
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].0, "rtmp://no-such-host.invalid/relay");

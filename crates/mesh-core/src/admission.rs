@@ -118,11 +118,7 @@ impl Context<'_> {
             return Err(Refusal::WrongRole);
         }
         let key = key.filter(|k| !k.is_empty()).ok_or(Refusal::NoKey)?;
-        let want = self
-            .table
-            .publish
-            .get(stream)
-            .ok_or(Refusal::UnknownStream)?;
+        let want = self.table.publish.get(stream).ok_or(Refusal::UnknownStream)?;
         if ct_eq(&key_sha256(key), want) {
             Ok(SessionKind::Broadcaster)
         } else {
@@ -142,12 +138,7 @@ impl Context<'_> {
         let key = key.filter(|k| !k.is_empty()).ok_or(Refusal::NoKey)?;
         let mut named = false;
         let mut matched = false;
-        for e in self
-            .table
-            .entries(kind, stream)
-            .iter()
-            .filter(|e| e.node_id == self.node_id)
-        {
+        for e in self.table.entries(kind, stream).iter().filter(|e| e.node_id == self.node_id) {
             named = true;
             // Every entry is compared, so the time taken does not say which one matched.
             let key_ok = ct_eq(e.node_key.as_bytes(), key.as_bytes());
@@ -157,9 +148,7 @@ impl Context<'_> {
         match (named, matched) {
             (false, _) => Err(Refusal::UnknownStream),
             (true, false) => Err(Refusal::WrongKey),
-            (true, true) => Ok(SessionKind::NodePush {
-                from: from.to_string(),
-            }),
+            (true, true) => Ok(SessionKind::NodePush { from: from.to_string() }),
         }
     }
 
@@ -175,10 +164,7 @@ impl Context<'_> {
         let Some(secret) = &self.table.viewer_secret else {
             return Ok(SessionKind::Viewer);
         };
-        let token = MeshArgs::parse(req.args)
-            .token
-            .filter(|t| !t.is_empty())
-            .ok_or(Refusal::NoToken)?;
+        let token = MeshArgs::parse(req.args).token.filter(|t| !t.is_empty()).ok_or(Refusal::NoToken)?;
         match verify_viewer_token(secret, req.stream, token, self.now) {
             Ok(()) => Ok(SessionKind::Viewer),
             Err(TokenError::Expired) => Err(Refusal::ExpiredToken),
@@ -208,23 +194,11 @@ mod tests {
     }
 
     fn pub_(t: &Table, role: Role, node: &str, stream: &str, args: &str) -> Decision {
-        Context {
-            table: t,
-            role,
-            node_id: node,
-            now: 1000,
-        }
-        .publish(PublishRequest { stream, args })
+        Context { table: t, role, node_id: node, now: 1000 }.publish(PublishRequest { stream, args })
     }
 
     fn play(t: &Table, role: Role, stream: &str, args: &str) -> Decision {
-        Context {
-            table: t,
-            role,
-            node_id: "n",
-            now: 1000,
-        }
-        .play(PlayRequest { stream, args })
+        Context { table: t, role, node_id: "n", now: 1000 }.play(PlayRequest { stream, args })
     }
 
     use Refusal::*;
@@ -250,16 +224,9 @@ mod tests {
             (Relay, "cam1", "key=bkey", Err(WrongRole)),
         ];
         for (role, stream, args, want) in cases {
-            assert_eq!(
-                &pub_(&t, *role, "self", stream, args),
-                want,
-                "{role} {stream} {args}"
-            );
+            assert_eq!(&pub_(&t, *role, "self", stream, args), want, "{role} {stream} {args}");
         }
-        assert_eq!(
-            pub_(&t, Ingest, "i", &"x".repeat(300), "key=bkey"),
-            Err(BadName)
-        );
+        assert_eq!(pub_(&t, Ingest, "i", &"x".repeat(300), "key=bkey"), Err(BadName));
     }
 
     #[test]
@@ -267,25 +234,10 @@ mod tests {
         let t = table(false);
         let cases: &[(Role, &str, &str, Decision)] = &[
             // root relay: ingest entries naming it
-            (
-                RootRelay,
-                "root-1",
-                "node=ingest-1&key=k-i-r1",
-                push("ingest-1"),
-            ),
-            (
-                RootRelay,
-                "root-1",
-                "node=ingest-1&key=k-r-e1",
-                Err(WrongKey),
-            ),
+            (RootRelay, "root-1", "node=ingest-1&key=k-i-r1", push("ingest-1")),
+            (RootRelay, "root-1", "node=ingest-1&key=k-r-e1", Err(WrongKey)),
             (RootRelay, "root-1", "node=ingest-1", Err(NoKey)),
-            (
-                RootRelay,
-                "root-2",
-                "node=ingest-1&key=k-i-r1",
-                Err(UnknownStream),
-            ),
+            (RootRelay, "root-2", "node=ingest-1&key=k-i-r1", Err(UnknownStream)),
             (RootRelay, "root-1", "node=root-1&key=k-i-r1", Err(BadNode)),
             (RootRelay, "root-1", "node=a/b&key=k-i-r1", Err(BadNode)),
             // relay: relay entries naming it, `from` enforced when present
@@ -293,22 +245,13 @@ mod tests {
             (Relay, "edge-1", "node=root-1&key=k-i-r1", Err(WrongKey)),
             (Relay, "edge-9", "node=edge-1&key=k-e1-e9", push("edge-1")),
             (Relay, "edge-9", "node=root-1&key=k-e1-e9", Err(WrongKey)),
-            (
-                Relay,
-                "root-1",
-                "node=ingest-1&key=k-i-r1",
-                Err(UnknownStream),
-            ),
+            (Relay, "root-1", "node=ingest-1&key=k-i-r1", Err(UnknownStream)),
             // ingest and standalone take no node pushes
             (Ingest, "root-1", "node=x&key=k-i-r1", Err(WrongRole)),
             (Standalone, "edge-1", "node=x&key=k-r-e1", Err(WrongRole)),
         ];
         for (role, node, args, want) in cases {
-            assert_eq!(
-                &pub_(&t, *role, node, "cam1", args),
-                want,
-                "{role} {node} {args}"
-            );
+            assert_eq!(&pub_(&t, *role, node, "cam1", args), want, "{role} {node} {args}");
         }
     }
 
@@ -344,10 +287,7 @@ mod tests {
         for (args, want) in cases {
             assert_eq!(play(&t, Relay, "cam1", &args), want, "{args}");
         }
-        assert_eq!(
-            play(&t, RootRelay, "cam1", &format!("token={good}")),
-            Err(WrongRole)
-        );
+        assert_eq!(play(&t, RootRelay, "cam1", &format!("token={good}")), Err(WrongRole));
     }
 
     #[test]

@@ -13,11 +13,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, cap: Duration) -> Backoff {
-        Backoff {
-            base,
-            cap: cap.max(base),
-            failures: 0,
-        }
+        Backoff { base, cap: cap.max(base), failures: 0 }
     }
 
     /// Consecutive failures so far.
@@ -77,10 +73,7 @@ mod tests {
             b.fail(0);
             ceilings.push(b.ceiling().as_millis());
         }
-        assert_eq!(
-            ceilings,
-            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000, 30000]
-        );
+        assert_eq!(ceilings, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000, 30000]);
         assert_eq!(b.failures(), 10);
         b.reset();
         b.fail(0);
@@ -95,10 +88,7 @@ mod tests {
         for _ in 0..200 {
             let mut c = b.clone();
             let d = c.fail(j.next_u64());
-            assert!(
-                d >= Duration::from_millis(500) && d <= Duration::from_secs(1),
-                "{d:?}"
-            );
+            assert!(d >= Duration::from_millis(500) && d <= Duration::from_secs(1), "{d:?}");
             seen.insert(d);
         }
         assert!(seen.len() > 50, "jitter spreads the delays");

@@ -39,20 +39,12 @@ impl Node {
 
     /// The same node with another role (the master said so).
     pub fn with_role(&self, role: Role) -> Node {
-        Node {
-            role,
-            ..self.clone()
-        }
+        Node { role, ..self.clone() }
     }
 
     /// Admission context at time `now`.
     pub fn context(&self, now: u64) -> Context<'_> {
-        Context {
-            table: &self.table,
-            role: self.role,
-            node_id: &self.node_id,
-            now,
-        }
+        Context { table: &self.table, role: self.role, node_id: &self.node_id, now }
     }
 
     /// The pushes for `stream` published here (coming from `source`, if pushed).
@@ -62,10 +54,7 @@ impl Node {
             .map(|t| PlannedPush {
                 node_id: t.node_id.clone(),
                 url: self.dial.get(&t.node_url).map(|dial| {
-                    let via = Target {
-                        node_url: dial.clone(),
-                        ..t.clone()
-                    };
+                    let via = Target { node_url: dial.clone(), ..t.clone() };
                     push_url(&via, stream, &self.node_id)
                 }),
             })
@@ -74,12 +63,7 @@ impl Node {
 
     /// Target URLs this node may push to (the ones worth resolving).
     pub fn target_urls(table: &Table) -> impl Iterator<Item = &String> {
-        table
-            .ingest
-            .values()
-            .chain(table.relay.values())
-            .flatten()
-            .map(|t| &t.node_url)
+        table.ingest.values().chain(table.relay.values()).flatten().map(|t| &t.node_url)
     }
 }
 
@@ -96,16 +80,8 @@ mod tests {
         )
         .unwrap();
         let mut dial = HashMap::new();
-        dial.insert(
-            "rtmp://root-1.mesh:1936/relay".to_string(),
-            "rtmp://10.1.2.3:1936/relay".to_string(),
-        );
-        let node = Node {
-            node_id: "ingest-1".into(),
-            role: Role::Ingest,
-            table,
-            dial,
-        };
+        dial.insert("rtmp://root-1.mesh:1936/relay".to_string(), "rtmp://10.1.2.3:1936/relay".to_string());
+        let node = Node { node_id: "ingest-1".into(), role: Role::Ingest, table, dial };
         assert_eq!(
             node.plan_pushes("cam1", None),
             vec![
@@ -113,16 +89,10 @@ mod tests {
                     node_id: "root-1".into(),
                     url: Some("rtmp://10.1.2.3:1936/relay/cam1?node=ingest-1&key=a".into())
                 },
-                PlannedPush {
-                    node_id: "root-2".into(),
-                    url: None
-                },
+                PlannedPush { node_id: "root-2".into(), url: None },
             ]
         );
-        assert!(node
-            .with_role(Role::Relay)
-            .plan_pushes("cam1", None)
-            .is_empty());
+        assert!(node.with_role(Role::Relay).plan_pushes("cam1", None).is_empty());
         assert_eq!(Node::target_urls(&node.table).count(), 2);
     }
 }

@@ -44,11 +44,7 @@ fn pushed_by(role: Role, from: Option<&str>, me: &str) -> bool {
 
 /// `node_url/stream?node=self&key=node_key`: what the receiver parses (docs/protocol.md).
 pub fn push_url(target: &Target, stream: &str, self_id: &str) -> String {
-    format!(
-        "{}/{stream}?node={self_id}&key={}",
-        target.node_url.trim_end_matches('/'),
-        target.node_key
-    )
+    format!("{}/{stream}?node={self_id}&key={}", target.node_url.trim_end_matches('/'), target.node_key)
 }
 
 #[cfg(test)]
@@ -79,34 +75,19 @@ mod tests {
 
     fn ids(role: Role, me: &str, source: Option<&str>) -> Vec<String> {
         let t = table();
-        push_targets(&t, role, me, "cam1", source)
-            .iter()
-            .map(|t| t.node_id.clone())
-            .collect()
+        push_targets(&t, role, me, "cam1", source).iter().map(|t| t.node_id.clone()).collect()
     }
 
     #[test]
     fn selection_per_role() {
         assert_eq!(ids(Role::Ingest, "ingest-1", None), ["root-1", "root-2"]);
-        assert_eq!(
-            ids(Role::Standalone, "ingest-1", None),
-            ["root-1", "root-2"]
-        );
+        assert_eq!(ids(Role::Standalone, "ingest-1", None), ["root-1", "root-2"]);
         assert_eq!(ids(Role::RootRelay, "root-1", Some("ingest-1")), ["edge-1"]);
-        assert_eq!(
-            ids(Role::RootRelay, "root-2", Some("ingest-1")),
-            ["edge-1", "edge-2"]
-        );
+        assert_eq!(ids(Role::RootRelay, "root-2", Some("ingest-1")), ["edge-1", "edge-2"]);
         assert_eq!(ids(Role::Relay, "edge-1", Some("root-1")), ["edge-9"]);
-        assert_eq!(
-            ids(Role::Relay, "edge-2", Some("root-2")),
-            Vec::<String>::new()
-        );
+        assert_eq!(ids(Role::Relay, "edge-2", Some("root-2")), Vec::<String>::new());
         // never back to where it came from
-        assert_eq!(
-            ids(Role::Relay, "edge-9", Some("root-1")),
-            Vec::<String>::new()
-        );
+        assert_eq!(ids(Role::Relay, "edge-9", Some("root-1")), Vec::<String>::new());
         assert_eq!(ids(Role::RootRelay, "root-2", Some("edge-1")), ["edge-2"]);
         // unknown stream: nothing
         assert!(push_targets(&table(), Role::Ingest, "ingest-1", "cam2", None).is_empty());
@@ -116,13 +97,7 @@ mod tests {
     fn url() {
         let t = table();
         let targets = push_targets(&t, Role::Ingest, "ingest-1", "cam1", None);
-        assert_eq!(
-            push_url(targets[0], "cam1", "ingest-1"),
-            "rtmp://r1/relay/cam1?node=ingest-1&key=a"
-        );
-        assert_eq!(
-            push_url(targets[1], "cam1", "ingest-1"),
-            "rtmp://r2:1936/relay/cam1?node=ingest-1&key=b"
-        );
+        assert_eq!(push_url(targets[0], "cam1", "ingest-1"), "rtmp://r1/relay/cam1?node=ingest-1&key=a");
+        assert_eq!(push_url(targets[1], "cam1", "ingest-1"), "rtmp://r2:1936/relay/cam1?node=ingest-1&key=b");
     }
 }

@@ -56,23 +56,14 @@ fn mac(key: &[u8], parts: &[&str]) -> HmacSha256 {
     m
 }
 
-fn request_parts<'a>(
-    method: &'a str,
-    path_query: &'a str,
-    ts: &'a str,
-    body_hex: &'a str,
-) -> [&'a str; 4] {
+fn request_parts<'a>(method: &'a str, path_query: &'a str, ts: &'a str, body_hex: &'a str) -> [&'a str; 4] {
     [method, path_query, ts, body_hex]
 }
 
 /// Signature of a request.
 pub fn sign_request(key: &[u8], method: &str, path_query: &str, ts: u64, body: &[u8]) -> String {
     let (ts, bh) = (ts.to_string(), body_sha256_hex(body));
-    hex::encode(
-        mac(key, &request_parts(method, path_query, &ts, &bh))
-            .finalize()
-            .into_bytes(),
-    )
+    hex::encode(mac(key, &request_parts(method, path_query, &ts, &bh)).finalize().into_bytes())
 }
 
 /// Signature of a response.
@@ -108,10 +99,7 @@ pub fn verify_response(
     body: &[u8],
     now: u64,
 ) -> Result<(), SigError> {
-    let (ts_raw, sig) = (
-        ts.ok_or(SigError::Missing)?.trim(),
-        sig.ok_or(SigError::Missing)?.trim(),
-    );
+    let (ts_raw, sig) = (ts.ok_or(SigError::Missing)?.trim(), sig.ok_or(SigError::Missing)?.trim());
     let (st, bh) = (status.to_string(), body_sha256_hex(body));
     check(mac(key, &[&st, ts_raw, &bh]), sig)?;
     check_ts(Some(ts_raw), now).map(|_| ())
@@ -128,15 +116,9 @@ pub fn verify_request(
     body: &[u8],
     now: u64,
 ) -> Result<(), SigError> {
-    let (ts_raw, sig) = (
-        ts.ok_or(SigError::Missing)?.trim(),
-        sig.ok_or(SigError::Missing)?.trim(),
-    );
+    let (ts_raw, sig) = (ts.ok_or(SigError::Missing)?.trim(), sig.ok_or(SigError::Missing)?.trim());
     let bh = body_sha256_hex(body);
-    check(
-        mac(key, &request_parts(method, path_query, ts_raw, &bh)),
-        sig,
-    )?;
+    check(mac(key, &request_parts(method, path_query, ts_raw, &bh)), sig)?;
     check_ts(Some(ts_raw), now).map(|_| ())
 }
 
@@ -149,10 +131,7 @@ mod tests {
     #[test]
     fn known_vectors() {
         // python3: hmac.new(KEY, b"POST\n/announce\n1000\n" + sha256(b"{}").hexdigest().encode(), sha256)
-        assert_eq!(
-            body_sha256_hex(b""),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert_eq!(body_sha256_hex(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
         assert_eq!(
             sign_request(KEY, "POST", "/announce", 1000, b"{}"),
             "e96d68f55e47792c8a20ab99f281d8cd2c0cc32d75ca213b81b27047837b53b5"
@@ -179,10 +158,7 @@ mod tests {
             Ok(())
         );
         let r = sign_response(KEY, 200, 5000, b"{\"version\":1}");
-        assert_eq!(
-            verify_response(KEY, 200, Some("5000"), Some(&r), b"{\"version\":1}", 4800),
-            Ok(())
-        );
+        assert_eq!(verify_response(KEY, 200, Some("5000"), Some(&r), b"{\"version\":1}", 4800), Ok(()));
     }
 
     #[test]
@@ -193,34 +169,13 @@ mod tests {
             verify_response(KEY, status, ts, sig, body, now)
         };
         assert_eq!(v(200, None, Some(&r), body, 5000), Err(SigError::Missing));
-        assert_eq!(
-            v(200, Some("5000"), None, body, 5000),
-            Err(SigError::Missing)
-        );
-        assert_eq!(
-            v(200, Some("5000"), Some(&r), b"{\"version\":2}", 5000),
-            Err(SigError::BadSignature)
-        );
-        assert_eq!(
-            v(304, Some("5000"), Some(&r), body, 5000),
-            Err(SigError::BadSignature)
-        );
-        assert_eq!(
-            v(200, Some("5001"), Some(&r), body, 5000),
-            Err(SigError::BadSignature)
-        );
-        assert_eq!(
-            v(200, Some("5000"), Some("zz"), body, 5000),
-            Err(SigError::BadSignature)
-        );
-        assert_eq!(
-            v(200, Some("5000"), Some(&r), body, 5301),
-            Err(SigError::Skew)
-        );
-        assert_eq!(
-            v(200, Some("5000"), Some(&r), body, 4699),
-            Err(SigError::Skew)
-        );
+        assert_eq!(v(200, Some("5000"), None, body, 5000), Err(SigError::Missing));
+        assert_eq!(v(200, Some("5000"), Some(&r), b"{\"version\":2}", 5000), Err(SigError::BadSignature));
+        assert_eq!(v(304, Some("5000"), Some(&r), body, 5000), Err(SigError::BadSignature));
+        assert_eq!(v(200, Some("5001"), Some(&r), body, 5000), Err(SigError::BadSignature));
+        assert_eq!(v(200, Some("5000"), Some("zz"), body, 5000), Err(SigError::BadSignature));
+        assert_eq!(v(200, Some("5000"), Some(&r), body, 5301), Err(SigError::Skew));
+        assert_eq!(v(200, Some("5000"), Some(&r), body, 4699), Err(SigError::Skew));
         assert_eq!(v(200, Some("5000"), Some(&r), body, 5300), Ok(()));
         let wrong_key = verify_response(b"other", 200, Some("5000"), Some(&r), body, 5000);
         assert_eq!(wrong_key, Err(SigError::BadSignature));

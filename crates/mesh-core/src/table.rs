@@ -98,10 +98,7 @@ struct RawPublish {
 }
 
 fn invalid(path: impl Into<String>, msg: impl Into<String>) -> TableError {
-    TableError::Invalid {
-        path: path.into(),
-        msg: msg.into(),
-    }
+    TableError::Invalid { path: path.into(), msg: msg.into() }
 }
 
 impl Table {
@@ -130,11 +127,7 @@ impl Table {
     /// Number of streams named anywhere in the table.
     pub fn stream_count(&self) -> usize {
         let mut n = self.publish.len();
-        n += self
-            .ingest
-            .keys()
-            .filter(|s| !self.publish.contains_key(*s))
-            .count();
+        n += self.ingest.keys().filter(|s| !self.publish.contains_key(*s)).count();
         n += self
             .relay
             .keys()
@@ -172,9 +165,9 @@ impl RawTable {
     fn validate(self) -> Result<Table, TableError> {
         let version = match self.version {
             None => 0,
-            Some(v) => v
-                .as_u64()
-                .ok_or_else(|| invalid("version", format!("not a non-negative integer: {v}")))?,
+            Some(v) => {
+                v.as_u64().ok_or_else(|| invalid("version", format!("not a non-negative integer: {v}")))?
+            }
         };
         let role = match self.role {
             None => None,
@@ -201,14 +194,7 @@ impl RawTable {
                 return Err(invalid("viewer_secret", "empty"));
             }
         }
-        Ok(Table {
-            version,
-            role,
-            ingest,
-            relay,
-            publish,
-            viewer_secret: self.viewer_secret,
-        })
+        Ok(Table { version, role, ingest, relay, publish, viewer_secret: self.viewer_secret })
     }
 }
 
@@ -235,41 +221,23 @@ fn validate_targets(
             let at = |field: &str| format!("{}.{stream}[{i}].{field}", kind.as_str());
             let node_id = t.node_id.ok_or_else(|| invalid(at("node_id"), "missing"))?;
             if !is_valid_id(&node_id) {
-                return Err(invalid(
-                    at("node_id"),
-                    format!("invalid node id \"{}\"", for_log(&node_id)),
-                ));
+                return Err(invalid(at("node_id"), format!("invalid node id \"{}\"", for_log(&node_id))));
             }
-            let node_url = t
-                .node_url
-                .ok_or_else(|| invalid(at("node_url"), "missing"))?;
+            let node_url = t.node_url.ok_or_else(|| invalid(at("node_url"), "missing"))?;
             check_node_url(&node_url).map_err(|m| invalid(at("node_url"), m))?;
-            let node_key = t
-                .node_key
-                .ok_or_else(|| invalid(at("node_key"), "missing"))?;
+            let node_key = t.node_key.ok_or_else(|| invalid(at("node_key"), "missing"))?;
             if !is_valid_key(&node_key) {
-                return Err(invalid(
-                    at("node_key"),
-                    "invalid key (1-100 of A-Z a-z 0-9 _ - . ~)",
-                ));
+                return Err(invalid(at("node_key"), "invalid key (1-100 of A-Z a-z 0-9 _ - . ~)"));
             }
             if let Some(from) = &t.from {
                 if kind == EntryKind::Ingest {
                     return Err(invalid(at("from"), "only relay entries have \"from\""));
                 }
                 if !is_valid_id(from) {
-                    return Err(invalid(
-                        at("from"),
-                        format!("invalid node id \"{}\"", for_log(from)),
-                    ));
+                    return Err(invalid(at("from"), format!("invalid node id \"{}\"", for_log(from))));
                 }
             }
-            targets.push(Target {
-                node_id,
-                node_url,
-                node_key,
-                from: t.from,
-            });
+            targets.push(Target { node_id, node_url, node_key, from: t.from });
         }
         out.insert(stream, targets);
     }
@@ -285,8 +253,7 @@ pub const MAX_KEY_LEN: usize = 100;
 pub fn is_valid_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= MAX_KEY_LEN
-        && k.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~'))
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~'))
 }
 
 /// A checked `node_url`, split.
@@ -311,14 +278,10 @@ impl NodeUrl<'_> {
 
 /// `rtmp://host[:port]/app[/more]`: no query, no whitespace, an app part.
 pub fn parse_node_url(url: &str) -> Result<NodeUrl<'_>, String> {
-    let rest = url
-        .strip_prefix("rtmp://")
-        .ok_or_else(|| format!("\"{}\" is not an rtmp:// URL", for_log(url)))?;
+    let rest =
+        url.strip_prefix("rtmp://").ok_or_else(|| format!("\"{}\" is not an rtmp:// URL", for_log(url)))?;
     let bad = |why: &str| format!("\"{}\": {why}", for_log(url));
-    if rest
-        .bytes()
-        .any(|b| !b.is_ascii_graphic() || matches!(b, b'?' | b'#' | b'&' | b'"'))
-    {
+    if rest.bytes().any(|b| !b.is_ascii_graphic() || matches!(b, b'?' | b'#' | b'&' | b'"')) {
         return Err(bad("forbidden character"));
     }
     let slash = rest.find('/').ok_or_else(|| bad("no application"))?;
@@ -346,11 +309,7 @@ pub fn parse_node_url(url: &str) -> Result<NodeUrl<'_>, String> {
             _ => return Err(bad("invalid port")),
         },
     };
-    Ok(NodeUrl {
-        host,
-        port,
-        path: path.trim_end_matches('/'),
-    })
+    Ok(NodeUrl { host, port, path: path.trim_end_matches('/') })
 }
 
 fn check_node_url(url: &str) -> Result<(), String> {
@@ -388,10 +347,7 @@ mod tests {
         assert_eq!(t.version, 42);
         assert_eq!(t.role, Some(Role::Relay));
         assert_eq!(t.entries(EntryKind::Relay, "cam1").len(), 2);
-        assert_eq!(
-            t.entries(EntryKind::Relay, "cam1")[1].from.as_deref(),
-            Some("edge-1")
-        );
+        assert_eq!(t.entries(EntryKind::Relay, "cam1")[1].from.as_deref(), Some("edge-1"));
         assert_eq!(t.entries(EntryKind::Ingest, "nope").len(), 0);
         assert_eq!(hex::encode(t.publish["cam1"]), SHA);
         assert_eq!(t.viewer_secret.as_deref(), Some("s3cret"));
@@ -412,10 +368,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(Table::parse(b""), Err(TableError::Syntax { .. })));
-        assert!(matches!(
-            Table::parse(b"[]"),
-            Err(TableError::Syntax { .. })
-        ));
+        assert!(matches!(Table::parse(b"[]"), Err(TableError::Syntax { .. })));
         let e = Table::parse(br#"{"relay": {"cam1": {"node_id": "x"}}}"#).unwrap_err();
         assert!(e.to_string().starts_with("line 1, column "), "{e}");
     }
@@ -432,95 +385,41 @@ mod tests {
                 |v| v["relay"]["cam1"][0]["node_key"] = serde_json::Value::Null,
                 "relay.cam1[0].node_key: missing",
             ),
-            (
-                |v| v["relay"]["cam1"][0]["node_key"] = "".into(),
-                "relay.cam1[0].node_key: invalid key",
-            ),
+            (|v| v["relay"]["cam1"][0]["node_key"] = "".into(), "relay.cam1[0].node_key: invalid key"),
             (
                 |v| {
-                    v["relay"]["cam1"][0]
-                        .as_object_mut()
-                        .unwrap()
-                        .remove("node_key");
+                    v["relay"]["cam1"][0].as_object_mut().unwrap().remove("node_key");
                 },
                 "relay.cam1[0].node_key: missing",
             ),
             (
                 |v| {
-                    v["ingest"]["cam1"][0]
-                        .as_object_mut()
-                        .unwrap()
-                        .remove("node_id");
+                    v["ingest"]["cam1"][0].as_object_mut().unwrap().remove("node_id");
                 },
                 "ingest.cam1[0].node_id: missing",
             ),
             (
                 |v| {
-                    v["ingest"]["cam1"][0]
-                        .as_object_mut()
-                        .unwrap()
-                        .remove("node_url");
+                    v["ingest"]["cam1"][0].as_object_mut().unwrap().remove("node_url");
                 },
                 "ingest.cam1[0].node_url: missing",
             ),
-            (
-                |v| v["ingest"]["cam1"][0]["node_id"] = "a b".into(),
-                "ingest.cam1[0].node_id: invalid node id",
-            ),
-            (
-                |v| v["ingest"]["cam1"][0]["node_key"] = "k&x=1".into(),
-                "ingest.cam1[0].node_key: invalid key",
-            ),
-            (
-                |v| v["ingest"]["cam1"][0]["node_url"] = "http://x/relay".into(),
-                "is not an rtmp:// URL",
-            ),
-            (
-                |v| v["ingest"]["cam1"][0]["node_url"] = "rtmp://x".into(),
-                "no application",
-            ),
-            (
-                |v| v["ingest"]["cam1"][0]["node_url"] = "rtmp://x:99999/a".into(),
-                "invalid port",
-            ),
-            (
-                |v| v["ingest"]["cam1"][0]["node_url"] = "rtmp://x/a?k=1".into(),
-                "forbidden character",
-            ),
-            (
-                |v| v["ingest"]["cam1"][0]["node_url"] = "rtmp:///a".into(),
-                "no host",
-            ),
-            (
-                |v| v["ingest"]["cam1"][0]["from"] = "edge-1".into(),
-                "ingest.cam1[0].from: only relay",
-            ),
-            (
-                |v| v["relay"]["cam1"][1]["from"] = "../x".into(),
-                "relay.cam1[1].from: invalid node id",
-            ),
-            (
-                |v| v["ingest"]["../etc"] = serde_json::json!([]),
-                "ingest.\"../etc\": invalid stream id",
-            ),
-            (
-                |v| v["relay"]["a b"] = serde_json::json!([]),
-                "relay.\"a b\": invalid stream id",
-            ),
-            (
-                |v| v["publish"][&"x".repeat(129)] = serde_json::json!({"key_sha256": SHA}),
-                "publish.\"xxx",
-            ),
-            (
-                |v| v["publish"]["cam1"]["key_sha256"] = "abc".into(),
-                "publish.cam1.key_sha256: not 64 hex",
-            ),
+            (|v| v["ingest"]["cam1"][0]["node_id"] = "a b".into(), "ingest.cam1[0].node_id: invalid node id"),
+            (|v| v["ingest"]["cam1"][0]["node_key"] = "k&x=1".into(), "ingest.cam1[0].node_key: invalid key"),
+            (|v| v["ingest"]["cam1"][0]["node_url"] = "http://x/relay".into(), "is not an rtmp:// URL"),
+            (|v| v["ingest"]["cam1"][0]["node_url"] = "rtmp://x".into(), "no application"),
+            (|v| v["ingest"]["cam1"][0]["node_url"] = "rtmp://x:99999/a".into(), "invalid port"),
+            (|v| v["ingest"]["cam1"][0]["node_url"] = "rtmp://x/a?k=1".into(), "forbidden character"),
+            (|v| v["ingest"]["cam1"][0]["node_url"] = "rtmp:///a".into(), "no host"),
+            (|v| v["ingest"]["cam1"][0]["from"] = "edge-1".into(), "ingest.cam1[0].from: only relay"),
+            (|v| v["relay"]["cam1"][1]["from"] = "../x".into(), "relay.cam1[1].from: invalid node id"),
+            (|v| v["ingest"]["../etc"] = serde_json::json!([]), "ingest.\"../etc\": invalid stream id"),
+            (|v| v["relay"]["a b"] = serde_json::json!([]), "relay.\"a b\": invalid stream id"),
+            (|v| v["publish"][&"x".repeat(129)] = serde_json::json!({"key_sha256": SHA}), "publish.\"xxx"),
+            (|v| v["publish"]["cam1"]["key_sha256"] = "abc".into(), "publish.cam1.key_sha256: not 64 hex"),
             (
                 |v| {
-                    v["publish"]["cam1"]
-                        .as_object_mut()
-                        .unwrap()
-                        .remove("key_sha256");
+                    v["publish"]["cam1"].as_object_mut().unwrap().remove("key_sha256");
                 },
                 "publish.cam1.key_sha256: missing",
             ),
@@ -530,10 +429,7 @@ mod tests {
             let mut v = good();
             mutate(&mut v);
             let err = parse(&v).expect_err(&format!("case {i} ({want}) accepted"));
-            assert!(
-                err.to_string().contains(want),
-                "case {i}: {err} does not contain {want}"
-            );
+            assert!(err.to_string().contains(want), "case {i}: {err} does not contain {want}");
         }
     }
 
@@ -545,41 +441,22 @@ mod tests {
             r#"{"role": 3}"#,
             r#"{"ingest": {"cam1": [{"node_id": 1}]}}"#,
         ] {
-            assert!(
-                matches!(Table::parse(doc.as_bytes()), Err(TableError::Syntax { .. })),
-                "{doc}"
-            );
+            assert!(matches!(Table::parse(doc.as_bytes()), Err(TableError::Syntax { .. })), "{doc}");
         }
     }
 
     #[test]
     fn node_urls_split() {
         let u = parse_node_url("rtmp://10.0.0.2:1936/relay/").unwrap();
-        assert_eq!(
-            u,
-            NodeUrl {
-                host: "10.0.0.2",
-                port: 1936,
-                path: "/relay"
-            }
-        );
+        assert_eq!(u, NodeUrl { host: "10.0.0.2", port: 1936, path: "/relay" });
         let u = parse_node_url("rtmp://root.example/relay").unwrap();
         assert_eq!((u.host, u.port), ("root.example", 1935));
         let u = parse_node_url("rtmp://[::1]:2000/a/b").unwrap();
         assert_eq!((u.host, u.port, u.path), ("::1", 2000, "/a/b"));
         assert_eq!(u.with_ip("::1".parse().unwrap()), "rtmp://[::1]:2000/a/b");
         let u = parse_node_url("rtmp://localhost/relay").unwrap();
-        assert_eq!(
-            u.with_ip("127.0.0.1".parse().unwrap()),
-            "rtmp://127.0.0.1:1935/relay"
-        );
-        for bad in [
-            "rtmp://[::1/a",
-            "rtmp://h:0/a",
-            "rtmp://h:/a",
-            "rtmp://h//",
-            "rtmp://:1/a",
-        ] {
+        assert_eq!(u.with_ip("127.0.0.1".parse().unwrap()), "rtmp://127.0.0.1:1935/relay");
+        for bad in ["rtmp://[::1/a", "rtmp://h:0/a", "rtmp://h:/a", "rtmp://h//", "rtmp://:1/a"] {
             assert!(parse_node_url(bad).is_err(), "{bad}");
         }
     }
@@ -587,9 +464,6 @@ mod tests {
     #[test]
     fn too_large_is_refused_before_parsing() {
         let big = vec![b' '; MAX_TABLE_BYTES + 1];
-        assert_eq!(
-            Table::parse(&big),
-            Err(TableError::TooLarge(MAX_TABLE_BYTES + 1))
-        );
+        assert_eq!(Table::parse(&big), Err(TableError::TooLarge(MAX_TABLE_BYTES + 1)));
     }
 }

@@ -33,12 +33,7 @@ pub fn make_viewer_token(secret: &str, stream: &str, expiry: u64) -> String {
 
 /// Check a viewer token for `stream` at time `now`. The signature is checked before the expiry,
 /// so a forged token never learns whether its expiry would have passed.
-pub fn verify_viewer_token(
-    secret: &str,
-    stream: &str,
-    token: &str,
-    now: u64,
-) -> Result<(), TokenError> {
+pub fn verify_viewer_token(secret: &str, stream: &str, token: &str, now: u64) -> Result<(), TokenError> {
     let (expiry, sig) = token.split_once('.').ok_or(TokenError::Malformed)?;
     if expiry.is_empty() || expiry.len() > 20 || !expiry.bytes().all(|b| b.is_ascii_digit()) {
         return Err(TokenError::Malformed);
@@ -48,9 +43,7 @@ pub fn verify_viewer_token(
     if sig.len() != 64 || hex::decode_to_slice(sig, &mut raw).is_err() {
         return Err(TokenError::Malformed);
     }
-    mac(secret, stream, expiry)
-        .verify_slice(&raw)
-        .map_err(|_| TokenError::BadSignature)?;
+    mac(secret, stream, expiry).verify_slice(&raw).map_err(|_| TokenError::BadSignature)?;
     if expiry < now {
         return Err(TokenError::Expired);
     }
@@ -82,33 +75,18 @@ mod tests {
         assert!(t.starts_with("2000."));
         assert_eq!(verify_viewer_token("sec", "cam1", &t, 1_999), Ok(()));
         assert_eq!(verify_viewer_token("sec", "cam1", &t, 2_000), Ok(()));
-        assert_eq!(
-            verify_viewer_token("sec", "cam1", &t, 2_001),
-            Err(TokenError::Expired)
-        );
+        assert_eq!(verify_viewer_token("sec", "cam1", &t, 2_001), Err(TokenError::Expired));
     }
 
     #[test]
     fn token_is_bound_to_secret_stream_and_expiry() {
         let t = make_viewer_token("sec", "cam1", 2_000);
-        assert_eq!(
-            verify_viewer_token("other", "cam1", &t, 0),
-            Err(TokenError::BadSignature)
-        );
-        assert_eq!(
-            verify_viewer_token("sec", "cam2", &t, 0),
-            Err(TokenError::BadSignature)
-        );
+        assert_eq!(verify_viewer_token("other", "cam1", &t, 0), Err(TokenError::BadSignature));
+        assert_eq!(verify_viewer_token("sec", "cam2", &t, 0), Err(TokenError::BadSignature));
         let moved = t.replacen("2000.", "9000.", 1);
-        assert_eq!(
-            verify_viewer_token("sec", "cam1", &moved, 0),
-            Err(TokenError::BadSignature)
-        );
+        assert_eq!(verify_viewer_token("sec", "cam1", &moved, 0), Err(TokenError::BadSignature));
         // An expired forgery says "bad signature", not "expired".
-        assert_eq!(
-            verify_viewer_token("other", "cam1", &t, 5_000),
-            Err(TokenError::BadSignature)
-        );
+        assert_eq!(verify_viewer_token("other", "cam1", &t, 5_000), Err(TokenError::BadSignature));
     }
 
     #[test]
@@ -132,21 +110,14 @@ mod tests {
             &format!("1.{}", "g".repeat(64)),
             &format!("{}.{}", "9".repeat(21), "0".repeat(64)),
         ] {
-            assert_eq!(
-                verify_viewer_token("s", "c", t, 0),
-                Err(TokenError::Malformed),
-                "{t:?}"
-            );
+            assert_eq!(verify_viewer_token("s", "c", t, 0), Err(TokenError::Malformed), "{t:?}");
         }
     }
 
     #[test]
     fn key_hash() {
         // printf %s abc | sha256sum
-        assert_eq!(
-            key_sha256_hex("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(key_sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert!(ct_eq(b"abc", b"abc"));
         assert!(!ct_eq(b"abc", b"abd"));
         assert!(!ct_eq(b"abc", b"abcd"));

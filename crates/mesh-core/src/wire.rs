@@ -137,11 +137,7 @@ mod tests {
             rtmp_url: "rtmp://10.0.0.3:1935".into(),
             http_url: "http://10.0.0.3:8080".into(),
             version: "0.1.0".into(),
-            capabilities: Capabilities {
-                transcode: false,
-                hls: false,
-                dash: false,
-            },
+            capabilities: Capabilities { transcode: false, hls: false, dash: false },
         };
         assert_eq!(
             serde_json::to_value(&a).unwrap(),
@@ -172,17 +168,9 @@ mod tests {
                 viewers: 0,
                 in_kbps: 900,
             }],
-            pushes: vec![PushStat {
-                stream: "s".into(),
-                to: "edge-1".into(),
-                state: "connected".into(),
-            }],
+            pushes: vec![PushStat { stream: "s".into(), to: "edge-1".into(), state: "connected".into() }],
             transcodes: vec![],
-            load: Load {
-                connections: 2,
-                in_kbps: 900,
-                out_kbps: 900,
-            },
+            load: Load { connections: 2, in_kbps: 900, out_kbps: 900 },
         };
         let v = serde_json::to_value(&h).unwrap();
         assert_eq!(v["role"], "root_relay");
@@ -196,23 +184,15 @@ mod tests {
         let r: AnnounceReply = serde_json::from_str(r#"{"role":"relay","extra":1}"#).unwrap();
         assert_eq!(
             r,
-            AnnounceReply {
-                role: Some(Role::Relay),
-                heartbeat_interval_s: None,
-                table_refresh_s: None
-            }
+            AnnounceReply { role: Some(Role::Relay), heartbeat_interval_s: None, table_refresh_s: None }
         );
         let r: HeartbeatReply = serde_json::from_str(r#"{"table_version": 7}"#).unwrap();
         assert_eq!(r.table_version, Some(7));
         assert!(serde_json::from_str::<HeartbeatReply>(r#"{"role":"edge"}"#).is_err());
         let r: AuthReply = serde_json::from_str(r#"{"allow": true, "ttl_s": 60}"#).unwrap();
         assert!(r.allow);
-        assert!(
-            serde_json::from_str::<AuthReply>(r#"{"ttl_s": 60}"#).is_err(),
-            "allow is required"
-        );
-        let r: RouteReply =
-            serde_json::from_str(r#"{"status":"routed","table_version":4}"#).unwrap();
+        assert!(serde_json::from_str::<AuthReply>(r#"{"ttl_s": 60}"#).is_err(), "allow is required");
+        let r: RouteReply = serde_json::from_str(r#"{"status":"routed","table_version":4}"#).unwrap();
         assert_eq!(r.status, RouteStatus::Routed);
     }
 }

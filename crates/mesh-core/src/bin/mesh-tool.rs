@@ -46,17 +46,11 @@ fn main() -> ExitCode {
                     }
                 },
             };
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
             println!("{}", make_viewer_token(&secret, stream, now + ttl));
         }
         ["check", path] => match read_table(path) {
-            Ok(t) => println!(
-                "{path}: ok, version {}, {} streams",
-                t.version,
-                t.stream_count()
-            ),
+            Ok(t) => println!("{path}: ok, version {}, {} streams", t.version, t.stream_count()),
             Err(e) => {
                 eprintln!("{path}: {e}");
                 return ExitCode::FAILURE;

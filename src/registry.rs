@@ -1,0 +1,179 @@
+//! The sessions this worker admitted, so that a new table or role can be applied to them:
+//! each is checked again and dropped when the new state refuses it, and publishers' pushes are
+//! reconciled. Event loop only (a thread-local), never touched by the background threads.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use mesh_core::node::Node;
+use mesh_core::wire::{Load, StreamStat};
+use mesh_core::{Refusal, SessionKind};
+
+use crate::ffi::*;
+
+/// How a session was let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// By the table: checked again in full on every change.
+    Table,
+    /// By the master's auth endpoint, valid until then (unix s): role rules apply at once, the
+    /// endpoint is asked again when it runs out.
+    Auth { until: u64, asking: bool },
+}
+
+#[derive(Debug)]
+pub struct Entry {
+    pub s: *mut ngx_rtmp_session_t,
+    pub kind: SessionKind,
+    pub stream: String,
+    pub args: String,
+    pub via: Via,
+    /// Byte counters at the last stats tick (for rates).
+    last_in: u32,
+    last_out: u32,
+    pub in_kbps: u64,
+    pub out_kbps: u64,
+}
+
+impl Entry {
+    pub fn new(
+        s: *mut ngx_rtmp_session_t,
+        kind: SessionKind,
+        stream: String,
+        args: String,
+        via: Via,
+    ) -> Entry {
+        Entry { s, kind, stream, args, via, last_in: 0, last_out: 0, in_kbps: 0, out_kbps: 0 }
+    }
+
+    pub fn is_publisher(&self) -> bool {
+        !matches!(self.kind, SessionKind::Viewer)
+    }
+
+    /// The node a pushed stream came from.
+    pub fn source(&self) -> Option<&str> {
+        match &self.kind {
+            SessionKind::NodePush { from } => Some(from),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    next: u64,
+    entries: HashMap<u64, Entry>,
+}
+
+thread_local! {
+    static REGISTRY: RefCell<Registry> = RefCell::new(Registry::default());
+}
+
+/// Register an admitted session; the id goes in its ctx, whose drop calls [`remove`].
+pub fn add(e: Entry) -> u64 {
+    REGISTRY.with_borrow_mut(|r| {
+        r.next += 1;
+        let id = r.next;
+        r.entries.insert(id, e);
+        id
+    })
+}
+
+pub fn remove(id: u64) {
+    // try_with: a ctx may be dropped while the thread's locals are being torn down.
+    let _ = REGISTRY.try_with(|r| r.borrow_mut().entries.remove(&id));
+}
+
+/// Run `f` on an entry.
+pub fn with<R>(id: u64, f: impl FnOnce(&mut Entry) -> R) -> Option<R> {
+    REGISTRY.with_borrow_mut(|r| r.entries.get_mut(&id).map(f))
+}
+
+/// Is `stream` published on this worker?
+pub fn has_publisher(stream: &str) -> bool {
+    REGISTRY.with_borrow(|r| r.entries.values().any(|e| e.is_publisher() && e.stream == stream))
+}
+
+/// What a re-check decided for one session.
+pub enum Verdict {
+    Keep,
+    Drop(Refusal),
+}
+
+/// Check a session again against a new node state, in-process.
+pub fn recheck(e: &Entry, node: &Node, now: u64) -> Verdict {
+    let ctx = node.context(now);
+    let role_ok = match e.kind {
+        SessionKind::Viewer => node.role.serves_viewers(),
+        SessionKind::Broadcaster => node.role.takes_broadcasters(),
+        SessionKind::NodePush { .. } => true,
+    };
+    if !role_ok {
+        return Verdict::Drop(Refusal::WrongRole);
+    }
+    let req = mesh_core::PublishRequest { stream: &e.stream, args: &e.args };
+    match (&e.kind, e.via) {
+        // Viewers are held to the role only: their token admitted them at the start.
+        (SessionKind::Viewer, _) => Verdict::Keep,
+        (_, Via::Auth { .. }) => Verdict::Keep,
+        (_, Via::Table) => match ctx.publish(req) {
+            Ok(_) => Verdict::Keep,
+            Err(r) => Verdict::Drop(r),
+        },
+    }
+}
+
+/// Ids and sessions of every entry, with `f`'s verdict for each (collected first, so that
+/// acting on a verdict never runs inside the registry's borrow).
+pub fn sweep<T>(mut f: impl FnMut(&Entry) -> T) -> Vec<(u64, *mut ngx_rtmp_session_t, T)> {
+    REGISTRY.with_borrow(|r| r.entries.iter().map(|(id, e)| (*id, e.s, f(e))).collect())
+}
+
+/// Update every entry's rates from its session's byte counters (`secs` since the last tick).
+///
+/// # Safety
+/// Every registered session is live (entries leave with their session's ctx).
+pub unsafe fn tick_rates(secs: u64) {
+    REGISTRY.with_borrow_mut(|r| {
+        for e in r.entries.values_mut() {
+            // SAFETY: registered sessions are live.
+            let (i, o) = unsafe { ((*e.s).in_bytes, (*e.s).out_bytes) };
+            let rate = |now: u32, last: u32| u64::from(now.wrapping_sub(last)) * 8 / 1000 / secs.max(1);
+            e.in_kbps = rate(i, e.last_in);
+            e.out_kbps = rate(o, e.last_out);
+            e.last_in = i;
+            e.last_out = o;
+        }
+    })
+}
+
+/// The live figures of a heartbeat: streams with their sources and viewers, and load.
+pub fn figures() -> (Vec<StreamStat>, Load) {
+    REGISTRY.with_borrow(|r| {
+        let mut streams: Vec<StreamStat> = Vec::new();
+        let mut load = Load::default();
+        for e in r.entries.values() {
+            load.in_kbps += e.in_kbps;
+            load.out_kbps += e.out_kbps;
+            if e.is_publisher() {
+                let viewers =
+                    r.entries.values().filter(|v| !v.is_publisher() && v.stream == e.stream).count();
+                streams.push(StreamStat {
+                    stream: e.stream.clone(),
+                    source: e.source().unwrap_or("broadcaster").to_string(),
+                    viewers: viewers as u64,
+                    in_kbps: e.in_kbps,
+                });
+            }
+        }
+        streams.sort_by(|a, b| a.stream.cmp(&b.stream));
+        (streams, load)
+    })
+}
+
+/// Publishers' sessions with their streams (for push figures).
+pub fn publishers() -> Vec<(*mut ngx_rtmp_session_t, String)> {
+    REGISTRY.with_borrow(|r| {
+        r.entries.values().filter(|e| e.is_publisher()).map(|e| (e.s, e.stream.clone())).collect()
+    })
+}
