@@ -1,0 +1,44 @@
+package Mesh::Node;
+
+# A mesh node under the fake master, in one call: writes the master key, an initial table
+# file (writable by the worker), and a config with the given role and extra directives.
+
+use strict;
+use warnings;
+
+use Mesh::Test;
+
+sub under_master {
+	my ($class, %o) = @_;
+	my $t = Mesh::Test->new(name => $o{id});
+	chmod 0777, $t->testdir;
+	$t->write_file('master.key', $o{master}->key . "\n");
+	$t->write_file('table.json', $o{table} // '{"version": 0}');
+	my $murl = $o{master}->url;
+	my $role = $o{role} ? "mesh_role $o{role};" : '';
+	my $extra = $o{extra} // '';
+	my $apps = $o{apps} // 'application live { mesh on; live on; }';
+	$t->write_file_expand('nginx.conf', <<CONF);
+%%TEST_GLOBALS%%
+events {}
+rtmp {
+    %%TEST_GLOBALS_RTMP%%
+    mesh_node_id $o{id};
+    $role
+    mesh_table_file table.json;
+    mesh_master $murl;
+    mesh_master_key_file master.key;
+    mesh_heartbeat_interval 1s;
+    mesh_poll_wait 3s;
+    mesh_master_timeout 2s;
+    $extra
+    server {
+        listen 127.0.0.1:%%PORT_1%%;
+        $apps
+    }
+}
+CONF
+	return $t;
+}
+
+1;
