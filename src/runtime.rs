@@ -237,7 +237,7 @@ pub unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
             }
             ngx_close_connection(rt.conn);
             ngx::ngx_log_error!(
-                NGX_LOG_INFO,
+                NGX_LOG_NOTICE,
                 rt.log,
                 "mesh: background threads stopped ({} joined)",
                 threads

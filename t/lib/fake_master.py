@@ -122,19 +122,31 @@ class Handler(BaseHTTPRequestHandler):
         self.record(endpoint, body, sig_ok)
         if not sig_ok:
             return self.send(401, {"error": "bad signature"})
-        with st.lock:
-            mode, secs = st.faults.get(endpoint) or st.faults.get("*") or ("ok", 0)
+        mode, secs = self.fault(endpoint)
         if mode == "close":
             self.close_connection = True
             return
         if mode == "stall":
             time.sleep(secs)
-            mode = "ok"
         req = json.loads(body) if body else {}
         node = req.get("node_id") or parse_qs(url.query).get("node_id", [""])[0]
-        getattr(self, "ep_" + endpoint)(node, req, url, mode)
+        self.endpoint = endpoint
+        getattr(self, "ep_" + endpoint)(node, req, url)
 
-    def ep_announce(self, node, req, url, mode):
+    def fault(self, endpoint):
+        with self.state.lock:
+            return self.state.faults.get(endpoint) or self.state.faults.get("*") or ("ok", 0)
+
+    def answer(self, status, body):
+        """Send an endpoint's answer with the fault in force now (a long poll may have waited)."""
+        mode = self.fault(self.endpoint)[0]
+        if mode == "stall":
+            mode = "ok"
+        if status == 304 and mode in ("garbage", "truncated", "huge", "badtable"):
+            mode = "ok"
+        self.send(status, body, mode=mode)
+
+    def ep_announce(self, node, req, url):
         st = self.state
         with st.lock:
             reply = {"table_refresh_s": 25}
@@ -142,17 +154,17 @@ class Handler(BaseHTTPRequestHandler):
                 reply["role"] = st.roles[node]
             if st.heartbeat_interval:
                 reply["heartbeat_interval_s"] = st.heartbeat_interval
-        self.send(200, reply, mode=mode)
+        self.answer(200, reply)
 
-    def ep_heartbeat(self, node, req, url, mode):
+    def ep_heartbeat(self, node, req, url):
         st = self.state
         with st.lock:
             reply = {"table_version": st.tables.get(node, {}).get("version", 0)}
             if node in st.roles:
                 reply["role"] = st.roles[node]
-        self.send(200, reply, mode=mode)
+        self.answer(200, reply)
 
-    def ep_streams(self, node, req, url, mode):
+    def ep_streams(self, node, req, url):
         st = self.state
         q = parse_qs(url.query)
         since = int(q.get("since", ["0"])[0])
@@ -166,10 +178,10 @@ class Handler(BaseHTTPRequestHandler):
                 st.lock.wait(left)
             table = st.tables.get(node)
         if table is None or table.get("version", 0) <= since:
-            return self.send(304, b"", mode="ok" if mode in ("garbage", "truncated", "huge", "badtable") else mode)
-        self.send(200, table, mode=mode)
+            return self.answer(304, b"")
+        self.answer(200, table)
 
-    def ep_auth(self, node, req, url, mode):
+    def ep_auth(self, node, req, url):
         st = self.state
         with st.lock:
             a = dict(st.auth.get(req.get("stream"), {"allow": False, "reason": "unknown stream"}))
@@ -178,9 +190,9 @@ class Handler(BaseHTTPRequestHandler):
             a = {"allow": False, "reason": "wrong credential", "ttl_s": a.get("ttl_s", 60)}
         time.sleep(a.pop("delay", 0))
         a.pop("credential", None)
-        self.send(200, a, mode=mode)
+        self.answer(200, a)
 
-    def ep_route(self, node, req, url, mode):
+    def ep_route(self, node, req, url):
         st = self.state
         stream = req.get("stream")
         with st.lock:
@@ -193,7 +205,7 @@ class Handler(BaseHTTPRequestHandler):
                 st.lock.notify_all()
                 reply = {"status": r.get("status", "routed"),
                          "table_version": st.tables.get(node, {}).get("version", 0)}
-        self.send(200, reply, mode=mode)
+        self.answer(200, reply)
 
     def control(self, what, body):
         st = self.state

@@ -110,10 +110,19 @@ struct Shared {
 impl Shared {
     /// Sleep up to `d`; false when the agent is stopping.
     fn sleep(&self, d: Duration) -> bool {
+        self.sleep_until(d, false)
+    }
+
+    /// Sleep up to `d`, or until a fetch is asked for (the poll loop); false when stopping.
+    fn sleep_poll(&self, d: Duration) -> bool {
+        self.sleep_until(d, true)
+    }
+
+    fn sleep_until(&self, d: Duration, wake_on_fetch: bool) -> bool {
         let deadline = Instant::now() + d;
         let mut stop = self.stop.lock();
         while !*stop {
-            if self.fetch_now.load(Ordering::Relaxed) {
+            if wake_on_fetch && self.fetch_now.load(Ordering::Relaxed) {
                 return true;
             }
             if self.wake.wait_until(&mut stop, deadline).timed_out() {
@@ -186,16 +195,23 @@ impl Link {
 
     /// Record a failure; returns the delay before the next try.
     fn fail(&mut self, shared: &Shared, e: &CallError) -> Duration {
+        if *e == CallError::Stopped {
+            return self.backoff.fail(self.jitter.next_u64());
+        }
+        let v = shared.node().table.version;
+        let msg = format!(
+            "mesh: master {} failed: {e}; keeping table version {v}, retrying with backoff",
+            self.what
+        );
+        self.fail_with(shared, msg)
+    }
+
+    /// Record a failure described by `msg`, logged when the link goes down (not on every
+    /// retry while it stays down); returns the delay before the next try.
+    fn fail_with(&mut self, shared: &Shared, msg: String) -> Duration {
         let d = self.backoff.fail(self.jitter.next_u64());
-        if self.up != Some(false) && *e != CallError::Stopped {
-            let v = shared.node().table.version;
-            shared.log(
-                Level::Error,
-                format!(
-                    "mesh: master {} failed: {e}; keeping table version {v}, retrying with backoff",
-                    self.what
-                ),
-            );
+        if self.up != Some(false) {
+            shared.log(Level::Error, msg);
         }
         self.up = Some(false);
         d
@@ -314,6 +330,7 @@ fn control_loop(m: &dyn Master, s: &Shared) {
     let mut beat = Link::new("heartbeat", &s.cfg);
     let mut interval = s.cfg.heartbeat_interval;
     let mut announced = false;
+    let mut poked = 0u64;
     while !s.stopping() {
         if !announced {
             match m.announce(&announce_payload(s)) {
@@ -341,7 +358,10 @@ fn control_loop(m: &dyn Master, s: &Shared) {
             Ok(r) => {
                 beat.ok(s);
                 s.apply_role(r.role);
-                if r.table_version.is_some_and(|v| v > s.node().table.version) {
+                // A newer table: fetch at once (once per version, so a failing fetch keeps its
+                // backoff).
+                if let Some(v) = r.table_version.filter(|v| *v > s.node().table.version && *v > poked) {
+                    poked = v;
                     s.fetch_now.store(true, Ordering::Relaxed);
                     s.wake.notify_all();
                 }
@@ -358,38 +378,32 @@ fn control_loop(m: &dyn Master, s: &Shared) {
 
 fn poll_loop(m: &dyn Master, s: &Shared) {
     let mut link = Link::new("streams", &s.cfg);
-    let mut refused: Option<String> = None;
     while !s.stopping() {
         s.fetch_now.store(false, Ordering::Relaxed);
         let since = s.node().table.version;
-        match m.streams(since, s.cfg.poll_wait) {
-            Ok(None) => link.ok(s),
-            Ok(Some(body)) => {
+        let failed = match m.streams(since, s.cfg.poll_wait) {
+            Ok(None) => {
                 link.ok(s);
-                match Table::parse(&body) {
-                    Ok(t) => {
-                        refused = None;
-                        if t.version != since || s.node().table != t {
-                            install_table(s, t, Some(&body), "master");
-                        }
+                None
+            }
+            Ok(Some(body)) => match Table::parse(&body) {
+                Ok(t) => {
+                    link.ok(s);
+                    if t.version != since || s.node().table != t {
+                        install_table(s, t, Some(&body), "master");
                     }
-                    Err(e) => {
-                        let msg =
-                            format!("mesh: table from master refused: {e}; keeping table version {since}");
-                        if refused.as_deref() != Some(&msg) {
-                            s.log(Level::Error, msg.clone());
-                            refused = Some(msg);
-                        }
-                        // The master would answer again at once: do not spin.
-                        let d = link.backoff.fail(link.jitter.next_u64());
-                        s.sleep(d);
-                    }
+                    None
                 }
-            }
-            Err(e) => {
-                let d = link.fail(s, &e);
-                s.sleep(d);
-            }
+                // Refused whole; the master would answer again at once: back off.
+                Err(e) => Some(link.fail_with(
+                    s,
+                    format!("mesh: table from master refused: {e}; keeping table version {since}"),
+                )),
+            },
+            Err(e) => Some(link.fail(s, &e)),
+        };
+        if let Some(d) = failed {
+            s.sleep_poll(d);
         }
     }
 }
@@ -604,6 +618,7 @@ mod tests {
         assert!(sink.wait_for(|_| *m.heartbeats.lock() >= 2), "heartbeats follow the announce");
         assert_eq!(agent.stop(Duration::from_secs(2)), 4);
         let logs = sink.logs();
+        // One line when the link went down, one when it came back: not one per retry.
         assert_eq!(logs.iter().filter(|l| l.contains("announce failed")).count(), 1, "{logs:?}");
         assert_eq!(logs.iter().filter(|l| l.contains("announce is back")).count(), 1, "{logs:?}");
     }
@@ -630,11 +645,9 @@ mod tests {
             1,
             "{logs:?}"
         );
-        assert!(
-            logs.iter()
-                .any(|l| l.contains("master streams failed: connection refused; keeping table version 0")),
-            "{logs:?}"
-        );
+        // The link was already down (refused table): the transport error is no new state.
+        assert!(!logs.iter().any(|l| l.contains("master streams failed")), "{logs:?}");
+        assert_eq!(logs.iter().filter(|l| l.contains("master streams is back")).count(), 1, "{logs:?}");
         assert_eq!(read_table(&file).unwrap().version, 6, "saved for a restart");
         std::fs::remove_dir_all(dir).unwrap();
     }
