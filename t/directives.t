@@ -31,6 +31,8 @@ my %tables = (
 	'version.json' => q({"version": "one"}),
 );
 $t->write_file($_, $tables{$_}) for keys %tables;
+$t->write_file('empty.key', "\n");
+$t->write_file('master.key', "k\n");
 
 # [ directives at rtmp{} level, expected message (regex), line of the block named (or undef) ]
 my @bad = (
@@ -53,6 +55,22 @@ my @bad = (
 	[ 'mesh_table_file sha.json;', qr/invalid table: publish.cam1.key_sha256: not 64 hex digits/, 1 ],
 	[ 'mesh_table_file url.json;', qr/invalid table: ingest.cam1\[0\].node_url: "http:\/\/127.0.0.1\/relay" is not an rtmp:\/\/ URL/, 1 ],
 	[ 'mesh_table_file version.json;', qr/invalid table: version: not a non-negative integer/, 1 ],
+	[ 'mesh_master ftp://m;', qr/invalid value "ftp:\/\/m" in "mesh_master" directive, it must start with "http:\/\/" or "https:\/\/"/, 1 ],
+	[ 'mesh_master http://m/?x=1;', qr/invalid value "http:\/\/m\/\?x=1" in "mesh_master" directive, it must not have a query/, 1 ],
+	[ 'mesh_master http:///x;', qr/"mesh_master" directive, it has no host/, 1 ],
+	[ "mesh_master http://m;\n    mesh_master http://m;", qr/"mesh_master" directive is duplicate/, 2 ],
+	[ 'mesh_master http://127.0.0.1:1;', qr/"mesh_master" needs "mesh_master_key" or "mesh_master_key_file"/ ],
+	[ "mesh_master_key a;\n    mesh_master_key_file k;", qr/"mesh_master_key_file" directive is duplicate/, 2 ],
+	[ 'mesh_master_key_file nokey;', qr/mesh_master_key_file "\Q$dir\E\/nokey": open\(\) failed \(2: No such file or directory\)/, 1 ],
+	[ 'mesh_master_key_file empty.key;', qr/empty master key in "mesh_master_key_file" directive/, 1 ],
+	[ 'mesh_master_path beat /hb;', qr/invalid endpoint "beat" in "mesh_master_path" directive, it must be "announce", "heartbeat", "streams", "auth" or "route"/, 1 ],
+	[ 'mesh_master_path auth hb;', qr/invalid path "hb" in "mesh_master_path" directive, it must start with "\/"/, 1 ],
+	[ "mesh_master_path auth /a;\n    mesh_master_path auth /b;", qr/"mesh_master_path" directive "auth" is duplicate/, 2 ],
+	[ 'mesh_rtmp_url http://x;', qr/invalid value "http:\/\/x" in "mesh_rtmp_url" directive, it must be a rtmp:\/\/ URL/, 1 ],
+	[ 'mesh_http_url rtmp://x;', qr/invalid value "rtmp:\/\/x" in "mesh_http_url" directive, it must be a http:\/\/ or https:\/\/ URL/, 1 ],
+	[ 'mesh_heartbeat_interval soon;', qr/"mesh_heartbeat_interval" directive invalid value/, 1 ],
+	[ "mesh_poll_wait 5s;\n    mesh_poll_wait 5s;", qr/"mesh_poll_wait" directive is duplicate/, 2 ],
+	[ 'mesh_master_timeout 3x;', qr/"mesh_master_timeout" directive invalid value/, 1 ],
 );
 
 sub conf {
@@ -111,6 +129,28 @@ $t->write_file_expand('nginx.conf', conf("mesh_node_id i1;\n    mesh_role ingest
 	ok($ok, 'unresolvable host: accepted');
 	like($out, qr/\[warn\] mesh_table_file ".*unresolved.json": host of "rtmp:\/\/no-such-host.invalid:1936\/relay" not resolved \(.*\): pushes to it are skipped/,
 		'unresolvable host: warned') or diag($out);
+}
+
+# A master with every directive set passes; with more than one worker it is refused.
+my $full = "mesh_node_id e1;\n    mesh_role relay;\n    mesh_master https://master.example:8443/api/;\n"
+	. "    mesh_master_key_file master.key;\n    mesh_master_path announce /v1/announce;\n    mesh_master_path streams /v1/streams;\n"
+	. "    mesh_rtmp_url rtmp://203.0.113.5:1935;\n    mesh_http_url https://edge1.example;\n"
+	. "    mesh_heartbeat_interval 5s;\n    mesh_poll_wait 1m;\n    mesh_master_timeout 3s;";
+$t->write_file_expand('nginx.conf', conf($full));
+{
+	my ($ok, $out) = $t->test_config;
+	ok($ok, 'every master directive: accepted') or diag($out);
+}
+$t->write_file_expand('nginx.conf', "worker_processes 2;\n" . conf($full));
+{
+	my ($ok, $out) = $t->test_config;
+	ok(!$ok, 'a master with two workers: refused');
+	like($out, qr/\[emerg\] "mesh_master" needs "worker_processes 1" \(found 2\)/, 'a master with two workers: says why') or diag($out);
+}
+$t->write_file_expand('nginx.conf', "worker_processes 2;\n" . conf('mesh_table_file good.json;'));
+{
+	my ($ok, $out) = $t->test_config;
+	ok($ok, 'no master: more workers are fine') or diag($out);
 }
 
 # The table's role wins over mesh_role, with a warning.
