@@ -142,6 +142,51 @@ mod tests {
         );
     }
 
+    /// The exchange in docs/protocol.md.
+    #[test]
+    fn documented_exchange() {
+        let key = b"1234567890-SUPER-STRONG-KEY";
+        let ts = 1_795_400_000;
+        let announce = br#"{"node_id":"edge-1","role":"relay","rtmp_url":"rtmp://10.0.0.3:1935","http_url":"http://10.0.0.3:8080","version":"0.1.0","capabilities":{"transcode":false,"hls":false,"dash":false}}"#;
+        assert_eq!(announce.len(), 181);
+        assert_eq!(
+            sign_request(key, "POST", "/announce", ts, announce),
+            "3a9750d574d1953613ced5e50bec72d2e558c6874bce90764fccff8da8c96ac7"
+        );
+        assert_eq!(
+            sign_response(
+                key,
+                200,
+                ts,
+                br#"{"role":"relay","heartbeat_interval_s":10,"table_refresh_s":25}"#
+            ),
+            "fabba5c81709324a649a3f330f5038e8b5ce1dea1b4ab37c1627eb23170b460a"
+        );
+        assert_eq!(
+            sign_request(key, "GET", "/streams?node_id=edge-1&since=41&wait=25", ts, b""),
+            "bc05447022d4e2d21be45e883b6bd65da0ffc886532443db915d8f9e57b2364c"
+        );
+        let table = br#"{"version":42,"role":"relay","relay":{"cam1":[{"node_id":"edge-1","node_url":"rtmp://10.0.0.3:1935/relay","node_key":"k-root1-edge1-cam1"}]},"viewer_secret":"s3cret"}"#;
+        assert_eq!(
+            sign_response(key, 200, ts, table),
+            "7d124d08c59b4ce7b776e6f30924221abcd7bb6d6fa13dae4932213ba5cfcc61"
+        );
+        assert!(crate::Table::parse(table).is_ok(), "the documented table is valid");
+        assert_eq!(
+            sign_response(key, 304, ts, b""),
+            "45e43beb54a430a617bc114f63a2db777aa5d402ef3119693c25c75f1413d85b"
+        );
+        let hb = br#"{"node_id":"edge-1","role":"relay","table_version":42,"uptime_s":3600,"streams":[{"stream":"cam1","source":"root-1","viewers":3,"in_kbps":2500}],"pushes":[],"transcodes":[],"load":{"connections":5,"in_kbps":2500,"out_kbps":7500}}"#;
+        assert_eq!(
+            sign_request(key, "POST", "/heartbeat", ts, hb),
+            "14fb035dffa113fc6c3660372a07af56a04abe5729771b25765233439555fb6d"
+        );
+        assert_eq!(
+            sign_response(key, 200, ts, br#"{"table_version":42}"#),
+            "25ad3d23b5c0c2ff5fd28ff101917ff94a2708b7d3387a831c3bf465a2a1e8a5"
+        );
+    }
+
     #[test]
     fn round_trips() {
         let s = sign_request(KEY, "GET", "/streams?node_id=a&since=1&wait=25", 5000, b"");
