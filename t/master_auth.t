@@ -97,6 +97,7 @@ sleep 1.5;
 my $routes = $master->requests('route');
 is(scalar @$routes, 1, 'one route request for three viewers');
 is_deeply($routes->[0]{body}, { node_id => 'edge-1', stream => 'cam7' }, 'route payload');
+ok($routes->[0]{sig_ok}, 'route request signed');
 ok(wait_until(sub { log_lines($edge, qr/route for stream "cam7": routed/) }, 5), 'route answer logged');
 ok(wait_until(sub { log_lines($edge, qr/table version 2 from master in force/) }, 10), 'the routed table arrives');
 
