@@ -122,57 +122,77 @@ unsafe fn main_conf<'a>(conf: *mut c_void) -> &'a mut MainConf {
     unsafe { &mut *conf.cast::<MainConf>() }
 }
 
-pub unsafe extern "C" fn set_node_id(
+/// The one shape of our single-value directives: refuse a duplicate, check the value
+/// (`check` says why not, in nginx's words: "it must be ..."), store it.
+///
+/// # Safety
+/// Called from a directive handler with its `cf` and our main conf.
+unsafe fn set_once<T>(
     cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
     conf: *mut c_void,
+    slot: fn(&mut MainConf) -> &mut Option<T>,
+    check: impl FnOnce(&str) -> Result<T, String>,
 ) -> *mut c_char {
-    guard(CONF_ERROR, || {
-        // SAFETY: called by the parser with our main conf and the directive's arguments.
-        let (mcf, value) = unsafe { (main_conf(conf), arg(cf, 1)) };
-        if mcf.node_id.is_some() {
-            return c"is duplicate".as_ptr().cast_mut();
+    // SAFETY: as the caller guarantees.
+    let (mcf, name, value) = unsafe { (main_conf(conf), arg(cf, 0), arg(cf, 1)) };
+    let slot = slot(mcf);
+    if slot.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    match check(&value) {
+        Ok(v) => {
+            *slot = Some(v);
+            CONF_OK
         }
-        if !is_valid_id(&value) {
+        Err(why) => {
             ngx_conf_log_error!(
                 NGX_LOG_EMERG,
                 cf,
-                "invalid value \"{}\" in \"mesh_node_id\" directive, it must be 1-128 characters of A-Z a-z 0-9 _ -",
-                for_log(&value)
+                "invalid value \"{}\" in \"{}\" directive, {}",
+                for_log(&value),
+                name,
+                why
             );
-            return CONF_ERROR;
+            CONF_ERROR
         }
-        mcf.node_id = Some(value);
-        CONF_OK
+    }
+}
+
+pub unsafe extern "C" fn set_node_id(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: the parser calls us with our main conf.
+    guard(CONF_ERROR, || unsafe {
+        set_once(
+            cf,
+            conf,
+            |m| &mut m.node_id,
+            |v| match is_valid_id(v) {
+                true => Ok(v.to_string()),
+                false => Err("it must be 1-128 characters of A-Z a-z 0-9 _ -".into()),
+            },
+        )
     })
 }
 
 pub unsafe extern "C" fn set_role(
     cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
+    _: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    guard(CONF_ERROR, || {
-        // SAFETY: called by the parser with our main conf and the directive's arguments.
-        let (mcf, value) = unsafe { (main_conf(conf), arg(cf, 1)) };
-        if mcf.role.is_some() {
-            return c"is duplicate".as_ptr().cast_mut();
-        }
-        match value.parse::<Role>() {
-            Ok(r) => {
-                mcf.role = Some(r);
-                CONF_OK
-            }
-            Err(()) => {
-                ngx_conf_log_error!(
-                    NGX_LOG_EMERG,
-                    cf,
-                    "invalid value \"{}\" in \"mesh_role\" directive, it must be \"ingest\", \"root_relay\", \"relay\" or \"standalone\"",
-                    for_log(&value)
-                );
-                CONF_ERROR
-            }
-        }
+    // SAFETY: the parser calls us with our main conf.
+    guard(CONF_ERROR, || unsafe {
+        set_once(
+            cf,
+            conf,
+            |m| &mut m.role,
+            |v| {
+                v.parse::<Role>()
+                    .map_err(|()| "it must be \"ingest\", \"root_relay\", \"relay\" or \"standalone\"".into())
+            },
+        )
     })
 }
 
@@ -213,31 +233,12 @@ pub unsafe extern "C" fn set_table_file(
 
 pub unsafe extern "C" fn set_master(
     cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
+    _: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    guard(CONF_ERROR, || {
-        // SAFETY: called by the parser with our main conf and the directive's arguments.
-        let (mcf, value) = unsafe { (main_conf(conf), arg(cf, 1)) };
-        if mcf.master.is_some() {
-            return c"is duplicate".as_ptr().cast_mut();
-        }
-        match check_http_url(&value) {
-            Ok(base) => {
-                mcf.master = Some(base);
-                CONF_OK
-            }
-            Err(why) => {
-                ngx_conf_log_error!(
-                    NGX_LOG_EMERG,
-                    cf,
-                    "invalid value \"{}\" in \"mesh_master\" directive, {}",
-                    for_log(&value),
-                    why
-                );
-                CONF_ERROR
-            }
-        }
+    // SAFETY: the parser calls us with our main conf.
+    guard(CONF_ERROR, || unsafe {
+        set_once(cf, conf, |m| &mut m.master, |v| check_http_url(v).map_err(String::from))
     })
 }
 
@@ -346,37 +347,23 @@ pub unsafe extern "C" fn set_master_path(
 
 pub unsafe extern "C" fn set_public_url(
     cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
+    _: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    guard(CONF_ERROR, || {
-        // SAFETY: called by the parser with our main conf, its command and arguments.
-        let (mcf, value, name) = unsafe {
-            (main_conf(conf), arg(cf, 1), String::from_utf8_lossy(str_bytes(&(*cmd).name)).into_owned())
+    // SAFETY: the parser calls us with our main conf and the directive's arguments.
+    guard(CONF_ERROR, || unsafe {
+        let url = |schemes: &'static [&'static str]| {
+            move |v: &str| {
+                let ok = schemes.iter().any(|p| v.strip_prefix(p).is_some_and(|r| !r.is_empty()))
+                    && v.bytes().all(|b| b.is_ascii_graphic());
+                ok.then(|| v.to_string()).ok_or_else(|| format!("it must be a {} URL", schemes.join(" or ")))
+            }
         };
-        let (slot, schemes): (&mut Option<String>, &[&str]) = if name == "mesh_rtmp_url" {
-            (&mut mcf.rtmp_url, &["rtmp://"])
+        if arg(cf, 0) == "mesh_rtmp_url" {
+            set_once(cf, conf, |m| &mut m.rtmp_url, url(&["rtmp://"]))
         } else {
-            (&mut mcf.http_url, &["http://", "https://"])
-        };
-        if slot.is_some() {
-            return c"is duplicate".as_ptr().cast_mut();
+            set_once(cf, conf, |m| &mut m.http_url, url(&["http://", "https://"]))
         }
-        let ok = schemes.iter().any(|p| value.strip_prefix(p).is_some_and(|r| !r.is_empty()))
-            && value.bytes().all(|b| b.is_ascii_graphic());
-        if !ok {
-            ngx_conf_log_error!(
-                NGX_LOG_EMERG,
-                cf,
-                "invalid value \"{}\" in \"{}\" directive, it must be a {} URL",
-                for_log(&value),
-                name,
-                schemes.join(" or ")
-            );
-            return CONF_ERROR;
-        }
-        *slot = Some(value);
-        CONF_OK
     })
 }
 

@@ -5,12 +5,13 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mesh_core::sign::{sign_request, verify_response, SigError, H_NODE, H_SIGNATURE, H_TIMESTAMP};
+use mesh_core::sign::{sign_request, verify_response, SigError, Stamp, H_NODE, H_SIGNATURE, H_TIMESTAMP};
 use mesh_core::wire::{
     Announce, AnnounceReply, AuthReply, AuthRequest, Heartbeat, HeartbeatReply, RouteReply, RouteRequest,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use ureq::RequestExt;
 
 /// Why a call to the master failed. `Display` is a short lowercase phrase for the error log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,28 +130,18 @@ impl HttpMaster {
         let url = format!("{}{}", self.cfg.base, path_query);
         let ts = now();
         let sig = sign_request(&self.cfg.key, method, path_query, ts, body.unwrap_or_default());
-        let ts = ts.to_string();
-        let result = match body {
-            Some(b) => agent
-                .post(&url)
-                .config()
-                .timeout_global(Some(timeout))
-                .build()
-                .header(H_NODE, &self.cfg.node_id)
-                .header(H_TIMESTAMP, &ts)
-                .header(H_SIGNATURE, &sig)
-                .content_type("application/json")
-                .send(b),
-            None => agent
-                .get(&url)
-                .config()
-                .timeout_global(Some(timeout))
-                .build()
-                .header(H_NODE, &self.cfg.node_id)
-                .header(H_TIMESTAMP, &ts)
-                .header(H_SIGNATURE, &sig)
-                .call(),
-        };
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(H_NODE, &self.cfg.node_id)
+            .header(H_TIMESTAMP, ts.to_string())
+            .header(H_SIGNATURE, &sig);
+        if body.is_some() {
+            req = req.header("Content-Type", "application/json");
+        }
+        let req =
+            req.body(body.unwrap_or_default().to_vec()).map_err(|e| CallError::Transport(e.to_string()))?;
+        let result = req.with_agent(&agent).configure().timeout_global(Some(timeout)).run();
         let mut resp = result.map_err(|e| self.map_err(e))?;
         let status = resp.status().as_u16();
         let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -164,8 +155,14 @@ impl HttpMaster {
         if !(200..300).contains(&status) && status != 304 {
             return Err(CallError::Status(status));
         }
-        verify_response(&self.cfg.key, status, rts.as_deref(), rsig.as_deref(), &bytes, now())
-            .map_err(CallError::Signature)?;
+        verify_response(
+            &self.cfg.key,
+            status,
+            Stamp { ts: rts.as_deref(), sig: rsig.as_deref() },
+            &bytes,
+            now(),
+        )
+        .map_err(CallError::Signature)?;
         Ok((status, bytes))
     }
 
@@ -279,8 +276,15 @@ mod tests {
             }
             let mut reqbody = vec![0; len];
             r.read_exact(&mut reqbody).unwrap();
-            let ok =
-                verify_request(KEY, &method, &path, ts.as_deref(), sig.as_deref(), &reqbody, now()).is_ok();
+            let ok = verify_request(
+                KEY,
+                &method,
+                &path,
+                Stamp { ts: ts.as_deref(), sig: sig.as_deref() },
+                &reqbody,
+                now(),
+            )
+            .is_ok();
             let _ = tx.send((method, path, ok));
             thread::sleep(delay);
             let ts = now();

@@ -56,70 +56,74 @@ fn mac(key: &[u8], parts: &[&str]) -> HmacSha256 {
     m
 }
 
-fn request_parts<'a>(method: &'a str, path_query: &'a str, ts: &'a str, body_hex: &'a str) -> [&'a str; 4] {
-    [method, path_query, ts, body_hex]
+fn sign(key: &[u8], parts: &[&str]) -> String {
+    hex::encode(mac(key, parts).finalize().into_bytes())
 }
 
 /// Signature of a request.
 pub fn sign_request(key: &[u8], method: &str, path_query: &str, ts: u64, body: &[u8]) -> String {
-    let (ts, bh) = (ts.to_string(), body_sha256_hex(body));
-    hex::encode(mac(key, &request_parts(method, path_query, &ts, &bh)).finalize().into_bytes())
+    sign(key, &[method, path_query, &ts.to_string(), &body_sha256_hex(body)])
 }
 
 /// Signature of a response.
 pub fn sign_response(key: &[u8], status: u16, ts: u64, body: &[u8]) -> String {
-    let (st, ts, bh) = (status.to_string(), ts.to_string(), body_sha256_hex(body));
-    hex::encode(mac(key, &[&st, &ts, &bh]).finalize().into_bytes())
+    sign(key, &[&status.to_string(), &ts.to_string(), &body_sha256_hex(body)])
 }
 
-fn check(m: HmacSha256, sig: &str) -> Result<(), SigError> {
+/// A message's `X-Mesh-Timestamp` and `X-Mesh-Signature` headers, as received.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stamp<'a> {
+    pub ts: Option<&'a str>,
+    pub sig: Option<&'a str>,
+}
+
+/// Check `stamp` against the signed text that `parts` makes from the timestamp as received.
+/// The signature is checked before the clock, so a forgery learns nothing.
+fn verify(
+    key: &[u8],
+    stamp: Stamp<'_>,
+    now: u64,
+    parts: impl FnOnce(&str) -> Vec<String>,
+) -> Result<(), SigError> {
+    let ts = stamp.ts.ok_or(SigError::Missing)?.trim();
+    let sig = stamp.sig.ok_or(SigError::Missing)?.trim();
+    let parts = parts(ts);
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     let mut raw = [0u8; 32];
     if sig.len() != 64 || hex::decode_to_slice(sig, &mut raw).is_err() {
         return Err(SigError::BadSignature);
     }
-    m.verify_slice(&raw).map_err(|_| SigError::BadSignature)
-}
-
-fn check_ts(ts: Option<&str>, now: u64) -> Result<u64, SigError> {
-    let ts = ts.ok_or(SigError::Missing)?.trim();
+    mac(key, &parts).verify_slice(&raw).map_err(|_| SigError::BadSignature)?;
     let t: u64 = ts.parse().map_err(|_| SigError::BadTimestamp)?;
     if t.abs_diff(now) > MAX_SKEW_S {
         return Err(SigError::Skew);
     }
-    Ok(t)
+    Ok(())
 }
 
-/// Verify a response's headers (`X-Mesh-Timestamp`, `X-Mesh-Signature`) against its status and
-/// body, at time `now`. The signature is checked before the clock, so a forgery learns nothing.
+/// Verify a response against its status and body, at time `now`.
 pub fn verify_response(
     key: &[u8],
     status: u16,
-    ts: Option<&str>,
-    sig: Option<&str>,
+    stamp: Stamp<'_>,
     body: &[u8],
     now: u64,
 ) -> Result<(), SigError> {
-    let (ts_raw, sig) = (ts.ok_or(SigError::Missing)?.trim(), sig.ok_or(SigError::Missing)?.trim());
-    let (st, bh) = (status.to_string(), body_sha256_hex(body));
-    check(mac(key, &[&st, ts_raw, &bh]), sig)?;
-    check_ts(Some(ts_raw), now).map(|_| ())
+    verify(key, stamp, now, |ts| vec![status.to_string(), ts.to_string(), body_sha256_hex(body)])
 }
 
-/// Verify a request (the master's side; used by the reference master and in tests).
-#[allow(clippy::too_many_arguments)]
+/// Verify a request (the master's side: the reference master and the tests).
 pub fn verify_request(
     key: &[u8],
     method: &str,
     path_query: &str,
-    ts: Option<&str>,
-    sig: Option<&str>,
+    stamp: Stamp<'_>,
     body: &[u8],
     now: u64,
 ) -> Result<(), SigError> {
-    let (ts_raw, sig) = (ts.ok_or(SigError::Missing)?.trim(), sig.ok_or(SigError::Missing)?.trim());
-    let bh = body_sha256_hex(body);
-    check(mac(key, &request_parts(method, path_query, ts_raw, &bh)), sig)?;
-    check_ts(Some(ts_raw), now).map(|_| ())
+    verify(key, stamp, now, |ts| {
+        vec![method.to_string(), path_query.to_string(), ts.to_string(), body_sha256_hex(body)]
+    })
 }
 
 #[cfg(test)]
@@ -195,15 +199,17 @@ mod tests {
                 KEY,
                 "GET",
                 "/streams?node_id=a&since=1&wait=25",
-                Some("5000"),
-                Some(&s),
+                Stamp { ts: Some("5000"), sig: Some(&s) },
                 b"",
                 5100
             ),
             Ok(())
         );
         let r = sign_response(KEY, 200, 5000, b"{\"version\":1}");
-        assert_eq!(verify_response(KEY, 200, Some("5000"), Some(&r), b"{\"version\":1}", 4800), Ok(()));
+        assert_eq!(
+            verify_response(KEY, 200, Stamp { ts: Some("5000"), sig: Some(&r) }, b"{\"version\":1}", 4800),
+            Ok(())
+        );
     }
 
     #[test]
@@ -211,7 +217,7 @@ mod tests {
         let body = b"{\"version\":1}";
         let r = sign_response(KEY, 200, 5000, body);
         let v = |status, ts: Option<&str>, sig: Option<&str>, body: &[u8], now| {
-            verify_response(KEY, status, ts, sig, body, now)
+            verify_response(KEY, status, Stamp { ts, sig }, body, now)
         };
         assert_eq!(v(200, None, Some(&r), body, 5000), Err(SigError::Missing));
         assert_eq!(v(200, Some("5000"), None, body, 5000), Err(SigError::Missing));
@@ -222,20 +228,20 @@ mod tests {
         assert_eq!(v(200, Some("5000"), Some(&r), body, 5301), Err(SigError::Skew));
         assert_eq!(v(200, Some("5000"), Some(&r), body, 4699), Err(SigError::Skew));
         assert_eq!(v(200, Some("5000"), Some(&r), body, 5300), Ok(()));
-        let wrong_key = verify_response(b"other", 200, Some("5000"), Some(&r), body, 5000);
+        let wrong_key = verify_response(b"other", 200, Stamp { ts: Some("5000"), sig: Some(&r) }, body, 5000);
         assert_eq!(wrong_key, Err(SigError::BadSignature));
         let s = sign_request(KEY, "POST", "/auth", 5000, b"x");
         assert_eq!(
-            verify_request(KEY, "POST", "/route", Some("5000"), Some(&s), b"x", 5000),
+            verify_request(KEY, "POST", "/route", Stamp { ts: Some("5000"), sig: Some(&s) }, b"x", 5000),
             Err(SigError::BadSignature)
         );
         assert_eq!(
-            verify_request(KEY, "GET", "/auth", Some("5000"), Some(&s), b"x", 5000),
+            verify_request(KEY, "GET", "/auth", Stamp { ts: Some("5000"), sig: Some(&s) }, b"x", 5000),
             Err(SigError::BadSignature)
         );
         let bad_ts = sign_request(KEY, "POST", "/auth", 0, b"x");
         assert_eq!(
-            verify_request(KEY, "POST", "/auth", Some("x1"), Some(&bad_ts), b"x", 5000),
+            verify_request(KEY, "POST", "/auth", Stamp { ts: Some("x1"), sig: Some(&bad_ts) }, b"x", 5000),
             Err(SigError::BadSignature)
         );
     }
