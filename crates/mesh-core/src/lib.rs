@@ -1,5 +1,6 @@
 //! Pure logic of the mesh node, with no nginx dependency so that `cargo test` can run it.
 //!
+//! * [`media`]: the ABR ladder, the ffmpeg argv, and the media files viewers may ask for.
 //! * [`name`]: the protocol's identifier character set (streams and nodes).
 //! * [`role`]: the four node roles.
 //! * [`table`]: the relay table (parse + validate, refused whole on any error).
@@ -15,6 +16,7 @@
 pub mod admission;
 pub mod args;
 pub mod backoff;
+pub mod media;
 pub mod name;
 pub mod node;
 pub mod push;

@@ -239,7 +239,7 @@ sub reap {
 
 my @FFMPEG_IN = ('-re', '-f', 'lavfi', '-i', 'testsrc=size=320x240:rate=25', '-f', 'lavfi',
 	'-i', 'sine=frequency=440');
-my @FFMPEG_OUT = ('-c:v', 'libx264', '-preset', 'ultrafast', '-tune', 'zerolatency', '-g', '25',
+my @FFMPEG_OUT = ('-c:v', 'libx264', '-pix_fmt', 'yuv420p', '-preset', 'ultrafast', '-tune', 'zerolatency', '-g', '25',
 	'-c:a', 'aac', '-f', 'flv');
 
 # Start an ffmpeg publisher in the background (`secs` seconds of test video); returns its pid.
