@@ -2,6 +2,7 @@
 //! master) and so must never run on nginx's event loop. No nginx dependency: the module's glue
 //! runs these on its own threads and takes the results back to the event loop.
 //!
+//! * [`proc`]: child processes (ffmpeg): no shell, PR_SET_PDEATHSIG, death seen through a pipe.
 //! * [`resolve`]: target host names → addresses, when a table is loaded.
 //! * [`agent`]: the background threads (announce, heartbeat, long poll, calls, file watch).
 //! * [`client`]: the master behind a trait, and its signed HTTP implementation.
@@ -10,4 +11,5 @@
 pub mod agent;
 pub mod client;
 pub mod load;
+pub mod proc;
 pub mod resolve;

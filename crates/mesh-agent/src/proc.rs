@@ -1,0 +1,122 @@
+//! Child processes (ffmpeg) as nginx-rtmp's exec module runs them: no shell, argv given whole,
+//! `PR_SET_PDEATHSIG` so a child never outlives the thread that started it, and death noticed
+//! through a pipe — the child's stdout is the write end of a pipe whose read end the caller
+//! watches; when the child is gone the read end sees end-of-file. (nginx reaps every child with
+//! `waitpid(-1)` in its SIGCHLD handler, so waiting for the child ourselves would fail with
+//! ECHILD.)
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+/// A started child.
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: u32,
+    /// Read end of the death pipe: readable with end-of-file once the child is gone.
+    pub death: OwnedFd,
+}
+
+/// Start `argv[0]` with `argv[1..]`. stderr goes where the caller's goes (nginx: its error log).
+pub fn spawn(argv: &[String]) -> io::Result<Spawned> {
+    let (program, args) =
+        argv.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty argv"))?;
+    let (reader, writer) = io::pipe()?;
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::from(writer)).stderr(Stdio::inherit());
+    // SAFETY: only async-signal-safe calls between fork and exec (prctl, getppid, kill).
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl.
+            if libc::getppid() == 1 {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    // `cmd` (holding our copy of the write end) is dropped here: only the child keeps it.
+    drop(cmd);
+    Ok(Spawned { pid: child.id(), death: reader.into() })
+}
+
+/// Send `sig` to `pid`; false when there is no such process.
+pub fn signal(pid: u32, sig: i32) -> bool {
+    // SAFETY: kill(2) with a pid we started.
+    unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
+}
+
+pub use libc::{SIGKILL, SIGTERM};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, Instant};
+
+    fn set_nonblocking(fd: &OwnedFd) {
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe {
+            let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+    }
+
+    /// Wait for end-of-file on the death pipe (Some) or time out (None).
+    fn death_within(fd: OwnedFd, d: Duration) -> Option<OwnedFd> {
+        set_nonblocking(&fd);
+        let mut f = std::fs::File::from(fd);
+        let deadline = Instant::now() + d;
+        let mut buf = [0u8; 64];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            if Instant::now() > deadline {
+                return Some(f.into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn reap(pid: u32) {
+        // SAFETY: waiting for our own child (no nginx SIGCHLD handler in tests).
+        unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0) };
+    }
+
+    #[test]
+    fn death_is_seen_through_the_pipe() {
+        let s = spawn(&["sleep".into(), "30".into()]).unwrap();
+        let fd = death_within(s.death, Duration::from_millis(200)).expect("alive");
+        assert!(signal(s.pid, SIGTERM));
+        assert!(death_within(fd, Duration::from_secs(5)).is_none(), "end-of-file after the kill");
+        reap(s.pid);
+        assert!(!signal(s.pid, 0), "gone");
+    }
+
+    #[test]
+    fn argv_is_not_a_shell_line() {
+        // A name with shell syntax is one argument to the program, never interpreted.
+        let s = spawn(&["true".into(), "; touch /tmp/mesh-agent-pwned".into()]).unwrap();
+        assert!(death_within(s.death, Duration::from_secs(5)).is_none());
+        reap(s.pid);
+        assert!(!std::path::Path::new("/tmp/mesh-agent-pwned").exists());
+        assert!(spawn(&[]).is_err());
+        assert!(spawn(&["/nonexistent/ffmpeg".into()]).is_err());
+    }
+
+    #[test]
+    fn child_dies_with_the_thread_that_started_it() {
+        let s = std::thread::spawn(|| spawn(&["sleep".into(), "30".into()]).unwrap()).join().unwrap();
+        assert!(death_within(s.death, Duration::from_secs(5)).is_none(), "PR_SET_PDEATHSIG killed it");
+        reap(s.pid);
+    }
+}
