@@ -33,6 +33,8 @@ pub enum Waiter {
     Session(*mut ngx_rtmp_session_t),
     /// A registered session whose earlier admission ran out (registry id).
     Recheck(u64),
+    /// Nobody: an HTTP request polls the cache for the answer.
+    Cache,
 }
 
 type Key = (Action, String, [u8; 32]);

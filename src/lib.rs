@@ -9,6 +9,8 @@
 //! * [`auth`]: the auth endpoint, asked without blocking (netcall-style suspend/resume);
 //! * [`route`]: route requests for streams a viewer wants here;
 //! * [`runtime`]: the background threads and the wake-up socket back to the event loop;
+//! * [`http`]: the edge's HTTP side (HLS, DASH) with held manifest requests;
+//! * [`transcode`]: on-demand ffmpeg per stream, its death pipe, restarts and idle stop;
 //! * [`util`]: FFI helpers (panic guard, pool-owned values).
 //!
 //! Every decision is made by `mesh_core`, which has no nginx dependency.
@@ -16,10 +18,12 @@
 mod auth;
 mod conf;
 mod ffi;
+mod http;
 pub mod module;
 mod push;
 mod registry;
 mod route;
 mod runtime;
 mod session;
+mod transcode;
 mod util;

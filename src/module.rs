@@ -88,7 +88,22 @@ pub static mut ngx_rtmp_mesh_module: ngx_module_t = ngx_module_t {
     ..ngx_module_t::default()
 };
 
-ngx::ngx_modules!(ngx_rtmp_mesh_module);
+use crate::http::ngx_http_mesh_module;
+
+// The module list nginx's dlopen loader reads (what ngx::ngx_modules! emits, for two modules).
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_modules: [*const ngx_module_t; 3] =
+    [addr_of!(ngx_rtmp_mesh_module), addr_of!(ngx_http_mesh_module), std::ptr::null()];
+
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_module_names: [*const c_char; 3] =
+    [c"ngx_rtmp_mesh_module".as_ptr(), c"ngx_http_mesh_module".as_ptr(), std::ptr::null()];
+
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_module_order: [*const c_char; 1] = [std::ptr::null()];
 
 /// Our rtmp ctx index (slot in main_conf/app_conf/ctx arrays).
 pub fn ctx_index() -> usize {

@@ -94,6 +94,11 @@ pub fn has_publisher(stream: &str) -> bool {
     REGISTRY.with_borrow(|r| r.entries.values().any(|e| e.is_publisher() && e.stream == stream))
 }
 
+/// RTMP viewers of `stream` on this worker.
+pub fn rtmp_viewers(stream: &str) -> usize {
+    REGISTRY.with_borrow(|r| r.entries.values().filter(|e| !e.is_publisher() && e.stream == stream).count())
+}
+
 /// What a re-check decided for one session.
 pub enum Verdict {
     Keep,

@@ -18,7 +18,7 @@ use std::time::Duration;
 use mesh_agent::agent::{self, Agent, Call, Change, Event, Level, Sink};
 use mesh_agent::client::{HttpConfig, HttpMaster};
 use mesh_core::node::Node;
-use mesh_core::wire::{Action, AuthRequest, Capabilities, Heartbeat, Load};
+use mesh_core::wire::{Action, AuthRequest, Capabilities, Heartbeat};
 use mesh_core::SessionKind;
 use parking_lot::Mutex;
 
@@ -69,6 +69,23 @@ thread_local! {
 /// Does this worker follow a master (so the auth and route endpoints can be asked)?
 pub fn has_master() -> bool {
     RT.with_borrow(|r| r.as_ref().and_then(|r| r.agent.as_ref()).is_some_and(Agent::has_master))
+}
+
+/// The node's current snapshot (for the HTTP side, which has no rtmp session to ask).
+pub fn current_node() -> Arc<Node> {
+    // SAFETY: ngx_cycle is the worker's current cycle, its rtmp main conf alive with it.
+    unsafe {
+        let cycle = *addr_of!(ngx_cycle);
+        if cycle.is_null() {
+            return Arc::new(Node::standalone());
+        }
+        cycle_main_conf(cycle).map_or_else(|| Arc::new(Node::standalone()), MainConf::node)
+    }
+}
+
+/// This node's id.
+pub fn node_id() -> String {
+    current_node().node_id.clone()
 }
 
 /// Queue a call to the master; false when there is none.
@@ -226,6 +243,7 @@ fn libc_close(fd: i32) {
 
 pub unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
     guard((), || {
+        crate::transcode::exit_all();
         let Some(mut rt) = RT.with_borrow_mut(Option::take) else {
             return;
         };
@@ -288,11 +306,12 @@ unsafe fn handle(mcf: &MainConf, log: *mut ngx_log_t, ev: Event) {
                 };
                 ngx::ngx_log_error!(level, log, "{}", msg);
             }
-            Event::Node(node, change) => apply_node(mcf, node, &change),
+            Event::Node(node, change) => apply_node(mcf, node, &change, log),
             Event::Auth { id, result } => match auth::on_answer(id, result, session::now()) {
                 None => {}
                 Some((Waiter::Session(s), a)) => session::resume(s, &a),
                 Some((Waiter::Recheck(rid), a)) => recheck_answer(rid, &a),
+                Some((Waiter::Cache, _)) => {}
             },
             Event::Route { stream, result } => {
                 let (ok, msg) = route::describe(&stream, &result);
@@ -307,8 +326,12 @@ unsafe fn handle(mcf: &MainConf, log: *mut ngx_log_t, ev: Event) {
 ///
 /// # Safety
 /// Event loop.
-unsafe fn apply_node(mcf: &MainConf, node: Arc<Node>, change: &Change) {
+unsafe fn apply_node(mcf: &MainConf, node: Arc<Node>, change: &Change, log: *mut ngx_log_t) {
     mcf.set_node(node.clone());
+    if !node.role.serves_viewers() {
+        // SAFETY: event loop.
+        unsafe { crate::transcode::stop_all(&format!("role {}", node.role), log) };
+    }
     let now = session::now();
     let why_now = match change {
         Change::Table(v) => format!("table version {v}"),
@@ -419,8 +442,8 @@ fn figures(node: &Node) -> Heartbeat {
         uptime_s: 0,
         streams,
         pushes,
-        transcodes: vec![],
-        load: Load { ..load },
+        transcodes: crate::transcode::figures(),
+        load,
     }
 }
 

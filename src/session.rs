@@ -10,6 +10,7 @@ use std::ptr::addr_of;
 use mesh_core::args::MeshArgs;
 use mesh_core::name::for_log;
 use mesh_core::node::Node;
+use mesh_core::token::ct_eq;
 use mesh_core::wire::{Action, AuthRequest};
 use mesh_core::{PublishRequest, Refusal, SessionKind};
 
@@ -19,7 +20,7 @@ use crate::module::{ctx_index, session_app_conf, session_main_conf};
 use crate::push::Pushes;
 use crate::registry::{self, Entry, Via};
 use crate::util::{cbuf_str, guard, pool_new, str_bytes};
-use crate::{route, runtime};
+use crate::{route, runtime, transcode};
 
 static mut NEXT_PUBLISH: ngx_rtmp_publish_pt = None;
 static mut NEXT_PLAY: ngx_rtmp_play_pt = None;
@@ -172,6 +173,25 @@ unsafe fn is_live_publisher(s: *mut ngx_rtmp_session_t) -> bool {
     }
 }
 
+/// Does the session come from this machine (our own transcoder)?
+///
+/// # Safety
+/// `s` must be a live session.
+unsafe fn is_loopback(s: *mut ngx_rtmp_session_t) -> bool {
+    // SAFETY: live session; its sockaddr is set for every accepted connection.
+    unsafe {
+        let sa = (*(*s).connection).sockaddr;
+        match u32::from((*sa).sa_family) {
+            AF_INET => (*(sa.cast::<sockaddr_in>())).sin_addr.s_addr.to_ne_bytes()[0] == 127,
+            AF_INET6 => {
+                (*(sa.cast::<sockaddr_in6>())).sin6_addr.__in6_u.__u6_addr8
+                    == std::net::Ipv6Addr::LOCALHOST.octets()
+            }
+            _ => false,
+        }
+    }
+}
+
 pub fn now() -> u64 {
     ngx_time().max(0) as u64
 }
@@ -223,6 +243,14 @@ unsafe extern "C" fn play(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_play_t) -
             let stream = cbuf_str(&(*v).name).into_owned();
             let args = cbuf_str(&(*v).args).into_owned();
             let node = session_main_conf(s).node();
+            // Our own transcoder reads the stream: not a viewer.
+            let a = MeshArgs::parse(&args);
+            if a.node == Some(node.node_id.as_str())
+                && a.key.is_some_and(|k| ct_eq(k.as_bytes(), transcode::internal_key().as_bytes()))
+                && is_loopback(s)
+            {
+                return next_play(s, v);
+            }
             let decision = node.context(now()).play(PublishRequest { stream: &stream, args: &args });
             match decision {
                 // No viewer secret: with a master, the auth endpoint decides.
@@ -447,7 +475,12 @@ unsafe extern "C" fn close_stream(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_c
                 // Stops the push retry timer; nginx-rtmp's relay module closes the pushes.
                 ctx.pushes = None;
                 if let Some(id) = ctx.reg.take() {
+                    let published =
+                        registry::with(id, |e| e.is_publisher().then(|| e.stream.clone())).flatten();
                     registry::remove(id);
+                    if let Some(stream) = published {
+                        transcode::stop(&stream, "publisher left", (*(*s).connection).log);
+                    }
                 }
                 if let Some(p) = ctx.pending.take() {
                     auth::forget(p.id);
