@@ -44,6 +44,7 @@ prove: dist
 	@TEST_NGINX_BINARY=$${TEST_NGINX_BINARY:-$(TOP)/dist/sbin/nginx} $(PROVE) -r -I t/lib t/
 
 test: check dist stock
+	@bash scripts/browser-deps.sh
 	@TEST_NGINX_BINARY=$${TEST_NGINX_BINARY:-$(TOP)/dist/sbin/nginx} $(PROVE) -r -I t/lib t/
 
 stock: sources

@@ -14,3 +14,4 @@ install -C -m 755 "$top/target/release/mesh-tool" "$dist/sbin/mesh-tool"
 install -C -m 644 "$top/nginx-src/nginx-1.22.1/conf/mime.types" "$dist/conf/mime.types"
 for f in "$top"/conf/*.conf; do install -C -m 644 "$f" "$dist/conf/"; done
 for f in "$top"/conf/tables/*.json; do install -C -m 644 "$f" "$dist/tables/"; done
+bash "$top/scripts/vendor-player.sh"

@@ -1,0 +1,77 @@
+#!/usr/bin/perl
+
+# The operators' player page in a real browser: headless Chromium (Debian's) opens it, plays
+# HLS and then DASH for a few seconds (the video's currentTime advances, no page or console
+# error), and the test saves a screenshot of each (t/out/, or TEST_NGINX_OUT).
+
+use strict;
+use warnings;
+use Cwd qw(abs_path);
+use File::Path qw(make_path);
+use JSON::PP;
+use Test::More;
+use lib 't/lib';
+use Mesh::Test qw(sha256_hex publish wait_until log_lines reap viewer_token);
+
+plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
+plan(skip_all => 'no chromium, node or t/browser/node_modules (make test installs them)')
+	unless -x '/usr/bin/chromium' && (grep { -x "$_/node" } split /:/, $ENV{PATH}) && -d 't/browser/node_modules/playwright-core';
+
+my $html = abs_path('dist/html');
+my $out = $ENV{TEST_NGINX_OUT} // abs_path('t') . '/out';
+make_path($out);
+
+my $t = Mesh::Test->new(name => 'player');
+my $media = $t->testdir . '/media';
+mkdir $media;
+chmod 0777, $media;
+$t->write_file('table.json', qq({"viewer_secret": "s", "publish": {"cam1": {"key_sha256": "@{[sha256_hex('k1')]}"}}}));
+$t->write_file_expand('nginx.conf', <<CONF);
+%%TEST_GLOBALS%%
+events {}
+rtmp {
+    %%TEST_GLOBALS_RTMP%%
+    mesh_table_file table.json;
+    server {
+        listen 127.0.0.1:%%PORT_1%%;
+        application live { mesh on; live on; }
+    }
+}
+http {
+    access_log off;
+    include $html/../conf/mime.types;
+    mesh_media_root $media;
+    mesh_rtmp_source rtmp://127.0.0.1:%%PORT_1%%/live;
+    mesh_rendition source;
+    mesh_rendition small 320x180 300k 64k;
+    mesh_segment 1s;
+    server {
+        listen 127.0.0.1:%%PORT_2%%;
+        location /hls/ { mesh_media hls; }
+        location /dash/ { mesh_media dash; }
+        location /player/ { root $html; }
+    }
+}
+CONF
+$t->run;
+
+my $pub = publish('rtmp://127.0.0.1:' . $t->port(1) . '/live/cam1?key=k1', secs => 120);
+ok(wait_until(sub { log_lines($t, qr/publish accepted: stream "cam1"/) }, 5), 'published');
+my $token = viewer_token('s', 'cam1', time + 600);
+
+for my $format ('hls', 'dash') {
+	my $url = 'http://127.0.0.1:' . $t->port(2) . "/player/index.html?stream=cam1&format=$format&token=$token";
+	my $shot = "$out/player-$format.png";
+	unlink $shot;
+	my $line = qx{cd t/browser && node play.mjs '$url' '$shot' 40000 2>&1};
+	my $r = eval { decode_json((grep { /^\{/ } split /\n/, $line)[-1]) } // { ok => 0, errors => [$line] };
+	ok($r->{ok}, "$format: plays in Chromium ($r->{title})") or diag($line);
+	cmp_ok($r->{currentTime} // 0, '>=', 3, "$format: currentTime advanced");
+	is_deeply($r->{errors}, [], "$format: no page or console error");
+	ok(-s $shot, "$format: screenshot saved ($shot)");
+}
+
+kill 'TERM', $pub;
+reap($pub, 5);
+$t->stop;
+done_testing();
