@@ -6,7 +6,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 objs=$top/nginx-src/nginx-1.22.1/objs
 dist=$top/dist
 
-mkdir -p "$dist"/{sbin,modules,conf,logs,tables}
+mkdir -p "$dist"/{sbin,modules,conf,logs,tables,html}
 install -C -m 755 "$objs/nginx" "$dist/sbin/nginx"
 install -C -m 644 "$objs/ngx_rtmp_module.so" "$dist/modules/ngx_rtmp_module.so"
 install -C -m 644 "$top/target/release/libngx_rtmp_mesh.so" "$dist/modules/ngx_rtmp_mesh_module.so"
