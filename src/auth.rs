@@ -64,6 +64,14 @@ pub fn cached(action: Action, stream: &str, credential: Option<&str>, now: u64) 
 pub fn ask(waiter: Waiter, req: AuthRequest) -> Option<u64> {
     let credential = req.key.clone().or_else(|| req.token.clone());
     let k = key(req.action, &req.stream, credential.as_deref());
+    // HTTP requests poll the cache: one question in flight per credential is enough.
+    if matches!(waiter, Waiter::Cache) {
+        let asked =
+            STATE.with_borrow(|st| st.waiting.iter().find(|(_, (_, wk))| *wk == k).map(|(id, _)| *id));
+        if asked.is_some() {
+            return asked;
+        }
+    }
     let id = STATE.with_borrow_mut(|st| {
         st.next += 1;
         st.waiting.insert(st.next, (waiter, k));

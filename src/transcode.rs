@@ -24,7 +24,10 @@ use crate::util::guard;
 pub const MAX_RESTARTS: u32 = 5;
 /// A run longer than this resets the restart count.
 const HEALTHY_S: u64 = 30;
-/// SIGKILL after SIGTERM when the child has not gone.
+/// A second SIGTERM after the first: ffmpeg only interrupts a blocking read (an input gone
+/// quiet) on its second signal.
+const TERM_AGAIN_MS: ngx_msec_t = 300;
+/// SIGKILL when the child is still there after that.
 const KILL_AFTER_MS: ngx_msec_t = 3000;
 const TICK_MS: ngx_msec_t = 1000;
 /// A transcode given up is tried again by a viewer after this long.
@@ -63,6 +66,8 @@ struct Transcode {
     started: u64,
     last_wanted: u64,
     stopping: bool,
+    /// Signals sent since stopping began.
+    signals: u32,
     /// Restart after backoff, or SIGKILL after SIGTERM.
     ev: Box<ngx_event_t>,
 }
@@ -161,6 +166,7 @@ unsafe fn start(settings: &Settings, stream: &str, node_id: &str, log: *mut ngx_
         started: now(),
         last_wanted: now(),
         stopping: false,
+        signals: 0,
         // SAFETY: a zeroed event is an idle nginx event.
         ev: Box::new(unsafe { std::mem::zeroed() }),
     });
@@ -373,7 +379,13 @@ unsafe extern "C" fn on_timer(ev: *mut ngx_event_t) {
             let t = &mut *(*ev).data.cast::<Transcode>();
             if t.stopping {
                 if let Some(pid) = t.pid {
-                    proc::signal(pid, SIGKILL);
+                    t.signals += 1;
+                    if t.signals == 2 {
+                        proc::signal(pid, SIGTERM);
+                        ngx_add_timer(ev, KILL_AFTER_MS);
+                    } else {
+                        proc::signal(pid, SIGKILL);
+                    }
                 }
                 return;
             }
@@ -411,7 +423,8 @@ pub unsafe fn stop(stream: &str, why: &str, log: *mut ngx_log_t) {
         match t.pid {
             Some(pid) => {
                 proc::signal(pid, SIGTERM);
-                ngx_add_timer(&mut *t.ev, KILL_AFTER_MS);
+                t.signals = 1;
+                ngx_add_timer(&mut *t.ev, TERM_AGAIN_MS);
             }
             None => died(t, log),
         }

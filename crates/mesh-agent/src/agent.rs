@@ -15,6 +15,7 @@ use mesh_core::backoff::{Backoff, Jitter};
 use mesh_core::node::Node;
 use mesh_core::wire::{Announce, AuthReply, AuthRequest, Capabilities, Heartbeat, RouteReply, RouteRequest};
 use mesh_core::{Role, Table};
+use nix::sys::signal::{SigSet, SigmaskHow};
 use parking_lot::{Condvar, Mutex};
 
 use crate::client::{CallError, Master};
@@ -306,11 +307,32 @@ fn new_shared(cfg: Config, initial: Arc<Node>, sink: Arc<dyn Sink>) -> Arc<Share
     })
 }
 
+/// Start a thread with every signal blocked, as nginx's own thread pools do: nginx's signal
+/// handlers (SIGCHLD reaping, reload, quit) must run on the event loop's thread, never here.
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
+    let _blocked = BlockSignals::new();
     thread::Builder::new().name(name.into()).spawn(move || {
         // A panic ends this thread only; it never reaches nginx.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     })
+}
+
+/// Blocks every signal in the calling thread while alive (a new thread inherits the mask),
+/// and restores the previous mask on drop.
+struct BlockSignals(Option<SigSet>);
+
+impl BlockSignals {
+    fn new() -> BlockSignals {
+        BlockSignals(SigSet::all().thread_swap_mask(SigmaskHow::SIG_SETMASK).ok())
+    }
+}
+
+impl Drop for BlockSignals {
+    fn drop(&mut self) {
+        if let Some(old) = &self.0 {
+            let _ = old.thread_set_mask();
+        }
+    }
 }
 
 fn announce_payload(s: &Shared) -> Announce {

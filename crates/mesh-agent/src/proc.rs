@@ -10,6 +10,10 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
+use nix::sys::prctl::set_pdeathsig;
+use nix::sys::signal::kill;
+use nix::unistd::{getpid, getppid, Pid};
+
 /// A started child.
 #[derive(Debug)]
 pub struct Spawned {
@@ -25,15 +29,14 @@ pub fn spawn(argv: &[String]) -> io::Result<Spawned> {
     let (reader, writer) = io::pipe()?;
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::from(writer)).stderr(Stdio::inherit());
-    // SAFETY: only async-signal-safe calls between fork and exec (prctl, getppid, kill).
+    // SAFETY: the closure runs between fork and exec and makes only async-signal-safe
+    // system calls (prctl, getppid, kill), allocating nothing.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
             // The parent may have died between fork and prctl.
-            if libc::getppid() == 1 {
-                libc::kill(libc::getpid(), libc::SIGKILL);
+            if getppid() == Pid::from_raw(1) {
+                let _ = kill(getpid(), Signal::SIGKILL);
             }
             Ok(())
         });
@@ -45,26 +48,24 @@ pub fn spawn(argv: &[String]) -> io::Result<Spawned> {
 }
 
 /// Send `sig` to `pid`; false when there is no such process.
-pub fn signal(pid: u32, sig: i32) -> bool {
-    // SAFETY: kill(2) with a pid we started.
-    unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
+pub fn signal(pid: u32, sig: Signal) -> bool {
+    kill(Pid::from_raw(pid as i32), sig).is_ok()
 }
 
-pub use libc::{SIGKILL, SIGTERM};
+pub use nix::sys::signal::Signal;
+pub const SIGKILL: Signal = Signal::SIGKILL;
+pub const SIGTERM: Signal = Signal::SIGTERM;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read;
-    use std::os::fd::AsRawFd;
     use std::time::{Duration, Instant};
 
     fn set_nonblocking(fd: &OwnedFd) {
-        // SAFETY: fcntl on a descriptor we own.
-        unsafe {
-            let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-            libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
-        }
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let fl = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).unwrap());
+        fcntl(fd, FcntlArg::F_SETFL(fl | OFlag::O_NONBLOCK)).unwrap();
     }
 
     /// Wait for end-of-file on the death pipe (Some) or time out (None).
@@ -87,9 +88,9 @@ mod tests {
         }
     }
 
+    /// Wait for our own child (no nginx SIGCHLD handler in tests).
     fn reap(pid: u32) {
-        // SAFETY: waiting for our own child (no nginx SIGCHLD handler in tests).
-        unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0) };
+        let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None);
     }
 
     #[test]
@@ -99,7 +100,7 @@ mod tests {
         assert!(signal(s.pid, SIGTERM));
         assert!(death_within(fd, Duration::from_secs(5)).is_none(), "end-of-file after the kill");
         reap(s.pid);
-        assert!(!signal(s.pid, 0), "gone");
+        assert!(kill(Pid::from_raw(s.pid as i32), None).is_err(), "gone");
     }
 
     #[test]
