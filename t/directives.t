@@ -153,6 +153,35 @@ $t->write_file_expand('nginx.conf', "worker_processes 2;\n" . conf('mesh_table_f
 	ok($ok, 'no master: more workers are fine') or diag($out);
 }
 
+# The edge's http{} directives.
+sub http_conf {
+	my ($main, $loc) = @_;
+	return "%%TEST_GLOBALS%%\nevents {}\nrtmp {\n    %%TEST_GLOBALS_RTMP%%\n    server { listen 127.0.0.1:%%PORT_1%%; application live { mesh on; live on; } }\n}\n"
+		. "http {\n    access_log off;\n    $main\n    server {\n        listen 127.0.0.1:%%PORT_2%%;\n        location /hls/ { $loc }\n    }\n}\n";
+}
+for my $case (
+	[ 'mesh_rendition 360p 640x361 800k 96k;', 'mesh_media hls;', qr/invalid "mesh_rendition" directive: invalid size "640x361"/ ],
+	[ 'mesh_rendition 360p 640x360 800 96k;', 'mesh_media hls;', qr/invalid "mesh_rendition" directive: invalid video bitrate "800"/ ],
+	[ 'mesh_rendition 360p;', 'mesh_media hls;', qr/invalid number of arguments in "mesh_rendition" directive|invalid "mesh_rendition" directive: it must be/ ],
+	[ "mesh_rendition a 320x180 300k 64k;\n    mesh_rendition a 640x360 800k 96k;", 'mesh_media hls;', qr/invalid "mesh_rendition" ladder: rendition "a" is duplicate/ ],
+	[ 'mesh_rtmp_source http://x/live;', 'mesh_media hls;', qr/invalid value "http:\/\/x\/live" in "mesh_rtmp_source" directive/ ],
+	[ 'mesh_segment 2;', 'mesh_media mp4;', qr/invalid value "mp4" in "mesh_media" directive, it must be "hls" or "dash"/ ],
+	[ 'mesh_window many;', 'mesh_media hls;', qr/"mesh_window" directive invalid number/ ],
+	[ "mesh_media_root /a;\n    mesh_media_root /b;", 'mesh_media hls;', qr/"mesh_media_root" directive is duplicate/ ],
+	[ '', "mesh_media hls;\n mesh_media dash;", qr/"mesh_media" directive is duplicate/ ],
+) {
+	my ($main, $loc, $re) = @$case;
+	$t->write_file_expand('nginx.conf', http_conf($main, $loc));
+	my ($ok, $out) = $t->test_config;
+	ok(!$ok, "refused: $main $loc");
+	like($out, qr/\[emerg\] $re.* in \Q$dir\E\/nginx.conf:\d+/, "message: $main $loc") or diag($out);
+}
+$t->write_file_expand('nginx.conf', http_conf("mesh_media_root media;\n    mesh_ffmpeg ffmpeg;\n    mesh_rendition source;\n    mesh_rendition 720p 1280x720 2800k 128k;\n    mesh_segment 4s;\n    mesh_window 5;\n    mesh_transcode_idle 1m;\n    mesh_manifest_wait 10s;", 'mesh_media dash;'));
+{
+	my ($ok, $out) = $t->test_config;
+	ok($ok, 'every http directive: accepted') or diag($out);
+}
+
 # The table's role wins over mesh_role, with a warning.
 $t->write_file_expand('nginx.conf', conf("mesh_node_id e1;\n    mesh_role ingest;\n    mesh_table_file relay.json;"));
 my ($ok, $out) = $t->test_config;
