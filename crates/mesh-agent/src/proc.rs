@@ -41,10 +41,30 @@ pub fn spawn(argv: &[String]) -> io::Result<Spawned> {
             Ok(())
         });
     }
-    let child = cmd.spawn()?;
+    // Should exec still fail (the file went away), std's reaping may lose the race: a panic
+    // there is turned into an error.
+    let child = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cmd.spawn()))
+        .map_err(|_| io::Error::other("the child failed to start"))??;
     // `cmd` (holding our copy of the write end) is dropped here: only the child keeps it.
     drop(cmd);
     Ok(Spawned { pid: child.id(), death: reader.into() })
+}
+
+fn not_found() -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, "no such executable file")
+}
+
+/// The executable a program name designates: a path, or a name looked up in `PATH`.
+fn find_program(name: &str) -> io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable =
+        |p: &std::path::Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if name.contains('/') {
+        let p = std::path::PathBuf::from(name);
+        return if runnable(&p) { Ok(p) } else { Err(not_found()) };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| runnable(p)).ok_or_else(not_found)
 }
 
 /// Send `sig` to `pid`; false when there is no such process.
