@@ -26,6 +26,9 @@ pub struct Spawned {
 pub fn spawn(argv: &[String]) -> io::Result<Spawned> {
     let (program, args) =
         argv.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty argv"))?;
+    // Refuse a program that cannot run before forking: when exec fails, std reaps the child
+    // itself, which races nginx's SIGCHLD handler (ECHILD, and std panics).
+    let program = find_program(program)?;
     let (reader, writer) = io::pipe()?;
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::from(writer)).stderr(Stdio::inherit());
