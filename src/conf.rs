@@ -7,6 +7,7 @@
 //! application level (inherited): `mesh on|off`.
 
 use std::ffi::{c_char, c_void};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mesh_agent::client::Paths;
@@ -37,6 +38,8 @@ pub struct MainConf {
     pub master_timeout: ngx_msec_t,
     /// The node state the hot path reads: one read lock and an `Arc` clone per decision.
     node: RwLock<Option<Arc<Node>>>,
+    /// When the node state came into force (unix s).
+    since: AtomicU64,
 }
 
 impl Default for MainConf {
@@ -55,6 +58,7 @@ impl Default for MainConf {
             poll_wait: UNSET_MSEC,
             master_timeout: UNSET_MSEC,
             node: RwLock::new(None),
+            since: AtomicU64::new(0),
         }
     }
 }
@@ -63,6 +67,10 @@ impl Default for MainConf {
 pub const ENDPOINTS: [&str; 5] = ["announce", "heartbeat", "streams", "auth", "route"];
 
 const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
 
 impl MainConf {
     /// The current node snapshot.
@@ -73,6 +81,12 @@ impl MainConf {
     /// Swap in a new snapshot (event loop only).
     pub fn set_node(&self, node: Arc<Node>) {
         *self.node.write() = Some(node);
+        self.since.store(unix_now(), Ordering::Relaxed);
+    }
+
+    /// Seconds since the snapshot came into force.
+    pub fn node_age(&self) -> u64 {
+        unix_now().saturating_sub(self.since.load(Ordering::Relaxed))
     }
 
     /// The master's endpoint paths, defaults filled in.
@@ -428,7 +442,7 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
                 e
             );
         }
-        *mcf.node.write() = Some(Arc::new(node));
+        mcf.set_node(Arc::new(node));
         CONF_OK
     })
 }

@@ -106,7 +106,7 @@ const fn cmd(name: ngx_str_t, type_: u32, set: SetFn, conf: ngx_uint_t, offset: 
 
 const M1: u32 = NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1;
 
-static mut HTTP_COMMANDS: [ngx_command_t; 10] = [
+static mut HTTP_COMMANDS: [ngx_command_t; 11] = [
     cmd(ngx_string!("mesh_media_root"), M1, set_path, MAIN, 0),
     cmd(ngx_string!("mesh_ffmpeg"), M1, set_path, MAIN, 1),
     cmd(ngx_string!("mesh_rtmp_source"), M1, set_source, MAIN, 0),
@@ -122,6 +122,7 @@ static mut HTTP_COMMANDS: [ngx_command_t; 10] = [
     cmd(ngx_string!("mesh_transcode_idle"), M1, ngx_conf_set_msec_slot, MAIN, offset_of!(HttpMainConf, idle)),
     cmd(ngx_string!("mesh_manifest_wait"), M1, ngx_conf_set_msec_slot, MAIN, offset_of!(HttpMainConf, wait)),
     cmd(ngx_string!("mesh_media"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_media, LOC, 0),
+    cmd(ngx_string!("mesh_status"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, crate::status::set_status, LOC, 0),
     ngx_command_t::empty(),
 ];
 
@@ -327,6 +328,15 @@ impl Drop for Hold {
     }
 }
 
+/// The transcode settings of the http{} block a request belongs to.
+///
+/// # Safety
+/// `r` is a live request.
+pub unsafe fn settings<'a>(r: *mut ngx_http_request_t) -> Option<&'a Settings> {
+    // SAFETY: as the caller guarantees.
+    unsafe { confs(r).0.settings.as_ref() }
+}
+
 /// # Safety
 /// `r` is a live request of a location with `mesh_media`.
 unsafe fn confs<'a>(r: *mut ngx_http_request_t) -> (&'a HttpMainConf, &'a HttpLocConf) {
@@ -513,18 +523,32 @@ unsafe extern "C" fn on_hold(ev: *mut ngx_event_t) {
 /// # Safety
 /// `r` is live.
 unsafe fn text(r: *mut ngx_http_request_t, status: u32, why: &str) -> ngx_int_t {
+    // SAFETY: as the caller guarantees.
+    unsafe { respond(r, status, "text/plain", &format!("{why}\n"), "no-store") }
+}
+
+/// A response with a body made here.
+///
+/// # Safety
+/// `r` is live.
+pub unsafe fn respond(
+    r: *mut ngx_http_request_t,
+    status: u32,
+    mime: &'static str,
+    body: &str,
+    cache: &str,
+) -> ngx_int_t {
     // SAFETY: live request; the body is copied into its pool.
     unsafe {
-        let body = format!("{why}\n");
         (*r).headers_out.status = status as ngx_uint_t;
         (*r).headers_out.content_length_n = body.len() as off_t;
-        set_content_type(r, "text/plain");
-        set_header(r, "Cache-Control", "no-store");
+        set_content_type(r, mime);
+        set_header(r, "Cache-Control", cache);
         let rc = ngx_http_send_header(r);
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() == 1 {
             return rc;
         }
-        let b = ngx_create_temp_buf((*r).pool, body.len());
+        let b = ngx_create_temp_buf((*r).pool, body.len().max(1));
         if b.is_null() {
             return NGX_ERROR as ngx_int_t;
         }

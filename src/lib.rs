@@ -11,6 +11,7 @@
 //! * [`runtime`]: the background threads and the wake-up socket back to the event loop;
 //! * [`http`]: the edge's HTTP side (HLS, DASH) with held manifest requests;
 //! * [`transcode`]: on-demand ffmpeg per stream, its death pipe, restarts and idle stop;
+//! * [`status`]: `mesh_status`, JSON and Prometheus;
 //! * [`util`]: FFI helpers (panic guard, pool-owned values).
 //!
 //! Every decision is made by `mesh_core`, which has no nginx dependency.
@@ -25,5 +26,6 @@ mod registry;
 mod route;
 mod runtime;
 mod session;
+mod status;
 mod transcode;
 mod util;

@@ -27,6 +27,8 @@ struct PushTarget {
     target: ngx_rtmp_relay_target_t,
     /// Last seen state, to log changes only.
     up: bool,
+    /// Times the push was started again.
+    reconnects: u64,
 }
 
 /// The pushes of one published stream. Boxed: the timer event keeps its address for the life
@@ -142,6 +144,7 @@ impl Pushes {
                 url: url.to_string(),
                 target,
                 up: true,
+                reconnects: 0,
             })
         }
     }
@@ -178,6 +181,7 @@ impl Pushes {
                 // SAFETY: live session log.
                 unsafe { log_state(s, &self.stream, &t.node_id, "is down, retrying") };
             }
+            t.reconnects += 1;
             // SAFETY: live publishing session; the target and name live as long as `self`.
             unsafe { ngx_rtmp_relay_push(s, &mut self.name, &mut t.target) };
         }
@@ -205,6 +209,19 @@ impl Pushes {
             }
         }
         out
+    }
+
+    /// The state of each push, for `mesh_status`.
+    pub fn status(&self) -> Vec<mesh_core::status::PushStatus> {
+        self.targets
+            .iter()
+            .map(|t| mesh_core::status::PushStatus {
+                stream: self.stream.clone(),
+                target: t.node_id.clone(),
+                state: if t.up { "connected" } else { "retrying" }.into(),
+                reconnects: t.reconnects,
+            })
+            .collect()
     }
 
     /// The state of each push, for the heartbeat.

@@ -83,6 +83,23 @@ pub fn current_node() -> Arc<Node> {
     }
 }
 
+/// Seconds since the node's snapshot came into force.
+pub fn node_age() -> u64 {
+    // SAFETY: as in current_node.
+    unsafe {
+        let cycle = *addr_of!(ngx_cycle);
+        if cycle.is_null() {
+            return 0;
+        }
+        cycle_main_conf(cycle).map_or(0, MainConf::node_age)
+    }
+}
+
+/// The state of each link to the master; None without one.
+pub fn master_links() -> Option<Vec<mesh_core::status::LinkStatus>> {
+    RT.with_borrow(|r| r.as_ref().and_then(|r| r.agent.as_ref()).filter(|a| a.has_master()).map(Agent::links))
+}
+
 /// This node's id.
 pub fn node_id() -> String {
     current_node().node_id.clone()

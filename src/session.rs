@@ -128,6 +128,7 @@ unsafe fn app(s: *mut ngx_rtmp_session_t) -> String {
 /// # Safety
 /// `s` must be a live session.
 pub unsafe fn log_session(s: *mut ngx_rtmp_session_t, action: &str, verb: &str, stream: &str, why: &str) {
+    count_refusal(action, why);
     // SAFETY: live session: its app string and connection log are valid.
     unsafe {
         ngx::ngx_log_error!(
@@ -142,6 +143,31 @@ pub unsafe fn log_session(s: *mut ngx_rtmp_session_t, action: &str, verb: &str, 
             why
         );
     }
+}
+
+thread_local! {
+    /// `(action, reason)` → sessions refused or dropped (for `mesh_status`).
+    static REFUSALS: std::cell::RefCell<std::collections::BTreeMap<(String, String), u64>> = Default::default();
+}
+
+/// Count a refusal under its reason's label: the words before any detail (`auth: …`, `(table
+/// version 4)`).
+fn count_refusal(action: &str, why: &str) {
+    let reason = why.split([':', '(']).next().unwrap_or(why).trim().to_string();
+    let _ = REFUSALS.try_with(|r| *r.borrow_mut().entry((action.to_string(), reason)).or_insert(0) += 1);
+}
+
+/// The refusal counters.
+pub fn refusals() -> Vec<mesh_core::status::RefusalCount> {
+    REFUSALS.with_borrow(|r| {
+        r.iter()
+            .map(|((a, w), n)| mesh_core::status::RefusalCount {
+                action: a.clone(),
+                reason: w.clone(),
+                count: *n,
+            })
+            .collect()
+    })
 }
 
 /// # Safety

@@ -156,7 +156,7 @@ for my $path ('/hls/..%2Fetc/master.m3u8', '/hls/a.b/master.m3u8', '/hls/cam1/..
 	my $s = $ua->get("$http$path")->{status};
 	ok($s == 404 || $s == 400, "$path: refused ($s)");
 }
-opendir my $d, $media;
+opendir(my $d, $media) or die;
 is(join(',', grep { !/^\./ } readdir $d), '', 'nothing made under the media root');
 
 # Reload and quit leave no ffmpeg behind.

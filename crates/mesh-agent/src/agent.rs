@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mesh_core::backoff::{Backoff, Jitter};
 use mesh_core::node::Node;
+use mesh_core::status::LinkStatus;
 use mesh_core::wire::{Announce, AuthReply, AuthRequest, Capabilities, Heartbeat, RouteReply, RouteRequest};
 use mesh_core::{Role, Table};
 use nix::sys::signal::{SigSet, SigmaskHow};
@@ -100,6 +101,8 @@ impl Default for Config {
 
 struct Shared {
     cfg: Config,
+    /// Each link's state, for `mesh_status`.
+    links: Mutex<Vec<LinkStatus>>,
     sink: Arc<dyn Sink>,
     node: Mutex<Arc<Node>>,
     stop: Mutex<bool>,
@@ -192,6 +195,30 @@ impl Link {
         }
         self.up = Some(true);
         self.backoff.reset();
+        self.report(shared, None, Duration::ZERO);
+    }
+
+    /// Publish this link's state for `mesh_status`.
+    fn report(&self, shared: &Shared, error: Option<String>, backoff: Duration) {
+        let mut links = shared.links.lock();
+        let i = match links.iter().position(|l| l.link == self.what) {
+            Some(i) => i,
+            None => {
+                links.push(LinkStatus { link: self.what.into(), ..LinkStatus::default() });
+                links.len() - 1
+            }
+        };
+        let l = &mut links[i];
+        l.up = self.up;
+        l.consecutive_failures = self.backoff.failures();
+        l.backoff_ms = backoff.as_millis() as u64;
+        match error {
+            None => {
+                l.last_success_unix =
+                    Some(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+            }
+            Some(e) => l.last_error = Some(e),
+        }
     }
 
     /// Record a failure; returns the delay before the next try.
@@ -212,9 +239,10 @@ impl Link {
     fn fail_with(&mut self, shared: &Shared, msg: String) -> Duration {
         let d = self.backoff.fail(self.jitter.next_u64());
         if self.up != Some(false) {
-            shared.log(Level::Error, msg);
+            shared.log(Level::Error, msg.clone());
         }
         self.up = Some(false);
+        self.report(shared, Some(msg.trim_start_matches("mesh: ").to_string()), d);
         d
     }
 }
@@ -265,6 +293,11 @@ impl Agent {
         self.calls.as_ref().is_some_and(|tx| tx.send(c).is_ok())
     }
 
+    /// The state of each link to the master (empty without one).
+    pub fn links(&self) -> Vec<LinkStatus> {
+        self.shared.links.lock().clone()
+    }
+
     /// Whether calls go anywhere (a master is configured).
     pub fn has_master(&self) -> bool {
         self.master.is_some()
@@ -298,6 +331,7 @@ impl Agent {
 fn new_shared(cfg: Config, initial: Arc<Node>, sink: Arc<dyn Sink>) -> Arc<Shared> {
     Arc::new(Shared {
         cfg,
+        links: Mutex::new(Vec::new()),
         sink,
         node: Mutex::new(initial),
         stop: Mutex::new(false),

@@ -10,6 +10,7 @@
 //! * [`node`]: the node snapshot (id, role, table, resolved target URLs).
 //! * [`push`]: which targets a node pushes a stream to, and the push URL.
 //! * [`sign`]: node ↔ master request and response signatures.
+//! * [`status`]: the figures `mesh_status` reports, as JSON and Prometheus text.
 //! * [`backoff`]: capped exponential backoff with jitter.
 //! * [`wire`]: node ↔ master request and response bodies.
 
@@ -22,6 +23,7 @@ pub mod node;
 pub mod push;
 pub mod role;
 pub mod sign;
+pub mod status;
 pub mod table;
 pub mod token;
 pub mod wire;
