@@ -78,10 +78,12 @@ impl MainConf {
         self.node.read().clone().unwrap_or_else(|| Arc::new(Node::standalone()))
     }
 
-    /// Swap in a new snapshot (event loop only).
-    pub fn set_node(&self, node: Arc<Node>) {
-        *self.node.write() = Some(node);
+    /// Swap in a new snapshot (event loop only); returns the old one, for the caller to free
+    /// off the event loop.
+    #[must_use]
+    pub fn set_node(&self, node: Arc<Node>) -> Option<Arc<Node>> {
         self.since.store(unix_now(), Ordering::Relaxed);
+        self.node.write().replace(node)
     }
 
     /// Seconds since the snapshot came into force.
@@ -442,7 +444,8 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
                 e
             );
         }
-        mcf.set_node(Arc::new(node));
+        // Configuration time: freeing a previous snapshot here blocks no event loop.
+        drop(mcf.set_node(Arc::new(node)));
         CONF_OK
     })
 }

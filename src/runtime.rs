@@ -344,7 +344,13 @@ unsafe fn handle(mcf: &MainConf, log: *mut ngx_log_t, ev: Event) {
 /// # Safety
 /// Event loop.
 unsafe fn apply_node(mcf: &MainConf, node: Arc<Node>, change: &Change, log: *mut ngx_log_t) {
-    mcf.set_node(node.clone());
+    if let Some(old) = mcf.set_node(node.clone()) {
+        // Freeing a large table takes long: never on the event loop.
+        RT.with_borrow(|r| match r.as_ref().and_then(|r| r.agent.as_ref()) {
+            Some(a) => a.dispose(old),
+            None => drop(old),
+        });
+    }
     if !node.role.serves_viewers() {
         // SAFETY: event loop.
         unsafe { crate::transcode::stop_all(&format!("role {}", node.role), log) };

@@ -251,6 +251,8 @@ impl Link {
 pub struct Agent {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    /// Old snapshots, dropped off the event loop (a 100k-stream table takes ~0.2 s to free).
+    janitor: Option<mpsc::Sender<Arc<Node>>>,
     calls: Option<mpsc::Sender<Call>>,
     master: Option<Arc<dyn Master>>,
 }
@@ -277,15 +279,24 @@ impl Agent {
                 calls_loop(&*m, &s, &rx)
             })?);
         }
-        Ok(Agent { shared, threads, calls: Some(tx), master: Some(master) })
+        let janitor = start_janitor(&mut threads)?;
+        Ok(Agent { shared, threads, janitor: Some(janitor), calls: Some(tx), master: Some(master) })
     }
 
     /// No master: watch the table file and load it again when it changes.
     pub fn start_watch(cfg: Config, initial: Arc<Node>, sink: Arc<dyn Sink>) -> std::io::Result<Agent> {
         let shared = new_shared(cfg, initial, sink);
         let s = shared.clone();
-        let threads = vec![spawn("mesh-watch", move || watch_loop(&s))?];
-        Ok(Agent { shared, threads, calls: None, master: None })
+        let mut threads = vec![spawn("mesh-watch", move || watch_loop(&s))?];
+        let janitor = start_janitor(&mut threads)?;
+        Ok(Agent { shared, threads, janitor: Some(janitor), calls: None, master: None })
+    }
+
+    /// Free a snapshot the event loop no longer uses, on a background thread.
+    pub fn dispose(&self, old: Arc<Node>) {
+        if let Some(j) = &self.janitor {
+            let _ = j.send(old);
+        }
     }
 
     /// Queue a call; false when there is no master to call.
@@ -313,6 +324,7 @@ impl Agent {
             m.shutdown();
         }
         self.calls = None;
+        self.janitor = None;
         let deadline = Instant::now() + within;
         let mut joined = 0;
         for t in self.threads.drain(..) {
@@ -326,6 +338,13 @@ impl Agent {
         }
         joined
     }
+}
+
+/// A thread that drops what it is sent, until the sender goes.
+fn start_janitor(threads: &mut Vec<JoinHandle<()>>) -> std::io::Result<mpsc::Sender<Arc<Node>>> {
+    let (tx, rx) = mpsc::channel::<Arc<Node>>();
+    threads.push(spawn("mesh-janitor", move || while rx.recv().is_ok() {})?);
+    Ok(tx)
 }
 
 fn new_shared(cfg: Config, initial: Arc<Node>, sink: Arc<dyn Sink>) -> Arc<Shared> {
@@ -672,7 +691,7 @@ mod tests {
         let (agent, sink) = start(m.clone(), cfg());
         assert!(sink.wait_for(|s| s.changes().contains(&Change::Role(Role::Relay))));
         assert!(sink.wait_for(|_| *m.heartbeats.lock() >= 2), "heartbeats follow the announce");
-        assert_eq!(agent.stop(Duration::from_secs(2)), 4);
+        assert_eq!(agent.stop(Duration::from_secs(2)), 5);
         let logs = sink.logs();
         // One line when the link went down, one when it came back: not one per retry.
         assert_eq!(logs.iter().filter(|l| l.contains("announce failed")).count(), 1, "{logs:?}");
@@ -715,7 +734,7 @@ mod tests {
         let (agent, _sink) = start(m, Config { heartbeat_interval: Duration::from_secs(60), ..cfg() });
         thread::sleep(Duration::from_millis(50));
         let t = Instant::now();
-        assert_eq!(agent.stop(Duration::from_secs(2)), 4, "every thread joined");
+        assert_eq!(agent.stop(Duration::from_secs(2)), 5, "every thread joined");
         assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     }
 
