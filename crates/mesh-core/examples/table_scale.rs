@@ -1,41 +1,26 @@
 //! Table scale: parse + validate, snapshot swap and drop, for 1k, 10k and 100k streams with 3
-//! targets each; time (median of runs) and memory (bytes allocated for the table, counted by
-//! the allocator). See bench/README.md.
+//! targets each; time (median of runs) and memory (resident memory the first table added).
+//! See bench/README.md.
 //!
 //!   cargo run --release -p mesh-core --example table_scale
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use mesh_core::node::Node;
 use mesh_core::{Role, Table};
-use parking_lot_free::Swap;
 
-/// Counts live heap bytes.
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size(), Ordering::Relaxed);
-        // SAFETY: forwarding to the system allocator with the caller's layout.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        // SAFETY: as above.
-        unsafe { System.dealloc(p, l) }
-    }
-}
-
-#[global_allocator]
-static A: Counting = Counting;
-
-mod parking_lot_free {
-    /// The node's swap: a lock around an `Arc` (what the module does on the event loop).
-    pub struct Swap<T>(pub std::sync::RwLock<Option<std::sync::Arc<T>>>);
+/// Resident memory of this process, from /proc (bytes).
+fn rss() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+        * 1024
 }
 
 fn table_json(streams: usize) -> String {
@@ -75,13 +60,15 @@ fn main() {
         let mut swap = Vec::new();
         let mut drop_t = Vec::new();
         let mut mem = 0;
-        let slot: Swap<Node> = Swap(std::sync::RwLock::new(None));
-        for _ in 0..runs {
-            let before = LIVE.load(Ordering::Relaxed);
+        let slot: RwLock<Option<Arc<Node>>> = RwLock::new(None);
+        for run in 0..runs {
+            let before = rss();
             let t0 = Instant::now();
             let table = Table::parse(json.as_bytes()).expect("valid");
             parse.push(t0.elapsed());
-            mem = LIVE.load(Ordering::Relaxed) - before;
+            if run == 0 {
+                mem = rss().saturating_sub(before);
+            }
             let node = Arc::new(Node {
                 node_id: "root-1".into(),
                 role: Role::RootRelay,
@@ -89,7 +76,7 @@ fn main() {
                 dial: Default::default(),
             });
             let t1 = Instant::now();
-            let old = slot.0.write().unwrap().replace(node);
+            let old = slot.write().unwrap().replace(node);
             swap.push(t1.elapsed());
             let t2 = Instant::now();
             drop(old);
