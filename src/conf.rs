@@ -19,7 +19,7 @@ use ngx::ngx_conf_log_error;
 use parking_lot::RwLock;
 
 use crate::ffi::*;
-use crate::util::{guard, pool_new, str_bytes, CONF_ERROR, CONF_OK};
+use crate::util::{full_name, guard, pool_new, str_bytes, CONF_ERROR, CONF_OK};
 
 /// rtmp{} main configuration. Lives in the configuration pool (dropped with it).
 pub struct MainConf {
@@ -223,15 +223,8 @@ pub unsafe extern "C" fn set_table_file(
         if mcf.table_file.is_some() {
             return c"is duplicate".as_ptr().cast_mut();
         }
-        // SAFETY: args(cf)[1] is the parser's string; ngx_conf_full_name rewrites it in place
-        // into the cycle's pool, relative to the configuration prefix.
-        let path = unsafe {
-            let mut name = args(cf)[1];
-            if ngx_conf_full_name((*cf).cycle, &mut name, 1) != NGX_OK as ngx_int_t {
-                return CONF_ERROR;
-            }
-            String::from_utf8_lossy(str_bytes(&name)).into_owned()
-        };
+        // SAFETY: args(cf)[1] is the parser's string.
+        let Some(path) = (unsafe { full_name(cf, args(cf)[1], true) }) else { return CONF_ERROR };
         // Configuration time, not the event loop: reading the file here is fine.
         match read_table(std::path::Path::new(&path)) {
             Ok(t) => {
@@ -288,14 +281,8 @@ pub unsafe extern "C" fn set_master_key(
             return c"is duplicate".as_ptr().cast_mut();
         }
         let key = if name == "mesh_master_key_file" {
-            // SAFETY: as in set_table_file: the path is made absolute in the cycle's pool.
-            let path = unsafe {
-                let mut p = args(cf)[1];
-                if ngx_conf_full_name((*cf).cycle, &mut p, 1) != NGX_OK as ngx_int_t {
-                    return CONF_ERROR;
-                }
-                String::from_utf8_lossy(str_bytes(&p)).into_owned()
-            };
+            // SAFETY: args(cf)[1] is the parser's string.
+            let Some(path) = (unsafe { full_name(cf, args(cf)[1], true) }) else { return CONF_ERROR };
             match std::fs::read(&path) {
                 Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
                 Err(e) => {

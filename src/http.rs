@@ -27,7 +27,7 @@ use ngx::{ngx_conf_log_error, ngx_string};
 use crate::auth::{self, Waiter};
 use crate::ffi::*;
 use crate::transcode::{self, Settings, State};
-use crate::util::{guard, pool_new, str_bytes, CONF_ERROR, CONF_OK};
+use crate::util::{full_name, guard, pool_new, str_bytes, CONF_ERROR, CONF_OK};
 use crate::{registry, route, runtime};
 
 const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
@@ -157,12 +157,12 @@ unsafe extern "C" fn set_path(
             if slot.is_some() {
                 return c"is duplicate".as_ptr().cast_mut();
             }
-            let mut name = (*(*cf).args).as_slice::<ngx_str_t>()[1];
+            let name = (*(*cf).args).as_slice::<ngx_str_t>()[1];
+            // A bare program name is looked up in PATH when ffmpeg starts.
             let is_program = (*cmd).offset == 1 && !str_bytes(&name).contains(&b'/');
-            if !is_program && ngx_conf_full_name((*cf).cycle, &mut name, 0) != NGX_OK as ngx_int_t {
-                return CONF_ERROR;
-            }
-            *slot = Some(String::from_utf8_lossy(str_bytes(&name)).into_owned());
+            let value = if is_program { Some(arg(cf, 1)) } else { full_name(cf, name, false) };
+            let Some(value) = value else { return CONF_ERROR };
+            *slot = Some(value);
             CONF_OK
         }
     })
@@ -265,13 +265,10 @@ unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) -> *
             let hcf = &mut *conf.cast::<HttpMainConf>();
             let root = match hcf.root.clone() {
                 Some(r) => r,
-                None => {
-                    let mut name = ngx_string!("mesh_media");
-                    if ngx_conf_full_name((*cf).cycle, &mut name, 0) != NGX_OK as ngx_int_t {
-                        return CONF_ERROR;
-                    }
-                    String::from_utf8_lossy(str_bytes(&name)).into_owned()
-                }
+                None => match full_name(cf, ngx_string!("mesh_media"), false) {
+                    Some(r) => r,
+                    None => return CONF_ERROR,
+                },
             };
             let ladder = if hcf.renditions.is_empty() {
                 Ladder::source_only()

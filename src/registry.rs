@@ -155,22 +155,27 @@ pub unsafe fn tick_rates(secs: u64) {
 /// The live figures of a heartbeat: streams with their sources and viewers, and load.
 pub fn figures() -> (Vec<StreamStat>, Load) {
     REGISTRY.with_borrow(|r| {
-        let mut streams: Vec<StreamStat> = Vec::new();
+        // One pass to count viewers per stream: this runs every second on the event loop.
+        let mut viewers: HashMap<&str, u64> = HashMap::new();
         let mut load = Load::default();
         for e in r.entries.values() {
             load.in_kbps += e.in_kbps;
             load.out_kbps += e.out_kbps;
-            if e.is_publisher() {
-                let viewers =
-                    r.entries.values().filter(|v| !v.is_publisher() && v.stream == e.stream).count();
-                streams.push(StreamStat {
-                    stream: e.stream.clone(),
-                    source: e.source().unwrap_or("broadcaster").to_string(),
-                    viewers: viewers as u64,
-                    in_kbps: e.in_kbps,
-                });
+            if !e.is_publisher() {
+                *viewers.entry(e.stream.as_str()).or_insert(0) += 1;
             }
         }
+        let mut streams: Vec<StreamStat> = r
+            .entries
+            .values()
+            .filter(|e| e.is_publisher())
+            .map(|e| StreamStat {
+                stream: e.stream.clone(),
+                source: e.source().unwrap_or("broadcaster").to_string(),
+                viewers: viewers.get(e.stream.as_str()).copied().unwrap_or(0),
+                in_kbps: e.in_kbps,
+            })
+            .collect();
         streams.sort_by(|a, b| a.stream.cmp(&b.stream));
         (streams, load)
     })

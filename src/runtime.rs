@@ -8,7 +8,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixStream;
 use std::ptr::addr_of;
@@ -30,7 +30,7 @@ use crate::push::Pushes;
 use crate::registry::{self, Verdict, Via};
 use crate::route;
 use crate::session::{self, get_ctx};
-use crate::util::guard;
+use crate::util::{drain, guard};
 
 const TICK_MS: ngx_msec_t = 1000;
 
@@ -291,10 +291,7 @@ unsafe extern "C" fn on_wake(ev: *mut ngx_event_t) {
         // SAFETY: the event's connection is our wake-up socket.
         unsafe {
             let c = (*ev).data.cast::<ngx_connection_t>();
-            let mut buf = [0u8; 256];
-            let mut f =
-                std::mem::ManuallyDrop::new(<UnixStream as std::os::fd::FromRawFd>::from_raw_fd((*c).fd));
-            while matches!(f.read(&mut buf), Ok(n) if n > 0) {}
+            drain((*c).fd);
             if ngx_handle_read_event(ev, 0) != NGX_OK as ngx_int_t {
                 ngx::ngx_log_error!(NGX_LOG_ALERT, log, "mesh: cannot watch the wake-up socket");
             }

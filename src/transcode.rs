@@ -18,7 +18,7 @@ use mesh_core::media::{ffmpeg_argv, Job, Ladder};
 use mesh_core::name::is_valid_id;
 
 use crate::ffi::*;
-use crate::util::guard;
+use crate::util::{drain, guard};
 
 /// Starts given up after this many consecutive early deaths.
 pub const MAX_RESTARTS: u32 = 5;
@@ -339,35 +339,15 @@ unsafe extern "C" fn on_death(ev: *mut ngx_event_t) {
         unsafe {
             let c = (*ev).data.cast::<ngx_connection_t>();
             let t = &mut *(*c).data.cast::<Transcode>();
-            let mut buf = [0u8; 512];
-            loop {
-                let n = libc_read((*c).fd, &mut buf);
-                if n > 0 {
-                    continue;
-                }
-                if n == 0 {
-                    let log = (*ev).log;
-                    died(t, log);
-                    return;
-                }
-                break;
+            if drain((*c).fd) {
+                died(t, (*ev).log);
+                return;
             }
             if ngx_handle_read_event(ev, 0) != NGX_OK as ngx_int_t {
                 ngx::ngx_log_error!(NGX_LOG_ALERT, (*ev).log, "mesh: cannot watch a transcode");
             }
         }
     })
-}
-
-fn libc_read(fd: i32, buf: &mut [u8]) -> isize {
-    use std::io::Read;
-    // SAFETY: borrowing the descriptor for one read; ManuallyDrop keeps it open.
-    let mut f =
-        std::mem::ManuallyDrop::new(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) });
-    match f.read(buf) {
-        Ok(n) => n as isize,
-        Err(_) => -1,
-    }
 }
 
 /// A transcode's timer: restart after backoff, or SIGKILL a child that ignored SIGTERM.

@@ -72,3 +72,35 @@ pub unsafe fn pool_str(pool: *mut ngx_pool_t, bytes: &[u8]) -> Option<ngx_str_t>
     // SAFETY: pool is live; from_bytes copies into it.
     unsafe { ngx_str_t::from_bytes(pool, bytes) }
 }
+
+/// A configuration path made absolute: relative to the configuration directory
+/// (`conf_prefix`) or to the prefix, as nginx's own directives do. None on allocation failure.
+///
+/// # Safety
+/// `cf` is the configuration being parsed; `name` points into its memory.
+pub unsafe fn full_name(cf: *mut ngx_conf_t, mut name: ngx_str_t, conf_prefix: bool) -> Option<String> {
+    // SAFETY: ngx_conf_full_name rewrites `name` into the cycle's pool.
+    unsafe {
+        if ngx_conf_full_name((*cf).cycle, &mut name, ngx_uint_t::from(conf_prefix)) != NGX_OK as ngx_int_t {
+            return None;
+        }
+        Some(String::from_utf8_lossy(str_bytes(&name)).into_owned())
+    }
+}
+
+/// Read everything a non-blocking descriptor of ours has now (a wake-up or death pipe);
+/// true when it reached end-of-file (the writer is gone).
+pub fn drain(fd: std::os::fd::RawFd) -> bool {
+    use std::io::Read;
+    // SAFETY: borrowing a descriptor an nginx connection owns; ManuallyDrop keeps it open.
+    let mut f =
+        std::mem::ManuallyDrop::new(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    let mut buf = [0u8; 512];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(_) => return false,
+        }
+    }
+}
