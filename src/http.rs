@@ -473,13 +473,40 @@ unsafe fn step(h: &Hold, first: bool) -> Step {
             }
             _ => {
                 let path = settings.root.join(&h.stream).join(&h.file.name);
-                if path.is_file() {
+                if entry_ready(&path) {
                     Step::Serve(path)
                 } else {
                     Step::Wait
                 }
             }
         }
+    }
+}
+
+/// Is an entry manifest there, with everything it points a player at first? ffmpeg writes
+/// `master.m3u8` before the media playlists and the MPD before every init segment: serving the
+/// entry earlier sends the player to a 404.
+fn entry_ready(path: &std::path::Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else { return false };
+    let dir = path.parent().unwrap_or(path);
+    let exists = |name: &str| dir.join(name).is_file();
+    if path.extension().is_some_and(|e| e == "m3u8") {
+        // media playlists: the URI lines, and the URI="…" of EXT-X-MEDIA
+        let uris = text.lines().filter_map(|l| {
+            let l = l.trim();
+            match l.strip_prefix('#') {
+                None if !l.is_empty() => Some(l.to_string()),
+                None => None,
+                Some(tag) => {
+                    tag.split_once("URI=\"").and_then(|(_, r)| r.split_once('"')).map(|(u, _)| u.to_string())
+                }
+            }
+        });
+        uris.into_iter().all(|u| exists(&u))
+    } else {
+        // one init segment per representation
+        let reps = text.matches("<Representation ").count();
+        reps > 0 && (0..reps).all(|i| exists(&format!("init-{i}.m4s")))
     }
 }
 
