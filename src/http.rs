@@ -27,7 +27,7 @@ use ngx::{ngx_conf_log_error, ngx_string};
 use crate::auth::{self, Waiter};
 use crate::ffi::*;
 use crate::transcode::{self, Settings, State};
-use crate::util::{full_name, guard, pool_new, str_bytes, CONF_ERROR, CONF_OK};
+use crate::util::{exiting, full_name, guard, pool_new, str_bytes, CONF_ERROR, CONF_OK};
 use crate::{registry, route, runtime};
 
 const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
@@ -420,6 +420,11 @@ unsafe fn step(h: &Hold, first: bool) -> Step {
         let Some(settings) = &hcf.settings else {
             return Step::Fail(NGX_HTTP_INTERNAL_SERVER_ERROR, "no settings".into());
         };
+        // A worker shutting down starts nothing and holds nobody: nginx waits for held
+        // requests before it exits.
+        if exiting() {
+            return Step::Fail(NGX_HTTP_SERVICE_UNAVAILABLE, "node shutting down".into());
+        }
         let node = runtime::current_node();
         if !node.role.serves_viewers() {
             return Step::Fail(NGX_HTTP_NOT_FOUND, format!("streams are not served by a {} node", node.role));

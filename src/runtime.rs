@@ -429,7 +429,7 @@ unsafe extern "C" fn on_tick(ev: *mut ngx_event_t) {
             let node = (*mcf).node();
             *sink.figures.lock() = figures(&node);
             ask_again(&node);
-            if (*addr_of!(ngx_exiting)) == 0 {
+            if !crate::util::exiting() {
                 ngx_add_timer(ev, TICK_MS);
             }
         }

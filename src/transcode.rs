@@ -435,6 +435,12 @@ pub fn exit_all() {
             if let Some(pid) = t.pid {
                 proc::signal(pid, SIGKILL);
             }
+            if !t.conn.is_null() {
+                // SAFETY: our connection (the child's stdout pipe), on the event loop; nginx
+                // reports any connection still open when the worker exits.
+                unsafe { ngx_close_connection(t.conn) };
+                t.conn = std::ptr::null_mut();
+            }
             let _ = std::fs::remove_dir_all(&t.dir);
         }
         if let Some(mut tick) = m.tick.take() {
@@ -484,7 +490,7 @@ unsafe extern "C" fn on_tick(ev: *mut ngx_event_t) {
             let log = (*ev).log;
             // A worker shutting down (reload, quit) serves no new viewers: stop at once rather
             // than when its last RTMP client leaves.
-            if (*addr_of!(ngx_exiting)) != 0 {
+            if crate::util::exiting() {
                 stop_all("worker shutting down", log);
                 return;
             }
@@ -492,7 +498,7 @@ unsafe extern "C" fn on_tick(ev: *mut ngx_event_t) {
                 stop(&s, "idle", log);
             }
             let any = MANAGER.with_borrow(|m| !m.streams.is_empty());
-            if any && (*addr_of!(ngx_exiting)) == 0 {
+            if any && !crate::util::exiting() {
                 ngx_add_timer(ev, TICK_MS);
             }
         }

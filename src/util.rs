@@ -104,3 +104,9 @@ pub fn drain(fd: std::os::fd::RawFd) -> bool {
         }
     }
 }
+
+/// Is this worker shutting down (graceful quit, reload)? Read on the event loop.
+pub fn exiting() -> bool {
+    // SAFETY: a plain global that nginx writes on the event loop, where we read it.
+    unsafe { *std::ptr::addr_of!(ngx_exiting) != 0 || *std::ptr::addr_of!(ngx_terminate) != 0 }
+}

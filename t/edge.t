@@ -196,4 +196,24 @@ reap($pub, 5);
 $t->stop;
 ok(!grep({ kill 0, $_ } @pids) && !transcoders(), 'quit: no ffmpeg left');
 
+# A transcoder that ignores SIGTERM while the worker quits: the worker does not wait for it,
+# kills it, and leaves no connection of ours open (nginx would log "open socket left").
+my $stubborn = $t->testdir . '/stubborn-ffmpeg';
+$t->write_file('stubborn-ffmpeg', "#!/bin/sh\ntrap '' TERM\necho \$\$ > $media/stubborn.pid\nwhile :; do sleep 0.2; done\n");
+chmod 0755, $stubborn;
+conf($stubborn);
+$t->run;
+$rtmp = 'rtmp://127.0.0.1:' . $t->port(1) . '/live';
+$http = 'http://127.0.0.1:' . $t->port(2);
+$pub = publish("$rtmp/cam2?key=k2", secs => 120);
+wait_until(sub { log_lines($t, qr/publish accepted: stream "cam2"/) }, 5);
+HTTP::Tiny->new(timeout => 1)->get("$http/hls/cam2/master.m3u8?$tok2");
+ok(wait_until(sub { -s "$media/stubborn.pid" }, 5), 'a transcoder that ignores SIGTERM runs');
+my ($spid) = (qx{cat $media/stubborn.pid} // '') =~ /(\d+)/;
+kill 'TERM', $pub;
+reap($pub, 5);
+$t->allow_alert(qr/unknown process $spid exited on signal 9/) if $spid;
+$t->stop;
+ok($spid && wait_until(sub { !kill(0, $spid) }, 5), 'quit: killed all the same');
+
 done_testing();
