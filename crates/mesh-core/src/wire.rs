@@ -5,14 +5,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::role::Role;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Capabilities {
     pub transcode: bool,
     pub hls: bool,
     pub dash: bool,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Announce {
     pub node_id: String,
     pub role: Role,
@@ -22,14 +22,14 @@ pub struct Announce {
     pub capabilities: Capabilities,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AnnounceReply {
     pub role: Option<Role>,
     pub heartbeat_interval_s: Option<u64>,
     pub table_refresh_s: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StreamStat {
     pub stream: String,
     /// `broadcaster`, or the id of the node that pushes it here.
@@ -38,7 +38,7 @@ pub struct StreamStat {
     pub in_kbps: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PushStat {
     pub stream: String,
     pub to: String,
@@ -46,71 +46,76 @@ pub struct PushStat {
     pub state: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TranscodeStat {
     pub stream: String,
     pub state: String,
     pub restarts: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Load {
     pub connections: u64,
     pub in_kbps: u64,
     pub out_kbps: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Heartbeat {
     pub node_id: String,
     pub role: Role,
     pub table_version: u64,
+    #[serde(default)]
     pub uptime_s: u64,
+    #[serde(default)]
     pub streams: Vec<StreamStat>,
+    #[serde(default)]
     pub pushes: Vec<PushStat>,
+    #[serde(default)]
     pub transcodes: Vec<TranscodeStat>,
+    #[serde(default)]
     pub load: Load,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HeartbeatReply {
     pub table_version: Option<u64>,
     pub role: Option<Role>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Publish,
     Play,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AuthRequest {
     pub node_id: String,
     pub action: Action,
     pub stream: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     pub addr: String,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AuthReply {
     pub allow: bool,
     pub ttl_s: Option<u64>,
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RouteRequest {
     pub node_id: String,
     pub stream: String,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum RouteStatus {
     Routed,
@@ -118,7 +123,7 @@ pub enum RouteStatus {
     Denied,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RouteReply {
     pub status: RouteStatus,
     pub table_version: Option<u64>,

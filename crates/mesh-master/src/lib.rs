@@ -1,0 +1,4 @@
+//! The reference master of ngx_rtmp_mesh (docs/master.md): the mesh's state and placement
+//! ([`mesh`]), its database ([`store`]) and its HTTP side ([`server`]).
+
+pub mod mesh;

@@ -1,0 +1,843 @@
+//! The master's picture of the mesh and its decisions: which nodes are alive, where each live
+//! stream goes (ingest → root relays → relays), the key of every hop, and the table each node
+//! gets. Pure: no I/O, no clock (callers pass `now` in unix seconds), so every rule is tested
+//! here.
+//!
+//! Placement rules (docs/master.md says the same for operators):
+//! - A stream is live when an ingest (or standalone) node's heartbeat lists it with source
+//!   `broadcaster`; it is placed at once and removed when that node stops listing it.
+//! - Root relays: `root_fanout` of them per stream, the least loaded first. Relays (edges):
+//!   `edge_fanout` per stream, plus every edge that asked for it with a route request; each edge
+//!   hop comes from the stream's least busy root relay.
+//! - "Least loaded": fewest hops placed on the node, then the lower outbound bandwidth, then
+//!   fewer connections (both from its last heartbeat), then the node id.
+//! - A node is dead after `node_timeout_s` without a heartbeat; its hops leave every table and
+//!   the streams it carried are placed again on the others.
+//! - Every hop (stream, from, to) gets its own random key when it is made; a hop that moves is a
+//!   new hop with a new key, so a route change rotates keys.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+
+use mesh_core::role::Role;
+use mesh_core::wire::{Announce, Heartbeat, Load, RouteStatus};
+
+/// What the placement needs to know, from flags.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub heartbeat_interval_s: u64,
+    pub node_timeout_s: u64,
+    pub root_fanout: usize,
+    pub edge_fanout: usize,
+    /// Application appended to an announced `rtmp_url` that has no path.
+    pub relay_app: String,
+    /// A route-requested edge without viewers for this long is taken off the stream.
+    pub edge_idle_s: u64,
+    /// How long a route request for a stream that is not live yet is remembered.
+    pub want_ttl_s: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            heartbeat_interval_s: 10,
+            node_timeout_s: 30,
+            root_fanout: 1,
+            edge_fanout: 1,
+            relay_app: "relay".into(),
+            edge_idle_s: 300,
+            want_ttl_s: 60,
+        }
+    }
+}
+
+/// A registered node.
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    pub node_id: String,
+    /// Its role in force: the admin's assignment, else what it announced.
+    pub role: Role,
+    pub announced_role: Role,
+    pub rtmp_url: String,
+    pub http_url: String,
+    /// Where other nodes push to it.
+    pub node_url: String,
+    pub version: String,
+    pub announced_at: u64,
+    pub last_seen: u64,
+    pub alive: bool,
+    pub load: Load,
+    /// The table version it last reported.
+    pub table_version: u64,
+    /// Streams it reported, with their viewers.
+    pub streams: BTreeMap<String, u64>,
+}
+
+/// One hop of a stream: from a node to a node, with its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hop {
+    pub from: String,
+    pub to: String,
+    pub key: String,
+    /// Edges only: added by a route request (else by fan-out).
+    pub by_route: bool,
+    /// Edges only: since when the edge has reported no viewer.
+    #[serde(skip)]
+    pub idle_since: Option<u64>,
+}
+
+/// Where a live stream goes.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Placement {
+    pub ingest: String,
+    pub roots: Vec<Hop>,
+    pub edges: Vec<Hop>,
+}
+
+/// One node's table as sent (the protocol's shape), without its version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TableDoc {
+    pub role: Option<Role>,
+    pub ingest: BTreeMap<String, Vec<Entry>>,
+    pub relay: BTreeMap<String, Vec<Entry>>,
+    pub publish: BTreeMap<String, PublishKey>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub viewer_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    pub node_id: String,
+    pub node_url: String,
+    pub node_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PublishKey {
+    pub key_sha256: String,
+}
+
+/// Why a node's request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MeshError {
+    /// The node has not announced itself (or the master restarted): it must announce again.
+    NotAnnounced,
+    BadNode(String),
+}
+
+impl std::fmt::Display for MeshError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MeshError::NotAnnounced => f.write_str("node not announced"),
+            MeshError::BadNode(why) => f.write_str(why),
+        }
+    }
+}
+
+/// A source of hop keys (random in the master, counted in tests).
+pub trait Keys {
+    fn hop_key(&mut self) -> String;
+}
+
+/// The mesh.
+pub struct Mesh {
+    pub cfg: Config,
+    pub nodes: BTreeMap<String, Node>,
+    /// Admin role assignments (kept in the database).
+    pub roles: HashMap<String, Role>,
+    pub streams: BTreeMap<String, Placement>,
+    /// stream → edge → until: route requests for streams not live yet.
+    wants: HashMap<String, HashMap<String, u64>>,
+    /// Broadcaster keys: stream → hex sha256.
+    publish: BTreeMap<String, String>,
+    viewer_secret: String,
+    /// The last version handed out; every changed table takes the next one.
+    version: u64,
+    tables: HashMap<String, (u64, TableDoc)>,
+    keys: Box<dyn Keys + Send>,
+}
+
+impl Mesh {
+    pub fn new(cfg: Config, version: u64, viewer_secret: String, keys: Box<dyn Keys + Send>) -> Mesh {
+        Mesh {
+            cfg,
+            nodes: BTreeMap::new(),
+            roles: HashMap::new(),
+            streams: BTreeMap::new(),
+            wants: HashMap::new(),
+            publish: BTreeMap::new(),
+            viewer_secret,
+            version,
+            tables: HashMap::new(),
+            keys,
+        }
+    }
+
+    /// The highest version handed out so far (the caller keeps it safe across restarts).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn viewer_secret(&self) -> &str {
+        &self.viewer_secret
+    }
+
+    /// Broadcaster keys as stored (stream → hex sha256).
+    pub fn set_publish(&mut self, publish: BTreeMap<String, String>) {
+        self.publish = publish;
+        self.refresh();
+    }
+
+    pub fn publish_key(&self, stream: &str) -> Option<&str> {
+        self.publish.get(stream).map(String::as_str)
+    }
+
+    /// A node announces itself (at start, or again after losing us). Returns its role in force.
+    pub fn announce(&mut self, a: &Announce, now: u64) -> Role {
+        let role = self.roles.get(&a.node_id).copied().unwrap_or(a.role);
+        let node_url = node_url(&a.rtmp_url, &self.cfg.relay_app);
+        let prev = self.nodes.get(&a.node_id);
+        let node = Node {
+            node_id: a.node_id.clone(),
+            role,
+            announced_role: a.role,
+            rtmp_url: a.rtmp_url.clone(),
+            http_url: a.http_url.clone(),
+            node_url,
+            version: a.version.clone(),
+            announced_at: now,
+            last_seen: now,
+            alive: true,
+            load: prev.map(|n| n.load.clone()).unwrap_or_default(),
+            table_version: prev.map_or(0, |n| n.table_version),
+            streams: prev.map(|n| n.streams.clone()).unwrap_or_default(),
+        };
+        let moved = prev.is_some_and(|p| p.node_url != node.node_url || p.role != role);
+        self.nodes.insert(a.node_id.clone(), node);
+        if moved {
+            // Its URL or role changed: every hop to or from it is made anew (new keys).
+            self.drop_node_hops(&a.node_id);
+        }
+        self.repair(now);
+        role
+    }
+
+    /// A heartbeat: figures, liveness, and the streams it carries.
+    pub fn heartbeat(&mut self, hb: &Heartbeat, now: u64) -> Result<Role, MeshError> {
+        let node = self.nodes.get_mut(&hb.node_id).ok_or(MeshError::NotAnnounced)?;
+        node.last_seen = now;
+        node.alive = true;
+        node.load = hb.load.clone();
+        node.table_version = hb.table_version;
+        node.streams = hb.streams.iter().map(|s| (s.stream.clone(), s.viewers)).collect();
+        let role = node.role;
+        let id = hb.node_id.clone();
+        if matches!(role, Role::Ingest | Role::Standalone) {
+            let live: BTreeSet<&str> =
+                hb.streams.iter().filter(|s| s.source == "broadcaster").map(|s| s.stream.as_str()).collect();
+            // Streams that ended here.
+            self.streams.retain(|s, p| p.ingest != id || live.contains(s.as_str()));
+            // Streams that started here (or moved here from an ingest that lost them).
+            for s in live {
+                let placed_elsewhere = self.streams.get(s).is_some_and(|p| {
+                    p.ingest != id
+                        && self.nodes.get(&p.ingest).is_some_and(|n| n.alive && n.streams.contains_key(s))
+                });
+                if !placed_elsewhere && self.streams.get(s).is_none_or(|p| p.ingest != id) {
+                    self.streams
+                        .insert(s.to_string(), Placement { ingest: id.clone(), ..Placement::default() });
+                }
+            }
+        }
+        if role == Role::Relay {
+            self.track_edge_viewers(&id, now);
+        }
+        self.repair(now);
+        Ok(role)
+    }
+
+    /// Route-added edges that have had no viewer for `edge_idle_s` leave the stream.
+    fn track_edge_viewers(&mut self, edge: &str, now: u64) {
+        let Some(node) = self.nodes.get(edge) else { return };
+        let idle_s = self.cfg.edge_idle_s;
+        let viewers: HashMap<String, u64> = node.streams.clone().into_iter().collect();
+        for (s, p) in self.streams.iter_mut() {
+            let viewers = viewers.get(s).copied().unwrap_or(0);
+            p.edges.retain_mut(|h| {
+                if h.to != edge || !h.by_route {
+                    return true;
+                }
+                if viewers > 0 {
+                    h.idle_since = None;
+                    return true;
+                }
+                let since = *h.idle_since.get_or_insert(now);
+                now.saturating_sub(since) < idle_s
+            });
+        }
+    }
+
+    /// An edge asks for a stream a viewer wants.
+    pub fn route(&mut self, edge: &str, stream: &str, now: u64) -> Result<(RouteStatus, u64), MeshError> {
+        let node = self.nodes.get(edge).ok_or(MeshError::NotAnnounced)?;
+        if !node.role.serves_viewers() || node.role == Role::Standalone {
+            return Ok((RouteStatus::Denied, self.table_version(edge)));
+        }
+        if !self.publish.contains_key(stream) && !self.streams.contains_key(stream) {
+            return Ok((RouteStatus::Unknown, self.table_version(edge)));
+        }
+        match self.streams.get(stream) {
+            Some(p) if p.edges.iter().any(|h| h.to == edge) => {}
+            Some(_) => {
+                self.add_edge(stream, edge, true);
+                self.repair(now);
+            }
+            None => {
+                // Not live yet: placed here as soon as it is.
+                self.wants
+                    .entry(stream.to_string())
+                    .or_default()
+                    .insert(edge.to_string(), now + self.cfg.want_ttl_s);
+                return Ok((RouteStatus::Unknown, self.table_version(edge)));
+            }
+        }
+        let routed = self.streams.get(stream).is_some_and(|p| p.edges.iter().any(|h| h.to == edge));
+        let status = if routed { RouteStatus::Routed } else { RouteStatus::Unknown };
+        Ok((status, self.table_version(edge)))
+    }
+
+    /// Mark nodes that went silent as dead and place their streams again. Returns the ids of the
+    /// nodes that died now.
+    pub fn sweep(&mut self, now: u64) -> Vec<String> {
+        let timeout = self.cfg.node_timeout_s;
+        let mut died = Vec::new();
+        for n in self.nodes.values_mut() {
+            if n.alive && now.saturating_sub(n.last_seen) > timeout {
+                n.alive = false;
+                died.push(n.node_id.clone());
+            }
+        }
+        for id in &died {
+            self.drop_node_hops(id);
+        }
+        self.wants.retain(|_, edges| {
+            edges.retain(|_, until| *until > now);
+            !edges.is_empty()
+        });
+        if !died.is_empty() {
+            self.repair(now);
+        }
+        died
+    }
+
+    /// An admin assigns a role (None: back to what the node announced).
+    pub fn set_role(&mut self, node_id: &str, role: Option<Role>, now: u64) {
+        match role {
+            Some(r) => self.roles.insert(node_id.to_string(), r),
+            None => self.roles.remove(node_id),
+        };
+        if let Some(n) = self.nodes.get_mut(node_id) {
+            let r = role.unwrap_or(n.announced_role);
+            if n.role != r {
+                n.role = r;
+                self.drop_node_hops(node_id);
+            }
+        }
+        self.repair(now);
+    }
+
+    /// Take a node out of every placement (dead, moved, or given another role).
+    fn drop_node_hops(&mut self, id: &str) {
+        self.streams.retain(|_, p| p.ingest != id);
+        for p in self.streams.values_mut() {
+            p.roots.retain(|h| h.to != id);
+            p.edges.retain(|h| h.to != id && h.from != id);
+        }
+    }
+
+    fn alive_with(&self, role: Role) -> impl Iterator<Item = &Node> {
+        self.nodes.values().filter(move |n| n.alive && n.role == role)
+    }
+
+    /// Hops placed on each node (as receiver, and for root relays as sender too).
+    fn hop_counts(&self) -> HashMap<&str, usize> {
+        let mut c: HashMap<&str, usize> = HashMap::new();
+        for p in self.streams.values() {
+            for h in p.roots.iter().chain(&p.edges) {
+                *c.entry(h.to.as_str()).or_default() += 1;
+            }
+            for h in &p.edges {
+                *c.entry(h.from.as_str()).or_default() += 1;
+            }
+        }
+        c
+    }
+
+    /// The least loaded of `candidates`.
+    fn least_loaded<'a>(&'a self, candidates: impl Iterator<Item = &'a Node>) -> Option<String> {
+        let counts = self.hop_counts();
+        candidates
+            .min_by_key(|n| {
+                (
+                    counts.get(n.node_id.as_str()).copied().unwrap_or(0),
+                    n.load.out_kbps,
+                    n.load.connections,
+                    &n.node_id,
+                )
+            })
+            .map(|n| n.node_id.clone())
+    }
+
+    fn add_edge(&mut self, stream: &str, edge: &str, by_route: bool) {
+        let Some(p) = self.streams.get(stream) else { return };
+        // From the stream's root relay with the fewest edges of this stream.
+        let Some(root) = p
+            .roots
+            .iter()
+            .min_by_key(|r| (p.edges.iter().filter(|e| e.from == r.to).count(), &r.to))
+            .map(|r| r.to.clone())
+        else {
+            return;
+        };
+        let key = self.keys.hop_key();
+        let p = self.streams.get_mut(stream).expect("checked");
+        p.edges.push(Hop { from: root, to: edge.to_string(), key, by_route, idle_since: None });
+    }
+
+    /// Bring every placement to the rules: hops only to live nodes of the right role, enough
+    /// root relays and edges, waiting route requests served; then the tables.
+    fn repair(&mut self, now: u64) {
+        let alive =
+            |m: &Mesh, id: &str, role: Role| m.nodes.get(id).is_some_and(|n| n.alive && n.role == role);
+        let ids: Vec<String> = self.streams.keys().cloned().collect();
+        for s in &ids {
+            // Sources that are gone take their stream with them.
+            let ingest = self.streams[s].ingest.clone();
+            let src_ok = self.nodes.get(&ingest).is_some_and(|n| {
+                n.alive && matches!(n.role, Role::Ingest | Role::Standalone) && n.streams.contains_key(s)
+            });
+            if !src_ok {
+                self.streams.remove(s);
+                continue;
+            }
+            let mut p = self.streams.remove(s).expect("listed");
+            p.roots.retain(|h| alive(self, &h.to, Role::RootRelay));
+            p.edges.retain(|h| alive(self, &h.to, Role::Relay) && p.roots.iter().any(|r| r.to == h.from));
+            self.streams.insert(s.clone(), p);
+            // Root relays up to the fan-out.
+            while self.streams[s].roots.len() < self.cfg.root_fanout {
+                let have: BTreeSet<String> = self.streams[s].roots.iter().map(|h| h.to.clone()).collect();
+                let Some(root) = self
+                    .least_loaded(self.alive_with(Role::RootRelay).filter(|n| !have.contains(&n.node_id)))
+                else {
+                    break;
+                };
+                let key = self.keys.hop_key();
+                let p = self.streams.get_mut(s).expect("listed");
+                p.roots.push(Hop { from: ingest.clone(), to: root, key, by_route: false, idle_since: None });
+            }
+            if self.streams[s].roots.is_empty() {
+                continue;
+            }
+            // Edges: those waiting for it, then up to the fan-out.
+            let waiting: Vec<String> = self
+                .wants
+                .remove(s)
+                .map(|w| w.into_iter().filter(|(_, u)| *u > now).map(|(e, _)| e).collect())
+                .unwrap_or_default();
+            for e in waiting {
+                if alive(self, &e, Role::Relay) && !self.streams[s].edges.iter().any(|h| h.to == e) {
+                    self.add_edge(s, &e, true);
+                }
+            }
+            while self.streams[s].edges.iter().filter(|h| !h.by_route).count() < self.cfg.edge_fanout {
+                let have: BTreeSet<String> = self.streams[s].edges.iter().map(|h| h.to.clone()).collect();
+                let Some(edge) =
+                    self.least_loaded(self.alive_with(Role::Relay).filter(|n| !have.contains(&n.node_id)))
+                else {
+                    break;
+                };
+                self.add_edge(s, &edge, false);
+            }
+        }
+        self.refresh();
+    }
+
+    /// Recompute every node's table; a table that changed takes the next version.
+    fn refresh(&mut self) {
+        let ids: Vec<String> = self.nodes.keys().cloned().collect();
+        for id in ids {
+            let doc = self.render(&id);
+            let same = self.tables.get(&id).is_some_and(|(_, d)| *d == doc);
+            if !same {
+                self.version += 1;
+                self.tables.insert(id, (self.version, doc));
+            }
+        }
+    }
+
+    /// A node's table as it should be now.
+    fn render(&self, id: &str) -> TableDoc {
+        let Some(node) = self.nodes.get(id) else { return TableDoc::default() };
+        let mut t = TableDoc { role: Some(node.role), ..TableDoc::default() };
+        let url = |n: &str| self.nodes.get(n).map(|n| n.node_url.clone()).unwrap_or_default();
+        let entry = |h: &Hop, with_from: bool| Entry {
+            node_id: h.to.clone(),
+            node_url: url(&h.to),
+            node_key: h.key.clone(),
+            from: with_from.then(|| h.from.clone()),
+        };
+        match node.role {
+            Role::Ingest | Role::Standalone => {
+                t.publish = self
+                    .publish
+                    .iter()
+                    .map(|(s, k)| (s.clone(), PublishKey { key_sha256: k.clone() }))
+                    .collect();
+                for (s, p) in self.streams.iter().filter(|(_, p)| p.ingest == id) {
+                    t.ingest.insert(s.clone(), p.roots.iter().map(|h| entry(h, false)).collect());
+                }
+                if node.role == Role::Standalone {
+                    t.viewer_secret = Some(self.viewer_secret.clone());
+                }
+            }
+            Role::RootRelay => {
+                for (s, p) in &self.streams {
+                    let mine: Vec<Entry> =
+                        p.roots.iter().filter(|h| h.to == id).map(|h| entry(h, false)).collect();
+                    if mine.is_empty() {
+                        continue;
+                    }
+                    t.ingest.insert(s.clone(), mine);
+                    let out: Vec<Entry> =
+                        p.edges.iter().filter(|h| h.from == id).map(|h| entry(h, true)).collect();
+                    if !out.is_empty() {
+                        t.relay.insert(s.clone(), out);
+                    }
+                }
+            }
+            Role::Relay => {
+                for (s, p) in &self.streams {
+                    let mine: Vec<Entry> =
+                        p.edges.iter().filter(|h| h.to == id).map(|h| entry(h, true)).collect();
+                    if !mine.is_empty() {
+                        t.relay.insert(s.clone(), mine);
+                    }
+                }
+                t.viewer_secret = Some(self.viewer_secret.clone());
+            }
+        }
+        t
+    }
+
+    /// The version of a node's table (0 before it has one).
+    pub fn table_version(&self, id: &str) -> u64 {
+        self.tables.get(id).map_or(0, |(v, _)| *v)
+    }
+
+    /// A node's table as JSON, with its version.
+    pub fn table_json(&self, id: &str) -> Option<(u64, Vec<u8>)> {
+        let (v, doc) = self.tables.get(id)?;
+        let mut value = serde_json::to_value(doc).ok()?;
+        value.as_object_mut()?.insert("version".into(), (*v).into());
+        Some((*v, serde_json::to_vec(&value).ok()?))
+    }
+
+    pub fn is_known(&self, id: &str) -> bool {
+        self.nodes.contains_key(id)
+    }
+}
+
+/// Where other nodes push to a node: its announced RTMP URL, with the relay application when
+/// the URL names none.
+pub fn node_url(rtmp_url: &str, app: &str) -> String {
+    let rest = rtmp_url.strip_prefix("rtmp://").unwrap_or(rtmp_url);
+    match rest.split_once('/') {
+        Some((_, path)) if !path.trim_matches('/').is_empty() => rtmp_url.trim_end_matches('/').to_string(),
+        _ => format!("{}/{app}", rtmp_url.trim_end_matches('/')),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::admission::{PublishRequest, SessionKind};
+    use mesh_core::table::Table;
+    use mesh_core::wire::{Capabilities, StreamStat};
+
+    struct Counted(u32);
+    impl Keys for Counted {
+        fn hop_key(&mut self) -> String {
+            self.0 += 1;
+            format!("k{}", self.0)
+        }
+    }
+
+    fn mesh(cfg: Config) -> Mesh {
+        let mut m = Mesh::new(cfg, 100, "secret".into(), Box::new(Counted(0)));
+        m.set_publish([("cam1".to_string(), "ab".repeat(32)), ("cam2".to_string(), "cd".repeat(32))].into());
+        m
+    }
+
+    fn announce(m: &mut Mesh, id: &str, role: Role, port: u16) {
+        m.announce(
+            &Announce {
+                node_id: id.into(),
+                role,
+                rtmp_url: format!("rtmp://127.0.0.1:{port}"),
+                http_url: String::new(),
+                version: "t".into(),
+                capabilities: Capabilities { transcode: true, hls: true, dash: true },
+            },
+            0,
+        );
+    }
+
+    fn beat(m: &mut Mesh, id: &str, streams: &[(&str, &str, u64)], now: u64) {
+        let hb = Heartbeat {
+            node_id: id.into(),
+            role: m.nodes[id].role,
+            table_version: m.table_version(id),
+            uptime_s: now,
+            streams: streams
+                .iter()
+                .map(|(s, src, v)| StreamStat {
+                    stream: s.to_string(),
+                    source: src.to_string(),
+                    viewers: *v,
+                    in_kbps: 1000,
+                })
+                .collect(),
+            pushes: vec![],
+            transcodes: vec![],
+            load: Load::default(),
+        };
+        m.heartbeat(&hb, now).unwrap();
+    }
+
+    /// Four nodes: ingest, two root relays, two edges.
+    fn four(cfg: Config) -> Mesh {
+        let mut m = mesh(cfg);
+        announce(&mut m, "ingest-1", Role::Ingest, 1935);
+        announce(&mut m, "root-1", Role::RootRelay, 1936);
+        announce(&mut m, "root-2", Role::RootRelay, 1937);
+        announce(&mut m, "edge-1", Role::Relay, 1938);
+        announce(&mut m, "edge-2", Role::Relay, 1939);
+        m
+    }
+
+    /// The table a node would load: the master's JSON through the node's own parser.
+    fn table(m: &Mesh, id: &str) -> Table {
+        let (v, json) = m.table_json(id).expect("a table");
+        let t = Table::parse(&json).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(t.version, v);
+        t
+    }
+
+    fn node(m: &Mesh, id: &str) -> mesh_core::node::Node {
+        let table = table(m, id);
+        let dial = mesh_core::node::Node::target_urls(&table).map(|u| (u.clone(), u.clone())).collect();
+        mesh_core::node::Node { node_id: id.into(), role: m.nodes[id].role, table, dial }
+    }
+
+    /// Follow a stream's pushes from `from` (fed by `source`) through the nodes' own admission:
+    /// returns every node that admitted a push of it.
+    fn walk(m: &Mesh, stream: &str, from: &str, source: Option<&str>, seen: &mut Vec<String>) {
+        for p in node(m, from).plan_pushes(stream, source) {
+            let url = p.url.expect("dialable");
+            let args = url.split_once('?').unwrap().1.to_string();
+            let to = node(m, &p.node_id);
+            let d = to.context(0).publish(PublishRequest { stream, args: &args });
+            assert_eq!(d, Ok(SessionKind::NodePush { from: from.to_string() }), "{from} → {}", p.node_id);
+            seen.push(p.node_id.clone());
+            walk(m, stream, &p.node_id, Some(from), seen);
+        }
+    }
+
+    fn reached(m: &Mesh, stream: &str) -> Vec<String> {
+        let mut seen = vec![];
+        let ingest = m.streams[stream].ingest.clone();
+        walk(m, stream, &ingest, None, &mut seen);
+        seen.sort();
+        seen
+    }
+
+    #[test]
+    fn a_live_stream_is_placed_and_every_hop_admits_the_next() {
+        let mut m = four(Config::default());
+        beat(&mut m, "ingest-1", &[("cam1", "broadcaster", 0)], 1);
+        assert_eq!(reached(&m, "cam1"), ["edge-1", "root-1"]);
+        let ingest = table(&m, "ingest-1");
+        assert_eq!(ingest.role, Some(Role::Ingest));
+        assert_eq!(ingest.publish.len(), 2, "every broadcaster key");
+        assert!(ingest.viewer_secret.is_none(), "ingest nodes serve no viewers");
+        assert_eq!(table(&m, "edge-1").viewer_secret.as_deref(), Some("secret"));
+        assert!(table(&m, "edge-2").relay.is_empty());
+        let keys: BTreeSet<String> =
+            m.streams["cam1"].roots.iter().chain(&m.streams["cam1"].edges).map(|h| h.key.clone()).collect();
+        assert_eq!(keys.len(), 2, "a key per hop");
+        // A push with another hop's key is refused.
+        let root = node(&m, "root-1");
+        let edge_key = &m.streams["cam1"].edges[0].key;
+        let args = format!("node=ingest-1&key={edge_key}");
+        assert!(root.context(0).publish(PublishRequest { stream: "cam1", args: &args }).is_err());
+    }
+
+    #[test]
+    fn streams_spread_over_the_least_loaded_nodes() {
+        let mut m = four(Config::default());
+        beat(&mut m, "ingest-1", &[("cam1", "broadcaster", 0), ("cam2", "broadcaster", 0)], 1);
+        let roots: BTreeSet<&str> = m.streams.values().map(|p| p.roots[0].to.as_str()).collect();
+        let edges: BTreeSet<&str> = m.streams.values().map(|p| p.edges[0].to.as_str()).collect();
+        assert_eq!(roots.len(), 2, "{roots:?}");
+        assert_eq!(edges.len(), 2, "{edges:?}");
+    }
+
+    #[test]
+    fn fanout_is_configurable() {
+        let mut m = four(Config { root_fanout: 2, edge_fanout: 2, ..Config::default() });
+        beat(&mut m, "ingest-1", &[("cam1", "broadcaster", 0)], 1);
+        assert_eq!(reached(&m, "cam1"), ["edge-1", "edge-2", "root-1", "root-2"]);
+        assert_ne!(
+            m.streams["cam1"].edges[0].from, m.streams["cam1"].edges[1].from,
+            "edges spread over roots"
+        );
+    }
+
+    #[test]
+    fn a_route_request_adds_the_edge_or_waits_for_the_stream() {
+        let mut m = four(Config::default());
+        assert_eq!(m.route("edge-2", "nope", 1).unwrap().0, RouteStatus::Unknown);
+        assert_eq!(m.route("root-1", "cam1", 1).unwrap().0, RouteStatus::Denied);
+        assert_eq!(m.route("ghost", "cam1", 1), Err(MeshError::NotAnnounced));
+        // Not live yet: remembered, and placed there when it goes live.
+        assert_eq!(m.route("edge-2", "cam2", 1).unwrap().0, RouteStatus::Unknown);
+        beat(&mut m, "ingest-1", &[("cam1", "broadcaster", 0), ("cam2", "broadcaster", 0)], 2);
+        assert!(reached(&m, "cam2").contains(&"edge-2".to_string()));
+        // Live: added at once, with the version of its new table.
+        let before = m.table_version("edge-2");
+        let edge_of_cam1 = m.streams["cam1"].edges[0].to.clone();
+        let other = if edge_of_cam1 == "edge-1" { "edge-2" } else { "edge-1" };
+        let (status, v) = m.route(other, "cam1", 3).unwrap();
+        assert_eq!(status, RouteStatus::Routed);
+        assert_eq!(v, m.table_version(other));
+        assert!(v > before);
+        assert_eq!(reached(&m, "cam1"), ["edge-1", "edge-2", "root-1"]);
+        // Asking again changes nothing.
+        let v0 = m.version();
+        assert_eq!(m.route(other, "cam1", 4).unwrap().0, RouteStatus::Routed);
+        assert_eq!(m.version(), v0);
+    }
+
+    #[test]
+    fn a_dead_root_relay_is_replaced_with_new_keys() {
+        let mut m = four(Config { node_timeout_s: 5, ..Config::default() });
+        beat(&mut m, "ingest-1", &[("cam1", "broadcaster", 0)], 1);
+        let old = m.streams["cam1"].clone();
+        assert_eq!(old.roots[0].to, "root-1");
+        // Everyone but root-1 keeps beating.
+        for id in ["ingest-1", "root-2", "edge-1", "edge-2"] {
+            beat(&mut m, id, if id == "ingest-1" { &[("cam1", "broadcaster", 0)] } else { &[] }, 5);
+        }
+        assert_eq!(m.sweep(7), ["root-1"]);
+        let new = &m.streams["cam1"];
+        assert_eq!(new.roots[0].to, "root-2");
+        assert_eq!(new.edges[0].from, "root-2");
+        assert_ne!(new.roots[0].key, old.roots[0].key);
+        assert_ne!(new.edges[0].key, old.edges[0].key);
+        assert_eq!(reached(&m, "cam1"), ["edge-1", "root-2"]);
+        assert!(m.table_json("root-1").is_some(), "a dead node keeps its last table");
+        // It comes back: alive again, and placed on when needed.
+        announce(&mut m, "root-1", Role::RootRelay, 1936);
+        assert!(m.nodes["root-1"].alive);
+    }
+
+    #[test]
+    fn a_dead_edge_leaves_its_streams_and_another_takes_the_fanout() {
+        let mut m = four(Config { node_timeout_s: 5, ..Config::default() });
+        beat(&mut m, "ingest-1", &[("cam1", "broadcaster", 0)], 1);
+        for id in ["ingest-1", "root-1", "root-2", "edge-2"] {
+            beat(&mut m, id, if id == "ingest-1" { &[("cam1", "broadcaster", 0)] } else { &[] }, 5);
+        }
+        m.sweep(7);
+        assert_eq!(reached(&m, "cam1"), ["edge-2", "root-1"]);
+    }
+
+    #[test]
+    fn an_ended_stream_leaves_every_table() {
+        let mut m = four(Config::default());
+        beat(&mut m, "ingest-1", &[("cam1", "broadcaster", 0)], 1);
+        let v = m.table_version("root-1");
+        let untouched = m.table_version("root-2");
+        beat(&mut m, "ingest-1", &[], 2);
+        assert!(m.streams.is_empty());
+        assert!(table(&m, "root-1").ingest.is_empty() && table(&m, "edge-1").relay.is_empty());
+        assert!(m.table_version("root-1") > v, "a changed table takes a newer version");
+        assert_eq!(m.table_version("root-2"), untouched, "an unchanged one keeps its version");
+    }
+
+    #[test]
+    fn streams_pushed_in_do_not_count_as_broadcasts() {
+        let mut m = four(Config::default());
+        beat(&mut m, "ingest-1", &[("cam1", "root-9", 0)], 1);
+        assert!(m.streams.is_empty());
+        assert_eq!(
+            m.heartbeat(&Heartbeat { node_id: "ghost".into(), ..hb0() }, 1),
+            Err(MeshError::NotAnnounced)
+        );
+    }
+
+    fn hb0() -> Heartbeat {
+        Heartbeat {
+            node_id: String::new(),
+            role: Role::Relay,
+            table_version: 0,
+            uptime_s: 0,
+            streams: vec![],
+            pushes: vec![],
+            transcodes: vec![],
+            load: Load::default(),
+        }
+    }
+
+    #[test]
+    fn an_admin_role_change_moves_the_streams() {
+        let mut m = four(Config::default());
+        beat(&mut m, "ingest-1", &[("cam1", "broadcaster", 0)], 1);
+        m.set_role("root-1", Some(Role::Relay), 2);
+        assert_eq!(table(&m, "root-1").role, Some(Role::Relay));
+        assert_eq!(m.streams["cam1"].roots[0].to, "root-2");
+        // A re-announce keeps the admin's role.
+        announce(&mut m, "root-1", Role::RootRelay, 1936);
+        assert_eq!(m.nodes["root-1"].role, Role::Relay);
+        m.set_role("root-1", None, 3);
+        assert_eq!(m.nodes["root-1"].role, Role::RootRelay);
+    }
+
+    #[test]
+    fn a_route_requested_edge_leaves_when_idle() {
+        let mut m = four(Config { edge_idle_s: 10, ..Config::default() });
+        beat(&mut m, "ingest-1", &[("cam1", "broadcaster", 0)], 1);
+        let fan = m.streams["cam1"].edges[0].to.clone();
+        let other = if fan == "edge-1" { "edge-2" } else { "edge-1" };
+        m.route(other, "cam1", 1).unwrap();
+        beat(&mut m, other, &[("cam1", "root-1", 3)], 2);
+        beat(&mut m, other, &[("cam1", "root-1", 0)], 5);
+        beat(&mut m, other, &[("cam1", "root-1", 0)], 14);
+        assert_eq!(m.streams["cam1"].edges.len(), 2, "idle 9 s: kept");
+        beat(&mut m, other, &[("cam1", "root-1", 0)], 16);
+        assert_eq!(m.streams["cam1"].edges.len(), 1, "idle 11 s: gone");
+        beat(&mut m, &fan, &[("cam1", "root-1", 0)], 100);
+        assert_eq!(m.streams["cam1"].edges.len(), 1, "the fan-out edge stays");
+    }
+
+    #[test]
+    fn node_urls_get_the_relay_application() {
+        assert_eq!(node_url("rtmp://10.0.0.3:1935", "relay"), "rtmp://10.0.0.3:1935/relay");
+        assert_eq!(node_url("rtmp://10.0.0.3:1935/", "relay"), "rtmp://10.0.0.3:1935/relay");
+        assert_eq!(node_url("rtmp://10.0.0.3:1935/edge", "relay"), "rtmp://10.0.0.3:1935/edge");
+    }
+}
