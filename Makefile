@@ -29,7 +29,7 @@ nginx: sources
 	@bash scripts/build-nginx.sh
 
 module: nginx
-	@$(CARGO) build --release --locked -p ngx_rtmp_mesh -p mesh-core
+	@$(CARGO) build --release --locked -p ngx_rtmp_mesh -p mesh-core -p mesh-master
 
 dist: module
 	@bash scripts/assemble-dist.sh
@@ -38,7 +38,7 @@ run: dist
 	@bash scripts/run-standalone.sh
 
 unit:
-	@$(CARGO) test --locked -p mesh-core -p mesh-agent
+	@$(CARGO) test --locked -p mesh-core -p mesh-agent -p mesh-master
 
 prove: dist
 	@TEST_NGINX_BINARY=$${TEST_NGINX_BINARY:-$(TOP)/dist/sbin/nginx} $(PROVE) -r -I t/lib t/
@@ -53,7 +53,7 @@ stock: sources
 check: nginx
 	@$(CARGO) fmt --all --check
 	@$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
-	@$(CARGO) test --locked -p mesh-core -p mesh-agent
+	@$(CARGO) test --locked -p mesh-core -p mesh-agent -p mesh-master
 
 clean:
 	rm -rf dist target

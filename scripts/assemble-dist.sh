@@ -11,6 +11,7 @@ install -C -m 755 "$objs/nginx" "$dist/sbin/nginx"
 install -C -m 644 "$objs/ngx_rtmp_module.so" "$dist/modules/ngx_rtmp_module.so"
 install -C -m 644 "$top/target/release/libngx_rtmp_mesh.so" "$dist/modules/ngx_rtmp_mesh_module.so"
 install -C -m 755 "$top/target/release/mesh-tool" "$dist/sbin/mesh-tool"
+install -C -m 755 "$top/target/release/mesh-master" "$dist/sbin/mesh-master"
 install -C -m 644 "$top/nginx-src/nginx-1.22.1/conf/mime.types" "$dist/conf/mime.types"
 for f in "$top"/conf/*.conf; do install -C -m 644 "$f" "$dist/conf/"; done
 for f in "$top"/conf/tables/*.json; do install -C -m 644 "$f" "$dist/tables/"; done

@@ -17,6 +17,15 @@ pub enum TokenError {
     Expired,
 }
 
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenError::Malformed | TokenError::BadSignature => "bad token",
+            TokenError::Expired => "expired token",
+        })
+    }
+}
+
 fn mac(secret: &str, stream: &str, expiry: u64) -> HmacSha256 {
     let mut m = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     m.update(stream.as_bytes());

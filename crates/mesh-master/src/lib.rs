@@ -2,3 +2,5 @@
 //! ([`mesh`]), its database ([`store`]) and its HTTP side ([`server`]).
 
 pub mod mesh;
+pub mod server;
+pub mod store;

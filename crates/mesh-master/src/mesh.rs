@@ -235,6 +235,12 @@ impl Mesh {
         node.streams = hb.streams.iter().map(|s| (s.stream.clone(), s.viewers)).collect();
         let role = node.role;
         let id = hb.node_id.clone();
+        if hb.table_version > self.version {
+            // The node holds a version this master never handed out (its database was lost, or
+            // is another master's): number every table past it, or the node never takes one.
+            self.version = hb.table_version;
+            self.tables.clear();
+        }
         if matches!(role, Role::Ingest | Role::Standalone) {
             let live: BTreeSet<&str> =
                 hb.streams.iter().filter(|s| s.source == "broadcaster").map(|s| s.stream.as_str()).collect();
@@ -832,6 +838,15 @@ mod tests {
         assert_eq!(m.streams["cam1"].edges.len(), 1, "idle 11 s: gone");
         beat(&mut m, &fan, &[("cam1", "root-1", 0)], 100);
         assert_eq!(m.streams["cam1"].edges.len(), 1, "the fan-out edge stays");
+    }
+
+    #[test]
+    fn versions_go_past_what_a_node_holds() {
+        let mut m = four(Config::default());
+        let hb = Heartbeat { node_id: "edge-1".into(), table_version: 5000, ..hb0() };
+        m.heartbeat(&hb, 1).unwrap();
+        assert!(m.table_version("edge-1") > 5000);
+        assert!(m.table_version("root-1") > 5000);
     }
 
     #[test]

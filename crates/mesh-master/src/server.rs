@@ -1,0 +1,683 @@
+//! The master's HTTP side: the node endpoints of docs/protocol.md (every request's signature
+//! checked, every response signed, the streams endpoint a long poll), and the admin API behind
+//! a bearer token.
+
+// Early returns carry a whole response (axum's `Response` is 128 bytes); it is the cold path.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::{to_bytes, Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use mesh_core::name::is_valid_id;
+use mesh_core::role::Role;
+use mesh_core::sign::{sign_response, verify_request, Stamp, H_NODE, H_SIGNATURE, H_TIMESTAMP};
+use mesh_core::token::{ct_eq, key_sha256_hex, make_viewer_token, verify_viewer_token};
+use mesh_core::wire::{
+    Action, Announce, AnnounceReply, AuthReply, AuthRequest, Heartbeat, HeartbeatReply, RouteReply,
+    RouteRequest,
+};
+
+use crate::mesh::{Mesh, MeshError};
+use crate::store::{Store, VERSION_BLOCK};
+
+/// Largest request body taken from a node or an admin.
+const MAX_BODY: usize = 1 << 20;
+/// How long an auth answer may be cached by a node.
+const AUTH_TTL_S: u64 = 60;
+
+/// Endpoint paths (the node's `.env` names: ANNOUNCE_ENDPOINT and friends).
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub announce: String,
+    pub heartbeat: String,
+    pub streams: String,
+    pub auth: String,
+    pub route: String,
+}
+
+impl Default for Paths {
+    fn default() -> Paths {
+        Paths {
+            announce: "/announce".into(),
+            heartbeat: "/heartbeat".into(),
+            streams: "/streams".into(),
+            auth: "/auth".into(),
+            route: "/route".into(),
+        }
+    }
+}
+
+/// Everything a request handler reaches.
+pub struct App {
+    pub mesh: Mutex<Mesh>,
+    pub store: Mutex<Store>,
+    pub master_key: Vec<u8>,
+    pub admin_token: String,
+    /// Tables are not served before this (unix s): after a restart, nodes keep their last
+    /// tables until the heartbeats have told the new master where streams are.
+    pub serve_tables_at: u64,
+    pub max_poll_wait_s: u64,
+    /// Bumped on every change of any table: long polls wake up and look.
+    changed: watch::Sender<u64>,
+    ceiling: Mutex<u64>,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Random bytes as hex (keys, secrets).
+pub fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).expect("the OS random source");
+    hex::encode(b)
+}
+
+/// Hop keys from the OS's random source.
+pub struct RandomKeys;
+
+impl crate::mesh::Keys for RandomKeys {
+    fn hop_key(&mut self) -> String {
+        random_hex(16)
+    }
+}
+
+impl App {
+    pub fn new(
+        mesh: Mesh,
+        store: Store,
+        master_key: Vec<u8>,
+        admin_token: String,
+        serve_tables_at: u64,
+        max_poll_wait_s: u64,
+    ) -> Arc<App> {
+        let ceiling = mesh.version();
+        let app = Arc::new(App {
+            mesh: Mutex::new(mesh),
+            store: Mutex::new(store),
+            master_key,
+            admin_token,
+            serve_tables_at,
+            max_poll_wait_s,
+            changed: watch::Sender::new(0),
+            ceiling: Mutex::new(ceiling),
+        });
+        app.reserve_versions(ceiling);
+        app
+    }
+
+    /// After a change: keep the version ceiling ahead of what was handed out, wake long polls.
+    fn changed(&self, version: u64) {
+        self.reserve_versions(version);
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    fn reserve_versions(&self, version: u64) {
+        let mut ceiling = self.ceiling.lock();
+        if version + 1 >= *ceiling {
+            let next = version + VERSION_BLOCK;
+            match self.store.lock().set_version_ceiling(next) {
+                Ok(()) => *ceiling = next,
+                Err(e) => warn!(error = %e, "cannot save the version ceiling"),
+            }
+        }
+    }
+
+    /// Run `f` on the mesh, then publish what changed.
+    fn with_mesh<R>(&self, f: impl FnOnce(&mut Mesh) -> R) -> R {
+        let (r, before, after) = {
+            let mut m = self.mesh.lock();
+            let before = m.version();
+            let r = f(&mut m);
+            (r, before, m.version())
+        };
+        if after != before {
+            self.changed(after);
+        }
+        r
+    }
+
+    /// Once a second: nodes gone silent.
+    pub fn sweep(&self) {
+        let died = self.with_mesh(|m| m.sweep(now()));
+        for id in died {
+            warn!(node = %id, "node dead: no heartbeat; its streams are placed again");
+        }
+    }
+
+    /// Broadcaster keys changed in the database: the ingest tables follow.
+    fn reload_publish(&self) {
+        let keys = self.store.lock().publish_keys();
+        match keys {
+            Ok(k) => self.with_mesh(|m| m.set_publish(k)),
+            Err(e) => warn!(error = %e, "cannot read the stream keys"),
+        }
+    }
+
+    fn serving_tables(&self) -> bool {
+        now() >= self.serve_tables_at
+    }
+
+    /// A signed response.
+    fn signed(&self, status: StatusCode, body: Vec<u8>) -> Response {
+        let ts = now();
+        let sig = sign_response(&self.master_key, status.as_u16(), ts, &body);
+        let mut r = Response::new(Body::from(body));
+        *r.status_mut() = status;
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(H_TIMESTAMP, HeaderValue::from(ts));
+        h.insert(H_SIGNATURE, HeaderValue::from_str(&sig).expect("hex"));
+        r
+    }
+
+    fn signed_json(&self, status: StatusCode, v: &impl Serialize) -> Response {
+        self.signed(status, serde_json::to_vec(v).unwrap_or_default())
+    }
+
+    fn signed_error(&self, status: StatusCode, why: &str) -> Response {
+        self.signed_json(status, &json!({ "error": why }))
+    }
+}
+
+/// A node's request, its signature checked: the node's id and the body.
+struct NodeCall {
+    node: String,
+    query: String,
+    body: Bytes,
+}
+
+async fn node_call(app: &App, req: Request) -> Result<NodeCall, Response> {
+    let (parts, body) = req.into_parts();
+    let body = to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| app.signed_error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"))?;
+    let h = &parts.headers;
+    let text = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
+    let path_query =
+        parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_string(), |pq| pq.as_str().to_string());
+    let stamp = Stamp { ts: text(H_TIMESTAMP), sig: text(H_SIGNATURE) };
+    let node = text(H_NODE).unwrap_or("").to_string();
+    if let Err(e) = verify_request(&app.master_key, parts.method.as_str(), &path_query, stamp, &body, now()) {
+        warn!(node = %node, path = %parts.uri.path(), error = %e, "request refused");
+        return Err(app.signed_error(StatusCode::UNAUTHORIZED, &e.to_string()));
+    }
+    if !is_valid_id(&node) {
+        return Err(app.signed_error(StatusCode::BAD_REQUEST, "bad X-Mesh-Node"));
+    }
+    Ok(NodeCall { node, query: parts.uri.query().unwrap_or("").to_string(), body })
+}
+
+/// The body as `T`, naming the same node as the header.
+fn payload<T: for<'de> Deserialize<'de>>(
+    app: &App,
+    call: &NodeCall,
+    id: impl Fn(&T) -> &str,
+) -> Result<T, Response> {
+    let v: T = serde_json::from_slice(&call.body)
+        .map_err(|e| app.signed_error(StatusCode::BAD_REQUEST, &format!("bad body: {e}")))?;
+    if id(&v) != call.node {
+        return Err(app.signed_error(StatusCode::BAD_REQUEST, "node_id differs from X-Mesh-Node"));
+    }
+    Ok(v)
+}
+
+fn not_announced(app: &App, e: MeshError) -> Response {
+    app.signed_error(StatusCode::NOT_FOUND, &e.to_string())
+}
+
+async fn announce(State(app): State<Arc<App>>, req: Request) -> Response {
+    let call = match node_call(&app, req).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let a: Announce = match payload(&app, &call, |a: &Announce| &a.node_id) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let role = app.with_mesh(|m| m.announce(&a, now()));
+    let interval = app.mesh.lock().cfg.heartbeat_interval_s;
+    info!(node = %a.node_id, role = %role, rtmp_url = %a.rtmp_url, version = %a.version, "node announced");
+    app.signed_json(
+        StatusCode::OK,
+        &AnnounceReply {
+            role: Some(role),
+            heartbeat_interval_s: Some(interval),
+            table_refresh_s: Some(app.max_poll_wait_s),
+        },
+    )
+}
+
+async fn heartbeat(State(app): State<Arc<App>>, req: Request) -> Response {
+    let call = match node_call(&app, req).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let hb: Heartbeat = match payload(&app, &call, |h: &Heartbeat| &h.node_id) {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    match app.with_mesh(|m| m.heartbeat(&hb, now()).map(|role| (role, m.table_version(&hb.node_id)))) {
+        Ok((role, version)) => {
+            let table_version = app.serving_tables().then_some(version);
+            app.signed_json(StatusCode::OK, &HeartbeatReply { table_version, role: Some(role) })
+        }
+        Err(e) => not_announced(&app, e),
+    }
+}
+
+#[derive(Deserialize)]
+struct PollQuery {
+    node_id: String,
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    wait: u64,
+}
+
+async fn streams(State(app): State<Arc<App>>, req: Request) -> Response {
+    let call = match node_call(&app, req).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let q: PollQuery = match serde_urlencoded(&call.query) {
+        Some(q) => q,
+        None => return app.signed_error(StatusCode::BAD_REQUEST, "bad query: node_id, since, wait"),
+    };
+    if q.node_id != call.node {
+        return app.signed_error(StatusCode::BAD_REQUEST, "node_id differs from X-Mesh-Node");
+    }
+    if !app.mesh.lock().is_known(&q.node_id) {
+        return not_announced(&app, MeshError::NotAnnounced);
+    }
+    let mut changes = app.changed.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(app.max_poll_wait_s));
+    loop {
+        if app.serving_tables() {
+            let table = app.mesh.lock().table_json(&q.node_id);
+            if let Some((v, body)) = table.filter(|(v, _)| *v > q.since) {
+                info!(node = %q.node_id, version = v, "table sent");
+                return app.signed(StatusCode::OK, body);
+            }
+        }
+        let wake =
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_secs(1)));
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { break },
+            _ = wake => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+    }
+    app.signed(StatusCode::NOT_MODIFIED, Vec::new())
+}
+
+/// `a=1&b=2` into a struct with string and number fields.
+fn serde_urlencoded<T: for<'de> Deserialize<'de>>(query: &str) -> Option<T> {
+    let mut map = serde_json::Map::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = v.parse::<u64>().map(serde_json::Value::from).unwrap_or_else(|_| v.into());
+        map.insert(k.to_string(), value);
+    }
+    serde_json::from_value(serde_json::Value::Object(map)).ok()
+}
+
+async fn auth(State(app): State<Arc<App>>, req: Request) -> Response {
+    let call = match node_call(&app, req).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let a: AuthRequest = match payload(&app, &call, |a: &AuthRequest| &a.node_id) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let reply = decide(&app, &a);
+    if !reply.allow {
+        info!(node = %a.node_id, action = ?a.action, stream = %a.stream, addr = %a.addr,
+              reason = reply.reason.as_deref().unwrap_or(""), "auth: denied");
+    }
+    app.signed_json(StatusCode::OK, &reply)
+}
+
+fn decide(app: &App, a: &AuthRequest) -> AuthReply {
+    let deny = |why: &str| AuthReply { allow: false, ttl_s: Some(AUTH_TTL_S), reason: Some(why.into()) };
+    let m = app.mesh.lock();
+    let Some(node) = m.nodes.get(&a.node_id) else { return deny("node not announced") };
+    match a.action {
+        Action::Publish => {
+            if !node.role.takes_broadcasters() {
+                return deny("wrong role");
+            }
+            let Some(want) = m.publish_key(&a.stream) else { return deny("unknown stream") };
+            match &a.key {
+                None => deny("no key"),
+                Some(k) if ct_eq(key_sha256_hex(k).as_bytes(), want.as_bytes()) => {
+                    AuthReply { allow: true, ttl_s: Some(AUTH_TTL_S), reason: Some("stream key".into()) }
+                }
+                Some(_) => deny("wrong key"),
+            }
+        }
+        Action::Play => {
+            if !node.role.serves_viewers() {
+                return deny("wrong role");
+            }
+            let Some(token) = &a.token else { return deny("no token") };
+            match verify_viewer_token(m.viewer_secret(), &a.stream, token, now()) {
+                Ok(()) => AuthReply { allow: true, ttl_s: Some(AUTH_TTL_S), reason: Some("token".into()) },
+                Err(e) => deny(&e.to_string()),
+            }
+        }
+    }
+}
+
+async fn route(State(app): State<Arc<App>>, req: Request) -> Response {
+    let call = match node_call(&app, req).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let r: RouteRequest = match payload(&app, &call, |r: &RouteRequest| &r.node_id) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if !is_valid_id(&r.stream) {
+        return app.signed_error(StatusCode::BAD_REQUEST, "bad stream name");
+    }
+    match app.with_mesh(|m| m.route(&r.node_id, &r.stream, now())) {
+        Ok((status, version)) => {
+            info!(node = %r.node_id, stream = %r.stream, status = ?status, "route request");
+            app.signed_json(StatusCode::OK, &RouteReply { status, table_version: Some(version) })
+        }
+        Err(e) => not_announced(&app, e),
+    }
+}
+
+// --- admin API ---------------------------------------------------------------------------
+
+fn admin_ok(app: &App, headers: &HeaderMap) -> Result<(), Response> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !app.admin_token.is_empty() && ct_eq(given.as_bytes(), app.admin_token.as_bytes()) {
+        Ok(())
+    } else {
+        warn!("admin API: request without a valid token refused");
+        Err(admin_error(StatusCode::UNAUTHORIZED, "admin token required"))
+    }
+}
+
+fn admin_error(status: StatusCode, why: &str) -> Response {
+    (status, axum::Json(json!({ "error": why }))).into_response()
+}
+
+fn store_error(e: crate::store::StoreError) -> Response {
+    warn!(error = %e, "database");
+    admin_error(StatusCode::INTERNAL_SERVER_ERROR, "database error")
+}
+
+async fn admin_body<T: for<'de> Deserialize<'de>>(body: Body) -> Result<T, Response> {
+    let bytes = to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| admin_error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| admin_error(StatusCode::BAD_REQUEST, &format!("bad body: {e}")))
+}
+
+async fn admin_nodes(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(r) = admin_ok(&app, &headers) {
+        return r;
+    }
+    let m = app.mesh.lock();
+    let nodes: Vec<_> = m
+        .nodes
+        .values()
+        .map(|n| {
+            let mut v = serde_json::to_value(n).unwrap_or_default();
+            v["table_version_sent"] = m.table_version(&n.node_id).into();
+            v
+        })
+        .collect();
+    axum::Json(json!({ "nodes": nodes })).into_response()
+}
+
+#[derive(Deserialize)]
+struct RoleBody {
+    role: Option<Role>,
+}
+
+async fn admin_set_role(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(r) = admin_ok(&app, &headers) {
+        return r;
+    }
+    if !is_valid_id(&id) {
+        return admin_error(StatusCode::BAD_REQUEST, "bad node id");
+    }
+    let b: RoleBody = match admin_body(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Err(e) = app.store.lock().set_role(&id, b.role) {
+        return store_error(e);
+    }
+    app.with_mesh(|m| m.set_role(&id, b.role, now()));
+    info!(node = %id, role = ?b.role, "admin: role assigned");
+    axum::Json(json!({ "node_id": id, "role": b.role })).into_response()
+}
+
+async fn admin_streams(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(r) = admin_ok(&app, &headers) {
+        return r;
+    }
+    let m = app.mesh.lock();
+    axum::Json(json!({ "live": m.streams })).into_response()
+}
+
+#[derive(Deserialize)]
+struct AccountBody {
+    name: String,
+}
+
+async fn admin_accounts(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    method: Method,
+    body: Body,
+) -> Response {
+    if let Err(r) = admin_ok(&app, &headers) {
+        return r;
+    }
+    if method == Method::GET {
+        return match app.store.lock().accounts() {
+            Ok(a) => axum::Json(json!({ "accounts": a })).into_response(),
+            Err(e) => store_error(e),
+        };
+    }
+    let b: AccountBody = match admin_body(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if !is_valid_id(&b.name) {
+        return admin_error(StatusCode::BAD_REQUEST, "bad account name: 1-128 of [A-Za-z0-9_-]");
+    }
+    match app.store.lock().create_account(&b.name, now()) {
+        Ok(true) => {
+            info!(account = %b.name, "admin: account created");
+            (StatusCode::CREATED, axum::Json(json!({ "name": b.name }))).into_response()
+        }
+        Ok(false) => admin_error(StatusCode::CONFLICT, "account exists"),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn admin_delete_account(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admin_ok(&app, &headers) {
+        return r;
+    }
+    let r = app.store.lock().delete_account(&name);
+    match r {
+        Ok(true) => {
+            app.reload_publish();
+            info!(account = %name, "admin: account deleted, with its streams");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(false) => admin_error(StatusCode::NOT_FOUND, "no such account"),
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct StreamBody {
+    stream: String,
+    account: String,
+}
+
+/// A new stream key: shown once, stored hashed.
+async fn admin_create_stream(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    if let Err(r) = admin_ok(&app, &headers) {
+        return r;
+    }
+    let b: StreamBody = match admin_body(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if !is_valid_id(&b.stream) {
+        return admin_error(StatusCode::BAD_REQUEST, "bad stream name: 1-128 of [A-Za-z0-9_-]");
+    }
+    let key = random_hex(24);
+    let r = {
+        let store = app.store.lock();
+        match store.account_exists(&b.account) {
+            Ok(true) => store.create_stream(&b.stream, &b.account, &key_sha256_hex(&key), now()).map(Some),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    match r {
+        Ok(Some(true)) => {
+            app.reload_publish();
+            info!(stream = %b.stream, account = %b.account, "admin: stream created");
+            (StatusCode::CREATED, axum::Json(json!({ "stream": b.stream, "account": b.account, "key": key })))
+                .into_response()
+        }
+        Ok(Some(false)) => admin_error(StatusCode::CONFLICT, "stream exists"),
+        Ok(None) => admin_error(StatusCode::NOT_FOUND, "no such account"),
+        Err(e) => store_error(e),
+    }
+}
+
+/// A new key for a stream; the old one stops working with the next table.
+async fn admin_rotate_key(
+    State(app): State<Arc<App>>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admin_ok(&app, &headers) {
+        return r;
+    }
+    let key = random_hex(24);
+    let r = app.store.lock().set_stream_key(&stream, &key_sha256_hex(&key));
+    match r {
+        Ok(true) => {
+            app.reload_publish();
+            info!(stream = %stream, "admin: stream key rotated");
+            axum::Json(json!({ "stream": stream, "key": key })).into_response()
+        }
+        Ok(false) => admin_error(StatusCode::NOT_FOUND, "no such stream"),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn admin_delete_stream(
+    State(app): State<Arc<App>>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admin_ok(&app, &headers) {
+        return r;
+    }
+    let r = app.store.lock().delete_stream(&stream);
+    match r {
+        Ok(true) => {
+            app.reload_publish();
+            info!(stream = %stream, "admin: stream deleted");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(false) => admin_error(StatusCode::NOT_FOUND, "no such stream"),
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    stream: String,
+    #[serde(default = "default_token_ttl")]
+    ttl_s: u64,
+}
+
+fn default_token_ttl() -> u64 {
+    3600
+}
+
+async fn admin_token(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    if let Err(r) = admin_ok(&app, &headers) {
+        return r;
+    }
+    let b: TokenBody = match admin_body(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if !is_valid_id(&b.stream) {
+        return admin_error(StatusCode::BAD_REQUEST, "bad stream name");
+    }
+    let expires = now() + b.ttl_s;
+    let token = make_viewer_token(app.mesh.lock().viewer_secret(), &b.stream, expires);
+    axum::Json(json!({ "stream": b.stream, "token": token, "expires": expires })).into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// The whole HTTP surface.
+pub fn router(app: Arc<App>, paths: &Paths) -> Router {
+    Router::new()
+        .route(&paths.announce, post(announce))
+        .route(&paths.heartbeat, post(heartbeat))
+        .route(&paths.streams, get(streams))
+        .route(&paths.auth, post(auth))
+        .route(&paths.route, post(route))
+        .route("/admin/nodes", get(admin_nodes))
+        .route("/admin/nodes/{id}/role", put(admin_set_role))
+        .route("/admin/streams", get(admin_streams).post(admin_create_stream))
+        .route("/admin/streams/{stream}", axum::routing::delete(admin_delete_stream))
+        .route("/admin/streams/{stream}/key", post(admin_rotate_key))
+        .route("/admin/accounts", get(admin_accounts).post(admin_accounts))
+        .route("/admin/accounts/{name}", axum::routing::delete(admin_delete_account))
+        .route("/admin/tokens", post(admin_token))
+        .route("/healthz", get(healthz))
+        .with_state(app)
+}
