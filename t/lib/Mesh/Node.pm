@@ -18,6 +18,7 @@ sub under_master {
 	my $role = $o{role} ? "mesh_role $o{role};" : '';
 	my $extra = $o{extra} // '';
 	my $apps = $o{apps} // 'application live { mesh on; live on; }';
+	my $http = $o{http} // '';
 	$t->write_file_expand('nginx.conf', <<CONF);
 %%TEST_GLOBALS%%
 events {}
@@ -37,6 +38,7 @@ rtmp {
         $apps
     }
 }
+$http
 CONF
 	return $t;
 }

@@ -1,0 +1,95 @@
+package Mesh::Master;
+
+# The reference master (dist/sbin/mesh-master) for tests: started on a free port with its own
+# database, master key and admin token; the admin API in a few calls; stopped, killed and
+# started again on the same database.
+
+use strict;
+use warnings;
+
+use File::Basename qw(dirname);
+use File::Temp qw(tempdir);
+use HTTP::Tiny;
+use IO::Socket::INET;
+use JSON::PP;
+use Mesh::Test qw(free_port wait_until reap);
+
+my $json = JSON::PP->new->canonical;
+our $BINARY = $ENV{TEST_MESH_MASTER} || dirname($Mesh::Test::BINARY) . '/mesh-master';
+
+sub has_binary { -x $BINARY }
+
+sub new {
+	my ($class, %opt) = @_;
+	my $dir = tempdir('mesh-master-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{TEST_NGINX_LEAVE});
+	my $self = bless { key => 'test-master-key', admin => 'test-admin-token', port => free_port(),
+		dir => $dir, args => $opt{args} // [] }, $class;
+	$self->start;
+	return $self;
+}
+
+sub port { $_[0]{port} }
+sub key { $_[0]{key} }
+sub url { 'http://127.0.0.1:' . $_[0]{port} }
+sub log { my ($self) = @_; open my $fh, '<', "$self->{dir}/master.log" or return ''; local $/; <$fh> }
+
+sub start {
+	my ($self) = @_;
+	my $pid = fork // die "fork: $!";
+	if ($pid == 0) {
+		open STDOUT, '>>', "$self->{dir}/master.log" or die;
+		open STDERR, '>&', \*STDOUT or die;
+		$ENV{MASTER_KEY} = $self->{key};
+		$ENV{ADMIN_TOKEN} = $self->{admin};
+		exec $BINARY, '--listen', "127.0.0.1:$self->{port}", '--db', "$self->{dir}/master.db",
+			'--log-level', 'debug', @{$self->{args}};
+		die "exec $BINARY: $!";
+	}
+	$self->{pid} = $pid;
+	wait_until(sub { IO::Socket::INET->new(PeerAddr => "127.0.0.1:$self->{port}") }, 10)
+		or die "mesh-master did not start:\n" . $self->log;
+	return $self;
+}
+
+# SIGTERM (graceful) or, with `kill => 1`, SIGKILL.
+sub stop {
+	my ($self, %opt) = @_;
+	return unless $self->{pid};
+	kill $opt{kill} ? 'KILL' : 'TERM', $self->{pid};
+	reap($self->{pid}, 10);
+	delete $self->{pid};
+}
+
+sub DESTROY { $_[0]->stop }
+
+# An admin call: returns (status, decoded body or undef).
+sub admin {
+	my ($self, $method, $path, $body, %opt) = @_;
+	my %h = ('Content-Type' => 'application/json');
+	$h{Authorization} = "Bearer $self->{admin}" unless $opt{no_token};
+	$h{Authorization} = "Bearer $opt{token}" if defined $opt{token};
+	my $r = HTTP::Tiny->new(timeout => 10)->request($method, $self->url . $path,
+		{ headers => \%h, (defined $body ? (content => $json->encode($body)) : ()) });
+	my $data = eval { $json->decode($r->{content}) };
+	return wantarray ? ($r->{status}, $data) : $data;
+}
+
+# A broadcaster's stream key for a new stream (and its account).
+sub stream_key {
+	my ($self, $stream, $account) = @_;
+	$account //= 'acme';
+	$self->admin('POST', '/admin/accounts', { name => $account });
+	my ($st, $d) = $self->admin('POST', '/admin/streams', { stream => $stream, account => $account });
+	die "stream $stream: $st" unless $st == 201;
+	return $d->{key};
+}
+
+sub viewer_token {
+	my ($self, $stream, $ttl) = @_;
+	return $self->admin('POST', '/admin/tokens', { stream => $stream, ttl_s => $ttl // 3600 })->{token};
+}
+
+sub nodes { my ($self) = @_; my $d = $self->admin('GET', '/admin/nodes'); return { map { ($_->{node_id} => $_) } @{$d->{nodes} // []} } }
+sub live { my ($self) = @_; return $self->admin('GET', '/admin/streams')->{live} // {} }
+
+1;
