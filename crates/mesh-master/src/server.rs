@@ -681,3 +681,182 @@ pub fn router(app: Arc<App>, paths: &Paths) -> Router {
         .route("/healthz", get(healthz))
         .with_state(app)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::Config;
+    use mesh_core::sign::{sign_request, verify_response};
+    use mesh_core::table::Table;
+    use mesh_core::wire::Capabilities;
+    use tower::ServiceExt;
+
+    const KEY: &[u8] = b"test-master-key";
+
+    fn app() -> (Arc<App>, Router) {
+        let store = Store::memory().unwrap();
+        store.create_account("acme", 0).unwrap();
+        store.create_stream("cam1", "acme", &key_sha256_hex("k1"), 0).unwrap();
+        let mut mesh = Mesh::new(Config::default(), 0, "vs".into(), Box::new(RandomKeys));
+        mesh.set_publish(store.publish_keys().unwrap());
+        let app = App::new(mesh, store, KEY.to_vec(), "adm".into(), 0, 60);
+        let router = router(app.clone(), &Paths::default());
+        (app, router)
+    }
+
+    fn signed_req(method: &str, pq: &str, node: &str, body: &[u8], ts: u64) -> Request {
+        let sig = sign_request(KEY, method, pq, ts, body);
+        Request::builder()
+            .method(method)
+            .uri(pq)
+            .header(H_NODE, node)
+            .header(H_TIMESTAMP, ts.to_string())
+            .header(H_SIGNATURE, sig)
+            .body(Body::from(body.to_vec()))
+            .unwrap()
+    }
+
+    /// Send; check the response's signature; status and body.
+    async fn call(r: &Router, req: Request) -> (StatusCode, Vec<u8>) {
+        let resp = r.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let h = resp.headers().clone();
+        let body = to_bytes(resp.into_body(), MAX_BODY).await.unwrap().to_vec();
+        let stamp = Stamp {
+            ts: h.get(H_TIMESTAMP).and_then(|v| v.to_str().ok()),
+            sig: h.get(H_SIGNATURE).and_then(|v| v.to_str().ok()),
+        };
+        verify_response(KEY, status.as_u16(), stamp, &body, now()).expect("every response is signed");
+        (status, body)
+    }
+
+    fn announce_body(id: &str, role: Role) -> Vec<u8> {
+        serde_json::to_vec(&Announce {
+            node_id: id.into(),
+            role,
+            rtmp_url: "rtmp://127.0.0.1:1935".into(),
+            http_url: String::new(),
+            version: "t".into(),
+            capabilities: Capabilities { transcode: false, hls: false, dash: false },
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn unsigned_forged_and_stale_requests_are_refused() {
+        let (_, r) = app();
+        let body = announce_body("ingest-1", Role::Ingest);
+        let unsigned = Request::post("/announce").body(Body::from(body.clone())).unwrap();
+        assert_eq!(call(&r, unsigned).await.0, StatusCode::UNAUTHORIZED);
+        let mut forged = signed_req("POST", "/announce", "ingest-1", &body, now());
+        forged.headers_mut().insert(H_SIGNATURE, HeaderValue::from_static("00"));
+        assert_eq!(call(&r, forged).await.0, StatusCode::UNAUTHORIZED);
+        let stale = signed_req("POST", "/announce", "ingest-1", &body, now() - 301);
+        assert_eq!(call(&r, stale).await.0, StatusCode::UNAUTHORIZED);
+        let other_node = signed_req("POST", "/announce", "ingest-2", &body, now());
+        assert_eq!(call(&r, other_node).await.0, StatusCode::BAD_REQUEST);
+        let ok = signed_req("POST", "/announce", "ingest-1", &body, now());
+        let (status, reply) = call(&r, ok).await;
+        assert_eq!(status, StatusCode::OK);
+        let reply: AnnounceReply = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(reply.role, Some(Role::Ingest));
+        assert_eq!(reply.heartbeat_interval_s, Some(10));
+    }
+
+    #[tokio::test]
+    async fn the_streams_endpoint_long_polls_the_nodes_own_table() {
+        let (_, r) = app();
+        let unknown = signed_req("GET", "/streams?node_id=ingest-1&since=0&wait=1", "ingest-1", b"", now());
+        assert_eq!(call(&r, unknown).await.0, StatusCode::NOT_FOUND, "announce first");
+        call(
+            &r,
+            signed_req("POST", "/announce", "ingest-1", &announce_body("ingest-1", Role::Ingest), now()),
+        )
+        .await;
+        let (status, body) =
+            call(&r, signed_req("GET", "/streams?node_id=ingest-1&since=0&wait=1", "ingest-1", b"", now()))
+                .await;
+        assert_eq!(status, StatusCode::OK);
+        let t = Table::parse(&body).unwrap();
+        assert_eq!(t.role, Some(Role::Ingest));
+        assert!(t.publish.contains_key("cam1"));
+        let pq = format!("/streams?node_id=ingest-1&since={}&wait=1", t.version);
+        let started = std::time::Instant::now();
+        let (status, body) = call(&r, signed_req("GET", &pq, "ingest-1", b"", now())).await;
+        assert_eq!((status, body.len()), (StatusCode::NOT_MODIFIED, 0), "nothing newer: 304, signed");
+        assert!(started.elapsed() >= Duration::from_millis(900), "held for the wait");
+        let spy = signed_req("GET", "/streams?node_id=ingest-1&since=0", "root-1", b"", now());
+        assert_eq!(call(&r, spy).await.0, StatusCode::BAD_REQUEST, "a node reads its own table only");
+    }
+
+    #[tokio::test]
+    async fn a_change_wakes_a_waiting_poll() {
+        let (app, r) = app();
+        call(
+            &r,
+            signed_req("POST", "/announce", "ingest-1", &announce_body("ingest-1", Role::Ingest), now()),
+        )
+        .await;
+        let v = app.mesh.lock().table_version("ingest-1");
+        let pq = format!("/streams?node_id=ingest-1&since={v}&wait=30");
+        let poll = tokio::spawn(call_owned(r.clone(), signed_req("GET", &pq, "ingest-1", b"", now())));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        app.store.lock().create_stream("cam2", "acme", &key_sha256_hex("k2"), 0).unwrap();
+        app.reload_publish();
+        let (status, body) =
+            tokio::time::timeout(Duration::from_secs(5), poll).await.expect("woken").unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(Table::parse(&body).unwrap().publish.contains_key("cam2"));
+    }
+
+    async fn call_owned(r: Router, req: Request) -> (StatusCode, Vec<u8>) {
+        call(&r, req).await
+    }
+
+    #[tokio::test]
+    async fn auth_checks_keys_and_tokens() {
+        let (app, r) = app();
+        call(
+            &r,
+            signed_req("POST", "/announce", "ingest-1", &announce_body("ingest-1", Role::Ingest), now()),
+        )
+        .await;
+        call(&r, signed_req("POST", "/announce", "edge-1", &announce_body("edge-1", Role::Relay), now()))
+            .await;
+        let ask = |node: &str, action: Action, key: Option<&str>, token: Option<&str>| {
+            let body = serde_json::to_vec(&AuthRequest {
+                node_id: node.into(),
+                action,
+                stream: "cam1".into(),
+                key: key.map(str::to_string),
+                token: token.map(str::to_string),
+                addr: "192.0.2.1".into(),
+            })
+            .unwrap();
+            signed_req("POST", "/auth", node, &body, now())
+        };
+        let reply = |b: Vec<u8>| serde_json::from_slice::<AuthReply>(&b).unwrap();
+        assert!(reply(call(&r, ask("ingest-1", Action::Publish, Some("k1"), None)).await.1).allow);
+        let no = reply(call(&r, ask("ingest-1", Action::Publish, Some("k2"), None)).await.1);
+        assert_eq!((no.allow, no.reason.as_deref()), (false, Some("wrong key")));
+        let no = reply(call(&r, ask("edge-1", Action::Publish, Some("k1"), None)).await.1);
+        assert_eq!(no.reason.as_deref(), Some("wrong role"));
+        let token = make_viewer_token(app.mesh.lock().viewer_secret(), "cam1", now() + 60);
+        assert!(reply(call(&r, ask("edge-1", Action::Play, None, Some(&token))).await.1).allow);
+        let old = make_viewer_token(app.mesh.lock().viewer_secret(), "cam1", now() - 1);
+        assert_eq!(
+            reply(call(&r, ask("edge-1", Action::Play, None, Some(&old))).await.1).reason.as_deref(),
+            Some("expired token")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_from_a_node_the_master_does_not_know_asks_for_an_announce() {
+        let (_, r) = app();
+        let hb = br#"{"node_id":"edge-1","role":"relay","table_version":0}"#;
+        assert_eq!(
+            call(&r, signed_req("POST", "/heartbeat", "edge-1", hb, now())).await.0,
+            StatusCode::NOT_FOUND
+        );
+    }
+}
