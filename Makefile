@@ -2,6 +2,7 @@
 #
 #   make dist    build nginx 1.22.1 + nginx-rtmp-module 1.2.2 + our module into dist/
 #   make run     build, then run a standalone node from conf/standalone.conf
+#   make mesh    build, then run the master and four nodes on loopback (Ctrl-C stops them)
 #   make test    build, then run every test (unit tests, then t/*.t with prove)
 #   make stock   build the module against Debian's stock nginx (nginx-dev) into dist/stock/
 #   make check   cargo fmt --check, clippy -D warnings, cargo test
@@ -15,7 +16,7 @@ export NGX_RTMP_MODULE_DIR := $(RTMP)
 CARGO ?= cargo
 PROVE ?= prove
 
-.PHONY: all dist deps sources nginx module run test unit prove stock check clean
+.PHONY: all dist deps sources nginx module run mesh test unit prove stock check clean
 
 all: dist
 
@@ -36,6 +37,9 @@ dist: module
 
 run: dist
 	@bash scripts/run-standalone.sh
+
+mesh: dist
+	@bash scripts/run-mesh.sh
 
 unit:
 	@$(CARGO) test --locked -p mesh-core -p mesh-agent -p mesh-master

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Render a mesh node's nginx.conf from environment variables, into a node directory that also
+# gets the master key file and a writable state directory. The Docker image's entrypoint and
+# `make mesh` both use it, so what the tests run is what the image runs.
+#
+#   render-node-conf.sh <node dir>      (prints the conf's path)
+#
+# Variables (the original design's .env names, plus the node's own):
+#   NODE_ID             node id (required with a master)            e.g. edge-1
+#   NODE_ROLE           ingest | root_relay | relay | standalone    (default standalone)
+#   NGINX_PORT          RTMP port                                   (default 1935)
+#   HTTP_PORT           HTTP port: HLS, DASH, player, status         (default 8080)
+#   PUBLIC_HOST         host other nodes and viewers reach it at    (default 127.0.0.1)
+#   MASTER_SERVER       master URL; empty: no master, table file only
+#   MASTER_KEY          the key shared with the master (or MASTER_KEY_FILE)
+#   ANNOUNCE_ENDPOINT, HEARTBEAT_ENDPOINT, STREAMS_ENDPOINT, AUTH_ENDPOINT, ROUTE_ENDPOINT
+#                       endpoint paths (defaults: /announce, /heartbeat, /streams, /auth, /route)
+#   HEARTBEAT_INTERVAL  seconds (default 10; the master's word wins)
+#   MESH_PREFIX         where nginx, modules/ and html/ are            (default: this checkout's dist/)
+#   FFMPEG              ffmpeg binary (default ffmpeg)
+#   RENDITIONS          ladder, ';'-separated mesh_rendition arguments (default "source")
+#   ERROR_LOG           error log target (default <node dir>/error.log; "stderr" in the image)
+#   DAEMON              on | off (default on)
+set -euo pipefail
+
+dir=${1:?usage: render-node-conf.sh <node dir>}
+top=$(cd "$(dirname "$0")/.." && pwd)
+prefix=${MESH_PREFIX:-$top/dist}
+role=${NODE_ROLE:-standalone}
+rtmp_port=${NGINX_PORT:-1935}
+http_port=${HTTP_PORT:-8080}
+host=${PUBLIC_HOST:-127.0.0.1}
+
+die() { echo "render-node-conf: $*" >&2; exit 1; }
+case $role in ingest|root_relay|relay|standalone) ;; *) die "NODE_ROLE \"$role\": ingest, root_relay, relay or standalone" ;; esac
+for v in "$rtmp_port" "$http_port"; do [[ $v =~ ^[0-9]+$ ]] || die "bad port \"$v\""; done
+[[ ${NODE_ID:-} =~ ^[A-Za-z0-9_-]{0,128}$ ]] || die "NODE_ID \"$NODE_ID\": 1-128 of [A-Za-z0-9_-]"
+[[ $host =~ ^[A-Za-z0-9.:_-]+$ ]] || die "PUBLIC_HOST \"$host\""
+
+mkdir -p "$dir/state" "$dir/media" "$dir/logs"
+dir=$(cd "$dir" && pwd)
+# The workers (nobody when nginx starts as root) save the table and write the transcodes.
+if [ "$(id -u)" -eq 0 ]; then chown nobody "$dir/state" "$dir/media"; fi
+[ -f "$dir/state/table.json" ] || echo '{"version": 0}' >"$dir/state/table.json"
+[ "$(id -u)" -eq 0 ] && chown nobody "$dir/state/table.json"
+
+master=""
+if [ -n "${MASTER_SERVER:-}" ]; then
+	[ -n "${NODE_ID:-}" ] || die "NODE_ID is required with MASTER_SERVER"
+	key=${MASTER_KEY:-}
+	[ -z "$key" ] && [ -n "${MASTER_KEY_FILE:-}" ] && key=$(<"$MASTER_KEY_FILE")
+	[ -n "$key" ] || die "MASTER_KEY (or MASTER_KEY_FILE) is required with MASTER_SERVER"
+	(umask 077 && printf '%s\n' "$key" >"$dir/state/master.key")
+	master="mesh_master ${MASTER_SERVER};
+    mesh_master_key_file $dir/state/master.key;
+    mesh_master_path announce ${ANNOUNCE_ENDPOINT:-/announce};
+    mesh_master_path heartbeat ${HEARTBEAT_ENDPOINT:-/heartbeat};
+    mesh_master_path streams ${STREAMS_ENDPOINT:-/streams};
+    mesh_master_path auth ${AUTH_ENDPOINT:-/auth};
+    mesh_master_path route ${ROUTE_ENDPOINT:-/route};
+    mesh_heartbeat_interval ${HEARTBEAT_INTERVAL:-10}s;
+    mesh_rtmp_url rtmp://$host:$rtmp_port;
+    mesh_http_url http://$host:$http_port;"
+fi
+node_id=""
+[ -n "${NODE_ID:-}" ] && node_id="mesh_node_id $NODE_ID;"
+
+ladder=""
+IFS=';' read -ra rungs <<<"${RENDITIONS:-source}"
+for r in "${rungs[@]}"; do
+	r=$(echo "$r" | xargs)
+	[ -n "$r" ] && ladder+="    mesh_rendition $r;"$'\n'
+done
+error_log=${ERROR_LOG:-$dir/logs/error.log}
+# Where the transcoder reads a stream: pushes arrive in "relay", broadcasters in "live".
+source_app=relay
+[ "$role" = standalone ] && source_app=live
+
+cat >"$dir/nginx.conf" <<CONF
+# Rendered by scripts/render-node-conf.sh for node "${NODE_ID:-standalone}" ($role).
+load_module $prefix/modules/ngx_rtmp_module.so;
+load_module $prefix/modules/ngx_rtmp_mesh_module.so;
+
+worker_processes 1;
+daemon ${DAEMON:-on};
+error_log $error_log notice;   # not info: nginx-rtmp logs args (keys) at info
+pid $dir/logs/nginx.pid;
+
+events {
+    worker_connections 1024;
+}
+
+rtmp {
+    log_format mesh '\$remote_addr [\$time_local] \$command "\$app" "\$name" '
+                    '\$bytes_received \$bytes_sent (\$session_readable_time)';
+    access_log $dir/logs/rtmp-access.log mesh;
+
+    $node_id
+    mesh_role $role;
+    mesh_table_file $dir/state/table.json;
+    $master
+
+    server {
+        listen $rtmp_port;
+        # Broadcasters publish here (ingest, standalone) ...
+        application live { mesh on; live on; }
+        # ... and nodes push here; viewers play from either on relay and standalone nodes.
+        application relay { mesh on; live on; }
+    }
+}
+
+http {
+    include $prefix/conf/mime.types;
+    access_log off;
+    sendfile on;
+
+    mesh_media_root $dir/media;
+    mesh_ffmpeg ${FFMPEG:-ffmpeg};
+    mesh_rtmp_source rtmp://127.0.0.1:$rtmp_port/$source_app;
+$ladder
+    server {
+        listen $http_port;
+
+        location /hls/    { mesh_media hls; }
+        location /dash/   { mesh_media dash; }
+        location /player/ { root $prefix/html; }
+        location = /status { mesh_status; allow 127.0.0.1; allow ::1; deny all; }
+    }
+}
+CONF
+echo "$dir/nginx.conf"
