@@ -225,8 +225,13 @@ async fn serve(app: Arc<App>, paths: Paths, listen: SocketAddr, grace: u64) -> R
             }
         })
     };
-    let router = server::router(app, &paths);
-    let result = axum::serve(listener, router).with_graceful_shutdown(shutdown()).await;
+    let router = server::router(app.clone(), &paths);
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown().await;
+            app.close();
+        })
+        .await;
     sweeper.abort();
     info!("mesh-master stopped");
     result.map_err(|e| format!("server: {e}"))

@@ -72,6 +72,8 @@ pub struct App {
     /// Bumped on every change of any table: long polls wake up and look.
     changed: watch::Sender<u64>,
     ceiling: Mutex<u64>,
+    /// Shutting down: long polls answer at once.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 pub fn now() -> u64 {
@@ -113,6 +115,7 @@ impl App {
             max_poll_wait_s,
             changed: watch::Sender::new(0),
             ceiling: Mutex::new(ceiling),
+            closing: Default::default(),
         });
         app.reserve_versions(ceiling);
         app
@@ -147,6 +150,16 @@ impl App {
             self.changed(after);
         }
         r
+    }
+
+    /// Shutting down: answer the long polls now (a graceful shutdown waits for them).
+    pub fn close(&self) {
+        self.closing.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    fn closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Once a second: nodes gone silent.
@@ -318,7 +331,7 @@ async fn streams(State(app): State<Arc<App>>, req: Request) -> Response {
             r = changes.changed() => if r.is_err() { break },
             _ = wake => {}
         }
-        if tokio::time::Instant::now() >= deadline {
+        if tokio::time::Instant::now() >= deadline || app.closing() {
             break;
         }
     }
@@ -807,6 +820,19 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(5), poll).await.expect("woken").unwrap();
         assert_eq!(status, StatusCode::OK);
         assert!(Table::parse(&body).unwrap().publish.contains_key("cam2"));
+    }
+
+    #[tokio::test]
+    async fn closing_answers_waiting_polls() {
+        let (app, r) = app();
+        call(&r, signed_req("POST", "/announce", "ingest-1", &announce_body("ingest-1", Role::Ingest), now())).await;
+        let v = app.mesh.lock().table_version("ingest-1");
+        let pq = format!("/streams?node_id=ingest-1&since={v}&wait=60");
+        let poll = tokio::spawn(call_owned(r.clone(), signed_req("GET", &pq, "ingest-1", b"", now())));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        app.close();
+        let (status, _) = tokio::time::timeout(Duration::from_secs(5), poll).await.expect("answered").unwrap();
+        assert_eq!(status, StatusCode::NOT_MODIFIED);
     }
 
     async fn call_owned(r: Router, req: Request) -> (StatusCode, Vec<u8>) {
