@@ -557,7 +557,7 @@ fn watch_loop(s: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_core::wire::{AnnounceReply, HeartbeatReply, Load};
+    use mesh_core::wire::{AnnounceReply, HeartbeatReply};
     use std::collections::VecDeque;
 
     /// A master that answers from scripts (this tests the agent's logic; the HTTP side is
@@ -618,16 +618,7 @@ mod tests {
             self.0.lock().push(ev);
         }
         fn heartbeat(&self) -> Heartbeat {
-            Heartbeat {
-                node_id: "n".into(),
-                role: Role::Relay,
-                table_version: 0,
-                uptime_s: 0,
-                streams: vec![],
-                pushes: vec![],
-                transcodes: vec![],
-                load: Load::default(),
-            }
+            Heartbeat::empty("n", Role::Relay)
         }
     }
 

@@ -56,27 +56,7 @@ pub trait Master: Send + Sync {
     fn shutdown(&self);
 }
 
-/// Endpoint paths (defaults: the protocol's).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Paths {
-    pub announce: String,
-    pub heartbeat: String,
-    pub streams: String,
-    pub auth: String,
-    pub route: String,
-}
-
-impl Default for Paths {
-    fn default() -> Paths {
-        Paths {
-            announce: "/announce".into(),
-            heartbeat: "/heartbeat".into(),
-            streams: "/streams".into(),
-            auth: "/auth".into(),
-            route: "/route".into(),
-        }
-    }
-}
+pub use mesh_core::wire::Paths;
 
 #[derive(Debug, Clone)]
 pub struct HttpConfig {

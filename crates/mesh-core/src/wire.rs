@@ -77,6 +77,22 @@ pub struct Heartbeat {
     pub load: Load,
 }
 
+impl Heartbeat {
+    /// A heartbeat with no figures yet.
+    pub fn empty(node_id: &str, role: Role) -> Heartbeat {
+        Heartbeat {
+            node_id: node_id.into(),
+            role,
+            table_version: 0,
+            uptime_s: 0,
+            streams: vec![],
+            pushes: vec![],
+            transcodes: vec![],
+            load: Load::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HeartbeatReply {
     pub table_version: Option<u64>,
@@ -88,6 +104,29 @@ pub struct HeartbeatReply {
 pub enum Action {
     Publish,
     Play,
+}
+
+/// Endpoint paths on the master (defaults: the protocol's; the `.env` names ANNOUNCE_ENDPOINT
+/// and friends set them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    pub announce: String,
+    pub heartbeat: String,
+    pub streams: String,
+    pub auth: String,
+    pub route: String,
+}
+
+impl Default for Paths {
+    fn default() -> Paths {
+        Paths {
+            announce: "/announce".into(),
+            heartbeat: "/heartbeat".into(),
+            streams: "/streams".into(),
+            auth: "/auth".into(),
+            route: "/route".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -797,16 +797,7 @@ mod tests {
     }
 
     fn hb0() -> Heartbeat {
-        Heartbeat {
-            node_id: String::new(),
-            role: Role::Relay,
-            table_version: 0,
-            uptime_s: 0,
-            streams: vec![],
-            pushes: vec![],
-            transcodes: vec![],
-            load: Load::default(),
-        }
+        Heartbeat::empty("", Role::Relay)
     }
 
     #[test]

@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{to_bytes, Body, Bytes};
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
@@ -24,40 +25,19 @@ use mesh_core::name::is_valid_id;
 use mesh_core::role::Role;
 use mesh_core::sign::{sign_response, verify_request, Stamp, H_NODE, H_SIGNATURE, H_TIMESTAMP};
 use mesh_core::token::{ct_eq, key_sha256_hex, make_viewer_token, verify_viewer_token};
+pub use mesh_core::wire::Paths;
 use mesh_core::wire::{
     Action, Announce, AnnounceReply, AuthReply, AuthRequest, Heartbeat, HeartbeatReply, RouteReply,
     RouteRequest,
 };
 
 use crate::mesh::{Mesh, MeshError};
-use crate::store::{Store, VERSION_BLOCK};
+use crate::store::{Store, StoreError, VERSION_BLOCK};
 
 /// Largest request body taken from a node or an admin.
 const MAX_BODY: usize = 1 << 20;
 /// How long an auth answer may be cached by a node.
 const AUTH_TTL_S: u64 = 60;
-
-/// Endpoint paths (the node's `.env` names: ANNOUNCE_ENDPOINT and friends).
-#[derive(Debug, Clone)]
-pub struct Paths {
-    pub announce: String,
-    pub heartbeat: String,
-    pub streams: String,
-    pub auth: String,
-    pub route: String,
-}
-
-impl Default for Paths {
-    fn default() -> Paths {
-        Paths {
-            announce: "/announce".into(),
-            heartbeat: "/heartbeat".into(),
-            streams: "/streams".into(),
-            auth: "/auth".into(),
-            route: "/route".into(),
-        }
-    }
-}
 
 /// Everything a request handler reaches.
 pub struct App {
@@ -420,17 +400,19 @@ async fn route(State(app): State<Arc<App>>, req: Request) -> Response {
 
 // --- admin API ---------------------------------------------------------------------------
 
-fn admin_ok(app: &App, headers: &HeaderMap) -> Result<(), Response> {
-    let given = headers
+/// Every admin call needs the bearer token.
+async fn require_admin(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !app.admin_token.is_empty() && ct_eq(given.as_bytes(), app.admin_token.as_bytes()) {
-        Ok(())
+        next.run(req).await
     } else {
-        warn!("admin API: request without a valid token refused");
-        Err(admin_error(StatusCode::UNAUTHORIZED, "admin token required"))
+        warn!(path = %req.uri().path(), "admin API: request without a valid token refused");
+        admin_error(StatusCode::UNAUTHORIZED, "admin token required")
     }
 }
 
@@ -438,9 +420,27 @@ fn admin_error(status: StatusCode, why: &str) -> Response {
     (status, axum::Json(json!({ "error": why }))).into_response()
 }
 
-fn store_error(e: crate::store::StoreError) -> Response {
+fn store_error(e: StoreError) -> Response {
     warn!(error = %e, "database");
     admin_error(StatusCode::INTERNAL_SERVER_ERROR, "database error")
+}
+
+/// The answer to a change of stream keys in the database: done (the ingest tables follow),
+/// nothing of that name (404), or a database error.
+fn keys_changed(
+    app: &App,
+    r: Result<bool, StoreError>,
+    missing: &str,
+    done: impl FnOnce() -> Response,
+) -> Response {
+    match r {
+        Ok(true) => {
+            app.reload_publish();
+            done()
+        }
+        Ok(false) => admin_error(StatusCode::NOT_FOUND, missing),
+        Err(e) => store_error(e),
+    }
 }
 
 async fn admin_body<T: for<'de> Deserialize<'de>>(body: Body) -> Result<T, Response> {
@@ -451,10 +451,7 @@ async fn admin_body<T: for<'de> Deserialize<'de>>(body: Body) -> Result<T, Respo
         .map_err(|e| admin_error(StatusCode::BAD_REQUEST, &format!("bad body: {e}")))
 }
 
-async fn admin_nodes(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Err(r) = admin_ok(&app, &headers) {
-        return r;
-    }
+async fn admin_nodes(State(app): State<Arc<App>>) -> Response {
     let m = app.mesh.lock();
     let nodes: Vec<_> = m
         .nodes
@@ -473,15 +470,7 @@ struct RoleBody {
     role: Option<Role>,
 }
 
-async fn admin_set_role(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    if let Err(r) = admin_ok(&app, &headers) {
-        return r;
-    }
+async fn admin_set_role(State(app): State<Arc<App>>, Path(id): Path<String>, body: Body) -> Response {
     if !is_valid_id(&id) {
         return admin_error(StatusCode::BAD_REQUEST, "bad node id");
     }
@@ -497,10 +486,7 @@ async fn admin_set_role(
     axum::Json(json!({ "node_id": id, "role": b.role })).into_response()
 }
 
-async fn admin_streams(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Err(r) = admin_ok(&app, &headers) {
-        return r;
-    }
+async fn admin_streams(State(app): State<Arc<App>>) -> Response {
     let m = app.mesh.lock();
     axum::Json(json!({ "live": m.streams })).into_response()
 }
@@ -510,15 +496,7 @@ struct AccountBody {
     name: String,
 }
 
-async fn admin_accounts(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    method: Method,
-    body: Body,
-) -> Response {
-    if let Err(r) = admin_ok(&app, &headers) {
-        return r;
-    }
+async fn admin_accounts(State(app): State<Arc<App>>, method: Method, body: Body) -> Response {
     if method == Method::GET {
         return match app.store.lock().accounts() {
             Ok(a) => axum::Json(json!({ "accounts": a })).into_response(),
@@ -542,24 +520,12 @@ async fn admin_accounts(
     }
 }
 
-async fn admin_delete_account(
-    State(app): State<Arc<App>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = admin_ok(&app, &headers) {
-        return r;
-    }
+async fn admin_delete_account(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
     let r = app.store.lock().delete_account(&name);
-    match r {
-        Ok(true) => {
-            app.reload_publish();
-            info!(account = %name, "admin: account deleted, with its streams");
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Ok(false) => admin_error(StatusCode::NOT_FOUND, "no such account"),
-        Err(e) => store_error(e),
-    }
+    keys_changed(&app, r, "no such account", || {
+        info!(account = %name, "admin: account deleted, with its streams");
+        StatusCode::NO_CONTENT.into_response()
+    })
 }
 
 #[derive(Deserialize)]
@@ -569,10 +535,7 @@ struct StreamBody {
 }
 
 /// A new stream key: shown once, stored hashed.
-async fn admin_create_stream(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
-    if let Err(r) = admin_ok(&app, &headers) {
-        return r;
-    }
+async fn admin_create_stream(State(app): State<Arc<App>>, body: Body) -> Response {
     let b: StreamBody = match admin_body(body).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -603,45 +566,21 @@ async fn admin_create_stream(State(app): State<Arc<App>>, headers: HeaderMap, bo
 }
 
 /// A new key for a stream; the old one stops working with the next table.
-async fn admin_rotate_key(
-    State(app): State<Arc<App>>,
-    Path(stream): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = admin_ok(&app, &headers) {
-        return r;
-    }
+async fn admin_rotate_key(State(app): State<Arc<App>>, Path(stream): Path<String>) -> Response {
     let key = random_hex(24);
     let r = app.store.lock().set_stream_key(&stream, &key_sha256_hex(&key));
-    match r {
-        Ok(true) => {
-            app.reload_publish();
-            info!(stream = %stream, "admin: stream key rotated");
-            axum::Json(json!({ "stream": stream, "key": key })).into_response()
-        }
-        Ok(false) => admin_error(StatusCode::NOT_FOUND, "no such stream"),
-        Err(e) => store_error(e),
-    }
+    keys_changed(&app, r, "no such stream", || {
+        info!(stream = %stream, "admin: stream key rotated");
+        axum::Json(json!({ "stream": stream, "key": key })).into_response()
+    })
 }
 
-async fn admin_delete_stream(
-    State(app): State<Arc<App>>,
-    Path(stream): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = admin_ok(&app, &headers) {
-        return r;
-    }
+async fn admin_delete_stream(State(app): State<Arc<App>>, Path(stream): Path<String>) -> Response {
     let r = app.store.lock().delete_stream(&stream);
-    match r {
-        Ok(true) => {
-            app.reload_publish();
-            info!(stream = %stream, "admin: stream deleted");
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Ok(false) => admin_error(StatusCode::NOT_FOUND, "no such stream"),
-        Err(e) => store_error(e),
-    }
+    keys_changed(&app, r, "no such stream", || {
+        info!(stream = %stream, "admin: stream deleted");
+        StatusCode::NO_CONTENT.into_response()
+    })
 }
 
 #[derive(Deserialize)]
@@ -655,10 +594,7 @@ fn default_token_ttl() -> u64 {
     3600
 }
 
-async fn admin_token(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
-    if let Err(r) = admin_ok(&app, &headers) {
-        return r;
-    }
+async fn admin_token(State(app): State<Arc<App>>, body: Body) -> Response {
     let b: TokenBody = match admin_body(body).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -677,12 +613,7 @@ async fn healthz() -> &'static str {
 
 /// The whole HTTP surface.
 pub fn router(app: Arc<App>, paths: &Paths) -> Router {
-    Router::new()
-        .route(&paths.announce, post(announce))
-        .route(&paths.heartbeat, post(heartbeat))
-        .route(&paths.streams, get(streams))
-        .route(&paths.auth, post(auth))
-        .route(&paths.route, post(route))
+    let admin = Router::new()
         .route("/admin/nodes", get(admin_nodes))
         .route("/admin/nodes/{id}/role", put(admin_set_role))
         .route("/admin/streams", get(admin_streams).post(admin_create_stream))
@@ -691,7 +622,15 @@ pub fn router(app: Arc<App>, paths: &Paths) -> Router {
         .route("/admin/accounts", get(admin_accounts).post(admin_accounts))
         .route("/admin/accounts/{name}", axum::routing::delete(admin_delete_account))
         .route("/admin/tokens", post(admin_token))
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_admin));
+    Router::new()
+        .route(&paths.announce, post(announce))
+        .route(&paths.heartbeat, post(heartbeat))
+        .route(&paths.streams, get(streams))
+        .route(&paths.auth, post(auth))
+        .route(&paths.route, post(route))
         .route("/healthz", get(healthz))
+        .merge(admin)
         .with_state(app)
 }
 
@@ -743,6 +682,11 @@ mod tests {
         (status, body)
     }
 
+    async fn announce_as(r: &Router, id: &str, role: Role) {
+        let (status, _) = call(r, signed_req("POST", "/announce", id, &announce_body(id, role), now())).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
     fn announce_body(id: &str, role: Role) -> Vec<u8> {
         serde_json::to_vec(&Announce {
             node_id: id.into(),
@@ -781,11 +725,7 @@ mod tests {
         let (_, r) = app();
         let unknown = signed_req("GET", "/streams?node_id=ingest-1&since=0&wait=1", "ingest-1", b"", now());
         assert_eq!(call(&r, unknown).await.0, StatusCode::NOT_FOUND, "announce first");
-        call(
-            &r,
-            signed_req("POST", "/announce", "ingest-1", &announce_body("ingest-1", Role::Ingest), now()),
-        )
-        .await;
+        announce_as(&r, "ingest-1", Role::Ingest).await;
         let (status, body) =
             call(&r, signed_req("GET", "/streams?node_id=ingest-1&since=0&wait=1", "ingest-1", b"", now()))
                 .await;
@@ -805,15 +745,8 @@ mod tests {
     #[tokio::test]
     async fn a_change_wakes_a_waiting_poll() {
         let (app, r) = app();
-        call(
-            &r,
-            signed_req("POST", "/announce", "ingest-1", &announce_body("ingest-1", Role::Ingest), now()),
-        )
-        .await;
-        let v = app.mesh.lock().table_version("ingest-1");
-        let pq = format!("/streams?node_id=ingest-1&since={v}&wait=30");
-        let poll = tokio::spawn(call_owned(r.clone(), signed_req("GET", &pq, "ingest-1", b"", now())));
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        announce_as(&r, "ingest-1", Role::Ingest).await;
+        let poll = waiting_poll(&app, &r, 30).await;
         app.store.lock().create_stream("cam2", "acme", &key_sha256_hex("k2"), 0).unwrap();
         app.reload_publish();
         let (status, body) =
@@ -825,30 +758,39 @@ mod tests {
     #[tokio::test]
     async fn closing_answers_waiting_polls() {
         let (app, r) = app();
-        call(&r, signed_req("POST", "/announce", "ingest-1", &announce_body("ingest-1", Role::Ingest), now())).await;
-        let v = app.mesh.lock().table_version("ingest-1");
-        let pq = format!("/streams?node_id=ingest-1&since={v}&wait=60");
-        let poll = tokio::spawn(call_owned(r.clone(), signed_req("GET", &pq, "ingest-1", b"", now())));
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        announce_as(&r, "ingest-1", Role::Ingest).await;
+        let poll = waiting_poll(&app, &r, 60).await;
         app.close();
-        let (status, _) = tokio::time::timeout(Duration::from_secs(5), poll).await.expect("answered").unwrap();
+        let (status, _) =
+            tokio::time::timeout(Duration::from_secs(5), poll).await.expect("answered").unwrap();
         assert_eq!(status, StatusCode::NOT_MODIFIED);
     }
 
-    async fn call_owned(r: Router, req: Request) -> (StatusCode, Vec<u8>) {
-        call(&r, req).await
+    /// A long poll of ingest-1 for a table newer than its current one, under way.
+    async fn waiting_poll(
+        app: &App,
+        r: &Router,
+        wait: u64,
+    ) -> tokio::task::JoinHandle<(StatusCode, Vec<u8>)> {
+        let v = app.mesh.lock().table_version("ingest-1");
+        let req = signed_req(
+            "GET",
+            &format!("/streams?node_id=ingest-1&since={v}&wait={wait}"),
+            "ingest-1",
+            b"",
+            now(),
+        );
+        let r = r.clone();
+        let poll = tokio::spawn(async move { call(&r, req).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        poll
     }
 
     #[tokio::test]
     async fn auth_checks_keys_and_tokens() {
         let (app, r) = app();
-        call(
-            &r,
-            signed_req("POST", "/announce", "ingest-1", &announce_body("ingest-1", Role::Ingest), now()),
-        )
-        .await;
-        call(&r, signed_req("POST", "/announce", "edge-1", &announce_body("edge-1", Role::Relay), now()))
-            .await;
+        announce_as(&r, "ingest-1", Role::Ingest).await;
+        announce_as(&r, "edge-1", Role::Relay).await;
         let ask = |node: &str, action: Action, key: Option<&str>, token: Option<&str>| {
             let body = serde_json::to_vec(&AuthRequest {
                 node_id: node.into(),
