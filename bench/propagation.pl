@@ -22,8 +22,7 @@ my $rounds = shift // 50;
 my $master = Mesh::FakeMaster->new;
 my $listen = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Listen => 64, ReuseAddr => 1) or die;
 my $tport = $listen->sockport;
-my $t = Mesh::Node->under_master(id => 'ingest-1', role => 'ingest', master => $master,
-	extra => 'mesh_poll_wait 25s;');
+my $t = Mesh::Node->under_master(id => 'ingest-1', role => 'ingest', master => $master);
 $t->run;
 my $version = 1;
 my $table = sub {

@@ -83,6 +83,16 @@ pub fn current_node() -> Arc<Node> {
     }
 }
 
+thread_local! {
+    /// Event-loop time of the last table or role change, and the longest, in microseconds.
+    static APPLY_US: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// Event-loop microseconds taken by the last table or role change, and the most so far.
+pub fn apply_us() -> (u64, u64) {
+    APPLY_US.with(std::cell::Cell::get)
+}
+
 /// Seconds since the node's snapshot came into force.
 pub fn node_age() -> u64 {
     // SAFETY: as in current_node.
@@ -320,7 +330,12 @@ unsafe fn handle(mcf: &MainConf, log: *mut ngx_log_t, ev: Event) {
                 };
                 ngx::ngx_log_error!(level, log, "{}", msg);
             }
-            Event::Node(node, change) => apply_node(mcf, node, &change, log),
+            Event::Node(node, change) => {
+                let t0 = std::time::Instant::now();
+                apply_node(mcf, node, &change, log);
+                let us = t0.elapsed().as_micros() as u64;
+                APPLY_US.with(|a| a.set((us, a.get().1.max(us))));
+            }
             Event::Auth { id, result } => match auth::on_answer(id, result, session::now()) {
                 None => {}
                 Some((Waiter::Session(s), a)) => session::resume(s, &a),

@@ -45,7 +45,10 @@ fn collect(renditions: Vec<String>) -> Status {
     Status {
         node_id: node.node_id.clone(),
         role: node.role.to_string(),
-        table: TableStatus { version: node.table.version, age_s: runtime::node_age() },
+        table: {
+            let (apply_us_last, apply_us_max) = runtime::apply_us();
+            TableStatus { version: node.table.version, age_s: runtime::node_age(), apply_us_last, apply_us_max }
+        },
         master: runtime::master_links(),
         streams: streams
             .into_iter()

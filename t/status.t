@@ -82,6 +82,7 @@ is($s->{node_id}, 'ingest-1', 'node id');
 is($s->{role}, 'standalone', 'role');
 is($s->{table}{version}, 3, 'table version');
 cmp_ok($s->{table}{age_s}, '>=', 0, 'table age');
+ok(($s->{table}{apply_us_max} // 0) > 0 && $s->{table}{apply_us_max} >= $s->{table}{apply_us_last}, 'event-loop time of table changes');
 is_deeply([ map { $_->{link} } sort { $a->{link} cmp $b->{link} } @{$s->{master}} ], [qw(announce heartbeat streams)], 'master links');
 ok((grep { $_->{up} } @{$s->{master}}) == 3, 'every link up');
 is_deeply([ @{$s->{streams}[0]}{qw(stream source viewers)} ], [ 'cam1', 'broadcaster', 1 ], 'live stream with its source and viewers');
@@ -99,6 +100,7 @@ is($p->{headers}{'content-type'}, 'text/plain; version=0.0.4', 'Prometheus conte
 my $text = $p->{content};
 like($text, qr/^mesh_refusals_total\{node="ingest-1",role="standalone",action="publish",reason="bad name"\} 1$/m, 'refusal counter');
 like($text, qr/^mesh_table_version\{node="ingest-1",role="standalone"\} 3$/m, 'table version gauge');
+like($text, qr/^mesh_table_apply_max_seconds\{node="ingest-1",role="standalone"\} \d+\.\d{6}$/m, 'apply time gauge');
 like($text, qr/^mesh_master_link_up\{node="ingest-1",role="standalone",link="streams"\} 1$/m, 'link gauge');
 like($text, qr/^mesh_stream_viewers\{node="ingest-1",role="standalone",stream="cam1",source="broadcaster"\} 1$/m, 'viewers gauge');
 like($text, qr/^mesh_push_connected\{node="ingest-1",role="standalone",stream="cam1",target="root-9"\} 0$/m, 'push gauge');

@@ -24,6 +24,10 @@ pub struct TableStatus {
     pub version: u64,
     /// Seconds since this table came into force.
     pub age_s: u64,
+    /// Microseconds the event loop spent taking the last table or role (swap, sessions checked
+    /// again, pushes reconciled), and the most since the worker started.
+    pub apply_us_last: u64,
+    pub apply_us_max: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -100,6 +104,19 @@ impl Status {
             "gauge",
             "Seconds since the table in force arrived.",
             vec![(String::new(), self.table.age_s.to_string())],
+        );
+        let secs = |us: u64| format!("{:.6}", us as f64 / 1e6);
+        metric(
+            "mesh_table_apply_seconds",
+            "gauge",
+            "Event-loop time taken by the last table or role change.",
+            vec![(String::new(), secs(self.table.apply_us_last))],
+        );
+        metric(
+            "mesh_table_apply_max_seconds",
+            "gauge",
+            "Longest event-loop time taken by a table or role change since the worker started.",
+            vec![(String::new(), secs(self.table.apply_us_max))],
         );
         if let Some(links) = &self.master {
             let up = links
@@ -214,7 +231,7 @@ mod tests {
         Status {
             node_id: "edge-1".into(),
             role: "relay".into(),
-            table: TableStatus { version: 7, age_s: 12 },
+            table: TableStatus { version: 7, age_s: 12, apply_us_last: 250, apply_us_max: 1500 },
             master: Some(vec![LinkStatus {
                 link: "streams".into(),
                 up: Some(false),
