@@ -47,7 +47,12 @@ fn collect(renditions: Vec<String>) -> Status {
         role: node.role.to_string(),
         table: {
             let (apply_us_last, apply_us_max) = runtime::apply_us();
-            TableStatus { version: node.table.version, age_s: runtime::node_age(), apply_us_last, apply_us_max }
+            TableStatus {
+                version: node.table.version,
+                age_s: runtime::node_age(),
+                apply_us_last,
+                apply_us_max,
+            }
         },
         master: runtime::master_links(),
         streams: streams
