@@ -27,24 +27,9 @@ my $master = Mesh::Master->new(args => [qw(--heartbeat-interval 1 --node-timeout
 my %node;
 for ([ 'ingest-1', 'ingest' ], [ 'root-1', 'root_relay' ], [ 'edge-1', 'relay' ], [ 'edge-2', 'relay' ]) {
 	my ($id, $role) = @$_;
-	my $http = $role ne 'relay' ? '' : <<'HTTP';
-http {
-    access_log off;
-    mesh_media_root %%MEDIA%%;
-    mesh_rtmp_source rtmp://127.0.0.1:%%PORT_1%%/relay;
-    mesh_rendition source;
-    mesh_segment 1s;
-    mesh_manifest_wait 30s;
-    server { listen 127.0.0.1:%%PORT_2%%; location /hls/ { mesh_media hls; } }
-}
-HTTP
 	my $t = Mesh::Node->under_master(id => $id, role => $role, master => $master, extra => 'mesh_rtmp_url rtmp://127.0.0.1:%%PORT_1%%;',
-		apps => 'application ' . ($role eq 'ingest' ? 'live' : 'relay') . ' { mesh on; live on; }', http => $http);
-	my $media = $t->testdir . '/media';
-	mkdir $media;
-	chmod 0777, $media;
-	(my $conf = $t->read_file('nginx.conf')) =~ s/%%MEDIA%%/$media/;
-	$t->write_file('nginx.conf', $conf);
+		apps => 'application ' . ($role eq 'ingest' ? 'live' : 'relay') . ' { mesh on; live on; }',
+		($role eq 'relay' ? (hls => { mesh_rendition => 'source', mesh_manifest_wait => '30s' }) : ()));
 	$t->allow_alert(qr/exited on signal 9/);
 	$t->run;
 	$node{$id} = $t;

@@ -20,25 +20,8 @@ plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_
 my $master = Mesh::FakeMaster->new;
 $master->set_table('edge-1', { version => 1, role => 'relay' });
 my $edge = Mesh::Node->under_master(id => 'edge-1', master => $master,
-	apps => 'application relay { mesh on; live on; }');
+	apps => 'application relay { mesh on; live on; }', hls => { mesh_transcode_idle => '3s' });
 my $media = $edge->testdir . '/media';
-mkdir $media;
-chmod 0777, $media;
-my $conf = $edge->read_file('nginx.conf') . <<CONF;
-http {
-    access_log off;
-    mesh_media_root $media;
-    mesh_rtmp_source rtmp://127.0.0.1:%%PORT_1%%/relay;
-    mesh_segment 1s;
-    mesh_transcode_idle 3s;
-    mesh_manifest_wait 20s;
-    server {
-        listen 127.0.0.1:%%PORT_2%%;
-        location /hls/ { mesh_media hls; }
-    }
-}
-CONF
-$edge->write_file_expand('nginx.conf', $conf);
 $edge->run;
 ok(wait_until(sub { log_lines($edge, qr/table version 1 from master in force/) }, 10), 'edge: table in force');
 my $rtmp = 'rtmp://127.0.0.1:' . $edge->port(1) . '/relay';

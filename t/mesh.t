@@ -29,36 +29,11 @@ my $token = $master->viewer_token('cam1');
 
 my %node;
 sub node {
-	my ($id, $role, %o) = @_;
-	my $http = '';
-	if ($role eq 'relay') {
-		$http = <<HTTP;
-http {
-    access_log off;
-    mesh_media_root %%MEDIA%%;
-    mesh_rtmp_source rtmp://127.0.0.1:%%PORT_1%%/relay;
-    mesh_rendition source;
-    mesh_segment 1s;
-    mesh_manifest_wait 20s;
-    server {
-        listen 127.0.0.1:%%PORT_2%%;
-        location /hls/ { mesh_media hls; }
-    }
-}
-HTTP
-	}
-	my $app = $role eq 'ingest' ? 'live' : 'relay';
+	my ($id, $role) = @_;
 	my $t = Mesh::Node->under_master(id => $id, role => $role, master => $master,
 		extra => 'mesh_rtmp_url rtmp://127.0.0.1:%%PORT_1%%;',
-		apps => "application $app { mesh on; live on; }", http => $http);
-	if ($http) {
-		my $media = $t->testdir . '/media';
-		mkdir $media;
-		chmod 0777, $media;
-		my $conf = $t->read_file('nginx.conf');
-		$conf =~ s/%%MEDIA%%/$media/;
-		$t->write_file('nginx.conf', $conf);
-	}
+		apps => 'application ' . ($role eq 'ingest' ? 'live' : 'relay') . ' { mesh on; live on; }',
+		($role eq 'relay' ? (hls => { mesh_rendition => 'source' }) : ()));
 	# a node stopped fast kills its ffmpeg, and nginx reports the signal
 	$t->allow_alert(qr/unknown process \d+ exited on signal 9/);
 	$t->run;

@@ -1,7 +1,10 @@
 package Mesh::Node;
 
-# A mesh node under the fake master, in one call: writes the master key, an initial table
-# file (writable by the worker), and a config with the given role and extra directives.
+# A mesh node under a master (the fake one or the reference one), in one call: writes the
+# master key, an initial table file (writable by the worker), and a config with the given role
+# and extra directives. `hls => { directive => value }` adds an edge's HTTP side: a media root
+# writable by the worker, the transcoder reading its own `relay` application, 1 s segments, and
+# `/hls/` on PORT_2 (the hash adds or overrides http-level mesh_* directives).
 
 use strict;
 use warnings;
@@ -19,6 +22,16 @@ sub under_master {
 	my $extra = $o{extra} // '';
 	my $apps = $o{apps} // 'application live { mesh on; live on; }';
 	my $http = $o{http} // '';
+	if ($o{hls}) {
+		my $media = $t->testdir . '/media';
+		mkdir $media;
+		chmod 0777, $media;
+		my %d = (mesh_media_root => $media, mesh_rtmp_source => 'rtmp://127.0.0.1:%%PORT_1%%/relay',
+			mesh_segment => '1s', mesh_manifest_wait => '20s', %{$o{hls}});
+		my $dirs = join '', map { "    $_ $d{$_};\n" } sort keys %d;
+		$http = "http {\n    access_log off;\n$dirs    server {\n        listen 127.0.0.1:%%PORT_2%%;\n"
+			. "        location /hls/ { mesh_media hls; }\n    }\n}\n";
+	}
 	$t->write_file_expand('nginx.conf', <<CONF);
 %%TEST_GLOBALS%%
 events {}
