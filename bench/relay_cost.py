@@ -16,24 +16,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NGINX = os.path.join(TOP, "dist/sbin/nginx")
-MODS = os.path.join(TOP, "dist/modules")
+from benchlib import MODS, NGINX, port
+
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def sha(s):

@@ -18,23 +18,12 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
 import time
 
-TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NGINX = os.path.join(TOP, "dist/sbin/nginx")
-MODS = os.path.join(TOP, "dist/modules")
-
-
-def port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from benchlib import MODS, NGINX, port
 
 
 def table(n, version, down):
