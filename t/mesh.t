@@ -102,6 +102,17 @@ ok(wait_until(sub { probe(rtmp($other) . "/cam1?token=$token", secs => 2, timeou
 	"$other plays after the restart");
 isnt(publish_status(rtmp('ingest-1') . '/cam2?key=' . $key), 0, 'a key for another stream: refused');
 
+# An admin turns the edge into a root relay: it stops serving viewers; back to relay, it plays.
+my ($st) = $master->admin('PUT', "/admin/nodes/$other/role", { role => 'root_relay' });
+is($st, 200, 'admin: role assigned');
+ok(wait_until(sub { probe(rtmp($other) . "/cam1?token=$token", secs => 1, timeout => 5)->{video} == 0
+	&& log_lines($node{$other}, qr/play refused: app "relay", stream "cam1", .*: wrong role/) }, 15),
+	"$other as root_relay: viewers refused for the wrong role");
+is($master->nodes->{$other}{role}, 'root_relay', 'the master says so');
+$master->admin('PUT', "/admin/nodes/$other/role", { role => undef });
+ok(wait_until(sub { probe(rtmp($other) . "/cam1?token=$token", secs => 2, timeout => 10)->{video} > 0 }, 30),
+	"$other back to its announced role: plays again");
+
 kill 'TERM', $pub;
 reap($pub, 5);
 $_->stop for map { $node{$_} } sort keys %node;
