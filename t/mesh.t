@@ -93,6 +93,12 @@ ok(wait_until(sub { log_lines($node{$other_root}, qr/publish accepted: stream "c
 ok(wait_until(sub { probe(rtmp($other) . "/cam1?token=$token", secs => 2, timeout => 10)->{video} > 0 }, 20),
 	"$other plays through $other_root");
 
+# The master's own figures.
+my $m = HTTP::Tiny->new->get($master->url . '/admin/metrics', { headers => { Authorization => 'Bearer ' . $master->{admin} } });
+like($m->{content}, qr/^mesh_master_routes_total\{status="routed"\} [1-9]/m, 'metrics: routes counted');
+like($m->{content}, qr/^mesh_master_node_deaths_total 2$/m, 'metrics: the two deaths');
+like($m->{content}, qr/^mesh_master_nodes\{role="relay",alive="false"\} 1$/m, 'metrics: a dead edge');
+
 # The master restarts on its database: nodes announce again, the mesh carries on.
 $master->stop;
 $master->start;

@@ -2,5 +2,6 @@
 //! ([`mesh`]), its database ([`store`]) and its HTTP side ([`server`]).
 
 pub mod mesh;
+pub mod metrics;
 pub mod server;
 pub mod store;

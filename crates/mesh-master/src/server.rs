@@ -32,6 +32,7 @@ use mesh_core::wire::{
 };
 
 use crate::mesh::{Mesh, MeshError};
+use crate::metrics::{self, label, Counters};
 use crate::store::{Store, StoreError, VERSION_BLOCK};
 
 /// Largest request body taken from a node or an admin.
@@ -54,6 +55,7 @@ pub struct App {
     ceiling: Mutex<u64>,
     /// Shutting down: long polls answer at once.
     closing: std::sync::atomic::AtomicBool,
+    pub counters: Counters,
 }
 
 pub fn now() -> u64 {
@@ -96,6 +98,7 @@ impl App {
             changed: watch::Sender::new(0),
             ceiling: Mutex::new(ceiling),
             closing: Default::default(),
+            counters: Counters::default(),
         });
         app.reserve_versions(ceiling);
         app
@@ -145,6 +148,7 @@ impl App {
     /// Once a second: nodes gone silent.
     pub fn sweep(&self) {
         let died = self.with_mesh(|m| m.sweep(now()));
+        self.counters.add("mesh_master_node_deaths_total", "", died.len() as u64);
         for id in died {
             warn!(node = %id, "node dead: no heartbeat; its streams are placed again");
         }
@@ -205,6 +209,8 @@ async fn node_call(app: &App, req: Request) -> Result<NodeCall, Response> {
     let node = text(H_NODE).unwrap_or("").to_string();
     if let Err(e) = verify_request(&app.master_key, parts.method.as_str(), &path_query, stamp, &body, now()) {
         warn!(node = %node, path = %parts.uri.path(), error = %e, "request refused");
+        app.counters
+            .inc("mesh_master_requests_refused_total", &format!("reason=\"{}\"", label(&e.to_string())));
         return Err(app.signed_error(StatusCode::UNAUTHORIZED, &e.to_string()));
     }
     if !is_valid_id(&node) {
@@ -241,6 +247,7 @@ async fn announce(State(app): State<Arc<App>>, req: Request) -> Response {
         Err(r) => return r,
     };
     let role = app.with_mesh(|m| m.announce(&a, now()));
+    app.counters.inc("mesh_master_announces_total", "");
     let interval = app.mesh.lock().cfg.heartbeat_interval_s;
     info!(node = %a.node_id, role = %role, rtmp_url = %a.rtmp_url, version = %a.version, "node announced");
     app.signed_json(
@@ -302,6 +309,7 @@ async fn streams(State(app): State<Arc<App>>, req: Request) -> Response {
             let table = app.mesh.lock().table_json(&q.node_id);
             if let Some((v, body)) = table.filter(|(v, _)| *v > q.since) {
                 info!(node = %q.node_id, version = v, "table sent");
+                app.counters.inc("mesh_master_tables_sent_total", "");
                 return app.signed(StatusCode::OK, body);
             }
         }
@@ -339,6 +347,12 @@ async fn auth(State(app): State<Arc<App>>, req: Request) -> Response {
         Err(r) => return r,
     };
     let reply = decide(&app, &a);
+    let action = match a.action {
+        Action::Publish => "publish",
+        Action::Play => "play",
+    };
+    let result = if reply.allow { "allow" } else { "deny" };
+    app.counters.inc("mesh_master_auth_total", &format!("action=\"{action}\",result=\"{result}\""));
     if !reply.allow {
         info!(node = %a.node_id, action = ?a.action, stream = %a.stream, addr = %a.addr,
               reason = reply.reason.as_deref().unwrap_or(""), "auth: denied");
@@ -392,6 +406,11 @@ async fn route(State(app): State<Arc<App>>, req: Request) -> Response {
     match app.with_mesh(|m| m.route(&r.node_id, &r.stream, now())) {
         Ok((status, version)) => {
             info!(node = %r.node_id, stream = %r.stream, status = ?status, "route request");
+            let answer = serde_json::to_value(status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            app.counters.inc("mesh_master_routes_total", &format!("status=\"{answer}\""));
             app.signed_json(StatusCode::OK, &RouteReply { status, table_version: Some(version) })
         }
         Err(e) => not_announced(&app, e),
@@ -607,6 +626,12 @@ async fn admin_token(State(app): State<Arc<App>>, body: Body) -> Response {
     axum::Json(json!({ "stream": b.stream, "token": token, "expires": expires })).into_response()
 }
 
+/// Prometheus text: `GET /admin/metrics` (scrape it with the admin token as a bearer token).
+async fn admin_metrics(State(app): State<Arc<App>>) -> Response {
+    let text = metrics::render(&app.mesh.lock(), &app.counters);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -622,6 +647,7 @@ pub fn router(app: Arc<App>, paths: &Paths) -> Router {
         .route("/admin/accounts", get(admin_accounts).post(admin_accounts))
         .route("/admin/accounts/{name}", axum::routing::delete(admin_delete_account))
         .route("/admin/tokens", post(admin_token))
+        .route("/admin/metrics", get(admin_metrics))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_admin));
     Router::new()
         .route(&paths.announce, post(announce))
@@ -816,6 +842,32 @@ mod tests {
             reply(call(&r, ask("edge-1", Action::Play, None, Some(&old))).await.1).reason.as_deref(),
             Some("expired token")
         );
+    }
+
+    #[tokio::test]
+    async fn metrics_count_what_went_by_behind_the_admin_token() {
+        let (_, r) = app();
+        announce_as(&r, "edge-1", Role::Relay).await;
+        let unsigned = Request::post("/auth").body(Body::from("{}")).unwrap();
+        assert_eq!(call(&r, unsigned).await.0, StatusCode::UNAUTHORIZED);
+        let get = |token: Option<&str>| {
+            let b = Request::get("/admin/metrics");
+            let b = match token {
+                Some(t) => b.header(header::AUTHORIZATION, format!("Bearer {t}")),
+                None => b,
+            };
+            b.body(Body::empty()).unwrap()
+        };
+        assert_eq!(r.clone().oneshot(get(None)).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+        let resp = r.clone().oneshot(get(Some("adm"))).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let text = String::from_utf8(to_bytes(resp.into_body(), MAX_BODY).await.unwrap().to_vec()).unwrap();
+        assert!(text.contains("mesh_master_announces_total 1\n"), "{text}");
+        assert!(
+            text.contains("mesh_master_requests_refused_total{reason=\"missing signature\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("mesh_master_nodes{role=\"relay\",alive=\"true\"} 1\n"), "{text}");
     }
 
     #[tokio::test]
