@@ -17,6 +17,7 @@
 //!   new hop with a new key, so a route change rotates keys.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -101,7 +102,8 @@ pub struct TableDoc {
     pub role: Option<Role>,
     pub ingest: BTreeMap<String, Vec<Entry>>,
     pub relay: BTreeMap<String, Vec<Entry>>,
-    pub publish: BTreeMap<String, PublishKey>,
+    /// Shared by every ingest node's table (and compared by pointer first).
+    pub publish: Arc<BTreeMap<String, PublishKey>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub viewer_secret: Option<String>,
 }
@@ -153,6 +155,8 @@ pub struct Mesh {
     wants: HashMap<String, HashMap<String, u64>>,
     /// Broadcaster keys: stream → hex sha256.
     publish: BTreeMap<String, String>,
+    /// The same, as the tables carry them.
+    publish_doc: Arc<BTreeMap<String, PublishKey>>,
     viewer_secret: String,
     /// The last version handed out; every changed table takes the next one.
     version: u64,
@@ -169,6 +173,7 @@ impl Mesh {
             streams: BTreeMap::new(),
             wants: HashMap::new(),
             publish: BTreeMap::new(),
+            publish_doc: Arc::default(),
             viewer_secret,
             version,
             tables: HashMap::new(),
@@ -187,6 +192,9 @@ impl Mesh {
 
     /// Broadcaster keys as stored (stream → hex sha256).
     pub fn set_publish(&mut self, publish: BTreeMap<String, String>) {
+        self.publish_doc = Arc::new(
+            publish.iter().map(|(s, k)| (s.clone(), PublishKey { key_sha256: k.clone() })).collect(),
+        );
         self.publish = publish;
         self.refresh();
     }
@@ -228,6 +236,8 @@ impl Mesh {
     /// A heartbeat: figures, liveness, and the streams it carries.
     pub fn heartbeat(&mut self, hb: &Heartbeat, now: u64) -> Result<Role, MeshError> {
         let node = self.nodes.get_mut(&hb.node_id).ok_or(MeshError::NotAnnounced)?;
+        // Most heartbeats change nothing that placement depends on: then nothing is redone.
+        let mut changed = !node.alive;
         node.last_seen = now;
         node.alive = true;
         node.load = hb.load.clone();
@@ -240,12 +250,15 @@ impl Mesh {
             // is another master's): number every table past it, or the node never takes one.
             self.version = hb.table_version;
             self.tables.clear();
+            changed = true;
         }
         if matches!(role, Role::Ingest | Role::Standalone) {
             let live: BTreeSet<&str> =
                 hb.streams.iter().filter(|s| s.source == "broadcaster").map(|s| s.stream.as_str()).collect();
             // Streams that ended here.
+            let before = self.streams.len();
             self.streams.retain(|s, p| p.ingest != id || live.contains(s.as_str()));
+            changed |= self.streams.len() != before;
             // Streams that started here (or moved here from an ingest that lost them).
             for s in live {
                 let placed_elsewhere = self.streams.get(s).is_some_and(|p| {
@@ -255,23 +268,27 @@ impl Mesh {
                 if !placed_elsewhere && self.streams.get(s).is_none_or(|p| p.ingest != id) {
                     self.streams
                         .insert(s.to_string(), Placement { ingest: id.clone(), ..Placement::default() });
+                    changed = true;
                 }
             }
         }
         if role == Role::Relay {
-            self.track_edge_viewers(&id, now);
+            changed |= self.track_edge_viewers(&id, now);
         }
-        self.repair(now);
+        if changed {
+            self.repair(now);
+        }
         Ok(role)
     }
 
     /// Route-added edges that have had no viewer for `edge_idle_s` leave the stream.
-    fn track_edge_viewers(&mut self, edge: &str, now: u64) {
-        let Some(node) = self.nodes.get(edge) else { return };
+    /// Returns whether an edge left a stream.
+    fn track_edge_viewers(&mut self, edge: &str, now: u64) -> bool {
+        let Some(node) = self.nodes.get(edge) else { return false };
         let idle_s = self.cfg.edge_idle_s;
-        let viewers: HashMap<String, u64> = node.streams.clone().into_iter().collect();
+        let mut left = false;
         for (s, p) in self.streams.iter_mut() {
-            let viewers = viewers.get(s).copied().unwrap_or(0);
+            let viewers = node.streams.get(s).copied().unwrap_or(0);
             p.edges.retain_mut(|h| {
                 if h.to != edge || !h.by_route {
                     return true;
@@ -281,9 +298,12 @@ impl Mesh {
                     return true;
                 }
                 let since = *h.idle_since.get_or_insert(now);
-                now.saturating_sub(since) < idle_s
+                let keep = now.saturating_sub(since) < idle_s;
+                left |= !keep;
+                keep
             });
         }
+        left
     }
 
     /// An edge asks for a stream a viewer wants.
@@ -369,26 +389,26 @@ impl Mesh {
     }
 
     /// Hops placed on each node (as receiver, and for root relays as sender too).
-    fn hop_counts(&self) -> HashMap<&str, usize> {
-        let mut c: HashMap<&str, usize> = HashMap::new();
+    fn hop_counts(&self) -> HashMap<String, usize> {
+        let mut c: HashMap<String, usize> = HashMap::new();
         for p in self.streams.values() {
             for h in p.roots.iter().chain(&p.edges) {
-                *c.entry(h.to.as_str()).or_default() += 1;
+                *c.entry(h.to.clone()).or_default() += 1;
             }
             for h in &p.edges {
-                *c.entry(h.from.as_str()).or_default() += 1;
+                *c.entry(h.from.clone()).or_default() += 1;
             }
         }
         c
     }
 
-    /// The least loaded of `candidates`.
-    fn least_loaded<'a>(&'a self, candidates: impl Iterator<Item = &'a Node>) -> Option<String> {
-        let counts = self.hop_counts();
-        candidates
+    /// The least loaded of the live nodes of `role` not in `have`, by `counts` of hops placed.
+    fn least_loaded(&self, counts: &HashMap<String, usize>, role: Role, have: &[Hop]) -> Option<String> {
+        self.alive_with(role)
+            .filter(|n| !have.iter().any(|h| h.to == n.node_id))
             .min_by_key(|n| {
                 (
-                    counts.get(n.node_id.as_str()).copied().unwrap_or(0),
+                    counts.get(&n.node_id).copied().unwrap_or(0),
                     n.load.out_kbps,
                     n.load.connections,
                     &n.node_id,
@@ -397,20 +417,19 @@ impl Mesh {
             .map(|n| n.node_id.clone())
     }
 
-    fn add_edge(&mut self, stream: &str, edge: &str, by_route: bool) {
-        let Some(p) = self.streams.get(stream) else { return };
-        // From the stream's root relay with the fewest edges of this stream.
-        let Some(root) = p
+    /// Put `edge` on `stream`, fed by the stream's root relay with the fewest edges of it.
+    /// Returns that root relay.
+    fn add_edge(&mut self, stream: &str, edge: &str, by_route: bool) -> Option<String> {
+        let p = self.streams.get(stream)?;
+        let root = p
             .roots
             .iter()
             .min_by_key(|r| (p.edges.iter().filter(|e| e.from == r.to).count(), &r.to))
-            .map(|r| r.to.clone())
-        else {
-            return;
-        };
+            .map(|r| r.to.clone())?;
         let key = self.keys.hop_key();
         let p = self.streams.get_mut(stream).expect("checked");
-        p.edges.push(Hop { from: root, to: edge.to_string(), key, by_route, idle_since: None });
+        p.edges.push(Hop { from: root.clone(), to: edge.to_string(), key, by_route, idle_since: None });
+        Some(root)
     }
 
     /// Bring every placement to the rules: hops only to live nodes of the right role, enough
@@ -418,32 +437,37 @@ impl Mesh {
     fn repair(&mut self, now: u64) {
         let alive =
             |m: &Mesh, id: &str, role: Role| m.nodes.get(id).is_some_and(|n| n.alive && n.role == role);
+        // First what must go: streams whose source is gone, hops to nodes gone or changed.
+        let nodes = &self.nodes;
+        let up = |id: &str, role: Role| nodes.get(id).is_some_and(|n| n.alive && n.role == role);
+        self.streams.retain(|s, p| {
+            nodes.get(&p.ingest).is_some_and(|n| {
+                n.alive && matches!(n.role, Role::Ingest | Role::Standalone) && n.streams.contains_key(s)
+            })
+        });
+        for p in self.streams.values_mut() {
+            p.roots.retain(|h| up(&h.to, Role::RootRelay));
+            let roots = &p.roots;
+            p.edges.retain(|h| up(&h.to, Role::Relay) && roots.iter().any(|r| r.to == h.from));
+        }
+        // Then what is missing, counting hops as they are placed.
+        let mut counts = self.hop_counts();
         let ids: Vec<String> = self.streams.keys().cloned().collect();
         for s in &ids {
-            // Sources that are gone take their stream with them.
-            let ingest = self.streams[s].ingest.clone();
-            let src_ok = self.nodes.get(&ingest).is_some_and(|n| {
-                n.alive && matches!(n.role, Role::Ingest | Role::Standalone) && n.streams.contains_key(s)
-            });
-            if !src_ok {
-                self.streams.remove(s);
-                continue;
-            }
-            let mut p = self.streams.remove(s).expect("listed");
-            p.roots.retain(|h| alive(self, &h.to, Role::RootRelay));
-            p.edges.retain(|h| alive(self, &h.to, Role::Relay) && p.roots.iter().any(|r| r.to == h.from));
-            self.streams.insert(s.clone(), p);
-            // Root relays up to the fan-out.
             while self.streams[s].roots.len() < self.cfg.root_fanout {
-                let have: BTreeSet<String> = self.streams[s].roots.iter().map(|h| h.to.clone()).collect();
-                let Some(root) = self
-                    .least_loaded(self.alive_with(Role::RootRelay).filter(|n| !have.contains(&n.node_id)))
-                else {
+                let Some(root) = self.least_loaded(&counts, Role::RootRelay, &self.streams[s].roots) else {
                     break;
                 };
+                *counts.entry(root.clone()).or_default() += 1;
                 let key = self.keys.hop_key();
                 let p = self.streams.get_mut(s).expect("listed");
-                p.roots.push(Hop { from: ingest.clone(), to: root, key, by_route: false, idle_since: None });
+                p.roots.push(Hop {
+                    from: p.ingest.clone(),
+                    to: root,
+                    key,
+                    by_route: false,
+                    idle_since: None,
+                });
             }
             if self.streams[s].roots.is_empty() {
                 continue;
@@ -454,41 +478,67 @@ impl Mesh {
                 .remove(s)
                 .map(|w| w.into_iter().filter(|(_, u)| *u > now).map(|(e, _)| e).collect())
                 .unwrap_or_default();
-            for e in waiting {
-                if alive(self, &e, Role::Relay) && !self.streams[s].edges.iter().any(|h| h.to == e) {
-                    self.add_edge(s, &e, true);
-                }
-            }
-            while self.streams[s].edges.iter().filter(|h| !h.by_route).count() < self.cfg.edge_fanout {
-                let have: BTreeSet<String> = self.streams[s].edges.iter().map(|h| h.to.clone()).collect();
-                let Some(edge) =
-                    self.least_loaded(self.alive_with(Role::Relay).filter(|n| !have.contains(&n.node_id)))
-                else {
-                    break;
+            let mut wanted: Vec<(String, bool)> = waiting
+                .into_iter()
+                .filter(|e| alive(self, e, Role::Relay) && !self.streams[s].edges.iter().any(|h| h.to == *e))
+                .map(|e| (e, true))
+                .collect();
+            loop {
+                let (edge, by_route) = match wanted.pop() {
+                    Some(w) => w,
+                    None if self.streams[s].edges.iter().filter(|h| !h.by_route).count()
+                        < self.cfg.edge_fanout =>
+                    {
+                        match self.least_loaded(&counts, Role::Relay, &self.streams[s].edges) {
+                            Some(e) => (e, false),
+                            None => break,
+                        }
+                    }
+                    None => break,
                 };
-                self.add_edge(s, &edge, false);
+                if let Some(root) = self.add_edge(s, &edge, by_route) {
+                    *counts.entry(root).or_default() += 1;
+                    *counts.entry(edge).or_default() += 1;
+                }
             }
         }
         self.refresh();
     }
 
-    /// Recompute every node's table; a table that changed takes the next version.
+    /// Recompute the tables; a table that changed takes the next version. One pass over the
+    /// placements finds what concerns each node, so each table costs only its own entries.
     fn refresh(&mut self) {
-        let ids: Vec<String> = self.nodes.keys().cloned().collect();
-        for id in ids {
-            let doc = self.render(&id);
-            let same = self.tables.get(&id).is_some_and(|(_, d)| *d == doc);
-            if !same {
-                self.version += 1;
-                self.tables.insert(id, (self.version, doc));
+        let mut mine: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (s, p) in &self.streams {
+            let mut touch = |id: &str| {
+                let v = mine.entry(self.nodes.get_key_value(id).map_or("", |(k, _)| k.as_str())).or_default();
+                if v.last() != Some(&s.as_str()) {
+                    v.push(s.as_str());
+                }
+            };
+            touch(&p.ingest);
+            for h in p.roots.iter().chain(&p.edges) {
+                touch(&h.to);
             }
+        }
+        let docs: Vec<(String, TableDoc)> = self
+            .nodes
+            .keys()
+            .map(|id| (id.clone(), self.render(id, mine.get(id.as_str()).map_or(&[][..], Vec::as_slice))))
+            .filter(|(id, doc)| self.tables.get(id).is_none_or(|(_, d)| d != doc))
+            .collect();
+        for (id, doc) in docs {
+            self.version += 1;
+            self.tables.insert(id, (self.version, doc));
         }
     }
 
-    /// A node's table as it should be now.
-    fn render(&self, id: &str) -> TableDoc {
+    /// A node's table as it should be now, from the streams that concern it.
+    fn render(&self, id: &str, streams: &[&str]) -> TableDoc {
         let Some(node) = self.nodes.get(id) else { return TableDoc::default() };
         let mut t = TableDoc { role: Some(node.role), ..TableDoc::default() };
+        let mine =
+            streams.iter().filter_map(|s| self.streams.get_key_value(*s)).map(|(s, p)| (s.as_str(), p));
         let url = |n: &str| self.nodes.get(n).map(|n| n.node_url.clone()).unwrap_or_default();
         let entry = |h: &Hop, with_from: bool| Entry {
             node_id: h.to.clone(),
@@ -498,39 +548,35 @@ impl Mesh {
         };
         match node.role {
             Role::Ingest | Role::Standalone => {
-                t.publish = self
-                    .publish
-                    .iter()
-                    .map(|(s, k)| (s.clone(), PublishKey { key_sha256: k.clone() }))
-                    .collect();
-                for (s, p) in self.streams.iter().filter(|(_, p)| p.ingest == id) {
-                    t.ingest.insert(s.clone(), p.roots.iter().map(|h| entry(h, false)).collect());
+                t.publish = self.publish_doc.clone();
+                for (s, p) in mine.clone().filter(|(_, p)| p.ingest == id) {
+                    t.ingest.insert(s.to_string(), p.roots.iter().map(|h| entry(h, false)).collect());
                 }
                 if node.role == Role::Standalone {
                     t.viewer_secret = Some(self.viewer_secret.clone());
                 }
             }
             Role::RootRelay => {
-                for (s, p) in &self.streams {
-                    let mine: Vec<Entry> =
+                for (s, p) in mine {
+                    let here: Vec<Entry> =
                         p.roots.iter().filter(|h| h.to == id).map(|h| entry(h, false)).collect();
-                    if mine.is_empty() {
+                    if here.is_empty() {
                         continue;
                     }
-                    t.ingest.insert(s.clone(), mine);
+                    t.ingest.insert(s.to_string(), here);
                     let out: Vec<Entry> =
                         p.edges.iter().filter(|h| h.from == id).map(|h| entry(h, true)).collect();
                     if !out.is_empty() {
-                        t.relay.insert(s.clone(), out);
+                        t.relay.insert(s.to_string(), out);
                     }
                 }
             }
             Role::Relay => {
-                for (s, p) in &self.streams {
-                    let mine: Vec<Entry> =
+                for (s, p) in mine {
+                    let here: Vec<Entry> =
                         p.edges.iter().filter(|h| h.to == id).map(|h| entry(h, true)).collect();
-                    if !mine.is_empty() {
-                        t.relay.insert(s.clone(), mine);
+                    if !here.is_empty() {
+                        t.relay.insert(s.to_string(), here);
                     }
                 }
                 t.viewer_secret = Some(self.viewer_secret.clone());
