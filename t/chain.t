@@ -37,20 +37,13 @@ my %tables = (
 for my $t ($ingest, $root, $edge) {
 	my $id = $t->name;
 	$t->write_file('table.json', $tables{$id});
-	$t->write_file_expand('nginx.conf', <<CONF);
-%%TEST_GLOBALS%%
-events {}
-rtmp {
-    %%TEST_GLOBALS_RTMP%%
-    mesh_node_id $id;
-    mesh_table_file table.json;
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        application live { mesh on; live on; }
-        application relay { mesh on; live on; }
-    }
-}
-CONF
+	$t->write_node_conf(rtmp => qq{
+	    mesh_node_id $id;
+	    mesh_table_file table.json;
+	}, apps => qq{
+	    application live { mesh on; live on; }
+	    application relay { mesh on; live on; }
+	});
 }
 $_->run for $edge, $root, $ingest;
 

@@ -17,24 +17,12 @@ plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_
 
 my $secret = 'edge-secret';
 my $t = Mesh::Test->new(name => 'edge');
-my $media = $t->testdir . '/media';
-mkdir $media;
-chmod 0777, $media;
+my $media = $t->media_dir;
 $t->write_file('table.json', qq({"role": "standalone", "viewer_secret": "$secret",
   "publish": {"cam1": {"key_sha256": "@{[sha256_hex('k1')]}"}, "cam2": {"key_sha256": "@{[sha256_hex('k2')]}"}}}));
 sub conf {
 	my ($ffmpeg) = @_;
-	$t->write_file_expand('nginx.conf', <<CONF);
-%%TEST_GLOBALS%%
-events {}
-rtmp {
-    %%TEST_GLOBALS_RTMP%%
-    mesh_table_file table.json;
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        application live { mesh on; live on; }
-    }
-}
+	$t->write_node_conf(http => <<CONF);
 http {
     access_log off;
     mesh_media_root $media;

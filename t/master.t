@@ -24,28 +24,15 @@ chmod 0777, $ingest->testdir;    # the worker (nobody) saves the table here
 # The receiver runs from a file: a relay that takes cam1 with key k-push.
 $edge->write_file('table.json', q({"version": 1, "role": "relay",
   "relay": {"cam1": [{"node_id": "edge-1", "node_url": "rtmp://127.0.0.1:1/relay", "node_key": "k-push-cam1"}]}}));
-$edge->write_file_expand('nginx.conf', <<'CONF');
-%%TEST_GLOBALS%%
-events {}
-rtmp {
-    %%TEST_GLOBALS_RTMP%%
+$edge->write_node_conf(rtmp => q{
     mesh_node_id edge-1;
     mesh_table_file table.json;
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        application relay { mesh on; live on; }
-    }
-}
-CONF
+}, apps => q{application relay { mesh on; live on; }});
 
 $ingest->write_file('master.key', $master->key . "\n");
 $ingest->write_file('table.json', '{"version": 0}');
 my $murl = $master->url;
-$ingest->write_file_expand('nginx.conf', <<CONF);
-%%TEST_GLOBALS%%
-events {}
-rtmp {
-    %%TEST_GLOBALS_RTMP%%
+$ingest->write_node_conf(rtmp => qq{
     mesh_node_id ingest-1;
     mesh_role ingest;
     mesh_table_file table.json;
@@ -56,12 +43,7 @@ rtmp {
     mesh_heartbeat_interval 1s;
     mesh_poll_wait 3s;
     mesh_master_timeout 2s;
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        application live { mesh on; live on; }
-    }
-}
-CONF
+});
 
 my %table = (version => 1, role => 'ingest', publish => { cam1 => { key_sha256 => sha256_hex($bkey) } });
 $master->set_table('ingest-1', {%table});

@@ -15,21 +15,14 @@ sub node {
 	my ($name, $role, $table) = @_;
 	my $t = Mesh::Test->new(name => $name);
 	$t->write_file('table.json', $table);
-	$t->write_file_expand('nginx.conf', <<CONF);
-%%TEST_GLOBALS%%
-events {}
-rtmp {
-    %%TEST_GLOBALS_RTMP%%
-    mesh_node_id $name;
-    mesh_role $role;
-    mesh_table_file table.json;
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        application live { mesh on; live on; }
-        application relay { mesh on; live on; }
-    }
-}
-CONF
+	$t->write_node_conf(rtmp => qq{
+	    mesh_node_id $name;
+	    mesh_role $role;
+	    mesh_table_file table.json;
+	}, apps => qq{
+	    application live { mesh on; live on; }
+	    application relay { mesh on; live on; }
+	});
 	return $t->run;
 }
 

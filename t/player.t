@@ -22,21 +22,9 @@ my $out = $ENV{TEST_NGINX_OUT} // abs_path('t') . '/out';
 make_path($out);
 
 my $t = Mesh::Test->new(name => 'player');
-my $media = $t->testdir . '/media';
-mkdir $media;
-chmod 0777, $media;
+my $media = $t->media_dir;
 $t->write_file('table.json', qq({"viewer_secret": "s", "publish": {"cam1": {"key_sha256": "@{[sha256_hex('k1')]}"}}}));
-$t->write_file_expand('nginx.conf', <<CONF);
-%%TEST_GLOBALS%%
-events {}
-rtmp {
-    %%TEST_GLOBALS_RTMP%%
-    mesh_table_file table.json;
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        application live { mesh on; live on; }
-    }
-}
+$t->write_node_conf(http => <<CONF);
 http {
     access_log off;
     include $html/../conf/mime.types;

@@ -14,21 +14,14 @@ plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_
 my $t = Mesh::Test->new(name => 'ingest');
 my $key = 'bkey-7f3a9c';
 $t->write_file('table.json', qq({"version": 1, "publish": {"cam1": {"key_sha256": "@{[sha256_hex($key)]}"}}}));
-$t->write_file_expand('nginx.conf', <<'CONF');
-%%TEST_GLOBALS%%
-events {}
-rtmp {
-    %%TEST_GLOBALS_RTMP%%
+$t->write_node_conf(rtmp => q{
     mesh_node_id ingest-1;
     mesh_role ingest;
     mesh_table_file table.json;
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        application live { mesh on; live on; }
-        application open { live on; }
-    }
-}
-CONF
+}, apps => q{
+    application live { mesh on; live on; }
+    application open { live on; }
+});
 $t->run;
 my $base = 'rtmp://127.0.0.1:' . $t->port(1);
 
@@ -72,18 +65,7 @@ $t->stop;
 # A standalone node takes broadcasters too, and refuses node pushes.
 my $s = Mesh::Test->new(name => 'standalone');
 $s->write_file('table.json', qq({"role": "standalone", "publish": {"cam1": {"key_sha256": "@{[sha256_hex($key)]}"}}}));
-$s->write_file_expand('nginx.conf', <<'CONF');
-%%TEST_GLOBALS%%
-events {}
-rtmp {
-    %%TEST_GLOBALS_RTMP%%
-    mesh_table_file table.json;
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        application live { mesh on; live on; }
-    }
-}
-CONF
+$s->write_node_conf();
 $s->run;
 $base = 'rtmp://127.0.0.1:' . $s->port(1);
 isnt(publish_status("$base/live/cam1?key=nope"), 0, 'standalone: wrong key refused');

@@ -19,30 +19,20 @@ my $master = Mesh::FakeMaster->new;
 my $down = free_port();
 my $t = Mesh::Test->new(name => 'ingest-1');
 chmod 0777, $t->testdir;
-my $media = $t->testdir . '/media';
-mkdir $media;
-chmod 0777, $media;
+my $media = $t->media_dir;
 $t->write_file('master.key', $master->key);
 $t->write_file('table.json', '{"version": 0}');
 $master->set_table('ingest-1', { version => 3, role => 'standalone', publish => { cam1 => { key_sha256 => sha256_hex('k1') } },
 	ingest => { cam1 => [ { node_id => 'root-9', node_url => "rtmp://127.0.0.1:$down/relay", node_key => 'k9' } ] } });
 my $murl = $master->url;
-$t->write_file_expand('nginx.conf', <<CONF);
-%%TEST_GLOBALS%%
-events {}
-rtmp {
-    %%TEST_GLOBALS_RTMP%%
+$t->write_node_conf(rtmp => qq{
     mesh_node_id ingest-1;
     mesh_table_file table.json;
     mesh_master $murl;
     mesh_master_key_file master.key;
     mesh_heartbeat_interval 1s;
     mesh_poll_wait 3s;
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        application live { mesh on; live on; }
-    }
-}
+}, http => <<CONF);
 http {
     access_log off;
     mesh_media_root $media;

@@ -20,18 +20,7 @@ plan(skip_all => 'Debian nginx with libnginx-mod-rtmp and dist/stock (make stock
 my $t = Mesh::Test->new(name => 'stock', binary => $nginx, load => [ $rtmp, $mesh ]);
 my $key = 'stock-key';
 $t->write_file('table.json', qq({"publish": {"cam1": {"key_sha256": "@{[sha256_hex($key)]}"}}}));
-$t->write_file_expand('nginx.conf', <<'CONF');
-%%TEST_GLOBALS%%
-events {}
-rtmp {
-    %%TEST_GLOBALS_RTMP%%
-    mesh_table_file table.json;
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        application live { mesh on; live on; }
-    }
-}
-CONF
+$t->write_node_conf();
 
 my ($ok, $out) = $t->test_config;
 ok($ok, 'stock nginx -t loads the module') or diag($out);

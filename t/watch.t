@@ -17,19 +17,10 @@ my $t = Mesh::Test->new(name => 'standalone');
 sub table { my ($v, $key, $role) = @_; $role //= 'standalone';
 	qq({"version": $v, "role": "$role", "publish": {"cam1": {"key_sha256": "@{[sha256_hex($key)]}"}}}) }
 $t->write_file('table.json', table(1, 'k1'));
-$t->write_file_expand('nginx.conf', <<'CONF');
-%%TEST_GLOBALS%%
-events {}
-rtmp {
-    %%TEST_GLOBALS_RTMP%%
+$t->write_node_conf(rtmp => q{
     mesh_node_id solo;
     mesh_table_file table.json;
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        application live { mesh on; live on; }
-    }
-}
-CONF
+});
 $t->run;
 my $base = 'rtmp://127.0.0.1:' . $t->port(1) . '/live';
 

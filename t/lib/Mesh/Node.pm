@@ -20,23 +20,15 @@ sub under_master {
 	my $murl = $o{master}->url;
 	my $role = $o{role} ? "mesh_role $o{role};" : '';
 	my $extra = $o{extra} // '';
-	my $apps = $o{apps} // 'application live { mesh on; live on; }';
 	my $http = $o{http} // '';
 	if ($o{hls}) {
-		my $media = $t->testdir . '/media';
-		mkdir $media;
-		chmod 0777, $media;
-		my %d = (mesh_media_root => $media, mesh_rtmp_source => 'rtmp://127.0.0.1:%%PORT_1%%/relay',
+		my %d = (mesh_media_root => $t->media_dir, mesh_rtmp_source => 'rtmp://127.0.0.1:%%PORT_1%%/relay',
 			mesh_segment => '1s', mesh_manifest_wait => '20s', %{$o{hls}});
 		my $dirs = join '', map { "    $_ $d{$_};\n" } sort keys %d;
 		$http = "http {\n    access_log off;\n$dirs    server {\n        listen 127.0.0.1:%%PORT_2%%;\n"
 			. "        location /hls/ { mesh_media hls; }\n    }\n}\n";
 	}
-	$t->write_file_expand('nginx.conf', <<CONF);
-%%TEST_GLOBALS%%
-events {}
-rtmp {
-    %%TEST_GLOBALS_RTMP%%
+	$t->write_node_conf(apps => $o{apps}, http => $http, rtmp => qq{
     mesh_node_id $o{id};
     $role
     mesh_table_file table.json;
@@ -46,13 +38,7 @@ rtmp {
     mesh_poll_wait 3s;
     mesh_master_timeout 2s;
     $extra
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        $apps
-    }
-}
-$http
-CONF
+});
 	return $t;
 }
 

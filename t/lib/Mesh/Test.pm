@@ -109,6 +109,38 @@ sub write_file_expand {
 	return $self->write_file($name, $self->expand($content));
 }
 
+# The usual node: one RTMP server on PORT_1 holding `apps` (default: a `live` application with
+# `mesh on`), our rtmp{}-level directives in `rtmp` (default: the table file table.json), and an
+# optional `http` block, all through expand().
+sub write_node_conf {
+	my ($self, %o) = @_;
+	my $rtmp = $o{rtmp} // 'mesh_table_file table.json;';
+	my $apps = $o{apps} // 'application live { mesh on; live on; }';
+	my $http = $o{http} // '';
+	return $self->write_file_expand('nginx.conf', <<CONF);
+%%TEST_GLOBALS%%
+events {}
+rtmp {
+    %%TEST_GLOBALS_RTMP%%
+    $rtmp
+    server {
+        listen 127.0.0.1:%%PORT_1%%;
+        $apps
+    }
+}
+$http
+CONF
+}
+
+# A media root the workers can write to, under the test directory.
+sub media_dir {
+	my ($self) = @_;
+	my $media = "$self->{dir}/media";
+	mkdir $media;
+	chmod 0777, $media;
+	return $media;
+}
+
 sub _nginx {
 	my ($self, @args) = @_;
 	my $bin = $self->{binary} || $BINARY;
