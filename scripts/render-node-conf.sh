@@ -40,9 +40,8 @@ for v in "$rtmp_port" "$http_port"; do [[ $v =~ ^[0-9]+$ ]] || die "bad port \"$
 mkdir -p "$dir/state" "$dir/media" "$dir/logs"
 dir=$(cd "$dir" && pwd)
 # The workers (nobody when nginx starts as root) save the table and write the transcodes.
-if [ "$(id -u)" -eq 0 ]; then chown nobody "$dir/state" "$dir/media"; fi
 [ -f "$dir/state/table.json" ] || echo '{"version": 0}' >"$dir/state/table.json"
-[ "$(id -u)" -eq 0 ] && chown nobody "$dir/state/table.json"
+if [ "$(id -u)" -eq 0 ]; then chown nobody "$dir/state" "$dir/state/table.json" "$dir/media"; fi
 
 master=""
 if [ -n "${MASTER_SERVER:-}" ]; then

@@ -75,8 +75,31 @@ pub struct RefusalCount {
 }
 
 /// A Prometheus label value, escaped.
-fn label(v: &str) -> String {
+/// A label value, escaped for Prometheus' text format.
+pub fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// One metric family in Prometheus' text format: its HELP and TYPE lines, then a sample per
+/// row. A row's labels (`,k="v"...`) follow the `common` ones (which may be empty).
+pub fn write_family(
+    o: &mut String,
+    common: &str,
+    name: &str,
+    kind: &str,
+    help: &str,
+    rows: Vec<(String, String)>,
+) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+    for (labels, value) in rows {
+        let all = format!("{common}{labels}");
+        match all.trim_start_matches(',') {
+            "" => writeln!(o, "{name} {value}"),
+            all => writeln!(o, "{name}{{{all}}} {value}"),
+        }
+        .expect("writing to a String");
+    }
 }
 
 impl Status {
@@ -86,11 +109,7 @@ impl Status {
         let mut o = String::new();
         let node = format!("node=\"{}\",role=\"{}\"", label(&self.node_id), label(&self.role));
         let mut metric = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
-            let _ = writeln!(o, "# HELP {name} {help}");
-            let _ = writeln!(o, "# TYPE {name} {kind}");
-            for (labels, value) in rows {
-                let _ = writeln!(o, "{name}{{{node}{labels}}} {value}");
-            }
+            write_family(&mut o, &node, name, kind, help, rows)
         };
         metric("mesh_node_info", "gauge", "This node, by id and role.", vec![(String::new(), "1".into())]);
         metric(

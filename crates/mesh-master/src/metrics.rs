@@ -1,10 +1,10 @@
 //! The master's figures in Prometheus' text format (`GET /admin/metrics`, behind the admin
 //! token): gauges read from the mesh when asked, counters kept as requests go by.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-
 use parking_lot::Mutex;
+use std::collections::BTreeMap;
+
+use mesh_core::status::write_family;
 
 use crate::mesh::Mesh;
 
@@ -39,21 +39,11 @@ impl Counters {
     }
 }
 
-/// A label value, escaped.
-pub fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
 /// Everything, as Prometheus text.
 pub fn render(mesh: &Mesh, counters: &Counters) -> String {
     let mut o = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} {kind}");
-        for (labels, value) in rows {
-            let labels = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-            let _ = writeln!(o, "{name}{labels} {value}");
-        }
+        write_family(&mut o, "", name, kind, help, rows)
     };
     let mut nodes: BTreeMap<(String, bool), u64> = BTreeMap::new();
     for n in mesh.nodes.values() {
@@ -135,6 +125,5 @@ mod tests {
         assert!(text.contains("mesh_master_streams_live 0\n"), "{text}");
         assert!(text.contains("mesh_master_auth_total{action=\"publish\",result=\"deny\"} 2\n"), "{text}");
         assert!(text.contains("# TYPE mesh_master_routes_total counter\n"), "{text}");
-        assert_eq!(label("a\"b"), "a\\\"b");
     }
 }

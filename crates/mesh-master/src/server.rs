@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{to_bytes, Body, Bytes};
-use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use mesh_core::name::is_valid_id;
 use mesh_core::role::Role;
 use mesh_core::sign::{sign_response, verify_request, Stamp, H_NODE, H_SIGNATURE, H_TIMESTAMP};
+use mesh_core::status::label;
 use mesh_core::token::{ct_eq, key_sha256_hex, make_viewer_token, verify_viewer_token};
 pub use mesh_core::wire::Paths;
 use mesh_core::wire::{
@@ -32,7 +33,7 @@ use mesh_core::wire::{
 };
 
 use crate::mesh::{Mesh, MeshError};
-use crate::metrics::{self, label, Counters};
+use crate::metrics::{self, Counters};
 use crate::store::{Store, StoreError, VERSION_BLOCK};
 
 /// Largest request body taken from a node or an admin.
@@ -192,7 +193,7 @@ impl App {
 /// A node's request, its signature checked: the node's id and the body.
 struct NodeCall {
     node: String,
-    query: String,
+    uri: axum::http::Uri,
     body: Bytes,
 }
 
@@ -216,7 +217,7 @@ async fn node_call(app: &App, req: Request) -> Result<NodeCall, Response> {
     if !is_valid_id(&node) {
         return Err(app.signed_error(StatusCode::BAD_REQUEST, "bad X-Mesh-Node"));
     }
-    Ok(NodeCall { node, query: parts.uri.query().unwrap_or("").to_string(), body })
+    Ok(NodeCall { node, uri: parts.uri, body })
 }
 
 /// The body as `T`, naming the same node as the header.
@@ -292,9 +293,9 @@ async fn streams(State(app): State<Arc<App>>, req: Request) -> Response {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let q: PollQuery = match serde_urlencoded(&call.query) {
-        Some(q) => q,
-        None => return app.signed_error(StatusCode::BAD_REQUEST, "bad query: node_id, since, wait"),
+    let q: PollQuery = match Query::try_from_uri(&call.uri) {
+        Ok(Query(q)) => q,
+        Err(_) => return app.signed_error(StatusCode::BAD_REQUEST, "bad query: node_id, since, wait"),
     };
     if q.node_id != call.node {
         return app.signed_error(StatusCode::BAD_REQUEST, "node_id differs from X-Mesh-Node");
@@ -313,8 +314,12 @@ async fn streams(State(app): State<Arc<App>>, req: Request) -> Response {
                 return app.signed(StatusCode::OK, body);
             }
         }
-        let wake =
-            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_secs(1)));
+        // Woken by a change, at the deadline, or when tables start being served.
+        let wake_at = match app.serve_tables_at.saturating_sub(now()) {
+            0 => deadline,
+            grace => deadline.min(tokio::time::Instant::now() + Duration::from_secs(grace)),
+        };
+        let wake = tokio::time::sleep_until(wake_at);
         tokio::select! {
             r = changes.changed() => if r.is_err() { break },
             _ = wake => {}
@@ -324,17 +329,6 @@ async fn streams(State(app): State<Arc<App>>, req: Request) -> Response {
         }
     }
     app.signed(StatusCode::NOT_MODIFIED, Vec::new())
-}
-
-/// `a=1&b=2` into a struct with string and number fields.
-fn serde_urlencoded<T: for<'de> Deserialize<'de>>(query: &str) -> Option<T> {
-    let mut map = serde_json::Map::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = v.parse::<u64>().map(serde_json::Value::from).unwrap_or_else(|_| v.into());
-        map.insert(k.to_string(), value);
-    }
-    serde_json::from_value(serde_json::Value::Object(map)).ok()
 }
 
 async fn auth(State(app): State<Arc<App>>, req: Request) -> Response {
@@ -515,13 +509,14 @@ struct AccountBody {
     name: String,
 }
 
-async fn admin_accounts(State(app): State<Arc<App>>, method: Method, body: Body) -> Response {
-    if method == Method::GET {
-        return match app.store.lock().accounts() {
-            Ok(a) => axum::Json(json!({ "accounts": a })).into_response(),
-            Err(e) => store_error(e),
-        };
+async fn admin_accounts(State(app): State<Arc<App>>) -> Response {
+    match app.store.lock().accounts() {
+        Ok(a) => axum::Json(json!({ "accounts": a })).into_response(),
+        Err(e) => store_error(e),
     }
+}
+
+async fn admin_create_account(State(app): State<Arc<App>>, body: Body) -> Response {
     let b: AccountBody = match admin_body(body).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -644,7 +639,7 @@ pub fn router(app: Arc<App>, paths: &Paths) -> Router {
         .route("/admin/streams", get(admin_streams).post(admin_create_stream))
         .route("/admin/streams/{stream}", axum::routing::delete(admin_delete_stream))
         .route("/admin/streams/{stream}/key", post(admin_rotate_key))
-        .route("/admin/accounts", get(admin_accounts).post(admin_accounts))
+        .route("/admin/accounts", get(admin_accounts).post(admin_create_account))
         .route("/admin/accounts/{name}", axum::routing::delete(admin_delete_account))
         .route("/admin/tokens", post(admin_token))
         .route("/admin/metrics", get(admin_metrics))
