@@ -3,7 +3,8 @@
 //! rtmp{} main level: `mesh_node_id`, `mesh_role`, `mesh_table_file`, and the master's:
 //! `mesh_master`, `mesh_master_key` | `mesh_master_key_file`, `mesh_master_path`,
 //! `mesh_rtmp_url`, `mesh_http_url`, `mesh_heartbeat_interval`, `mesh_poll_wait`,
-//! `mesh_master_timeout`.
+//! `mesh_master_timeout`, and the caps on questions waiting for it: `mesh_auth_pending_max`,
+//! `mesh_auth_pending_per_addr`.
 //! application level (inherited): `mesh on|off`.
 
 use std::ffi::{c_char, c_void};
@@ -36,6 +37,9 @@ pub struct MainConf {
     pub heartbeat_interval: ngx_msec_t,
     pub poll_wait: ngx_msec_t,
     pub master_timeout: ngx_msec_t,
+    /// Auth questions of unknown credentials that may wait per worker, and per client address.
+    pub auth_pending_max: ngx_int_t,
+    pub auth_pending_per_addr: ngx_int_t,
     /// The node state the hot path reads: one read lock and an `Arc` clone per decision.
     node: RwLock<Option<Arc<Node>>>,
     /// When the node state came into force (unix s).
@@ -57,6 +61,8 @@ impl Default for MainConf {
             heartbeat_interval: UNSET_MSEC,
             poll_wait: UNSET_MSEC,
             master_timeout: UNSET_MSEC,
+            auth_pending_max: NGX_CONF_UNSET as ngx_int_t,
+            auth_pending_per_addr: NGX_CONF_UNSET as ngx_int_t,
             node: RwLock::new(None),
             since: AtomicU64::new(0),
         }
@@ -420,6 +426,13 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
         msec(&mut mcf.heartbeat_interval, 10_000);
         msec(&mut mcf.poll_wait, 25_000);
         msec(&mut mcf.master_timeout, 5_000);
+        let num = |v: &mut ngx_int_t, d: usize| {
+            if *v == NGX_CONF_UNSET as ngx_int_t {
+                *v = d as ngx_int_t;
+            }
+        };
+        num(&mut mcf.auth_pending_max, crate::auth::DEFAULT_PENDING_MAX);
+        num(&mut mcf.auth_pending_per_addr, crate::auth::DEFAULT_PENDING_PER_ADDR);
         let (node, failed) = make_node(&node_id, role, table);
         for (url, e) in failed {
             ngx_conf_log_error!(

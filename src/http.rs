@@ -445,7 +445,8 @@ unsafe fn step(h: &Hold, first: bool) -> Step {
                 }
             }
             None if runtime::has_master() => {
-                match auth::cached(Action::Play, &h.stream, h.credential.as_deref(), crate::session::now()) {
+                let question = auth::Question::new(Action::Play, &h.stream, h.credential.as_deref());
+                match auth::cached(&question, crate::session::now()) {
                     Some(a) if a.allow => {}
                     Some(a) => return Step::Fail(NGX_HTTP_FORBIDDEN, format!("auth: {}", a.reason)),
                     None => {
@@ -460,7 +461,7 @@ unsafe fn step(h: &Hold, first: bool) -> Step {
                                 token: h.credential.clone(),
                                 addr,
                             };
-                            auth::ask(Waiter::Cache, req);
+                            let _ = auth::ask(Waiter::Cache, req);
                         }
                         return Step::Wait;
                     }

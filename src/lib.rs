@@ -29,3 +29,4 @@ mod session;
 mod status;
 mod transcode;
 mod util;
+mod waiting;

@@ -30,7 +30,7 @@ const fn main1(name: ngx_str_t, set: SetFn, offset: usize) -> ngx_command_t {
 
 type SetFn = unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
 
-static mut COMMANDS: [ngx_command_t; 14] = [
+static mut COMMANDS: [ngx_command_t; 16] = [
     main1(ngx_string!("mesh_master"), conf::set_master, 0),
     main1(ngx_string!("mesh_master_key"), conf::set_master_key, 0),
     main1(ngx_string!("mesh_master_key_file"), conf::set_master_key, 0),
@@ -51,6 +51,16 @@ static mut COMMANDS: [ngx_command_t; 14] = [
     ),
     main1(ngx_string!("mesh_poll_wait"), ngx_conf_set_msec_slot, offset_of!(MainConf, poll_wait)),
     main1(ngx_string!("mesh_master_timeout"), ngx_conf_set_msec_slot, offset_of!(MainConf, master_timeout)),
+    main1(
+        ngx_string!("mesh_auth_pending_max"),
+        ngx_conf_set_num_slot,
+        offset_of!(MainConf, auth_pending_max),
+    ),
+    main1(
+        ngx_string!("mesh_auth_pending_per_addr"),
+        ngx_conf_set_num_slot,
+        offset_of!(MainConf, auth_pending_per_addr),
+    ),
     main1(ngx_string!("mesh_node_id"), conf::set_node_id, 0),
     main1(ngx_string!("mesh_role"), conf::set_role, 0),
     main1(ngx_string!("mesh_table_file"), conf::set_table_file, 0),

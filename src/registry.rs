@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use mesh_core::handles::Handle;
 use mesh_core::node::Node;
 use mesh_core::wire::{Load, StreamStat};
 use mesh_core::{Refusal, SessionKind};
@@ -28,6 +29,8 @@ pub struct Entry {
     pub stream: String,
     pub args: String,
     pub via: Via,
+    /// The auth question asked about it again, while one is out.
+    pub recheck: Option<Handle>,
     /// Byte counters at the last stats tick (for rates).
     last_in: u32,
     last_out: u32,
@@ -43,7 +46,7 @@ impl Entry {
         args: String,
         via: Via,
     ) -> Entry {
-        Entry { s, kind, stream, args, via, last_in: 0, last_out: 0, in_kbps: 0, out_kbps: 0 }
+        Entry { s, kind, stream, args, via, recheck: None, last_in: 0, last_out: 0, in_kbps: 0, out_kbps: 0 }
     }
 
     pub fn is_publisher(&self) -> bool {
@@ -79,9 +82,14 @@ pub fn add(e: Entry) -> u64 {
     })
 }
 
+/// The session left (or its admission ended): its entry goes, and a re-check question still
+/// out is taken back.
 pub fn remove(id: u64) {
     // try_with: a ctx may be dropped while the thread's locals are being torn down.
-    let _ = REGISTRY.try_with(|r| r.borrow_mut().entries.remove(&id));
+    let e = REGISTRY.try_with(|r| r.borrow_mut().entries.remove(&id)).ok().flatten();
+    if let Some(h) = e.and_then(|e| e.recheck) {
+        crate::auth::cancel(h);
+    }
 }
 
 /// Run `f` on an entry.
@@ -97,6 +105,15 @@ pub fn has_publisher(stream: &str) -> bool {
 /// RTMP viewers of `stream` on this worker.
 pub fn rtmp_viewers(stream: &str) -> usize {
     REGISTRY.with_borrow(|r| r.entries.values().filter(|e| !e.is_publisher() && e.stream == stream).count())
+}
+
+/// The auth question that admitted a session (asked again when its answer runs out).
+pub fn question(e: &Entry) -> crate::auth::Question {
+    let a = mesh_core::args::MeshArgs::parse(&e.args);
+    match e.kind {
+        SessionKind::Viewer => crate::auth::Question::new(mesh_core::wire::Action::Play, &e.stream, a.token),
+        _ => crate::auth::Question::new(mesh_core::wire::Action::Publish, &e.stream, a.key),
+    }
 }
 
 /// What a re-check decided for one session.

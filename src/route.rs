@@ -36,7 +36,8 @@ pub fn wanted(node: &Node, stream: &str) {
         }
     });
     if ask {
-        runtime::call(Call::Route(RouteRequest { node_id: node.node_id.clone(), stream: stream.into() }));
+        let _ =
+            runtime::call(Call::Route(RouteRequest { node_id: node.node_id.clone(), stream: stream.into() }));
     }
 }
 

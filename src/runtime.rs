@@ -15,7 +15,7 @@ use std::ptr::addr_of;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_agent::agent::{self, Agent, Call, Change, Event, Level, Sink};
+use mesh_agent::agent::{self, Agent, Call, Change, Event, Level, Refused, Sink};
 use mesh_agent::client::{HttpConfig, HttpMaster};
 use mesh_core::node::Node;
 use mesh_core::wire::{Action, AuthRequest, Capabilities, Heartbeat};
@@ -115,9 +115,21 @@ pub fn node_id() -> String {
     current_node().node_id.clone()
 }
 
-/// Queue a call to the master; false when there is none.
-pub fn call(c: Call) -> bool {
-    RT.with_borrow(|r| r.as_ref().and_then(|r| r.agent.as_ref()).is_some_and(|a| a.call(c)))
+/// Queue a call to the master: refused without one, or when the queue is full.
+pub fn call(c: Call) -> Result<(), Refused> {
+    RT.with_borrow(|r| match r.as_ref().and_then(|r| r.agent.as_ref()) {
+        Some(a) => a.call(c),
+        None => Err(Refused::NoMaster),
+    })
+}
+
+/// Take back a queued auth call whose asker left.
+pub fn cancel_call(id: u64) {
+    let _ = RT.try_with(|r| {
+        if let Some(a) = r.borrow().as_ref().and_then(|r| r.agent.as_ref()) {
+            a.cancel(id);
+        }
+    });
 }
 
 extern "C" {
@@ -196,6 +208,7 @@ unsafe fn start(cycle: *mut ngx_cycle_t, mcf: &MainConf) -> Result<(), String> {
     rx.set_nonblocking(true).map_err(|e| e.to_string())?;
     tx.set_nonblocking(true).map_err(|e| e.to_string())?;
     let node = mcf.node();
+    auth::set_limits(mcf.auth_pending_max.max(1) as usize, mcf.auth_pending_per_addr.max(1) as usize);
     let sink = Arc::new(GlueSink {
         queue: Mutex::new(VecDeque::new()),
         wake: tx,
@@ -337,10 +350,12 @@ unsafe fn handle(mcf: &MainConf, log: *mut ngx_log_t, ev: Event) {
                 APPLY_US.with(|a| a.set((us, a.get().1.max(us))));
             }
             Event::Auth { id, result } => match auth::on_answer(id, result, session::now()) {
-                None => {}
-                Some((Waiter::Session(s), a)) => session::resume(s, &a),
-                Some((Waiter::Recheck(rid), a)) => recheck_answer(rid, &a),
-                Some((Waiter::Cache, _)) => {}
+                None => {
+                    ngx::ngx_log_debug!(log, "mesh: auth answer nobody waits for, dropped");
+                }
+                Some((Waiter::Session(h), q, a)) => session::resume(h, &q, &a, log),
+                Some((Waiter::Recheck(rid), q, a)) => recheck_answer(rid, &q, &a),
+                Some((Waiter::Cache, _, _)) => {}
             },
             Event::Route { stream, result } => {
                 let (ok, msg) = route::describe(&stream, &result);
@@ -412,9 +427,13 @@ unsafe fn drop_session(id: u64, s: *mut ngx_rtmp_session_t, publisher: bool, str
 }
 
 /// The auth endpoint's second word on a session it had admitted.
-fn recheck_answer(rid: u64, a: &auth::Answer) {
+fn recheck_answer(rid: u64, q: &auth::Question, a: &auth::Answer) {
     let failed = a.reason.starts_with("auth endpoint failed");
     let gone = registry::with(rid, |e| {
+        if e.recheck.take().is_none() || registry::question(e) != *q {
+            // Not the question this session waits on: nothing to apply.
+            return None;
+        }
         if a.allow {
             e.via = Via::Auth { until: a.until, asking: false };
             None
@@ -503,11 +522,12 @@ fn ask_again(node: &Node) {
         // SAFETY: registered sessions are live.
         let addr = unsafe { session::peer(s) };
         let req = AuthRequest { node_id: node.node_id.clone(), action, stream, key, token, addr };
-        if auth::ask(Waiter::Recheck(rid), req).is_some() {
+        if let Ok(h) = auth::ask(Waiter::Recheck(rid), req) {
             registry::with(rid, |e| {
                 if let Via::Auth { until, .. } = e.via {
                     e.via = Via::Auth { until, asking: true };
                 }
+                e.recheck = Some(h);
             });
         }
     }

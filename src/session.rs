@@ -14,12 +14,15 @@ use mesh_core::token::ct_eq;
 use mesh_core::wire::{Action, AuthRequest};
 use mesh_core::{PublishRequest, Refusal, SessionKind};
 
-use crate::auth::{self, Answer, Waiter};
+use mesh_core::handles::Handle;
+
+use crate::auth::{self, Answer, AskError, Question, Waiter};
 use crate::ffi::*;
 use crate::module::{ctx_index, session_app_conf, session_main_conf};
 use crate::push::Pushes;
 use crate::registry::{self, Entry, Via};
 use crate::util::{cbuf_str, guard, pool_new, str_bytes};
+use crate::waiting::{self, PendingCmd, Waiting};
 use crate::{route, runtime, transcode};
 
 static mut NEXT_PUBLISH: ngx_rtmp_publish_pt = None;
@@ -45,28 +48,24 @@ pub unsafe fn hook_chains() {
     }
 }
 
-/// A command kept while the auth endpoint is asked.
-pub enum PendingCmd {
-    Publish(Box<ngx_rtmp_publish_t>),
-    Play(Box<ngx_rtmp_play_t>),
-}
-
-pub struct Pending {
-    pub id: u64,
-    pub cmd: PendingCmd,
-    pub stream: String,
-    pub args: String,
-}
-
 /// What we keep per session (in the connection's pool, dropped with it).
 #[derive(Default)]
 pub struct SessionCtx {
     /// Registry id while admitted.
     pub reg: Option<u64>,
-    /// A publish or play waiting for the auth endpoint.
-    pub pending: Option<Pending>,
+    /// A publish or play waiting for the auth endpoint (its handle in waiting.rs).
+    pub pending: Option<Handle>,
     /// Pushes of a published stream, while it is published.
     pub pushes: Option<Box<Pushes>>,
+}
+
+impl SessionCtx {
+    /// End a wait for the master, if any: the question is taken back, a late answer dropped.
+    fn cancel_pending(&mut self) {
+        if let Some(h) = self.pending.take() {
+            waiting::cancel(h);
+        }
+    }
 }
 
 impl Drop for SessionCtx {
@@ -74,9 +73,7 @@ impl Drop for SessionCtx {
         if let Some(id) = self.reg.take() {
             registry::remove(id);
         }
-        if let Some(p) = self.pending.take() {
-            auth::forget(p.id);
-        }
+        self.cancel_pending();
     }
 }
 
@@ -229,6 +226,7 @@ unsafe extern "C" fn publish(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_publis
             if (*s).relay() == 1 || !mesh_on(s) {
                 return next_publish(s, v);
             }
+            replace_pending(s);
             let stream = cbuf_str(&(*v).name).into_owned();
             let args = cbuf_str(&(*v).args).into_owned();
             let node = session_main_conf(s).node();
@@ -266,6 +264,7 @@ unsafe extern "C" fn play(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_play_t) -
             if (*s).relay() == 1 || !mesh_on(s) {
                 return next_play(s, v);
             }
+            replace_pending(s);
             let stream = cbuf_str(&(*v).name).into_owned();
             let args = cbuf_str(&(*v).args).into_owned();
             let node = session_main_conf(s).node();
@@ -386,8 +385,20 @@ unsafe fn admit_play(
     }
 }
 
+/// A new publish or play replaces a command still waiting for the master: the old question
+/// is taken back, so its answer can never admit the new one.
+///
+/// # Safety
+/// `s` is live.
+unsafe fn replace_pending(s: *mut ngx_rtmp_session_t) {
+    // SAFETY: live session.
+    if let Some(ctx) = unsafe { get_ctx(s) } {
+        ctx.cancel_pending();
+    }
+}
+
 /// Ask the auth endpoint about a session the table cannot decide: a cached answer applies at
-/// once; otherwise the session waits with its command kept.
+/// once; otherwise the session is suspended with its command kept, under a handle.
 ///
 /// # Safety
 /// `s` is live; `cmd` is a copy of its command.
@@ -402,9 +413,13 @@ unsafe fn ask_master(
 ) -> ngx_int_t {
     // SAFETY: live session; the kept command is ours.
     unsafe {
-        if let Some(a) = auth::cached(action, stream, credential.as_deref(), now()) {
+        let question = Question::new(action, stream, credential.as_deref());
+        if let Some(a) = auth::cached(&question, now()) {
             return apply_answer(s, node, stream, args, &mut cmd, &a);
         }
+        let Some(ctx) = ctx_mut(s) else {
+            return NGX_ERROR;
+        };
         let (key, token) = match action {
             Action::Publish => (credential, None),
             Action::Play => (None, credential),
@@ -417,15 +432,35 @@ unsafe fn ask_master(
             token,
             addr: peer(s),
         };
-        let Some(id) = auth::ask(Waiter::Session(s), req) else {
-            log_refusal(s, action_str(action), stream, "auth endpoint unavailable");
+        // The entry first (its handle is the waiter), then the question.
+        let w = Waiting {
+            s,
+            cmd,
+            stream: stream.into(),
+            args: args.into(),
+            question,
+            call: Handle::from_u64(u64::MAX),
+        };
+        let Some(h) = waiting::suspend(w) else {
+            log_refusal(s, action_str(action), stream, "busy");
             return NGX_ERROR;
         };
-        let Some(ctx) = ctx_mut(s) else {
-            return NGX_ERROR;
-        };
-        ctx.pending = Some(Pending { id, cmd, stream: stream.into(), args: args.into() });
-        OK
+        match auth::ask(Waiter::Session(h), req) {
+            Ok(call) => {
+                waiting::set_call(h, call);
+                ctx.pending = Some(h);
+                OK
+            }
+            Err(e) => {
+                waiting::cancel(h);
+                let why = match e {
+                    AskError::Busy => "busy",
+                    AskError::Unavailable => "auth endpoint unavailable",
+                };
+                log_refusal(s, action_str(action), stream, why);
+                NGX_ERROR
+            }
+        }
     }
 }
 
@@ -475,19 +510,27 @@ unsafe fn apply_answer(
     }
 }
 
-/// An auth answer for a waiting session (event loop): resume it or close it.
-///
-/// # Safety
-/// `s` is live (a session that closed has left the waiters, and its answer never comes here).
-pub unsafe fn resume(s: *mut ngx_rtmp_session_t, a: &Answer) {
-    // SAFETY: live session.
+/// An auth answer for a suspended session (event loop): resume it or close it. An answer
+/// for a session that left, or that now waits on another question, is dropped.
+pub fn resume(h: Handle, question: &Question, a: &Answer, log: *mut ngx_log_t) {
+    let Some(mut w) = waiting::take(h, question) else {
+        ngx::ngx_log_debug!(log, "mesh: auth answer for a session that left, dropped");
+        return;
+    };
+    let s = w.s;
+    // SAFETY: an entry leaves the table when its session's ctx is dropped, so `s` is live; a
+    // session already finalized (its close posted) is not resumed.
     unsafe {
-        let Some(ctx) = get_ctx(s) else { return };
-        let Some(mut p) = ctx.pending.take() else {
+        if (*(*s).connection).destroyed() == 1 {
             return;
-        };
+        }
+        let Some(ctx) = get_ctx(s) else { return };
+        if ctx.pending != Some(h) {
+            return;
+        }
+        ctx.pending = None;
         let node = session_main_conf(s).node();
-        if apply_answer(s, &node, &p.stream, &p.args, &mut p.cmd, a) != OK {
+        if apply_answer(s, &node, &w.stream, &w.args, &mut w.cmd, a) != OK {
             ngx_rtmp_finalize_session(s);
         }
     }
@@ -508,9 +551,7 @@ unsafe extern "C" fn close_stream(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_c
                         transcode::stop(&stream, "publisher left", (*(*s).connection).log);
                     }
                 }
-                if let Some(p) = ctx.pending.take() {
-                    auth::forget(p.id);
-                }
+                ctx.cancel_pending();
             }
             match *addr_of!(NEXT_CLOSE_STREAM) {
                 Some(next) => next(s, v),

@@ -3,7 +3,7 @@
 
 use std::ffi::{c_char, c_void};
 
-use mesh_core::status::{PushStatus, Status, StreamStatus, TableStatus, TranscodeStatus};
+use mesh_core::status::{AuthStatus, PushStatus, Status, StreamStatus, TableStatus, TranscodeStatus};
 
 use crate::ffi::*;
 use crate::http::{respond, settings};
@@ -75,6 +75,14 @@ fn collect(renditions: Vec<String>) -> Status {
             })
             .collect(),
         refusals: session::refusals(),
+        auth: {
+            let (pending, unknown) = crate::auth::pending();
+            AuthStatus {
+                pending: pending as u64,
+                pending_unknown: unknown as u64,
+                suspended: crate::waiting::len() as u64,
+            }
+        },
     }
 }
 

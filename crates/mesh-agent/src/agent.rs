@@ -14,11 +14,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mesh_core::backoff::{Backoff, Jitter};
 use mesh_core::node::Node;
 use mesh_core::status::LinkStatus;
-use mesh_core::wire::{Announce, AuthReply, AuthRequest, Capabilities, Heartbeat, RouteReply, RouteRequest};
+use mesh_core::wire::{Announce, AuthReply, Capabilities, Heartbeat, RouteReply};
 use mesh_core::{Role, Table};
 use nix::sys::signal::{SigSet, SigmaskHow};
 use parking_lot::{Condvar, Mutex};
 
+use crate::calls::CallQueue;
 use crate::client::{CallError, Master};
 use crate::load::{make_node, read_table, write_atomic};
 
@@ -56,12 +57,7 @@ pub trait Sink: Send + Sync + 'static {
     fn heartbeat(&self) -> Heartbeat;
 }
 
-/// Calls the event loop asks for.
-#[derive(Debug)]
-pub enum Call {
-    Auth { id: u64, req: AuthRequest },
-    Route(RouteRequest),
-}
+pub use crate::calls::{Call, Refused};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -79,6 +75,8 @@ pub struct Config {
     pub watch_interval: Duration,
     /// Threads serving auth and route calls.
     pub call_threads: usize,
+    /// Calls that may wait for a thread; more are refused at once.
+    pub call_queue: usize,
 }
 
 impl Default for Config {
@@ -95,6 +93,7 @@ impl Default for Config {
             capabilities: Capabilities { transcode: false, hls: false, dash: false },
             watch_interval: Duration::from_secs(1),
             call_threads: 2,
+            call_queue: 1024,
         }
     }
 }
@@ -253,7 +252,7 @@ pub struct Agent {
     threads: Vec<JoinHandle<()>>,
     /// Old snapshots, dropped off the event loop (a 100k-stream table takes ~0.2 s to free).
     janitor: Option<mpsc::Sender<Arc<Node>>>,
-    calls: Option<mpsc::Sender<Call>>,
+    calls: Option<Arc<CallQueue>>,
     master: Option<Arc<dyn Master>>,
 }
 
@@ -271,16 +270,15 @@ impl Agent {
         threads.push(spawn("mesh-control", move || control_loop(&*m, &s))?);
         let (m, s) = (master.clone(), shared.clone());
         threads.push(spawn("mesh-poll", move || poll_loop(&*m, &s))?);
-        let (tx, rx) = mpsc::channel::<Call>();
-        let rx = Arc::new(Mutex::new(rx));
+        let queue = Arc::new(CallQueue::new(shared.cfg.call_queue));
         for i in 0..shared.cfg.call_threads.max(1) {
-            let (m, s, rx) = (master.clone(), shared.clone(), rx.clone());
+            let (m, s, q) = (master.clone(), shared.clone(), queue.clone());
             threads.push(spawn(if i == 0 { "mesh-calls-0" } else { "mesh-calls-1" }, move || {
-                calls_loop(&*m, &s, &rx)
+                calls_loop(&*m, &s, &q)
             })?);
         }
         let janitor = start_janitor(&mut threads)?;
-        Ok(Agent { shared, threads, janitor: Some(janitor), calls: Some(tx), master: Some(master) })
+        Ok(Agent { shared, threads, janitor: Some(janitor), calls: Some(queue), master: Some(master) })
     }
 
     /// No master: watch the table file and load it again when it changes.
@@ -299,9 +297,15 @@ impl Agent {
         }
     }
 
-    /// Queue a call; false when there is no master to call.
-    pub fn call(&self, c: Call) -> bool {
-        self.calls.as_ref().is_some_and(|tx| tx.send(c).is_ok())
+    /// Queue a call: refused when there is no master to call or the queue is full.
+    pub fn call(&self, c: Call) -> Result<(), Refused> {
+        self.calls.as_ref().ok_or(Refused::NoMaster)?.push(c)
+    }
+
+    /// Take back a queued auth call whose asker left: it is never sent. (One already sent is
+    /// answered; the event loop drops that answer.)
+    pub fn cancel(&self, id: u64) -> bool {
+        self.calls.as_ref().is_some_and(|q| q.cancel(id))
     }
 
     /// The state of each link to the master (empty without one).
@@ -323,7 +327,9 @@ impl Agent {
         if let Some(m) = &self.master {
             m.shutdown();
         }
-        self.calls = None;
+        if let Some(q) = self.calls.take() {
+            q.close();
+        }
         self.janitor = None;
         let deadline = Instant::now() + within;
         let mut joined = 0;
@@ -506,15 +512,11 @@ fn install_table(s: &Shared, t: Table, persist: Option<&[u8]>, from: &str) {
     }
 }
 
-fn calls_loop(m: &dyn Master, s: &Shared, rx: &Mutex<mpsc::Receiver<Call>>) {
-    while !s.stopping() {
-        let call = match rx.lock().recv_timeout(Duration::from_millis(200)) {
-            Ok(c) => c,
-            Err(mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
+fn calls_loop(m: &dyn Master, s: &Shared, q: &CallQueue) {
+    while !s.stopping() && !q.is_closed() {
+        let Some(call) = q.pop(Duration::from_millis(200)) else { continue };
         match call {
-            Call::Auth { id, req } => s.sink.send(Event::Auth { id, result: m.auth(&req) }),
+            Call::Auth { id, req, .. } => s.sink.send(Event::Auth { id, result: m.auth(&req) }),
             Call::Route(req) => {
                 let stream = req.stream.clone();
                 s.sink.send(Event::Route { stream, result: m.route(&req) });
@@ -557,7 +559,7 @@ fn watch_loop(s: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_core::wire::{AnnounceReply, HeartbeatReply};
+    use mesh_core::wire::{AnnounceReply, AuthRequest, HeartbeatReply, RouteRequest};
     use std::collections::VecDeque;
 
     /// A master that answers from scripts (this tests the agent's logic; the HTTP side is
@@ -740,8 +742,10 @@ mod tests {
             token: None,
             addr: "a".into(),
         };
-        assert!(agent.call(Call::Auth { id: 7, req }));
-        assert!(agent.call(Call::Route(RouteRequest { node_id: "edge-1".into(), stream: "s".into() })));
+        assert!(agent.call(Call::Auth { id: 7, req, known: false }).is_ok());
+        assert!(agent
+            .call(Call::Route(RouteRequest { node_id: "edge-1".into(), stream: "s".into() }))
+            .is_ok());
         assert!(sink.wait_for(|s| s
             .0
             .lock()

@@ -5,10 +5,12 @@
 //! * [`proc`]: child processes (ffmpeg): no shell, PR_SET_PDEATHSIG, death seen through a pipe.
 //! * [`resolve`]: target host names → addresses, when a table is loaded.
 //! * [`agent`]: the background threads (announce, heartbeat, long poll, calls, file watch).
+//! * [`calls`]: the bounded, cancellable queue of auth and route calls.
 //! * [`client`]: the master behind a trait, and its signed HTTP implementation.
 //! * [`load`]: read, validate and resolve a table into a node snapshot; write one atomically.
 
 pub mod agent;
+pub mod calls;
 pub mod client;
 pub mod load;
 pub mod proc;

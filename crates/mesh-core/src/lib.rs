@@ -11,12 +11,14 @@
 //! * [`push`]: which targets a node pushes a stream to, and the push URL.
 //! * [`sign`]: node ↔ master request and response signatures.
 //! * [`status`]: the figures `mesh_status` reports, as JSON and Prometheus text.
+//! * [`handles`]: bounded slot maps whose handles die with what they name.
 //! * [`backoff`]: capped exponential backoff with jitter.
 //! * [`wire`]: node ↔ master request and response bodies.
 
 pub mod admission;
 pub mod args;
 pub mod backoff;
+pub mod handles;
 pub mod media;
 pub mod name;
 pub mod node;

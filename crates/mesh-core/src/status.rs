@@ -17,6 +17,19 @@ pub struct Status {
     pub transcodes: Vec<TranscodeStatus>,
     /// `(action, reason)` → sessions refused or dropped since the worker started.
     pub refusals: Vec<RefusalCount>,
+    /// Questions waiting for the master's auth endpoint.
+    pub auth: AuthStatus,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct AuthStatus {
+    /// Questions out (queued or asked), of every kind.
+    pub pending: u64,
+    /// Of those, questions about credentials the master never allowed (capped by
+    /// `mesh_auth_pending_max`).
+    pub pending_unknown: u64,
+    /// RTMP sessions suspended in publish or play.
+    pub suspended: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -225,6 +238,15 @@ impl Status {
             self.transcodes.iter().map(|tc| (t(tc), tc.restarts.to_string())).collect(),
         );
         metric(
+            "mesh_auth_pending",
+            "gauge",
+            "Questions waiting for the master's auth endpoint: all, and of unknown credentials.",
+            vec![
+                (",kind=\"all\"".into(), self.auth.pending.to_string()),
+                (",kind=\"unknown\"".into(), self.auth.pending_unknown.to_string()),
+            ],
+        );
+        metric(
             "mesh_refusals_total",
             "counter",
             "Sessions refused or dropped, by action and reason.",
@@ -278,6 +300,7 @@ mod tests {
                 renditions: vec!["source".into(), "360p".into()],
             }],
             refusals: vec![RefusalCount { action: "publish".into(), reason: "wrong key".into(), count: 4 }],
+            auth: AuthStatus { pending: 5, pending_unknown: 3, suspended: 4 },
         }
     }
 
@@ -298,6 +321,7 @@ mod tests {
         for line in [
             "# TYPE mesh_refusals_total counter",
             r#"mesh_refusals_total{node="edge-1",role="relay",action="publish",reason="wrong key"} 4"#,
+            r#"mesh_auth_pending{node="edge-1",role="relay",kind="unknown"} 3"#,
             r#"mesh_table_version{node="edge-1",role="relay"} 7"#,
             r#"mesh_master_link_up{node="edge-1",role="relay",link="streams"} 0"#,
             r#"mesh_master_link_backoff_seconds{node="edge-1",role="relay",link="streams"} 2.500"#,

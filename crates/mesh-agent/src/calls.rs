@@ -1,0 +1,201 @@
+//! The calls the event loop asks the master for (auth, route): a bounded queue with two lanes,
+//! whose queued questions can be taken back.
+//!
+//! Strangers can make a node ask the master: every place a question waits is capped. The queue
+//! holds at most `cap` calls (a full queue refuses at once); calls marked `known` (credentials
+//! the master allowed before, re-checks of admitted sessions) go ahead of the others, so a
+//! flood of unknown keys never delays them; a question whose asker left is taken out of the
+//! queue with [`CallQueue::cancel`] and never sent.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use mesh_core::wire::{AuthRequest, RouteRequest};
+use parking_lot::{Condvar, Mutex};
+
+/// Calls the event loop asks for.
+#[derive(Debug)]
+pub enum Call {
+    /// `id` names the asker's handle; the answer comes back with it.
+    Auth {
+        id: u64,
+        req: AuthRequest,
+        known: bool,
+    },
+    Route(RouteRequest),
+}
+
+impl Call {
+    fn known(&self) -> bool {
+        matches!(self, Call::Auth { known: true, .. })
+    }
+}
+
+/// Why a call was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// No master to ask.
+    NoMaster,
+    /// The queue is full.
+    Full,
+}
+
+#[derive(Default)]
+struct Lanes {
+    known: VecDeque<Call>,
+    other: VecDeque<Call>,
+    closed: bool,
+}
+
+impl Lanes {
+    fn len(&self) -> usize {
+        self.known.len() + self.other.len()
+    }
+}
+
+/// Bounded, two-lane, cancellable.
+pub struct CallQueue {
+    lanes: Mutex<Lanes>,
+    ready: Condvar,
+    cap: usize,
+}
+
+impl CallQueue {
+    pub fn new(cap: usize) -> CallQueue {
+        CallQueue { lanes: Mutex::new(Lanes::default()), ready: Condvar::new(), cap: cap.max(1) }
+    }
+
+    /// Queue a call, or refuse it when `cap` calls wait already (or the queue closed).
+    pub fn push(&self, c: Call) -> Result<(), Refused> {
+        let mut l = self.lanes.lock();
+        if l.closed {
+            return Err(Refused::NoMaster);
+        }
+        if l.len() >= self.cap {
+            return Err(Refused::Full);
+        }
+        if c.known() {
+            l.known.push_back(c);
+        } else {
+            l.other.push_back(c);
+        }
+        drop(l);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Take back the auth call `id` if it has not been sent yet; true when it was queued.
+    pub fn cancel(&self, id: u64) -> bool {
+        let mut l = self.lanes.lock();
+        let before = l.len();
+        let keep = |c: &Call| !matches!(c, Call::Auth { id: i, .. } if *i == id);
+        l.known.retain(keep);
+        l.other.retain(keep);
+        l.len() != before
+    }
+
+    /// The next call, known ones first; None after `wait` with nothing, or once closed.
+    pub fn pop(&self, wait: Duration) -> Option<Call> {
+        let mut l = self.lanes.lock();
+        if l.len() == 0 && !l.closed {
+            self.ready.wait_for(&mut l, wait);
+        }
+        l.known.pop_front().or_else(|| l.other.pop_front())
+    }
+
+    /// Calls waiting now.
+    pub fn len(&self) -> usize {
+        self.lanes.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Refuse new calls and drop the queued ones; wakes every waiting thread.
+    pub fn close(&self) {
+        let mut l = self.lanes.lock();
+        l.closed = true;
+        l.known.clear();
+        l.other.clear();
+        drop(l);
+        self.ready.notify_all();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lanes.lock().closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::wire::Action;
+
+    fn auth(id: u64, known: bool) -> Call {
+        Call::Auth {
+            id,
+            known,
+            req: AuthRequest {
+                node_id: "n".into(),
+                action: Action::Publish,
+                stream: "s".into(),
+                key: Some("k".into()),
+                token: None,
+                addr: "a".into(),
+            },
+        }
+    }
+
+    fn id(c: Option<Call>) -> Option<u64> {
+        match c? {
+            Call::Auth { id, .. } => Some(id),
+            Call::Route(_) => None,
+        }
+    }
+
+    #[test]
+    fn full_queue_refuses_at_once() {
+        let q = CallQueue::new(2);
+        q.push(auth(1, false)).unwrap();
+        q.push(auth(2, true)).unwrap();
+        assert_eq!(q.push(auth(3, true)), Err(Refused::Full));
+        assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn known_calls_go_first() {
+        let q = CallQueue::new(10);
+        for i in 1..=3 {
+            q.push(auth(i, false)).unwrap();
+        }
+        q.push(auth(9, true)).unwrap();
+        let order: Vec<_> = (0..4).map(|_| id(q.pop(Duration::ZERO)).unwrap()).collect();
+        assert_eq!(order, vec![9, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_cancelled_call_is_never_popped() {
+        let q = CallQueue::new(10);
+        q.push(auth(1, false)).unwrap();
+        q.push(auth(2, false)).unwrap();
+        assert!(q.cancel(1));
+        assert!(!q.cancel(1), "once");
+        assert!(!q.cancel(77), "never queued");
+        assert_eq!(id(q.pop(Duration::ZERO)), Some(2));
+        assert!(q.pop(Duration::ZERO).is_none());
+    }
+
+    #[test]
+    fn closing_wakes_and_refuses() {
+        let q = std::sync::Arc::new(CallQueue::new(4));
+        let q2 = q.clone();
+        let t = std::thread::spawn(move || q2.pop(Duration::from_secs(10)).is_none());
+        std::thread::sleep(Duration::from_millis(50));
+        let t0 = std::time::Instant::now();
+        q.close();
+        assert!(t.join().unwrap());
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        assert_eq!(q.push(auth(1, true)), Err(Refused::NoMaster));
+    }
+}
