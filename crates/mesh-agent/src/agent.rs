@@ -271,11 +271,11 @@ impl Agent {
         let (m, s) = (master.clone(), shared.clone());
         threads.push(spawn("mesh-poll", move || poll_loop(&*m, &s))?);
         let queue = Arc::new(CallQueue::new(shared.cfg.call_queue));
-        for i in 0..shared.cfg.call_threads.max(1) {
+        // One more thread than `call_threads`, kept for known credentials and re-checks.
+        for i in 0..=shared.cfg.call_threads.max(1) {
             let (m, s, q) = (master.clone(), shared.clone(), queue.clone());
-            threads.push(spawn(if i == 0 { "mesh-calls-0" } else { "mesh-calls-1" }, move || {
-                calls_loop(&*m, &s, &q)
-            })?);
+            let name = if i == 0 { "mesh-calls-known".to_string() } else { format!("mesh-calls-{i}") };
+            threads.push(spawn(&name, move || calls_loop(&*m, &s, &q, i == 0))?);
         }
         let janitor = start_janitor(&mut threads)?;
         Ok(Agent { shared, threads, janitor: Some(janitor), calls: Some(queue), master: Some(master) })
@@ -512,9 +512,9 @@ fn install_table(s: &Shared, t: Table, persist: Option<&[u8]>, from: &str) {
     }
 }
 
-fn calls_loop(m: &dyn Master, s: &Shared, q: &CallQueue) {
+fn calls_loop(m: &dyn Master, s: &Shared, q: &CallQueue, known_only: bool) {
     while !s.stopping() && !q.is_closed() {
-        let Some(call) = q.pop(Duration::from_millis(200)) else { continue };
+        let Some(call) = q.pop(Duration::from_millis(200), known_only) else { continue };
         match call {
             Call::Auth { id, req, .. } => s.sink.send(Event::Auth { id, result: m.auth(&req) }),
             Call::Route(req) => {
@@ -684,7 +684,7 @@ mod tests {
         let (agent, sink) = start(m.clone(), cfg());
         assert!(sink.wait_for(|s| s.changes().contains(&Change::Role(Role::Relay))));
         assert!(sink.wait_for(|_| *m.heartbeats.lock() >= 2), "heartbeats follow the announce");
-        assert_eq!(agent.stop(Duration::from_secs(2)), 5);
+        assert_eq!(agent.stop(Duration::from_secs(2)), 6, "control, poll, three call threads, janitor");
         let logs = sink.logs();
         // One line when the link went down, one when it came back: not one per retry.
         assert_eq!(logs.iter().filter(|l| l.contains("announce failed")).count(), 1, "{logs:?}");
@@ -727,7 +727,7 @@ mod tests {
         let (agent, _sink) = start(m, Config { heartbeat_interval: Duration::from_secs(60), ..cfg() });
         thread::sleep(Duration::from_millis(50));
         let t = Instant::now();
-        assert_eq!(agent.stop(Duration::from_secs(2)), 5, "every thread joined");
+        assert_eq!(agent.stop(Duration::from_secs(2)), 6, "every thread joined");
         assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     }
 

@@ -80,7 +80,8 @@ impl CallQueue {
             l.other.push_back(c);
         }
         drop(l);
-        self.ready.notify_one();
+        // Every waiting thread: one kept for known calls must not swallow a stranger's wake-up.
+        self.ready.notify_all();
         Ok(())
     }
 
@@ -94,13 +95,20 @@ impl CallQueue {
         l.len() != before
     }
 
-    /// The next call, known ones first; None after `wait` with nothing, or once closed.
-    pub fn pop(&self, wait: Duration) -> Option<Call> {
+    /// The next call, known ones first (only known ones with `known_only`: a thread kept for
+    /// them never waits on a stranger's slow answer); None after `wait` with nothing, or once
+    /// closed.
+    pub fn pop(&self, wait: Duration, known_only: bool) -> Option<Call> {
         let mut l = self.lanes.lock();
-        if l.len() == 0 && !l.closed {
+        let empty = |l: &Lanes| l.known.is_empty() && (known_only || l.other.is_empty());
+        if empty(&l) && !l.closed {
             self.ready.wait_for(&mut l, wait);
         }
-        l.known.pop_front().or_else(|| l.other.pop_front())
+        match l.known.pop_front() {
+            Some(c) => Some(c),
+            None if known_only => None,
+            None => l.other.pop_front(),
+        }
     }
 
     /// Calls waiting now.
@@ -170,8 +178,18 @@ mod tests {
             q.push(auth(i, false)).unwrap();
         }
         q.push(auth(9, true)).unwrap();
-        let order: Vec<_> = (0..4).map(|_| id(q.pop(Duration::ZERO)).unwrap()).collect();
+        let order: Vec<_> = (0..4).map(|_| id(q.pop(Duration::ZERO, false)).unwrap()).collect();
         assert_eq!(order, vec![9, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_thread_kept_for_known_calls_takes_only_those() {
+        let q = CallQueue::new(10);
+        q.push(auth(1, false)).unwrap();
+        assert!(q.pop(Duration::ZERO, true).is_none());
+        q.push(auth(2, true)).unwrap();
+        assert_eq!(id(q.pop(Duration::ZERO, true)), Some(2));
+        assert_eq!(id(q.pop(Duration::ZERO, false)), Some(1));
     }
 
     #[test]
@@ -182,15 +200,15 @@ mod tests {
         assert!(q.cancel(1));
         assert!(!q.cancel(1), "once");
         assert!(!q.cancel(77), "never queued");
-        assert_eq!(id(q.pop(Duration::ZERO)), Some(2));
-        assert!(q.pop(Duration::ZERO).is_none());
+        assert_eq!(id(q.pop(Duration::ZERO, false)), Some(2));
+        assert!(q.pop(Duration::ZERO, false).is_none());
     }
 
     #[test]
     fn closing_wakes_and_refuses() {
         let q = std::sync::Arc::new(CallQueue::new(4));
         let q2 = q.clone();
-        let t = std::thread::spawn(move || q2.pop(Duration::from_secs(10)).is_none());
+        let t = std::thread::spawn(move || q2.pop(Duration::from_secs(10), false).is_none());
         std::thread::sleep(Duration::from_millis(50));
         let t0 = std::time::Instant::now();
         q.close();
