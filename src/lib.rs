@@ -21,6 +21,7 @@ mod conf;
 mod ffi;
 mod http;
 pub mod module;
+mod protocol;
 mod push;
 mod registry;
 mod route;

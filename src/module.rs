@@ -150,10 +150,14 @@ pub unsafe fn session_app_conf<'a>(s: *mut ngx_rtmp_session_t) -> Option<&'a App
     }
 }
 
-unsafe extern "C" fn postconfiguration(_cf: *mut ngx_conf_t) -> ngx_int_t {
+unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
     // SAFETY: configuration time, single-threaded: nginx-rtmp's handler chains are plain
     // globals that every module links itself into here ("next_publish" pattern). Loaded last,
     // we run first.
     unsafe { session::hook_chains() };
+    // SAFETY: as above; cf is the rtmp{} block's.
+    if !unsafe { crate::protocol::hook(cf) } {
+        return NGX_ERROR as ngx_int_t;
+    }
     NGX_OK as ngx_int_t
 }
