@@ -17,17 +17,16 @@ use Mesh::Master;
 plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
 plan(skip_all => 'no mesh-master (make dist)') unless Mesh::Master::has_binary();
 
-# Ten free ports in a row: master, four RTMP, four HTTP.
-my ($rbase, $hbase);
-for (1 .. 50) {
-	my $p = free_port();
-	my @socks = map { IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $p + $_, Listen => 1, ReuseAddr => 1) } 0 .. 8;
-	next if grep { !$_ } @socks;
-	$_->close for @socks;
-	($rbase, $hbase) = ($p, $p + 4);
-	last;
+# Nine free ports in a row: four RTMP, four HTTP, the master; outside the ephemeral range (where
+# an outgoing connection may take one before nginx binds it: "Address already in use"), and
+# free on INADDR_ANY, where the nodes listen.
+my $rbase = free_port(9);
+my ($hbase, $mport) = ($rbase + 4, $rbase + 8);
+ok($rbase >= 20000 && $mport < 32768, "ports $rbase-$mport: below the ephemeral range");
+{
+	my $held = IO::Socket::INET->new(LocalAddr => '0.0.0.0', LocalPort => free_port(), Listen => 1) or die;
+	ok(!Mesh::Test::port_is_free($held->sockport), 'a port bound on INADDR_ANY is not free');
 }
-my $mport = $rbase + 8;
 my $run = tempdir('mesh-run-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{TEST_NGINX_LEAVE});
 chmod 0755, $run;
 my $out = "$run/out.txt";
