@@ -11,7 +11,7 @@ C=${C:-10}
 work=$(mktemp -d)
 trap 'for d in "$work"/*/; do [ -f "$d/nginx.pid" ] && kill -QUIT "$(cat "$d/nginx.pid")" 2>/dev/null; done; kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port() { python3 "$top/bench/benchlib.py"; }   # outside the ephemeral range, as the tests pick
 AUTH=$(port)
 DELAY_FILE=$work/delay
 echo 0 >"$DELAY_FILE"

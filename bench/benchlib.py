@@ -8,10 +8,56 @@ NGINX = os.path.join(TOP, "dist/sbin/nginx")
 MODS = os.path.join(TOP, "dist/modules")
 
 
-def port():
-    """A free TCP port on loopback."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+# Ports as t/lib/Mesh/Test.pm's free_port picks them: never from the kernel's ephemeral range
+# (32768-60999 by default), where it picks the local ports of outgoing connections; from 20000-31999,
+# starting at a slice of 200 derived from the process id, probed on INADDR_ANY and [::] as
+# nginx's `listen <port>` binds, without SO_REUSEADDR.
+PORT_LO, PORT_HI, SLICE = 20000, 31999, 200
+_used = set()
+_next = [PORT_LO + (os.getpid() % ((PORT_HI - PORT_LO + 1) // SLICE)) * SLICE]
+
+
+def _ephemeral():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _free(p, ephemeral=_ephemeral()):
+    if not PORT_LO <= p <= PORT_HI or ephemeral[0] <= p <= ephemeral[1]:
+        return False
+    for family, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        try:
+            s = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            continue  # no IPv6 here
+        try:
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind((addr, p))
+        except OSError:
+            return False
+        finally:
+            s.close()
+    return True
+
+
+def port(count=1):
+    """A free TCP port (or the first of `count` in a row), never the same twice in a process."""
+    for _ in range(PORT_HI - PORT_LO + 1):
+        p = _next[0]
+        _next[0] = PORT_LO if p + 1 > PORT_HI else p + 1
+        run = range(p, p + count)
+        if p + count - 1 <= PORT_HI and all(q not in _used and _free(q) for q in run):
+            _used.update(run)
+            return p
+    raise RuntimeError("no free port in %d-%d" % (PORT_LO, PORT_HI))
+
+
+if __name__ == "__main__":  # for shell scripts: benchlib.py [n] prints n free ports
+    import sys
+
+    print(" ".join(str(port()) for _ in range(int(sys.argv[1]) if len(sys.argv) > 1 else 1)))

@@ -14,13 +14,13 @@ use IO::Select;
 use IO::Socket::INET;
 use Time::HiRes qw(time sleep);
 use Test::More;    # the harness reports through it
-use Mesh::Test qw(publish wait_until log_lines reap sha256_hex);
+use Mesh::Test qw(free_port publish wait_until log_lines reap sha256_hex);
 use Mesh::FakeMaster;
 use Mesh::Node;
 
 my $rounds = shift // 50;
 my $master = Mesh::FakeMaster->new;
-my $listen = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Listen => 64, ReuseAddr => 1) or die;
+my $listen = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => free_port(), Listen => 64, ReuseAddr => 1) or die;
 my $tport = $listen->sockport;
 my $t = Mesh::Node->under_master(id => 'ingest-1', role => 'ingest', master => $master);
 $t->run;

@@ -21,6 +21,7 @@
 #   RENDITIONS          ladder, ';'-separated mesh_rendition arguments (default "source")
 #   ERROR_LOG           error log target (default <node dir>/error.log; "stderr" in the image)
 #   DAEMON              on | off (default on)
+#   STATUS_ALLOW        who else may read /status: addresses, CIDRs, all (default: loopback only)
 set -euo pipefail
 
 dir=${1:?usage: render-node-conf.sh <node dir>}
@@ -69,6 +70,13 @@ IFS=';' read -ra rungs <<<"${RENDITIONS:-source}"
 for r in "${rungs[@]}"; do
 	r=$(echo "$r" | xargs)
 	[ -n "$r" ] && ladder+="    mesh_rendition $r;"$'\n'
+done
+# /status answers loopback only; STATUS_ALLOW (addresses, CIDRs or all; space-separated) widens it.
+status_allow=""
+read -ra allows <<<"${STATUS_ALLOW:-}"
+for a in "${allows[@]}"; do
+	[[ $a =~ ^(all|[0-9A-Fa-f.:]+(/[0-9]{1,3})?)$ ]] || die "STATUS_ALLOW \"$a\": addresses, CIDRs or all"
+	status_allow+=" allow $a;"
 done
 error_log=${ERROR_LOG:-$dir/logs/error.log}
 # Where the transcoder reads a stream: pushes arrive in "relay", broadcasters in "live".
@@ -122,8 +130,8 @@ $ladder
 
         location /hls/    { mesh_media hls; }
         location /dash/   { mesh_media dash; }
-        location /player/ { root $prefix/html; }
-        location = /status { mesh_status; allow 127.0.0.1; allow ::1; deny all; }
+        location /player/ { root $prefix/html; include $prefix/conf/player_headers.conf; }
+        location = /status { mesh_status;$status_allow }
     }
 }
 CONF

@@ -15,13 +15,18 @@ rbase=${MESH_RTMP_BASE:-1935}
 hbase=${MESH_HTTP_BASE:-8080}
 mkdir -p "$run"
 
-secret() { # a secret kept across runs
+# Secrets never on a command line (ps shows argv to every local user): the master and the nodes
+# read theirs from files, curl its admin header from a file (-H @file), all 0600.
+secret() { # a secret kept across runs, in $run/<name>
 	[ -s "$run/$1" ] || (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$run/$1")
-	cat "$run/$1"
+	chmod 600 "$run/$1"
 }
-master_key=$(secret master.key)
-admin_token=$(secret admin.token)
-admin=(curl -sf -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json')
+secret master.key
+secret admin.token
+# The admin header, for this script's curl and for the operator's (printed below).
+rm -f "$run/admin.header"
+(umask 077 && printf 'Authorization: Bearer %s\n' "$(<"$run/admin.token")" >"$run/admin.header")
+admin=(curl -sf -H @"$run/admin.header" -H 'Content-Type: application/json')
 murl=http://127.0.0.1:$mport
 
 pids=()
@@ -48,15 +53,15 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-MASTER_KEY=$master_key ADMIN_TOKEN=$admin_token "$dist/sbin/mesh-master" --listen "127.0.0.1:$mport" \
-	--db "$run/master.db" --heartbeat-interval 2 >>"$run/master.log" 2>&1 &
+"$dist/sbin/mesh-master" --listen "127.0.0.1:$mport" --master-key-file "$run/master.key" \
+	--admin-token-file "$run/admin.token" --db "$run/master.db" --heartbeat-interval 2 >>"$run/master.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do curl -sf "$murl/healthz" >/dev/null && break; sleep 0.1; done
 curl -sf "$murl/healthz" >/dev/null || { echo "mesh-master did not start: see $run/master.log" >&2; exit 1; }
 
 start_node() { # id role rtmp-port http-port
 	local conf
-	conf=$(NODE_ID=$1 NODE_ROLE=$2 NGINX_PORT=$3 HTTP_PORT=$4 MASTER_SERVER=$murl MASTER_KEY=$master_key \
+	conf=$(NODE_ID=$1 NODE_ROLE=$2 NGINX_PORT=$3 HTTP_PORT=$4 MASTER_SERVER=$murl MASTER_KEY_FILE=$run/master.key \
 		HEARTBEAT_INTERVAL=2 bash "$top/scripts/render-node-conf.sh" "$run/$1")
 	"$dist/sbin/nginx" -p "$dist/" -c "$conf" -t -q
 	"$dist/sbin/nginx" -p "$dist/" -c "$conf"
@@ -85,7 +90,7 @@ ngx_rtmp_mesh: a local mesh — master $murl, ingest-1 :$rbase → root-1 :$((rb
             ffplay 'rtmp://127.0.0.1:$((rbase + 3))/relay/demo?token=$token'     (edge-2: routed on demand)
   HLS:      http://127.0.0.1:$((hbase + 2))/hls/demo/master.m3u8?token=$token
   browser:  http://127.0.0.1:$((hbase + 2))/player/?stream=demo&token=$token
-  admin:    curl -H 'Authorization: Bearer $admin_token' $murl/admin/nodes
+  admin:    curl -H @$run/admin.header $murl/admin/nodes
             (also /admin/streams; token valid 24 h)
 
   logs:     $run/master.log, $run/<node>/logs/error.log        stop: Ctrl-C

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Vendor hls.js and dash.js from the npm registry for the operators' player page: the
 # tarballs are fetched with `npm pack` into nginx-src/npm/ (git-ignored), checked against
-# player/SHA256SUMS, and their minified builds copied into dist/html/player/ with our page.
+# player/SHA256SUMS, and their minified builds (and hls.js's worker) copied into
+# dist/html/player/ with our page, its script and its stylesheet; the headers nginx serves them
+# with (player/headers.conf) go to dist/conf/player_headers.conf.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,5 +28,8 @@ extract() { # tarball path-in-package destination
 	rm -rf "$tmp"
 }
 [ -f "$out/hls.min.js" ] || extract hls.js-1.7.4.tgz dist/hls.min.js "$out/hls.min.js"
+[ -f "$out/hls.worker.js" ] || extract hls.js-1.7.4.tgz dist/hls.worker.js "$out/hls.worker.js"
 [ -f "$out/dash.all.min.js" ] || extract dashjs-5.2.1.tgz dist/modern/umd/dash.all.min.js "$out/dash.all.min.js"
-install -C -m 644 "$top/player/index.html" "$out/index.html"
+for f in index.html player.js player.css; do install -C -m 644 "$top/player/$f" "$out/$f"; done
+mkdir -p "$top/dist/conf"
+install -C -m 644 "$top/player/headers.conf" "$top/dist/conf/player_headers.conf"

@@ -37,7 +37,7 @@ http {
         listen 127.0.0.1:%%PORT_2%%;
         location /hls/ { mesh_media hls; }
         location /dash/ { mesh_media dash; }
-        location /player/ { root $html; }
+        location /player/ { root $html; include $html/../conf/player_headers.conf; }
     }
 }
 CONF

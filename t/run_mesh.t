@@ -2,7 +2,9 @@
 
 # `make mesh` (scripts/run-mesh.sh): the master and four nodes rendered from environment
 # variables as the Docker image renders them; the printed broadcaster URL publishes, the printed
-# viewer URLs play (edge-2 by a route request), and Ctrl-C leaves no process behind.
+# viewer URLs play (edge-2 by a route request), no secret is on any command line (the admin
+# token and the master key: curl reads a header file, the master and nodes key files), and
+# Ctrl-C leaves no process behind.
 
 use strict;
 use warnings;
@@ -17,20 +19,29 @@ use Mesh::Master;
 plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
 plan(skip_all => 'no mesh-master (make dist)') unless Mesh::Master::has_binary();
 
-# Ten free ports in a row: master, four RTMP, four HTTP.
-my ($rbase, $hbase);
-for (1 .. 50) {
-	my $p = free_port();
-	my @socks = map { IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $p + $_, Listen => 1, ReuseAddr => 1) } 0 .. 8;
-	next if grep { !$_ } @socks;
-	$_->close for @socks;
-	($rbase, $hbase) = ($p, $p + 4);
-	last;
+# Nine free ports in a row: four RTMP, four HTTP, the master; outside the ephemeral range (where
+# an outgoing connection may take one before nginx binds it: "Address already in use"), and
+# free on INADDR_ANY, where the nodes listen.
+my $rbase = free_port(9);
+my ($hbase, $mport) = ($rbase + 4, $rbase + 8);
+ok($rbase >= 20000 && $mport < 32768, "ports $rbase-$mport: below the ephemeral range");
+{
+	my $held = IO::Socket::INET->new(LocalAddr => '0.0.0.0', LocalPort => free_port(), Listen => 1) or die;
+	ok(!Mesh::Test::port_is_free($held->sockport), 'a port bound on INADDR_ANY is not free');
 }
-my $mport = $rbase + 8;
 my $run = tempdir('mesh-run-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{TEST_NGINX_LEAVE});
 chmod 0755, $run;
 my $out = "$run/out.txt";
+
+# Every curl the script runs, through a shim that records its command line (the admin token
+# must not be on it: ps shows argv to every local user).
+my $shims = tempdir('mesh-shim-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+my $argv_log = "$shims/argv.log";
+my ($curl) = grep { -x } map { "$_/curl" } split /:/, $ENV{PATH};
+open my $shim, '>', "$shims/curl" or die;
+print $shim qq{#!/bin/sh\nprintf '%s\\n' "curl \$*" >>'$argv_log'\nexec '$curl' "\$@"\n};
+close $shim;
+chmod 0755, "$shims/curl";
 
 my $pid = fork // die;
 if ($pid == 0) {
@@ -41,6 +52,7 @@ if ($pid == 0) {
 	$ENV{MESH_MASTER_PORT} = $mport;
 	$ENV{MESH_RTMP_BASE} = $rbase;
 	$ENV{MESH_HTTP_BASE} = $hbase;
+	$ENV{PATH} = "$shims:$ENV{PATH}";
 	exec 'bash', 'scripts/run-mesh.sh' or die;
 }
 sub out { open my $fh, '<', $out or return ''; local $/; <$fh> }
@@ -53,8 +65,25 @@ my $pub = publish("rtmp://127.0.0.1:$rbase/live/demo?key=$key", secs => 120);
 my $ua = HTTP::Tiny->new(timeout => 40);
 my $edge2 = $hbase + 3;
 is($ua->get("http://127.0.0.1:$edge2/hls/demo/master.m3u8?token=$token")->{status}, 200, 'HLS at edge-2 (routed on demand)');
+like($ua->get('http://127.0.0.1:' . ($hbase + 2) . '/player/')->{headers}{'content-security-policy'} // '',
+	qr/^default-src 'none';/, 'the player page at edge-1, with its CSP');
+is($ua->get('http://127.0.0.1:' . ($hbase + 2) . '/status')->{status}, 200, 'status at edge-1, from loopback');
 ok(wait_until(sub { probe('rtmp://127.0.0.1:' . ($rbase + 2) . "/relay/demo?token=$token", secs => 1, timeout => 10)->{video} > 0 }, 20),
 	'RTMP at edge-1');
+
+# No secret on any command line while the mesh runs (master, nodes, transcodes, the script's curl).
+sub slurp { open my $fh, '<', $_[0] or return ''; local $/; <$fh> }
+my %secret = (admin_token => slurp("$run/admin.token"), master_key => slurp("$run/master.key"));
+ok(length($secret{admin_token}) >= 32 && length($secret{master_key}) >= 32, 'the mesh made its secrets');
+is((stat "$run/$_")[2] & 0777, 0600, "$_: 0600") for qw(admin.token master.key admin.header);
+my @cmdlines = map { my $c = slurp($_); $c =~ tr/\0/ /; $c } glob('/proc/[0-9]*/cmdline');
+ok(@cmdlines > 5 && (grep { /mesh-master/ } @cmdlines), scalar(@cmdlines) . ' command lines read, the master\'s among them');
+ok((grep { /curl/ } split /\n/, slurp($argv_log)) >= 3, 'the script\'s curl calls recorded');
+for my $name (sort keys %secret) {
+	my @seen = grep { index($_, $secret{$name}) >= 0 } @cmdlines, split /\n/, slurp($argv_log);
+	is(scalar @seen, 0, "$name on no command line") or diag(join "\n", @seen);
+}
+unlike(out(), qr/\Q$secret{admin_token}\E/, 'the admin token is not printed (its header file is)');
 
 my @nginx = map { my $p = `cat $run/$_/logs/nginx.pid 2>/dev/null`; chomp $p; $p || () } qw(ingest-1 root-1 edge-1 edge-2);
 is(scalar @nginx, 4, 'four nginx masters');

@@ -1,8 +1,9 @@
 #!/usr/bin/perl
 
 # mesh_status: the node's figures as JSON and Prometheus text — node, table, master links,
-# live streams with viewers, pushes with reconnects, transcodes, refusals by reason — behind
-# nginx's allow/deny.
+# live streams with viewers, pushes with reconnects, transcodes, refusals by reason. Private by
+# default: loopback clients only, unless nginx's `allow` names the client (from this host's own
+# non-loopback addresses: no traffic leaves the machine).
 
 use strict;
 use warnings;
@@ -14,6 +15,19 @@ use Mesh::Test qw(sha256_hex publish publish_status wait_until log_lines reap sp
 use Mesh::FakeMaster;
 
 plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
+
+# This host's own addresses that are not loopback (scope global), one IPv4 and one IPv6 at most.
+sub own_address {
+	my ($family) = @_;
+	my ($a) = map { m{\binet6? ([0-9a-f.:]+)/} ? $1 : () } `ip -o -$family addr show scope global 2>/dev/null`;
+	return $a;
+}
+my $ext4 = own_address(4);
+my $ext6 = own_address(6);
+diag('no non-loopback address on this host: the widening cases are skipped') unless $ext4 || $ext6;
+my $listen = join '', map { "        listen $_:%%PORT_2%%;\n" } '127.0.0.1', '[::1]',
+	($ext4 // ()), ($ext6 ? "[$ext6]" : ());
+my $allow = join '', map { "allow $_; " } ($ext4 // ()), ($ext6 // ());
 
 my $master = Mesh::FakeMaster->new;
 my $down = free_port();
@@ -40,10 +54,13 @@ http {
     mesh_rendition source;
     mesh_rendition small 320x180 300k 64k;
     server {
-        listen 127.0.0.1:%%PORT_2%%;
+$listen
         location /hls/ { mesh_media hls; }
-        location = /status { mesh_status; allow 127.0.0.1; deny all; }
+        location = /status { mesh_status; }
         location = /status-closed { mesh_status; deny all; }
+        location = /status-ours { mesh_status; $allow deny all; }
+        location = /status-all { mesh_status; allow all; }
+        location = /status-ban { mesh_status; deny 192.0.2.77; deny 2001:db8::77; }
     }
 }
 CONF
@@ -56,6 +73,28 @@ my $ua = HTTP::Tiny->new(timeout => 30);
 sub status { my $r = $ua->get("$http/status"); $r->{success} ? decode_json($r->{content}) : undef }
 
 is($ua->get("$http/status-closed")->{status}, 403, 'deny all: 403');
+
+# Who may ask: loopback by default; others once an `allow` names them.
+my $port2 = $t->port(2);
+sub code_from {
+	my ($from, $to, $path) = @_;
+	my $host = $to =~ /:/ ? "[$to]" : $to;
+	return HTTP::Tiny->new(timeout => 10, local_address => $from)->get("http://$host:$port2$path")->{status};
+}
+is(code_from('127.0.0.1', '127.0.0.1', '/status'), 200, 'loopback: served by default');
+is(code_from('127.0.0.2', '127.0.0.1', '/status'), 200, '127.0.0.2 (127.0.0.0/8): served by default');
+is(code_from('::1', '::1', '/status'), 200, '::1: served by default');
+is(code_from('127.0.0.1', '127.0.0.1', '/status-ban'), 200, 'loopback, a deny-only list: served');
+is(code_from('127.0.0.1', '127.0.0.1', '/status-all'), 200, 'loopback, allow all: served');
+is(code_from('127.0.0.1', '127.0.0.1', '/status-ours'), 403, 'loopback, not in the allow list before deny all: nginx refuses');
+for my $ext (grep { defined } $ext4, $ext6) {
+	is(code_from($ext, $ext, '/status'), 403, "from $ext: refused by default");
+	is(code_from($ext, $ext, '/status-ban'), 403, "from $ext: a deny-only list opens nothing");
+	is(code_from($ext, $ext, '/status-ours'), 200, "from $ext: served once an allow names it");
+	is(code_from($ext, $ext, '/status-all'), 200, "from $ext: served with allow all");
+	is(code_from($ext, $ext, '/status-closed'), 403, "from $ext: deny all");
+}
+ok(log_lines($t, qr/access forbidden by mesh_status/), 'the refusal is logged') if $ext4 || $ext6;
 
 isnt(publish_status("$rtmp/cam1?key=nope"), 0, 'a wrong key (the master denies it too)');
 isnt(publish_status("$rtmp/bad.name?key=k1"), 0, 'a bad name');

@@ -20,6 +20,7 @@ use File::Path qw(rmtree);
 use File::Spec;
 use File::Temp qw(tempdir);
 use IO::Socket::INET;
+use IO::Socket::IP;
 use POSIX qw(WNOHANG);
 use Test::More;
 use Time::HiRes qw(sleep time);
@@ -40,17 +41,42 @@ my @spawned;
 
 sub diagv { diag(@_) if $VERBOSE }
 
-# A free TCP port on 127.0.0.1, never the same twice in one test file.
+# A free TCP port (or the first of `count` in a row), never the same twice in one test file.
+# Never from the kernel's ephemeral range (ip_local_port_range, 32768-60999 by default), where
+# it picks the local ports of outgoing connections (one may take the port between this probe
+# and nginx's bind): from 20000-31999, starting at a slice of 200 derived from the process id
+# (test files run in parallel rarely meet), each port probed free on INADDR_ANY and on [::] as
+# nginx's `listen <port>` binds it, without SO_REUSEADDR (a port in TIME_WAIT is skipped too).
+my ($PORT_LO, $PORT_HI, $SLICE) = (20000, 31999, 200);
+my @EPHEMERAL = do {
+	open my $fh, '<', '/proc/sys/net/ipv4/ip_local_port_range';
+	my @r = $fh ? split(' ', scalar <$fh>) : ();
+	@r == 2 ? @r : (32768, 60999);
+};
+my $next_port = $PORT_LO + ($$ % int(($PORT_HI - $PORT_LO + 1) / $SLICE)) * $SLICE;
+
+sub port_is_free {
+	my ($port) = @_;
+	return 0 if $port < $PORT_LO || $port > $PORT_HI || ($port >= $EPHEMERAL[0] && $port <= $EPHEMERAL[1]);
+	my $s4 = IO::Socket::INET->new(LocalAddr => '0.0.0.0', LocalPort => $port, Proto => 'tcp', ReuseAddr => 0)
+		or return 0;
+	my $s6 = IO::Socket::IP->new(LocalHost => '::', LocalPort => $port, Proto => 'tcp', ReuseAddr => 0, V6Only => 1);
+	return 0 if !$s6 && $!{EADDRINUSE};    # no IPv6 here at all is fine
+	return 1;
+}
+
 sub free_port {
-	for (1 .. 100) {
-		my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
-			Proto => 'tcp', ReuseAddr => 0) or die "no socket: $!";
-		my $port = $s->sockport;
-		close $s;
-		next if $used_ports{$port}++;
+	my ($count) = @_;
+	$count //= 1;
+	for (1 .. $PORT_HI - $PORT_LO + 1) {
+		my $port = $next_port;
+		$next_port = $port + 1 > $PORT_HI ? $PORT_LO : $port + 1;
+		next if $port + $count - 1 > $PORT_HI;
+		next if grep { $used_ports{$_} || !port_is_free($_) } $port .. $port + $count - 1;
+		$used_ports{$_} = 1 for $port .. $port + $count - 1;
 		return $port;
 	}
-	die "no free port";
+	die "no free port in $PORT_LO-$PORT_HI";
 }
 
 sub new {
