@@ -2,17 +2,18 @@
 //! manner: the question goes to a background thread, the asker waits, and the answer comes
 //! back on the event loop.
 //!
-//! Nothing that waits is a pointer. Each outstanding question is a [`Handle`] into this
-//! worker's table of questions, and names its asker by a handle too (a suspended session in
-//! `waiting.rs`, an admitted session's registry id, or nobody for HTTP requests that read the
-//! cache). An asker that leaves [`cancel`]s its question: one still queued is taken back and
-//! never sent; one already sent is answered, finds nothing here, and is dropped.
+//! Nothing that waits is a pointer. Each asker's wait is a [`Handle`] into this worker's table,
+//! and names its asker by a handle too (a suspended session in `waiting.rs`, an admitted
+//! session's registry id, or nobody for HTTP requests that read the cache). At most one call
+//! per question (action, stream, credential) is out: later askers of the same question wait
+//! for the same answer. An asker that leaves [`cancel`]s its wait; a call nobody waits for any
+//! more is taken back (never sent, if still queued; answered and dropped, if sent).
 //!
-//! Strangers can make us ask: at most `mesh_auth_pending_max` questions of credentials the
+//! Strangers can make us ask: at most `mesh_auth_pending_max` askers about credentials the
 //! master never allowed wait per worker, `mesh_auth_pending_per_addr` per client address; past
-//! that the caller refuses with `busy`. Credentials the master allowed before, and re-checks of
-//! admitted sessions, have their own room and go first in the queue. Answers are cached for
-//! their `ttl_s` (bounded in size, like everything here).
+//! that the caller refuses with `busy`. Credentials the master allowed (and has not denied
+//! since), and re-checks of admitted sessions, have their own room and lane. Answers are cached
+//! for their `ttl_s` (bounded in size, like everything here; denials are dropped first).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -29,7 +30,8 @@ const DEFAULT_TTL_S: u64 = 60;
 const MAX_TTL_S: u64 = 3600;
 /// Cached answers, and credentials remembered as allowed before.
 const CACHE_MAX: usize = 4096;
-/// Room for questions of known credentials and re-checks, beyond the strangers' cap.
+/// Calls about known credentials and re-checks out at once (the agent's known lane holds as
+/// many): distinct questions, since askers of one question share its call.
 const KNOWN_MAX: usize = 1024;
 
 pub const DEFAULT_PENDING_MAX: usize = 256;
@@ -83,15 +85,31 @@ pub enum AskError {
     Unavailable,
 }
 
+/// One asker's wait for an answer (the question is its call's).
 struct Outstanding {
-    question: Question,
     waiter: Waiter,
     addr: String,
     known: bool,
+    /// The call whose answer this asker waits for (its own, or the one it joined).
+    call: u64,
+}
+
+/// One call to the master, and everyone waiting for its answer.
+struct Asked {
+    question: Question,
+    known: bool,
+    askers: Vec<Handle>,
 }
 
 struct State {
+    /// One entry per asker; bounded by the caps below for strangers, by the sessions of this
+    /// worker for the rest (each is a suspended session or an admitted one being re-checked).
     calls: Handles<Outstanding>,
+    /// Calls queued or in flight (at most one per question), by call id.
+    asked: HashMap<u64, Asked>,
+    by_question: HashMap<Question, u64>,
+    /// Calls of known credentials and re-checks queued or in flight.
+    known_calls: usize,
     /// Questions of unknown credentials waiting, in all and per address.
     strangers: usize,
     per_addr: HashMap<String, usize>,
@@ -105,7 +123,10 @@ struct State {
 impl Default for State {
     fn default() -> State {
         State {
-            calls: Handles::new(DEFAULT_PENDING_MAX + KNOWN_MAX),
+            calls: Handles::new(usize::MAX),
+            asked: HashMap::new(),
+            by_question: HashMap::new(),
+            known_calls: 0,
             strangers: 0,
             per_addr: HashMap::new(),
             pending_max: DEFAULT_PENDING_MAX,
@@ -129,6 +150,48 @@ impl State {
             }
         }
     }
+
+    /// The call `id` is answered or taken back: nobody waits for it any more.
+    fn end_call(&mut self, id: u64) -> Option<Asked> {
+        let a = self.asked.remove(&id)?;
+        if self.by_question.get(&a.question) == Some(&id) {
+            self.by_question.remove(&a.question);
+        }
+        if a.known {
+            self.known_calls -= 1;
+        }
+        Some(a)
+    }
+
+    /// Keep an answer; when full, expired answers go first, then denials (a stranger's junk
+    /// keys never push out the answers of known ones).
+    fn cache_answer(&mut self, q: &Question, a: &Answer, now: u64) {
+        if self.cache.len() >= CACHE_MAX {
+            self.cache.retain(|_, a| a.until > now);
+        }
+        if self.cache.len() >= CACHE_MAX {
+            self.cache.retain(|_, a| a.allow);
+        }
+        if self.cache.len() >= CACHE_MAX {
+            self.cache.clear();
+        }
+        self.cache.insert(q.clone(), a.clone());
+        if !a.allow {
+            // Denied now: no longer a known credential (a revoked key or an expired token
+            // gets no room beyond the strangers' caps).
+            self.allowed.remove(q);
+            return;
+        }
+        if self.allowed.len() >= CACHE_MAX {
+            // Forget the half allowed longest ago (and no more than that when many were
+            // allowed in the same second).
+            let mut when: Vec<(u64, Question)> = self.allowed.drain().map(|(q, t)| (t, q)).collect();
+            when.sort_unstable_by_key(|(t, _)| std::cmp::Reverse(*t));
+            when.truncate(CACHE_MAX / 2);
+            self.allowed = when.into_iter().map(|(t, q)| (q, t)).collect();
+        }
+        self.allowed.insert(q.clone(), now);
+    }
 }
 
 thread_local! {
@@ -140,7 +203,6 @@ pub fn set_limits(pending_max: usize, per_addr_max: usize) {
     STATE.with_borrow_mut(|st| {
         st.pending_max = pending_max.max(1);
         st.per_addr_max = per_addr_max.max(1);
-        st.calls.set_cap(st.pending_max + KNOWN_MAX);
     })
 }
 
@@ -154,18 +216,18 @@ pub fn cached(q: &Question, now: u64) -> Option<Answer> {
     STATE.with_borrow(|st| st.cache.get(q).filter(|a| a.until > now).cloned())
 }
 
-/// Ask the master about `req` for `waiter`; the handle names the question until it is
-/// answered or cancelled.
+/// Ask the master about `req` for `waiter`; the handle names the asker's wait until it is
+/// answered or cancelled. At most one call per question is out: a second asker of the same
+/// question waits for the same answer (a thousand sessions with one token cost one call).
 pub fn ask(waiter: Waiter, req: AuthRequest) -> Result<Handle, AskError> {
     let question = Question::of(&req);
     let addr = req.addr.clone();
-    let (h, known) = STATE.with_borrow_mut(|st| {
-        // HTTP requests poll the cache: one question in flight per credential is enough.
-        if waiter == Waiter::Cache {
-            let asked = st.calls.iter().find(|(_, o)| o.waiter == Waiter::Cache && o.question == question);
-            if let Some((h, o)) = asked {
-                return Ok((h, o.known));
-            }
+    let (h, send) = STATE.with_borrow_mut(|st| {
+        let inflight = st.by_question.get(&question).copied();
+        // HTTP requests poll the cache: the question asked once is enough (and no second
+        // call is queued for it). Nobody cancels a Cache wait: a handle that names nothing.
+        if let (Waiter::Cache, Some(_)) = (waiter, inflight) {
+            return Ok((Handle::from_u64(u64::MAX), None));
         }
         let known = matches!(waiter, Waiter::Recheck(_)) || st.allowed.contains_key(&question);
         if !known
@@ -174,15 +236,37 @@ pub fn ask(waiter: Waiter, req: AuthRequest) -> Result<Handle, AskError> {
         {
             return Err(AskError::Busy);
         }
-        let o = Outstanding { question, waiter, addr: addr.clone(), known };
+        if known && inflight.is_none() && st.known_calls >= KNOWN_MAX {
+            return Err(AskError::Busy);
+        }
+        let o = Outstanding { waiter, addr: addr.clone(), known, call: 0 };
         let h = st.calls.insert(o).map_err(|_| AskError::Busy)?;
         if !known {
             st.strangers += 1;
             *st.per_addr.entry(addr).or_insert(0) += 1;
         }
-        Ok((h, known))
+        let (id, send) = match inflight {
+            Some(id) => (id, None),
+            None => {
+                let id = h.to_u64();
+                st.asked.insert(id, Asked { question: question.clone(), known, askers: Vec::new() });
+                st.by_question.insert(question, id);
+                if known {
+                    st.known_calls += 1;
+                }
+                (id, Some((id, known)))
+            }
+        };
+        if let Some(a) = st.asked.get_mut(&id) {
+            a.askers.push(h);
+        }
+        if let Some(o) = st.calls.get_mut(h) {
+            o.call = id;
+        }
+        Ok((h, send))
     })?;
-    match crate::runtime::call(Call::Auth { id: h.to_u64(), req, known }) {
+    let Some((id, known)) = send else { return Ok(h) };
+    match crate::runtime::call(Call::Auth { id, req, known }) {
         Ok(()) => Ok(h),
         Err(e) => {
             forget(h);
@@ -194,39 +278,48 @@ pub fn ask(waiter: Waiter, req: AuthRequest) -> Result<Handle, AskError> {
     }
 }
 
-fn forget(h: Handle) -> bool {
+/// The asker `h` leaves; Some(call id) when nobody waits for that call any more.
+fn forget(h: Handle) -> Option<u64> {
     STATE
         .try_with(|st| {
             let mut st = st.borrow_mut();
-            match st.calls.remove(h) {
-                Some(o) => {
-                    st.release(&o);
-                    true
-                }
-                None => false,
+            let o = st.calls.remove(h)?;
+            st.release(&o);
+            let a = st.asked.get_mut(&o.call)?;
+            a.askers.retain(|x| *x != h);
+            if !a.askers.is_empty() {
+                return None;
             }
+            st.end_call(o.call).map(|_| o.call)
         })
-        .unwrap_or(false)
+        .ok()
+        .flatten()
 }
 
-/// The asker left: its question is taken back (never sent, if still queued) and its answer,
-/// if one comes, is dropped.
+/// The asker left: its wait ends, and a question nobody else waits for is taken back (never
+/// sent, if still queued; its answer, if one comes, is dropped).
 pub fn cancel(h: Handle) {
-    if forget(h) {
-        crate::runtime::cancel_call(h.to_u64());
+    if let Some(id) = forget(h) {
+        crate::runtime::cancel_call(id);
     }
 }
 
-/// An answer arrived (event loop): cache it and hand it to its waiter, with the question it
-/// answers. None for a question nobody waits for any more (the caller drops it).
+/// An answer arrived (event loop): cache it and hand it to everyone waiting for it, with the
+/// question it answers. None for a call nobody waits for any more (the caller drops it).
 pub fn on_answer(
     id: u64,
     result: Result<AuthReply, CallError>,
     now: u64,
-) -> Option<(Waiter, Question, Answer)> {
+) -> Option<(Vec<Waiter>, Question, Answer)> {
     STATE.with_borrow_mut(|st| {
-        let o = st.calls.remove(Handle::from_u64(id))?;
-        st.release(&o);
+        let asked = st.end_call(id)?;
+        let mut waiters = Vec::with_capacity(asked.askers.len());
+        for h in asked.askers {
+            if let Some(o) = st.calls.remove(h) {
+                st.release(&o);
+                waiters.push(o.waiter);
+            }
+        }
         let answer = match result {
             Ok(r) => {
                 let ttl = r.ttl_s.unwrap_or(DEFAULT_TTL_S).min(MAX_TTL_S);
@@ -235,28 +328,12 @@ pub fn on_answer(
                     reason: r.reason.unwrap_or_else(|| if r.allow { "allowed" } else { "denied" }.into()),
                     until: now.saturating_add(ttl),
                 };
-                if st.cache.len() >= CACHE_MAX {
-                    st.cache.retain(|_, a| a.until > now);
-                    if st.cache.len() >= CACHE_MAX {
-                        st.cache.clear();
-                    }
-                }
-                st.cache.insert(o.question.clone(), a.clone());
-                if a.allow {
-                    if st.allowed.len() >= CACHE_MAX {
-                        // Forget the half allowed longest ago.
-                        let mut when: Vec<u64> = st.allowed.values().copied().collect();
-                        when.sort_unstable();
-                        let cut = when[when.len() / 2];
-                        st.allowed.retain(|_, t| *t > cut);
-                    }
-                    st.allowed.insert(o.question.clone(), now);
-                }
+                st.cache_answer(&asked.question, &a, now);
                 a
             }
             // Not cached: the next session asks again.
             Err(e) => Answer { allow: false, reason: format!("auth endpoint failed: {e}"), until: now },
         };
-        Some((o.waiter, o.question, answer))
+        Some((waiters, asked.question, answer))
     })
 }

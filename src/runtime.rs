@@ -353,9 +353,15 @@ unsafe fn handle(mcf: &MainConf, log: *mut ngx_log_t, ev: Event) {
                 None => {
                     ngx::ngx_log_debug!(log, "mesh: auth answer nobody waits for, dropped");
                 }
-                Some((Waiter::Session(h), q, a)) => session::resume(h, &q, &a, log),
-                Some((Waiter::Recheck(rid), q, a)) => recheck_answer(rid, &q, &a),
-                Some((Waiter::Cache, _, _)) => {}
+                Some((waiters, q, a)) => {
+                    for w in waiters {
+                        match w {
+                            Waiter::Session(h) => session::resume(h, &q, &a, log),
+                            Waiter::Recheck(rid) => recheck_answer(rid, &q, &a),
+                            Waiter::Cache => {}
+                        }
+                    }
+                }
             },
             Event::Route { stream, result } => {
                 let (ok, msg) = route::describe(&stream, &result);

@@ -226,8 +226,12 @@ unsafe extern "C" fn publish(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_publis
             if (*s).relay() == 1 || !mesh_on(s) {
                 return next_publish(s, v);
             }
-            replace_pending(s);
             let stream = cbuf_str(&(*v).name).into_owned();
+            if already_admitted(s) {
+                log_refusal(s, "publish", &stream, ALREADY);
+                return NGX_ERROR;
+            }
+            replace_pending(s);
             let args = cbuf_str(&(*v).args).into_owned();
             let node = session_main_conf(s).node();
             let decision = node.context(now()).publish(PublishRequest { stream: &stream, args: &args });
@@ -264,8 +268,12 @@ unsafe extern "C" fn play(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_play_t) -
             if (*s).relay() == 1 || !mesh_on(s) {
                 return next_play(s, v);
             }
-            replace_pending(s);
             let stream = cbuf_str(&(*v).name).into_owned();
+            if already_admitted(s) {
+                log_refusal(s, "play", &stream, ALREADY);
+                return NGX_ERROR;
+            }
+            replace_pending(s);
             let args = cbuf_str(&(*v).args).into_owned();
             let node = session_main_conf(s).node();
             // Our own transcoder reads the stream: not a viewer.
@@ -383,6 +391,23 @@ unsafe fn admit_play(
         route::wanted(node, stream);
         next_play(s, v)
     }
+}
+
+/// Why a second publish or play on an admitted stream is refused.
+const ALREADY: &str = "already admitted on this connection";
+
+/// Is the session admitted already (publishing or playing, not closed since)? nginx-rtmp's
+/// live module answers another publish or play on it with "already joined" and keeps the first
+/// stream; passing it on would register the new name (a ghost in the heartbeat, the real
+/// stream gone from it) and start the pushes again: one more outgoing connection per command,
+/// from one valid key. A client that wants another stream closes this one first (closeStream,
+/// deleteStream, play2 do).
+///
+/// # Safety
+/// `s` is live.
+unsafe fn already_admitted(s: *mut ngx_rtmp_session_t) -> bool {
+    // SAFETY: live session.
+    unsafe { get_ctx(s).is_some_and(|c| c.reg.is_some()) }
 }
 
 /// A new publish or play replaces a command still waiting for the master: the old question

@@ -1,11 +1,12 @@
 //! The calls the event loop asks the master for (auth, route): a bounded queue with two lanes,
 //! whose queued questions can be taken back.
 //!
-//! Strangers can make a node ask the master: every place a question waits is capped. The queue
-//! holds at most `cap` calls (a full queue refuses at once); calls marked `known` (credentials
-//! the master allowed before, re-checks of admitted sessions) go ahead of the others, so a
-//! flood of unknown keys never delays them; a question whose asker left is taken out of the
-//! queue with [`CallQueue::cancel`] and never sent.
+//! Strangers can make a node ask the master: every place a question waits is capped. Each lane
+//! holds at most `cap` calls (a full lane refuses at once); calls marked `known` (credentials
+//! the master allowed before, re-checks of admitted sessions) have a lane of their own, served
+//! first, so a flood of unknown keys (however high their caps are set) neither delays them nor
+//! takes their room; a question whose asker left is taken out of the queue with
+//! [`CallQueue::cancel`] and never sent.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -53,7 +54,7 @@ impl Lanes {
     }
 }
 
-/// Bounded, two-lane, cancellable.
+/// Bounded (per lane), two-lane, cancellable.
 pub struct CallQueue {
     lanes: Mutex<Lanes>,
     ready: Condvar,
@@ -65,20 +66,18 @@ impl CallQueue {
         CallQueue { lanes: Mutex::new(Lanes::default()), ready: Condvar::new(), cap: cap.max(1) }
     }
 
-    /// Queue a call, or refuse it when `cap` calls wait already (or the queue closed).
+    /// Queue a call, or refuse it when `cap` calls wait in its lane already (or the queue
+    /// closed).
     pub fn push(&self, c: Call) -> Result<(), Refused> {
         let mut l = self.lanes.lock();
         if l.closed {
             return Err(Refused::NoMaster);
         }
-        if l.len() >= self.cap {
+        let lane = if c.known() { &mut l.known } else { &mut l.other };
+        if lane.len() >= self.cap {
             return Err(Refused::Full);
         }
-        if c.known() {
-            l.known.push_back(c);
-        } else {
-            l.other.push_back(c);
-        }
+        lane.push_back(c);
         drop(l);
         // Every waiting thread: one kept for known calls must not swallow a stranger's wake-up.
         self.ready.notify_all();
@@ -163,12 +162,28 @@ mod tests {
     }
 
     #[test]
-    fn full_queue_refuses_at_once() {
+    fn a_full_lane_refuses_at_once() {
         let q = CallQueue::new(2);
         q.push(auth(1, false)).unwrap();
         q.push(auth(2, true)).unwrap();
-        assert_eq!(q.push(auth(3, true)), Err(Refused::Full));
-        assert_eq!(q.len(), 2);
+        q.push(auth(3, true)).unwrap();
+        assert_eq!(q.push(auth(4, true)), Err(Refused::Full));
+        assert_eq!(q.len(), 3);
+    }
+
+    #[test]
+    fn strangers_never_take_the_known_lanes_room() {
+        let q = CallQueue::new(3);
+        for i in 1..=3 {
+            q.push(auth(i, false)).unwrap();
+        }
+        assert_eq!(q.push(auth(4, false)), Err(Refused::Full), "the strangers' lane is full");
+        let route = Call::Route(RouteRequest { node_id: "n".into(), stream: "s".into() });
+        assert_eq!(q.push(route), Err(Refused::Full), "routes share that lane");
+        for i in 5..=7 {
+            assert_eq!(q.push(auth(i, true)), Ok(()), "a known call still has room");
+        }
+        assert_eq!(id(q.pop(Duration::ZERO, false)), Some(5));
     }
 
     #[test]
