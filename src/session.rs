@@ -57,6 +57,8 @@ pub struct SessionCtx {
     pub pending: Option<Handle>,
     /// Pushes of a published stream, while it is published.
     pub pushes: Option<Box<Pushes>>,
+    /// When (ngx_current_msec) a publish on this connection was last passed down the chain.
+    pub published_at: Option<ngx_msec_t>,
 }
 
 impl SessionCtx {
@@ -231,6 +233,10 @@ unsafe extern "C" fn publish(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_publis
                 log_refusal(s, "publish", &stream, ALREADY);
                 return NGX_ERROR;
             }
+            if too_soon(s) {
+                log_refusal(s, "publish", &stream, TOO_SOON);
+                return NGX_ERROR;
+            }
             replace_pending(s);
             let args = cbuf_str(&(*v).args).into_owned();
             let node = session_main_conf(s).node();
@@ -344,6 +350,7 @@ unsafe fn admit_publish(
         }
         let id = registry::add(Entry::new(s, kind, stream.into(), args.into(), via));
         ctx.reg = Some(id);
+        ctx.published_at = Some(ngx_current_msec);
         let rc = next_publish(s, v);
         // A second publisher of a live stream is told "already publishing" by the live
         // module and left connected: it is no publisher of ours, and must not push.
@@ -395,6 +402,27 @@ unsafe fn admit_play(
 
 /// Why a second publish or play on an admitted stream is refused.
 const ALREADY: &str = "already admitted on this connection";
+
+/// Why a publish right after another on the same connection is refused.
+const TOO_SOON: &str = "publishing again too soon";
+/// The least time between two publishes on one connection. Each starts the stream's pushes:
+/// a client sending publish and deleteStream in a loop would open connections to the root
+/// relays faster than the closed ones go (they close on the next turn of the event loop),
+/// until nginx logs `worker_connections are not enough`.
+const PUBLISH_AGAIN_MS: ngx_msec_t = 1000;
+
+/// Did this connection publish less than [`PUBLISH_AGAIN_MS`] ago?
+///
+/// # Safety
+/// `s` is live.
+unsafe fn too_soon(s: *mut ngx_rtmp_session_t) -> bool {
+    // SAFETY: live session; ngx_current_msec is the event loop's clock.
+    unsafe {
+        get_ctx(s)
+            .and_then(|c| c.published_at)
+            .is_some_and(|t| ngx_current_msec.wrapping_sub(t) < PUBLISH_AGAIN_MS)
+    }
+}
 
 /// Is the session admitted already (publishing or playing, not closed since)? nginx-rtmp's
 /// live module answers another publish or play on it with "already joined" and keeps the first

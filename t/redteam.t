@@ -3,6 +3,8 @@
 # An outsider's attacks on the RTMP admission of issue 10 (session lifetime by design, bounded
 # work per stranger), each a named case that failed before its fix:
 #  - a second publish on an admitted connection: one more outgoing push per command;
+#  - publish and deleteStream in a loop: pushes opened faster than closed ones go, until
+#    `worker_connections are not enough` ([alert]);
 #  - tokenless HLS entry requests: each queued another call for the question already asked,
 #    until the queue was full and known keys were refused `busy`;
 #  - one viewer token held on many connections: one known-lane call per session and re-check,
@@ -53,11 +55,12 @@ sub node {
 			. "    mesh_manifest_wait 3s;\n";
 	}
 	my $hls = $o{hls} ? 'location /hls/ { mesh_media hls; }' : '';
+	my $wc = $o{worker_connections} // 4096;
 	$t->write_file_expand('nginx.conf', <<CONF);
 %%TEST_GLOBALS%%
 env MALLOC_PERTURB_;
 worker_rlimit_nofile 20000;
-events { worker_connections 4096; }
+events { worker_connections $wc; }
 rtmp {
     %%TEST_GLOBALS_RTMP%%
     $rtmp
@@ -146,6 +149,32 @@ case 'a second publish on an admitted connection is refused: no second push' => 
 	my $ok = check($t, 'cam2', 'key=k2');
 	ok($ok->{accepted}, "cam2 publishes from its own connection ($ok->{code})");
 	clean($t, 'second publish');
+};
+
+case 'publish and deleteStream in a loop: one push at a time, no [alert]' => sub {
+	my $target = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => Mesh::Test::free_port(),
+		Listen => 1024, ReuseAddr => 1) or die "listen: $!";
+	my $tp = $target->sockport;
+	my $table = encode_json({ version => 1, role => 'ingest', publish => { cam1 => { key_sha256 => sha256_hex('k1') } },
+		ingest => { cam1 => [ { node_id => 'root-1', node_url => "rtmp://127.0.0.1:$tp/relay", node_key => 'hk' } ] } });
+	my $t = node(id => 'rt-cycle', table => $table, worker_connections => 512);
+	my $out = $t->testdir . '/cycle.json';
+	my $pid = client_bg($out, 'script', '--url', url($t), 'handshake', 'connect', 'create',
+		(map { ('publish cam1?key=k1', 'deletestream') } 1 .. 2000), 'wait 1', 'close');
+	my ($sel, $n) = (IO::Select->new($target), 0);
+	my $end = time + 4;
+	while (time < $end) {
+		next unless $sel->can_read(0.05);
+		close scalar $target->accept;
+		$n++;
+	}
+	client_wait(10, $pid => $out);
+	is($n, 1, 'one push to the root relay for 2,000 publish + deleteStream rounds in one burst');
+	ok(log_lines($t, qr/publish refused: app "live", stream "cam1", from 127\.0\.0\.1: publishing again too soon/),
+		'the second publish within a second is refused, with its reason');
+	my $ok = check($t, 'cam1', 'key=k1');
+	ok($ok->{accepted}, "the stream publishes from a new connection ($ok->{code})");
+	clean($t, 'publish loop');
 };
 
 case 'tokenless HLS entry requests queue one call, and known keys are still admitted' => sub {
@@ -246,7 +275,8 @@ case 'askers of one question share its call; those that left are not resumed' =>
 	is($started, 8, 'the eight that stayed play') or diag(encode_json(\@r));
 	is($m->count(prefix => 'shared') - $asked, 1, 'one call for sixteen askers');
 	my $st = node_status($t) // {};
-	is($st->{auth}{pending} // -1, 0, 'nothing left waiting');
+	is($st->{auth}{pending} // -1, 0, 'nothing left waiting (after every case on this node)');
+	is($st->{auth}{pending_unknown} // -1, 0, 'no stranger counted any more');
 	is($st->{auth}{suspended} // -1, 0, 'no session left suspended');
 	clean($t, 'shared question');
 };
