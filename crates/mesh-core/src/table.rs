@@ -227,7 +227,12 @@ impl RawTable {
             None => None,
             Some(v) => match v.as_u64() {
                 Some(n) if (1..=MAX_TTL_CEILING_S).contains(&n) => Some(n),
-                _ => return Err(invalid("max_token_ttl_s", format!("not 1 to {MAX_TTL_CEILING_S} seconds: {v}"))),
+                _ => {
+                    return Err(invalid(
+                        "max_token_ttl_s",
+                        format!("not 1 to {MAX_TTL_CEILING_S} seconds: {v}"),
+                    ))
+                }
             },
         };
         let stream_ids = match self.streams {
@@ -532,7 +537,10 @@ mod tests {
                 },
                 "viewer_keys[0].secret: missing",
             ),
-            (|v| v["viewer_keys"][1]["secret"] = "short".into(), "viewer_keys[1].secret: not 16 to 1024 bytes"),
+            (
+                |v| v["viewer_keys"][1]["secret"] = "short".into(),
+                "viewer_keys[1].secret: not 16 to 1024 bytes",
+            ),
             (|v| v["viewer_keys"][1]["secret"] = "x".repeat(1025).into(), "viewer_keys[1].secret: not 16"),
             (|v| v["max_token_ttl_s"] = 0.into(), "max_token_ttl_s: not 1 to 31622400 seconds: 0"),
             (|v| v["max_token_ttl_s"] = 31_622_401.into(), "max_token_ttl_s: not 1 to"),
@@ -541,7 +549,10 @@ mod tests {
             (|v| v["streams"]["cam1"] = serde_json::json!({}), "streams.cam1.id: missing"),
             (|v| v["streams"]["cam1"]["id"] = "".into(), "streams.cam1.id: invalid stream identity"),
             (|v| v["streams"]["cam1"]["id"] = "a\nb".into(), "streams.cam1.id: invalid stream identity"),
-            (|v| v["streams"]["cam1"]["id"] = "f".repeat(65).into(), "streams.cam1.id: invalid stream identity"),
+            (
+                |v| v["streams"]["cam1"]["id"] = "f".repeat(65).into(),
+                "streams.cam1.id: invalid stream identity",
+            ),
         ];
         for (i, (mutate, want)) in cases.into_iter().enumerate() {
             let mut v = good();

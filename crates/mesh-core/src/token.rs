@@ -128,7 +128,8 @@ pub fn parse_token(token: &str) -> Result<Parsed<'_>, TokenError> {
     match token.strip_prefix("v2.") {
         Some(rest) => {
             let mut it = rest.split('.');
-            let (Some(kid), Some(expiry), Some(sig), None) = (it.next(), it.next(), it.next(), it.next()) else {
+            let (Some(kid), Some(expiry), Some(sig), None) = (it.next(), it.next(), it.next(), it.next())
+            else {
                 return Err(TokenError::Malformed);
             };
             if !is_valid_kid(kid) {
@@ -151,7 +152,14 @@ pub fn make_token_v2(secret: &str, kid: &str, stream: &str, stream_id: &str, exp
 }
 
 /// Whether `sig` is the v2 signature of these fields (constant-time compare).
-pub fn v2_signature_ok(secret: &str, kid: &str, stream: &str, stream_id: &str, expiry: u64, sig: &[u8]) -> bool {
+pub fn v2_signature_ok(
+    secret: &str,
+    kid: &str,
+    stream: &str,
+    stream_id: &str,
+    expiry: u64,
+    sig: &[u8],
+) -> bool {
     v2_mac(secret, kid, stream, stream_id, expiry).verify_slice(sig).is_ok()
 }
 
@@ -256,7 +264,10 @@ mod tests {
             ("secret-secret-16", "k-9", "cam1", "", 77),
             ("secret-secret-16", "k-9", "cam1", "id1", 78),
         ] {
-            assert!(!v2_signature_ok(secret, kid, stream, id, expiry, &sig), "{secret} {kid} {stream} {id} {expiry}");
+            assert!(
+                !v2_signature_ok(secret, kid, stream, id, expiry, &sig),
+                "{secret} {kid} {stream} {id} {expiry}"
+            );
         }
         // URL-safe as it is: no character that needs escaping in a query.
         assert!(t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)), "{t}");

@@ -15,8 +15,10 @@
 use serde::Serialize;
 
 use crate::table::Table;
-use crate::token::{legacy_signature_ok, make_token_v2, make_viewer_token, parse_token, v2_signature_ok, Parsed};
 pub use crate::token::TokenError;
+use crate::token::{
+    legacy_signature_ok, make_token_v2, make_viewer_token, parse_token, v2_signature_ok, Parsed,
+};
 
 /// Maximum token lifetime when the table says none (`max_token_ttl_s`): a day.
 pub const DEFAULT_MAX_TTL_S: u64 = 86_400;
@@ -119,7 +121,13 @@ impl Viewers<'_> {
 
     /// Make a token for `stream` valid for `ttl_s` seconds from `now`: with the signing key
     /// (v2), or, with no key list, the legacy secret (legacy format). Returns it and its expiry.
-    pub fn mint(&self, stream: &str, id: StreamId<'_>, ttl_s: u64, now: u64) -> Result<(String, u64), TokenError> {
+    pub fn mint(
+        &self,
+        stream: &str,
+        id: StreamId<'_>,
+        ttl_s: u64,
+        now: u64,
+    ) -> Result<(String, u64), TokenError> {
         if ttl_s == 0 {
             return Err(TokenError::BadTtl);
         }
@@ -134,7 +142,9 @@ impl Viewers<'_> {
         };
         match (self.signing_key(), self.legacy_secret) {
             (Some(k), _) => Ok((make_token_v2(&k.secret, &k.id, stream, bound, expiry), expiry)),
-            (None, Some(secret)) if self.keys.is_empty() => Ok((make_viewer_token(secret, stream, expiry), expiry)),
+            (None, Some(secret)) if self.keys.is_empty() => {
+                Ok((make_viewer_token(secret, stream, expiry), expiry))
+            }
             _ => Err(TokenError::NoSigningKey),
         }
     }
@@ -303,7 +313,10 @@ mod tests {
         // With keys, new tokens are v2; with only the legacy secret, legacy.
         assert!(with.mint("cam1", StreamId::Unnamed, 60, 0).unwrap().0.starts_with("v2.k1."));
         let only = Viewers { keys: &[], legacy_secret: Some("vs"), max_ttl_s: 3_600 };
-        assert_eq!(only.mint("cam1", StreamId::Unnamed, 60, 1_000).unwrap().0, make_viewer_token("vs", "cam1", 1_060));
+        assert_eq!(
+            only.mint("cam1", StreamId::Unnamed, 60, 1_000).unwrap().0,
+            make_viewer_token("vs", "cam1", 1_060)
+        );
         let none = Viewers { keys: &[], legacy_secret: None, max_ttl_s: 3_600 };
         assert!(!none.has_keys());
         assert_eq!(none.verify("cam1", StreamId::Unnamed, &legacy, 1_000), Err(UnknownKey));
@@ -346,7 +359,10 @@ mod tests {
         let old = make_token_v2(OLD, "k1", "cam1", "s1", 1_600);
         assert_eq!(t.verify_viewer("cam1", &old, 1_500), Ok(()));
         assert_eq!(t.verify_viewer("cam1", &old, 1_501), Err(RetiredKey));
-        assert_eq!(t.verify_viewer("cam9", &make_token_v2(NEW, "k2", "cam9", "", 1_600), 1_000), Err(UnknownStream));
+        assert_eq!(
+            t.verify_viewer("cam9", &make_token_v2(NEW, "k2", "cam9", "", 1_600), 1_000),
+            Err(UnknownStream)
+        );
         // No legacy secret: legacy tokens refused.
         assert_eq!(t.verify_viewer("cam1", &make_viewer_token(NEW, "cam1", 1_600), 1_000), Err(UnknownKey));
         // An operator's legacy table keeps working, with the default lifetime bound.
