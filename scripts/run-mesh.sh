@@ -21,7 +21,9 @@ secret() { # a secret kept across runs
 }
 master_key=$(secret master.key)
 admin_token=$(secret admin.token)
-admin=(curl -sf -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json')
+# curl reads the admin token's header from a file: on its command line every local user would see it.
+(umask 077 && printf 'Authorization: Bearer %s\n' "$admin_token" >"$run/admin.header")
+admin=(curl -sf -H "@$run/admin.header" -H 'Content-Type: application/json')
 murl=http://127.0.0.1:$mport
 
 pids=()
@@ -85,7 +87,7 @@ ngx_rtmp_mesh: a local mesh — master $murl, ingest-1 :$rbase → root-1 :$((rb
             ffplay 'rtmp://127.0.0.1:$((rbase + 3))/relay/demo?token=$token'     (edge-2: routed on demand)
   HLS:      http://127.0.0.1:$((hbase + 2))/hls/demo/master.m3u8?token=$token
   browser:  http://127.0.0.1:$((hbase + 2))/player/?stream=demo&token=$token
-  admin:    curl -H 'Authorization: Bearer $admin_token' $murl/admin/nodes
+  admin:    curl -H @$run/admin.header $murl/admin/nodes
             (also /admin/streams; token valid 24 h)
 
   logs:     $run/master.log, $run/<node>/logs/error.log        stop: Ctrl-C

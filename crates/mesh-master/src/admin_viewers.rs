@@ -60,7 +60,7 @@ pub(crate) async fn mint(State(app): State<Arc<App>>, body: Body) -> Response {
     match m.viewers().mint(&b.stream, id, b.ttl_s, now()) {
         Ok((token, expires)) => {
             let kid = m.viewers().signing_key().map(|k| k.id.clone());
-            axum::Json(json!({ "stream": b.stream, "token": token, "expires": expires, "key": kid }))
+            axum::Json(json!({ "stream": b.stream, "token": token, "expires": expires, "kid": kid }))
                 .into_response()
         }
         Err(e) => admin_error(StatusCode::BAD_REQUEST, &format!("cannot make a token: {e}")),
