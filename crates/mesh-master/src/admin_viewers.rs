@@ -4,7 +4,7 @@
 //!
 //! | call | does |
 //! |---|---|
-//! | `POST /admin/tokens` `{"stream", "ttl_s"}` | a token for an existing stream (ttl 1 s to `--max-token-ttl`) |
+//! | `POST /admin/tokens` `{"stream", "ttl_s"}` | a token for an existing stream (ttl 1 s to `--max-token-ttl`, default 1 h) |
 //! | `GET /admin/viewer-keys` | ids, creation, end of grace, which one signs |
 //! | `POST /admin/viewer-keys` `{"grace_s"}` | a new signing key; the others retire after `grace_s` |
 //! | `DELETE /admin/viewer-keys/{id}` | drop a retiring key now |
@@ -31,13 +31,11 @@ use crate::viewer_keys::Dropped;
 #[derive(Deserialize)]
 pub(crate) struct TokenBody {
     stream: String,
-    #[serde(default = "default_token_ttl")]
-    ttl_s: u64,
+    ttl_s: Option<u64>,
 }
 
-fn default_token_ttl() -> u64 {
-    3600
-}
+/// A token's lifetime when the call gives none (or the maximum, if that is shorter).
+const DEFAULT_TTL_S: u64 = 3600;
 
 /// `POST /admin/tokens`: a viewer token for a stream that exists.
 pub(crate) async fn mint(State(app): State<Arc<App>>, body: Body) -> Response {
@@ -49,15 +47,16 @@ pub(crate) async fn mint(State(app): State<Arc<App>>, body: Body) -> Response {
         return admin_error(StatusCode::BAD_REQUEST, "bad stream name");
     }
     let m = app.mesh.lock();
-    let max = m.viewers().max_ttl_s;
-    if b.ttl_s == 0 || b.ttl_s > max {
-        return admin_error(StatusCode::BAD_REQUEST, &format!("ttl_s: 1 to {max} seconds (--max-token-ttl)"));
-    }
     let id = m.stream_identity(&b.stream);
     if id == StreamId::Unknown {
         return admin_error(StatusCode::NOT_FOUND, "no such stream");
     }
-    match m.viewers().mint(&b.stream, id, b.ttl_s, now()) {
+    let max = m.viewers().max_ttl_s;
+    let ttl = b.ttl_s.unwrap_or(DEFAULT_TTL_S.min(max));
+    if ttl == 0 || ttl > max {
+        return admin_error(StatusCode::BAD_REQUEST, &format!("ttl_s: 1 to {max} seconds (--max-token-ttl)"));
+    }
+    match m.viewers().mint(&b.stream, id, ttl, now()) {
         Ok((token, expires)) => {
             let kid = m.viewers().signing_key().map(|k| k.id.clone());
             axum::Json(json!({ "stream": b.stream, "token": token, "expires": expires, "kid": kid }))
