@@ -383,7 +383,7 @@ impl Mesh {
                 self.wants
                     .entry(stream.to_string())
                     .or_default()
-                    .insert(edge.to_string(), now + self.cfg.want_ttl_s);
+                    .insert(edge.to_string(), now.saturating_add(self.cfg.want_ttl_s));
                 return Ok((RouteStatus::Unknown, self.table_version(edge)));
             }
         }
