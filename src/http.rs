@@ -20,7 +20,6 @@ use std::ptr::{addr_of, addr_of_mut, null_mut};
 use mesh_core::args::MeshArgs;
 use mesh_core::media::{parse_media_path, parse_rendition, Format, Ladder, MediaError, MediaFile, Rendition};
 use mesh_core::name::for_log;
-use mesh_core::token::verify_viewer_token;
 use mesh_core::wire::{Action, AuthRequest};
 use ngx::{ngx_conf_log_error, ngx_string};
 
@@ -430,21 +429,16 @@ unsafe fn step(h: &Hold, first: bool) -> Step {
             return Step::Fail(NGX_HTTP_NOT_FOUND, format!("streams are not served by a {} node", node.role));
         }
         // The viewer's token (or, with a master and no secret, the auth endpoint).
-        match &node.table.viewer_secret {
-            Some(secret) => {
+        match node.table.checks_viewer_tokens() {
+            true => {
                 let Some(token) = &h.credential else {
                     return Step::Fail(NGX_HTTP_FORBIDDEN, "no token".into());
                 };
-                if let Err(e) = verify_viewer_token(secret, &h.stream, token, crate::session::now()) {
-                    let why = if e == mesh_core::token::TokenError::Expired {
-                        "expired token"
-                    } else {
-                        "bad token"
-                    };
-                    return Step::Fail(NGX_HTTP_FORBIDDEN, why.into());
+                if let Err(e) = node.table.verify_viewer(&h.stream, token, crate::session::now()) {
+                    return Step::Fail(NGX_HTTP_FORBIDDEN, mesh_core::admission::refusal(e).as_str().into());
                 }
             }
-            None if runtime::has_master() => {
+            false if runtime::has_master() => {
                 let question = auth::Question::new(Action::Play, &h.stream, h.credential.as_deref());
                 match auth::cached(&question, crate::session::now()) {
                     Some(a) if a.allow => {}
@@ -467,7 +461,7 @@ unsafe fn step(h: &Hold, first: bool) -> Step {
                     }
                 }
             }
-            None => {}
+            false => {}
         }
         if !registry::has_publisher(&h.stream) {
             route::wanted(&node, &h.stream);

@@ -279,7 +279,7 @@ unsafe extern "C" fn play(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_play_t) -
             let decision = node.context(now()).play(PublishRequest { stream: &stream, args: &args });
             match decision {
                 // No viewer secret: with a master, the auth endpoint decides.
-                Ok(_) if node.table.viewer_secret.is_none() && runtime::has_master() => {
+                Ok(_) if !node.table.checks_viewer_tokens() && runtime::has_master() => {
                     let token = MeshArgs::parse(&args).token.map(str::to_string);
                     ask_master(
                         s,

@@ -5,7 +5,9 @@
 //! * [`role`]: the four node roles.
 //! * [`table`]: the relay table (parse + validate, refused whole on any error).
 //! * [`args`]: RTMP/HTTP query arguments (`node`, `key`, `token`).
-//! * [`token`]: viewer tokens (HMAC-SHA256) and broadcaster key hashing.
+//! * [`token`]: viewer token formats (HMAC-SHA256) and broadcaster key hashing.
+//! * [`viewer`]: who may watch: key ids and rotation, stream identities, lifetimes
+//!   ([`Table::verify_viewer`]).
 //! * [`admission`]: publish/play decisions for every role and session kind.
 //! * [`node`]: the node snapshot (id, role, table, resolved target URLs).
 //! * [`push`]: which targets a node pushes a stream to, and the push URL.
@@ -28,6 +30,7 @@ pub mod sign;
 pub mod status;
 pub mod table;
 pub mod token;
+pub mod viewer;
 pub mod wire;
 
 pub use admission::{Decision, PlayRequest, PublishRequest, Refusal, SessionKind};
