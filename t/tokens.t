@@ -15,7 +15,7 @@ use Digest::SHA qw(hmac_sha256_hex);
 use File::Basename qw(dirname);
 use JSON::PP;
 use lib 't/lib';
-use Mesh::Test qw(sha256_hex publish probe wait_until log_lines reap);
+use Mesh::Test qw(sha256_hex publish probe wait_until log_lines reap spawn);
 use Mesh::Master;
 use Mesh::Node;
 
@@ -174,6 +174,19 @@ isnt($?, 0, 'mesh-tool refuses a lifetime past the table\'s maximum');
 like($out, qr/token lifetime too long: at most 3600 s/, 'and says the bound');
 $out = `$tool token $k_new cam1 2>&1`;
 is($? >> 8, 2, 'mesh-tool refuses a secret on its command line');
+
+# A playing viewer is held to what a table change takes away: its key retired, it is dropped.
+my $viewer = spawn('timeout', 60, 'ffmpeg', '-v', 'error', '-i', "$url?token=$made", '-f', 'null', '-');
+sleep 3;
+ok(!defined reap($viewer, 0.1), 'standalone: a viewer plays with a k2 token');
+my $k_next = 'standalone-next-key-0123456789';
+$s->write_file('table.json', encode_json({ version => 2, role => 'standalone', max_token_ttl_s => 3600,
+	publish => { cam1 => { key_sha256 => sha256_hex($bkey) } }, streams => { cam1 => { id => 'gen-7' } },
+	viewer_keys => [ { id => 'k3', secret => $k_next }, { id => 'k2', secret => $k_new, not_after => time - 1 } ] }));
+ok(wait_until(sub { log_lines($s, qr/play dropped: app "live", stream "cam1", .*: expired token \(table version 2\)/) }, 10),
+	'standalone: its key retired by a new table, the playing viewer is dropped');
+ok(defined reap($viewer, 10), 'standalone: and its player ends');
+ok(wait_until(sub { !defined reap($spub, 0) }, 1), 'standalone: the publisher stays');
 unlike($s->error_log, qr/\Q$k_new\E|\Q$k_old\E|\Q$made\E/, 'standalone: no secret or token in the log');
 kill 'TERM', $spub;
 reap($spub, 5);
