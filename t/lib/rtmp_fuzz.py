@@ -1,0 +1,821 @@
+#!/usr/bin/env python3
+"""A raw RTMP client for hostile traffic (Python 3 stdlib only): handshake, chunked messages,
+AMF0, the commands a broadcaster or player sends, and everything they should not send.
+
+    rtmp_fuzz.py check  --url rtmp://127.0.0.1:P/app --name cam1 --args key=k [--play]
+                        [--hold S] [--src 127.0.0.7] [--repeat N --interval S]
+        A well-behaved publish (or play): prints one JSON line per attempt with
+        "accepted" (NetStream.Publish.Start / NetStream.Play.Start seen), the status code or
+        "closed", and the seconds from TCP connect to the answer. Exit 0 when all accepted.
+    rtmp_fuzz.py script --url ... STEP...
+        One connection running the given steps (see Script below); prints a JSON summary.
+    rtmp_fuzz.py fuzz   --url ... --seed S --count N [--concurrency C] [--src-net 127.0.3]
+        N connections, each a random sequence of commands (valid, malformed, truncated, odd
+        names, abrupt closes) drawn from random.Random(f"{S}/{i}"); prints a JSON summary.
+    rtmp_fuzz.py flood  --url ... --count N [--concurrency C] [--src-net 127.0.4 --src-count K]
+                        [--leave 0.5] [--hold 0.5]
+        N publishes of unknown streams with junk keys: a share `leave` closes right after
+        sending publish, the rest wait up to `hold` s for an answer. Prints a JSON summary.
+
+Source addresses: any 127.x.y.z is this machine; `--src-net A.B.C` spreads the connections
+over A.B.C.1..A.B.C.K so per-address limits can be told from per-worker ones.
+"""
+
+import argparse
+import json
+import os
+import random
+import socket
+import struct
+import sys
+import threading
+import time
+from urllib.parse import urlsplit
+
+TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
+
+
+# --- AMF0 -------------------------------------------------------------------------------------
+
+class Raw:
+    """Bytes sent verbatim where an AMF value goes (malformed AMF)."""
+
+    def __init__(self, data):
+        self.data = data
+
+
+def _utf8(s):
+    return s.encode("utf-8", "surrogatepass") if isinstance(s, str) else s
+
+
+def amf(v):
+    if isinstance(v, Raw):
+        return v.data
+    if v is None:
+        return b"\x05"
+    if isinstance(v, bool):
+        return b"\x01" + (b"\x01" if v else b"\x00")
+    if isinstance(v, (int, float)):
+        return b"\x00" + struct.pack(">d", float(v))
+    if isinstance(v, (str, bytes)):
+        b = _utf8(v)
+        if len(b) > 0xFFFF:
+            return b"\x0c" + struct.pack(">I", len(b)) + b
+        return b"\x02" + struct.pack(">H", len(b)) + b
+    if isinstance(v, dict):
+        out = b"\x03"
+        for k, x in v.items():
+            kb = _utf8(k)
+            out += struct.pack(">H", len(kb)) + kb + amf(x)
+        return out + b"\x00\x00\x09"
+    if isinstance(v, (list, tuple)):
+        return b"\x0a" + struct.pack(">I", len(v)) + b"".join(amf(x) for x in v)
+    raise TypeError(type(v))
+
+
+class _Short(Exception):
+    pass
+
+
+def amf_decode(b):
+    """Every AMF0 value in b, as far as it parses."""
+    i = 0
+
+    def take(n):
+        nonlocal i
+        if i + n > len(b):
+            raise _Short
+        r = b[i:i + n]
+        i += n
+        return r
+
+    def value():
+        t = take(1)[0]
+        if t == 0x00:
+            return struct.unpack(">d", take(8))[0]
+        if t == 0x01:
+            return take(1)[0] != 0
+        if t == 0x02:
+            return take(struct.unpack(">H", take(2))[0]).decode("utf-8", "replace")
+        if t == 0x0C:
+            return take(struct.unpack(">I", take(4))[0]).decode("utf-8", "replace")
+        if t in (0x03, 0x08):
+            if t == 0x08:
+                take(4)
+            d = {}
+            while True:
+                k = take(struct.unpack(">H", take(2))[0]).decode("utf-8", "replace")
+                if not k and b[i:i + 1] == b"\x09":
+                    take(1)
+                    return d
+                d[k] = value()
+        if t == 0x0A:
+            return [value() for _ in range(struct.unpack(">I", take(4))[0])]
+        if t in (0x05, 0x06):
+            return None
+        if t == 0x0B:
+            take(10)
+            return None
+        raise _Short
+
+    out = []
+    try:
+        while i < len(b):
+            out.append(value())
+    except _Short:
+        pass
+    return out
+
+
+# --- chunk stream -----------------------------------------------------------------------------
+
+def basic_header(fmt, csid):
+    if csid < 64:
+        return bytes([(fmt << 6) | csid])
+    if csid < 320:
+        return bytes([fmt << 6, csid - 64])
+    c = csid - 64
+    return bytes([(fmt << 6) | 1, c & 0xFF, c >> 8])
+
+
+def chunks(csid, mtype, sid, payload, size, ts=0, length=None):
+    """A message as chunks of `size` (fmt 0, then fmt 3); `length` may lie about its size."""
+    n = len(payload) if length is None else length
+    out = [basic_header(0, csid), min(ts, 0xFFFFFF).to_bytes(3, "big"), (n & 0xFFFFFF).to_bytes(3, "big"),
+           bytes([mtype & 0xFF]), struct.pack("<I", sid & 0xFFFFFFFF)]
+    if ts >= 0xFFFFFF:
+        out.append(struct.pack(">I", ts & 0xFFFFFFFF))
+    size = max(1, size)
+    out.append(payload[:size])
+    for off in range(size, len(payload), size):
+        out.append(basic_header(3, csid))
+        out.append(payload[off:off + size])
+    return b"".join(out)
+
+
+class Closed(Exception):
+    pass
+
+
+class Conn:
+    """One RTMP connection. Every send or read failure marks it closed (never raises except
+    Closed from reads)."""
+
+    def __init__(self, host, port, src=None, timeout=5.0):
+        self.s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if src:
+            self.s.bind((src, 0))
+        self.s.settimeout(timeout)
+        self.s.connect((host, port))
+        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+        self.in_chunk = 128
+        self.out_chunk = 128
+        self.prev = {}
+        self.partial = {}
+        self.closed = False
+        self.events = []  # (seconds since start, kind, detail)
+        self.t0 = time.perf_counter()
+        self.txn = 1
+        self.streams = []  # stream ids the server gave
+
+    # low level
+    def send(self, data):
+        if self.closed:
+            return False
+        try:
+            self.s.sendall(data)
+            return True
+        except OSError:
+            self.closed = True
+            return False
+
+    def _recv(self, deadline):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout
+        self.s.settimeout(left)
+        try:
+            self.s.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
+            d = self.s.recv(65536)
+        except socket.timeout:
+            raise
+        except OSError:
+            d = b""
+        if not d:
+            self.closed = True
+            raise Closed
+        self.buf += d
+
+    def _parse_chunk(self):
+        """One chunk from the buffer, or None when more bytes are needed; a whole message
+        returns (type, sid, payload)."""
+        b, i = self.buf, 0
+
+        def need(n):
+            nonlocal i
+            if len(b) - i < n:
+                raise _Short
+            r = b[i:i + n]
+            i += n
+            return r
+
+        try:
+            x = need(1)[0]
+            fmt, csid = x >> 6, x & 0x3F
+            if csid == 0:
+                csid = 64 + need(1)[0]
+            elif csid == 1:
+                y = need(2)
+                csid = 64 + y[0] + 256 * y[1]
+            h = dict(self.prev.get(csid, {"len": 0, "type": 0, "sid": 0}))
+            ts = 0
+            if fmt <= 2:
+                ts = int.from_bytes(need(3), "big")
+            if fmt <= 1:
+                h["len"] = int.from_bytes(need(3), "big")
+                h["type"] = need(1)[0]
+            if fmt == 0:
+                h["sid"] = struct.unpack("<I", need(4))[0]
+            if fmt <= 2 and ts == 0xFFFFFF:
+                need(4)
+            got = self.partial.get(csid, b"")
+            take = min(self.in_chunk, h["len"] - len(got))
+            got += need(take)
+        except _Short:
+            return None
+        self.buf = b[i:]
+        self.prev[csid] = h
+        if len(got) < h["len"]:
+            self.partial[csid] = got
+            return ()
+        self.partial.pop(csid, None)
+        return (h["type"], h["sid"], got)
+
+    def message(self, deadline):
+        """The next whole message from the server (raises socket.timeout or Closed)."""
+        while True:
+            m = self._parse_chunk()
+            if m is None:
+                self._recv(deadline)
+                continue
+            if m == ():
+                continue
+            t, sid, p = m
+            if t == 1 and len(p) >= 4:
+                self.in_chunk = max(1, struct.unpack(">I", p[:4])[0] & 0x7FFFFFFF)
+                continue
+            return t, sid, p
+
+    def poll(self, secs, until=None):
+        """Read for up to `secs`, noting commands and statuses; stops early when `until`
+        (a predicate on (kind, detail)) holds. Returns the matching event or None."""
+        deadline = time.monotonic() + secs
+        while not self.closed:
+            try:
+                t, sid, p = self.message(deadline)
+            except (socket.timeout, TimeoutError):
+                return None
+            except Closed:
+                self.note("closed", "")
+                return ("closed", "") if until and until("closed", "") else None
+            if t not in (20, 17):
+                continue
+            vals = amf_decode(p[1:] if t == 17 else p)
+            if not vals:
+                continue
+            name = vals[0]
+            if name == "onStatus":
+                info = next((v for v in vals if isinstance(v, dict)), {})
+                ev = ("status", str(info.get("code", "")))
+            elif name in ("_result", "_error"):
+                ev = (name, vals[3] if len(vals) > 3 else None)
+                if name == "_result" and len(vals) > 3 and isinstance(vals[3], float):
+                    self.streams.append(int(vals[3]))
+            else:
+                ev = ("command", str(name))
+            self.note(*ev)
+            if until and until(*ev):
+                return ev
+        return None
+
+    def note(self, kind, detail):
+        self.events.append((round(time.perf_counter() - self.t0, 4), kind, detail))
+
+    def close(self, rst=False):
+        if rst and not self.closed:
+            try:
+                self.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        self.closed = True
+        self.s.close()
+
+    # the protocol
+    def handshake(self, timeout=5):
+        if not self.send(b"\x03" + bytes(8) + os.urandom(1528)):
+            raise Closed
+        deadline = time.monotonic() + timeout
+        while len(self.buf) < 1 + 1536 * 2:
+            self._recv(deadline)
+        s1 = self.buf[1:1537]
+        self.buf = self.buf[1 + 1536 * 2:]
+        if not self.send(s1):
+            raise Closed
+
+    def msg(self, mtype, payload, sid=0, csid=3, ts=0, size=None, length=None):
+        return self.send(chunks(csid, mtype, sid, payload, size or self.out_chunk, ts, length))
+
+    def set_chunk_size(self, n):
+        self.msg(1, struct.pack(">I", n & 0xFFFFFFFF), csid=2)
+        self.out_chunk = max(1, n & 0x7FFFFFFF)
+
+    def command(self, name, *args, sid=0, csid=3, txn=None):
+        if txn is None:
+            self.txn += 1
+            txn = self.txn
+        return self.msg(20, amf(name) + amf(txn) + b"".join(amf(a) for a in args), sid=sid, csid=csid)
+
+    def connect(self, app, tc_url, extra=None):
+        o = {"app": app, "type": "nonprivate", "flashVer": "FMLE/3.0 (compatible; rtmp_fuzz)", "tcUrl": tc_url}
+        o.update(extra or {})
+        return self.command("connect", o, txn=1)
+
+    def create_stream(self):
+        return self.command("createStream", None)
+
+    def publish(self, name, sid, kind="live"):
+        return self.command("publish", None, name, kind, sid=sid, csid=8, txn=0)
+
+    def play(self, name, sid):
+        return self.command("play", None, name, -2000.0, -1.0, sid=sid, csid=8, txn=0)
+
+    def delete_stream(self, sid):
+        return self.command("deleteStream", None, float(sid), txn=0)
+
+    def close_stream(self, sid):
+        return self.command("closeStream", None, sid=sid, csid=8, txn=0)
+
+    def fc_publish(self, name):
+        return self.command("FCPublish", None, name)
+
+    def release_stream(self, name):
+        return self.command("releaseStream", None, name)
+
+    def fc_unpublish(self, name):
+        return self.command("FCUnpublish", None, name)
+
+    def setup(self, app, tc_url, timeout=5):
+        """handshake, connect, createStream: the stream id, or None."""
+        self.handshake(timeout)
+        self.set_chunk_size(4096)
+        self.connect(app, tc_url)
+        if not self.poll(timeout, lambda k, d: k in ("_result", "_error", "closed")) or self.closed:
+            return None
+        self.create_stream()
+        ev = self.poll(timeout, lambda k, d: k in ("_result", "_error", "closed") and (k != "_result" or d is not None))
+        return int(ev[1]) if ev and ev[0] == "_result" and isinstance(ev[1], float) else None
+
+
+def parse_url(url):
+    u = urlsplit(url)
+    app = u.path.strip("/")
+    return u.hostname, u.port or 1935, app, "rtmp://%s:%d/%s" % (u.hostname, u.port or 1935, app)
+
+
+def full_name(name, args):
+    return name + ("?" + args if args else "")
+
+
+# --- check: a well-behaved client -------------------------------------------------------------
+
+def check_once(url, name, play=False, hold=0.0, src=None, timeout=10.0):
+    host, port, app, tc = parse_url(url)
+    t0 = time.perf_counter()
+    want = "NetStream.Play.Start" if play else "NetStream.Publish.Start"
+    out = {"name": name.split("?")[0], "accepted": False, "code": "", "secs": None}
+    try:
+        c = Conn(host, port, src=src, timeout=timeout)
+    except OSError as e:
+        out.update(code="connect: %s" % e.__class__.__name__, secs=time.perf_counter() - t0)
+        return out
+    try:
+        sid = c.setup(app, tc, timeout)
+        if sid is None:
+            out["code"] = "closed" if c.closed else "no stream"
+        else:
+            (c.play if play else c.publish)(name, sid)
+            deciding = ("NetStream.Publish.", "NetStream.Play.Start", "NetStream.Play.StreamNotFound",
+                        "NetStream.Play.Failed", "NetConnection.")
+            ev = c.poll(timeout, lambda k, d: k == "closed" or (k == "status" and d.startswith(deciding)))
+            out["secs"] = time.perf_counter() - t0
+            out["code"] = ev[1] or ev[0] if ev else "timeout"
+            out["accepted"] = bool(ev) and ev[1] == want
+            if out["accepted"] and hold > 0:
+                c.poll(hold, lambda k, d: k == "closed")
+                out["held"] = not c.closed
+    except (Closed, OSError):
+        out["code"] = "closed"
+    finally:
+        c.close()
+    if out["secs"] is None:
+        out["secs"] = time.perf_counter() - t0
+    out["secs"] = round(out["secs"], 4)
+    return out
+
+
+# --- script: one connection, named steps ------------------------------------------------------
+
+SCRIPT_HELP = """steps (each one argument; NAME may carry ?args):
+  handshake | connect | create (createStream; its id becomes the current stream)
+  publish NAME [SID] | play NAME [SID] | fcpublish NAME | release NAME | fcunpublish NAME
+  deletestream [SID] | closestream [SID] | chunk N (set chunk size) | raw HEX
+  wait S (read for S s) | sleep S (do not read) | close | rst"""
+
+
+def run_script(url, steps, src=None, timeout=10.0):
+    host, port, app, tc = parse_url(url)
+    c = Conn(host, port, src=src, timeout=timeout)
+    sid = None
+    try:
+        for step in steps:
+            w = step.split(" ", 2)
+            op, a = w[0], w[1:]
+            sid_arg = lambda i: int(a[i]) if len(a) > i else sid
+            if op == "handshake":
+                c.handshake(timeout)
+            elif op == "connect":
+                c.connect(app, tc)
+                c.poll(timeout, lambda k, d: k in ("_result", "_error", "closed"))
+            elif op == "create":
+                n = len(c.streams)
+                c.create_stream()
+                c.poll(timeout, lambda k, d: k in ("_error", "closed") or len(c.streams) > n)
+                sid = c.streams[-1] if len(c.streams) > n else sid
+            elif op == "publish":
+                c.publish(a[0], sid_arg(1))
+            elif op == "play":
+                c.play(a[0], sid_arg(1))
+            elif op == "fcpublish":
+                c.fc_publish(a[0])
+            elif op == "release":
+                c.release_stream(a[0])
+            elif op == "fcunpublish":
+                c.fc_unpublish(a[0])
+            elif op == "deletestream":
+                c.delete_stream(sid_arg(0))
+            elif op == "closestream":
+                c.close_stream(sid_arg(0))
+            elif op == "chunk":
+                c.set_chunk_size(int(a[0]))
+            elif op == "raw":
+                c.send(bytes.fromhex(a[0]))
+            elif op == "wait":
+                c.poll(float(a[0]))
+            elif op == "sleep":
+                time.sleep(float(a[0]))
+            elif op in ("close", "rst"):
+                break
+            else:
+                raise SystemExit("unknown step %r\n%s" % (step, SCRIPT_HELP))
+        if steps and steps[-1] not in ("close", "rst"):
+            c.poll(0.05)
+    except (Closed, OSError):
+        pass
+    closed_by_server = c.closed
+    c.close(rst=bool(steps) and steps[-1] == "rst")
+    return {"events": c.events, "closed_by_server": closed_by_server, "streams": c.streams}
+
+
+# --- fuzz: seeded random sequences ------------------------------------------------------------
+
+ODD_NAMES = [
+    "x" * 4096, "../../etc/passwd", "a/../b", "..", "/", "cam\x00hidden", "\x00", "",
+    " ", "caf\u00e9-\u2603-\U0001F600", "\u540d\u524d", "%00%2e%2e", "name with spaces",
+    "cam1?key=a&key=b", "\ud800", "\r\nX-Injected: 1", "$(id)", "x" * 255, "x" * 256, "x" * 70000,
+]
+
+
+class Fuzzer:
+    def __init__(self, url, seed, good=None, src_net=None, src_count=64, trace=None):
+        self.host, self.port, self.app, self.tc = parse_url(url)
+        self.seed = seed
+        self.good = good or []  # [(stream, key)] the master allows
+        self.src_net, self.src_count = src_net, src_count
+        self.trace = trace
+        self.lock = threading.Lock()
+        self.stats = {"connections": 0, "accepted": 0, "closed_by_server": 0, "errors": 0, "ops": 0}
+
+    def name(self, r):
+        x = r.random()
+        if x < 0.45:
+            return "fz%d" % r.randrange(40)
+        if x < 0.6 and self.good:
+            return r.choice(self.good)[0]
+        if x < 0.85:
+            return r.choice(ODD_NAMES)
+        return "".join(chr(r.randrange(1, 0x250)) for _ in range(r.randrange(1, 40)))
+
+    def args(self, r, stream):
+        x = r.random()
+        goods = [k for s, k in self.good if s == stream]
+        if x < 0.35 and goods:
+            return "key=" + goods[0]
+        if x < 0.65:
+            return "key=junk%d" % r.randrange(8)
+        if x < 0.72:
+            return ""
+        if x < 0.78:
+            return "key=" + "k" * 4096
+        if x < 0.84:
+            return "node=%s&key=junk" % r.choice(["root-1", "x", "../n"])
+        if x < 0.9:
+            return "token=%d.%s" % (r.randrange(1 << 40), "ab" * 32)
+        return "key=%s&key=junk&%s" % (r.choice(["", "\x00", "%00"]), "a=" * r.randrange(50))
+
+    def garbage(self, r, n=None):
+        return bytes(r.randrange(256) for _ in range(n if n is not None else r.randrange(1, 300)))
+
+    def malformed_amf(self, r):
+        x = r.randrange(7)
+        if x == 0:
+            return amf(r.choice(["publish", "play", "connect", "createStream"])) + self.garbage(r)
+        if x == 1:  # a string whose length runs past the end
+            return b"\x02\xff\xff" + b"publish"
+        if x == 2:  # an object that never ends
+            return amf("connect") + amf(1) + b"\x03" + b"\x00\x03app" + amf("live") * 50
+        if x == 3:  # deep nesting
+            return amf("connect") + amf(1) + b"\x03\x00\x01a" * 200
+        if x == 4:  # wrong types in place of the name
+            return amf("publish") + amf(0) + amf(None) + amf(3.5) + amf(True)
+        if x == 5:  # an unknown type marker
+            return amf("play") + amf(0) + b"\x05" + b"\x11" + self.garbage(r, 20)
+        return self.garbage(r)
+
+    def one(self, i):
+        r = random.Random("%d/%d" % (self.seed, i))
+        ops = []
+        src = "%s.%d" % (self.src_net, 1 + r.randrange(self.src_count)) if self.src_net else None
+        try:
+            c = Conn(self.host, self.port, src=src, timeout=3)
+        except OSError:
+            self.count("errors")
+            return
+        sid = 1
+        try:
+            x = r.random()
+            if x < 0.03:
+                ops.append("tcp-close")
+                return
+            if x < 0.08:
+                ops.append("bad-handshake")
+                kind = r.randrange(4)
+                if kind == 0:
+                    c.send(b"\x03" + bytes(r.randrange(1, 1536)))
+                elif kind == 1:
+                    c.send(bytes([r.randrange(256)]) + self.garbage(r, 1536))
+                elif kind == 2:
+                    c.send(self.garbage(r, r.randrange(1, 4000)))
+                else:
+                    c.send(b"\x03" + bytes(1536))
+                    c.poll(0.2)
+                return
+            c.handshake(3)
+            if r.random() < 0.3:
+                n = r.choice([1, 2, 60, 128, 4096, 65536, 1 << 24, 0, 0x7FFFFFFF, 0xFFFFFFFF])
+                ops.append("chunk %d" % n)
+                c.set_chunk_size(n)
+            if r.random() < 0.9:
+                ops.append("connect")
+                extra = {}
+                if r.random() < 0.1:
+                    extra = {"app": r.choice(ODD_NAMES), "tcUrl": r.choice(ODD_NAMES)}
+                c.connect(self.app, self.tc, extra)
+                if r.random() < 0.8:
+                    c.poll(0.5, lambda k, d: k in ("_result", "_error", "closed"))
+            for _ in range(r.randrange(1, 12)):
+                if c.closed:
+                    break
+                op = r.choices(
+                    ["create", "publish", "play", "delete", "closestream", "fcpublish", "release",
+                     "fcunpublish", "malformed", "truncated", "wrongchunk", "chunksize", "media",
+                     "control", "wait", "sleep", "connect", "close"],
+                    [8, 14, 8, 3, 3, 3, 3, 2, 3, 2, 2, 1, 3, 2, 6, 2, 1, 1])[0]
+                ops.append(op)
+                self.count("ops")
+                if op == "create":
+                    n = len(c.streams)
+                    c.create_stream()
+                    if r.random() < 0.7:
+                        c.poll(0.5, lambda k, d: k in ("_error", "closed") or len(c.streams) > n)
+                    if c.streams:
+                        sid = c.streams[-1]
+                elif op in ("publish", "play"):
+                    name = self.name(r)
+                    full = full_name(name, self.args(r, name))
+                    use = sid if r.random() < 0.85 else r.choice([0, 1, 2, 77, 0xFFFFFFFF])
+                    ops[-1] += " %r sid=%d" % (full[:60], use)
+                    (c.publish if op == "publish" else c.play)(full, use)
+                    if r.random() < 0.4:
+                        c.poll(r.uniform(0, 2.5), lambda k, d: k == "status")
+                elif op == "delete":
+                    c.delete_stream(sid if r.random() < 0.8 else r.randrange(10))
+                elif op == "closestream":
+                    c.close_stream(sid)
+                elif op == "fcpublish":
+                    c.fc_publish(full_name(self.name(r), self.args(r, "")))
+                elif op == "release":
+                    c.release_stream(self.name(r))
+                elif op == "fcunpublish":
+                    c.fc_unpublish(self.name(r))
+                elif op == "malformed":
+                    c.msg(r.choice([20, 17, 18, 15]), self.malformed_amf(r), sid=r.choice([0, sid]))
+                elif op == "truncated":
+                    p = amf("publish") + amf(0) + amf(None) + amf(self.name(r)) + amf("live")
+                    cut = r.randrange(len(p))
+                    c.msg(20, p[:cut], sid=sid, csid=r.choice([3, 8, 63, 64, 400]), length=len(p))
+                    if r.random() < 0.5:
+                        c.create_stream()  # lands inside the unfinished message
+                elif op == "wrongchunk":
+                    p = amf("play") + amf(0) + amf(None) + amf(self.name(r))
+                    c.msg(20, p, sid=sid, size=r.choice([1, 7, 64, 200, 5000]))
+                elif op == "chunksize":
+                    c.set_chunk_size(r.choice([1, 128, 4096, 0, 0x7FFFFFFF]))
+                elif op == "media":
+                    c.msg(r.choice([8, 9, 18, 22]), self.garbage(r, r.randrange(0, 9000)), sid=sid,
+                          csid=r.choice([4, 6, 7]), ts=r.choice([0, 40, 0xFFFFFF, 1 << 31]))
+                elif op == "control":
+                    c.msg(r.choice([2, 3, 4, 5, 6, 7, 255]), self.garbage(r, r.randrange(0, 12)), csid=2)
+                elif op == "wait":
+                    c.poll(r.uniform(0, 2.5))
+                elif op == "sleep":
+                    time.sleep(r.uniform(0, 0.3))
+                elif op == "connect":
+                    c.connect(self.app, self.tc)
+                elif op == "close":
+                    break
+            if any(e[2] in ("NetStream.Publish.Start", "NetStream.Play.Start") for e in c.events):
+                self.count("accepted")
+        except (Closed, OSError, socket.timeout):
+            pass
+        finally:
+            if c.closed:
+                self.count("closed_by_server")
+            end = r.choice(["close", "rst", "linger"])
+            if end == "linger" and not c.closed:
+                c.poll(r.uniform(0, 1.5))
+            c.close(rst=end == "rst")
+            self.count("connections")
+            if self.trace:
+                with self.lock:
+                    self.trace.write("%.3f %d %s: %s | %s\n" % (time.time(), i, src or "-", " ; ".join(ops), end))
+
+    def count(self, k):
+        with self.lock:
+            self.stats[k] += 1
+
+
+def run_pool(n, concurrency, fn):
+    left = [n]
+    lock = threading.Lock()
+
+    def worker():
+        while True:
+            with lock:
+                if left[0] == 0:
+                    return
+                left[0] -= 1
+                i = n - 1 - left[0]
+            fn(i)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(concurrency, n)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+# --- flood: unknown keys, many at once --------------------------------------------------------
+
+def flood(url, count, concurrency, src_net=None, src_count=8, leave=0.5, hold=0.5, prefix="fl", seed=0,
+          linger=0.0, rst=False):
+    host, port, app, tc = parse_url(url)
+    st = {"sent": 0, "accepted": 0, "refused": 0, "waiting": 0, "left": 0, "errors": 0}
+    lock = threading.Lock()
+    tag = "%x" % random.Random(seed).randrange(1 << 32)
+
+    def one(i):
+        src = "%s.%d" % (src_net, 1 + i % src_count) if src_net else None
+        what = "errors"
+        try:
+            c = Conn(host, port, src=src, timeout=10)
+        except OSError:
+            with lock:
+                st["errors"] += 1
+            return
+        try:
+            sid = c.setup(app, tc, 10)
+            if sid is not None:
+                c.publish("%s%s%d?key=junk%d" % (prefix, tag, i, i), sid)
+                with lock:
+                    st["sent"] += 1
+                if (i * 7919 % 1000) < leave * 1000:
+                    what = "left"
+                    if linger > 0:
+                        c.poll(linger)
+                else:
+                    ev = c.poll(hold, lambda k, d: k == "closed" or (k == "status" and d.startswith("NetStream.Publish.")))
+                    what = "waiting" if ev is None else "accepted" if ev[1] == "NetStream.Publish.Start" else "refused"
+        except (Closed, OSError):
+            what = "refused" if c.closed else "errors"
+        finally:
+            c.close(rst=rst)
+        with lock:
+            st[what] += 1
+
+    t0 = time.perf_counter()
+    run_pool(count, concurrency, one)
+    st["wall_s"] = round(time.perf_counter() - t0, 2)
+    return st
+
+
+# --- command line -----------------------------------------------------------------------------
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("check")
+    p.add_argument("--url", required=True)
+    p.add_argument("--name", required=True, help="stream name; {i} is the attempt number")
+    p.add_argument("--args", default="")
+    p.add_argument("--play", action="store_true")
+    p.add_argument("--hold", type=float, default=0)
+    p.add_argument("--src")
+    p.add_argument("--timeout", type=float, default=10)
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--interval", type=float, default=0)
+    p = sub.add_parser("script", epilog=SCRIPT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", required=True)
+    p.add_argument("--src")
+    p.add_argument("--timeout", type=float, default=10)
+    p.add_argument("--repeat", type=int, default=1, help="run the steps N times; {i} in a step is the run")
+    p.add_argument("steps", nargs="*")
+    p = sub.add_parser("fuzz")
+    p.add_argument("--url", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--good", action="append", default=[], help="stream:key the master allows")
+    p.add_argument("--src-net")
+    p.add_argument("--src-count", type=int, default=64)
+    p.add_argument("--trace", help="append one line per connection (what it did) to this file")
+    p = sub.add_parser("flood")
+    p.add_argument("--url", required=True)
+    p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--src-net")
+    p.add_argument("--src-count", type=int, default=8)
+    p.add_argument("--leave", type=float, default=0.5)
+    p.add_argument("--hold", type=float, default=0.5)
+    p.add_argument("--linger", type=float, default=0, help="seconds a leaving client reads before it closes")
+    p.add_argument("--rst", action="store_true", help="close with a reset instead of a FIN")
+    p.add_argument("--prefix", default="fl")
+    p.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+
+    if a.cmd == "check":
+        ok = True
+        for i in range(a.repeat):
+            t = time.monotonic()
+            r = check_once(a.url, full_name(a.name.format(i=i), a.args), a.play, a.hold, a.src, a.timeout)
+            r["t"] = round(time.time(), 3)
+            print(json.dumps(r), flush=True)
+            ok = ok and r["accepted"]
+            if i + 1 < a.repeat:
+                time.sleep(max(0, a.interval - (time.monotonic() - t)))
+        return 0 if ok else 1
+    if a.cmd == "script":
+        for i in range(a.repeat):
+            steps = [st.replace("{i}", str(i)) for st in a.steps]
+            print(json.dumps(run_script(a.url, steps, a.src, a.timeout)), flush=True)
+        return 0
+    if a.cmd == "fuzz":
+        good = [tuple(g.split(":", 1)) for g in a.good]
+        trace = open(a.trace, "a", buffering=1) if a.trace else None
+        f = Fuzzer(a.url, a.seed, good, a.src_net, a.src_count, trace)
+        t0 = time.perf_counter()
+        run_pool(a.count, a.concurrency, f.one)
+        f.stats["wall_s"] = round(time.perf_counter() - t0, 2)
+        f.stats["seed"] = a.seed
+        print(json.dumps(f.stats), flush=True)
+        return 0
+    if a.cmd == "flood":
+        print(json.dumps(flood(a.url, a.count, a.concurrency, a.src_net, a.src_count, a.leave, a.hold,
+                               a.prefix, a.seed, a.linger, a.rst)), flush=True)
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.dont_write_bytecode = True
+    sys.exit(main())
