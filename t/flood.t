@@ -21,7 +21,7 @@ use List::Util qw(max sum);
 use lib 't/lib';
 use Mesh::Test qw(sha256_hex wait_until log_lines);
 use Mesh::FakeMaster;
-use Mesh::Hostile qw(hostile_node run_perturbed client client_bg client_wait worker_pids rss_kb node_status
+use Mesh::Hostile qw(hostile_node run_perturbed client client_bg client_wait client_stop worker_pids rss_kb node_status
 	log_mark log_since caps_supported);
 
 plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
@@ -63,35 +63,40 @@ my $slow_s = $slow->{secs} || $SLOW;
 my $tk = check('tk', 'key=table-key');
 ok($tk->{accepted}, "quiet: a key in the table is admitted in $tk->{secs} s");
 
-# The flood: $PROCS processes, each from its own $ADDRS addresses, 32 connections at a time.
+# The flood: $PROCS processes, each from its own $ADDRS addresses, 32 connections at a time,
+# spread over $SPREAD s at least. With `probe`, known keys publish over and over from
+# addresses of their own while it runs: one client with the table's key, three with the key
+# the master allows.
+my $SPREAD = 12;
 sub flood {
-	my ($tag, %probe) = @_;
+	my ($tag, $probe) = @_;
 	my %jobs;
+	my $each = int($N / $PROCS);
 	for my $k (0 .. $PROCS - 1) {
 		my $out = "$dir/flood-$tag-$k.json";
-		my $pid = client_bg($out, 'flood', '--url', $url, '--count', int($N / $PROCS), '--concurrency', 32,
+		my $pid = client_bg($out, 'flood', '--url', $url, '--count', $each, '--concurrency', 32,
 			'--src-net', "127.0.8$k", '--src-count', $ADDRS, '--leave', 0.5, '--hold', 0.5,
-			'--prefix', "fl$tag$k-", '--seed', $k);
+			'--prefix', "fl$tag$k-", '--seed', $k, '--rate', $each / $SPREAD);
 		$jobs{$pid} = $out;
 	}
 	my %probes;
-	if (%probe) {
-		# known keys, every 0.25 s while the flood runs (from addresses of their own)
+	if ($probe) {
 		sleep 1;
-		for my $p ([ 'tk', 'key=table-key', '127.0.0.2' ], [ 'mk', 'key=master-key', '127.0.0.3' ]) {
-			my $out = "$dir/probe-$tag-$p->[0].json";
+		for my $p ([ 'tk', 'key=table-key', '127.0.0.2' ], map { [ 'mk', 'key=master-key', "127.0.0.$_" ] } 3 .. 5) {
+			my $out = "$dir/probe-$tag-$p->[2].json";
 			my $pid = client_bg($out, 'check', '--url', $url, '--name', $p->[0], '--args', $p->[1],
-				'--src', $p->[2], '--repeat', $probe{count}, '--interval', 0.25, '--timeout', 3 * $slow_s + 5);
-			$probes{$p->[0]} = [ $pid, $out ];
+				'--src', $p->[2], '--repeat', 100000, '--interval', 0.25, '--timeout', 3 * $slow_s + 5);
+			push @{$probes{$p->[0]}}, $pid => $out;
 		}
 	}
 	my $t0 = time;
 	my @st = client_wait(240, %jobs);
 	my %sum;
 	for my $s (@st) { $sum{$_} += $s->{$_} for grep { !/wall/ } keys %$s }
-	$sum{wall_s} = sprintf '%.1f', time - $t0;
+	$sum{wall_s} = sprintf '%.1f', time - $t0 + ($probe ? 1 : 0);
 	$sum{processes} = scalar @st;
-	my %res = map { $_ => [ client_wait(120, $probes{$_}[0] => $probes{$_}[1]) ] } keys %probes;
+	# what the known keys saw while the flood ran
+	my %res = map { $_ => [ client_stop(@{$probes{$_}}) ] } keys %probes;
 	return (\%sum, \%res);
 }
 
@@ -109,7 +114,7 @@ is($warm->{processes}, $PROCS, "warm-up flood: $warm->{sent} publishes sent in $
 my ($w1, $rss1) = settle_rss();
 ok($rss1, "worker $w1 after the warm-up flood: VmRSS $rss1 kB");
 
-my ($main, $probes) = flood('m', count => 40);
+my ($main, $probes) = flood('m', 1);
 cmp_ok($main->{sent}, '>=', 0.95 * $N, "flood: $main->{sent} publishes sent in $main->{wall_s} s "
 	. "($main->{refused} refused, $main->{waiting} still waiting after 0.5 s, $main->{left} left)");
 
@@ -120,7 +125,7 @@ is(scalar(grep { !$_->{accepted} } @tk), 0, 'during the flood every key in the t
 	or diag(explain [ grep { !$_->{accepted} } @tk ]);
 cmp_ok(max(map { $_->{secs} } @tk) // 99, '<', $slow_s,
 	'... each before the master could have answered a single flood question');
-cmp_ok(scalar @mkp, '>=', 10, scalar(@mkp) . ' publishes with a key the master allows during the flood');
+cmp_ok(scalar @mkp, '>=', 5, scalar(@mkp) . ' publishes with a key the master allows during the flood');
 is(scalar(grep { !$_->{accepted} } @mkp), 0, 'during the flood every key the master allows is admitted')
 	or diag(explain [ grep { !$_->{accepted} } @mkp ]);
 cmp_ok(max(map { $_->{secs} } @mkp) // 99, '<', 2 * $slow_s + 1,

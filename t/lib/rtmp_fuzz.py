@@ -13,7 +13,7 @@ AMF0, the commands a broadcaster or player sends, and everything they should not
         N connections, each a random sequence of commands (valid, malformed, truncated, odd
         names, abrupt closes) drawn from random.Random(f"{S}/{i}"); prints a JSON summary.
     rtmp_fuzz.py flood  --url ... --count N [--concurrency C] [--src-net 127.0.4 --src-count K]
-                        [--leave 0.5] [--hold 0.5]
+                        [--leave 0.5] [--hold 0.5] [--rate R]
         N publishes of unknown streams with junk keys: a share `leave` closes right after
         sending publish, the rest wait up to `hold` s for an answer. Prints a JSON summary.
 
@@ -698,13 +698,15 @@ def run_pool(n, concurrency, fn):
 # --- flood: unknown keys, many at once --------------------------------------------------------
 
 def flood(url, count, concurrency, src_net=None, src_count=8, leave=0.5, hold=0.5, prefix="fl", seed=0,
-          linger=0.0, rst=False):
+          linger=0.0, rst=False, rate=0.0):
     host, port, app, tc = parse_url(url)
     st = {"sent": 0, "accepted": 0, "refused": 0, "waiting": 0, "left": 0, "errors": 0}
     lock = threading.Lock()
     tag = "%x" % random.Random(seed).randrange(1 << 32)
 
     def one(i):
+        if rate > 0:
+            time.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
         src = "%s.%d" % (src_net, 1 + i % src_count) if src_net else None
         what = "errors"
         try:
@@ -779,6 +781,7 @@ def main():
     p.add_argument("--hold", type=float, default=0.5)
     p.add_argument("--linger", type=float, default=0, help="seconds a leaving client reads before it closes")
     p.add_argument("--rst", action="store_true", help="close with a reset instead of a FIN")
+    p.add_argument("--rate", type=float, default=0, help="connections started per second at most")
     p.add_argument("--prefix", default="fl")
     p.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
@@ -811,7 +814,7 @@ def main():
         return 0
     if a.cmd == "flood":
         print(json.dumps(flood(a.url, a.count, a.concurrency, a.src_net, a.src_count, a.leave, a.hold,
-                               a.prefix, a.seed, a.linger, a.rst)), flush=True)
+                               a.prefix, a.seed, a.linger, a.rst, a.rate)), flush=True)
         return 0
     return 2
 

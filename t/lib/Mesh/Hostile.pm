@@ -18,7 +18,7 @@ use Time::HiRes qw(sleep time);
 use Mesh::Test qw(wait_until);
 
 use Exporter qw(import);
-our @EXPORT_OK = qw(hostile_node run_perturbed client client_bg client_wait worker_pids rss_kb node_status
+our @EXPORT_OK = qw(hostile_node run_perturbed client client_bg client_wait client_stop worker_pids rss_kb node_status
 	log_mark log_since caps_supported);
 
 our $CLIENT = dirname(__FILE__) . '/../rtmp_fuzz.py';
@@ -165,6 +165,13 @@ sub client_wait {
 		push @r, _decode_lines(scalar <$fh>);
 	}
 	return @r;
+}
+
+# Stop background clients (TERM) and return the JSON lines they printed so far.
+sub client_stop {
+	my (%jobs) = @_;    # pid => out file
+	kill 'TERM', keys %jobs;
+	return client_wait(5, %jobs);
 }
 
 END { kill 'KILL', grep { kill 0, $_ } @children }
