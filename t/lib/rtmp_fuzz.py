@@ -436,7 +436,7 @@ SCRIPT_HELP = """steps (each one argument; NAME may carry ?args):
 def run_script(url, steps, src=None, timeout=10.0):
     host, port, app, tc = parse_url(url)
     c = Conn(host, port, src=src, timeout=timeout)
-    sid = None
+    sid = 1
     try:
         for step in steps:
             w = step.split(" ", 2)
@@ -496,6 +496,13 @@ ODD_NAMES = [
 ]
 
 
+OPS = ["create", "publish", "play", "delete", "closestream", "fcpublish", "release", "fcunpublish",
+       "malformed", "truncated", "wrongchunk", "chunksize", "media", "control", "wait", "sleep", "connect",
+       "close"]
+CHAOS = [8, 14, 8, 3, 3, 3, 3, 2, 3, 2, 2, 1, 3, 2, 6, 2, 1, 1]
+MOSTLY_VALID = [10, 20, 12, 4, 4, 4, 4, 2, 0.5, 0.3, 0.3, 0.2, 2, 0.3, 6, 3, 0.5, 1]
+
+
 class Fuzzer:
     def __init__(self, url, seed, good=None, src_net=None, src_count=64, trace=None):
         self.host, self.port, self.app, self.tc = parse_url(url)
@@ -506,23 +513,25 @@ class Fuzzer:
         self.lock = threading.Lock()
         self.stats = {"connections": 0, "accepted": 0, "closed_by_server": 0, "errors": 0, "ops": 0}
 
-    def name(self, r):
-        x = r.random()
-        if x < 0.45:
-            return "fz%d" % r.randrange(40)
-        if x < 0.6 and self.good:
+    def name(self, r, odd=0.4):
+        """A stream name: valid ones the master is asked about (few, so connections collide
+        on them) or the master's good ones; with probability `odd` an odd one (refused at
+        once, or cut by nginx-rtmp)."""
+        if r.random() < odd:
+            if r.random() < 0.7:
+                return r.choice(ODD_NAMES)
+            return "".join(chr(r.randrange(1, 0x250)) for _ in range(r.randrange(1, 40)))
+        if self.good and r.random() < 0.25:
             return r.choice(self.good)[0]
-        if x < 0.85:
-            return r.choice(ODD_NAMES)
-        return "".join(chr(r.randrange(1, 0x250)) for _ in range(r.randrange(1, 40)))
+        return "fz%d" % r.randrange(40)
 
-    def args(self, r, stream):
+    def args(self, r, stream, odd=0.35):
         x = r.random()
         goods = [k for s, k in self.good if s == stream]
         if x < 0.35 and goods:
             return "key=" + goods[0]
-        if x < 0.65:
-            return "key=junk%d" % r.randrange(8)
+        if x < 1 - odd:
+            return "key=junk%d" % r.randrange(8 if odd >= 0.35 else 1000)
         if x < 0.72:
             return ""
         if x < 0.78:
@@ -581,14 +590,20 @@ class Fuzzer:
                     c.poll(0.2)
                 return
             c.handshake(3)
-            if r.random() < 0.3:
-                n = r.choice([1, 2, 60, 128, 4096, 65536, 1 << 24, 0, 0x7FFFFFFF, 0xFFFFFFFF])
+            # most connections speak valid RTMP with valid names (so questions go to the
+            # master and commands pile up while they wait), the rest anything at all
+            chaos = r.random() < 0.3
+            odd = 0.4 if chaos else 0.05
+            weights = CHAOS if chaos else MOSTLY_VALID
+            if r.random() < (0.4 if chaos else 0.15):
+                sizes = [1, 2, 60, 128, 4096, 65536, 1 << 24, 0, 0x7FFFFFFF, 0xFFFFFFFF] if chaos else [60, 128, 4096, 65536]
+                n = r.choice(sizes)
                 ops.append("chunk %d" % n)
                 c.set_chunk_size(n)
-            if r.random() < 0.9:
+            if r.random() < (0.8 if chaos else 0.97):
                 ops.append("connect")
                 extra = {}
-                if r.random() < 0.1:
+                if chaos and r.random() < 0.2:
                     extra = {"app": r.choice(ODD_NAMES), "tcUrl": r.choice(ODD_NAMES)}
                 c.connect(self.app, self.tc, extra)
                 if r.random() < 0.8:
@@ -596,11 +611,7 @@ class Fuzzer:
             for _ in range(r.randrange(1, 12)):
                 if c.closed:
                     break
-                op = r.choices(
-                    ["create", "publish", "play", "delete", "closestream", "fcpublish", "release",
-                     "fcunpublish", "malformed", "truncated", "wrongchunk", "chunksize", "media",
-                     "control", "wait", "sleep", "connect", "close"],
-                    [8, 14, 8, 3, 3, 3, 3, 2, 3, 2, 2, 1, 3, 2, 6, 2, 1, 1])[0]
+                op = r.choices(OPS, weights)[0]
                 ops.append(op)
                 self.count("ops")
                 if op == "create":
@@ -611,8 +622,14 @@ class Fuzzer:
                     if c.streams:
                         sid = c.streams[-1]
                 elif op in ("publish", "play"):
-                    name = self.name(r)
-                    full = full_name(name, self.args(r, name))
+                    if not c.streams and r.random() < (0.5 if chaos else 0.95):
+                        # nginx-rtmp ignores publish and play before createStream
+                        ops.append("create")
+                        c.create_stream()
+                        c.poll(0.5, lambda k, d: k in ("_error", "closed") or c.streams)
+                        sid = c.streams[-1] if c.streams else sid
+                    name = self.name(r, odd)
+                    full = full_name(name, self.args(r, name, odd))
                     use = sid if r.random() < 0.85 else r.choice([0, 1, 2, 77, 0xFFFFFFFF])
                     ops[-1] += " %r sid=%d" % (full[:60], use)
                     (c.publish if op == "publish" else c.play)(full, use)
@@ -661,6 +678,7 @@ class Fuzzer:
         finally:
             if c.closed:
                 self.count("closed_by_server")
+                ops.append("(closed by the server)")
             end = r.choice(["close", "rst", "linger"])
             if end == "linger" and not c.closed:
                 c.poll(r.uniform(0, 1.5))
