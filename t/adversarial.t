@@ -56,6 +56,18 @@ sub clean_since {
 	is(join("\n", @bad), '', "$what: no crash, [alert] or [crit] in the error log");
 }
 
+# Until the master has had no new auth question for a second (every answer asked for is back,
+# or the questions were dropped), at most `secs`.
+sub settle {
+	my ($m, $secs) = @_;
+	my ($n, $since) = (-1, time);
+	wait_until(sub {
+		my $c = $m->count;
+		($n, $since) = ($c, time) if $c != $n;
+		return time - $since > 1.2;
+	}, $secs // 20);
+}
+
 sub script {
 	my ($u, $repeat, @steps) = @_;
 	return client('script', '--url', $u, '--repeat', $repeat, @steps);
@@ -68,7 +80,7 @@ subtest 'two publishes on one connection while the answer is pending, then gone'
 	my @r = script($url, 20, 'handshake', 'connect', 'create', 'publish crash-a{i}?key=junk1',
 		'publish crash-b{i}?key=junk2', 'sleep 0.05', 'rst');
 	is(scalar @r, 20, 'twenty connections ran the sequence');
-	sleep 2;    # every answer (0.5 s each, two call threads) has come back
+	settle($master);    # every answer (0.5 s each, two call threads) has come back
 	clean_since($node, $mark, 'double publish');
 	my $ok = admitted($node, $url, 'legit', 'key=legit-key');
 	ok($ok->{accepted}, "the node still admits a publish ($ok->{code})");
@@ -78,7 +90,7 @@ subtest 'publish then play on one connection while the answer is pending, then g
 	my $mark = log_mark($node);
 	script($url, 20, 'handshake', 'connect', 'create', 'publish crash-p{i}?key=junk', 'create',
 		'play crash-v{i}', 'sleep 0.05', 'close');
-	sleep 2;
+	settle($master);
 	clean_since($node, $mark, 'publish + play');
 	my $ok = admitted($node, $url, 'legit', 'key=legit-key');
 	ok($ok->{accepted}, "the node still admits a publish ($ok->{code})");
@@ -93,7 +105,7 @@ subtest 'a relay whose plays ask the master: two plays on one connection, then g
 	my $mark = log_mark($relay);
 	script($rurl, 20, 'handshake', 'connect', 'create', 'play crash-r{i}', 'play crash-s{i}', 'sleep 0.05', 'rst');
 	script($rurl, 10, 'handshake', 'connect', 'create', 'play crash-t{i}', 'create', 'play crash-u{i}', 'close');
-	sleep 2;
+	settle($master);
 	clean_since($relay, $mark, 'relay, play + play');
 	$master->set_auth('relay-ok', allow => $T, ttl_s => 60);
 	my $ok = admitted($relay, $rurl, 'relay-ok', '', play => 1);
@@ -185,7 +197,8 @@ subtest 'seeded random command sequences' => sub {
 	cmp_ok($conns, '>=', 1000, "the driver made $conns connections");
 	diag(join ', ', map { "$_=" . eval { my $k = $_; my $s = 0; $s += $_->{$k} // 0 for @stats; $s } }
 		qw(accepted closed_by_server ops errors)) if $ENV{TEST_NGINX_VERBOSE};
-	sleep 2.5;    # the answers to the last questions come back
+	settle($master, 20);    # the answers to the last questions come back (up to 2 s each)
+	sleep 1;
 	my @bad = grep { /$BAD/ && !/$CHUNK_ALERT/ } log_since($node, $mark);
 	is(join("\n", @bad[0 .. ($#bad < 9 ? $#bad : 9)]), '', 'no crash, [alert] or [crit] in the error log');
 	if (@bad) {

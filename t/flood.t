@@ -8,7 +8,7 @@
 # Past the per-address cap the flood is refused with reason `busy` (error log and mesh_status),
 # and so is a burst from many addresses past the per-worker cap. The worker's resident memory
 # after the flood and a settle period is within a small margin of what it was after a warm-up
-# flood of the same size.
+# flood of the same shape.
 #
 # FLOOD (default 10000) sets the flood's size, FLOOD_PROCS (default 4) its client processes.
 
@@ -39,7 +39,8 @@ my $master = Mesh::FakeMaster->new;
 $master->set_table('flood-1', { version => 1, role => 'standalone',
 	publish => { tk => { key_sha256 => sha256_hex('table-key') } } });
 $master->set_auth_default(allow => $F, reason => 'unknown stream', delay => $SLOW);
-$master->set_auth('mk', allow => $T, ttl_s => 0, credential => 'master-key', delay => 0.05);
+# one stream per client trying it: two publishers of one stream would be "already publishing"
+$master->set_auth($_, allow => $T, ttl_s => 0, credential => 'master-key', delay => 0.05) for qw(mk mk3 mk4 mk5);
 
 my $t = hostile_node(id => 'flood-1', master => $master, timeout => '10s',
 	caps => { mesh_auth_pending_max => $WORKER_CAP, mesh_auth_pending_per_addr => $PER_ADDR });
@@ -82,11 +83,11 @@ sub flood {
 	my %probes;
 	if ($probe) {
 		sleep 1;
-		for my $p ([ 'tk', 'key=table-key', '127.0.0.2' ], map { [ 'mk', 'key=master-key', "127.0.0.$_" ] } 3 .. 5) {
+		for my $p ([ 'tk', 'key=table-key', '127.0.0.2' ], map { [ "mk$_", 'key=master-key', "127.0.0.$_" ] } 3 .. 5) {
 			my $out = "$dir/probe-$tag-$p->[2].json";
 			my $pid = client_bg($out, 'check', '--url', $url, '--name', $p->[0], '--args', $p->[1],
 				'--src', $p->[2], '--repeat', 100000, '--interval', 0.25, '--timeout', 3 * $slow_s + 5);
-			push @{$probes{$p->[0]}}, $pid => $out;
+			push @{$probes{substr $p->[0], 0, 2}}, $pid => $out;
 		}
 	}
 	my $t0 = time;
@@ -108,7 +109,7 @@ sub settle_rss {
 }
 
 my $mark = log_mark($t);
-my ($warm) = flood('w');
+my ($warm) = flood('w', 1);    # the same shape as the flood measured: known keys too
 is($warm->{processes}, $PROCS, "warm-up flood: $warm->{sent} publishes sent in $warm->{wall_s} s "
 	. "($warm->{refused} refused, $warm->{waiting} still waiting after 0.5 s, $warm->{left} left)");
 my ($w1, $rss1) = settle_rss();
