@@ -8,12 +8,21 @@ with signatures checked and made, per-node tables with long poll, and control en
 Faults (POST /_control/fault {"endpoint": E|"*", "mode": M, "secs": S}):
   ok, stall (hold the request S seconds, then answer), 500, garbage, truncated, huge,
   badsig, nosig, skew (timestamp 1000 s off), close (drop the connection), badtable.
+
+Auth answers: POST /_control/auth {"stream", "allow", "reason", "ttl_s", "credential",
+"delay", "delay_max", "wrong_delay"} for one stream (the delay is drawn from [delay, delay_max]
+per question; a wrong credential is answered after wrong_delay, default 0);
+/_control/auth_default {...} for every stream without its own (default: deny "unknown
+stream", no delay); /_control/auth_serial {"on": true} answers one auth question at a time
+(a slow master); /_control/count {"endpoint", "prefix"} counts the requests received to an
+endpoint (whose stream starts with prefix) without fetching them all.
 """
 
 import argparse
 import hashlib
 import hmac
 import json
+import random
 import sys
 import threading
 import time
@@ -34,6 +43,8 @@ class State:
         self.faults = {}  # endpoint -> (mode, secs)
         self.requests = []
         self.heartbeat_interval = None
+        self.auth_default = {"allow": False, "reason": "unknown stream"}
+        self.auth_serial = None  # a Lock while auth answers one at a time
 
 
 def sign_response(key, status, ts, body):
@@ -184,13 +195,22 @@ class Handler(BaseHTTPRequestHandler):
     def ep_auth(self, node, req, url):
         st = self.state
         with st.lock:
-            a = dict(st.auth.get(req.get("stream"), {"allow": False, "reason": "unknown stream"}))
+            a = dict(st.auth.get(req.get("stream"), st.auth_default))
+            serial = st.auth_serial
         cred = req.get("key") or req.get("token")
+        delay = a.pop("delay", 0)
+        delay = random.uniform(delay, a.pop("delay_max", delay))
         if "credential" in a and a["credential"] != cred:
+            delay = a.get("wrong_delay", 0)
             a = {"allow": False, "reason": "wrong credential", "ttl_s": a.get("ttl_s", 60)}
-        time.sleep(a.pop("delay", 0))
+        a.pop("wrong_delay", None)
         a.pop("credential", None)
-        self.answer(200, a)
+        if serial is None:
+            time.sleep(delay)
+            return self.answer(200, a)
+        with serial:
+            time.sleep(delay)
+            self.answer(200, a)
 
     def ep_route(self, node, req, url):
         st = self.state
@@ -218,6 +238,15 @@ class Handler(BaseHTTPRequestHandler):
                 st.roles[data["node_id"]] = data["role"]
             elif what == "auth":
                 st.auth[data.pop("stream")] = data
+            elif what == "auth_default":
+                st.auth_default = data
+            elif what == "auth_serial":
+                st.auth_serial = threading.Lock() if data.get("on") else None
+            elif what == "count":
+                pre, ep = data.get("prefix", ""), data.get("endpoint", "auth")
+                stream = lambda r: str(r["body"].get("stream", "")) if isinstance(r["body"], dict) else ""
+                n = sum(1 for r in st.requests if r["endpoint"] == ep and stream(r).startswith(pre))
+                return self.send(200, {"n": n}, signed=False)
             elif what == "route":
                 st.routes[data.pop("stream")] = data
             elif what == "fault":

@@ -55,6 +55,12 @@ sub set_auth { my ($self, $stream, %a) = @_; $self->control('auth', { stream => 
 sub set_route { my ($self, $stream, %r) = @_; $self->control('route', { stream => $stream, %r }) }
 sub fault { my ($self, $endpoint, $mode, $secs) = @_; $self->control('fault', { endpoint => $endpoint, mode => $mode, secs => $secs // 0 }) }
 sub clear { $_[0]->control('clear') }
+# The answer for streams without their own set_auth (allow, reason, ttl_s, delay, delay_max).
+sub set_auth_default { my ($self, %a) = @_; $self->control('auth_default', \%a) }
+# Answer auth questions one at a time (each waits for the one before): a slow master.
+sub auth_serial { my ($self, $on) = @_; $self->control('auth_serial', { on => $on ? JSON::PP::true : JSON::PP::false }) }
+# How many requests to `endpoint` (default auth) it received, for streams starting with `prefix`.
+sub count { my ($self, %o) = @_; $self->control('count', { endpoint => $o{endpoint} // 'auth', prefix => $o{prefix} // '' })->{n} }
 
 # Requests seen, optionally only those to one endpoint.
 sub requests {
