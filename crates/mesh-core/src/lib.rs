@@ -1,6 +1,7 @@
 //! Pure logic of the mesh node, with no nginx dependency so that `cargo test` can run it.
 //!
 //! * [`media`]: the ABR ladder, the ffmpeg argv, and the media files viewers may ask for.
+//! * [`manifest`]: the viewer's token carried into the URLs of the HLS and DASH manifests served.
 //! * [`name`]: the protocol's identifier character set (streams and nodes).
 //! * [`role`]: the four node roles.
 //! * [`table`]: the relay table (parse + validate, refused whole on any error).
@@ -17,6 +18,7 @@
 pub mod admission;
 pub mod args;
 pub mod backoff;
+pub mod manifest;
 pub mod media;
 pub mod name;
 pub mod node;
