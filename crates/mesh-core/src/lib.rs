@@ -1,6 +1,7 @@
 //! Pure logic of the mesh node, with no nginx dependency so that `cargo test` can run it.
 //!
 //! * [`media`]: the ABR ladder, the ffmpeg argv, and the media files viewers may ask for.
+//! * [`hold`]: caps on held HTTP requests and the bounded table of route requests.
 //! * [`manifest`]: the viewer's token carried into the URLs of the HLS and DASH manifests served.
 //! * [`name`]: the protocol's identifier character set (streams and nodes).
 //! * [`role`]: the four node roles.
@@ -18,6 +19,7 @@
 pub mod admission;
 pub mod args;
 pub mod backoff;
+pub mod hold;
 pub mod manifest;
 pub mod media;
 pub mod name;
