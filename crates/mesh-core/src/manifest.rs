@@ -72,7 +72,7 @@ fn leaves_origin(uri: &str) -> bool {
         return true;
     }
     // scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) ":", before any / ? #
-    match uri.find(|c: char| matches!(c, ':' | '/' | '?' | '#')) {
+    match uri.find([':', '/', '?', '#']) {
         Some(i) if uri.as_bytes()[i] == b':' => {
             let s = &uri[..i];
             s.bytes().next().is_some_and(|c| c.is_ascii_alphabetic())
