@@ -16,7 +16,7 @@ use mesh_core::hold::{Holds, DEFAULT_HOLD_MAX, DEFAULT_HOLD_PER_CLIENT};
 use mesh_core::manifest::{rewrite_hls, rewrite_mpd};
 use mesh_core::media::{Format, MediaFile};
 
-use super::serve::{open_media, read_media, serve_manifest, text};
+use super::serve::{serve_manifest, text, StreamDir};
 use super::token::{self, Check};
 use super::{confs, HttpMainConf};
 use crate::ffi::*;
@@ -68,7 +68,8 @@ pub fn figures() -> Figures {
 
 /// What a manifest request is waiting for, and what it will get.
 pub enum Step {
-    Serve,
+    /// Ready: the entry manifest's text.
+    Serve(String),
     Wait,
     Fail(u32, String),
 }
@@ -184,8 +185,10 @@ pub unsafe fn step(h: &Hold, first: bool) -> Step {
             State::Failed(why) => {
                 Step::Fail(NGX_HTTP_SERVICE_UNAVAILABLE, format!("transcoder unavailable: {why}"))
             }
-            _ if entry_ready(&settings.root, &h.stream, &h.file.name) => Step::Serve,
-            _ => Step::Wait,
+            _ => match entry_ready(&settings.root, &h.stream, &h.file.name) {
+                Some(text) => Step::Serve(text),
+                None => Step::Wait,
+            },
         }
     }
 }
@@ -193,9 +196,10 @@ pub unsafe fn step(h: &Hold, first: bool) -> Step {
 /// Is an entry manifest there, with everything it points a player at first? ffmpeg writes
 /// `master.m3u8` before the media playlists and the MPD before every init segment: serving the
 /// entry earlier sends the player to a 404.
-fn entry_ready(root: &std::path::Path, stream: &str, name: &str) -> bool {
-    let Some(text) = read_media(root, stream, name) else { return false };
-    let exists = |n: &str| open_media(root, stream, n).is_some();
+fn entry_ready(root: &std::path::Path, stream: &str, name: &str) -> Option<String> {
+    let dir = StreamDir::open(root, stream)?;
+    let text = dir.read(name)?;
+    let exists = |n: &str| dir.has(n);
     if name.ends_with(".m3u8") {
         // media playlists: the URI lines, and the URI="…" of EXT-X-MEDIA
         let uris = text.lines().filter_map(|l| {
@@ -208,26 +212,26 @@ fn entry_ready(root: &std::path::Path, stream: &str, name: &str) -> bool {
                 }
             }
         });
-        uris.into_iter().all(|u| exists(&u))
+        let ready = uris.into_iter().all(|u| exists(&u));
+        ready.then_some(text)
     } else {
         // one init segment per representation
         let reps = text.matches("<Representation ").count();
-        reps > 0 && (0..reps).all(|i| exists(&format!("init-{i}.m4s")))
+        let ready = reps > 0 && (0..reps).all(|i| exists(&format!("init-{i}.m4s")));
+        ready.then_some(text)
     }
 }
 
-/// Serve the entry manifest with the viewer's token in its URLs.
+/// Serve the entry manifest (its text) with the viewer's token in its URLs.
 ///
 /// # Safety
 /// `h.r` is live.
-pub unsafe fn serve(h: &Hold) -> ngx_int_t {
+pub unsafe fn serve(h: &Hold, text: String) -> ngx_int_t {
     // SAFETY: live request.
     unsafe {
         let (hcf, _) = confs(h.r);
-        let Some(settings) = &hcf.settings else { return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t };
-        serve_manifest(h.r, &settings.root, &h.stream, &h.file, settings.segment_s, |t| {
-            rewrite(h.format, t, h.token.as_deref())
-        })
+        let segment_s = hcf.settings.as_ref().map_or(2.0, |s| s.segment_s);
+        serve_manifest(h.r, Some(text), &h.file, segment_s, |t| rewrite(h.format, t, h.token.as_deref()))
     }
 }
 
@@ -303,7 +307,7 @@ unsafe extern "C" fn on_hold(ev: *mut ngx_event_t) {
             let h = &mut *(*ev).data.cast::<Hold>();
             let r = h.r;
             let rc = match step(h, false) {
-                Step::Serve => serve(h),
+                Step::Serve(t) => serve(h, t),
                 Step::Fail(status, why) => text(r, status, &why, &[]),
                 Step::Wait if ngx_current_msec >= h.deadline => {
                     if registry::has_publisher(&h.stream) {

@@ -12,7 +12,7 @@ use mesh_core::manifest::query_token;
 use mesh_core::media::{parse_media_path, Cache, MediaError};
 
 use super::hold::{self, Hold, Step};
-use super::serve::{serve_file, serve_manifest, text};
+use super::serve::{serve_file, serve_manifest, text, StreamDir};
 use super::token::{self, Check};
 use super::{confs, cors};
 use crate::ffi::*;
@@ -46,7 +46,7 @@ pub unsafe extern "C" fn media_handler(r: *mut ngx_http_request_t) -> ngx_int_t 
             if file.entry {
                 let h = Hold::new(r, stream, file, format, token);
                 return match hold::step(&h, true) {
-                    Step::Serve => hold::serve(&h),
+                    Step::Serve(t) => hold::serve(&h, t),
                     Step::Fail(status, why) => refuse(r, status, &why),
                     Step::Wait => hold::start(h, hcf),
                 };
@@ -71,7 +71,8 @@ pub unsafe extern "C" fn media_handler(r: *mut ngx_http_request_t) -> ngx_int_t 
             transcode::touch(&stream);
             match file.cache {
                 Cache::Manifest => {
-                    serve_manifest(r, &settings.root, &stream, &file, settings.segment_s, |t| {
+                    let text = StreamDir::open(&settings.root, &stream).and_then(|d| d.read(&file.name));
+                    serve_manifest(r, text, &file, settings.segment_s, |t| {
                         hold::rewrite(format, t, token.as_deref())
                     })
                 }

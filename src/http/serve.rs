@@ -5,8 +5,8 @@
 //!
 //! A file is opened relative to a descriptor of the stream's directory, itself opened with
 //! `O_DIRECTORY | O_NOFOLLOW`; the file with `O_NOFOLLOW | O_NONBLOCK` (a FIFO planted there
-//! cannot block the worker); both must be owned by the worker's user, and the file must be a
-//! regular file. Names reach here validated (`mesh_core::media`): one component, no `/`.
+//! cannot block the worker), and it must be a regular file owned by the worker's user (what
+//! its ffmpeg writes). Names reach here validated (`mesh_core::media`): one component, no `/`.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -23,45 +23,68 @@ use crate::ffi::*;
 /// Largest manifest read into memory.
 const MAX_MANIFEST: u64 = 1 << 20;
 
-/// Open `name` in `root/stream` as described above; None when it is not there, or not ours.
-pub fn open_media(root: &Path, stream: &str, name: &str) -> Option<(File, u64)> {
-    let dir = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags((O_DIRECTORY | O_NOFOLLOW) as i32)
-        .open(root.join(stream))
-        .ok()?;
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { geteuid() };
-    let dm = dir.metadata().ok()?;
-    if !dm.is_dir() || dm.uid() != uid {
-        return None;
-    }
-    let cname = CString::new(name).ok()?;
-    // SAFETY: a live directory descriptor and a NUL-terminated name.
-    let fd = unsafe {
-        openat(dir.as_raw_fd(), cname.as_ptr(), (O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC) as i32)
-    };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: a descriptor we just opened and own.
-    let f = unsafe { File::from_raw_fd(fd) };
-    let m = f.metadata().ok()?;
-    if !m.is_file() || m.uid() != uid {
-        return None;
-    }
-    Some((f, m.len()))
+/// A stream's directory, opened once for a request.
+pub struct StreamDir {
+    dir: File,
+    uid: u32,
 }
 
-/// A manifest's text, read as [`open_media`] opens it.
-pub fn read_media(root: &Path, stream: &str, name: &str) -> Option<String> {
-    let (f, len) = open_media(root, stream, name)?;
-    if len > MAX_MANIFEST {
-        return None;
+impl StreamDir {
+    /// `root/stream`, when it is a directory (not a symlink).
+    pub fn open(root: &Path, stream: &str) -> Option<StreamDir> {
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags((O_DIRECTORY | O_NOFOLLOW) as i32)
+            .open(root.join(stream))
+            .ok()?;
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { geteuid() };
+        Some(StreamDir { dir, uid })
     }
-    let mut s = String::with_capacity(len as usize);
-    f.take(MAX_MANIFEST).read_to_string(&mut s).ok()?;
-    Some(s)
+
+    /// `name` in it, as described above, with its length.
+    pub fn file(&self, name: &str) -> Option<(File, u64)> {
+        let cname = CString::new(name).ok()?;
+        // SAFETY: a live directory descriptor and a NUL-terminated name.
+        let fd = unsafe {
+            openat(
+                self.dir.as_raw_fd(),
+                cname.as_ptr(),
+                (O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC) as i32,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: a descriptor we just opened and own.
+        let f = unsafe { File::from_raw_fd(fd) };
+        let m = f.metadata().ok()?;
+        (m.is_file() && m.uid() == self.uid).then_some((f, m.len()))
+    }
+
+    /// Is `name` there, a regular file of ours (not a symlink)?
+    pub fn has(&self, name: &str) -> bool {
+        let Ok(cname) = CString::new(name) else { return false };
+        // SAFETY: a zeroed stat is a valid out-buffer; a live descriptor and a NUL-terminated
+        // name.
+        unsafe {
+            let mut st: stat = std::mem::zeroed();
+            fstatat(self.dir.as_raw_fd(), cname.as_ptr(), &mut st, AT_SYMLINK_NOFOLLOW as i32) == 0
+                && st.st_mode & S_IFMT == S_IFREG
+                && st.st_uid == self.uid
+        }
+    }
+
+    /// A manifest's text.
+    pub fn read(&self, name: &str) -> Option<String> {
+        let (f, len) = self.file(name)?;
+        if len > MAX_MANIFEST {
+            return None;
+        }
+        let mut s = String::with_capacity(len as usize);
+        f.take(MAX_MANIFEST).read_to_string(&mut s).ok()?;
+        Some(s)
+    }
 }
 
 /// A short text response: the status, one line saying why, and extra headers.
@@ -145,23 +168,22 @@ pub unsafe fn set_header(r: *mut ngx_http_request_t, name: &str, value: &str) {
     }
 }
 
-/// A manifest, read and passed through `rewrite` (the viewer's token into its URLs).
+/// A manifest's text, passed through `rewrite` (the viewer's token into its URLs).
 ///
 /// # Safety
 /// `r` is live.
 pub unsafe fn serve_manifest(
     r: *mut ngx_http_request_t,
-    root: &Path,
-    stream: &str,
+    text: Option<String>,
     file: &MediaFile,
     segment_s: f64,
     rewrite: impl FnOnce(&str) -> String,
 ) -> ngx_int_t {
     // SAFETY: live request.
     unsafe {
-        match read_media(root, stream, &file.name) {
+        match text {
             Some(t) => respond(r, NGX_HTTP_OK, file.mime, &rewrite(&t), &file.cache_control(segment_s)),
-            None => text(r, NGX_HTTP_NOT_FOUND, "no such media file", &[]),
+            None => self::text(r, NGX_HTTP_NOT_FOUND, "no such media file", &[]),
         }
     }
 }
@@ -177,7 +199,7 @@ pub unsafe fn serve_file(
     file: &MediaFile,
     segment_s: f64,
 ) -> ngx_int_t {
-    let Some((f, len)) = open_media(root, stream, &file.name) else {
+    let Some((f, len)) = StreamDir::open(root, stream).and_then(|d| d.file(&file.name)) else {
         // SAFETY: live request.
         return unsafe { text(r, NGX_HTTP_NOT_FOUND, "no such media file", &[]) };
     };
