@@ -6,7 +6,8 @@
 # served carry the token in every URL, so players need only the entry URL (ffprobe plays it).
 # Refused requests neither start nor keep a transcode. No CORS header unless
 # `mesh_allow_origin` lists the page's origin. Files planted in a stream's directory (symlinks,
-# a FIFO) and a stream directory replaced by a symlink are not served.
+# a FIFO) and a stream directory replaced by a symlink are not served. Under a master with no
+# viewer secret, the master's cached answer decides playlists and segments, which never wait.
 
 use strict;
 use warnings;
@@ -16,6 +17,9 @@ use HTTP::Tiny;
 use POSIX qw(mkfifo);
 use lib 't/lib';
 use Mesh::Test qw(sha256_hex publish probe wait_until log_lines reap viewer_token);
+use Mesh::FakeMaster;
+use Mesh::Node;
+use JSON::PP;
 
 plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
 
@@ -203,6 +207,47 @@ is(scalar(transcoders()), 0, 'refused entry requests do not start it again');
 kill 'TERM', $pub;
 reap($pub, 5);
 $t->stop;
+
+# With a master and no viewer secret: the master's cached answer decides every request; only
+# the entry request asks, playlists and segments never wait for an answer.
+my $fake = Mesh::FakeMaster->new;
+$fake->set_table('edge-1', { version => 1, role => 'relay',
+	relay => { cam1 => [ { node_id => 'edge-1', node_url => 'rtmp://127.0.0.1:1/relay', node_key => 'k-r1-e1-cam1' } ] } });
+$fake->set_auth('cam1', allow => JSON::PP::true, ttl_s => 300, credential => 'vtok');
+my $edge = Mesh::Node->under_master(id => 'edge-1', master => $fake,
+	apps => 'application relay { mesh on; live on; }', hls => { mesh_rendition => 'source' });
+$edge->run;
+ok(wait_until(sub { log_lines($edge, qr/table version 1 from master in force/) }, 10), 'edge under a master: table in force');
+my $ehttp = 'http://127.0.0.1:' . $edge->port(2);
+my $push = publish('rtmp://127.0.0.1:' . $edge->port(1) . '/relay/cam1?node=root-1&key=k-r1-e1-cam1', secs => 120);
+ok(wait_until(sub { log_lines($edge, qr/publish accepted: stream "cam1" from root-1/) }, 10), 'stream pushed in');
+$r = $ua->get("$ehttp/hls/cam1/master.m3u8?token=vtok");
+is($r->{status}, 200, 'entry request: the master allows the token');
+my ($v) = grep { /^media_0/ } split /\n/, $r->{content};
+$r = $ua->get("$ehttp/hls/cam1/$v");
+is($r->{status}, 200, 'media playlist with the allowed token (cached answer)');
+my ($seg) = grep { /^chunk-/ } split /\n/, $r->{content};
+like($seg, qr/\?token=vtok$/, 'its segments carry the token');
+is($ua->get("$ehttp/hls/cam1/$seg")->{status}, 200, 'segment with the allowed token');
+my ($bare) = $seg =~ /^([^?]+)/;
+my $asked = scalar @{$fake->requests('auth')};
+$t0 = time;
+$r = $ua->get("$ehttp/hls/cam1/$bare?token=never-asked");
+is($r->{status}, 403, 'segment with a token never asked about: 403');
+like($r->{content}, qr/no answer for this token/, 'saying so');
+cmp_ok(time - $t0, '<', 1, 'at once, not held');
+is($ua->get("$ehttp/hls/cam1/$bare")->{status}, 401, 'segment with no token: 401');
+sleep 0.5;
+is(scalar @{$fake->requests('auth')}, $asked, 'segments never ask the master');
+is($ua->get("$ehttp/hls/cam1/master.m3u8?token=wrong")->{status}, 403, 'entry request: the master denies another token');
+$r = $ua->get("$ehttp/hls/cam1/$bare?token=wrong");
+is($r->{status}, 403, 'segment with the denied token: 403');
+like($r->{content}, qr/auth: wrong credential/, 'with the master\'s reason');
+kill 'TERM', $push;
+reap($push, 5);
+ok(wait_until(sub { log_lines($edge, qr/transcode of stream "cam1" ended/) }, 10), 'push gone: transcode ended');
+$edge->stop;
+$fake->stop;
 
 # Directive errors in nginx's wording.
 my $c = Mesh::Test->new(name => 'media_auth_conf');

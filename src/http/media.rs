@@ -60,6 +60,10 @@ pub unsafe extern "C" fn media_handler(r: *mut ngx_http_request_t) -> ngx_int_t 
                 Check::Good { .. } => {}
                 Check::Missing => return refuse(r, NGX_HTTP_UNAUTHORIZED, "no token"),
                 Check::Refused(why) => return refuse(r, NGX_HTTP_FORBIDDEN, why),
+                Check::Unknown if token.as_deref().is_none_or(str::is_empty) => {
+                    return refuse(r, NGX_HTTP_UNAUTHORIZED, "no token")
+                }
+                // Only an entry request asks the master; nothing here is held.
                 Check::Unknown => return refuse(r, NGX_HTTP_FORBIDDEN, "no answer for this token"),
             }
             if !node.role.serves_viewers() || !transcode::exists(&stream) {
