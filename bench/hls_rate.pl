@@ -2,7 +2,7 @@
 
 # Benchmark 7: HLS request rate with a token check on every request, against nginx serving the
 # same files with no check. One node (standalone, a viewer secret) transcodes a real stream
-# (source rendition, 2 s segments, a 100-segment window so files stay put); the same worker
+# (source rendition, 4 s segments, the default 6-segment window); the same worker
 # serves its directory twice: through `mesh_media hls` (token verified, file opened without
 # following symlinks, playlists rewritten with the token) and through a plain `location /cam1/` with
 # `root` (no check). wrk (keep-alive, one thread, 16 connections) asks one URL per run; runs
@@ -38,8 +38,7 @@ http {
     mesh_media_root $media;
     mesh_rtmp_source rtmp://127.0.0.1:%%PORT_1%%/live;
     mesh_rendition source;
-    mesh_segment 2s;
-    mesh_window 100;
+    mesh_segment 4s;
     mesh_transcode_idle 600s;
     server {
         listen 127.0.0.1:%%PORT_2%%;
@@ -58,22 +57,22 @@ wait_until(sub { log_lines($t, qr/publish accepted: stream "cam1"/) }, 10) or di
 my $ua = HTTP::Tiny->new(timeout => 30);
 my $m = $ua->get("$http/hls/cam1/master.m3u8?token=$tok");
 die "master: $m->{status} $m->{content}" unless $m->{success};
-# a few segments in, then the newest complete one
-wait_until(sub { my @c = glob("$media/cam1/chunk-0-*.m4s"); @c >= 3 }, 30) or die 'no segments';
-my @chunks = sort map { s{.*/}{}r } glob("$media/cam1/chunk-0-*.m4s");
-my $chunk = $chunks[-2];
+wait_until(sub { my @c = glob("$media/cam1/chunk-0-*.m4s"); @c >= 2 }, 30) or die 'no segments';
+# The newest complete segment (it stays listed for about 30 s: picked again for each pair).
+sub chunk { (sort map { s{.*/}{}r } glob("$media/cam1/chunk-0-*.m4s"))[-2] }
 my %url = (
-	'media playlist' => [ "/hls/cam1/media_0.m3u8?token=$tok", '/cam1/media_0.m3u8' ],
-	'media segment' => [ "/hls/cam1/$chunk?token=$tok", "/cam1/$chunk" ],
-	'master playlist' => [ "/hls/cam1/master.m3u8?token=$tok", '/cam1/master.m3u8' ],
+	'media playlist' => sub { ("/hls/cam1/media_0.m3u8?token=$tok", '/cam1/media_0.m3u8') },
+	'media segment' => sub { my $c = chunk(); ("/hls/cam1/$c?token=$tok", "/cam1/$c") },
+	'master playlist' => sub { ("/hls/cam1/master.m3u8?token=$tok", '/cam1/master.m3u8') },
 );
 for my $c (sort keys %url) {
-	for my $u (@{$url{$c}}) {
+	for my $u ($url{$c}->()) {
 		my $r = $ua->get("$http$u");
 		die "$c $u: $r->{status}" unless $r->{status} == 200;
 	}
 }
-my $size = -s "$media/cam1/$chunk";
+my $size = -s "$media/cam1/" . chunk();
+my $lines = () = $ua->get("$http/cam1/media_0.m3u8")->{content} =~ /\n/g;
 
 sub wrk {
 	my ($u) = @_;
@@ -88,8 +87,9 @@ sub wrk {
 my %rps;
 for my $round (1 .. $rounds) {
 	for my $c (sort keys %url) {
-		push @{$rps{$c}{ours}}, wrk($url{$c}[0]);
-		push @{$rps{$c}{plain}}, wrk($url{$c}[1]);
+		my ($ours, $plain) = $url{$c}->();
+		push @{$rps{$c}{ours}}, wrk($ours);
+		push @{$rps{$c}{plain}}, wrk($plain);
 	}
 }
 kill 'TERM', $pub;
@@ -97,8 +97,8 @@ reap($pub, 5);
 $t->stop;
 
 sub mean { my $s = 0; $s += $_ for @_; $s / @_ }
-printf "| HLS requests/s (%d × %d s runs each, wrk 1 thread 16 connections, segment %.0f KB) | token checked (ours) | no check (plain root) | ours / plain |\n",
-	$rounds, $secs, $size / 1024;
+printf "| HLS requests/s (%d × %d s runs each, wrk 1 thread 16 connections; segment %.0f KB, media playlist %d lines) | token checked (ours) | no check (plain root) | ours / plain |\n",
+	$rounds, $secs, $size / 1024, $lines;
 print "|---|---:|---:|---:|\n";
 for my $c ('media playlist', 'media segment', 'master playlist') {
 	my ($o, $p) = (mean(@{$rps{$c}{ours}}), mean(@{$rps{$c}{plain}}));

@@ -89,6 +89,17 @@ pub fn with_token<'a>(uri: &'a str, encoded: &str) -> Cow<'a, str> {
     if uri.is_empty() || leaves_origin(uri) {
         return Cow::Borrowed(uri);
     }
+    let mut out = String::with_capacity(uri.len() + encoded.len() + 8);
+    append_with_token(&mut out, uri, encoded);
+    Cow::Owned(out)
+}
+
+/// [`with_token`], appended to `out` (no allocation of its own).
+fn append_with_token(out: &mut String, uri: &str, encoded: &str) {
+    if uri.is_empty() || leaves_origin(uri) {
+        out.push_str(uri);
+        return;
+    }
     let (rest, fragment) = match uri.split_once('#') {
         Some((r, f)) => (r, Some(f)),
         None => (uri, None),
@@ -97,7 +108,6 @@ pub fn with_token<'a>(uri: &'a str, encoded: &str) -> Cow<'a, str> {
         Some((p, q)) => (p, Some(q)),
         None => (rest, None),
     };
-    let mut out = String::with_capacity(uri.len() + encoded.len() + 8);
     out.push_str(path);
     out.push('?');
     for pair in query.into_iter().flat_map(|q| q.split('&')) {
@@ -115,13 +125,13 @@ pub fn with_token<'a>(uri: &'a str, encoded: &str) -> Cow<'a, str> {
         out.push('#');
         out.push_str(f);
     }
-    Cow::Owned(out)
 }
 
 /// An HLS playlist (master or media) with the token in every URI.
 pub fn rewrite_hls(playlist: &str, token: &str) -> String {
     let enc = encode_query_value(token);
-    let mut out = String::with_capacity(playlist.len() + 64 * enc.len() / 8);
+    let lines = playlist.bytes().filter(|&b| b == b'\n').count() + 1;
+    let mut out = String::with_capacity(playlist.len() + lines * (enc.len() + TOKEN_PARAM.len() + 2));
     for line in playlist.split_inclusive('\n') {
         let body = line.trim_end_matches(['\n', '\r']);
         let eol = &line[body.len()..];
@@ -135,7 +145,7 @@ pub fn rewrite_hls(playlist: &str, token: &str) -> String {
             }
             out.push_str(eol);
         } else {
-            out.push_str(&with_token(trimmed, &enc));
+            append_with_token(&mut out, trimmed, &enc);
             out.push_str(eol);
         }
     }
@@ -166,7 +176,7 @@ fn rewrite_hls_tag(line: &str, enc: &str) -> Option<String> {
             let (value, tail) = q.split_once('"')?;
             out.push('"');
             if name == "URI" {
-                out.push_str(&with_token(value, enc));
+                append_with_token(&mut out, value, enc);
                 changed = true;
             } else {
                 out.push_str(value);
