@@ -1,6 +1,7 @@
 //! A viewer asking a relay node for a stream it does not have makes the node ask the master to
 //! route the stream here: one request per stream (not per viewer), again only when the last
-//! answer is older than [`mesh_core::hold::ROUTE_AGAIN_S`] (or the question was lost). The state of each stream
+//! answer no longer stands (routed: 10 s, unknown, denied or failed: 3 s; see
+//! [`mesh_core::hold`]) or the question was lost. The state of each stream
 //! asked for — pending, routed, unknown, denied, failed, with its time — is kept in a table of
 //! bounded size ([`ROUTES_MAX`]; when it is full of questions in flight, nothing more is
 //! asked). Held HTTP requests read it: they wait while the question is pending or the stream

@@ -86,8 +86,12 @@ impl Holds {
 
 /// Default size of the route table.
 pub const ROUTES_MAX: usize = 1024;
-/// Seconds an answer stands before the stream is asked for again.
+/// Seconds a "routed" answer stands (the push is on its way) before the stream is asked for
+/// again.
 pub const ROUTE_AGAIN_S: u64 = 10;
+/// Seconds a negative answer (unknown, denied, failed) stands: a viewer who came a little
+/// before the broadcaster is not turned away for long.
+pub const ROUTE_NEGATIVE_S: u64 = 3;
 /// Seconds after which a question still unanswered counts as lost.
 pub const ROUTE_LOST_S: u64 = 30;
 
@@ -116,7 +120,11 @@ impl Route {
 
     /// Is this still the answer at `now` (or a question still worth waiting for)?
     fn stands(&self, now: u64) -> bool {
-        let limit = if matches!(self, Route::Pending { .. }) { ROUTE_LOST_S } else { ROUTE_AGAIN_S };
+        let limit = match self {
+            Route::Pending { .. } => ROUTE_LOST_S,
+            Route::Routed { .. } => ROUTE_AGAIN_S,
+            Route::Unknown { .. } | Route::Denied { .. } | Route::Failed { .. } => ROUTE_NEGATIVE_S,
+        };
         now < self.time().saturating_add(limit)
     }
 }
@@ -250,14 +258,19 @@ mod tests {
         assert_eq!(r.want("s", 101), Want::Known(Route::Pending { since: 100 }), "one question in flight");
         assert!(r.answer("s", Route::Unknown { at: 102 }));
         assert_eq!(r.want("s", 103), Want::Known(Route::Unknown { at: 102 }));
-        assert_eq!(r.want("s", 102 + ROUTE_AGAIN_S - 1), Want::Known(Route::Unknown { at: 102 }));
-        assert_eq!(r.want("s", 102 + ROUTE_AGAIN_S), Want::Ask, "asked again after a while");
-        assert!(r.answer("s", Route::Routed { at: 113 }));
-        assert!(!r.answer("s", Route::Unknown { at: 114 }), "an answer nobody waits for is dropped");
-        assert_eq!(r.get("s", 114), Some(Route::Routed { at: 113 }));
+        assert_eq!(r.want("s", 102 + ROUTE_NEGATIVE_S - 1), Want::Known(Route::Unknown { at: 102 }));
+        assert_eq!(r.want("s", 102 + ROUTE_NEGATIVE_S), Want::Ask, "asked again a little later");
+        assert!(r.answer("s", Route::Routed { at: 106 }));
+        assert!(!r.answer("s", Route::Unknown { at: 107 }), "an answer nobody waits for is dropped");
+        assert_eq!(
+            r.get("s", 106 + ROUTE_AGAIN_S - 1),
+            Some(Route::Routed { at: 106 }),
+            "routed stands longer"
+        );
+        assert_eq!(r.want("s", 106 + ROUTE_AGAIN_S), Want::Ask);
         r.forget("s");
-        assert_eq!(r.get("s", 114), None);
-        assert!(!r.answer("s", Route::Routed { at: 115 }), "a late answer after publish is dropped");
+        assert_eq!(r.get("s", 120), None);
+        assert!(!r.answer("s", Route::Routed { at: 121 }), "a late answer after publish is dropped");
         assert!(!r.answer("nobody", Route::Routed { at: 1 }));
     }
 
