@@ -32,6 +32,9 @@ const CACHE_MAX: usize = 4096;
 /// Room for questions of known credentials and re-checks, beyond the strangers' cap.
 const KNOWN_MAX: usize = 1024;
 
+/// How long HTTP requests see a failed question before asking again.
+const FAILED_SHOWN_S: u64 = 2;
+
 pub const DEFAULT_PENDING_MAX: usize = 256;
 pub const DEFAULT_PENDING_PER_ADDR: usize = 8;
 
@@ -254,8 +257,18 @@ pub fn on_answer(
                 }
                 a
             }
-            // Not cached: the next session asks again.
-            Err(e) => Answer { allow: false, reason: format!("auth endpoint failed: {e}"), until: now },
+            // Not cached for sessions: the next one asks again. HTTP requests, which read only
+            // the cache, see the failure for a moment instead of waiting out their hold.
+            Err(e) => {
+                let a = Answer { allow: false, reason: format!("auth endpoint failed: {e}"), until: now };
+                if o.waiter == Waiter::Cache {
+                    let shown = Answer { until: now.saturating_add(FAILED_SHOWN_S), ..a.clone() };
+                    if st.cache.len() < CACHE_MAX {
+                        st.cache.insert(o.question.clone(), shown);
+                    }
+                }
+                a
+            }
         };
         Some((o.waiter, o.question, answer))
     })

@@ -1,6 +1,8 @@
 //! Pure logic of the mesh node, with no nginx dependency so that `cargo test` can run it.
 //!
 //! * [`media`]: the ABR ladder, the ffmpeg argv, and the media files viewers may ask for.
+//! * [`hold`]: caps on held HTTP requests and the bounded table of route requests.
+//! * [`manifest`]: the viewer's token carried into the URLs of the HLS and DASH manifests served.
 //! * [`name`]: the protocol's identifier character set (streams and nodes).
 //! * [`role`]: the four node roles.
 //! * [`table`]: the relay table (parse + validate, refused whole on any error).
@@ -21,6 +23,8 @@ pub mod admission;
 pub mod args;
 pub mod backoff;
 pub mod handles;
+pub mod hold;
+pub mod manifest;
 pub mod media;
 pub mod name;
 pub mod node;
