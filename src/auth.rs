@@ -162,12 +162,12 @@ pub fn cached(q: &Question, now: u64) -> Option<Answer> {
 pub fn ask(waiter: Waiter, req: AuthRequest) -> Result<Handle, AskError> {
     let question = Question::of(&req);
     let addr = req.addr.clone();
-    let (h, known) = STATE.with_borrow_mut(|st| {
+    let (h, known, asked) = STATE.with_borrow_mut(|st| {
         // HTTP requests poll the cache: one question in flight per credential is enough.
         if waiter == Waiter::Cache {
             let asked = st.calls.iter().find(|(_, o)| o.waiter == Waiter::Cache && o.question == question);
             if let Some((h, o)) = asked {
-                return Ok((h, o.known));
+                return Ok((h, o.known, true));
             }
         }
         let known = matches!(waiter, Waiter::Recheck(_)) || st.allowed.contains_key(&question);
@@ -183,8 +183,11 @@ pub fn ask(waiter: Waiter, req: AuthRequest) -> Result<Handle, AskError> {
             st.strangers += 1;
             *st.per_addr.entry(addr).or_insert(0) += 1;
         }
-        Ok((h, known))
+        Ok((h, known, false))
     })?;
+    if asked {
+        return Ok(h);
+    }
     match crate::runtime::call(Call::Auth { id: h.to_u64(), req, known }) {
         Ok(()) => Ok(h),
         Err(e) => {
