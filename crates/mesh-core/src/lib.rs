@@ -12,11 +12,13 @@
 //! * [`sign`]: node ↔ master request and response signatures.
 //! * [`status`]: the figures `mesh_status` reports, as JSON and Prometheus text.
 //! * [`backoff`]: capped exponential backoff with jitter.
+//! * [`credential`]: the transcoder's single-use credential, and redaction of query secrets.
 //! * [`wire`]: node ↔ master request and response bodies.
 
 pub mod admission;
 pub mod args;
 pub mod backoff;
+pub mod credential;
 pub mod media;
 pub mod name;
 pub mod node;
