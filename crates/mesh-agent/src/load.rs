@@ -57,7 +57,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("table");
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let create = || {
-        fs::OpenOptions::new().write(true).create_new(true).mode(SECRET_FILE_MODE).custom_flags(O_NOFOLLOW).open(&tmp)
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(SECRET_FILE_MODE)
+            .custom_flags(O_NOFOLLOW)
+            .open(&tmp)
     };
     let mut f = match create() {
         // A leftover of ours (a crash between create and rename), or something planted:

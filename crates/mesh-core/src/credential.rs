@@ -186,7 +186,10 @@ mod tests {
         let k = "0123456789abcdef0123456789abcdef";
         let line = format!("rtmp://127.0.0.1:1935/live/cam1?node=edge-1&key={k}: Input/output error");
         assert_eq!(redact(&line), "rtmp://127.0.0.1:1935/live/cam1?node=edge-1&key=xxx Input/output error");
-        assert_eq!(redact("GET /hls/x/master.m3u8?token=1.ab HTTP/1.1"), "GET /hls/x/master.m3u8?token=xxx HTTP/1.1");
+        assert_eq!(
+            redact("GET /hls/x/master.m3u8?token=1.ab HTTP/1.1"),
+            "GET /hls/x/master.m3u8?token=xxx HTTP/1.1"
+        );
         assert_eq!(redact("a?key=s1&token=s2&x=1"), "a?key=xxx&token=xxx&x=1");
         assert_eq!(redact("'rtmp://h/a/s?KEY=abc'"), "'rtmp://h/a/s?KEY=xxx'");
         assert_eq!(redact("a?key=&x=1"), "a?key=&x=1");
