@@ -3,13 +3,15 @@
 # Stopping ffmpeg is graceful (SIGTERM, again, SIGKILL only after a grace period), and a worker
 # that exits never kills a transcode itself: nginx, which reaps every child, logs an alert for
 # a child killed by a signal. A node quit as its publisher leaves, five times, and stopped fast
-# (TERM) while transcoding, twice: no alert, no "exited on signal" in the error log.
+# (TERM) while transcoding, twice, and stopped as soon as started, five times: no alert, no
+# "exited on signal" in the error log.
 
 use strict;
 use warnings;
 use Test::More;
 use Time::HiRes qw(sleep time);
 use HTTP::Tiny;
+use IO::Socket::INET;
 use lib 't/lib';
 use Mesh::Test qw(sha256_hex publish wait_until log_lines reap viewer_token);
 
@@ -86,6 +88,28 @@ for my $i (1 .. 2) {
 	ok(wait_until(sub { !-e "$media/cam1" }, 5), "fast stop $i: its files removed");
 	kill 'TERM', $pub;
 	reap($pub, 5);
+}
+
+# Stopped as soon as started (the publisher leaves as the first viewer comes): ffmpeg gets its
+# SIGTERM once it handles it, not while it is starting (it would die of it: an alert).
+{
+	my ($t, $media) = node('young');
+	my $rtmp = 'rtmp://127.0.0.1:' . $t->port(1) . '/live';
+	my $http = 'http://127.0.0.1:' . $t->port(2);
+	for my $i (1 .. 5) {
+		my $pub = publish("$rtmp/cam1?key=k1", secs => 120);
+		wait_until(sub { log_lines($t, qr/publish accepted: stream "cam1"/) >= $i }, 5);
+		# The request starts ffmpeg; the publisher leaves a moment later.
+		my $c = IO::Socket::INET->new(PeerAddr => '127.0.0.1:' . $t->port(2)) or die;
+		print $c "GET /hls/cam1/master.m3u8?$tok HTTP/1.0\r\n\r\n";
+		wait_until(sub { log_lines($t, qr/transcode of stream "cam1" started/) >= $i }, 5);
+		kill 'TERM', $pub;
+		reap($pub, 5);
+		wait_until(sub { log_lines($t, qr/transcode of stream "cam1" ended/) >= $i }, 10);
+	}
+	is(scalar(() = log_lines($t, qr/transcode of stream "cam1" ended/)), 5, 'five transcodes stopped as they started');
+	unlike($t->error_log, qr/\[alert\]|exited on signal/, 'no alert');
+	$t->stop;
 }
 
 # An ffmpeg that ignores SIGTERM while the node runs: SIGKILL after the grace period, not before.

@@ -22,6 +22,8 @@ const READ_MAX: usize = 64 * 1024;
 /// A running ffmpeg.
 pub struct Child {
     pub pid: u32,
+    /// When it started (`ngx_current_msec`).
+    pub started_ms: u64,
     /// Its output pipe, as an nginx connection whose data is the owning Transcode.
     conn: *mut ngx_connection_t,
     lines: OutputLines,
@@ -84,7 +86,13 @@ pub unsafe fn start(
     })?;
     // SAFETY: event loop; on success the connection owns the descriptor.
     match unsafe { watch(child.output, t, log) } {
-        Ok(conn) => Ok(Child { pid: child.pid, conn, lines: OutputLines::default() }),
+        // SAFETY: a plain global nginx updates on the event loop, where we read it.
+        Ok(conn) => Ok(Child {
+            pid: child.pid,
+            started_ms: unsafe { *std::ptr::addr_of!(ngx_current_msec) as u64 },
+            conn,
+            lines: OutputLines::default(),
+        }),
         Err(why) => {
             // Unwatched, it would run on unseen: end it (its descriptor is closed already).
             proc::signal(child.pid, SIGKILL);

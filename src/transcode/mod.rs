@@ -276,7 +276,7 @@ unsafe extern "C" fn on_timer(ev: *mut ngx_event_t) {
             let t = &mut *(*ev).data.cast::<Transcode>();
             let log = (*ev).log;
             if t.stopping {
-                stop::next_signal(t, ev);
+                stop::next_signal(t, log);
                 return;
             }
             let Some(settings) = MANAGER.with_borrow(|m| m.settings.clone()) else { return };

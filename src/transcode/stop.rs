@@ -1,4 +1,5 @@
-//! Stopping transcodes gracefully: SIGTERM, a second one after TERM_AGAIN_MS (ffmpeg only
+//! Stopping transcodes gracefully: SIGTERM (once the child is STARTUP_MS old: before, ffmpeg
+//! may not handle it yet, and dies of it), a second one after TERM_AGAIN_MS (ffmpeg only
 //! interrupts a blocking read on its second signal), SIGKILL only after GRACE_MS more, and
 //! never at the worker's exit.
 //!
@@ -16,6 +17,9 @@ use mesh_agent::proc::{self, SIGKILL, SIGTERM};
 use super::{credential, died, Transcode, MANAGER};
 use crate::ffi::*;
 
+/// A child this young may not handle SIGTERM yet (ffmpeg installs its handler once it has
+/// started): its first SIGTERM waits until it is this old.
+const STARTUP_MS: u64 = 1000;
 /// The second SIGTERM after the first.
 const TERM_AGAIN_MS: ngx_msec_t = 300;
 /// SIGKILL when the child is still there this long after the second SIGTERM.
@@ -23,23 +27,32 @@ pub const GRACE_MS: ngx_msec_t = 5000;
 /// At worker exit, how long to wait for children to end after their SIGTERM.
 const EXIT_WAIT: Duration = Duration::from_millis(400);
 
-/// The stop timer of `t` fired: the second SIGTERM, or the end of the grace period.
+fn now_ms() -> u64 {
+    // SAFETY: a plain global nginx updates on the event loop, where we read it.
+    unsafe { *addr_of!(ngx_current_msec) as u64 }
+}
+
+/// The next step of stopping `t`'s child: SIGTERM, SIGTERM again, then SIGKILL (or, in a
+/// worker that exits, nothing: the child dies with it). Arms `t`'s timer for the step after.
 ///
 /// # Safety
-/// Event loop; `ev` is `t`'s timer.
-pub(super) unsafe fn next_signal(t: &mut Transcode, ev: *mut ngx_event_t) {
-    // SAFETY: the caller's event.
-    let log = unsafe { (*ev).log };
+/// Event loop; `t` is boxed in the manager.
+pub(super) unsafe fn next_signal(t: &mut Transcode, log: *mut ngx_log_t) {
     let Some(pid) = t.child.as_ref().map(|c| c.pid) else { return };
     t.signals += 1;
-    if t.signals == 2 {
-        proc::signal(pid, SIGTERM);
-        // SAFETY: our timer, on the event loop.
-        unsafe { ngx_add_timer(ev, GRACE_MS) };
-    } else if crate::util::exiting() {
-        // No SIGKILL of ours (nginx would report it): the child dies with the
-        // worker (PR_SET_PDEATHSIG), which no longer waits for it.
-        ngx::ngx_log_error!(
+    let next = match t.signals {
+        1 => {
+            proc::signal(pid, SIGTERM);
+            Some(TERM_AGAIN_MS)
+        }
+        2 => {
+            proc::signal(pid, SIGTERM);
+            Some(GRACE_MS)
+        }
+        _ if crate::util::exiting() => {
+            // No SIGKILL of ours (nginx would report it): the child dies with the worker
+            // (PR_SET_PDEATHSIG), which no longer waits for it.
+            ngx::ngx_log_error!(
                 NGX_LOG_WARN,
                 log,
                 "mesh: transcode of stream \"{}\" (pid {}) did not stop on SIGTERM within {} ms, left to end with the worker",
@@ -47,16 +60,28 @@ pub(super) unsafe fn next_signal(t: &mut Transcode, ev: *mut ngx_event_t) {
                 pid,
                 GRACE_MS
             );
-    } else {
-        ngx::ngx_log_error!(
-            NGX_LOG_WARN,
-            log,
-            "mesh: transcode of stream \"{}\" (pid {}) did not stop on SIGTERM within {} ms, killing it",
-            t.stream,
-            pid,
-            GRACE_MS
-        );
-        proc::signal(pid, SIGKILL);
+            None
+        }
+        _ => {
+            ngx::ngx_log_error!(
+                NGX_LOG_WARN,
+                log,
+                "mesh: transcode of stream \"{}\" (pid {}) did not stop on SIGTERM within {} ms, killing it",
+                t.stream,
+                pid,
+                GRACE_MS
+            );
+            proc::signal(pid, SIGKILL);
+            None
+        }
+    };
+    if let Some(ms) = next {
+        // SAFETY: our timer, on the event loop. Not cancelable: a worker that quits waits
+        // for it, that is for the child's end, bounded by the grace period.
+        unsafe {
+            t.ev.set_cancelable(0);
+            ngx_add_timer(&mut *t.ev, ms);
+        }
     }
 }
 
@@ -84,16 +109,14 @@ pub unsafe fn stop(stream: &str, why: &str, log: *mut ngx_log_t) {
         if t.ev.timer_set() == 1 {
             ngx_del_timer(&mut *t.ev);
         }
-        match t.child.as_ref().map(|c| c.pid) {
-            Some(pid) => {
-                proc::signal(pid, SIGTERM);
-                t.signals = 1;
-                // A worker that quits waits for this timer: for the child's end, bounded by
-                // the grace period.
-                t.ev.set_cancelable(0);
-                ngx_add_timer(&mut *t.ev, TERM_AGAIN_MS);
-            }
-            None => died(t, log),
+        let Some(c) = t.child.as_ref() else { return died(t, log) };
+        t.signals = 0;
+        let age = now_ms().saturating_sub(c.started_ms);
+        if age < STARTUP_MS {
+            t.ev.set_cancelable(0);
+            ngx_add_timer(&mut *t.ev, (STARTUP_MS - age) as ngx_msec_t);
+        } else {
+            next_signal(t, log);
         }
     }
 }
@@ -110,7 +133,7 @@ pub unsafe fn stop_all(why: &str, log: *mut ngx_log_t) {
     }
 }
 
-/// Worker exit: SIGTERM every child not signalled yet, wait a little for them to end, and
+/// Worker exit: SIGTERM every child not signalled yet, wait a little for those to end, and
 /// remove the directories (nothing will watch them). No SIGKILL: what is left dies with the
 /// worker (PR_SET_PDEATHSIG), reaped by init, so nginx reports no killed child.
 pub fn exit_all() {
@@ -133,12 +156,19 @@ pub fn exit_all() {
             // SAFETY: our timer, on the event loop.
             unsafe { ngx_del_timer(&mut *t.ev) };
         }
+        // A child too young to handle SIGTERM is left to die with the worker.
         if let (Some(c), 0) = (&t.child, t.signals) {
-            proc::signal(c.pid, SIGTERM);
-            t.signals = 1;
+            if now_ms().saturating_sub(c.started_ms) >= STARTUP_MS {
+                proc::signal(c.pid, SIGTERM);
+                t.signals = 1;
+            }
         }
     }
-    let outputs: Vec<_> = streams.iter().filter_map(|t| t.child.as_ref().map(|c| c.output())).collect();
+    let outputs: Vec<_> = streams
+        .iter()
+        .filter(|t| t.signals > 0)
+        .filter_map(|t| t.child.as_ref().map(|c| c.output()))
+        .collect();
     proc::wait_for_eof(&outputs, EXIT_WAIT);
     drop(outputs);
     for t in &mut streams {
