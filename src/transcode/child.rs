@@ -130,9 +130,8 @@ unsafe fn watch(
     }
 }
 
-/// Log one line of a child's output: secrets redacted, at ffmpeg's level.
-///
-/// # Safety (not marked: called with the cycle's or an event's log)
+/// Log one line of a child's output to `log` (the cycle's or an event's, hence valid):
+/// secrets redacted, at ffmpeg's level.
 fn emit(log: *mut ngx_log_t, stream: &str, line: &str) {
     let (level, line) = ffmpeg_log_line(line);
     let level = match level {
