@@ -31,7 +31,13 @@ my $edge = Mesh::Node->under_master(id => 'edge-1', master => $master,
 like($edge->read_file('nginx.conf'), qr/^(?!.*daemon off)/s, 'nginx daemonizes (no "daemon off")');
 $edge->run;
 
-my ($worker) = map { /^(\d+)$/ ? $1 : () } qx{pgrep -P @{[$edge->pid]}};
+# The worker (the master may still be starting it when its ports answer).
+my $worker;
+wait_until(sub {
+	($worker) = grep { (qx{cat /proc/$_/cmdline 2>/dev/null} // '') =~ /worker process/ } map { /^(\d+)$/ ? $1 : () } qx{pgrep -P @{[$edge->pid]}};
+	$worker;
+}, 5);
+ok($worker, 'a worker runs');
 my $status = qx{cat /proc/$worker/status};
 my ($wuid) = $status =~ /^Uid:\s+(\d+)/m;
 my ($umask) = $status =~ /^Umask:\s+(\d+)/m;

@@ -49,7 +49,7 @@ sub transcoder {
 	return $p[0];
 }
 sub worker {
-	my ($w) = map { /^(\d+)$/ ? $1 : () } qx{pgrep -P @{[$t->pid]}};
+	my ($w) = grep { (qx{cat /proc/$_/cmdline 2>/dev/null} // '') =~ /worker process/ } map { /^(\d+)$/ ? $1 : () } qx{pgrep -P @{[$t->pid]}};
 	return $w;
 }
 sub fds {
