@@ -17,11 +17,13 @@
 //! * [`status`]: the figures `mesh_status` reports, as JSON and Prometheus text.
 //! * [`handles`]: bounded slot maps whose handles die with what they name.
 //! * [`backoff`]: capped exponential backoff with jitter.
+//! * [`credential`]: the transcoder's single-use credential, and redaction of query secrets.
 //! * [`wire`]: node ↔ master request and response bodies.
 
 pub mod admission;
 pub mod args;
 pub mod backoff;
+pub mod credential;
 pub mod handles;
 pub mod hold;
 pub mod manifest;
