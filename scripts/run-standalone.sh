@@ -13,9 +13,10 @@ if [ "$port" != 1935 ] || [ "$hport" != 8080 ]; then
 		-e "s/listen 8080;/listen $hport;/" "$conf" >"$dist/conf/standalone.run.conf"
 	conf=$dist/conf/standalone.run.conf
 fi
-# The workers (nobody when run as root) write the transcodes here.
+# The workers (nobody when run as root) write the transcodes here; nobody else reads them.
 mkdir -p "$dist/media"
-[ "$(id -u)" -eq 0 ] && chown nobody "$dist/media"
+chmod 0750 "$dist/media"
+if [ "$(id -u)" -eq 0 ]; then chown nobody "$dist/media"; fi
 
 "$dist/sbin/nginx" -p "$dist/" -c "$conf" -t -q
 token=$("$dist/sbin/mesh-tool" token "@$dist/tables/standalone.json" demo 86400)
@@ -25,7 +26,7 @@ cat <<TXT
 ngx_rtmp_mesh: standalone node on rtmp://127.0.0.1:$port (table: dist/tables/standalone.json)
 
   publish:  ffmpeg -re -f lavfi -i testsrc=size=640x360:rate=25 -f lavfi -i sine -c:v libx264 \\
-              -preset veryfast -g 50 -c:a aac -f flv 'rtmp://127.0.0.1:$port/live/demo?key=demo-key'
+              -pix_fmt yuv420p -preset veryfast -g 50 -c:a aac -f flv 'rtmp://127.0.0.1:$port/live/demo?key=demo-key'
   play:     ffplay 'rtmp://127.0.0.1:$port/live/demo?token=$token'
   HLS:      http://127.0.0.1:$hport/hls/demo/master.m3u8?token=$token
   DASH:     http://127.0.0.1:$hport/dash/demo/manifest.mpd?token=$token

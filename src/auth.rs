@@ -34,6 +34,9 @@ const CACHE_MAX: usize = 4096;
 /// many): distinct questions, since askers of one question share its call.
 const KNOWN_MAX: usize = 1024;
 
+/// How long HTTP requests see a failed question before asking again.
+const FAILED_SHOWN_S: u64 = 2;
+
 pub const DEFAULT_PENDING_MAX: usize = 256;
 pub const DEFAULT_PENDING_PER_ADDR: usize = 8;
 
@@ -331,8 +334,16 @@ pub fn on_answer(
                 st.cache_answer(&asked.question, &a, now);
                 a
             }
-            // Not cached: the next session asks again.
-            Err(e) => Answer { allow: false, reason: format!("auth endpoint failed: {e}"), until: now },
+            // Not cached for sessions: the next one asks again. HTTP requests, which read only
+            // the cache, see the failure for a moment instead of waiting out their hold.
+            Err(e) => {
+                let a = Answer { allow: false, reason: format!("auth endpoint failed: {e}"), until: now };
+                if waiters.contains(&Waiter::Cache) && st.cache.len() < CACHE_MAX {
+                    let shown = Answer { until: now.saturating_add(FAILED_SHOWN_S), ..a.clone() };
+                    st.cache.insert(asked.question.clone(), shown);
+                }
+                a
+            }
         };
         Some((waiters, asked.question, answer))
     })

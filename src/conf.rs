@@ -462,7 +462,7 @@ pub unsafe extern "C" fn create_app_conf(cf: *mut ngx_conf_t) -> *mut c_void {
 }
 
 pub unsafe extern "C" fn merge_app_conf(
-    _cf: *mut ngx_conf_t,
+    cf: *mut ngx_conf_t,
     parent: *mut c_void,
     child: *mut c_void,
 ) -> *mut c_char {
@@ -471,5 +471,43 @@ pub unsafe extern "C" fn merge_app_conf(
     if conf.mesh == UNSET {
         conf.mesh = if prev.mesh == UNSET { 0 } else { prev.mesh };
     }
+    if conf.mesh == 1 {
+        // SAFETY: the configuration being parsed.
+        unsafe { warn_verbose_log(cf) };
+    }
     CONF_OK
+}
+
+/// The configuration (cycle) already warned about a verbose error log.
+static WARNED_CYCLE: std::sync::atomic::AtomicPtr<ngx_cycle_t> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// `mesh on` with an error log at `info` or `debug`: nginx-rtmp logs every publish's and
+/// play's arguments there (stream keys, viewer tokens). Warned once per configuration.
+///
+/// # Safety
+/// `cf` is the configuration being parsed.
+unsafe fn warn_verbose_log(cf: *mut ngx_conf_t) {
+    // SAFETY: the cycle being configured and its error logs (those declared so far).
+    unsafe {
+        let cycle = (*cf).cycle;
+        let mut log: *const ngx_log_t = &(*cycle).new_log;
+        let mut level = 0;
+        while !log.is_null() {
+            if !(*log).file.is_null() {
+                level = level.max((*log).log_level);
+            }
+            log = (*log).next;
+        }
+        if level < NGX_LOG_INFO as ngx_uint_t || WARNED_CYCLE.swap(cycle, Ordering::Relaxed) == cycle {
+            return;
+        }
+        let name = if level >= NGX_LOG_DEBUG as ngx_uint_t { "debug" } else { "info" };
+        ngx_conf_log_error!(
+            NGX_LOG_WARN,
+            cf,
+            "\"mesh on\" with error log level \"{}\": publish and play arguments (stream keys, viewer tokens) are logged at this level, use \"notice\" or above",
+            name
+        );
+    }
 }

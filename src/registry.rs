@@ -135,7 +135,17 @@ pub fn recheck(e: &Entry, node: &Node, now: u64) -> Verdict {
     }
     let req = mesh_core::PublishRequest { stream: &e.stream, args: &e.args };
     match (&e.kind, e.via) {
-        // Viewers are held to the role only: their token admitted them at the start.
+        // A viewer's token is checked again for what a table change can take away (its key,
+        // its stream's identity), not for its expiry: it admitted the viewer at the start.
+        (SessionKind::Viewer, Via::Table) if node.table.checks_viewer_tokens() => {
+            match mesh_core::args::MeshArgs::parse(&e.args).token {
+                None => Verdict::Drop(Refusal::NoToken),
+                Some(t) => match node.table.verify_viewer(&e.stream, t, now) {
+                    Ok(()) | Err(mesh_core::token::TokenError::Expired) => Verdict::Keep,
+                    Err(why) => Verdict::Drop(mesh_core::admission::refusal(why)),
+                },
+            }
+        }
         (SessionKind::Viewer, _) => Verdict::Keep,
         (_, Via::Auth { .. }) => Verdict::Keep,
         (_, Via::Table) => match ctx.publish(req) {

@@ -1,49 +1,101 @@
 //! A viewer asking a relay node for a stream it does not have makes the node ask the master to
-//! route the stream here: one request per stream (not per viewer), again at most every
-//! [`AGAIN_S`] while the stream stays away. The viewer waits (nginx-rtmp keeps idle streams)
-//! and plays when the push arrives.
+//! route the stream here: one request per stream (not per viewer), again only when the last
+//! answer no longer stands (routed: 10 s, unknown, denied or failed: 3 s; see
+//! [`mesh_core::hold`]) or the question was lost. The state of each stream
+//! asked for — pending, routed, unknown, denied, failed, with its time — is kept in a table of
+//! bounded size ([`ROUTES_MAX`]; when it is full of questions in flight, nothing more is
+//! asked). Held HTTP requests read it: they wait while the question is pending or the stream
+//! is routed, and end at once when the master does not know the stream. RTMP viewers wait
+//! (nginx-rtmp keeps idle streams) and play when the push arrives.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 
 use mesh_agent::agent::Call;
 use mesh_agent::client::CallError;
+use mesh_core::hold::{Route, Routes, Want, ROUTES_MAX};
 use mesh_core::node::Node;
 use mesh_core::wire::{RouteReply, RouteRequest, RouteStatus};
 use mesh_core::Role;
 
+use crate::ffi::*;
 use crate::{registry, runtime, session};
 
-/// Seconds before a stream still missing is asked for again.
-pub const AGAIN_S: u64 = 10;
-
 thread_local! {
-    /// Stream → when it was last asked for (unix s).
-    static ASKED: RefCell<HashMap<String, u64>> = RefCell::new(HashMap::new());
+    static ROUTES: RefCell<Routes> = RefCell::new(Routes::new(ROUTES_MAX));
 }
 
-/// A viewer wants `stream` here.
-pub fn wanted(node: &Node, stream: &str) {
-    if node.role != Role::Relay || !runtime::has_master() || registry::has_publisher(stream) {
-        return;
+/// Where a stream a viewer wants here stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Published here.
+    Here,
+    /// No master to ask, or not a relay: it comes only if published or pushed here.
+    NotRoutable,
+    /// Asked, no answer yet; or routed here, the push on its way.
+    Coming,
+    /// The master does not know it, or will not route it here.
+    Unknown,
+    Denied,
+    /// The question failed, or could not be asked (table full of questions in flight).
+    Failed,
+}
+
+/// A viewer wants `stream` here: ask the master when due, and say where it stands.
+pub fn wanted(node: &Node, stream: &str) -> Standing {
+    if registry::has_publisher(stream) {
+        return Standing::Here;
+    }
+    if node.role != Role::Relay || !runtime::has_master() {
+        return Standing::NotRoutable;
     }
     let now = session::now();
-    let ask = ASKED.with_borrow_mut(|a| match a.get(stream) {
-        Some(t) if now < t + AGAIN_S => false,
-        _ => {
-            a.insert(stream.to_string(), now);
-            true
+    let want = ROUTES.with_borrow_mut(|r| r.want(stream, now));
+    let route = match want {
+        Want::Ask => {
+            let req = RouteRequest { node_id: node.node_id.clone(), stream: stream.into() };
+            if runtime::call(Call::Route(req)).is_ok() {
+                Route::Pending { since: now }
+            } else {
+                ROUTES.with_borrow_mut(|r| r.not_sent(stream, now));
+                Route::Failed { at: now }
+            }
         }
-    });
-    if ask {
-        let _ =
-            runtime::call(Call::Route(RouteRequest { node_id: node.node_id.clone(), stream: stream.into() }));
+        Want::Known(r) => r,
+        Want::Full => return Standing::Failed,
+    };
+    match route {
+        Route::Pending { .. } | Route::Routed { .. } => Standing::Coming,
+        Route::Unknown { .. } => Standing::Unknown,
+        Route::Denied { .. } => Standing::Denied,
+        Route::Failed { .. } => Standing::Failed,
     }
 }
 
-/// `stream` is published here now: a later absence asks again at once.
+/// `stream` is published here now: its route is history, a later absence asks again at once.
 pub fn published(stream: &str) {
-    let _ = ASKED.try_with(|a| a.borrow_mut().remove(stream));
+    let _ = ROUTES.try_with(|r| r.borrow_mut().forget(stream));
+}
+
+/// The master's answer about `stream` (event loop): recorded for the question in flight (an
+/// answer nobody waits for is dropped), and logged.
+///
+/// # Safety
+/// Event loop; `log` is the cycle's.
+pub unsafe fn on_answer(stream: &str, result: Result<RouteReply, CallError>, log: *mut ngx_log_t) {
+    let now = session::now();
+    let route = match &result {
+        Ok(RouteReply { status: RouteStatus::Routed, .. }) => Route::Routed { at: now },
+        Ok(RouteReply { status: RouteStatus::Unknown, .. }) => Route::Unknown { at: now },
+        Ok(RouteReply { status: RouteStatus::Denied, .. }) => Route::Denied { at: now },
+        Err(_) => Route::Failed { at: now },
+    };
+    let waited = ROUTES.with_borrow_mut(|r| r.answer(stream, route));
+    let (ok, msg) = describe(stream, &result);
+    if waited {
+        ngx::ngx_log_error!(if ok { NGX_LOG_NOTICE } else { NGX_LOG_WARN }, log, "{}", msg);
+    } else {
+        ngx::ngx_log_error!(NGX_LOG_DEBUG, log, "{} (nobody waits for it: dropped)", msg);
+    }
 }
 
 /// The master's answer, for the log.

@@ -363,10 +363,7 @@ unsafe fn handle(mcf: &MainConf, log: *mut ngx_log_t, ev: Event) {
                     }
                 }
             },
-            Event::Route { stream, result } => {
-                let (ok, msg) = route::describe(&stream, &result);
-                ngx::ngx_log_error!(if ok { NGX_LOG_NOTICE } else { NGX_LOG_WARN }, log, "{}", msg);
-            }
+            Event::Route { stream, result } => route::on_answer(&stream, result, log),
         }
     }
 }

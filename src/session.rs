@@ -10,7 +10,6 @@ use std::ptr::addr_of;
 use mesh_core::args::MeshArgs;
 use mesh_core::name::for_log;
 use mesh_core::node::Node;
-use mesh_core::token::ct_eq;
 use mesh_core::wire::{Action, AuthRequest};
 use mesh_core::{PublishRequest, Refusal, SessionKind};
 
@@ -285,15 +284,15 @@ unsafe extern "C" fn play(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_play_t) -
             // Our own transcoder reads the stream: not a viewer.
             let a = MeshArgs::parse(&args);
             if a.node == Some(node.node_id.as_str())
-                && a.key.is_some_and(|k| ct_eq(k.as_bytes(), transcode::internal_key().as_bytes()))
                 && is_loopback(s)
+                && a.key.is_some_and(|k| transcode::take_credential(&stream, k))
             {
                 return next_play(s, v);
             }
             let decision = node.context(now()).play(PublishRequest { stream: &stream, args: &args });
             match decision {
                 // No viewer secret: with a master, the auth endpoint decides.
-                Ok(_) if node.table.viewer_secret.is_none() && runtime::has_master() => {
+                Ok(_) if !node.table.checks_viewer_tokens() && runtime::has_master() => {
                     let token = MeshArgs::parse(&args).token.map(str::to_string);
                     ask_master(
                         s,

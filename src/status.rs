@@ -9,7 +9,9 @@
 use std::ffi::{c_char, c_void, CStr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use mesh_core::status::{AuthStatus, PushStatus, Status, StreamStatus, TableStatus, TranscodeStatus};
+use mesh_core::status::{
+    AuthStatus, HeldStatus, PushStatus, Status, StreamStatus, TableStatus, TranscodeStatus,
+};
 
 use crate::ffi::*;
 use crate::http::{respond, settings};
@@ -225,6 +227,16 @@ fn collect(renditions: Vec<String>) -> Status {
                 pending: pending as u64,
                 pending_unknown: unknown as u64,
                 suspended: crate::waiting::len() as u64,
+            }
+        },
+        held: {
+            let f = crate::http::hold_figures();
+            HeldStatus {
+                now: f.held,
+                total: f.held_total,
+                busy_worker: f.busy_worker,
+                busy_client: f.busy_client,
+                client_closed: f.client_closed,
             }
         },
     }

@@ -41,7 +41,9 @@ ok(wait_until(sub { IO::Socket::INET->new(PeerAddr => "127.0.0.1:$http") }, 10),
 like(slurp("$state/nginx.conf"), qr/mesh_role standalone;.*listen $rtmp;.*listen $http;/s, 'rendered from the environment');
 my $pub = publish("rtmp://127.0.0.1:$rtmp/live/cam1?key=k1", secs => 60);
 my $tok = viewer_token('s', 'cam1', int(time) + 600);
-my $r = HTTP::Tiny->new(timeout => 30)->get("http://127.0.0.1:$http/hls/cam1/master.m3u8?token=$tok");
+# (a stream not yet published on a standalone node is a 404 at once: ask until it is)
+my $r;
+wait_until(sub { $r = HTTP::Tiny->new(timeout => 30)->get("http://127.0.0.1:$http/hls/cam1/master.m3u8?token=$tok"); $r->{status} != 404 }, 15);
 is($r->{status}, 200, 'HLS from the standalone node');
 ok(probe("rtmp://127.0.0.1:$rtmp/live/cam1?token=$tok", secs => 1)->{video} > 0, 'RTMP play');
 is(HTTP::Tiny->new->get("http://127.0.0.1:$http/status")->{status}, 200, 'status on loopback');

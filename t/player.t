@@ -2,7 +2,10 @@
 
 # The operators' player page in a real browser: headless Chromium (Debian's) opens it, plays
 # HLS and then DASH for a few seconds (the video's currentTime advances, no page or console
-# error), and the test saves a screenshot of each (t/out/, or TEST_NGINX_OUT).
+# error), and the test saves a screenshot of each (t/out/, or TEST_NGINX_OUT). The page gives
+# hls.js and dash.js the entry URL only: every playlist and segment they fetch carries the
+# token because the node wrote it into the manifests (the access log shows each request).
+# ffprobe plays the same entry URLs.
 
 use strict;
 use warnings;
@@ -11,7 +14,7 @@ use File::Path qw(make_path);
 use JSON::PP;
 use Test::More;
 use lib 't/lib';
-use Mesh::Test qw(sha256_hex publish wait_until log_lines reap viewer_token);
+use Mesh::Test qw(sha256_hex publish probe wait_until log_lines reap viewer_token);
 
 plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
 plan(skip_all => 'no chromium, node or t/browser/node_modules (make test installs them)')
@@ -26,7 +29,8 @@ my $media = $t->media_dir;
 $t->write_file('table.json', qq({"viewer_secret": "s", "publish": {"cam1": {"key_sha256": "@{[sha256_hex('k1')]}"}}}));
 $t->write_node_conf(http => <<CONF);
 http {
-    access_log off;
+    log_format media '\$status \$request_uri';
+    access_log %%TESTDIR%%/media_access.log media;
     include $html/../conf/mime.types;
     mesh_media_root $media;
     mesh_rtmp_source rtmp://127.0.0.1:%%PORT_1%%/live;
@@ -57,7 +61,16 @@ for my $format ('hls', 'dash') {
 	cmp_ok($r->{currentTime} // 0, '>=', 3, "$format: currentTime advanced");
 	is_deeply($r->{errors}, [], "$format: no page or console error");
 	ok(-s $shot, "$format: screenshot saved ($shot)");
+	my $prefix = $format eq 'hls' ? '/hls/cam1/' : '/dash/cam1/';
+	my @media = grep { m{^\d+ \Q$prefix\E} } split /\n/, $t->read_file('media_access.log');
+	my @segments = grep { /^200 \S+\.m4s\?token=\Q$token\E$/ } @media;
+	cmp_ok(scalar @segments, '>=', 3, "$format: the player fetched segments with the token (" . scalar(@segments) . ')');
+	is(join("\n", grep { !/\?token=\Q$token\E$/ || /^40[13] / } @media), '', "$format: every media request carried the token, none refused");
 }
+
+my $base = 'http://127.0.0.1:' . $t->port(2);
+ok(probe("$base/hls/cam1/master.m3u8?token=$token", secs => 3, timeout => 30)->{video} > 0, 'ffprobe plays the HLS entry URL');
+ok(probe("$base/dash/cam1/manifest.mpd?token=$token", secs => 3, timeout => 30)->{video} > 0, 'ffprobe plays the DASH entry URL');
 
 kill 'TERM', $pub;
 reap($pub, 5);

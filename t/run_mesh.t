@@ -58,13 +58,16 @@ if ($pid == 0) {
 sub out { open my $fh, '<', $out or return ''; local $/; <$fh> }
 ok(wait_until(sub { out() =~ /stop: Ctrl-C/ }, 30), 'the mesh is up and says how to use it') or diag(out());
 my ($key) = out() =~ m{'rtmp://127\.0\.0\.1:$rbase/live/demo\?key=([0-9a-f]+)'};
-my ($token) = out() =~ m{/hls/demo/master\.m3u8\?token=([0-9a-f.]+)};
+my ($token) = out() =~ m{/hls/demo/master\.m3u8\?token=([A-Za-z0-9._-]+)};
 ok($key && $token, 'a real key and token printed');
 
 my $pub = publish("rtmp://127.0.0.1:$rbase/live/demo?key=$key", secs => 120);
 my $ua = HTTP::Tiny->new(timeout => 40);
 my $edge2 = $hbase + 3;
-is($ua->get("http://127.0.0.1:$edge2/hls/demo/master.m3u8?token=$token")->{status}, 200, 'HLS at edge-2 (routed on demand)');
+# (until the stream is live at the master, edge-2's route request is answered "unknown": 404)
+my $hls;
+wait_until(sub { $hls = $ua->get("http://127.0.0.1:$edge2/hls/demo/master.m3u8?token=$token")->{status}; $hls != 404 }, 30);
+is($hls, 200, 'HLS at edge-2 (routed on demand)');
 like($ua->get('http://127.0.0.1:' . ($hbase + 2) . '/player/')->{headers}{'content-security-policy'} // '',
 	qr/^default-src 'none';/, 'the player page at edge-1, with its CSP');
 is($ua->get('http://127.0.0.1:' . ($hbase + 2) . '/status')->{status}, 200, 'status at edge-1, from loopback');

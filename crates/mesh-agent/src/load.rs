@@ -45,13 +45,37 @@ pub fn make_node(node_id: &str, fallback_role: Role, table: Table) -> (Node, Vec
     (Node { node_id: node_id.to_string(), role, table, dial }, failed)
 }
 
-/// Write `bytes` to `path` atomically: a temporary file beside it, flushed, then renamed over.
+/// Mode of the files we write (the persisted table holds the viewer secret and node keys).
+pub const SECRET_FILE_MODE: u32 = 0o600;
+
+/// Write `bytes` to `path` atomically, readable by its owner only (0600, whatever the umask:
+/// nginx sets umask 0 when it daemonizes): a new temporary file beside it (`O_EXCL`, so never
+/// one planted there, nor a link), flushed, then renamed over.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("table");
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let create = || {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(SECRET_FILE_MODE)
+            .custom_flags(O_NOFOLLOW)
+            .open(&tmp)
+    };
+    let mut f = match create() {
+        // A leftover of ours (a crash between create and rename), or something planted:
+        // unlinked (a link itself, never its target), then made anew.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            fs::remove_file(&tmp)?;
+            create()?
+        }
+        r => r?,
+    };
     let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
+        // The mode again on the open file: the umask applied to create() can only remove bits.
+        f.set_permissions(fs::Permissions::from_mode(SECRET_FILE_MODE))?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)
@@ -61,6 +85,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     result
 }
+
+const O_NOFOLLOW: i32 = nix::libc::O_NOFOLLOW;
 
 #[cfg(test)]
 mod tests {
@@ -100,6 +126,33 @@ mod tests {
             fs::read_dir(&d).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name() != "t.json").collect();
         assert!(leftovers.is_empty(), "no temporary file left: {leftovers:?}");
         assert!(write_atomic(&d.join("no/such/dir/t.json"), b"{}").is_err());
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn atomic_write_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tmpdir();
+        let p = d.join("t.json");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let r = write_atomic(&p, b"{\"version\": 1}");
+        nix::sys::stat::umask(old);
+        r.unwrap();
+        assert_eq!(mode(&p), 0o600, "umask 0 (a daemonized nginx)");
+        // A world-readable table from before is replaced by an owner-only one.
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        write_atomic(&p, b"{\"version\": 2}").unwrap();
+        assert_eq!(mode(&p), 0o600);
+        // A link planted where the temporary file goes is not followed.
+        let victim = d.join("victim");
+        fs::write(&victim, "keep").unwrap();
+        let tmp = d.join(format!(".t.json.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        write_atomic(&p, b"{\"version\": 3}").unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(read_table(&p).unwrap().version, 3);
+        assert!(!tmp.exists());
         fs::remove_dir_all(d).unwrap();
     }
 

@@ -15,7 +15,7 @@ use crate::args::MeshArgs;
 use crate::name::is_valid_id;
 use crate::role::Role;
 use crate::table::{EntryKind, Table};
-use crate::token::{ct_eq, key_sha256, verify_viewer_token, TokenError};
+use crate::token::{ct_eq, key_sha256, TokenError};
 
 /// What an admitted session is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,15 +161,26 @@ impl Context<'_> {
         if !self.role.serves_viewers() {
             return Err(Refusal::WrongRole);
         }
-        let Some(secret) = &self.table.viewer_secret else {
+        if !self.table.checks_viewer_tokens() {
             return Ok(SessionKind::Viewer);
-        };
-        let token = MeshArgs::parse(req.args).token.filter(|t| !t.is_empty()).ok_or(Refusal::NoToken)?;
-        match verify_viewer_token(secret, req.stream, token, self.now) {
-            Ok(()) => Ok(SessionKind::Viewer),
-            Err(TokenError::Expired) => Err(Refusal::ExpiredToken),
-            Err(TokenError::Malformed | TokenError::BadSignature) => Err(Refusal::BadToken),
         }
+        let token = MeshArgs::parse(req.args).token.filter(|t| !t.is_empty()).ok_or(Refusal::NoToken)?;
+        self.table.verify_viewer(req.stream, token, self.now).map(|()| SessionKind::Viewer).map_err(refusal)
+    }
+}
+
+/// The refusal a token error is logged and counted as (a retired key's token is as good as
+/// expired; the rest say no more than "bad token").
+pub fn refusal(e: TokenError) -> Refusal {
+    match e {
+        TokenError::Expired | TokenError::RetiredKey => Refusal::ExpiredToken,
+        TokenError::UnknownStream => Refusal::UnknownStream,
+        TokenError::Malformed
+        | TokenError::BadSignature
+        | TokenError::UnknownKey
+        | TokenError::TooLong
+        | TokenError::NoSigningKey
+        | TokenError::BadTtl => Refusal::BadToken,
     }
 }
 
@@ -288,6 +299,38 @@ mod tests {
             assert_eq!(play(&t, Relay, "cam1", &args), want, "{args}");
         }
         assert_eq!(play(&t, RootRelay, "cam1", &format!("token={good}")), Err(WrongRole));
+    }
+
+    #[test]
+    fn play_with_v2_tokens() {
+        let secret = "edge-viewer-key-0123456789";
+        let t = Table::parse(
+            serde_json::json!({
+                "viewer_keys": [{"id": "k2", "secret": secret}, {"id": "k1", "secret": "retired-key-0123456789", "not_after": 999}],
+                "streams": {"cam1": {"id": "gen-2"}}
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let v2 = |secret: &str, kid: &str, stream: &str, id: &str, expiry: u64| {
+            format!("token={}", crate::token::make_token_v2(secret, kid, stream, id, expiry))
+        };
+        let cases: Vec<(String, Decision)> = vec![
+            (v2(secret, "k2", "cam1", "gen-2", 2000), Ok(SessionKind::Viewer)),
+            (v2(secret, "k2", "cam1", "gen-1", 2000), Err(BadToken)),
+            (v2("retired-key-0123456789", "k1", "cam1", "gen-2", 2000), Err(ExpiredToken)),
+            (v2(secret, "k2", "cam1", "gen-2", 999), Err(ExpiredToken)),
+            (v2(secret, "k2", "cam1", "gen-2", 1000 + 200_000), Err(BadToken)),
+            (v2(secret, "k3", "cam1", "gen-2", 2000), Err(BadToken)),
+            (format!("token={}", make_viewer_token(secret, "cam1", 2000)), Err(BadToken)),
+            ("token=v2.k2.2000.zz".into(), Err(BadToken)),
+            ("".into(), Err(NoToken)),
+        ];
+        for (args, want) in cases {
+            assert_eq!(play(&t, Relay, "cam1", &args), want, "{args}");
+        }
+        assert_eq!(play(&t, Relay, "cam2", &v2(secret, "k2", "cam2", "", 2000)), Err(UnknownStream));
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! Pure logic of the mesh node, with no nginx dependency so that `cargo test` can run it.
 //!
 //! * [`media`]: the ABR ladder, the ffmpeg argv, and the media files viewers may ask for.
+//! * [`hold`]: caps on held HTTP requests and the bounded table of route requests.
+//! * [`manifest`]: the viewer's token carried into the URLs of the HLS and DASH manifests served.
 //! * [`name`]: the protocol's identifier character set (streams and nodes).
 //! * [`role`]: the four node roles.
 //! * [`table`]: the relay table (parse + validate, refused whole on any error).
 //! * [`args`]: RTMP/HTTP query arguments (`node`, `key`, `token`).
-//! * [`token`]: viewer tokens (HMAC-SHA256) and broadcaster key hashing.
+//! * [`token`]: viewer token formats (HMAC-SHA256) and broadcaster key hashing.
+//! * [`viewer`]: who may watch: key ids and rotation, stream identities, lifetimes
+//!   ([`Table::verify_viewer`]).
 //! * [`admission`]: publish/play decisions for every role and session kind.
 //! * [`node`]: the node snapshot (id, role, table, resolved target URLs).
 //! * [`push`]: which targets a node pushes a stream to, and the push URL.
@@ -13,12 +17,16 @@
 //! * [`status`]: the figures `mesh_status` reports, as JSON and Prometheus text.
 //! * [`handles`]: bounded slot maps whose handles die with what they name.
 //! * [`backoff`]: capped exponential backoff with jitter.
+//! * [`credential`]: the transcoder's single-use credential, and redaction of query secrets.
 //! * [`wire`]: node ↔ master request and response bodies.
 
 pub mod admission;
 pub mod args;
 pub mod backoff;
+pub mod credential;
 pub mod handles;
+pub mod hold;
+pub mod manifest;
 pub mod media;
 pub mod name;
 pub mod node;
@@ -28,6 +36,7 @@ pub mod sign;
 pub mod status;
 pub mod table;
 pub mod token;
+pub mod viewer;
 pub mod wire;
 
 pub use admission::{Decision, PlayRequest, PublishRequest, Refusal, SessionKind};

@@ -123,7 +123,8 @@ pub struct Job<'a> {
 pub fn ffmpeg_argv(job: &Job<'_>) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
-    push(&[job.ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "warning"]);
+    // Each line tagged with its level ([error], [warning]): the node logs it at that level.
+    push(&[job.ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "level+warning"]);
     push(&["-rw_timeout", "15000000", "-i", job.input]);
     for _ in job.ladder.renditions() {
         push(&["-map", "0:v:0"]);
@@ -132,6 +133,12 @@ pub fn ffmpeg_argv(job: &Job<'_>) -> Vec<String> {
         push(&["-map", "0:a:0"]);
     }
     let seg = trim_float(job.segment_s);
+    // Keyframes, hence segment boundaries, at the same instants in every rendition, so that
+    // players switch cleanly. With a copied source: the copy starts at the first keyframe ffmpeg
+    // receives, so the encoded renditions drop the decoded frames before it (`select` on
+    // `key`, counted in the filter's variable 0), then cut where the source has keyframes and
+    // only there (no keyframe of x264's own). Without one: all cut every segment duration.
+    let copies_source = job.ladder.renditions().iter().any(|r| r.make == Make::Source);
     for (i, r) in job.ladder.renditions().iter().enumerate() {
         let v = |opt: &str| format!("-{opt}:v:{i}");
         match &r.make {
@@ -140,7 +147,9 @@ pub fn ffmpeg_argv(job: &Job<'_>) -> Vec<String> {
                 let (rate, max, buf) =
                     (video_kbps, video_kbps + video_kbps / 14, video_kbps + video_kbps / 2);
                 // 4:2:0, whatever the input: what browsers and the main profile take.
-                push(&[&v("c"), "libx264", &v("filter"), &format!("scale={width}:{height},format=yuv420p")]);
+                let from_key = if copies_source { FROM_FIRST_KEYFRAME } else { "" };
+                let filter = format!("{from_key}scale={width}:{height},format=yuv420p");
+                push(&[&v("c"), "libx264", &v("filter"), &filter]);
                 push(&[
                     &v("b"),
                     &format!("{rate}k"),
@@ -150,8 +159,15 @@ pub fn ffmpeg_argv(job: &Job<'_>) -> Vec<String> {
                     &format!("{buf}k"),
                 ]);
                 push(&[&v("preset"), "veryfast", &v("profile"), "main"]);
-                // Keyframes on segment boundaries, so every rendition switches cleanly.
-                push(&[&v("force_key_frames"), &format!("expr:gte(t,n_forced*{seg})")]);
+                if copies_source {
+                    // Frames keep their times (no frames made up from 0 to a constant rate
+                    // ahead of the first one: the copy starts where its first keyframe is),
+                    // and in the source's time base, so that they are the same instants exactly.
+                    push(&[&v("fps_mode"), "passthrough", &v("enc_time_base"), "-1"]);
+                    push(&[&v("force_key_frames"), "source", &v("g"), "1000000"]);
+                } else {
+                    push(&[&v("force_key_frames"), &format!("expr:gte(t,n_forced*{seg})")]);
+                }
             }
         }
     }
@@ -169,9 +185,40 @@ pub fn ffmpeg_argv(job: &Job<'_>) -> Vec<String> {
     a
 }
 
+/// A video filter that passes every frame from the first keyframe on.
+const FROM_FIRST_KEYFRAME: &str = "select='gt(st(0,ld(0)+key),0)',";
+
 fn trim_float(f: f64) -> String {
     let s = format!("{f:.3}");
     s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// How bad a line of ffmpeg's diagnostics is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Error,
+    Warning,
+    /// Untagged (not from ffmpeg's logger).
+    Other,
+}
+
+/// A line ffmpeg printed with `-loglevel level+...` (`[rtmp @ 0x55..] [error] Server error`):
+/// its level, and the line without the level's tag.
+pub fn ffmpeg_log_line(line: &str) -> (LogLevel, String) {
+    const TAGS: [(&str, LogLevel); 4] = [
+        ("[panic] ", LogLevel::Error),
+        ("[fatal] ", LogLevel::Error),
+        ("[error] ", LogLevel::Error),
+        ("[warning] ", LogLevel::Warning),
+    ];
+    let first = TAGS
+        .iter()
+        .filter_map(|(tag, level)| line.find(tag).map(|i| (i, tag.len(), *level)))
+        .min_by_key(|(i, _, _)| *i);
+    match first {
+        Some((i, len, level)) => (level, format!("{}{}", &line[..i], &line[i + len..])),
+        None => (LogLevel::Other, line.to_string()),
+    }
 }
 
 /// The two ways to ask for a stream's media.
@@ -333,8 +380,19 @@ mod tests {
         assert_eq!(a.iter().filter(|x| *x == "0:v:0").count(), 3, "{s}");
         assert!(s.contains("-map 0:a:0"), "{s}");
         assert!(s.contains("-c:v:0 copy"), "{s}");
-        assert!(s.contains("-c:v:1 libx264 -filter:v:1 scale=1280:720,format=yuv420p -b:v:1 2800k -maxrate:v:1 3000k -bufsize:v:1 4200k"), "{s}");
-        assert!(s.contains("-force_key_frames:v:2 expr:gte(t,n_forced*2)"), "{s}");
+        assert!(s.contains("-c:v:1 libx264 -filter:v:1 select='gt(st(0,ld(0)+key),0)',scale=1280:720,format=yuv420p -b:v:1 2800k -maxrate:v:1 3000k -bufsize:v:1 4200k"), "{s}");
+        assert!(s.contains("-loglevel level+warning"), "{s}");
+        // Aligned with the copied source: the encoded renditions cut at its keyframes only.
+        assert!(s.contains("-c:v:0 copy -c:v:1 libx264"), "{s}");
+        assert!(
+            s.contains(
+                "-fps_mode:v:1 passthrough -enc_time_base:v:1 -1 -force_key_frames:v:1 source -g:v:1 1000000"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("-force_key_frames:v:2 source -g:v:2 1000000"), "{s}");
+        assert!(!s.contains("n_forced"), "{s}");
+        assert!(s.contains("-sc_threshold 0"), "{s}");
         assert!(s.contains("-c:a aac -b:a 128k"), "{s}");
         assert!(s.contains("-seg_duration 2 -window_size 6"), "{s}");
         assert!(s.contains("-adaptation_sets id=0,streams=v id=1,streams=a"), "{s}");
@@ -347,6 +405,24 @@ mod tests {
         assert!(!no_audio.contains("0:a:0") && !no_audio.contains("-c:a"), "{no_audio}");
         assert!(no_audio.contains("-adaptation_sets id=0,streams=v -init_seg_name"), "{no_audio}");
         assert!(no_audio.contains("-seg_duration 1.5"), "{no_audio}");
+
+        // No copied source: every rendition cuts every segment duration.
+        let encoded =
+            Ladder::new(vec![enc("720p", 1280, 720, 2800, 128), enc("360p", 640, 360, 800, 96)]).unwrap();
+        let e = ffmpeg_argv(&Job { ladder: &encoded, ..job.clone() }).join(" ");
+        assert!(e.contains("-force_key_frames:v:0 expr:gte(t,n_forced*2)"), "{e}");
+        assert!(e.contains("-force_key_frames:v:1 expr:gte(t,n_forced*2)"), "{e}");
+        assert!(!e.contains(" source") && !e.contains("select="), "{e}");
+        assert!(e.contains("-filter:v:0 scale=1280:720,format=yuv420p"), "{e}");
+    }
+
+    #[test]
+    fn ffmpeg_log_levels() {
+        let (l, s) = ffmpeg_log_line("[rtmp @ 0x55d] [error] Server error: Failed to play cam1");
+        assert_eq!((l, s.as_str()), (LogLevel::Error, "[rtmp @ 0x55d] Server error: Failed to play cam1"));
+        assert_eq!(ffmpeg_log_line("[fatal] x").0, LogLevel::Error);
+        assert_eq!(ffmpeg_log_line("[dash @ 0x1] [warning] y"), (LogLevel::Warning, "[dash @ 0x1] y".into()));
+        assert_eq!(ffmpeg_log_line("plain"), (LogLevel::Other, "plain".into()));
     }
 
     #[test]

@@ -170,12 +170,16 @@ mod tests {
             sign_request(key, "GET", "/streams?node_id=edge-1&since=41&wait=25", ts, b""),
             "bc05447022d4e2d21be45e883b6bd65da0ffc886532443db915d8f9e57b2364c"
         );
-        let table = br#"{"version":42,"role":"relay","relay":{"cam1":[{"node_id":"edge-1","node_url":"rtmp://10.0.0.3:1935/relay","node_key":"k-root1-edge1-cam1"}]},"viewer_secret":"s3cret"}"#;
+        let table = br#"{"version":42,"role":"relay","relay":{"cam1":[{"node_id":"edge-1","node_url":"rtmp://10.0.0.3:1935/relay","node_key":"k-root1-edge1-cam1"}]},"viewer_keys":[{"id":"k1","secret":"0123456789abcdef"}],"max_token_ttl_s":86400,"streams":{"cam1":{"id":"5f0c2a9e"}}}"#;
+        assert_eq!(table.len(), 258);
         assert_eq!(
             sign_response(key, 200, ts, table),
-            "7d124d08c59b4ce7b776e6f30924221abcd7bb6d6fa13dae4932213ba5cfcc61"
+            "aded434b844a79ade537163cd73bd54f3ae9ed84b9ecd1968a4c0dff93c6eb1e"
         );
-        assert!(crate::Table::parse(table).is_ok(), "the documented table is valid");
+        let t = crate::Table::parse(table).expect("the documented table is valid");
+        // The documented token verifies with it (docs/protocol.md, "Viewer tokens").
+        let token = "v2.k1.1795403600.676f0845be96e59df5b243fd4f477a8985f89c612fb2aa18ff07f3ff371ede1a";
+        assert_eq!(t.verify_viewer("cam1", token, ts), Ok(()));
         assert_eq!(
             sign_response(key, 304, ts, b""),
             "45e43beb54a430a617bc114f63a2db777aa5d402ef3119693c25c75f1413d85b"

@@ -19,6 +19,20 @@ pub struct Status {
     pub refusals: Vec<RefusalCount>,
     /// Questions waiting for the master's auth endpoint.
     pub auth: AuthStatus,
+    /// Manifest requests held until their stream is ready.
+    pub held: HeldStatus,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct HeldStatus {
+    /// Held now, and since the worker started.
+    pub now: u64,
+    pub total: u64,
+    /// Refused with 503: the worker's cap, a client address's cap.
+    pub busy_worker: u64,
+    pub busy_client: u64,
+    /// Ended by their client before an answer.
+    pub client_closed: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -247,6 +261,23 @@ impl Status {
             ],
         );
         metric(
+            "mesh_held_requests",
+            "gauge",
+            "Manifest requests held until their stream is ready.",
+            vec![(String::new(), self.held.now.to_string())],
+        );
+        metric(
+            "mesh_held_requests_total",
+            "counter",
+            "Manifest requests held, refused past a cap (503), or ended by their client.",
+            vec![
+                (",outcome=\"held\"".into(), self.held.total.to_string()),
+                (",outcome=\"busy_worker\"".into(), self.held.busy_worker.to_string()),
+                (",outcome=\"busy_client\"".into(), self.held.busy_client.to_string()),
+                (",outcome=\"client_closed\"".into(), self.held.client_closed.to_string()),
+            ],
+        );
+        metric(
             "mesh_refusals_total",
             "counter",
             "Sessions refused or dropped, by action and reason.",
@@ -301,6 +332,7 @@ mod tests {
             }],
             refusals: vec![RefusalCount { action: "publish".into(), reason: "wrong key".into(), count: 4 }],
             auth: AuthStatus { pending: 5, pending_unknown: 3, suspended: 4 },
+            held: HeldStatus { now: 2, total: 9, busy_worker: 0, busy_client: 3, client_closed: 1 },
         }
     }
 
@@ -322,6 +354,7 @@ mod tests {
             "# TYPE mesh_refusals_total counter",
             r#"mesh_refusals_total{node="edge-1",role="relay",action="publish",reason="wrong key"} 4"#,
             r#"mesh_auth_pending{node="edge-1",role="relay",kind="unknown"} 3"#,
+            r#"mesh_held_requests_total{node="edge-1",role="relay",outcome="busy_client"} 3"#,
             r#"mesh_table_version{node="edge-1",role="relay"} 7"#,
             r#"mesh_master_link_up{node="edge-1",role="relay",link="streams"} 0"#,
             r#"mesh_master_link_backoff_seconds{node="edge-1",role="relay",link="streams"} 2.500"#,

@@ -10,6 +10,8 @@ use serde::Deserialize;
 
 use crate::name::{for_log, is_valid_id};
 use crate::role::Role;
+use crate::token::{is_valid_kid, is_valid_stream_id};
+use crate::viewer::{ViewerKey, MAX_SECRET_LEN, MAX_TTL_CEILING_S, MIN_SECRET_LEN};
 
 /// Largest table document accepted, in bytes.
 pub const MAX_TABLE_BYTES: usize = 64 << 20;
@@ -35,7 +37,15 @@ pub struct Table {
     pub relay: HashMap<String, Vec<Target>>,
     /// Stream id → sha256 of the broadcaster's stream key.
     pub publish: HashMap<String, [u8; 32]>,
+    /// Legacy tokens verify against it (docs/protocol-notes.md: operators' tables keep working).
     pub viewer_secret: Option<String>,
+    /// Keys v2 tokens name (`viewer_keys`); the first without `not_after` signs.
+    pub viewer_keys: Vec<ViewerKey>,
+    /// `max_token_ttl_s`, when the table says it (else [`crate::viewer::DEFAULT_MAX_TTL_S`]).
+    pub max_token_ttl_s: Option<u64>,
+    /// Stream → its identity (`streams.S.id`), when the table names them: tokens are bound to
+    /// it, and a stream not named refuses every token.
+    pub stream_ids: Option<HashMap<String, String>>,
 }
 
 /// Why a table was refused.
@@ -82,6 +92,21 @@ struct RawTable {
     #[serde(default)]
     publish: HashMap<String, RawPublish>,
     viewer_secret: Option<String>,
+    viewer_keys: Option<Vec<RawViewerKey>>,
+    max_token_ttl_s: Option<serde_json::Value>,
+    streams: Option<HashMap<String, RawStream>>,
+}
+
+#[derive(Deserialize)]
+struct RawViewerKey {
+    id: Option<String>,
+    secret: Option<String>,
+    not_after: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RawStream {
+    id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -194,8 +219,73 @@ impl RawTable {
                 return Err(invalid("viewer_secret", "empty"));
             }
         }
-        Ok(Table { version, role, ingest, relay, publish, viewer_secret: self.viewer_secret })
+        let viewer_keys = match self.viewer_keys {
+            None => Vec::new(),
+            Some(keys) => validate_viewer_keys(keys)?,
+        };
+        let max_token_ttl_s = match self.max_token_ttl_s {
+            None => None,
+            Some(v) => match v.as_u64() {
+                Some(n) if (1..=MAX_TTL_CEILING_S).contains(&n) => Some(n),
+                _ => {
+                    return Err(invalid(
+                        "max_token_ttl_s",
+                        format!("not 1 to {MAX_TTL_CEILING_S} seconds: {v}"),
+                    ))
+                }
+            },
+        };
+        let stream_ids = match self.streams {
+            None => None,
+            Some(streams) => {
+                let mut ids = HashMap::with_capacity(streams.len());
+                for (stream, s) in streams {
+                    check_stream_id("streams", &stream)?;
+                    let path = format!("streams.{stream}.id");
+                    let id = s.id.ok_or_else(|| invalid(&path, "missing"))?;
+                    if !is_valid_stream_id(&id) {
+                        return Err(invalid(path, "invalid stream identity (1-64 of A-Z a-z 0-9 _ -)"));
+                    }
+                    ids.insert(stream, id);
+                }
+                Some(ids)
+            }
+        };
+        Ok(Table {
+            version,
+            role,
+            ingest,
+            relay,
+            publish,
+            viewer_secret: self.viewer_secret,
+            viewer_keys,
+            max_token_ttl_s,
+            stream_ids,
+        })
     }
+}
+
+fn validate_viewer_keys(raw: Vec<RawViewerKey>) -> Result<Vec<ViewerKey>, TableError> {
+    if raw.is_empty() {
+        return Err(invalid("viewer_keys", "empty (leave it out for no keys)"));
+    }
+    let mut keys: Vec<ViewerKey> = Vec::with_capacity(raw.len());
+    for (i, k) in raw.into_iter().enumerate() {
+        let at = |field: &str| format!("viewer_keys[{i}].{field}");
+        let id = k.id.ok_or_else(|| invalid(at("id"), "missing"))?;
+        if !is_valid_kid(&id) {
+            return Err(invalid(at("id"), "invalid key id (1-32 of A-Z a-z 0-9 _ -)"));
+        }
+        if keys.iter().any(|o| o.id == id) {
+            return Err(invalid(at("id"), format!("duplicate key id \"{id}\"")));
+        }
+        let secret = k.secret.ok_or_else(|| invalid(at("secret"), "missing"))?;
+        if secret.len() < MIN_SECRET_LEN || secret.len() > MAX_SECRET_LEN {
+            return Err(invalid(at("secret"), format!("not {MIN_SECRET_LEN} to {MAX_SECRET_LEN} bytes")));
+        }
+        keys.push(ViewerKey { id, secret, not_after: k.not_after });
+    }
+    Ok(keys)
 }
 
 fn check_stream_id(kind: &str, stream: &str) -> Result<(), TableError> {
@@ -333,6 +423,10 @@ mod tests {
             ]},
             "publish": {"cam1": {"key_sha256": SHA}},
             "viewer_secret": "s3cret",
+            "viewer_keys": [{"id": "k2", "secret": "0123456789abcdef"},
+                            {"id": "k1", "secret": "fedcba9876543210", "not_after": 1800000000}],
+            "max_token_ttl_s": 3600,
+            "streams": {"cam1": {"id": "5f0c2a9e"}},
             "future_field": {"ignored": true}
         })
     }
@@ -351,6 +445,10 @@ mod tests {
         assert_eq!(t.entries(EntryKind::Ingest, "nope").len(), 0);
         assert_eq!(hex::encode(t.publish["cam1"]), SHA);
         assert_eq!(t.viewer_secret.as_deref(), Some("s3cret"));
+        assert_eq!(t.viewer_keys.len(), 2);
+        assert_eq!((t.viewer_keys[1].id.as_str(), t.viewer_keys[1].not_after), ("k1", Some(1_800_000_000)));
+        assert_eq!(t.max_token_ttl_s, Some(3600));
+        assert_eq!(t.stream_ids.as_ref().unwrap()["cam1"], "5f0c2a9e");
         assert_eq!(t.stream_count(), 1);
     }
 
@@ -424,6 +522,37 @@ mod tests {
                 "publish.cam1.key_sha256: missing",
             ),
             (|v| v["viewer_secret"] = "".into(), "viewer_secret: empty"),
+            (|v| v["viewer_keys"] = serde_json::json!([]), "viewer_keys: empty"),
+            (
+                |v| {
+                    v["viewer_keys"][1].as_object_mut().unwrap().remove("id");
+                },
+                "viewer_keys[1].id: missing",
+            ),
+            (|v| v["viewer_keys"][0]["id"] = "k.2".into(), "viewer_keys[0].id: invalid key id"),
+            (|v| v["viewer_keys"][1]["id"] = "k2".into(), "viewer_keys[1].id: duplicate key id \"k2\""),
+            (
+                |v| {
+                    v["viewer_keys"][0].as_object_mut().unwrap().remove("secret");
+                },
+                "viewer_keys[0].secret: missing",
+            ),
+            (
+                |v| v["viewer_keys"][1]["secret"] = "short".into(),
+                "viewer_keys[1].secret: not 16 to 1024 bytes",
+            ),
+            (|v| v["viewer_keys"][1]["secret"] = "x".repeat(1025).into(), "viewer_keys[1].secret: not 16"),
+            (|v| v["max_token_ttl_s"] = 0.into(), "max_token_ttl_s: not 1 to 31622400 seconds: 0"),
+            (|v| v["max_token_ttl_s"] = 31_622_401.into(), "max_token_ttl_s: not 1 to"),
+            (|v| v["max_token_ttl_s"] = "60".into(), "max_token_ttl_s: not 1 to"),
+            (|v| v["streams"]["a/b"] = serde_json::json!({"id": "x"}), "streams.\"a/b\": invalid stream id"),
+            (|v| v["streams"]["cam1"] = serde_json::json!({}), "streams.cam1.id: missing"),
+            (|v| v["streams"]["cam1"]["id"] = "".into(), "streams.cam1.id: invalid stream identity"),
+            (|v| v["streams"]["cam1"]["id"] = "a\nb".into(), "streams.cam1.id: invalid stream identity"),
+            (
+                |v| v["streams"]["cam1"]["id"] = "f".repeat(65).into(),
+                "streams.cam1.id: invalid stream identity",
+            ),
         ];
         for (i, (mutate, want)) in cases.into_iter().enumerate() {
             let mut v = good();
@@ -440,6 +569,11 @@ mod tests {
             r#"{"publish": {"cam1": []}}"#,
             r#"{"role": 3}"#,
             r#"{"ingest": {"cam1": [{"node_id": 1}]}}"#,
+            r#"{"viewer_keys": {"id": "k1"}}"#,
+            r#"{"viewer_keys": [{"id": "k1", "secret": "0123456789abcdef", "not_after": -1}]}"#,
+            r#"{"viewer_keys": [{"id": "k1", "secret": "0123456789abcdef", "not_after": "soon"}]}"#,
+            r#"{"streams": {"cam1": "id"}}"#,
+            r#"{"streams": {"cam1": {"id": 7}}}"#,
         ] {
             assert!(matches!(Table::parse(doc.as_bytes()), Err(TableError::Syntax { .. })), "{doc}");
         }

@@ -1,7 +1,14 @@
-//! Viewer tokens and broadcaster keys.
+//! Viewer token formats and broadcaster keys.
 //!
-//! A viewer token is `<expiry unix seconds>.<hex HMAC-SHA256(viewer_secret, stream "\n" expiry)>`.
-//! A broadcaster key is stored as its hex sha256 and compared in constant time.
+//! Two viewer token formats (docs/protocol.md, "Viewer tokens"):
+//!
+//! * v2: `v2.<kid>.<expiry>.<hex HMAC-SHA256(secret of key kid, "v2\n" kid "\n" stream "\n"
+//!   stream_id "\n" expiry)>`: names the key that signed it (so keys rotate) and is bound to the
+//!   stream's identity (so a re-created stream refuses it).
+//! * legacy: `<expiry>.<hex HMAC-SHA256(viewer_secret, stream "\n" expiry)>`.
+//!
+//! Which keys, stream identities and lifetimes are accepted is [`crate::viewer`]'s business. A
+//! broadcaster key is stored as its hex sha256 and compared in constant time.
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -9,50 +16,175 @@ use subtle::ConstantTimeEq;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Why a viewer token was refused.
+/// Why a viewer token was refused (or could not be made).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenError {
     Malformed,
     BadSignature,
     Expired,
+    /// A v2 token whose key id is not in the key list, or a legacy token where there is no
+    /// `viewer_secret`.
+    UnknownKey,
+    /// Signed by a key whose grace period (`not_after`) has ended.
+    RetiredKey,
+    /// The expiry is further from now than the maximum lifetime (or a mint asked for more).
+    TooLong,
+    /// The table names its streams' identities and this stream is not among them.
+    UnknownStream,
+    /// Mint: no key without `not_after` (and no legacy secret) to sign with.
+    NoSigningKey,
+    /// Mint: a lifetime of 0 s, or one whose expiry does not fit in a u64.
+    BadTtl,
 }
 
 impl std::fmt::Display for TokenError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            TokenError::Malformed | TokenError::BadSignature => "bad token",
+            TokenError::Malformed | TokenError::BadSignature | TokenError::UnknownKey => "bad token",
             TokenError::Expired => "expired token",
+            TokenError::RetiredKey => "retired key",
+            TokenError::TooLong => "token lifetime too long",
+            TokenError::UnknownStream => "unknown stream",
+            TokenError::NoSigningKey => "no signing key",
+            TokenError::BadTtl => "bad ttl",
         })
     }
 }
 
-fn mac(secret: &str, stream: &str, expiry: u64) -> HmacSha256 {
+impl std::error::Error for TokenError {}
+
+/// Longest key id (`viewer_keys[].id`).
+pub const MAX_KID_LEN: usize = 32;
+/// Longest stream identity (`streams.S.id`).
+pub const MAX_STREAM_ID_LEN: usize = 64;
+
+fn is_token_word(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A key id: 1-32 of `A-Z a-z 0-9 _ -` (no `.`, so it splits out of a token; no newline, so the
+/// signed text is unambiguous).
+pub fn is_valid_kid(kid: &str) -> bool {
+    is_token_word(kid, MAX_KID_LEN)
+}
+
+/// A stream identity: 1-64 of `A-Z a-z 0-9 _ -`.
+pub fn is_valid_stream_id(id: &str) -> bool {
+    is_token_word(id, MAX_STREAM_ID_LEN)
+}
+
+fn hmac(secret: &str, parts: &[&[u8]]) -> HmacSha256 {
     let mut m = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-    m.update(stream.as_bytes());
-    m.update(b"\n");
-    m.update(expiry.to_string().as_bytes());
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            m.update(b"\n");
+        }
+        m.update(p);
+    }
     m
 }
 
-/// Make a token for `stream` valid until `expiry` (unix seconds).
+fn legacy_mac(secret: &str, stream: &str, expiry: u64) -> HmacSha256 {
+    hmac(secret, &[stream.as_bytes(), expiry.to_string().as_bytes()])
+}
+
+fn v2_mac(secret: &str, kid: &str, stream: &str, stream_id: &str, expiry: u64) -> HmacSha256 {
+    let expiry = expiry.to_string();
+    hmac(secret, &[b"v2", kid.as_bytes(), stream.as_bytes(), stream_id.as_bytes(), expiry.as_bytes()])
+}
+
+/// A token taken apart (nothing verified yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed<'a> {
+    V2 { kid: &'a str, expiry: u64, sig: [u8; 32] },
+    Legacy { expiry: u64, sig: [u8; 32] },
+}
+
+impl Parsed<'_> {
+    pub fn expiry(&self) -> u64 {
+        match self {
+            Parsed::V2 { expiry, .. } | Parsed::Legacy { expiry, .. } => *expiry,
+        }
+    }
+}
+
+fn parse_expiry(s: &str) -> Result<u64, TokenError> {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(TokenError::Malformed);
+    }
+    s.parse().map_err(|_| TokenError::Malformed)
+}
+
+fn parse_sig(s: &str) -> Result<[u8; 32], TokenError> {
+    let mut raw = [0u8; 32];
+    if s.len() != 64 || hex::decode_to_slice(s, &mut raw).is_err() {
+        return Err(TokenError::Malformed);
+    }
+    Ok(raw)
+}
+
+/// Take a token apart: `v2.<kid>.<expiry>.<64 hex>` or `<expiry>.<64 hex>`.
+pub fn parse_token(token: &str) -> Result<Parsed<'_>, TokenError> {
+    match token.strip_prefix("v2.") {
+        Some(rest) => {
+            let mut it = rest.split('.');
+            let (Some(kid), Some(expiry), Some(sig), None) = (it.next(), it.next(), it.next(), it.next())
+            else {
+                return Err(TokenError::Malformed);
+            };
+            if !is_valid_kid(kid) {
+                return Err(TokenError::Malformed);
+            }
+            Ok(Parsed::V2 { kid, expiry: parse_expiry(expiry)?, sig: parse_sig(sig)? })
+        }
+        None => {
+            let (expiry, sig) = token.split_once('.').ok_or(TokenError::Malformed)?;
+            Ok(Parsed::Legacy { expiry: parse_expiry(expiry)?, sig: parse_sig(sig)? })
+        }
+    }
+}
+
+/// Make a v2 token. `kid` must satisfy [`is_valid_kid`]; `stream_id` is the stream's identity
+/// (empty when the table names none).
+pub fn make_token_v2(secret: &str, kid: &str, stream: &str, stream_id: &str, expiry: u64) -> String {
+    let sig = v2_mac(secret, kid, stream, stream_id, expiry).finalize().into_bytes();
+    format!("v2.{kid}.{expiry}.{}", hex::encode(sig))
+}
+
+/// Whether `sig` is the v2 signature of these fields (constant-time compare).
+pub fn v2_signature_ok(
+    secret: &str,
+    kid: &str,
+    stream: &str,
+    stream_id: &str,
+    expiry: u64,
+    sig: &[u8],
+) -> bool {
+    v2_mac(secret, kid, stream, stream_id, expiry).verify_slice(sig).is_ok()
+}
+
+/// Whether `sig` is the legacy signature of these fields (constant-time compare).
+pub fn legacy_signature_ok(secret: &str, stream: &str, expiry: u64, sig: &[u8]) -> bool {
+    legacy_mac(secret, stream, expiry).verify_slice(sig).is_ok()
+}
+
+/// Make a legacy token for `stream` valid until `expiry` (unix seconds).
 pub fn make_viewer_token(secret: &str, stream: &str, expiry: u64) -> String {
-    let sig = mac(secret, stream, expiry).finalize().into_bytes();
+    let sig = legacy_mac(secret, stream, expiry).finalize().into_bytes();
     format!("{expiry}.{}", hex::encode(sig))
 }
 
-/// Check a viewer token for `stream` at time `now`. The signature is checked before the expiry,
-/// so a forged token never learns whether its expiry would have passed.
+/// Check a legacy token for `stream` at time `now`: signature, then expiry (no key ids, no
+/// stream identity, no lifetime bound). The signature is checked before the expiry, so a
+/// forged token never learns whether its expiry would have passed. Prefer
+/// [`crate::Table::verify_viewer`], which knows every format and rule.
 pub fn verify_viewer_token(secret: &str, stream: &str, token: &str, now: u64) -> Result<(), TokenError> {
-    let (expiry, sig) = token.split_once('.').ok_or(TokenError::Malformed)?;
-    if expiry.is_empty() || expiry.len() > 20 || !expiry.bytes().all(|b| b.is_ascii_digit()) {
+    let Parsed::Legacy { expiry, sig } = parse_token(token)? else {
         return Err(TokenError::Malformed);
+    };
+    if !legacy_signature_ok(secret, stream, expiry, &sig) {
+        return Err(TokenError::BadSignature);
     }
-    let expiry: u64 = expiry.parse().map_err(|_| TokenError::Malformed)?;
-    let mut raw = [0u8; 32];
-    if sig.len() != 64 || hex::decode_to_slice(sig, &mut raw).is_err() {
-        return Err(TokenError::Malformed);
-    }
-    mac(secret, stream, expiry).verify_slice(&raw).map_err(|_| TokenError::BadSignature)?;
     if expiry < now {
         return Err(TokenError::Expired);
     }
@@ -99,16 +231,53 @@ mod tests {
     }
 
     #[test]
-    fn known_vector() {
+    fn known_vectors() {
         // python3 -c 'import hmac,hashlib;print(hmac.new(b"sec",b"cam1\n2000",hashlib.sha256).hexdigest())'
         assert_eq!(
             make_viewer_token("sec", "cam1", 2_000),
             "2000.e7945b29608238061af02f9864ea77ed524760f97304d63bd127d526e56ce94b"
         );
+        // python3 -c 'import hmac,hashlib;print(hmac.new(b"0123456789abcdef",
+        //     b"v2\nk1\ncam1\n5f0c2a9e\n2000",hashlib.sha256).hexdigest())'
+        assert_eq!(
+            make_token_v2("0123456789abcdef", "k1", "cam1", "5f0c2a9e", 2_000),
+            "v2.k1.2000.20ecd9e90e4c72b2ced0d2f97a6eb54ea63bfab26dca3a553116b3665e291ef3"
+        );
+        // ... and with no stream identity (b"v2\nk1\ncam1\n\n2000").
+        assert_eq!(
+            make_token_v2("0123456789abcdef", "k1", "cam1", "", 2_000),
+            "v2.k1.2000.3a9d6c0e018c385fa6d566b700e3e857ac279057b2d22903b7bb15b8e8a8c527"
+        );
+    }
+
+    #[test]
+    fn v2_tokens_parse_and_bind_every_field() {
+        let t = make_token_v2("secret-secret-16", "k-9", "cam1", "id1", 77);
+        let Ok(Parsed::V2 { kid, expiry, sig }) = parse_token(&t) else { panic!("{t}") };
+        assert_eq!((kid, expiry), ("k-9", 77));
+        assert!(v2_signature_ok("secret-secret-16", "k-9", "cam1", "id1", 77, &sig));
+        for (secret, kid, stream, id, expiry) in [
+            ("secret-secret-17", "k-9", "cam1", "id1", 77),
+            ("secret-secret-16", "k-8", "cam1", "id1", 77),
+            ("secret-secret-16", "k-9", "cam2", "id1", 77),
+            ("secret-secret-16", "k-9", "cam1", "id2", 77),
+            ("secret-secret-16", "k-9", "cam1", "", 77),
+            ("secret-secret-16", "k-9", "cam1", "id1", 78),
+        ] {
+            assert!(
+                !v2_signature_ok(secret, kid, stream, id, expiry, &sig),
+                "{secret} {kid} {stream} {id} {expiry}"
+            );
+        }
+        // URL-safe as it is: no character that needs escaping in a query.
+        assert!(t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)), "{t}");
+        // A v2 token is not a legacy one.
+        assert_eq!(verify_viewer_token("secret-secret-16", "cam1", &t, 0), Err(TokenError::Malformed));
     }
 
     #[test]
     fn malformed_tokens() {
+        let sig = "0".repeat(64);
         for t in [
             "",
             "2000",
@@ -117,10 +286,39 @@ mod tests {
             "20a0.00",
             &format!("1.{}", "0".repeat(63)),
             &format!("1.{}", "g".repeat(64)),
-            &format!("{}.{}", "9".repeat(21), "0".repeat(64)),
+            &format!("{}.{sig}", "9".repeat(21)),
+            &format!("18446744073709551616.{sig}"),
+            // v2
+            "v2.",
+            "v2.k1",
+            "v2.k1.2000",
+            &format!("v2.k1.2000.{sig}.x"),
+            &format!("v2..2000.{sig}"),
+            &format!("v2.k 1.2000.{sig}"),
+            &format!("v2.k%31.2000.{sig}"),
+            &format!("v2.{}.2000.{sig}", "k".repeat(33)),
+            &format!("v2.k1..{sig}"),
+            &format!("v2.k1.-1.{sig}"),
+            &format!("v2.k1.+1.{sig}"),
+            &format!("v2.k1.18446744073709551616.{sig}"),
+            &format!("v2.k1.2000.{}", "0".repeat(63)),
+            &format!("v2.k1.2000.{}", "z".repeat(64)),
+            &format!("v3.k1.2000.{sig}"),
         ] {
-            assert_eq!(verify_viewer_token("s", "c", t, 0), Err(TokenError::Malformed), "{t:?}");
+            assert_eq!(parse_token(t), Err(TokenError::Malformed), "{t:?}");
         }
+        let max = format!("v2.k1.18446744073709551615.{sig}");
+        assert_eq!(parse_token(&max).map(|p| p.expiry()), Ok(u64::MAX));
+    }
+
+    #[test]
+    fn ids() {
+        assert!(is_valid_kid("k1") && is_valid_kid(&"a".repeat(32)) && is_valid_kid("A_b-9"));
+        for bad in ["", "k.1", "k 1", "k\n1", "é", &"a".repeat(33)] {
+            assert!(!is_valid_kid(bad), "{bad:?}");
+        }
+        assert!(is_valid_stream_id(&"f".repeat(64)) && !is_valid_stream_id(&"f".repeat(65)));
+        assert!(!is_valid_stream_id("a\nb") && !is_valid_stream_id(""));
     }
 
     #[test]

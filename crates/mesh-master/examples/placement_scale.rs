@@ -51,12 +51,7 @@ fn main() {
     println!("| live streams | nodes | ingest heartbeat, nothing new | ingest heartbeat, one new stream | edge heartbeat | route request | root relay dies (its streams placed again) |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for n in [100usize, 1000, 5000] {
-        let mut m = Mesh::new(
-            Config { node_timeout_s: 30, ..Config::default() },
-            0,
-            "s".into(),
-            Box::new(Counted(0)),
-        );
+        let mut m = Mesh::new(Config { node_timeout_s: 30, ..Config::default() }, 0, Box::new(Counted(0)));
         let mut port = 0;
         let mut add = |m: &mut Mesh, prefix: &str, count: usize, role: Role| {
             for i in 0..count {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use mesh_master::mesh::{Config, Mesh};
 use mesh_master::server::{self, now, random_hex, App, Paths, RandomKeys};
@@ -20,8 +20,10 @@ use mesh_master::store::Store;
 /// API for accounts, stream keys, viewer tokens and role assignments.
 ///
 /// Every flag can be given by the environment variable named beside it (the node's `.env` names:
-/// MASTER_KEY, ANNOUNCE_ENDPOINT, ...). Stream keys are stored hashed in SQLite; nodes, streams
-/// and placements are rebuilt from announces and heartbeats after a restart.
+/// ANNOUNCE_ENDPOINT, ...). Secrets are never taken on the command line, where every local user
+/// can read them: the master key comes from MASTER_KEY or --master-key-file, the admin token
+/// from ADMIN_TOKEN or --admin-token-file. Stream keys are stored hashed in SQLite (0600); nodes,
+/// streams and placements are rebuilt from announces and heartbeats after a restart.
 #[derive(Parser, Debug)]
 #[command(name = "mesh-master", version, about, long_about)]
 struct Args {
@@ -29,21 +31,24 @@ struct Args {
     #[arg(long, env = "MASTER_LISTEN", default_value = "127.0.0.1:8000")]
     listen: SocketAddr,
 
-    /// The key shared with every node (signs requests and responses). Prefer --master-key-file.
-    #[arg(long, env = "MASTER_KEY", hide_env_values = true, conflicts_with = "master_key_file")]
-    master_key: Option<String>,
-
-    /// A file holding the master key (whitespace trimmed).
+    /// A file holding the key shared with every node (signs requests and responses; whitespace
+    /// trimmed). Or give the key itself in the environment as MASTER_KEY (never on the command
+    /// line).
     #[arg(long, env = "MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
 
-    /// Bearer token of the admin API (/admin/...). Prefer --admin-token-file.
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true, conflicts_with = "admin_token_file")]
-    admin_token: Option<String>,
-
-    /// A file holding the admin token (whitespace trimmed).
+    /// A file holding the bearer token of the admin API (/admin/...; whitespace trimmed). Or
+    /// give the token itself in the environment as ADMIN_TOKEN (never on the command line).
     #[arg(long, env = "ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
+
+    /// Refused: a key on the command line is visible to every local user (ps, /proc).
+    #[arg(long = "master-key", hide = true, value_name = "REFUSED")]
+    master_key_argv: Option<String>,
+
+    /// Refused: as --master-key.
+    #[arg(long = "admin-token", hide = true, value_name = "REFUSED")]
+    admin_token_argv: Option<String>,
 
     /// SQLite database: accounts, hashed stream keys, role assignments, viewer secret.
     #[arg(long, env = "MASTER_DB", default_value = "mesh-master.db")]
@@ -99,6 +104,12 @@ struct Args {
     #[arg(long, env = "MAX_POLL_WAIT", default_value_t = 60)]
     max_poll_wait: u64,
 
+    /// Longest lifetime of a viewer token, in seconds: the token endpoint mints none longer, and
+    /// nodes refuse tokens that expire further than this from now (sent in their tables).
+    #[arg(long, env = "MAX_TOKEN_TTL", default_value_t = mesh_core::viewer::DEFAULT_MAX_TTL_S,
+          value_parser = clap::value_parser!(u64).range(1..=mesh_core::viewer::MAX_TTL_CEILING_S))]
+    max_token_ttl: u64,
+
     /// Seconds after a restart before tables are served again, so nodes keep their last tables
     /// until their heartbeats have told where streams are (default: two heartbeat intervals and
     /// a second; none on a new database).
@@ -114,12 +125,15 @@ struct Args {
     log_level: String,
 }
 
-fn secret(inline: Option<String>, file: Option<PathBuf>, what: &str, flag: &str) -> Result<String, String> {
+/// A secret from the environment variable `env` or the file `file` (one of them).
+fn secret(env: &str, file: Option<PathBuf>, what: &str, flag: &str) -> Result<String, String> {
+    let inline = std::env::var_os(env).map(|v| v.into_string().map_err(|_| format!("{env} is not UTF-8")));
     let v = match (inline, file) {
-        (Some(v), _) => v,
+        (Some(_), Some(_)) => return Err(format!("{what}: give {env} or --{flag}-file, not both")),
+        (Some(v), None) => v?,
         (None, Some(f)) => std::fs::read_to_string(&f)
             .map_err(|e| format!("cannot read {what} file \"{}\": {e}", f.display()))?,
-        (None, None) => return Err(format!("no {what}: give --{flag} or --{flag}-file")),
+        (None, None) => return Err(format!("no {what}: set {env} or give --{flag}-file")),
     };
     let v = v.trim().to_string();
     if v.is_empty() {
@@ -158,10 +172,19 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let master_key =
-        secret(args.master_key.clone(), args.master_key_file.clone(), "master key", "master-key")?;
-    let admin_token =
-        secret(args.admin_token.clone(), args.admin_token_file.clone(), "admin token", "admin-token")?;
+    for (given, flag, env) in [
+        (&args.master_key_argv, "master-key", "MASTER_KEY"),
+        (&args.admin_token_argv, "admin-token", "ADMIN_TOKEN"),
+    ] {
+        if given.is_some() {
+            return Err(format!(
+                "--{flag} is refused: a secret on the command line is visible to every local user; \
+                 set {env} or give --{flag}-file"
+            ));
+        }
+    }
+    let master_key = secret("MASTER_KEY", args.master_key_file.clone(), "master key", "master-key")?;
+    let admin_token = secret("ADMIN_TOKEN", args.admin_token_file.clone(), "admin token", "admin-token")?;
     for p in [
         &args.announce_endpoint,
         &args.heartbeat_endpoint,
@@ -175,7 +198,19 @@ fn run(args: Args) -> Result<(), String> {
     }
     let store = Store::open(&args.db).map_err(|e| e.to_string())?;
     let ceiling = store.version_ceiling().map_err(|e| e.to_string())?;
-    let viewer_secret = store.viewer_secret(|| random_hex(32)).map_err(|e| e.to_string())?;
+    let given = store.give_stream_ids(|| random_hex(8)).map_err(|e| e.to_string())?;
+    if given > 0 {
+        info!(
+            streams = given,
+            "streams of an earlier version given identities (their viewer tokens are bound to them)"
+        );
+    }
+    let (viewer_keys, replaced) =
+        store.viewer_keys_or_make(now(), || random_hex(32)).map_err(|e| e.to_string())?;
+    if replaced {
+        warn!(key = %viewer_keys[0].id,
+              "the single viewer secret of an earlier version is replaced by a viewer key: viewer tokens minted before are refused");
+    }
     let cfg = Config {
         heartbeat_interval_s: args.heartbeat_interval,
         node_timeout_s: args.node_timeout.unwrap_or(3 * args.heartbeat_interval),
@@ -184,12 +219,14 @@ fn run(args: Args) -> Result<(), String> {
         relay_app: args.relay_app.clone(),
         edge_idle_s: args.edge_idle,
         want_ttl_s: 60,
+        max_token_ttl_s: args.max_token_ttl,
     };
-    let mut mesh = Mesh::new(cfg, ceiling, viewer_secret, Box::new(RandomKeys));
+    let mut mesh = Mesh::new(cfg, ceiling, Box::new(RandomKeys));
+    mesh.set_viewer_keys(viewer_keys);
     for (id, role) in store.roles().map_err(|e| e.to_string())? {
         mesh.roles.insert(id, role);
     }
-    mesh.set_publish(store.publish_keys().map_err(|e| e.to_string())?);
+    mesh.set_streams(store.streams().map_err(|e| e.to_string())?);
     let grace = match args.startup_grace {
         Some(g) => g,
         None if ceiling == 0 => 0,
@@ -202,7 +239,14 @@ fn run(args: Args) -> Result<(), String> {
         auth: args.auth_endpoint.clone(),
         route: args.route_endpoint.clone(),
     };
-    let app = App::new(mesh, store, master_key.into_bytes(), admin_token, now() + grace, args.max_poll_wait);
+    let app = App::new(
+        mesh,
+        store,
+        master_key.into_bytes(),
+        admin_token,
+        now().saturating_add(grace),
+        args.max_poll_wait,
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -22,7 +22,10 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use mesh_core::role::Role;
+use mesh_core::viewer::{StreamId, ViewerKey, Viewers, DEFAULT_MAX_TTL_S};
 use mesh_core::wire::{Announce, Heartbeat, Load, RouteStatus};
+
+use crate::store::StreamRow;
 
 /// What the placement needs to know, from flags.
 #[derive(Debug, Clone)]
@@ -37,6 +40,8 @@ pub struct Config {
     pub edge_idle_s: u64,
     /// How long a route request for a stream that is not live yet is remembered.
     pub want_ttl_s: u64,
+    /// Longest viewer token lifetime (minted here, and told to the nodes in their tables).
+    pub max_token_ttl_s: u64,
 }
 
 impl Default for Config {
@@ -49,6 +54,7 @@ impl Default for Config {
             relay_app: "relay".into(),
             edge_idle_s: 300,
             want_ttl_s: 60,
+            max_token_ttl_s: DEFAULT_MAX_TTL_S,
         }
     }
 }
@@ -104,8 +110,18 @@ pub struct TableDoc {
     pub relay: BTreeMap<String, Vec<Entry>>,
     /// Shared by every ingest node's table (and compared by pointer first).
     pub publish: Arc<BTreeMap<String, PublishKey>>,
+    /// Nodes that serve viewers: the keys, the lifetime and every stream's identity (shared).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub viewer_secret: Option<String>,
+    pub viewer_keys: Option<Arc<Vec<ViewerKey>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_token_ttl_s: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streams: Option<Arc<BTreeMap<String, StreamDoc>>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StreamDoc {
+    pub id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -157,7 +173,10 @@ pub struct Mesh {
     publish: BTreeMap<String, String>,
     /// The same, as the tables carry them.
     publish_doc: Arc<BTreeMap<String, PublishKey>>,
-    viewer_secret: String,
+    /// Every stream's identity, as the tables carry them.
+    streams_doc: Arc<BTreeMap<String, StreamDoc>>,
+    /// The signing key first.
+    viewer_keys: Arc<Vec<ViewerKey>>,
     /// The last version handed out; every changed table takes the next one.
     version: u64,
     tables: HashMap<String, (u64, TableDoc)>,
@@ -165,7 +184,7 @@ pub struct Mesh {
 }
 
 impl Mesh {
-    pub fn new(cfg: Config, version: u64, viewer_secret: String, keys: Box<dyn Keys + Send>) -> Mesh {
+    pub fn new(cfg: Config, version: u64, keys: Box<dyn Keys + Send>) -> Mesh {
         Mesh {
             cfg,
             nodes: BTreeMap::new(),
@@ -174,7 +193,8 @@ impl Mesh {
             wants: HashMap::new(),
             publish: BTreeMap::new(),
             publish_doc: Arc::default(),
-            viewer_secret,
+            streams_doc: Arc::default(),
+            viewer_keys: Arc::default(),
             version,
             tables: HashMap::new(),
             keys,
@@ -186,17 +206,54 @@ impl Mesh {
         self.version
     }
 
-    pub fn viewer_secret(&self) -> &str {
-        &self.viewer_secret
+    /// The viewer keys and limits tokens are made and checked by (the same as the tables').
+    pub fn viewers(&self) -> Viewers<'_> {
+        Viewers { keys: &self.viewer_keys, legacy_secret: None, max_ttl_s: self.cfg.max_token_ttl_s }
     }
 
-    /// Broadcaster keys as stored (stream → hex sha256).
-    pub fn set_publish(&mut self, publish: BTreeMap<String, String>) {
-        self.publish_doc = Arc::new(
-            publish.iter().map(|(s, k)| (s.clone(), PublishKey { key_sha256: k.clone() })).collect(),
-        );
-        self.publish = publish;
+    /// A stream's identity: `Unknown` when no account has it.
+    pub fn stream_identity(&self, stream: &str) -> StreamId<'_> {
+        self.streams_doc.get(stream).map_or(StreamId::Unknown, |d| StreamId::Id(&d.id))
+    }
+
+    /// The viewer keys as stored, the signing key first.
+    pub fn set_viewer_keys(&mut self, keys: Vec<ViewerKey>) {
+        if *self.viewer_keys != keys {
+            self.viewer_keys = Arc::new(keys);
+            self.refresh();
+        }
+    }
+
+    /// Keys whose grace ended before `now` leave the tables. Returns whether one did.
+    pub fn drop_retired_viewer_keys(&mut self, now: u64) -> bool {
+        if self.viewer_keys.iter().all(|k| k.usable_at(now)) {
+            return false;
+        }
+        self.viewer_keys = Arc::new(self.viewer_keys.iter().filter(|k| k.usable_at(now)).cloned().collect());
         self.refresh();
+        true
+    }
+
+    /// The streams as stored: broadcaster keys (hex sha256) and identities.
+    pub fn set_streams(&mut self, streams: BTreeMap<String, StreamRow>) {
+        self.publish_doc = Arc::new(
+            streams
+                .iter()
+                .map(|(s, r)| (s.clone(), PublishKey { key_sha256: r.key_sha256.clone() }))
+                .collect(),
+        );
+        self.streams_doc =
+            Arc::new(streams.iter().map(|(s, r)| (s.clone(), StreamDoc { id: r.id.clone() })).collect());
+        self.publish = streams.into_iter().map(|(s, r)| (s, r.key_sha256)).collect();
+        self.refresh();
+    }
+
+    /// Broadcaster keys alone (stream → hex sha256), each stream's identity its name: for
+    /// tests and benchmarks that need no tokens.
+    pub fn set_publish(&mut self, publish: BTreeMap<String, String>) {
+        self.set_streams(
+            publish.into_iter().map(|(s, k)| (s.clone(), StreamRow { key_sha256: k, id: s })).collect(),
+        );
     }
 
     pub fn publish_key(&self, stream: &str) -> Option<&str> {
@@ -326,7 +383,7 @@ impl Mesh {
                 self.wants
                     .entry(stream.to_string())
                     .or_default()
-                    .insert(edge.to_string(), now + self.cfg.want_ttl_s);
+                    .insert(edge.to_string(), now.saturating_add(self.cfg.want_ttl_s));
                 return Ok((RouteStatus::Unknown, self.table_version(edge)));
             }
         }
@@ -553,7 +610,7 @@ impl Mesh {
                     t.ingest.insert(s.to_string(), p.roots.iter().map(|h| entry(h, false)).collect());
                 }
                 if node.role == Role::Standalone {
-                    t.viewer_secret = Some(self.viewer_secret.clone());
+                    self.viewer_fields(&mut t);
                 }
             }
             Role::RootRelay => {
@@ -579,10 +636,17 @@ impl Mesh {
                         t.relay.insert(s.to_string(), here);
                     }
                 }
-                t.viewer_secret = Some(self.viewer_secret.clone());
+                self.viewer_fields(&mut t);
             }
         }
         t
+    }
+
+    /// What a node that serves viewers needs to check their tokens.
+    fn viewer_fields(&self, t: &mut TableDoc) {
+        t.viewer_keys = Some(self.viewer_keys.clone());
+        t.max_token_ttl_s = Some(self.cfg.max_token_ttl_s);
+        t.streams = Some(self.streams_doc.clone());
     }
 
     /// The version of a node's table (0 before it has one).
@@ -629,7 +693,12 @@ mod tests {
     }
 
     fn mesh(cfg: Config) -> Mesh {
-        let mut m = Mesh::new(cfg, 100, "secret".into(), Box::new(Counted(0)));
+        let mut m = Mesh::new(cfg, 100, Box::new(Counted(0)));
+        m.set_viewer_keys(vec![ViewerKey {
+            id: "k1".into(),
+            secret: "secret-0123456789".into(),
+            not_after: None,
+        }]);
         m.set_publish([("cam1".to_string(), "ab".repeat(32)), ("cam2".to_string(), "cd".repeat(32))].into());
         m
     }
@@ -725,8 +794,16 @@ mod tests {
         let ingest = table(&m, "ingest-1");
         assert_eq!(ingest.role, Some(Role::Ingest));
         assert_eq!(ingest.publish.len(), 2, "every broadcaster key");
-        assert!(ingest.viewer_secret.is_none(), "ingest nodes serve no viewers");
-        assert_eq!(table(&m, "edge-1").viewer_secret.as_deref(), Some("secret"));
+        assert!(
+            !ingest.checks_viewer_tokens() && ingest.stream_ids.is_none(),
+            "ingest nodes serve no viewers"
+        );
+        let edge = table(&m, "edge-1");
+        assert_eq!(edge.viewer_keys[0].secret, "secret-0123456789");
+        assert!(edge.viewer_secret.is_none(), "the master sends no legacy secret");
+        assert_eq!(edge.max_token_ttl_s, Some(DEFAULT_MAX_TTL_S));
+        assert_eq!(edge.stream_ids.as_ref().unwrap().len(), 2, "every stream's identity");
+        assert!(table(&m, "root-1").stream_ids.is_none());
         assert!(table(&m, "edge-2").relay.is_empty());
         let keys: BTreeSet<String> =
             m.streams["cam1"].roots.iter().chain(&m.streams["cam1"].edges).map(|h| h.key.clone()).collect();
@@ -736,6 +813,49 @@ mod tests {
         let edge_key = &m.streams["cam1"].edges[0].key;
         let args = format!("node=ingest-1&key={edge_key}");
         assert!(root.context(0).publish(PublishRequest { stream: "cam1", args: &args }).is_err());
+    }
+
+    #[test]
+    fn viewer_tokens_follow_rotations_and_re_created_streams() {
+        use mesh_core::viewer::TokenError;
+        let mut m = four(Config { max_token_ttl_s: 600, ..Config::default() });
+        let row = |id: &str| StreamRow { key_sha256: "ab".repeat(32), id: id.into() };
+        let key = |id: &str, not_after| ViewerKey {
+            id: id.into(),
+            secret: format!("{id}-secret-0123456789"),
+            not_after,
+        };
+        m.set_streams([("cam1".to_string(), row("gen1"))].into());
+        m.set_viewer_keys(vec![key("k1", None)]);
+        let (old, _) = m.viewers().mint("cam1", m.stream_identity("cam1"), 600, 1_000).unwrap();
+        assert_eq!(m.viewers().mint("cam1", m.stream_identity("cam1"), 601, 1_000), Err(TokenError::TooLong));
+        let edge = table(&m, "edge-1");
+        assert_eq!(edge.max_token_ttl_s, Some(600));
+        assert_eq!(edge.verify_viewer("cam1", &old, 1_000), Ok(()));
+        // Rotated: the edges' tables change; the old key's tokens verify until its grace ends.
+        let v = m.table_version("edge-1");
+        let untouched = m.table_version("root-1");
+        m.set_viewer_keys(vec![key("k2", None), key("k1", Some(1_500))]);
+        assert!(m.table_version("edge-1") > v);
+        assert_eq!(m.table_version("root-1"), untouched, "root relays carry no viewer keys");
+        let edge = table(&m, "edge-1");
+        assert_eq!(edge.verify_viewer("cam1", &old, 1_500), Ok(()));
+        assert_eq!(edge.verify_viewer("cam1", &old, 1_501), Err(TokenError::RetiredKey));
+        let (new, _) = m.viewers().mint("cam1", m.stream_identity("cam1"), 600, 1_000).unwrap();
+        assert!(new.starts_with("v2.k2."), "{new}");
+        assert!(!m.drop_retired_viewer_keys(1_500));
+        assert!(m.drop_retired_viewer_keys(1_501));
+        assert_eq!(table(&m, "edge-1").viewer_keys.len(), 1);
+        assert_eq!(table(&m, "edge-1").verify_viewer("cam1", &old, 1_000), Err(TokenError::UnknownKey));
+        // Deleted and created again: a new identity, and the tokens of the old stream fail.
+        m.set_streams([("cam1".to_string(), row("gen2"))].into());
+        assert_eq!(table(&m, "edge-1").verify_viewer("cam1", &new, 1_000), Err(TokenError::BadSignature));
+        m.set_streams(BTreeMap::new());
+        assert_eq!(m.stream_identity("cam1"), StreamId::Unknown);
+        assert_eq!(
+            m.viewers().verify("cam1", m.stream_identity("cam1"), &new, 1_000),
+            Err(TokenError::BadSignature)
+        );
     }
 
     #[test]

@@ -105,7 +105,7 @@ mod tests {
 
     #[test]
     fn gauges_and_counters() {
-        let mut m = Mesh::new(Config::default(), 0, "s".into(), Box::new(K));
+        let mut m = Mesh::new(Config::default(), 0, Box::new(K));
         m.announce(
             &Announce {
                 node_id: "edge-1".into(),

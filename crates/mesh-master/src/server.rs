@@ -25,13 +25,14 @@ use mesh_core::name::is_valid_id;
 use mesh_core::role::Role;
 use mesh_core::sign::{sign_response, verify_request, Stamp, H_NODE, H_SIGNATURE, H_TIMESTAMP};
 use mesh_core::status::label;
-use mesh_core::token::{ct_eq, key_sha256_hex, make_viewer_token, verify_viewer_token};
+use mesh_core::token::{ct_eq, key_sha256_hex};
 pub use mesh_core::wire::Paths;
 use mesh_core::wire::{
     Action, Announce, AnnounceReply, AuthReply, AuthRequest, Heartbeat, HeartbeatReply, RouteReply,
     RouteRequest,
 };
 
+use crate::admin_viewers;
 use crate::mesh::{Mesh, MeshError};
 use crate::metrics::{self, Counters};
 use crate::store::{Store, StoreError, VERSION_BLOCK};
@@ -146,22 +147,41 @@ impl App {
         self.closing.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Once a second: nodes gone silent.
+    /// Once a second: nodes gone silent, viewer keys whose grace has ended.
     pub fn sweep(&self) {
-        let died = self.with_mesh(|m| m.sweep(now()));
+        let t = now();
+        let died = self.with_mesh(|m| m.sweep(t));
         self.counters.add("mesh_master_node_deaths_total", "", died.len() as u64);
         for id in died {
             warn!(node = %id, "node dead: no heartbeat; its streams are placed again");
         }
+        if self.with_mesh(|m| m.drop_retired_viewer_keys(t)) {
+            let dropped = self.store.lock().drop_retired_viewer_keys(t);
+            match dropped {
+                Ok(ids) => {
+                    for id in ids {
+                        info!(key = %id, "viewer key dropped: its grace has ended");
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot drop retired viewer keys"),
+            }
+        }
     }
 
-    /// Broadcaster keys changed in the database: the ingest tables follow.
-    fn reload_publish(&self) {
-        let keys = self.store.lock().publish_keys();
-        match keys {
-            Ok(k) => self.with_mesh(|m| m.set_publish(k)),
-            Err(e) => warn!(error = %e, "cannot read the stream keys"),
+    /// Streams changed in the database (keys, identities): the tables follow.
+    pub(crate) fn reload_publish(&self) {
+        let streams = self.store.lock().streams();
+        match streams {
+            Ok(s) => self.with_mesh(|m| m.set_streams(s)),
+            Err(e) => warn!(error = %e, "cannot read the streams"),
         }
+    }
+
+    /// Viewer keys changed in the database: the tables of nodes that serve viewers follow.
+    pub(crate) fn reload_viewer_keys(&self) -> Result<(), StoreError> {
+        let keys = self.store.lock().viewer_keys()?;
+        self.with_mesh(|m| m.set_viewer_keys(keys));
+        Ok(())
     }
 
     fn serving_tables(&self) -> bool {
@@ -377,7 +397,8 @@ fn decide(app: &App, a: &AuthRequest) -> AuthReply {
                 return deny("wrong role");
             }
             let Some(token) = &a.token else { return deny("no token") };
-            match verify_viewer_token(m.viewer_secret(), &a.stream, token, now()) {
+            // The rules of the nodes' tables: the same keys, identities and lifetime.
+            match m.viewers().verify(&a.stream, m.stream_identity(&a.stream), token, now()) {
                 Ok(()) => AuthReply { allow: true, ttl_s: Some(AUTH_TTL_S), reason: Some("token".into()) },
                 Err(e) => deny(&e.to_string()),
             }
@@ -429,11 +450,11 @@ async fn require_admin(State(app): State<Arc<App>>, req: Request, next: Next) ->
     }
 }
 
-fn admin_error(status: StatusCode, why: &str) -> Response {
+pub(crate) fn admin_error(status: StatusCode, why: &str) -> Response {
     (status, axum::Json(json!({ "error": why }))).into_response()
 }
 
-fn store_error(e: StoreError) -> Response {
+pub(crate) fn store_error(e: StoreError) -> Response {
     warn!(error = %e, "database");
     admin_error(StatusCode::INTERNAL_SERVER_ERROR, "database error")
 }
@@ -456,7 +477,7 @@ fn keys_changed(
     }
 }
 
-async fn admin_body<T: for<'de> Deserialize<'de>>(body: Body) -> Result<T, Response> {
+pub(crate) async fn admin_body<T: for<'de> Deserialize<'de>>(body: Body) -> Result<T, Response> {
     let bytes = to_bytes(body, MAX_BODY)
         .await
         .map_err(|_| admin_error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"))?;
@@ -558,10 +579,15 @@ async fn admin_create_stream(State(app): State<Arc<App>>, body: Body) -> Respons
         return admin_error(StatusCode::BAD_REQUEST, "bad stream name: 1-128 of [A-Za-z0-9_-]");
     }
     let key = random_hex(24);
+    // A new identity each time the stream is created: tokens of an earlier stream of this name
+    // are refused.
+    let id = random_hex(8);
     let r = {
         let store = app.store.lock();
         match store.account_exists(&b.account) {
-            Ok(true) => store.create_stream(&b.stream, &b.account, &key_sha256_hex(&key), now()).map(Some),
+            Ok(true) => {
+                store.create_stream(&b.stream, &b.account, &key_sha256_hex(&key), &id, now()).map(Some)
+            }
             Ok(false) => Ok(None),
             Err(e) => Err(e),
         }
@@ -569,9 +595,9 @@ async fn admin_create_stream(State(app): State<Arc<App>>, body: Body) -> Respons
     match r {
         Ok(Some(true)) => {
             app.reload_publish();
-            info!(stream = %b.stream, account = %b.account, "admin: stream created");
-            (StatusCode::CREATED, axum::Json(json!({ "stream": b.stream, "account": b.account, "key": key })))
-                .into_response()
+            info!(stream = %b.stream, account = %b.account, id = %id, "admin: stream created");
+            let body = json!({ "stream": b.stream, "account": b.account, "key": key, "id": id });
+            (StatusCode::CREATED, axum::Json(body)).into_response()
         }
         Ok(Some(false)) => admin_error(StatusCode::CONFLICT, "stream exists"),
         Ok(None) => admin_error(StatusCode::NOT_FOUND, "no such account"),
@@ -597,30 +623,6 @@ async fn admin_delete_stream(State(app): State<Arc<App>>, Path(stream): Path<Str
     })
 }
 
-#[derive(Deserialize)]
-struct TokenBody {
-    stream: String,
-    #[serde(default = "default_token_ttl")]
-    ttl_s: u64,
-}
-
-fn default_token_ttl() -> u64 {
-    3600
-}
-
-async fn admin_token(State(app): State<Arc<App>>, body: Body) -> Response {
-    let b: TokenBody = match admin_body(body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    if !is_valid_id(&b.stream) {
-        return admin_error(StatusCode::BAD_REQUEST, "bad stream name");
-    }
-    let expires = now() + b.ttl_s;
-    let token = make_viewer_token(app.mesh.lock().viewer_secret(), &b.stream, expires);
-    axum::Json(json!({ "stream": b.stream, "token": token, "expires": expires })).into_response()
-}
-
 /// Prometheus text: `GET /admin/metrics` (scrape it with the admin token as a bearer token).
 async fn admin_metrics(State(app): State<Arc<App>>) -> Response {
     let text = metrics::render(&app.mesh.lock(), &app.counters);
@@ -641,7 +643,9 @@ pub fn router(app: Arc<App>, paths: &Paths) -> Router {
         .route("/admin/streams/{stream}/key", post(admin_rotate_key))
         .route("/admin/accounts", get(admin_accounts).post(admin_create_account))
         .route("/admin/accounts/{name}", axum::routing::delete(admin_delete_account))
-        .route("/admin/tokens", post(admin_token))
+        .route("/admin/tokens", post(admin_viewers::mint))
+        .route("/admin/viewer-keys", get(admin_viewers::list).post(admin_viewers::rotate))
+        .route("/admin/viewer-keys/{id}", axum::routing::delete(admin_viewers::drop_key))
         .route("/admin/metrics", get(admin_metrics))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_admin));
     Router::new()
@@ -656,28 +660,31 @@ pub fn router(app: Arc<App>, paths: &Paths) -> Router {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::mesh::Config;
     use mesh_core::sign::{sign_request, verify_response};
     use mesh_core::table::Table;
+    use mesh_core::token::make_token_v2;
     use mesh_core::wire::Capabilities;
     use tower::ServiceExt;
 
-    const KEY: &[u8] = b"test-master-key";
+    pub(crate) const KEY: &[u8] = b"test-master-key";
 
-    fn app() -> (Arc<App>, Router) {
+    pub(crate) fn app() -> (Arc<App>, Router) {
         let store = Store::memory().unwrap();
         store.create_account("acme", 0).unwrap();
-        store.create_stream("cam1", "acme", &key_sha256_hex("k1"), 0).unwrap();
-        let mut mesh = Mesh::new(Config::default(), 0, "vs".into(), Box::new(RandomKeys));
-        mesh.set_publish(store.publish_keys().unwrap());
+        store.create_stream("cam1", "acme", &key_sha256_hex("k1"), "gen1", 0).unwrap();
+        let mut mesh =
+            Mesh::new(Config { max_token_ttl_s: 7200, ..Config::default() }, 0, Box::new(RandomKeys));
+        mesh.set_viewer_keys(store.viewer_keys_or_make(0, || random_hex(32)).unwrap().0);
+        mesh.set_streams(store.streams().unwrap());
         let app = App::new(mesh, store, KEY.to_vec(), "adm".into(), 0, 60);
         let router = router(app.clone(), &Paths::default());
         (app, router)
     }
 
-    fn signed_req(method: &str, pq: &str, node: &str, body: &[u8], ts: u64) -> Request {
+    pub(crate) fn signed_req(method: &str, pq: &str, node: &str, body: &[u8], ts: u64) -> Request {
         let sig = sign_request(KEY, method, pq, ts, body);
         Request::builder()
             .method(method)
@@ -690,7 +697,7 @@ mod tests {
     }
 
     /// Send; check the response's signature; status and body.
-    async fn call(r: &Router, req: Request) -> (StatusCode, Vec<u8>) {
+    pub(crate) async fn call(r: &Router, req: Request) -> (StatusCode, Vec<u8>) {
         let resp = r.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let h = resp.headers().clone();
@@ -703,7 +710,7 @@ mod tests {
         (status, body)
     }
 
-    async fn announce_as(r: &Router, id: &str, role: Role) {
+    pub(crate) async fn announce_as(r: &Router, id: &str, role: Role) {
         let (status, _) = call(r, signed_req("POST", "/announce", id, &announce_body(id, role), now())).await;
         assert_eq!(status, StatusCode::OK);
     }
@@ -768,7 +775,7 @@ mod tests {
         let (app, r) = app();
         announce_as(&r, "ingest-1", Role::Ingest).await;
         let poll = waiting_poll(&app, &r, 30).await;
-        app.store.lock().create_stream("cam2", "acme", &key_sha256_hex("k2"), 0).unwrap();
+        app.store.lock().create_stream("cam2", "acme", &key_sha256_hex("k2"), "gen2", 0).unwrap();
         app.reload_publish();
         let (status, body) =
             tokio::time::timeout(Duration::from_secs(5), poll).await.expect("woken").unwrap();
@@ -830,12 +837,23 @@ mod tests {
         assert_eq!((no.allow, no.reason.as_deref()), (false, Some("wrong key")));
         let no = reply(call(&r, ask("edge-1", Action::Publish, Some("k1"), None)).await.1);
         assert_eq!(no.reason.as_deref(), Some("wrong role"));
-        let token = make_viewer_token(app.mesh.lock().viewer_secret(), "cam1", now() + 60);
+        let secret = app.mesh.lock().viewers().keys[0].secret.clone();
+        let token = make_token_v2(&secret, "k1", "cam1", "gen1", now() + 60);
         assert!(reply(call(&r, ask("edge-1", Action::Play, None, Some(&token))).await.1).allow);
-        let old = make_viewer_token(app.mesh.lock().viewer_secret(), "cam1", now() - 1);
+        let old = make_token_v2(&secret, "k1", "cam1", "gen1", now() - 1);
         assert_eq!(
             reply(call(&r, ask("edge-1", Action::Play, None, Some(&old))).await.1).reason.as_deref(),
             Some("expired token")
+        );
+        let far = make_token_v2(&secret, "k1", "cam1", "gen1", now() + 7200 + 400);
+        assert_eq!(
+            reply(call(&r, ask("edge-1", Action::Play, None, Some(&far))).await.1).reason.as_deref(),
+            Some("token lifetime too long")
+        );
+        let legacy = mesh_core::token::make_viewer_token(&secret, "cam1", now() + 60);
+        assert!(
+            !reply(call(&r, ask("edge-1", Action::Play, None, Some(&legacy))).await.1).allow,
+            "no legacy"
         );
     }
 

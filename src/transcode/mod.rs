@@ -2,33 +2,37 @@
 //! stopped when nobody watches (no HTTP request and no RTMP viewer for the idle time), when the
 //! publisher leaves, when the role stops serving viewers, and on reload and quit.
 //!
-//! The child's death is seen through its stdout pipe, registered as an nginx read event
-//! (mesh_agent::proc); a dead transcode that is still wanted is started again with backoff, up
-//! to a cap, then given up with a log line. Its output directory (made from a validated stream
-//! id under `mesh_media_root`) is removed when it ends. Event loop only.
+//! Each start of ffmpeg (child.rs) gets a new single-use credential for its own RTMP play
+//! (credential.rs); the child's output is read on the event loop and logged redacted; its
+//! end-of-file is the child's death. A dead transcode that is still wanted is started again
+//! with backoff, up to a cap, then given up with a log line. Its output directory (made from a
+//! validated stream id under `mesh_media_root`, 0750) is removed when it ends.
+//!
+//! Stopping is graceful (stop.rs): SIGTERM, SIGKILL only after a grace period, never at the
+//! worker's exit. Event loop only.
+
+mod child;
+mod credential;
+mod stop;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::os::fd::IntoRawFd;
 use std::path::PathBuf;
 use std::ptr::addr_of;
 
-use mesh_agent::proc::{self, SIGKILL, SIGTERM};
-use mesh_core::media::{ffmpeg_argv, Job, Ladder};
+use mesh_core::media::Ladder;
 use mesh_core::name::is_valid_id;
 
+pub use credential::take_credential;
+pub use stop::{exit_all, stop, stop_all};
+
 use crate::ffi::*;
-use crate::util::{drain, guard};
+use crate::util::guard;
 
 /// Starts given up after this many consecutive early deaths.
 pub const MAX_RESTARTS: u32 = 5;
 /// A run longer than this resets the restart count.
 const HEALTHY_S: u64 = 30;
-/// A second SIGTERM after the first: ffmpeg only interrupts a blocking read (an input gone
-/// quiet) on its second signal.
-const TERM_AGAIN_MS: ngx_msec_t = 300;
-/// SIGKILL when the child is still there after that.
-const KILL_AFTER_MS: ngx_msec_t = 3000;
 const TICK_MS: ngx_msec_t = 1000;
 /// A transcode given up is tried again by a viewer after this long.
 const RETRY_FAILED_S: u64 = 60;
@@ -59,8 +63,7 @@ pub enum State {
 struct Transcode {
     stream: String,
     dir: PathBuf,
-    pid: Option<u32>,
-    conn: *mut ngx_connection_t,
+    child: Option<child::Child>,
     state: State,
     restarts: u32,
     started: u64,
@@ -68,7 +71,7 @@ struct Transcode {
     stopping: bool,
     /// Signals sent since stopping began.
     signals: u32,
-    /// Restart after backoff, or SIGKILL after SIGTERM.
+    /// Restart after backoff, or the next signal while stopping.
     ev: Box<ngx_event_t>,
 }
 
@@ -77,30 +80,14 @@ struct Manager {
     settings: Option<Settings>,
     streams: HashMap<String, Box<Transcode>>,
     tick: Option<Box<ngx_event_t>>,
-    /// Key the transcoder's own RTMP play presents (`node=<self>&key=<this>`).
-    key: String,
 }
 
 thread_local! {
     static MANAGER: RefCell<Manager> = RefCell::new(Manager::default());
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     ngx_time().max(0) as u64
-}
-
-/// The key our own ffmpeg plays with; random per worker.
-pub fn internal_key() -> String {
-    MANAGER.with_borrow_mut(|m| {
-        if m.key.is_empty() {
-            let mut b = [0u8; 16];
-            if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-                let _ = std::io::Read::read_exact(&mut f, &mut b);
-            }
-            m.key = b.iter().map(|x| format!("{x:02x}")).collect();
-        }
-        m.key.clone()
-    })
 }
 
 /// The transcode of `stream` is wanted now (a viewer asked). Starts it when it is not running.
@@ -159,8 +146,7 @@ unsafe fn start(settings: &Settings, stream: &str, node_id: &str, log: *mut ngx_
     let mut t = Box::new(Transcode {
         stream: stream.to_string(),
         dir,
-        pid: None,
-        conn: std::ptr::null_mut(),
+        child: None,
         state: State::Running,
         restarts: 0,
         started: now(),
@@ -191,99 +177,50 @@ unsafe fn start(settings: &Settings, stream: &str, node_id: &str, log: *mut ngx_
 /// # Safety
 /// Event loop; `t` is boxed in the manager (or about to be).
 unsafe fn spawn(t: &mut Transcode, s: &Settings, node_id: &str, log: *mut ngx_log_t) {
-    let _ = std::fs::remove_dir_all(&t.dir);
-    if let Err(e) = std::fs::create_dir_all(&t.dir) {
-        // SAFETY: valid log.
-        unsafe {
-            log_error(
-                log,
-                &format!(
-                    "mesh: transcode of stream \"{}\": cannot create \"{}\": {e}",
-                    t.stream,
-                    t.dir.display()
-                ),
-            )
-        };
+    if let Err(e) = child::make_dir(&s.root, &t.dir) {
+        ngx::ngx_log_error!(
+            NGX_LOG_ERR,
+            log,
+            "mesh: transcode of stream \"{}\": cannot create \"{}\": {}",
+            t.stream,
+            t.dir.display(),
+            e
+        );
         t.state = State::Failed(format!("cannot create its directory: {e}"));
         return;
     }
-    let input =
-        format!("{}/{}?node={node_id}&key={}", s.source.trim_end_matches('/'), t.stream, internal_key());
-    let out_dir = t.dir.to_string_lossy().into_owned();
-    let audio = true;
-    let argv = ffmpeg_argv(&Job {
-        ffmpeg: &s.ffmpeg,
-        input: &input,
-        out_dir: &out_dir,
-        ladder: &s.ladder,
-        segment_s: s.segment_s,
-        window: s.window,
-        audio,
-    });
-    match proc::spawn(&argv) {
-        Ok(child) => {
-            // SAFETY: the read end becomes an nginx connection, which owns it from here on.
-            unsafe {
-                let fd = child.death.into_raw_fd();
-                let c = ngx_get_connection(fd, log);
-                if c.is_null() {
-                    proc::signal(child.pid, SIGKILL);
-                    t.state = State::Failed("no free connection".into());
-                    return;
-                }
-                (*c).data = (t as *mut Transcode).cast();
-                (*(*c).read).handler = Some(on_death);
-                (*(*c).read).log = log;
-                if ngx_handle_read_event((*c).read, 0) != NGX_OK as ngx_int_t {
-                    ngx_close_connection(c);
-                    proc::signal(child.pid, SIGKILL);
-                    t.state = State::Failed("cannot watch the child".into());
-                    return;
-                }
-                t.conn = c;
-                ngx::ngx_log_error!(
-                    NGX_LOG_NOTICE,
-                    log,
-                    "mesh: transcode of stream \"{}\" started (pid {})",
-                    t.stream,
-                    child.pid
-                );
-            }
-            t.pid = Some(child.pid);
+    // SAFETY: event loop; t is boxed.
+    match unsafe { child::start(t, s, node_id, log) } {
+        Ok(c) => {
+            ngx::ngx_log_error!(
+                NGX_LOG_NOTICE,
+                log,
+                "mesh: transcode of stream \"{}\" started (pid {})",
+                t.stream,
+                c.pid
+            );
+            t.child = Some(c);
             t.started = now();
             t.state = State::Running;
         }
         Err(e) => {
-            // SAFETY: valid log.
-            unsafe {
-                log_error(
-                    log,
-                    &format!("mesh: transcode of stream \"{}\": cannot run \"{}\": {e}", t.stream, s.ffmpeg),
-                )
-            };
+            ngx::ngx_log_error!(NGX_LOG_ERR, log, "mesh: transcode of stream \"{}\": {}", t.stream, e);
             // SAFETY: event loop.
             unsafe { died(t, log) };
         }
     }
 }
 
-/// # Safety
-/// Valid log.
-unsafe fn log_error(log: *mut ngx_log_t, msg: &str) {
-    ngx::ngx_log_error!(NGX_LOG_ERR, log, "{}", msg);
-}
-
 /// The child is gone (or never started): restart with backoff while wanted, else clean up.
 ///
 /// # Safety
-/// Event loop.
+/// Event loop. May drop the box `t` lives in: `t` is not to be used after.
 unsafe fn died(t: &mut Transcode, log: *mut ngx_log_t) {
-    t.pid = None;
-    if !t.conn.is_null() {
-        // SAFETY: our connection.
-        unsafe { ngx_close_connection(t.conn) };
-        t.conn = std::ptr::null_mut();
+    if let Some(c) = t.child.take() {
+        // SAFETY: event loop.
+        unsafe { c.close(&t.stream, log) };
     }
+    credential::revoke(&t.stream);
     if t.ev.timer_set() == 1 {
         // SAFETY: our timer.
         unsafe { ngx_del_timer(&mut *t.ev) };
@@ -303,16 +240,13 @@ unsafe fn died(t: &mut Transcode, log: *mut ngx_log_t) {
     if t.restarts > MAX_RESTARTS {
         t.state = State::Failed(format!("ffmpeg failed {MAX_RESTARTS} times"));
         let _ = std::fs::remove_dir_all(&t.dir);
-        // SAFETY: valid log.
-        unsafe {
-            log_error(
-                log,
-                &format!(
-                    "mesh: transcode of stream \"{}\" given up after {} restarts",
-                    t.stream, MAX_RESTARTS
-                ),
-            )
-        };
+        ngx::ngx_log_error!(
+            NGX_LOG_ERR,
+            log,
+            "mesh: transcode of stream \"{}\" given up after {} restarts",
+            t.stream,
+            MAX_RESTARTS
+        );
         return;
     }
     let delay = 250u64 << (t.restarts - 1).min(7);
@@ -328,128 +262,28 @@ unsafe fn died(t: &mut Transcode, log: *mut ngx_log_t) {
             MAX_RESTARTS,
             delay
         );
+        t.ev.set_cancelable(1);
         ngx_add_timer(&mut *t.ev, delay as ngx_msec_t);
     }
 }
 
-/// The death pipe is readable: drain it; end-of-file means the child is gone.
-unsafe extern "C" fn on_death(ev: *mut ngx_event_t) {
-    guard((), || {
-        // SAFETY: the event's connection is a transcode's death pipe; its data the Transcode.
-        unsafe {
-            let c = (*ev).data.cast::<ngx_connection_t>();
-            let t = &mut *(*c).data.cast::<Transcode>();
-            if drain((*c).fd) {
-                died(t, (*ev).log);
-                return;
-            }
-            if ngx_handle_read_event(ev, 0) != NGX_OK as ngx_int_t {
-                ngx::ngx_log_error!(NGX_LOG_ALERT, (*ev).log, "mesh: cannot watch a transcode");
-            }
-        }
-    })
-}
-
-/// A transcode's timer: restart after backoff, or SIGKILL a child that ignored SIGTERM.
+/// A transcode's timer: restart after backoff, or the next signal to a child being stopped.
 unsafe extern "C" fn on_timer(ev: *mut ngx_event_t) {
     guard((), || {
         // SAFETY: ev.data is the boxed Transcode owning this event; the timer is deleted
         // before the box is dropped.
         unsafe {
             let t = &mut *(*ev).data.cast::<Transcode>();
+            let log = (*ev).log;
             if t.stopping {
-                if let Some(pid) = t.pid {
-                    t.signals += 1;
-                    if t.signals == 2 {
-                        proc::signal(pid, SIGTERM);
-                        ngx_add_timer(ev, KILL_AFTER_MS);
-                    } else {
-                        proc::signal(pid, SIGKILL);
-                    }
-                }
+                stop::next_signal(t, log);
                 return;
             }
             let Some(settings) = MANAGER.with_borrow(|m| m.settings.clone()) else { return };
             let node_id = crate::runtime::node_id();
-            spawn(t, &settings, &node_id, (*ev).log);
+            spawn(t, &settings, &node_id, log);
         }
     })
-}
-
-/// Stop the transcode of `stream`: SIGTERM, then SIGKILL if it lingers.
-///
-/// # Safety
-/// Event loop.
-pub unsafe fn stop(stream: &str, why: &str, log: *mut ngx_log_t) {
-    let t = MANAGER.with_borrow_mut(|m| m.streams.get_mut(stream).map(|t| &mut **t as *mut Transcode));
-    let Some(t) = t else { return };
-    // SAFETY: boxed in the manager until `died` removes it.
-    unsafe {
-        let t = &mut *t;
-        if t.stopping {
-            return;
-        }
-        t.stopping = true;
-        ngx::ngx_log_error!(
-            NGX_LOG_NOTICE,
-            log,
-            "mesh: transcode of stream \"{}\" stopping: {}",
-            t.stream,
-            why
-        );
-        if t.ev.timer_set() == 1 {
-            ngx_del_timer(&mut *t.ev);
-        }
-        match t.pid {
-            Some(pid) => {
-                proc::signal(pid, SIGTERM);
-                t.signals = 1;
-                ngx_add_timer(&mut *t.ev, TERM_AGAIN_MS);
-            }
-            None => died(t, log),
-        }
-    }
-}
-
-/// Stop every transcode (role change, exit).
-///
-/// # Safety
-/// Event loop.
-pub unsafe fn stop_all(why: &str, log: *mut ngx_log_t) {
-    let streams: Vec<String> = MANAGER.with_borrow(|m| m.streams.keys().cloned().collect());
-    for s in streams {
-        // SAFETY: event loop.
-        unsafe { stop(&s, why, log) };
-    }
-}
-
-/// Worker exit: kill every child now and remove the directories (nothing will watch them).
-pub fn exit_all() {
-    let _ = MANAGER.try_with(|m| {
-        let mut m = m.borrow_mut();
-        for (_, mut t) in m.streams.drain() {
-            if t.ev.timer_set() == 1 {
-                // SAFETY: our timer, on the event loop.
-                unsafe { ngx_del_timer(&mut *t.ev) };
-            }
-            if let Some(pid) = t.pid {
-                proc::signal(pid, SIGKILL);
-            }
-            if !t.conn.is_null() {
-                // SAFETY: our connection (the child's stdout pipe), on the event loop; nginx
-                // reports any connection still open when the worker exits.
-                unsafe { ngx_close_connection(t.conn) };
-                t.conn = std::ptr::null_mut();
-            }
-            let _ = std::fs::remove_dir_all(&t.dir);
-        }
-        if let Some(mut tick) = m.tick.take() {
-            if tick.timer_set() == 1 {
-                // SAFETY: our timer, on the event loop.
-                unsafe { ngx_del_timer(&mut *tick) };
-            }
-        }
-    });
 }
 
 /// The once-a-second check for idle transcodes.

@@ -1,0 +1,120 @@
+//! Cross-origin access to the media: none by default. `mesh_allow_origin <origin> ...;`
+//! (http, server or location; inherited) lists the origins whose pages may read the media;
+//! a request's `Origin` in the list is echoed in `Access-Control-Allow-Origin`, with
+//! `Vary: Origin` on every response of such a location. `*` (alone) allows any page.
+
+use std::ffi::{c_char, c_void};
+
+use mesh_core::name::for_log;
+use ngx::ngx_conf_log_error;
+
+use super::serve::set_header;
+use super::HttpLocConf;
+use crate::ffi::*;
+use crate::util::{guard, str_bytes, CONF_ERROR, CONF_OK};
+
+/// Is `v` an origin as browsers send it: `http[s]://host[:port]`, no path? Lowercased.
+fn parse_origin(v: &str) -> Option<String> {
+    let v = v.to_ascii_lowercase();
+    let rest = v.strip_prefix("https://").or_else(|| v.strip_prefix("http://"))?;
+    let (host_ok, port) = if let Some(r6) = rest.strip_prefix('[') {
+        let (ip6, after) = r6.split_once(']')?;
+        let ok = !ip6.is_empty() && ip6.bytes().all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.');
+        let port = if after.is_empty() { None } else { Some(after.strip_prefix(':')?) };
+        (ok, port)
+    } else {
+        let (host, port) = match rest.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        };
+        let ok = !host.is_empty()
+            && host.len() <= 253
+            && host.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.');
+        (ok, port)
+    };
+    let port_ok =
+        port.is_none_or(|p| p.bytes().all(|c| c.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|n| n > 0));
+    (host_ok && port_ok).then_some(v)
+}
+
+pub unsafe extern "C" fn set_allow_origin(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard(CONF_ERROR, || {
+        // SAFETY: the parser calls us with our loc conf and the directive's arguments.
+        unsafe {
+            let lcf = &mut *conf.cast::<HttpLocConf>();
+            if lcf.origins.is_some() {
+                return c"is duplicate".as_ptr().cast_mut();
+            }
+            let args = (*(*cf).args).as_slice::<ngx_str_t>();
+            let mut list = Vec::new();
+            for a in &args[1..] {
+                let v = String::from_utf8_lossy(str_bytes(a)).into_owned();
+                if v == "*" && args.len() == 2 {
+                    list.push(v);
+                    continue;
+                }
+                match parse_origin(&v) {
+                    Some(o) => list.push(o),
+                    None => {
+                        ngx_conf_log_error!(
+                            NGX_LOG_EMERG,
+                            cf,
+                            "invalid value \"{}\" in \"mesh_allow_origin\" directive, it must be \"http[s]://host[:port]\" (or \"*\" alone)",
+                            for_log(&v)
+                        );
+                        return CONF_ERROR;
+                    }
+                }
+            }
+            lcf.origins = Some(list);
+            CONF_OK
+        }
+    })
+}
+
+/// The request's `Origin` header, if any.
+///
+/// # Safety
+/// `r` is live.
+unsafe fn origin<'a>(r: *mut ngx_http_request_t) -> Option<&'a [u8]> {
+    // SAFETY: the request's header list, its parts and elements are in its pool.
+    unsafe {
+        let mut part: *const ngx_list_part_t = &(*r).headers_in.headers.part;
+        while !part.is_null() {
+            let elts = (*part).elts.cast::<ngx_table_elt_t>();
+            for i in 0..(*part).nelts {
+                let h = &*elts.add(i);
+                if str_bytes(&h.key).eq_ignore_ascii_case(b"origin") {
+                    return Some(str_bytes(&h.value));
+                }
+            }
+            part = (*part).next;
+        }
+        None
+    }
+}
+
+/// The CORS headers of a response in a location with `origins` (None: the directive unset).
+///
+/// # Safety
+/// `r` is live.
+pub unsafe fn apply(r: *mut ngx_http_request_t, origins: Option<&[String]>) {
+    let Some(list) = origins.filter(|l| !l.is_empty()) else { return };
+    // SAFETY: live request.
+    unsafe {
+        set_header(r, "Vary", "Origin");
+        let Some(o) = origin(r) else { return };
+        if list.len() == 1 && list[0] == "*" {
+            set_header(r, "Access-Control-Allow-Origin", "*");
+            return;
+        }
+        // Echoed as sent; a match with a checked entry holds only an origin's characters.
+        if list.iter().any(|a| a.as_bytes().eq_ignore_ascii_case(o)) {
+            set_header(r, "Access-Control-Allow-Origin", &String::from_utf8_lossy(o));
+        }
+    }
+}

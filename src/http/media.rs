@@ -1,0 +1,102 @@
+//! The `mesh_media` handler: every request — entry manifest, media playlist, init or media
+//! segment — needs a viewer token good for its stream now ([`super::token::check`]); without
+//! one: 401, with a bad, expired or foreign one: 403, and nothing starts or keeps a transcode.
+//!
+//! An entry manifest (`<location><stream>/master.m3u8`, `.../manifest.mpd`) starts the transcode
+//! (or asks the master for a route, or for the token's answer) and is held until it exists
+//! ([`super::hold`]). Media playlists are read and rewritten on every request (they change every
+//! segment); segments are sent from disk. Every manifest served carries the viewer's token in its
+//! URLs, so a player needs only the entry URL.
+
+use mesh_core::manifest::query_token;
+use mesh_core::media::{parse_media_path, Cache, MediaError};
+
+use super::hold::{self, Hold, Step};
+use super::serve::{serve_file, serve_manifest, text, StreamDir};
+use super::token::{self, Check};
+use super::{confs, cors};
+use crate::ffi::*;
+use crate::util::{guard, str_bytes};
+use crate::{runtime, session, transcode};
+
+pub unsafe extern "C" fn media_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    guard(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || {
+        // SAFETY: nginx calls us with a live request in its content phase.
+        unsafe {
+            let method = (*r).method as u32;
+            if method & (NGX_HTTP_GET | NGX_HTTP_HEAD) == 0 {
+                return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
+            }
+            let rc = ngx_http_discard_request_body(r);
+            if rc != NGX_OK as ngx_int_t {
+                return rc;
+            }
+            let (hcf, lcf) = confs(r);
+            let (Some(settings), Some(format)) = (&hcf.settings, lcf.format) else {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+            };
+            cors::apply(r, lcf.origins.as_deref());
+            let uri = String::from_utf8_lossy(str_bytes(&(*r).uri)).into_owned();
+            let (stream, file) = match parse_media_path(&lcf.prefix, &uri, format) {
+                Ok((s, f)) => (s.to_string(), f),
+                Err(e) => return text(r, NGX_HTTP_NOT_FOUND, &e.to_string(), &[]),
+            };
+            let query = String::from_utf8_lossy(str_bytes(&(*r).args)).into_owned();
+            let token = query_token(&query);
+            if file.entry {
+                let h = Hold::new(r, stream, file, format, token);
+                return match hold::step(&h, true) {
+                    Step::Serve(t) => hold::serve(&h, t),
+                    Step::Fail(status, why) => refuse(r, status, &why),
+                    Step::Wait => hold::start(h, hcf),
+                };
+            }
+            // Playlists and segments: a good token, then only from a running transcode (which
+            // they keep wanted).
+            let node = runtime::current_node();
+            let now = session::now();
+            let check = token::check(&node, &stream, token.as_deref(), now);
+            match &check {
+                Check::Good { .. } => {}
+                Check::Missing => return refuse(r, NGX_HTTP_UNAUTHORIZED, "no token"),
+                Check::Refused(why) => return refuse(r, NGX_HTTP_FORBIDDEN, why),
+                Check::Unknown if token.as_deref().is_none_or(str::is_empty) => {
+                    return refuse(r, NGX_HTTP_UNAUTHORIZED, "no token")
+                }
+                // Only an entry request asks the master; nothing here is held.
+                Check::Unknown => return refuse(r, NGX_HTTP_FORBIDDEN, "no answer for this token"),
+            }
+            if !node.role.serves_viewers() || !transcode::exists(&stream) {
+                return text(r, NGX_HTTP_NOT_FOUND, &MediaError::UnknownFile.to_string(), &[]);
+            }
+            token::refresh(&node, &stream, token.as_deref(), &check, now, || {
+                String::from_utf8_lossy(str_bytes(&(*(*r).connection).addr_text)).into_owned()
+            });
+            transcode::touch(&stream);
+            match file.cache {
+                Cache::Manifest => {
+                    let text = StreamDir::open(&settings.root, &stream).and_then(|d| d.read(&file.name));
+                    serve_manifest(r, text, &file, settings.segment_s, |t| {
+                        hold::rewrite(format, t, token.as_deref())
+                    })
+                }
+                Cache::Segment => serve_file(r, &settings.root, &stream, &file, settings.segment_s),
+            }
+        }
+    })
+}
+
+/// A refusal: 401 says how to authenticate.
+///
+/// # Safety
+/// `r` is live.
+unsafe fn refuse(r: *mut ngx_http_request_t, status: u32, why: &str) -> ngx_int_t {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        match status {
+            NGX_HTTP_UNAUTHORIZED => text(r, status, why, &[("WWW-Authenticate", "Bearer realm=\"media\"")]),
+            NGX_HTTP_SERVICE_UNAVAILABLE => text(r, status, why, &[("Retry-After", "2")]),
+            _ => text(r, status, why, &[]),
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! The edge's HTTP side: HLS and DASH for viewers, from on-demand transcodes.
+//!
+//! http{} main level: `mesh_media_root`, `mesh_ffmpeg`, `mesh_rendition` (the ABR ladder),
+//! `mesh_rtmp_source`, `mesh_segment`, `mesh_window`, `mesh_transcode_idle`,
+//! `mesh_manifest_wait`, `mesh_manifest_wait_max`, `mesh_manifest_wait_per_client`.
+//! http, server or location: `mesh_allow_origin`. location: `mesh_media hls | dash;`.
+//!
+//! * [`media`]: the handler (a token on every request);
+//! * [`token`]: the one check of a viewer token;
+//! * [`hold`]: entry-manifest requests held until the manifest exists, bounded;
+//! * [`serve`]: files from a stream's directory (no symlinks), manifests, text answers;
+//! * [`cors`]: the `mesh_allow_origin` directive and its headers.
+
+mod cors;
+mod hold;
+mod media;
+mod serve;
+mod token;
+
+use std::ffi::{c_char, c_void};
+use std::mem::offset_of;
+use std::path::PathBuf;
+use std::ptr::{addr_of, addr_of_mut, null_mut};
+
+use mesh_core::hold::{DEFAULT_HOLD_MAX, DEFAULT_HOLD_PER_CLIENT};
+use mesh_core::media::{parse_rendition, Format, Ladder, Rendition};
+use mesh_core::name::for_log;
+use ngx::{ngx_conf_log_error, ngx_string};
+
+use crate::ffi::*;
+use crate::transcode::Settings;
+use crate::util::{full_name, guard, pool_new, str_bytes, CONF_ERROR, CONF_OK};
+
+#[allow(unused_imports)] // for mesh_status, once it reports them
+pub use hold::{figures as hold_figures, Figures as HoldFigures};
+pub use serve::respond;
+
+const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
+
+/// http{} main configuration.
+pub struct HttpMainConf {
+    root: Option<String>,
+    ffmpeg: Option<String>,
+    source: Option<String>,
+    renditions: Vec<Rendition>,
+    segment: ngx_msec_t,
+    window: ngx_int_t,
+    idle: ngx_msec_t,
+    wait: ngx_msec_t,
+    hold_max_conf: ngx_int_t,
+    hold_per_client_conf: ngx_int_t,
+    hold_max: usize,
+    hold_per_client: usize,
+    settings: Option<Settings>,
+}
+
+impl Default for HttpMainConf {
+    fn default() -> HttpMainConf {
+        HttpMainConf {
+            root: None,
+            ffmpeg: None,
+            source: None,
+            renditions: Vec::new(),
+            segment: UNSET_MSEC,
+            window: NGX_CONF_UNSET as ngx_int_t,
+            idle: UNSET_MSEC,
+            wait: UNSET_MSEC,
+            hold_max_conf: NGX_CONF_UNSET as ngx_int_t,
+            hold_per_client_conf: NGX_CONF_UNSET as ngx_int_t,
+            hold_max: DEFAULT_HOLD_MAX,
+            hold_per_client: DEFAULT_HOLD_PER_CLIENT,
+            settings: None,
+        }
+    }
+}
+
+/// location configuration.
+#[derive(Default)]
+pub struct HttpLocConf {
+    format: Option<Format>,
+    prefix: String,
+    /// `mesh_allow_origin` (None: unset here, inherited).
+    origins: Option<Vec<String>>,
+}
+
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_http_mesh_module: ngx_module_t = ngx_module_t {
+    ctx: addr_of!(HTTP_CTX) as *mut c_void,
+    commands: addr_of_mut!(HTTP_COMMANDS) as *mut ngx_command_t,
+    type_: NGX_HTTP_MODULE as ngx_uint_t,
+    ..ngx_module_t::default()
+};
+
+static HTTP_CTX: ngx_http_module_t = ngx_http_module_t {
+    preconfiguration: None,
+    postconfiguration: None,
+    create_main_conf: Some(create_main_conf),
+    init_main_conf: Some(init_main_conf),
+    create_srv_conf: None,
+    merge_srv_conf: None,
+    create_loc_conf: Some(create_loc_conf),
+    merge_loc_conf: Some(merge_loc_conf),
+};
+
+const MAIN: ngx_uint_t = offset_of!(ngx_http_conf_ctx_t, main_conf) as ngx_uint_t;
+const LOC: ngx_uint_t = offset_of!(ngx_http_conf_ctx_t, loc_conf) as ngx_uint_t;
+type SetFn = unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
+
+const fn cmd(name: ngx_str_t, type_: u32, set: SetFn, conf: ngx_uint_t, offset: usize) -> ngx_command_t {
+    ngx_command_t {
+        name,
+        type_: type_ as ngx_uint_t,
+        set: Some(set),
+        conf,
+        offset: offset as ngx_uint_t,
+        post: null_mut(),
+    }
+}
+
+const M1: u32 = NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1;
+
+const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE;
+
+static mut HTTP_COMMANDS: [ngx_command_t; 14] = [
+    cmd(ngx_string!("mesh_media_root"), M1, set_path, MAIN, 0),
+    cmd(ngx_string!("mesh_ffmpeg"), M1, set_path, MAIN, 1),
+    cmd(ngx_string!("mesh_rtmp_source"), M1, set_source, MAIN, 0),
+    cmd(
+        ngx_string!("mesh_rendition"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1 | NGX_CONF_TAKE4,
+        set_rendition,
+        MAIN,
+        0,
+    ),
+    cmd(ngx_string!("mesh_segment"), M1, ngx_conf_set_msec_slot, MAIN, offset_of!(HttpMainConf, segment)),
+    cmd(ngx_string!("mesh_window"), M1, ngx_conf_set_num_slot, MAIN, offset_of!(HttpMainConf, window)),
+    cmd(ngx_string!("mesh_transcode_idle"), M1, ngx_conf_set_msec_slot, MAIN, offset_of!(HttpMainConf, idle)),
+    cmd(ngx_string!("mesh_manifest_wait"), M1, ngx_conf_set_msec_slot, MAIN, offset_of!(HttpMainConf, wait)),
+    cmd(
+        ngx_string!("mesh_manifest_wait_max"),
+        M1,
+        ngx_conf_set_num_slot,
+        MAIN,
+        offset_of!(HttpMainConf, hold_max_conf),
+    ),
+    cmd(
+        ngx_string!("mesh_manifest_wait_per_client"),
+        M1,
+        ngx_conf_set_num_slot,
+        MAIN,
+        offset_of!(HttpMainConf, hold_per_client_conf),
+    ),
+    cmd(ngx_string!("mesh_allow_origin"), ANY_LEVEL, cors::set_allow_origin, LOC, 0),
+    cmd(ngx_string!("mesh_media"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_media, LOC, 0),
+    cmd(ngx_string!("mesh_status"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, crate::status::set_status, LOC, 0),
+    ngx_command_t::empty(),
+];
+
+/// # Safety
+/// `cf` is the configuration being parsed.
+unsafe fn arg(cf: *mut ngx_conf_t, i: usize) -> String {
+    // SAFETY: the parser holds the directive's arguments.
+    unsafe { String::from_utf8_lossy(str_bytes(&(*(*cf).args).as_slice::<ngx_str_t>()[i])).into_owned() }
+}
+
+unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+    // SAFETY: the configuration pool outlives the cycle's use of the conf.
+    guard(null_mut(), || unsafe { pool_new((*cf).pool, HttpMainConf::default()).cast() })
+}
+
+unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+    // SAFETY: as above.
+    guard(null_mut(), || unsafe { pool_new((*cf).pool, HttpLocConf::default()).cast() })
+}
+
+/// `mesh_media_root` (offset 0) and `mesh_ffmpeg` (offset 1): a path, relative to the prefix.
+unsafe extern "C" fn set_path(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard(CONF_ERROR, || {
+        // SAFETY: the parser calls us with our main conf and the directive's argument.
+        unsafe {
+            let hcf = &mut *conf.cast::<HttpMainConf>();
+            let slot = if (*cmd).offset == 0 { &mut hcf.root } else { &mut hcf.ffmpeg };
+            if slot.is_some() {
+                return c"is duplicate".as_ptr().cast_mut();
+            }
+            let name = (*(*cf).args).as_slice::<ngx_str_t>()[1];
+            // A bare program name is looked up in PATH when ffmpeg starts.
+            let is_program = (*cmd).offset == 1 && !str_bytes(&name).contains(&b'/');
+            let value = if is_program { Some(arg(cf, 1)) } else { full_name(cf, name, false) };
+            let Some(value) = value else { return CONF_ERROR };
+            *slot = Some(value);
+            CONF_OK
+        }
+    })
+}
+
+unsafe extern "C" fn set_source(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard(CONF_ERROR, || {
+        // SAFETY: the parser calls us with our main conf and the directive's argument.
+        unsafe {
+            let hcf = &mut *conf.cast::<HttpMainConf>();
+            if hcf.source.is_some() {
+                return c"is duplicate".as_ptr().cast_mut();
+            }
+            let v = arg(cf, 1);
+            if mesh_core::table::parse_node_url(&v).is_err() {
+                ngx_conf_log_error!(
+                    NGX_LOG_EMERG,
+                    cf,
+                    "invalid value \"{}\" in \"mesh_rtmp_source\" directive, it must be rtmp://host[:port]/app",
+                    for_log(&v)
+                );
+                return CONF_ERROR;
+            }
+            hcf.source = Some(v);
+            CONF_OK
+        }
+    })
+}
+
+unsafe extern "C" fn set_rendition(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard(CONF_ERROR, || {
+        // SAFETY: the parser calls us with our main conf and the directive's arguments.
+        unsafe {
+            let hcf = &mut *conf.cast::<HttpMainConf>();
+            let n = (*(*cf).args).nelts;
+            let args: Vec<String> = (1..n).map(|i| arg(cf, i)).collect();
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            match parse_rendition(&refs) {
+                Ok(r) => {
+                    hcf.renditions.push(r);
+                    CONF_OK
+                }
+                Err(e) => {
+                    ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid \"mesh_rendition\" directive: {}", e);
+                    CONF_ERROR
+                }
+            }
+        }
+    })
+}
+
+unsafe extern "C" fn set_media(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    guard(CONF_ERROR, || {
+        // SAFETY: the parser calls us with our loc conf; the core module's loc conf of this
+        // location is in the same context.
+        unsafe {
+            let lcf = &mut *conf.cast::<HttpLocConf>();
+            if lcf.format.is_some() {
+                return c"is duplicate".as_ptr().cast_mut();
+            }
+            let v = arg(cf, 1);
+            lcf.format = match v.as_str() {
+                "hls" => Some(Format::Hls),
+                "dash" => Some(Format::Dash),
+                _ => {
+                    ngx_conf_log_error!(
+                        NGX_LOG_EMERG,
+                        cf,
+                        "invalid value \"{}\" in \"mesh_media\" directive, it must be \"hls\" or \"dash\"",
+                        for_log(&v)
+                    );
+                    return CONF_ERROR;
+                }
+            };
+            let ctx = (*cf).ctx.cast::<ngx_http_conf_ctx_t>();
+            let clcf = (*(*ctx).loc_conf.add((*addr_of!(ngx_http_core_module)).ctx_index))
+                .cast::<ngx_http_core_loc_conf_t>();
+            lcf.prefix = String::from_utf8_lossy(str_bytes(&(*clcf).name)).into_owned();
+            if !lcf.prefix.ends_with('/') {
+                lcf.prefix.push('/');
+            }
+            (*clcf).handler = Some(media::media_handler);
+            CONF_OK
+        }
+    })
+}
+
+unsafe extern "C" fn merge_loc_conf(
+    _: *mut ngx_conf_t,
+    parent: *mut c_void,
+    child: *mut c_void,
+) -> *mut c_char {
+    guard(CONF_ERROR, || {
+        // SAFETY: nginx passes our loc confs of the enclosing level and of this one.
+        unsafe {
+            let (p, c) = (&*parent.cast::<HttpLocConf>(), &mut *child.cast::<HttpLocConf>());
+            if c.origins.is_none() {
+                c.origins.clone_from(&p.origins);
+            }
+            CONF_OK
+        }
+    })
+}
+
+unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) -> *mut c_char {
+    guard(CONF_ERROR, || {
+        // SAFETY: nginx passes back our main conf.
+        unsafe {
+            let hcf = &mut *conf.cast::<HttpMainConf>();
+            let root = match hcf.root.clone() {
+                Some(r) => r,
+                None => match full_name(cf, ngx_string!("mesh_media"), false) {
+                    Some(r) => r,
+                    None => return CONF_ERROR,
+                },
+            };
+            let ladder = if hcf.renditions.is_empty() {
+                Ladder::source_only()
+            } else {
+                match Ladder::new(hcf.renditions.clone()) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid \"mesh_rendition\" ladder: {}", e);
+                        return CONF_ERROR;
+                    }
+                }
+            };
+            let msec = |v: ngx_msec_t, d: ngx_msec_t| if v == UNSET_MSEC { d } else { v };
+            let window =
+                if hcf.window == NGX_CONF_UNSET as ngx_int_t { 6 } else { hcf.window.clamp(2, 100) as u32 };
+            hcf.settings = Some(Settings {
+                ffmpeg: hcf.ffmpeg.clone().unwrap_or_else(|| "/usr/bin/ffmpeg".into()),
+                root: PathBuf::from(root),
+                source: hcf.source.clone().unwrap_or_else(|| "rtmp://127.0.0.1:1935/live".into()),
+                ladder,
+                segment_s: msec(hcf.segment, 2000) as f64 / 1000.0,
+                window,
+                idle_s: (msec(hcf.idle, 30_000) / 1000).max(1) as u64,
+            });
+            hcf.wait = msec(hcf.wait, 20_000);
+            let num =
+                |v: ngx_int_t, d: usize| if v == NGX_CONF_UNSET as ngx_int_t { d } else { v.max(0) as usize };
+            hcf.hold_max = num(hcf.hold_max_conf, DEFAULT_HOLD_MAX);
+            hcf.hold_per_client = num(hcf.hold_per_client_conf, DEFAULT_HOLD_PER_CLIENT);
+            CONF_OK
+        }
+    })
+}
+
+/// The transcode settings of the http{} block a request belongs to.
+///
+/// # Safety
+/// `r` is a live request.
+pub unsafe fn settings<'a>(r: *mut ngx_http_request_t) -> Option<&'a Settings> {
+    // SAFETY: as the caller guarantees.
+    unsafe { confs(r).0.settings.as_ref() }
+}
+
+/// # Safety
+/// `r` is a live request of a location with `mesh_media`.
+unsafe fn confs<'a>(r: *mut ngx_http_request_t) -> (&'a HttpMainConf, &'a HttpLocConf) {
+    // SAFETY: our module's slots in the request's conf arrays.
+    unsafe {
+        let idx = (*addr_of!(ngx_http_mesh_module)).ctx_index;
+        (
+            &*(*(*r).main_conf.add(idx)).cast::<HttpMainConf>(),
+            &*(*(*r).loc_conf.add(idx)).cast::<HttpLocConf>(),
+        )
+    }
+}
