@@ -315,8 +315,15 @@ mod tests {
 
     #[test]
     fn the_child_inherits_no_descriptor_but_stdio() {
-        // A descriptor without close-on-exec, as nginx's sockets are.
-        let (r, w) = nix::unistd::pipe().unwrap();
+        // Descriptors without close-on-exec, as nginx's sockets are, numbered high: a low one
+        // could be the number ls's own directory gets in the child (a false alarm).
+        let (r0, w0) = nix::unistd::pipe().unwrap();
+        let high = |fd: &std::os::fd::OwnedFd, at: i32| {
+            let n = fcntl(fd, FcntlArg::F_DUPFD(at)).unwrap();
+            // SAFETY: a descriptor F_DUPFD just made, owned by nothing else.
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) }
+        };
+        let (r, w) = (high(&r0, 200), high(&w0, 300));
         for fd in [&r, &w] {
             fcntl(fd, FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
         }
