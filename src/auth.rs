@@ -224,7 +224,8 @@ pub fn cached(q: &Question, now: u64) -> Option<Answer> {
 /// question waits for the same answer (a thousand sessions with one token cost one call).
 pub fn ask(waiter: Waiter, req: AuthRequest) -> Result<Handle, AskError> {
     let question = Question::of(&req);
-    let addr = req.addr.clone();
+    // Counted per client: an IPv6 client by its /64 (it can pick any address in it).
+    let addr = mesh_core::client::client_key(&req.addr);
     let (h, send) = STATE.with_borrow_mut(|st| {
         let inflight = st.by_question.get(&question).copied();
         // HTTP requests poll the cache: the question asked once is enough (and no second

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use crate::client::client_key;
+
 /// Default cap on held requests per worker.
 pub const DEFAULT_HOLD_MAX: usize = 256;
 /// Default cap on held requests per client address.
@@ -48,27 +50,30 @@ impl Holds {
         self.per_client = per_client;
     }
 
-    /// One more held request from `client`, or why not.
+    /// One more held request from `client` (its address; an IPv6 client counts by its /64),
+    /// or why not.
     pub fn admit(&mut self, client: &str) -> Result<(), Busy> {
         if self.total >= self.max {
             return Err(Busy::Worker);
         }
-        let n = self.by_client.get(client).copied().unwrap_or(0);
+        let client = client_key(client);
+        let n = self.by_client.get(&client).copied().unwrap_or(0);
         if n >= self.per_client {
             return Err(Busy::Client);
         }
-        self.by_client.insert(client.to_string(), n + 1);
+        self.by_client.insert(client, n + 1);
         self.total += 1;
         Ok(())
     }
 
     /// A held request of `client` ended (answered, timed out, or its client left).
     pub fn release(&mut self, client: &str) {
-        if let Some(n) = self.by_client.get_mut(client) {
+        let client = client_key(client);
+        if let Some(n) = self.by_client.get_mut(&client) {
             *n -= 1;
             self.total -= 1;
             if *n == 0 {
-                self.by_client.remove(client);
+                self.by_client.remove(&client);
             }
         }
     }
@@ -226,6 +231,18 @@ impl Routes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_client_counts_by_its_64() {
+        let mut h = Holds::new(100, 2);
+        assert_eq!(h.admit("2001:db8:0:1::1"), Ok(()));
+        assert_eq!(h.admit("2001:db8:0:1::2"), Ok(()));
+        assert_eq!(h.admit("2001:db8:0:1:ffff::3"), Err(Busy::Client));
+        assert_eq!(h.admit("2001:db8:0:2::1"), Ok(()));
+        h.release("2001:db8:0:1::2");
+        assert_eq!(h.admit("2001:db8:0:1::9"), Ok(()));
+        assert_eq!(h.held(), 3);
+    }
 
     #[test]
     fn holds_are_capped_per_worker_and_per_client() {

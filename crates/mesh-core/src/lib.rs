@@ -16,6 +16,7 @@
 //! * [`sign`]: node ↔ master request and response signatures.
 //! * [`status`]: the figures `mesh_status` reports, as JSON and Prometheus text.
 //! * [`handles`]: bounded slot maps whose handles die with what they name.
+//! * [`client`]: which client addresses a per-client cap counts together (IPv6 by /64).
 //! * [`backoff`]: capped exponential backoff with jitter.
 //! * [`credential`]: the transcoder's single-use credential, and redaction of query secrets.
 //! * [`wire`]: node ↔ master request and response bodies.
@@ -23,6 +24,7 @@
 pub mod admission;
 pub mod args;
 pub mod backoff;
+pub mod client;
 pub mod credential;
 pub mod handles;
 pub mod hold;
