@@ -108,8 +108,18 @@ impl Parsed<'_> {
     }
 }
 
+// A token has one spelling only: the expiry in decimal without leading zeros, the signature in
+// lowercase hex, as they are made. Anything else would let one token be written in 2^64 and
+// more ways, each a different string to every table keyed by it (the auth answers cached per
+// credential, the questions shared per credential): one leaked token would become any number
+// of credentials the master allows, crowding out the answers other viewers rely on.
+
 fn parse_expiry(s: &str) -> Result<u64, TokenError> {
-    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty()
+        || s.len() > 20
+        || !s.bytes().all(|b| b.is_ascii_digit())
+        || (s.len() > 1 && s.starts_with('0'))
+    {
         return Err(TokenError::Malformed);
     }
     s.parse().map_err(|_| TokenError::Malformed)
@@ -117,7 +127,10 @@ fn parse_expiry(s: &str) -> Result<u64, TokenError> {
 
 fn parse_sig(s: &str) -> Result<[u8; 32], TokenError> {
     let mut raw = [0u8; 32];
-    if s.len() != 64 || hex::decode_to_slice(s, &mut raw).is_err() {
+    if s.len() != 64
+        || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        || hex::decode_to_slice(s, &mut raw).is_err()
+    {
         return Err(TokenError::Malformed);
     }
     Ok(raw)
@@ -309,6 +322,39 @@ mod tests {
         }
         let max = format!("v2.k1.18446744073709551615.{sig}");
         assert_eq!(parse_token(&max).map(|p| p.expiry()), Ok(u64::MAX));
+    }
+
+    #[test]
+    fn one_spelling_per_token() {
+        // Red team: a valid token re-spelt (uppercase hex, a leading zero on the expiry) was a
+        // different string that verified all the same.
+        let t = make_token_v2("secret-secret-16", "k1", "cam1", "id1", 2_000);
+        let sig = t.rsplit('.').next().unwrap();
+        assert!(parse_token(&t).is_ok());
+        for respelt in [
+            t.replacen(sig, &sig.to_ascii_uppercase(), 1),
+            {
+                // One letter of the signature in uppercase.
+                let i = sig.find(|c: char| c.is_ascii_alphabetic()).unwrap();
+                let one = format!("{}{}{}", &sig[..i], sig[i..=i].to_ascii_uppercase(), &sig[i + 1..]);
+                t.replacen(sig, &one, 1)
+            },
+            t.replacen(".2000.", ".02000.", 1),
+            t.replacen(".2000.", ".0000000000000002000.", 1),
+        ] {
+            if respelt != t {
+                assert_eq!(parse_token(&respelt), Err(TokenError::Malformed), "{respelt}");
+            }
+        }
+        let legacy = make_viewer_token("sec", "cam1", 2_000);
+        assert_eq!(verify_viewer_token("sec", "cam1", &format!("0{legacy}"), 0), Err(TokenError::Malformed));
+        assert_eq!(
+            verify_viewer_token("sec", "cam1", &legacy.to_ascii_uppercase(), 0),
+            Err(TokenError::Malformed)
+        );
+        // The expiry 0 is still spelt "0".
+        let zero = make_viewer_token("sec", "cam1", 0);
+        assert_eq!(parse_token(&zero).map(|p| p.expiry()), Ok(0));
     }
 
     #[test]
