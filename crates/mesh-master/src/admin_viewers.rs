@@ -28,7 +28,10 @@ use mesh_core::viewer::StreamId;
 use crate::server::{admin_body, admin_error, now, random_hex, store_error, App};
 use crate::viewer_keys::Dropped;
 
+/// A misspelt field is refused rather than ignored: `{"stream": "cam1", "ttl": 60}` would
+/// otherwise make a token of the default lifetime (an hour) where a minute was meant.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct TokenBody {
     stream: String,
     ttl_s: Option<u64>,
@@ -233,6 +236,12 @@ mod tests {
         assert_eq!(st, 400, "past u64: a bad body");
         let (st, v) = admin(&r, "POST", "/admin/tokens", Some(r#"{"stream":"cam1","ttl_s":7200}"#)).await;
         assert_eq!(st, 200);
+        // Red team: a misspelt lifetime was ignored, and the token lived the default hour.
+        for body in [r#"{"stream":"cam1","ttl":60}"#, r#"{"stream":"cam1","ttl_S":60}"#] {
+            let (st, v) = admin(&r, "POST", "/admin/tokens", Some(body)).await;
+            assert_eq!(st, 400, "{body}: {v}");
+            assert!(v["error"].as_str().unwrap().contains("unknown field"), "{v}");
+        }
         assert!(v["expires"].as_u64().unwrap() <= now() + 7200);
     }
 
