@@ -178,12 +178,22 @@ impl EntryKind {
     }
 }
 
-/// serde_json appends " at line L column C"; we report the position ourselves.
+/// serde_json appends " at line L column C"; we report the position ourselves. It also quotes
+/// the value it did not expect (`invalid type: integer `9876543210`, expected a string`): that
+/// value may be a secret put in the wrong place (a hop key written as a number, a viewer key
+/// where an object goes), and the message goes to the error log, so only its kind is kept.
 fn strip_position(msg: &str) -> String {
-    match msg.rfind(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
+    let msg = match msg.rfind(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    };
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some((what, expected)) = msg.strip_prefix(prefix).and_then(|r| r.split_once(", expected")) {
+            let kind = what.split(['"', '`']).next().unwrap_or("").trim_end();
+            return format!("{prefix}{kind}, expected{expected}");
+        }
     }
+    msg.to_string()
 }
 
 impl RawTable {
@@ -469,6 +479,40 @@ mod tests {
         assert!(matches!(Table::parse(b"[]"), Err(TableError::Syntax { .. })));
         let e = Table::parse(br#"{"relay": {"cam1": {"node_id": "x"}}}"#).unwrap_err();
         assert!(e.to_string().starts_with("line 1, column "), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_never_quote_a_value() {
+        // Red team: serde_json quotes the value it did not expect, and the message goes to the
+        // error log (`mesh_table_file`, a table from the master, `mesh-tool check`): a secret in
+        // the wrong place was logged whole.
+        for (doc, kind) in [
+            (r#"{"viewer_keys": ["very-secret-viewer-key-0123"]}"#, "invalid type: string, expected struct"),
+            (r#"{"viewer_secret": 42424242}"#, "invalid type: integer, expected a string"),
+            (
+                r#"{"relay": {"cam1": [{"node_id": "a", "node_url": "rtmp://h/app", "node_key": 9876543210}]}}"#,
+                "invalid type: integer, expected a string",
+            ),
+            (
+                r#"{"viewer_keys": [{"id": "k1", "secret": 4.2424242e8}]}"#,
+                "invalid type: floating point, expected",
+            ),
+            (
+                r#"{"viewer_keys": [{"id": "k1", "not_after": -424242}]}"#,
+                "invalid value: integer, expected u64",
+            ),
+            (r#"{"viewer_secret": ["a"b-secret"]}"#, "invalid type: sequence, expected a string"),
+            (
+                r#"{"publish": {"cam1": "secret-in-the-wrong-place"}}"#,
+                "invalid type: string, expected struct",
+            ),
+        ] {
+            let e = Table::parse(doc.as_bytes()).unwrap_err().to_string();
+            assert!(e.starts_with("line 1, column ") && e.contains(kind), "{doc}: {e}");
+            for secret in ["very-secret", "4242", "9876543210", "secret-in", "b-secret"] {
+                assert!(!e.contains(secret), "{doc}: {e}");
+            }
+        }
     }
 
     /// Each mutation of the good table must be refused with the given field path.
