@@ -40,8 +40,13 @@ for v in "$rtmp_port" "$http_port"; do [[ $v =~ ^[0-9]+$ ]] || die "bad port \"$
 
 mkdir -p "$dir/state" "$dir/media" "$dir/logs"
 dir=$(cd "$dir" && pwd)
+# Whatever the umask (a daemon may run with 0): the state (tables with hop and viewer keys,
+# the master key) for its owner only, the media for the workers and their group.
+chmod 0700 "$dir/state"
+chmod 0750 "$dir/media"
 # The workers (nobody when nginx starts as root) save the table and write the transcodes.
-[ -f "$dir/state/table.json" ] || echo '{"version": 0}' >"$dir/state/table.json"
+[ -f "$dir/state/table.json" ] || (umask 077 && echo '{"version": 0}' >"$dir/state/table.json")
+chmod go-rwx "$dir/state/table.json"
 if [ "$(id -u)" -eq 0 ]; then chown nobody "$dir/state" "$dir/state/table.json" "$dir/media"; fi
 
 master=""
@@ -50,6 +55,8 @@ if [ -n "${MASTER_SERVER:-}" ]; then
 	key=${MASTER_KEY:-}
 	[ -z "$key" ] && [ -n "${MASTER_KEY_FILE:-}" ] && key=$(<"$MASTER_KEY_FILE")
 	[ -n "$key" ] || die "MASTER_KEY (or MASTER_KEY_FILE) is required with MASTER_SERVER"
+	# A new file (an old one keeps its mode when written over).
+	rm -f "$dir/state/master.key"
 	(umask 077 && printf '%s\n' "$key" >"$dir/state/master.key")
 	master="mesh_master ${MASTER_SERVER};
     mesh_master_key_file $dir/state/master.key;

@@ -1,0 +1,83 @@
+#!/usr/bin/perl
+
+# Red team of issue 10's secrets (item 5 and 6), as an outsider on the same machine would try
+# them: what the node's scripts leave in processes' environments and on disk.
+#
+# - The master key given to the image's entrypoint (MASTER_KEY) is written to a 0600 file for
+#   nginx, but was left in the environment nginx was started with: /proc/<pid>/environ of the
+#   nginx master and of every worker (which fork with the master's memory) showed it, readable
+#   by every process of the worker's user — ffmpeg among them, which parses broadcasters'
+#   media.
+# - render-node-conf.sh under umask 0 (what a daemon may run with) made the state directory
+#   world-writable and its table file world-readable and writable; a master key file that was
+#   already there kept its old mode.
+
+use strict;
+use warnings;
+use Test::More;
+use File::Temp qw(tempdir);
+use IO::Socket::INET;
+use lib 't/lib';
+use Mesh::Test qw(free_port wait_until reap spawn);
+
+plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
+
+use Cwd qw(abs_path);
+sub slurp { open my $f, '<', $_[0] or return ''; local $/; <$f> }
+sub mode { (stat $_[0])[2] & 07777 }
+
+my $prefix = abs_path('dist');
+my $key = 'redteam-master-key-' . join('', map { int rand 10 } 1 .. 12);
+
+# --- the entrypoint: no secret left in any environment -----------------------------------------
+{
+	my $state = tempdir('mesh-rts-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{TEST_NGINX_LEAVE});
+	chmod 0755, $state;
+	my ($rtmp, $http, $mport) = (free_port(), free_port(), free_port());
+	my $pid = do {
+		local %ENV = (%ENV, MESH_PREFIX => $prefix, MESH_STATE_DIR => $state, ERROR_LOG => "$state/error.log",
+			NODE_ID => 'edge-rt', NODE_ROLE => 'relay', NGINX_PORT => $rtmp, HTTP_PORT => $http,
+			MASTER_SERVER => "http://127.0.0.1:$mport", MASTER_KEY => $key);
+		spawn('bash', 'scripts/node-entrypoint.sh');
+	};
+	ok(wait_until(sub { IO::Socket::INET->new(PeerAddr => "127.0.0.1:$http") }, 15), 'the node is up');
+	my $ppid = sub { (slurp("/proc/$_[0]/stat") =~ /^\d+ \(.*\) \S (\d+)/)[0] // 0 };
+	my @workers;
+	wait_until(sub { @workers = grep { $ppid->($_) == $pid } map { m{/proc/(\d+)} ? $1 : () } glob('/proc/[0-9]*') }, 10);
+	ok(@workers, 'a worker runs (' . scalar(@workers) . ')');
+	is(mode("$state/state/master.key"), 0600, 'the key is in a 0600 file');
+	for my $p ($pid, @workers) {
+		my $env = slurp("/proc/$p/environ");
+		ok(length $env, "/proc/$p/environ readable");
+		unlike($env, qr/\Q$key\E/, "no master key in the environment of process $p");
+	}
+	kill 'QUIT', $pid;
+	ok(defined reap($pid, 15), 'SIGQUIT ends it');
+}
+
+# --- render-node-conf.sh under umask 0 -------------------------------------------------------
+{
+	my $top = tempdir('mesh-rts-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{TEST_NGINX_LEAVE});
+	my $dir = "$top/node";
+	my $render = sub {
+		local %ENV = (%ENV, MESH_PREFIX => $prefix, NODE_ID => 'edge-rt', NODE_ROLE => 'relay',
+			MASTER_SERVER => 'http://127.0.0.1:1', MASTER_KEY => $key);
+		my $old = umask 0;
+		my $out = `bash scripts/render-node-conf.sh $dir 2>&1`;
+		umask $old;
+		is($?, 0, 'rendered') or diag($out);
+	};
+	$render->();
+	for my $d ("$dir/state", "$dir/media") {
+		is(mode($d) & 0007, 0, sprintf('%s: nothing for others (%04o)', $d =~ s{.*/}{}r, mode($d)));
+	}
+	is(mode("$dir/state/table.json") & 0077, 0, sprintf('table.json: owner only (%04o)', mode("$dir/state/table.json")));
+	is(mode("$dir/state/master.key"), 0600, 'master.key 0600');
+	# A key file from before, world-readable: made private when written again.
+	chmod 0644, "$dir/state/master.key";
+	$render->();
+	is(mode("$dir/state/master.key"), 0600, 'a 0644 master.key from before is made 0600');
+	is(slurp("$dir/state/master.key"), "$key\n", 'and holds the key');
+}
+
+done_testing();
