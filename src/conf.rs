@@ -490,8 +490,24 @@ static WARNED_CYCLE: std::sync::atomic::AtomicPtr<ngx_cycle_t> =
 unsafe fn warn_verbose_log(cf: *mut ngx_conf_t) {
     // SAFETY: the cycle being configured and its error logs (those declared so far).
     unsafe {
+        warn_verbose_logs(
+            cf,
+            &(*(*cf).cycle).new_log,
+            "\"mesh on\"",
+            "publish and play arguments (stream keys, viewer tokens) are logged at this level",
+        )
+    }
+}
+
+/// The same for the error logs in the list at `log` (an HTTP location's, which a media
+/// request logs to: nginx writes the request line, with its `token=`, at `info` and `debug`).
+///
+/// # Safety
+/// `cf` is the configuration being parsed; `log` a list of its error logs.
+pub unsafe fn warn_verbose_logs(cf: *mut ngx_conf_t, mut log: *const ngx_log_t, what: &str, why: &str) {
+    // SAFETY: as the caller guarantees.
+    unsafe {
         let cycle = (*cf).cycle;
-        let mut log: *const ngx_log_t = &(*cycle).new_log;
         let mut level = 0;
         while !log.is_null() {
             if !(*log).file.is_null() {
@@ -506,8 +522,10 @@ unsafe fn warn_verbose_log(cf: *mut ngx_conf_t) {
         ngx_conf_log_error!(
             NGX_LOG_WARN,
             cf,
-            "\"mesh on\" with error log level \"{}\": publish and play arguments (stream keys, viewer tokens) are logged at this level, use \"notice\" or above",
-            name
+            "{} with error log level \"{}\": {}, use \"notice\" or above",
+            what,
+            name,
+            why
         );
     }
 }

@@ -11,6 +11,8 @@
 # - render-node-conf.sh under umask 0 (what a daemon may run with) made the state directory
 #   world-writable and its table file world-readable and writable; a master key file that was
 #   already there kept its old mode.
+# - An HTTP error log at `debug` (or `info`) set in `http {}` writes every media request's
+#   line with its `token=`; `nginx -t` warned only for the main error log.
 
 use strict;
 use warnings;
@@ -18,7 +20,8 @@ use Test::More;
 use File::Temp qw(tempdir);
 use IO::Socket::INET;
 use lib 't/lib';
-use Mesh::Test qw(free_port wait_until reap spawn);
+use HTTP::Tiny;
+use Mesh::Test qw(free_port wait_until reap spawn viewer_token);
 
 plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
 
@@ -78,6 +81,37 @@ my $key = 'redteam-master-key-' . join('', map { int rand 10 } 1 .. 12);
 	$render->();
 	is(mode("$dir/state/master.key"), 0600, 'a 0644 master.key from before is made 0600');
 	is(slurp("$dir/state/master.key"), "$key\n", 'and holds the key');
+}
+
+# --- an HTTP error log at debug: warned by nginx -t ------------------------------------------
+{
+	my $t = Mesh::Test->new(name => 'rts-httplog');
+	my $dir = $t->testdir;
+	$t->write_file('table.json', '{"version": 1, "role": "standalone", "viewer_secret": "rts-vs"}');
+	my $load = join '', map { "load_module $_;\n" } "$Mesh::Test::MODULES/ngx_rtmp_module.so", "$Mesh::Test::MODULES/ngx_rtmp_mesh_module.so";
+	my $conf = sub {
+		my ($level) = @_;
+		$t->write_file_expand('nginx.conf', "${load}pid $dir/nginx.pid;\nerror_log $dir/error.log notice;\nevents {}\n"
+			. "rtmp {\n    mesh_table_file table.json;\n    server {\n        listen 127.0.0.1:%%PORT_1%%;\n"
+			. "        application live { mesh on; live on; }\n    }\n}\n"
+			. "http {\n    access_log off;\n    error_log $dir/http.log $level;\n    mesh_media_root $dir/media;\n"
+			. "    server {\n        listen 127.0.0.1:%%PORT_2%%;\n        location /hls/ { mesh_media hls; }\n    }\n}\n");
+	};
+	my $warn = qr/\[warn\] "mesh_media" with error log level "(\w+)": request lines \(viewer tokens\) are logged at this level, use "notice" or above/;
+	$conf->('debug');
+	my ($ok, $out) = $t->test_config;
+	ok($ok, 'http error log at debug: the configuration is good') or diag($out);
+	like($out, $warn, 'warned') or diag($out);
+	is(($out =~ $warn)[0], 'debug', 'names the level');
+	# What it warns of: the token is in that log.
+	$t->run;
+	my $tok = viewer_token('rts-vs', 'cam1', int(time) + 600);
+	HTTP::Tiny->new(timeout => 5)->get('http://127.0.0.1:' . $t->port(2) . "/hls/cam1/index.m3u8?token=$tok");
+	ok(wait_until(sub { index($t->read_file('http.log'), $tok) >= 0 }, 5), 'at debug, nginx logs the token');
+	$t->stop;
+	$conf->('notice');
+	($ok, $out) = $t->test_config;
+	unlike($out, qr/"mesh_media" with error log level/, 'notice: no warning') or diag($out);
 }
 
 done_testing();

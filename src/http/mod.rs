@@ -290,7 +290,7 @@ unsafe extern "C" fn set_media(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf:
 }
 
 unsafe extern "C" fn merge_loc_conf(
-    _: *mut ngx_conf_t,
+    cf: *mut ngx_conf_t,
     parent: *mut c_void,
     child: *mut c_void,
 ) -> *mut c_char {
@@ -300,6 +300,19 @@ unsafe extern "C" fn merge_loc_conf(
             let (p, c) = (&*parent.cast::<HttpLocConf>(), &mut *child.cast::<HttpLocConf>());
             if c.origins.is_none() {
                 c.origins.clone_from(&p.origins);
+            }
+            if c.format.is_some() {
+                // While a location merges, the context's loc_conf is that location's, and the
+                // core module (merged before us) has given it its error logs.
+                let ctx = (*cf).ctx.cast::<ngx_http_conf_ctx_t>();
+                let clcf = (*(*ctx).loc_conf.add((*addr_of!(ngx_http_core_module)).ctx_index))
+                    .cast::<ngx_http_core_loc_conf_t>();
+                crate::conf::warn_verbose_logs(
+                    cf,
+                    (*clcf).error_log,
+                    "\"mesh_media\"",
+                    "request lines (viewer tokens) are logged at this level",
+                );
             }
             CONF_OK
         }
