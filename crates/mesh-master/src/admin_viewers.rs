@@ -209,6 +209,41 @@ mod tests {
         }
     }
 
+    /// The master's whole answer for a play with `token`.
+    async fn play_reply(r: &Router, stream: &str, token: &str) -> AuthReply {
+        let body = serde_json::to_vec(&AuthRequest {
+            node_id: "edge-1".into(),
+            action: Action::Play,
+            stream: stream.into(),
+            key: None,
+            token: Some(token.into()),
+            addr: "192.0.2.1".into(),
+        })
+        .unwrap();
+        let (_, b) = call(r, signed_req("POST", "/auth", "edge-1", &body, now())).await;
+        serde_json::from_slice(&b).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_allow_lasts_no_longer_than_the_token_or_its_key() {
+        // Red team: the node caches an allow for its ttl_s (60 s) and admits with it, so a
+        // token with seconds to live, or one of a key retiring in seconds, played a minute on.
+        let (_app, r) = app();
+        announce_as(&r, "edge-1", Role::Relay).await;
+        let long = token(&r, "cam1", 600).await;
+        let a = play_reply(&r, "cam1", &long).await;
+        assert!(a.allow);
+        assert_eq!(a.ttl_s, Some(60), "a long token: the usual minute");
+        let short = token(&r, "cam1", 5).await;
+        let a = play_reply(&r, "cam1", &short).await;
+        assert!(a.allow && a.ttl_s.unwrap() <= 5, "{:?}", a.ttl_s);
+        let (st, _) = admin(&r, "POST", "/admin/viewer-keys", Some(r#"{"grace_s": 10}"#)).await;
+        assert_eq!(st, 201);
+        let a = play_reply(&r, "cam1", &long).await;
+        assert!(a.allow && a.ttl_s.unwrap() <= 10, "a retiring key: {:?}", a.ttl_s);
+        assert!(a.ttl_s.unwrap() >= 1);
+    }
+
     fn edge_table(app: &App) -> Table {
         Table::parse(&app.mesh.lock().table_json("edge-1").unwrap().1).unwrap()
     }

@@ -398,12 +398,32 @@ fn decide(app: &App, a: &AuthRequest) -> AuthReply {
             }
             let Some(token) = &a.token else { return deny("no token") };
             // The rules of the nodes' tables: the same keys, identities and lifetime.
-            match m.viewers().verify(&a.stream, m.stream_identity(&a.stream), token, now()) {
-                Ok(()) => AuthReply { allow: true, ttl_s: Some(AUTH_TTL_S), reason: Some("token".into()) },
+            let t = now();
+            match m.viewers().verify(&a.stream, m.stream_identity(&a.stream), token, t) {
+                Ok(()) => AuthReply {
+                    allow: true,
+                    ttl_s: Some(allow_ttl(&m.viewers(), token, t)),
+                    reason: Some("token".into()),
+                },
                 Err(e) => deny(&e.to_string()),
             }
         }
     }
+}
+
+/// How long a node may keep an allow for a good `token`: [`AUTH_TTL_S`], but never past the
+/// token's expiry or the end of its key's grace (a node caches the answer and admits with it:
+/// a token with 1 s to live was good for a minute more, as was one of a retiring key).
+fn allow_ttl(v: &mesh_core::viewer::Viewers<'_>, token: &str, now: u64) -> u64 {
+    use mesh_core::token::{parse_token, Parsed};
+    let Ok(p) = parse_token(token) else { return 1 };
+    let mut until = p.expiry();
+    if let Parsed::V2 { kid, .. } = p {
+        if let Some(end) = v.keys.iter().find(|k| k.id == kid).and_then(|k| k.not_after) {
+            until = until.min(end);
+        }
+    }
+    until.saturating_sub(now).clamp(1, AUTH_TTL_S)
 }
 
 async fn route(State(app): State<Arc<App>>, req: Request) -> Response {
