@@ -13,6 +13,8 @@
 #   already there kept its old mode.
 # - An HTTP error log at `debug` (or `info`) set in `http {}` writes every media request's
 #   line with its `token=`; `nginx -t` warned only for the main error log.
+# - A token re-spelt (its signature in uppercase, a leading zero on its expiry) verified all the
+#   same: one token was any number of distinct credentials.
 
 use strict;
 use warnings;
@@ -108,6 +110,13 @@ my $key = 'redteam-master-key-' . join('', map { int rand 10 } 1 .. 12);
 	my $tok = viewer_token('rts-vs', 'cam1', int(time) + 600);
 	HTTP::Tiny->new(timeout => 5)->get('http://127.0.0.1:' . $t->port(2) . "/hls/cam1/index.m3u8?token=$tok");
 	ok(wait_until(sub { index($t->read_file('http.log'), $tok) >= 0 }, 5), 'at debug, nginx logs the token');
+	# One spelling per token: the good one passes the token check (404: not live), re-spelt
+	# ones are refused (403).
+	my $get = sub { HTTP::Tiny->new(timeout => 5)->get('http://127.0.0.1:' . $t->port(2) . "/hls/cam1/master.m3u8?token=$_[0]")->{status} };
+	is($get->($tok), 404, 'the token as made: past the check');
+	my ($exp, $sig) = split /\./, $tok;
+	is($get->("$exp." . uc $sig), 403, 'its signature in uppercase: refused');
+	is($get->("0$exp.$sig"), 403, 'a leading zero on its expiry: refused');
 	$t->stop;
 	$conf->('notice');
 	($ok, $out) = $t->test_config;
