@@ -42,11 +42,13 @@ mkdir -p "$dir/state" "$dir/media" "$dir/logs"
 dir=$(cd "$dir" && pwd)
 # Whatever the umask (a daemon may run with 0): the state (tables with hop and viewer keys,
 # the master key) for its owner only, the media for the workers and their group.
-chmod 0700 "$dir/state"
-chmod 0750 "$dir/media"
+# (A read-only mount cannot be changed: said, not fatal.)
+private() { chmod "$@" 2>/dev/null || echo "render-node-conf: warning: cannot chmod $*" >&2; }
+private 0700 "$dir/state"
+private 0750 "$dir/media"
 # The workers (nobody when nginx starts as root) save the table and write the transcodes.
 [ -f "$dir/state/table.json" ] || (umask 077 && echo '{"version": 0}' >"$dir/state/table.json")
-chmod go-rwx "$dir/state/table.json"
+private go-rwx "$dir/state/table.json"
 if [ "$(id -u)" -eq 0 ]; then chown nobody "$dir/state" "$dir/state/table.json" "$dir/media"; fi
 
 master=""
