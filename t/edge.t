@@ -69,7 +69,7 @@ my $t0 = time;
 my $r = $ua->get("$http/hls/cam1/master.m3u8?$tok");
 is($r->{status}, 200, sprintf('first HLS request: 200 after %.1f s', time - $t0));
 is($r->{headers}{'content-type'}, 'application/vnd.apple.mpegurl', 'HLS MIME type');
-like($r->{headers}{'cache-control'}, qr/^max-age=[0-9]$/, 'manifest: short cache');
+like($r->{headers}{'cache-control'}, qr/^private, max-age=[0-9]$/, 'manifest: short cache, private');
 is(scalar(() = $r->{content} =~ /#EXT-X-STREAM-INF/g), 2, 'two renditions in the master playlist');
 my @pids = transcoders('cam1');
 is(scalar @pids, 1, 'one ffmpeg');
@@ -82,7 +82,7 @@ is(scalar(transcoders('cam1')), 1, 'a second viewer (DASH) starts no second ffmp
 
 $r = $ua->get("$http/hls/cam1/init-1.m4s?$tok");
 is($r->{headers}{'content-type'}, 'video/mp4', 'segment MIME type');
-is($r->{headers}{'cache-control'}, 'max-age=3600', 'segment: long cache');
+is($r->{headers}{'cache-control'}, 'private, max-age=3600', 'segment: long cache, private');
 
 # Segments decode; each rendition has its size; the source is a copy of the input.
 sub stream_info {

@@ -246,11 +246,14 @@ pub struct MediaFile {
 }
 
 impl MediaFile {
-    /// `Cache-Control` for the file.
+    /// `Cache-Control` for the file: `private`, as every one is served only with a viewer's
+    /// token and a manifest carries that token in its URLs. A shared cache (a CDN set to ignore
+    /// the query, as many are for segments) would otherwise serve them to anyone, tokenless,
+    /// and hand one viewer's token to the next.
     pub fn cache_control(&self, segment_s: f64) -> String {
         match self.cache {
-            Cache::Manifest => format!("max-age={}", (segment_s / 2.0).floor().max(1.0) as u64),
-            Cache::Segment => "max-age=3600".into(),
+            Cache::Manifest => format!("private, max-age={}", (segment_s / 2.0).floor().max(1.0) as u64),
+            Cache::Segment => "private, max-age=3600".into(),
         }
     }
 }
@@ -471,8 +474,9 @@ mod tests {
     #[test]
     fn cache_headers() {
         let m = media_file(Format::Hls, "master.m3u8").unwrap();
-        assert_eq!(m.cache_control(2.0), "max-age=1");
-        assert_eq!(m.cache_control(6.0), "max-age=3");
-        assert_eq!(media_file(Format::Dash, "init-0.m4s").unwrap().cache_control(2.0), "max-age=3600");
+        assert_eq!(m.cache_control(2.0), "private, max-age=1");
+        assert_eq!(m.cache_control(6.0), "private, max-age=3");
+        // Red team: behind a token, never in a shared cache.
+        assert_eq!(media_file(Format::Dash, "init-0.m4s").unwrap().cache_control(2.0), "private, max-age=3600");
     }
 }
