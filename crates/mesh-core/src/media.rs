@@ -477,6 +477,9 @@ mod tests {
         assert_eq!(m.cache_control(2.0), "private, max-age=1");
         assert_eq!(m.cache_control(6.0), "private, max-age=3");
         // Red team: behind a token, never in a shared cache.
-        assert_eq!(media_file(Format::Dash, "init-0.m4s").unwrap().cache_control(2.0), "private, max-age=3600");
+        assert_eq!(
+            media_file(Format::Dash, "init-0.m4s").unwrap().cache_control(2.0),
+            "private, max-age=3600"
+        );
     }
 }
