@@ -23,7 +23,7 @@ use File::Temp qw(tempdir);
 use IO::Socket::INET;
 use lib 't/lib';
 use HTTP::Tiny;
-use Mesh::Test qw(free_port wait_until reap spawn viewer_token);
+use Mesh::Test qw(free_port wait_until reap spawn viewer_token publish sha256_hex log_lines);
 
 plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
 
@@ -121,6 +121,48 @@ my $key = 'redteam-master-key-' . join('', map { int rand 10 } 1 .. 12);
 	$conf->('notice');
 	($ok, $out) = $t->test_config;
 	unlike($out, qr/"mesh_media" with error log level/, 'notice: no warning') or diag($out);
+}
+
+# --- the transcoder inherits no secret from nginx's environment -------------------------------
+{
+	my $t = Mesh::Test->new(name => 'rts-env');
+	my $media = $t->media_dir;
+	$t->write_file('table.json', qq({"role": "standalone", "viewer_secret": "rts-vs",
+  "publish": {"cam1": {"key_sha256": "@{[sha256_hex('k1')]}"}}}));
+	# A stand-in for ffmpeg that writes down its environment and waits.
+	my $fake = $t->write_file('fake-ffmpeg', "#!/bin/sh\ntrap 'exit 0' TERM\n"
+		. "env > $media/env.\$\$\nwhile :; do sleep 0.1; done\n");
+	chmod 0755, $fake;
+	$t->write_node_conf(http => <<CONF);
+http {
+    access_log off;
+    mesh_media_root $media;
+    mesh_ffmpeg $fake;
+    mesh_rtmp_source rtmp://127.0.0.1:%%PORT_1%%/live;
+    mesh_manifest_wait 5s;
+    server {
+        listen 127.0.0.1:%%PORT_2%%;
+        location /hls/ { mesh_media hls; }
+    }
+}
+CONF
+	{
+		local $ENV{MASTER_KEY} = $key;
+		local $ENV{ADMIN_TOKEN} = $key;
+		$t->run;
+	}
+	my $pub = publish('rtmp://127.0.0.1:' . $t->port(1) . '/live/cam1?key=k1', secs => 60);
+	ok(wait_until(sub { log_lines($t, qr/publish accepted: stream "cam1"/) }, 10), 'published');
+	my $tok = viewer_token('rts-vs', 'cam1', int(time) + 600);
+	HTTP::Tiny->new(timeout => 2)->get('http://127.0.0.1:' . $t->port(2) . "/hls/cam1/master.m3u8?token=$tok");
+	my ($envf) = wait_until(sub { (glob("$media/env.*"))[0] }, 10);
+	ok($envf, 'the transcoder started');
+	my $env = slurp($envf // '');
+	unlike($env, qr/\Q$key\E/, "no secret of nginx's environment in the transcoder's");
+	unlike($env, qr/^(MASTER_KEY|ADMIN_TOKEN)=/m, 'nor their names');
+	kill 'TERM', $pub;
+	reap($pub, 5);
+	$t->stop;
 }
 
 done_testing();
