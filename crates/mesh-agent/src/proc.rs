@@ -362,6 +362,32 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_split_across_reads_or_cut_at_max_line_is_never_emitted() {
+        // Red team: ffmpeg's echo of its input URL, read in pieces (the pipe gives what it
+        // has), or longer than a line is kept: what the log gets, redacted as the transcoder
+        // does, never holds the credential.
+        let secret = "0123456789abcdef0123456789abcdef";
+        let url = format!("[in#0 @ 0x5] Error opening input rtmp://127.0.0.1:1935/relay/cam1?node=e1&key={secret}: I/O error\n");
+        for cut in 0..url.len() {
+            let mut o = OutputLines::default();
+            let mut got = lines(&mut o, &url.as_bytes()[..cut], 0);
+            got.extend(lines(&mut o, &url.as_bytes()[cut..], 0));
+            assert_eq!(got.len(), 1, "cut at {cut}");
+            assert!(!mesh_core::credential::redact(&got[0]).contains(&secret[..8]), "cut at {cut}: {got:?}");
+        }
+        for pad in MAX_LINE - 60..MAX_LINE + 5 {
+            let mut o = OutputLines::default();
+            let long = format!("{}{url}", "x".repeat(pad));
+            let mut v = Vec::new();
+            o.feed(long.as_bytes(), 0, &mut |l| v.push(mesh_core::credential::redact(l)));
+            o.finish(0, &mut |l| v.push(mesh_core::credential::redact(l)));
+            for l in &v {
+                assert!(!l.contains(&secret[..4]), "pad {pad}: {l}");
+            }
+        }
+    }
+
+    #[test]
     fn output_lines_are_whole_bounded_and_rate_limited() {
         let mut o = OutputLines::default();
         assert_eq!(lines(&mut o, b"one\ntw", 0), ["one"]);
