@@ -174,6 +174,7 @@ sub media_dir {
 #   <directive> => value   sets, adds or (undef) leaves out an http-level directive
 #                          (mesh_segment => '2s', mesh_ffmpeg => undef, access_log => ...)
 #   renditions => [...]    the mesh_rendition lines, in order (default ['source']; [] for none)
+#   listen => [...]        the server's addresses (default ['127.0.0.1']), each on PORT_2
 #   dash => 1              `location /dash/` too
 #   head => '...'          http-level text before the directives (log_format, include, types)
 #   locations => '...'     more locations in the server
@@ -181,7 +182,7 @@ sub media_dir {
 # (text options are indented to their level, line by line)
 sub edge_http {
 	my ($self, %o) = @_;
-	my %opt = map { $_ => delete $o{$_} } grep { exists $o{$_} } qw(renditions dash head locations servers);
+	my %opt = map { $_ => delete $o{$_} } grep { exists $o{$_} } qw(renditions listen dash head locations servers);
 	my %d = (access_log => 'off', mesh_ffmpeg => '/usr/bin/ffmpeg',
 		mesh_rtmp_source => 'rtmp://127.0.0.1:%%PORT_1%%/live', mesh_segment => '1s', mesh_manifest_wait => '15s', %o);
 	$d{mesh_media_root} = $self->media_dir unless exists $d{mesh_media_root};
@@ -197,8 +198,9 @@ sub edge_http {
 	my $dash = $opt{dash} ? "        location /dash/ { mesh_media dash; }\n" : '';
 	my $locations = $indent->($opt{locations}, 8);
 	my $servers = $indent->($opt{servers}, 4);
-	return "http {\n$head$dirs    server {\n        listen 127.0.0.1:%%PORT_2%%;\n"
-		. "        location /hls/ { mesh_media hls; }\n$dash$locations    }\n$servers}\n";
+	my $listen = join '', map { "        listen $_:%%PORT_2%%;\n" } @{$opt{listen} // ['127.0.0.1']};
+	return "http {\n$head$dirs    server {\n$listen        location /hls/ { mesh_media hls; }\n$dash$locations    }\n"
+		. "$servers}\n";
 }
 
 # A standalone node's table file (table.json): its viewer secret and the publish keys
