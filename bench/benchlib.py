@@ -78,7 +78,7 @@ def nginx(d, *args, check=True):
                           check=check, capture_output="-t" in args)
 
 
-def stop(d):
+def stop_nginx(d):
     """TERM to the nginx whose pid file is in `d`, if it runs."""
     try:
         with open(os.path.join(d, "nginx.pid")) as f:

@@ -28,7 +28,7 @@ import time
 import urllib.request
 
 sys.dont_write_bytecode = True
-from benchlib import MODS, TOP, nginx, port, stop, wait_port, write_conf  # noqa: E402
+from benchlib import MODS, TOP, nginx, port, stop_nginx, wait_port, write_conf  # noqa: E402
 
 sys.path.insert(0, os.path.join(TOP, "t/lib"))
 import rtmp_raw  # noqa: E402
@@ -174,7 +174,7 @@ def main():
                 print("\n%s not admitted: %s" % (k, ", ".join("%s × %d" % kv for kv in sorted(codes.items()))))
     finally:
         if node:
-            stop(node)
+            stop_nginx(node)
         master.terminate()
         master.wait()
         time.sleep(0.5)

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 
-from benchlib import nginx, port, stop, write_conf
+from benchlib import nginx, port, stop_nginx, write_conf
 
 
 def table(n, version, down):
@@ -133,7 +133,7 @@ http {{
         for p in pubs:
             p.terminate()
             p.wait()
-        stop(work)
+        stop_nginx(work)
         time.sleep(0.5)
         shutil.rmtree(work, ignore_errors=True)
 
