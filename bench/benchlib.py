@@ -1,7 +1,10 @@
 """Helpers shared by the Python benchmarks."""
 
 import os
+import signal
 import socket
+import subprocess
+import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NGINX = os.path.join(TOP, "dist/sbin/nginx")
@@ -55,6 +58,45 @@ def port(count=1):
             _used.update(run)
             return p
     raise RuntimeError("no free port in %d-%d" % (PORT_LO, PORT_HI))
+
+
+def write_conf(d, body, mesh=True, error_log="notice", worker_connections=1024, main="", mods=MODS):
+    """`d`/nginx.conf: the rtmp module (and ours, with `mesh`) loaded from `mods`, one worker
+    (`main`: more main-level directives), its error log (at `error_log`) and pid file in `d`,
+    then `body`."""
+    load = "load_module %s/ngx_rtmp_module.so;\n" % mods
+    if mesh:
+        load += "load_module %s/ngx_rtmp_mesh_module.so;\n" % mods
+    with open(os.path.join(d, "nginx.conf"), "w") as f:
+        f.write("%sworker_processes 1;\n%serror_log %s/error.log %s;\npid %s/nginx.pid;\n"
+                "events { worker_connections %d; }\n%s" % (load, main, d, error_log, d, worker_connections, body))
+
+
+def nginx(d, *args, check=True):
+    """Run nginx with `d` as its prefix and d/nginx.conf (`-t` to test it); the CompletedProcess."""
+    return subprocess.run([NGINX, "-p", d + "/", "-c", "nginx.conf", "-e", d + "/error.log", *args],
+                          check=check, capture_output="-t" in args)
+
+
+def stop_nginx(d):
+    """TERM to the nginx whose pid file is in `d`, if it runs."""
+    try:
+        with open(os.path.join(d, "nginx.pid")) as f:
+            os.kill(int(f.read()), signal.SIGTERM)
+    except (OSError, ValueError):
+        pass
+
+
+def wait_port(p, secs=10):
+    """Until something listens on 127.0.0.1:`p` (at most `secs`); whether it does."""
+    end = time.time() + secs
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", p), 0.5).close()
+            return True
+        except OSError:
+            time.sleep(0.1)
+    return False
 
 
 if __name__ == "__main__":  # for shell scripts: benchlib.py [n] prints n free ports

@@ -19,9 +19,7 @@ import argparse
 import hashlib
 import json
 import os
-import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +28,7 @@ import time
 import urllib.request
 
 sys.dont_write_bytecode = True
-from benchlib import MODS, NGINX, TOP  # noqa: E402
+from benchlib import MODS, TOP, nginx, port, stop_nginx, wait_port, write_conf  # noqa: E402
 
 sys.path.insert(0, os.path.join(TOP, "t/lib"))
 import rtmp_raw  # noqa: E402
@@ -41,69 +39,30 @@ CLIENT = os.path.join(TOP, "t/lib/rtmp_fuzz.py")
 MASTER_KEY = "bench-master-key"
 
 
-def free_port():
-    """A free port below the ephemeral range (the flood's clients use that one up)."""
-    for _ in range(200):
-        p = random.randrange(20000, 32000)
-        s = socket.socket()
-        try:
-            s.bind(("0.0.0.0", p))
-            return p
-        except OSError:
-            continue
-        finally:
-            s.close()
-    raise SystemExit("no free port")
-
-
 def control(mport, what, data):
     req = urllib.request.Request("http://127.0.0.1:%d/_control/%s" % (mport, what), json.dumps(data).encode(),
                                  {"Content-Type": "application/json"})
     return json.loads(urllib.request.urlopen(req, timeout=10).read())
 
 
-def wait_port(port, secs=10):
-    end = time.time() + secs
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return True
-        except OSError:
-            time.sleep(0.1)
-    return False
-
-
 def caps_supported(work):
     d = os.path.join(work, "probe")
     os.makedirs(os.path.join(d, "logs"))
-    with open(os.path.join(d, "nginx.conf"), "w") as f:
-        f.write("load_module %s/ngx_rtmp_module.so;\nload_module %s/ngx_rtmp_mesh_module.so;\n"
-                "error_log %s/error.log;\npid %s/nginx.pid;\nevents {}\n"
-                "rtmp { mesh_auth_pending_max 16; mesh_auth_pending_per_addr 4; }\n" % (MODS, MODS, d, d))
-    r = subprocess.run([NGINX, "-p", d + "/", "-c", "nginx.conf", "-e", d + "/error.log", "-t"],
-                       capture_output=True)
-    return r.returncode == 0
+    write_conf(d, "rtmp { mesh_auth_pending_max 16; mesh_auth_pending_per_addr 4; }\n", mods=MODS)
+    return nginx(d, "-t", check=False).returncode == 0
 
 
 def start(work, mport, caps):
     d = os.path.join(work, "node")
     os.makedirs(os.path.join(d, "logs"))
-    rport = free_port()
+    rport = port()
     with open(os.path.join(d, "master.key"), "w") as f:
         f.write(MASTER_KEY + "\n")
     with open(os.path.join(d, "table.json"), "w") as f:
         f.write('{"version": 0}')
     os.chmod(d, 0o777)
     limits = "    mesh_auth_pending_max 128;\n    mesh_auth_pending_per_addr 4;\n" if caps else ""
-    with open(os.path.join(d, "nginx.conf"), "w") as f:
-        f.write("""load_module {mods}/ngx_rtmp_module.so;
-load_module {mods}/ngx_rtmp_mesh_module.so;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-error_log {d}/error.log crit;
-pid {d}/nginx.pid;
-events {{ worker_connections 4096; }}
-rtmp {{
+    write_conf(d, """rtmp {{
     access_log off;
     mesh_node_id bench-flood;
     mesh_table_file {d}/table.json;
@@ -114,8 +73,9 @@ rtmp {{
     mesh_master_timeout 10s;
 {limits}    server {{ listen 127.0.0.1:{rport}; application live {{ mesh on; live on; }} }}
 }}
-""".format(mods=MODS, d=d, mport=mport, limits=limits, rport=rport))
-    subprocess.run([NGINX, "-p", d + "/", "-c", "nginx.conf", "-e", d + "/error.log"], check=True)
+""".format(d=d, mport=mport, limits=limits, rport=rport), error_log="crit", worker_connections=4096,
+               main="worker_rlimit_nofile 20000;\n", mods=MODS)
+    nginx(d)
     wait_port(rport)
     return d, rport
 
@@ -162,7 +122,7 @@ def main():
     ap.add_argument("--spread", type=float, default=12, help="seconds the flood lasts at least")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="bench-flood-")
-    mport = free_port()
+    mport = port()
     master = subprocess.Popen([sys.executable, "-B", FAKE_MASTER, "--port", str(mport), "--key", MASTER_KEY],
                               stdout=subprocess.DEVNULL)
     node = None
@@ -214,11 +174,7 @@ def main():
                 print("\n%s not admitted: %s" % (k, ", ".join("%s × %d" % kv for kv in sorted(codes.items()))))
     finally:
         if node:
-            try:
-                with open(os.path.join(node, "nginx.pid")) as f:
-                    os.kill(int(f.read()), 15)
-            except (OSError, ValueError):
-                pass
+            stop_nginx(node)
         master.terminate()
         master.wait()
         time.sleep(0.5)

@@ -20,7 +20,7 @@ use lib "$FindBin::Bin/../t/lib";
 use HTTP::Tiny;
 use Time::HiRes qw(time sleep);
 use Test::More;
-use Mesh::Test qw(sha256_hex publish wait_until log_lines reap viewer_token);
+use Mesh::Test qw(publish wait_until log_lines reap viewer_token);
 
 my $secs = shift // 8;
 my $rounds = shift // 2;
@@ -28,25 +28,10 @@ system('sh', '-c', 'command -v wrk >/dev/null') == 0 or die "bench/hls_rate.pl n
 
 my $t = Mesh::Test->new(name => 'hls_rate');
 my $media = $t->media_dir;
-$t->write_file('table.json', qq({"role": "standalone", "viewer_secret": "bench",
-  "publish": {"cam1": {"key_sha256": "@{[sha256_hex('k1')]}"}}}));
-$t->write_node_conf(http => <<CONF);
-http {
-    access_log off;
-    sendfile on;
-    types { application/vnd.apple.mpegurl m3u8; video/mp4 m4s; }
-    mesh_media_root $media;
-    mesh_rtmp_source rtmp://127.0.0.1:%%PORT_1%%/live;
-    mesh_rendition source;
-    mesh_segment 4s;
-    mesh_transcode_idle 600s;
-    server {
-        listen 127.0.0.1:%%PORT_2%%;
-        location /hls/ { mesh_media hls; }
-        location /cam1/ { root $media; }
-    }
-}
-CONF
+$t->write_standalone_table('bench', cam1 => 'k1');
+$t->write_node_conf(http => $t->edge_http(mesh_ffmpeg => undef, mesh_manifest_wait => undef, sendfile => 'on',
+	head => 'types { application/vnd.apple.mpegurl m3u8; video/mp4 m4s; }', mesh_segment => '4s',
+	mesh_transcode_idle => '600s', locations => "location /cam1/ { root $media; }"));
 $t->allow_alert(qr/exited on signal 9/);
 $t->run;
 my $rtmp = 'rtmp://127.0.0.1:' . $t->port(1) . '/live';

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import MODS, NGINX, port
+from benchlib import nginx, port, write_conf
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -35,21 +35,8 @@ class Nginx:
         self.dir = os.path.join(work, name)
         os.makedirs(os.path.join(self.dir, "logs"), exist_ok=True)
         os.chmod(self.dir, 0o777)
-        mods = f"load_module {MODS}/ngx_rtmp_module.so;\n"
-        if mesh:
-            mods += f"load_module {MODS}/ngx_rtmp_mesh_module.so;\n"
-        with open(os.path.join(self.dir, "nginx.conf"), "w") as f:
-            f.write(f"""{mods}
-worker_processes 1;
-error_log {self.dir}/error.log notice;
-pid {self.dir}/nginx.pid;
-events {{ worker_connections 4096; }}
-rtmp {{
-    access_log off;
-{rtmp}
-}}
-""")
-        subprocess.run([NGINX, "-p", self.dir + "/", "-c", "nginx.conf", "-e", self.dir + "/error.log"], check=True)
+        write_conf(self.dir, f"rtmp {{\n    access_log off;\n{rtmp}\n}}\n", mesh=mesh, worker_connections=4096)
+        nginx(self.dir)
         time.sleep(0.3)
         master = int(open(os.path.join(self.dir, "nginx.pid")).read())
         self.master = master

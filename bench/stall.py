@@ -17,13 +17,12 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
 import time
 
-from benchlib import MODS, NGINX, port
+from benchlib import nginx, port, stop_nginx, write_conf
 
 
 def table(n, version, down):
@@ -77,14 +76,7 @@ def main():
         rp, hp, down = port(), port(), port()
         tf = os.path.join(work, "table.json")
         write(tf, table(1000, 1, down))
-        with open(os.path.join(work, "nginx.conf"), "w") as f:
-            f.write(f"""load_module {MODS}/ngx_rtmp_module.so;
-load_module {MODS}/ngx_rtmp_mesh_module.so;
-worker_processes 1;
-error_log {work}/error.log notice;
-pid {work}/nginx.pid;
-events {{ worker_connections 1024; }}
-rtmp {{
+        write_conf(work, f"""rtmp {{
     access_log off;
     mesh_node_id ingest-1;
     mesh_table_file {tf};
@@ -95,7 +87,7 @@ http {{
     server {{ listen 127.0.0.1:{hp}; location = /ping {{ return 204; }} location = /status {{ mesh_status; }} }}
 }}
 """)
-        subprocess.run([NGINX, "-p", work + "/", "-c", "nginx.conf", "-e", work + "/error.log"], check=True)
+        nginx(work)
         time.sleep(0.5)
         for s in ("s1", "s2"):
             pubs.append(subprocess.Popen(["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-f", "lavfi", "-i",
@@ -141,10 +133,7 @@ http {{
         for p in pubs:
             p.terminate()
             p.wait()
-        try:
-            os.kill(int(open(os.path.join(work, "nginx.pid")).read()), signal.SIGTERM)
-        except (OSError, ValueError):
-            pass
+        stop_nginx(work)
         time.sleep(0.5)
         shutil.rmtree(work, ignore_errors=True)
 

@@ -19,6 +19,7 @@ use mesh_core::{Role, Table};
 use ngx::ngx_conf_log_error;
 use parking_lot::RwLock;
 
+use crate::directive::{self, arg, args, DUPLICATE};
 use crate::ffi::*;
 use crate::util::{full_name, guard, pool_new, str_bytes, CONF_ERROR, CONF_OK};
 
@@ -119,24 +120,6 @@ pub struct AppConf {
 
 const UNSET: ngx_flag_t = -1;
 
-/// The directive's arguments (`value[0]` is the directive's name).
-///
-/// # Safety
-/// `cf` must be the configuration being parsed.
-unsafe fn args<'a>(cf: *mut ngx_conf_t) -> &'a [ngx_str_t] {
-    // SAFETY: cf->args is an array of ngx_str_t filled by the parser for this directive.
-    unsafe { (*(*cf).args).as_slice() }
-}
-
-/// Text of argument `i`, lossily decoded.
-///
-/// # Safety
-/// `cf` must be the configuration being parsed, with at least `i + 1` arguments.
-unsafe fn arg(cf: *mut ngx_conf_t, i: usize) -> String {
-    // SAFETY: the parser holds the argument strings for the directive's duration.
-    unsafe { String::from_utf8_lossy(str_bytes(&args(cf)[i])).into_owned() }
-}
-
 /// # Safety
 /// `conf` is the MainConf created by [`create_main_conf`].
 unsafe fn main_conf<'a>(conf: *mut c_void) -> &'a mut MainConf {
@@ -144,8 +127,7 @@ unsafe fn main_conf<'a>(conf: *mut c_void) -> &'a mut MainConf {
     unsafe { &mut *conf.cast::<MainConf>() }
 }
 
-/// The one shape of our single-value directives: refuse a duplicate, check the value
-/// (`check` says why not, in nginx's words: "it must be ..."), store it.
+/// [`directive::set_once`] into a field of our main conf.
 ///
 /// # Safety
 /// Called from a directive handler with its `cf` and our main conf.
@@ -156,28 +138,7 @@ unsafe fn set_once<T>(
     check: impl FnOnce(&str) -> Result<T, String>,
 ) -> *mut c_char {
     // SAFETY: as the caller guarantees.
-    let (mcf, name, value) = unsafe { (main_conf(conf), arg(cf, 0), arg(cf, 1)) };
-    let slot = slot(mcf);
-    if slot.is_some() {
-        return c"is duplicate".as_ptr().cast_mut();
-    }
-    match check(&value) {
-        Ok(v) => {
-            *slot = Some(v);
-            CONF_OK
-        }
-        Err(why) => {
-            ngx_conf_log_error!(
-                NGX_LOG_EMERG,
-                cf,
-                "invalid value \"{}\" in \"{}\" directive, {}",
-                for_log(&value),
-                name,
-                why
-            );
-            CONF_ERROR
-        }
-    }
+    unsafe { directive::set_once(cf, slot(main_conf(conf)), check) }
 }
 
 pub unsafe extern "C" fn set_node_id(
@@ -227,7 +188,7 @@ pub unsafe extern "C" fn set_table_file(
         // SAFETY: called by the parser with our main conf and the directive's arguments.
         let mcf = unsafe { main_conf(conf) };
         if mcf.table_file.is_some() {
-            return c"is duplicate".as_ptr().cast_mut();
+            return DUPLICATE;
         }
         // SAFETY: args(cf)[1] is the parser's string.
         let Some(path) = (unsafe { full_name(cf, args(cf)[1], true) }) else { return CONF_ERROR };
@@ -284,7 +245,7 @@ pub unsafe extern "C" fn set_master_key(
             (main_conf(conf), arg(cf, 1), String::from_utf8_lossy(str_bytes(&(*cmd).name)).into_owned())
         };
         if mcf.master_key.is_some() {
-            return c"is duplicate".as_ptr().cast_mut();
+            return DUPLICATE;
         }
         let key = if name == "mesh_master_key_file" {
             // SAFETY: args(cf)[1] is the parser's string.

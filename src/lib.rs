@@ -3,6 +3,7 @@
 //! One concern per file, as nginx-rtmp-module does:
 //! * [`module`]: the module definition, directives and chain hooks;
 //! * [`conf`]: configuration (directives, create/merge, the node snapshot);
+//! * [`directive`]: what every directive handler shares (arguments, nginx's error wording);
 //! * [`session`]: publish/play admission at the head of nginx-rtmp's chains;
 //! * [`push`]: relay pushes of published streams, their retries and reconciliation;
 //! * [`registry`]: the admitted sessions, checked again when the table or role changes;
@@ -18,6 +19,7 @@
 
 mod auth;
 mod conf;
+mod directive;
 mod ffi;
 mod http;
 pub mod module;

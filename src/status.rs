@@ -31,7 +31,7 @@ pub unsafe extern "C" fn set_status(
             let idx = (*std::ptr::addr_of!(ngx_http_core_module)).ctx_index;
             let clcf = (*(*ctx).loc_conf.add(idx)).cast::<ngx_http_core_loc_conf_t>();
             if (*clcf).handler.is_some() {
-                return c"is duplicate".as_ptr().cast_mut();
+                return crate::directive::DUPLICATE;
             }
             (*clcf).handler = Some(handler);
             ACCESS_INDEX.store(access_module_index((*cf).cycle), Ordering::Relaxed);

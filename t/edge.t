@@ -11,35 +11,18 @@ use Test::More;
 use Time::HiRes qw(sleep time);
 use HTTP::Tiny;
 use lib 't/lib';
-use Mesh::Test qw(sha256_hex publish probe wait_until log_lines reap viewer_token);
+use Mesh::Test qw(publish probe wait_until log_lines reap viewer_token);
 
 plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
 
 my $secret = 'edge-secret';
 my $t = Mesh::Test->new(name => 'edge');
 my $media = $t->media_dir;
-$t->write_file('table.json', qq({"role": "standalone", "viewer_secret": "$secret",
-  "publish": {"cam1": {"key_sha256": "@{[sha256_hex('k1')]}"}, "cam2": {"key_sha256": "@{[sha256_hex('k2')]}"}}}));
+$t->write_standalone_table($secret, cam1 => 'k1', cam2 => 'k2');
 sub conf {
 	my ($ffmpeg) = @_;
-	$t->write_node_conf(http => <<CONF);
-http {
-    access_log off;
-    mesh_media_root $media;
-    mesh_ffmpeg $ffmpeg;
-    mesh_rtmp_source rtmp://127.0.0.1:%%PORT_1%%/live;
-    mesh_rendition source;
-    mesh_rendition small 320x180 300k 64k;
-    mesh_segment 1s;
-    mesh_transcode_idle 4s;
-    mesh_manifest_wait 15s;
-    server {
-        listen 127.0.0.1:%%PORT_2%%;
-        location /hls/ { mesh_media hls; }
-        location /dash/ { mesh_media dash; }
-    }
-}
-CONF
+	$t->write_node_conf(http => $t->edge_http(mesh_ffmpeg => $ffmpeg, renditions => [ 'source', 'small 320x180 300k 64k' ],
+		mesh_transcode_idle => '4s', dash => 1));
 }
 conf('/usr/bin/ffmpeg');
 $t->run;
@@ -51,8 +34,7 @@ my $tok = 'token=' . viewer_token($secret, 'cam1', int(time) + 3600);
 # the pids of our transcoders (ffmpeg writing under this test's media root)
 sub transcoders {
 	my ($stream) = @_;
-	my $dir = "$media/" . ($stream // '');
-	return grep { (qx{cat /proc/$_/cmdline 2>/dev/null} // '') =~ /\Q$dir\E/ } map { /^(\d+)$/ ? $1 : () } qx{pgrep -x ffmpeg};
+	return Mesh::Test::transcoders("$media/" . ($stream // ''));
 }
 
 my $pub = publish("$rtmp/cam1?key=k1", secs => 120);

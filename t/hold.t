@@ -17,7 +17,7 @@ use HTTP::Tiny;
 use IO::Select;
 use IO::Socket::INET;
 use lib 't/lib';
-use Mesh::Test qw(sha256_hex publish probe wait_until log_lines reap viewer_token);
+use Mesh::Test qw(publish probe wait_until log_lines reap viewer_token);
 use Mesh::FakeMaster;
 use Mesh::Node;
 
@@ -29,27 +29,13 @@ my $media = $t->media_dir;
 # A transcoder that never writes a manifest (and stops cleanly on SIGTERM).
 my $never = $t->write_file('never-ready', "#!/bin/sh\ntrap 'exit 0' TERM\nwhile :; do sleep 0.2; done\n");
 chmod 0755, $never;
-$t->write_file('table.json', qq({"role": "standalone", "viewer_secret": "$secret",
-  "publish": {"cam1": {"key_sha256": "@{[sha256_hex('k1')]}"}}}));
+$t->write_standalone_table($secret, cam1 => 'k1');
 mkdir $t->testdir . '/static';
 $t->write_file('static/page.html', "the player page\n");
 sub conf {
 	my (%d) = @_;
-	my $dirs = join '', map { "    $_ $d{$_};\n" } sort keys %d;
-	$t->write_node_conf(http => <<CONF);
-http {
-    access_log off;
-    mesh_media_root $media;
-    mesh_ffmpeg $never;
-    mesh_rtmp_source rtmp://127.0.0.1:%%PORT_1%%/live;
-$dirs
-    server {
-        listen 127.0.0.1:%%PORT_2%%;
-        location /hls/ { mesh_media hls; }
-        location /static/ { root %%TESTDIR%%; }
-    }
-}
-CONF
+	$t->write_node_conf(http => $t->edge_http(mesh_ffmpeg => $never, renditions => [], mesh_segment => undef,
+		mesh_manifest_wait => undef, locations => 'location /static/ { root %%TESTDIR%%; }', %d));
 }
 # Caps far above the worker's 512 connections: only noticing closed clients can save it.
 conf(mesh_manifest_wait => '20s', mesh_manifest_wait_max => 100000, mesh_manifest_wait_per_client => 100000);

@@ -16,7 +16,7 @@ use Time::HiRes qw(sleep time);
 use HTTP::Tiny;
 use POSIX qw(mkfifo);
 use lib 't/lib';
-use Mesh::Test qw(sha256_hex publish probe wait_until log_lines reap viewer_token);
+use Mesh::Test qw(publish probe wait_until log_lines reap viewer_token);
 use Mesh::FakeMaster;
 use Mesh::Node;
 use JSON::PP;
@@ -26,30 +26,16 @@ plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_
 my $secret = 'media-secret';
 my $t = Mesh::Test->new(name => 'media_auth');
 my $media = $t->media_dir;
-$t->write_file('table.json', qq({"role": "standalone", "viewer_secret": "$secret",
-  "publish": {"cam1": {"key_sha256": "@{[sha256_hex('k1')]}"}}}));
-$t->write_node_conf(http => <<CONF);
-http {
-    access_log off;
-    mesh_media_root $media;
-    mesh_rtmp_source rtmp://127.0.0.1:%%PORT_1%%/live;
-    mesh_rendition source;
-    mesh_rendition small 320x180 300k 64k;
-    mesh_segment 1s;
-    mesh_transcode_idle 4s;
-    server {
-        listen 127.0.0.1:%%PORT_2%%;
-        location /hls/ { mesh_media hls; }
-        location /dash/ { mesh_media dash; }
-    }
-    server {
-        listen 127.0.0.1:%%PORT_3%%;
-        mesh_allow_origin https://player.example http://127.0.0.1:8080;
-        location /hls/ { mesh_media hls; }
-        location /dash/ { mesh_media dash; mesh_allow_origin *; }
-    }
+$t->write_standalone_table($secret, cam1 => 'k1');
+$t->write_node_conf(http => $t->edge_http(mesh_ffmpeg => undef, mesh_manifest_wait => undef,
+	renditions => [ 'source', 'small 320x180 300k 64k' ], mesh_transcode_idle => '4s', dash => 1, servers => <<SERVER));
+server {
+    listen 127.0.0.1:%%PORT_3%%;
+    mesh_allow_origin https://player.example http://127.0.0.1:8080;
+    location /hls/ { mesh_media hls; }
+    location /dash/ { mesh_media dash; mesh_allow_origin *; }
 }
-CONF
+SERVER
 $t->run;
 my $rtmp = 'rtmp://127.0.0.1:' . $t->port(1) . '/live';
 my $http = 'http://127.0.0.1:' . $t->port(2);
@@ -63,9 +49,7 @@ my %bad = (
 	'another stream' => [ viewer_token($secret, 'cam2', int(time) + 3600), 403, qr/^bad token/ ],
 );
 
-sub transcoders {
-	return grep { (qx{cat /proc/$_/cmdline 2>/dev/null} // '') =~ /\Q$media\E/ } map { /^(\d+)$/ ? $1 : () } qx{pgrep -x ffmpeg};
-}
+sub transcoders { Mesh::Test::transcoders($media) }
 
 my $pub = publish("$rtmp/cam1?key=k1", secs => 180);
 ok(wait_until(sub { log_lines($t, qr/publish accepted: stream "cam1"/) }, 5), 'published');

@@ -9,42 +9,21 @@
 
 use strict;
 use warnings;
-use Cwd qw(abs_path);
-use File::Path qw(make_path);
-use JSON::PP;
 use Test::More;
 use lib 't/lib';
-use Mesh::Test qw(sha256_hex publish probe wait_until log_lines reap viewer_token);
+use Mesh::Test qw(publish probe wait_until log_lines reap viewer_token);
+use Mesh::Browser;
 
 plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
-plan(skip_all => 'no chromium, node or t/browser/node_modules (make test installs them)')
-	unless -x '/usr/bin/chromium' && (grep { -x "$_/node" } split /:/, $ENV{PATH}) && -d 't/browser/node_modules/playwright-core';
-
-my $html = abs_path('dist/html');
-my $out = $ENV{TEST_NGINX_OUT} // abs_path('t') . '/out';
-make_path($out);
+Mesh::Browser::require_browser();
+my $out = Mesh::Browser::out_dir();
 
 my $t = Mesh::Test->new(name => 'player');
-my $media = $t->media_dir;
-$t->write_file('table.json', qq({"viewer_secret": "s", "publish": {"cam1": {"key_sha256": "@{[sha256_hex('k1')]}"}}}));
-$t->write_node_conf(http => <<CONF);
-http {
-    log_format media '\$status \$request_uri';
-    access_log %%TESTDIR%%/media_access.log media;
-    include $html/../conf/mime.types;
-    mesh_media_root $media;
-    mesh_rtmp_source rtmp://127.0.0.1:%%PORT_1%%/live;
-    mesh_rendition source;
-    mesh_rendition small 320x180 300k 64k;
-    mesh_segment 1s;
-    server {
-        listen 127.0.0.1:%%PORT_2%%;
-        location /hls/ { mesh_media hls; }
-        location /dash/ { mesh_media dash; }
-        location /player/ { root $html; include $html/../conf/player_headers.conf; }
-    }
-}
-CONF
+$t->write_standalone_table('s', cam1 => 'k1');
+$t->write_node_conf(http => $t->edge_http(mesh_ffmpeg => undef, mesh_manifest_wait => undef,
+	renditions => [ 'source', 'small 320x180 300k 64k' ], dash => 1, locations => Mesh::Browser::player_location(),
+	access_log => '%%TESTDIR%%/media_access.log media',
+	head => "log_format media '\$status \$request_uri';\n" . Mesh::Browser::mime_types()));
 $t->run;
 
 my $pub = publish('rtmp://127.0.0.1:' . $t->port(1) . '/live/cam1?key=k1', secs => 120);
@@ -54,10 +33,8 @@ my $token = viewer_token('s', 'cam1', time + 600);
 for my $format ('hls', 'dash') {
 	my $url = 'http://127.0.0.1:' . $t->port(2) . "/player/index.html?stream=cam1&format=$format&token=$token";
 	my $shot = "$out/player-$format.png";
-	unlink $shot;
-	my $line = qx{cd t/browser && node play.mjs '$url' '$shot' 40000 2>&1};
-	my $r = eval { decode_json((grep { /^\{/ } split /\n/, $line)[-1]) } // { ok => 0, errors => [$line] };
-	ok($r->{ok}, "$format: plays in Chromium ($r->{title})") or diag($line);
+	my $r = Mesh::Browser::play($url, $shot);
+	ok($r->{ok}, "$format: plays in Chromium ($r->{title})") or diag($r->{output});
 	cmp_ok($r->{currentTime} // 0, '>=', 3, "$format: currentTime advanced");
 	is_deeply($r->{errors}, [], "$format: no page or console error");
 	ok(-s $shot, "$format: screenshot saved ($shot)");

@@ -8,44 +8,23 @@
 
 use strict;
 use warnings;
-use Cwd qw(abs_path);
-use File::Path qw(make_path);
 use HTTP::Tiny;
 use IO::Select;
 use IO::Socket::INET;
-use JSON::PP;
 use Test::More;
 use lib 't/lib';
-use Mesh::Test qw(sha256_hex publish wait_until log_lines reap viewer_token free_port);
+use Mesh::Test qw(publish wait_until log_lines reap viewer_token free_port);
+use Mesh::Browser;
 
 plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
-plan(skip_all => 'no chromium, node or t/browser/node_modules (make test installs them)')
-	unless -x '/usr/bin/chromium' && (grep { -x "$_/node" } split /:/, $ENV{PATH}) && -d 't/browser/node_modules/playwright-core';
-
-my $html = abs_path('dist/html');
-my $out = $ENV{TEST_NGINX_OUT} // abs_path('t') . '/out';
-make_path($out);
+Mesh::Browser::require_browser();
+my $out = Mesh::Browser::out_dir();
 
 my $t = Mesh::Test->new(name => 'player-page');
-my $media = $t->media_dir;
-$t->write_file('table.json', qq({"viewer_secret": "s", "publish": {"cam1": {"key_sha256": "@{[sha256_hex('k1')]}"}}}));
-$t->write_node_conf(http => <<CONF);
-http {
-    access_log off;
-    include $html/../conf/mime.types;
-    mesh_media_root $media;
-    mesh_rtmp_source rtmp://127.0.0.1:%%PORT_1%%/live;
-    mesh_rendition source;
-    mesh_rendition small 320x180 300k 64k;
-    mesh_segment 1s;
-    server {
-        listen 127.0.0.1:%%PORT_2%%;
-        location /hls/ { mesh_media hls; }
-        location /dash/ { mesh_media dash; }
-        location /player/ { root $html; include $html/../conf/player_headers.conf; }
-    }
-}
-CONF
+$t->write_standalone_table('s', cam1 => 'k1');
+$t->write_node_conf(http => $t->edge_http(mesh_ffmpeg => undef, mesh_manifest_wait => undef,
+	renditions => [ 'source', 'small 320x180 300k 64k' ], dash => 1, locations => Mesh::Browser::player_location(),
+	head => Mesh::Browser::mime_types()));
 $t->run;
 my $base = 'http://127.0.0.1:' . $t->port(2) . '/player';
 
@@ -78,10 +57,7 @@ my $hostile = "hls=http://127.0.0.2:$ep/&dash=//127.0.0.2:$ep/";
 
 sub browse {
 	my ($query, $shot) = @_;
-	my $url = "$base/index.html?$query";
-	unlink $shot;
-	my $line = qx{cd t/browser && node play.mjs '$url' '$shot' 40000 2>&1};
-	return eval { decode_json((grep { /^\{/ } split /\n/, $line)[-1]) } // { ok => 0, errors => [$line] };
+	return Mesh::Browser::play("$base/index.html?$query", $shot);
 }
 
 for my $format ('hls', 'dash') {

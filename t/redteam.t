@@ -26,7 +26,7 @@ use POSIX ();
 use lib 't/lib';
 use Mesh::Test qw(sha256_hex wait_until log_lines);
 use Mesh::FakeMaster;
-use Mesh::Hostile qw(run_perturbed client client_bg client_wait client_stop node_status log_mark log_since);
+use Mesh::Hostile qw(hostile_node run_perturbed client client_bg client_wait client_stop node_status log_mark log_since);
 
 plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
 
@@ -35,49 +35,11 @@ my $F = JSON::PP::false;
 my $BAD = qr/exited on signal|\[alert\]|\[crit\]/;
 my $HOLD = 't/lib/rt_hold.py';
 
-# A node with MALLOC_PERTURB_: RTMP on PORT_1, /status (and with `hls`, /hls/) on PORT_2; with
-# a master, its table comes from there; without, from `table` in a file.
+# A node with MALLOC_PERTURB_ (Mesh::Hostile's hostile_node: RTMP on PORT_1, /status and with
+# `hls` /hls/ on PORT_2), running; with a master, its table comes from there (and is in force).
 sub node {
 	my (%o) = @_;
-	my $t = Mesh::Test->new(name => $o{id});
-	chmod 0777, $t->testdir;
-	$t->write_file('table.json', $o{table} // '{"version": 0}');
-	my $rtmp = "mesh_node_id $o{id};\n    mesh_table_file table.json;\n";
-	if (my $m = $o{master}) {
-		$t->write_file('master.key', $m->key . "\n");
-		$rtmp .= "    mesh_master " . $m->url . ";\n    mesh_master_key_file master.key;\n"
-			. "    mesh_heartbeat_interval 1s;\n    mesh_poll_wait 3s;\n    mesh_master_timeout 10s;\n";
-	}
-	$rtmp .= $o{rtmp} // '';
-	my $media = '';
-	if ($o{hls}) {
-		$media = "    mesh_media_root " . $t->media_dir . ";\n    mesh_rtmp_source rtmp://127.0.0.1:%%PORT_1%%/live;\n"
-			. "    mesh_manifest_wait 3s;\n";
-	}
-	my $hls = $o{hls} ? 'location /hls/ { mesh_media hls; }' : '';
-	my $wc = $o{worker_connections} // 4096;
-	$t->write_file_expand('nginx.conf', <<CONF);
-%%TEST_GLOBALS%%
-env MALLOC_PERTURB_;
-worker_rlimit_nofile 20000;
-events { worker_connections $wc; }
-rtmp {
-    %%TEST_GLOBALS_RTMP%%
-    $rtmp
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        application live { mesh on; live on; }
-    }
-}
-http {
-    access_log off;
-$media    server {
-        listen 127.0.0.1:%%PORT_2%%;
-        location = /status { mesh_status; }
-        $hls
-    }
-}
-CONF
+	my $t = hostile_node(%o);
 	run_perturbed($t);
 	my $v = $o{version} // 1;
 	ok(wait_until(sub { log_lines($t, qr/table version $v from master in force/) }, 10), "$o{id}: table in force")

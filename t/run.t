@@ -7,27 +7,16 @@ use strict;
 use warnings;
 use Test::More;
 use lib 't/lib';
-use Mesh::Test qw(free_port publish probe wait_until reap);
-use IO::Socket::INET;
+use Mesh::Test qw(publish probe reap);
+use Mesh::Run;
 
-plan(skip_all => 'no dist/ (make dist)') unless -x 'dist/sbin/nginx' && -x 'dist/sbin/mesh-tool';
+Mesh::Run::require_dist();
 
-my $port = free_port();
-my $hport = free_port();
-$ENV{MESH_RTMP_PORT} = $port;
-$ENV{MESH_HTTP_PORT} = $hport;
-my $pid = open(my $out, '-|', 'bash', 'scripts/run-standalone.sh') // die "run: $!";
-
-my ($pub_url, $play_url, $hls_url);
-while (my $line = <$out>) {
-	$pub_url = $1 if $line =~ /'(rtmp:\/\/\S+\?key=\S+)'/;
-	$play_url = $1 if $line =~ /ffplay '(rtmp:\/\/\S+\?token=\S+)'/;
-	$hls_url = $1 if $line =~ /HLS:\s+(http:\/\/\S+)/;
-	last if $line =~ /stop: Ctrl-C/;
-}
+my $node = Mesh::Run->start;
+my ($pub_url, $play_url, $hls_url) = ($node->publish_url, $node->play_url, $node->hls_url);
 ok($pub_url, "prints a publish URL");
 ok($play_url, "prints a play URL with a token");
-ok(wait_until(sub { IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port") }, 5), 'node listens');
+ok($node->listens, 'node listens');
 
 my $pub = publish($pub_url, secs => 20);
 my $got = probe($play_url, secs => 2);
@@ -40,8 +29,6 @@ ok(!probe($no_token, timeout => 8)->{ok}, 'without the token: refused');
 kill 'TERM', $pub;
 reap($pub, 12);
 
-kill 'QUIT', $pid;    # the script exec'd nginx in the foreground
-ok(defined reap($pid, 10), 'node stops on QUIT');
-close $out;
+$node->stop;
 
 done_testing();

@@ -9,30 +9,19 @@ use warnings;
 use Test::More;
 use Text::ParseWords qw(shellwords);
 use lib 't/lib';
-use Mesh::Test qw(free_port spawn wait_until reap);
-use IO::Socket::INET;
+use Mesh::Test qw(spawn wait_until reap);
+use Mesh::Run;
 
-plan(skip_all => 'no dist/ (make dist)') unless -x 'dist/sbin/nginx' && -x 'dist/sbin/mesh-tool';
+Mesh::Run::require_dist();
 
-my $port = free_port();
-my $hport = free_port();
-$ENV{MESH_RTMP_PORT} = $port;
-$ENV{MESH_HTTP_PORT} = $hport;
-my $pid = open(my $out, '-|', 'bash', 'scripts/run-standalone.sh') // die "run: $!";
-
-my ($text, $play_url, $hls_url) = ('');
-while (my $line = <$out>) {
-	$text .= $line;
-	$play_url = $1 if $line =~ /ffplay '(rtmp:\/\/\S+\?token=\S+)'/;
-	$hls_url = $1 if $line =~ /HLS:\s+(http:\/\/\S+)/;
-	last if $line =~ /stop: Ctrl-C/;
-}
-my ($cmd) = $text =~ /publish:\s+(ffmpeg.*?'rtmp:\/\/\S+')/s;
+my $node = Mesh::Run->start;
+my ($play_url, $hls_url) = ($node->play_url, $node->hls_url);
+my ($cmd) = $node->text =~ /publish:\s+(ffmpeg.*?'rtmp:\/\/\S+')/s;
 ok($cmd, 'prints a publish command');
 $cmd =~ s/\\\n//g;
 my @argv = shellwords($cmd);
 is($argv[0], 'ffmpeg', 'an ffmpeg command');
-ok(wait_until(sub { IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port") }, 5), 'node listens');
+ok($node->listens, 'node listens');
 
 # As printed, with -nostdin in front (no terminal here).
 sub accepted { scalar(() = (do { local (@ARGV, $/) = ('dist/logs/error.log'); <> } // '') =~ /publish accepted: stream "demo"/g) }
@@ -50,8 +39,6 @@ like(video($hls_url), qr/^h264,\w.*,yuv420p$/, 'over HLS (the source rendition, 
 
 kill 'TERM', $pub;
 reap($pub, 12);
-kill 'QUIT', $pid;    # the script exec'd nginx in the foreground
-ok(defined reap($pid, 10), 'node stops on QUIT');
-close $out;
+$node->stop;
 
 done_testing();

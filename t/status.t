@@ -25,15 +25,13 @@ sub own_address {
 my $ext4 = own_address(4);
 my $ext6 = own_address(6);
 diag('no non-loopback address on this host: the widening cases are skipped') unless $ext4 || $ext6;
-my $listen = join '', map { "        listen $_:%%PORT_2%%;\n" } '127.0.0.1', '[::1]',
-	($ext4 // ()), ($ext6 ? "[$ext6]" : ());
+my @listen = ('127.0.0.1', '[::1]', ($ext4 // ()), ($ext6 ? "[$ext6]" : ()));
 my $allow = join '', map { "allow $_; " } ($ext4 // ()), ($ext6 // ());
 
 my $master = Mesh::FakeMaster->new;
 my $down = free_port();
 my $t = Mesh::Test->new(name => 'ingest-1');
 chmod 0777, $t->testdir;
-my $media = $t->media_dir;
 $t->write_file('master.key', $master->key);
 $t->write_file('table.json', '{"version": 0}');
 $master->set_table('ingest-1', { version => 3, role => 'standalone', publish => { cam1 => { key_sha256 => sha256_hex('k1') } },
@@ -46,24 +44,14 @@ $t->write_node_conf(rtmp => qq{
     mesh_master_key_file master.key;
     mesh_heartbeat_interval 1s;
     mesh_poll_wait 3s;
-}, http => <<CONF);
-http {
-    access_log off;
-    mesh_media_root $media;
-    mesh_rtmp_source rtmp://127.0.0.1:%%PORT_1%%/live;
-    mesh_rendition source;
-    mesh_rendition small 320x180 300k 64k;
-    server {
-$listen
-        location /hls/ { mesh_media hls; }
-        location = /status { mesh_status; }
-        location = /status-closed { mesh_status; deny all; }
-        location = /status-ours { mesh_status; $allow deny all; }
-        location = /status-all { mesh_status; allow all; }
-        location = /status-ban { mesh_status; deny 192.0.2.77; deny 2001:db8::77; }
-    }
-}
-CONF
+}, http => $t->edge_http(mesh_ffmpeg => undef, mesh_segment => undef, mesh_manifest_wait => undef,
+	renditions => [ 'source', 'small 320x180 300k 64k' ], listen => \@listen, locations => <<LOCATIONS));
+location = /status { mesh_status; }
+location = /status-closed { mesh_status; deny all; }
+location = /status-ours { mesh_status; $allow deny all; }
+location = /status-all { mesh_status; allow all; }
+location = /status-ban { mesh_status; deny 192.0.2.77; deny 2001:db8::77; }
+LOCATIONS
 $master->set_auth('cam1', allow => JSON::PP::true, ttl_s => 60, credential => 'vtok');
 $t->run;
 ok(wait_until(sub { log_lines($t, qr/table version 3 from master in force/) }, 10), 'table in force');

@@ -11,33 +11,16 @@ use Test::More;
 use Time::HiRes qw(sleep time);
 use HTTP::Tiny;
 use lib 't/lib';
-use Mesh::Test qw(sha256_hex spawn wait_until log_lines reap viewer_token);
+use Mesh::Test qw(spawn wait_until log_lines reap viewer_token);
 
 plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
 
 my $secret = 'align-secret';
 my $t = Mesh::Test->new(name => 'align');
 my $media = $t->media_dir;
-$t->write_file('table.json', qq({"role": "standalone", "viewer_secret": "$secret",
-  "publish": {"cam1": {"key_sha256": "@{[sha256_hex('k1')]}"}}}));
-$t->write_node_conf(http => <<CONF);
-http {
-    access_log off;
-    mesh_media_root $media;
-    mesh_ffmpeg /usr/bin/ffmpeg;
-    mesh_rtmp_source rtmp://127.0.0.1:%%PORT_1%%/live;
-    mesh_rendition source;
-    mesh_rendition small 320x180 300k 64k;
-    mesh_segment 2s;
-    mesh_window 30;
-    mesh_manifest_wait 15s;
-    server {
-        listen 127.0.0.1:%%PORT_2%%;
-        location /hls/ { mesh_media hls; }
-        location /dash/ { mesh_media dash; }
-    }
-}
-CONF
+$t->write_standalone_table($secret, cam1 => 'k1');
+$t->write_node_conf(http => $t->edge_http(renditions => [ 'source', 'small 320x180 300k 64k' ], mesh_segment => '2s',
+	mesh_window => 30, dash => 1));
 $t->run;
 my $rtmp = 'rtmp://127.0.0.1:' . $t->port(1) . '/live';
 my $http = 'http://127.0.0.1:' . $t->port(2);

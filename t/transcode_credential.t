@@ -11,15 +11,14 @@ use Test::More;
 use Time::HiRes qw(sleep time);
 use HTTP::Tiny;
 use lib 't/lib';
-use Mesh::Test qw(sha256_hex publish probe wait_until log_lines reap viewer_token);
+use Mesh::Test qw(publish probe wait_until log_lines reap viewer_token transcoders);
 
 plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
 
 my $secret = 'cred-secret';
 my $t = Mesh::Test->new(name => 'cred');
 my $media = $t->media_dir;
-$t->write_file('table.json', qq({"role": "standalone", "viewer_secret": "$secret",
-  "publish": {"cam1": {"key_sha256": "@{[sha256_hex('k1')]}"}, "cam2": {"key_sha256": "@{[sha256_hex('k2')]}"}}}));
+$t->write_standalone_table($secret, cam1 => 'k1', cam2 => 'k2');
 
 # A stand-in for ffmpeg that only writes down its arguments and waits (SIGTERM ends it).
 my $fake = $t->write_file('fake-ffmpeg', "#!/bin/sh\ntrap 'exit 0' TERM\n"
@@ -28,22 +27,8 @@ chmod 0755, $fake;
 
 sub conf {
 	my ($ffmpeg, $source_port) = @_;
-	$t->write_node_conf(http => <<CONF);
-http {
-    access_log off;
-    mesh_media_root $media;
-    mesh_ffmpeg $ffmpeg;
-    mesh_rtmp_source rtmp://127.0.0.1:$source_port/live;
-    mesh_rendition source;
-    mesh_segment 1s;
-    mesh_transcode_idle 30s;
-    mesh_manifest_wait 15s;
-    server {
-        listen 127.0.0.1:%%PORT_2%%;
-        location /hls/ { mesh_media hls; }
-    }
-}
-CONF
+	$t->write_node_conf(http => $t->edge_http(mesh_ffmpeg => $ffmpeg,
+		mesh_rtmp_source => "rtmp://127.0.0.1:$source_port/live", mesh_transcode_idle => '30s'));
 }
 conf($fake, '%%PORT_1%%');
 $t->run;
@@ -105,11 +90,7 @@ $t->reload;
 republish();
 my $ua = HTTP::Tiny->new(timeout => 30);
 ok(wait_until(sub { $ua->get("$http/hls/cam1/master.m3u8?$tok")->{status} == 200 }, 20), 'real transcode: plays');
-sub transcoder {
-	my $dir = "$media/cam1";
-	return grep { (qx{cat /proc/$_/cmdline 2>/dev/null} // '') =~ /\Q$dir\E/ } map { /^(\d+)$/ ? $1 : () } qx{pgrep -x ffmpeg};
-}
-my ($fpid) = transcoder();
+my ($fpid) = transcoders("$media/cam1");
 my $cmdline = qx{tr '\\0' ' ' < /proc/$fpid/cmdline};
 my ($url3) = $cmdline =~ m{(rtmp://\S+key=[0-9a-f]{32})};
 ok($url3, "ffmpeg's command line has its credential");

@@ -12,42 +12,22 @@ use Test::More;
 use Time::HiRes qw(sleep time);
 use HTTP::Tiny;
 use lib 't/lib';
-use Mesh::Test qw(sha256_hex publish wait_until log_lines reap viewer_token);
+use Mesh::Test qw(publish wait_until log_lines reap viewer_token transcoders);
 
 plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
 
 my $secret = 'fds-secret';
 my $t = Mesh::Test->new(name => 'fds');
 my $media = $t->media_dir;
-$t->write_file('table.json', qq({"role": "standalone", "viewer_secret": "$secret",
-  "publish": {"cam1": {"key_sha256": "@{[sha256_hex('k1')]}"}}}));
-$t->write_node_conf(http => <<CONF);
-http {
-    access_log off;
-    mesh_media_root $media;
-    mesh_ffmpeg /usr/bin/ffmpeg;
-    mesh_rtmp_source rtmp://127.0.0.1:%%PORT_1%%/live;
-    mesh_rendition source;
-    mesh_segment 1s;
-    mesh_transcode_idle 60s;
-    mesh_manifest_wait 15s;
-    server {
-        listen 127.0.0.1:%%PORT_2%%;
-        location /hls/ { mesh_media hls; }
-    }
-}
-CONF
+$t->write_standalone_table($secret, cam1 => 'k1');
+$t->write_node_conf(http => $t->edge_http(mesh_transcode_idle => '60s'));
 $t->run;
 my $rtmp = 'rtmp://127.0.0.1:' . $t->port(1) . '/live';
 my $http = 'http://127.0.0.1:' . $t->port(2);
 my $ua = HTTP::Tiny->new(timeout => 30);
 my $tok = 'token=' . viewer_token($secret, 'cam1', int(time) + 3600);
 
-sub transcoder {
-	my $dir = "$media/cam1";
-	my @p = grep { (qx{cat /proc/$_/cmdline 2>/dev/null} // '') =~ /\Q$dir\E/ } map { /^(\d+)$/ ? $1 : () } qx{pgrep -x ffmpeg};
-	return $p[0];
-}
+sub transcoder { (transcoders("$media/cam1"))[0] }
 sub worker {
 	my ($w) = grep { (qx{cat /proc/$_/cmdline 2>/dev/null} // '') =~ /worker process/ } map { /^(\d+)$/ ? $1 : () } qx{pgrep -P @{[$t->pid]}};
 	return $w;

@@ -13,40 +13,19 @@ use Time::HiRes qw(sleep time);
 use HTTP::Tiny;
 use IO::Socket::INET;
 use lib 't/lib';
-use Mesh::Test qw(sha256_hex publish wait_until log_lines reap viewer_token);
+use Mesh::Test qw(publish wait_until log_lines reap viewer_token transcoders);
 
 plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
 
 my $secret = 'stop-secret';
 my $tok = 'token=' . viewer_token($secret, 'cam1', int(time) + 3600);
 
-sub transcoders {
-	my ($media) = @_;
-	return grep { (qx{cat /proc/$_/cmdline 2>/dev/null} // '') =~ /\Q$media\E/ } map { /^(\d+)$/ ? $1 : () } qx{pgrep -x ffmpeg};
-}
-
 sub node {
 	my ($name) = @_;
 	my $t = Mesh::Test->new(name => $name);
 	my $media = $t->media_dir;
-	$t->write_file('table.json', qq({"role": "standalone", "viewer_secret": "$secret",
-  "publish": {"cam1": {"key_sha256": "@{[sha256_hex('k1')]}"}}}));
-	$t->write_node_conf(http => <<CONF);
-http {
-    access_log off;
-    mesh_media_root $media;
-    mesh_ffmpeg /usr/bin/ffmpeg;
-    mesh_rtmp_source rtmp://127.0.0.1:%%PORT_1%%/live;
-    mesh_rendition source;
-    mesh_rendition small 320x180 300k 64k;
-    mesh_segment 1s;
-    mesh_manifest_wait 15s;
-    server {
-        listen 127.0.0.1:%%PORT_2%%;
-        location /hls/ { mesh_media hls; }
-    }
-}
-CONF
+	$t->write_standalone_table($secret, cam1 => 'k1');
+	$t->write_node_conf(http => $t->edge_http(renditions => [ 'source', 'small 320x180 300k 64k' ]));
 	$t->run;
 	return ($t, $media);
 }

@@ -5,11 +5,9 @@
 
 use std::ffi::{c_char, c_void};
 
-use mesh_core::name::for_log;
-use ngx::ngx_conf_log_error;
-
 use super::serve::set_header;
 use super::HttpLocConf;
+use crate::directive::{arg, args, invalid_value, DUPLICATE};
 use crate::ffi::*;
 use crate::util::{guard, str_bytes, CONF_ERROR, CONF_OK};
 
@@ -47,26 +45,20 @@ pub unsafe extern "C" fn set_allow_origin(
         unsafe {
             let lcf = &mut *conf.cast::<HttpLocConf>();
             if lcf.origins.is_some() {
-                return c"is duplicate".as_ptr().cast_mut();
+                return DUPLICATE;
             }
-            let args = (*(*cf).args).as_slice::<ngx_str_t>();
+            let n = args(cf).len();
             let mut list = Vec::new();
-            for a in &args[1..] {
-                let v = String::from_utf8_lossy(str_bytes(a)).into_owned();
-                if v == "*" && args.len() == 2 {
+            for i in 1..n {
+                let v = arg(cf, i);
+                if v == "*" && n == 2 {
                     list.push(v);
                     continue;
                 }
                 match parse_origin(&v) {
                     Some(o) => list.push(o),
                     None => {
-                        ngx_conf_log_error!(
-                            NGX_LOG_EMERG,
-                            cf,
-                            "invalid value \"{}\" in \"mesh_allow_origin\" directive, it must be \"http[s]://host[:port]\" (or \"*\" alone)",
-                            for_log(&v)
-                        );
-                        return CONF_ERROR;
+                        return invalid_value(cf, &v, "it must be \"http[s]://host[:port]\" (or \"*\" alone)")
                     }
                 }
             }

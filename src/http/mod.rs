@@ -24,9 +24,9 @@ use std::ptr::{addr_of, addr_of_mut, null_mut};
 
 use mesh_core::hold::{DEFAULT_HOLD_MAX, DEFAULT_HOLD_PER_CLIENT};
 use mesh_core::media::{parse_rendition, Format, Ladder, Rendition};
-use mesh_core::name::for_log;
 use ngx::{ngx_conf_log_error, ngx_string};
 
+use crate::directive::{arg, args, set_once, DUPLICATE};
 use crate::ffi::*;
 use crate::transcode::Settings;
 use crate::util::{full_name, guard, pool_new, str_bytes, CONF_ERROR, CONF_OK};
@@ -157,13 +157,6 @@ static mut HTTP_COMMANDS: [ngx_command_t; 14] = [
     ngx_command_t::empty(),
 ];
 
-/// # Safety
-/// `cf` is the configuration being parsed.
-unsafe fn arg(cf: *mut ngx_conf_t, i: usize) -> String {
-    // SAFETY: the parser holds the directive's arguments.
-    unsafe { String::from_utf8_lossy(str_bytes(&(*(*cf).args).as_slice::<ngx_str_t>()[i])).into_owned() }
-}
-
 unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     // SAFETY: the configuration pool outlives the cycle's use of the conf.
     guard(null_mut(), || unsafe { pool_new((*cf).pool, HttpMainConf::default()).cast() })
@@ -186,9 +179,9 @@ unsafe extern "C" fn set_path(
             let hcf = &mut *conf.cast::<HttpMainConf>();
             let slot = if (*cmd).offset == 0 { &mut hcf.root } else { &mut hcf.ffmpeg };
             if slot.is_some() {
-                return c"is duplicate".as_ptr().cast_mut();
+                return DUPLICATE;
             }
-            let name = (*(*cf).args).as_slice::<ngx_str_t>()[1];
+            let name = args(cf)[1];
             // A bare program name is looked up in PATH when ffmpeg starts.
             let is_program = (*cmd).offset == 1 && !str_bytes(&name).contains(&b'/');
             let value = if is_program { Some(arg(cf, 1)) } else { full_name(cf, name, false) };
@@ -208,21 +201,10 @@ unsafe extern "C" fn set_source(
         // SAFETY: the parser calls us with our main conf and the directive's argument.
         unsafe {
             let hcf = &mut *conf.cast::<HttpMainConf>();
-            if hcf.source.is_some() {
-                return c"is duplicate".as_ptr().cast_mut();
-            }
-            let v = arg(cf, 1);
-            if mesh_core::table::parse_node_url(&v).is_err() {
-                ngx_conf_log_error!(
-                    NGX_LOG_EMERG,
-                    cf,
-                    "invalid value \"{}\" in \"mesh_rtmp_source\" directive, it must be rtmp://host[:port]/app",
-                    for_log(&v)
-                );
-                return CONF_ERROR;
-            }
-            hcf.source = Some(v);
-            CONF_OK
+            set_once(cf, &mut hcf.source, |v| match mesh_core::table::parse_node_url(v) {
+                Ok(_) => Ok(v.to_string()),
+                Err(_) => Err("it must be rtmp://host[:port]/app".into()),
+            })
         }
     })
 }
@@ -236,9 +218,8 @@ unsafe extern "C" fn set_rendition(
         // SAFETY: the parser calls us with our main conf and the directive's arguments.
         unsafe {
             let hcf = &mut *conf.cast::<HttpMainConf>();
-            let n = (*(*cf).args).nelts;
-            let args: Vec<String> = (1..n).map(|i| arg(cf, i)).collect();
-            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let words: Vec<String> = (1..args(cf).len()).map(|i| arg(cf, i)).collect();
+            let refs: Vec<&str> = words.iter().map(String::as_str).collect();
             match parse_rendition(&refs) {
                 Ok(r) => {
                     hcf.renditions.push(r);
@@ -259,23 +240,14 @@ unsafe extern "C" fn set_media(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf:
         // location is in the same context.
         unsafe {
             let lcf = &mut *conf.cast::<HttpLocConf>();
-            if lcf.format.is_some() {
-                return c"is duplicate".as_ptr().cast_mut();
+            let set = set_once(cf, &mut lcf.format, |v| match v {
+                "hls" => Ok(Format::Hls),
+                "dash" => Ok(Format::Dash),
+                _ => Err("it must be \"hls\" or \"dash\"".into()),
+            });
+            if set != CONF_OK {
+                return set;
             }
-            let v = arg(cf, 1);
-            lcf.format = match v.as_str() {
-                "hls" => Some(Format::Hls),
-                "dash" => Some(Format::Dash),
-                _ => {
-                    ngx_conf_log_error!(
-                        NGX_LOG_EMERG,
-                        cf,
-                        "invalid value \"{}\" in \"mesh_media\" directive, it must be \"hls\" or \"dash\"",
-                        for_log(&v)
-                    );
-                    return CONF_ERROR;
-                }
-            };
             let ctx = (*cf).ctx.cast::<ngx_http_conf_ctx_t>();
             let clcf = (*(*ctx).loc_conf.add((*addr_of!(ngx_http_core_module)).ctx_index))
                 .cast::<ngx_http_core_loc_conf_t>();

@@ -19,10 +19,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-try:
-    from rtmp_raw import Closed, Conn, parse_url  # noqa: E402
-except ImportError:
-    from rtmp_fuzz import Closed, Conn, parse_url  # noqa: E402
+from rtmp_raw import Closed, Conn, parse_url, run_pool  # noqa: E402
 
 
 def one(url, name, play, timeout):
@@ -55,25 +52,15 @@ def main():
     a = ap.parse_args()
     name = a.name + ("?" + a.args if a.args else "")
     held, codes, lock = [], {}, threading.Lock()
-    todo = list(range(a.count))
 
-    def worker():
-        while True:
-            with lock:
-                if not todo:
-                    return
-                todo.pop()
-            c, code = one(a.url, name, a.play, a.timeout)
-            with lock:
-                codes[code] = codes.get(code, 0) + 1
-                if c:
-                    held.append(c)
+    def session(_):
+        c, code = one(a.url, name, a.play, a.timeout)
+        with lock:
+            codes[code] = codes.get(code, 0) + 1
+            if c:
+                held.append(c)
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, a.concurrency))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_pool(a.count, a.concurrency, session)
     print(json.dumps({"accepted": len(held), "refused": a.count - len(held), "codes": codes}), flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -33,7 +33,7 @@ import threading
 import time
 
 sys.dont_write_bytecode = True
-from rtmp_raw import Closed, Conn, amf, check_once, full_name, parse_url, run_script, SCRIPT_HELP  # noqa: E402
+from rtmp_raw import Closed, Conn, amf, check_once, full_name, parse_url, run_pool, run_script, SCRIPT_HELP  # noqa: E402
 
 
 # --- fuzz: seeded random sequences ------------------------------------------------------------
@@ -239,26 +239,6 @@ class Fuzzer:
     def count(self, k):
         with self.lock:
             self.stats[k] += 1
-
-
-def run_pool(n, concurrency, fn):
-    left = [n]
-    lock = threading.Lock()
-
-    def worker():
-        while True:
-            with lock:
-                if left[0] == 0:
-                    return
-                left[0] -= 1
-                i = n - 1 - left[0]
-            fn(i)
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(concurrency, n)))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
 
 
 # --- flood: unknown keys, many at once --------------------------------------------------------

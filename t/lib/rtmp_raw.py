@@ -1,13 +1,15 @@
 """The RTMP a client speaks, raw (Python 3 stdlib only): AMF0 values (and bytes posing as
 them), chunked messages with any chunk size or a length that lies, a connection that records
 what the server said, and two ways to use it: `check_once`, a well-behaved publish or play that
-reports whether it was accepted, and `run_script`, one connection's named steps.
+reports whether it was accepted, and `run_script`, one connection's named steps; `run_pool`
+runs many sessions at once.
 t/lib/rtmp_fuzz.py is the command line.
 """
 
 import os
 import socket
 import struct
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -401,6 +403,29 @@ def check_once(url, name, play=False, hold=0.0, src=None, timeout=10.0):
         out["secs"] = time.perf_counter() - t0
     out["secs"] = round(out["secs"], 4)
     return out
+
+
+# --- pool: many sessions at once -------------------------------------------------------------
+
+def run_pool(n, concurrency, fn):
+    """Call fn(i) for i in 0..n-1 from `concurrency` threads, each taking the next i."""
+    left = [n]
+    lock = threading.Lock()
+
+    def worker():
+        while True:
+            with lock:
+                if left[0] == 0:
+                    return
+                left[0] -= 1
+                i = n - 1 - left[0]
+            fn(i)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(concurrency, n)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 # --- script: one connection, named steps ------------------------------------------------------

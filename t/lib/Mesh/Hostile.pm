@@ -1,9 +1,10 @@
 package Mesh::Hostile;
 
-# What t/adversarial.t and t/flood.t share: a node under the fake master that runs with
-# MALLOC_PERTURB_ (freed memory overwritten, so a use after free crashes instead of reading
-# stale data), the raw RTMP client (t/lib/rtmp_fuzz.py) run in the foreground or the
-# background, the worker's pid and resident memory, and the error log read from an offset.
+# What t/adversarial.t, t/flood.t and t/redteam.t share: a node (under the fake master or on
+# its own table) that runs with MALLOC_PERTURB_ (freed memory overwritten, so a use after free
+# crashes instead of reading stale data), the raw RTMP client (t/lib/rtmp_fuzz.py) run in the
+# foreground or the background, the worker's pid and resident memory, and the error log read
+# from an offset.
 
 use strict;
 use warnings;
@@ -25,23 +26,34 @@ our $CLIENT = dirname(__FILE__) . '/../rtmp_fuzz.py';
 our $PERTURB = 165;
 my @children;
 
-# A node (role from the table the fake master serves) with `env MALLOC_PERTURB_;`, RTMP on
-# PORT_1, mesh_status on PORT_2 (/status), an auth timeout long enough for a slow master, and
+# A node with `env MALLOC_PERTURB_;`, RTMP on PORT_1, mesh_status on PORT_2 (/status), and
 # the caps of issue 10 when the binary has them (`caps => { mesh_auth_pending_max => 64 }`).
+# Under `master` (its role from the table the master serves), with an auth timeout long enough
+# for a slow master; without, from `table` in a file. `hls => 1` adds /hls/ (a media root, the
+# transcoder reading `live`).
 sub hostile_node {
 	my (%o) = @_;
 	my $t = Mesh::Test->new(name => $o{id});
 	chmod 0777, $t->testdir;
-	$t->write_file('master.key', $o{master}->key . "\n");
-	$t->write_file('table.json', '{"version": 0}');
-	my $murl = $o{master}->url;
+	$t->write_file('table.json', $o{table} // '{"version": 0}');
+	my $master = '';
+	if (my $m = $o{master}) {
+		$t->write_file('master.key', $m->key . "\n");
+		my $timeout = $o{timeout} // '10s';
+		$master = "    mesh_master @{[$m->url]};\n    mesh_master_key_file master.key;\n"
+			. "    mesh_heartbeat_interval 1s;\n    mesh_poll_wait 3s;\n    mesh_master_timeout $timeout;\n";
+	}
 	my $apps = $o{apps} // 'application live { mesh on; live on; }';
-	my $timeout = $o{timeout} // '10s';
 	my $caps = '';
-	if (caps_supported()) {
-		my %c = %{$o{caps} // {}};
+	if ($o{caps} && caps_supported()) {
+		my %c = %{$o{caps}};
 		$caps = join '', map { "    $_ $c{$_};\n" } sort keys %c;
 	}
+	my $status = 'location = /status { mesh_status; }';
+	my $http = $o{hls}
+		? $t->edge_http(mesh_ffmpeg => undef, renditions => [], mesh_segment => undef, mesh_manifest_wait => '3s',
+			locations => $status)
+		: "http {\n    access_log off;\n    server {\n        listen 127.0.0.1:%%PORT_2%%;\n        $status\n    }\n}\n";
 	my $wc = $o{worker_connections} // 4096;
 	$t->write_file_expand('nginx.conf', <<CONF);
 %%TEST_GLOBALS%%
@@ -52,23 +64,12 @@ rtmp {
     %%TEST_GLOBALS_RTMP%%
     mesh_node_id $o{id};
     mesh_table_file table.json;
-    mesh_master $murl;
-    mesh_master_key_file master.key;
-    mesh_heartbeat_interval 1s;
-    mesh_poll_wait 3s;
-    mesh_master_timeout $timeout;
-$caps    server {
+$master$caps    server {
         listen 127.0.0.1:%%PORT_1%%;
         $apps
     }
 }
-http {
-    access_log off;
-    server {
-        listen 127.0.0.1:%%PORT_2%%;
-        location = /status { mesh_status; }
-    }
-}
+$http
 CONF
 	return $t;
 }

@@ -2,9 +2,10 @@ package Mesh::Node;
 
 # A mesh node under a master (the fake one or the reference one), in one call: writes the
 # master key, an initial table file (writable by the worker), and a config with the given role
-# and extra directives. `hls => { directive => value }` adds an edge's HTTP side: a media root
-# writable by the worker, the transcoder reading its own `relay` application, 1 s segments, and
-# `/hls/` on PORT_2 (the hash adds or overrides http-level mesh_* directives).
+# and extra directives. `hls => { directive => value }` adds an edge's HTTP side
+# (Mesh::Test::edge_http): a media root writable by the worker, the transcoder reading its own
+# `relay` application, 1 s segments, and `/hls/` on PORT_2 (the hash adds or overrides
+# http-level directives, and takes edge_http's options).
 
 use strict;
 use warnings;
@@ -20,14 +21,10 @@ sub under_master {
 	my $murl = $o{master}->url;
 	my $role = $o{role} ? "mesh_role $o{role};" : '';
 	my $extra = $o{extra} // '';
-	my $http = $o{http} // '';
-	if ($o{hls}) {
-		my %d = (mesh_media_root => $t->media_dir, mesh_rtmp_source => 'rtmp://127.0.0.1:%%PORT_1%%/relay',
-			mesh_segment => '1s', mesh_manifest_wait => '20s', %{$o{hls}});
-		my $dirs = join '', map { "    $_ $d{$_};\n" } sort keys %d;
-		$http = "http {\n    access_log off;\n$dirs    server {\n        listen 127.0.0.1:%%PORT_2%%;\n"
-			. "        location /hls/ { mesh_media hls; }\n    }\n}\n";
-	}
+	my $http = $o{hls}
+		? $t->edge_http(mesh_ffmpeg => undef, renditions => [], mesh_rtmp_source => 'rtmp://127.0.0.1:%%PORT_1%%/relay',
+			mesh_manifest_wait => '20s', %{$o{hls}})
+		: $o{http} // '';
 	$t->write_node_conf(apps => $o{apps}, http => $http, rtmp => qq{
     mesh_node_id $o{id};
     $role

@@ -27,7 +27,7 @@ use Time::HiRes qw(sleep time);
 
 use Exporter qw(import);
 our @EXPORT_OK = qw(free_port publish publish_status probe wait_until log_lines sha256_hex
-	viewer_token spawn reap);
+	viewer_token spawn reap transcoders);
 
 my $top = abs_path(dirname(__FILE__) . '/../../..');
 our $BINARY = $ENV{TEST_NGINX_BINARY} || "$top/dist/sbin/nginx";
@@ -165,6 +165,51 @@ sub media_dir {
 	mkdir $media;
 	chmod 0777, $media;
 	return $media;
+}
+
+# An edge's http{} block, as text for write_node_conf's `http`: `access_log off;`, a media root
+# the workers can write to (media_dir), /usr/bin/ffmpeg reading this node's `live`
+# application, the source rendition, 1 s segments, a 15 s manifest wait, and a server on
+# PORT_2 with `location /hls/`. Options:
+#   <directive> => value   sets, adds or (undef) leaves out an http-level directive
+#                          (mesh_segment => '2s', mesh_ffmpeg => undef, access_log => ...)
+#   renditions => [...]    the mesh_rendition lines, in order (default ['source']; [] for none)
+#   listen => [...]        the server's addresses (default ['127.0.0.1']), each on PORT_2
+#   dash => 1              `location /dash/` too
+#   head => '...'          http-level text before the directives (log_format, include, types)
+#   locations => '...'     more locations in the server
+#   servers => '...'       more servers
+# (text options are indented to their level, line by line)
+sub edge_http {
+	my ($self, %o) = @_;
+	my %opt = map { $_ => delete $o{$_} } grep { exists $o{$_} } qw(renditions listen dash head locations servers);
+	my %d = (access_log => 'off', mesh_ffmpeg => '/usr/bin/ffmpeg',
+		mesh_rtmp_source => 'rtmp://127.0.0.1:%%PORT_1%%/live', mesh_segment => '1s', mesh_manifest_wait => '15s', %o);
+	$d{mesh_media_root} = $self->media_dir unless exists $d{mesh_media_root};
+	my @first = grep { defined $d{$_} } qw(access_log mesh_media_root mesh_ffmpeg mesh_rtmp_source);
+	my %first = map { $_ => 1 } @first;
+	my @rest = grep { !$first{$_} && defined $d{$_} } sort keys %d;
+	my $line = sub { "    $_[0] $_[1];\n" };
+	my $dirs = join '', (map { $line->($_, $d{$_}) } @first),
+		(map { $line->('mesh_rendition', $_) } @{$opt{renditions} // ['source']}),
+		(map { $line->($_, $d{$_}) } @rest);
+	my $indent = sub { my ($text, $n) = @_; defined $text ? join('', map { (' ' x $n) . "$_\n" } split /\n/, $text) : '' };
+	my $head = $indent->($opt{head}, 4);
+	my $dash = $opt{dash} ? "        location /dash/ { mesh_media dash; }\n" : '';
+	my $locations = $indent->($opt{locations}, 8);
+	my $servers = $indent->($opt{servers}, 4);
+	my $listen = join '', map { "        listen $_:%%PORT_2%%;\n" } @{$opt{listen} // ['127.0.0.1']};
+	return "http {\n$head$dirs    server {\n$listen        location /hls/ { mesh_media hls; }\n$dash$locations    }\n"
+		. "$servers}\n";
+}
+
+# A standalone node's table file (table.json): its viewer secret and the publish keys
+# (stream => key).
+sub write_standalone_table {
+	my ($self, $secret, %keys) = @_;
+	my $publish = join ', ', map { qq("$_": {"key_sha256": ") . sha256_hex($keys{$_}) . '"}' } sort keys %keys;
+	return $self->write_file('table.json',
+		qq({"role": "standalone", "viewer_secret": "$secret", "publish": {$publish}}));
 }
 
 sub _nginx {
@@ -347,6 +392,13 @@ sub probe {
 	close $fh;
 	$n{ok} = $? == 0;
 	return \%n;
+}
+
+# The pids of the ffmpeg processes whose command line names `dir` (a node's transcoders write
+# under its media root: `dir` is the root, or a stream's directory in it).
+sub transcoders {
+	my ($dir) = @_;
+	return grep { (qx{cat /proc/$_/cmdline 2>/dev/null} // '') =~ /\Q$dir\E/ } map { /^(\d+)$/ ? $1 : () } qx{pgrep -x ffmpeg};
 }
 
 sub sha256_hex {
