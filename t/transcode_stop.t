@@ -20,12 +20,14 @@ plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_
 my $secret = 'stop-secret';
 my $tok = 'token=' . viewer_token($secret, 'cam1', int(time) + 3600);
 
+# A node transcoding with ffmpeg, or with the program `$ffmpeg->($t, $media)` writes.
 sub node {
-	my ($name) = @_;
+	my ($name, $ffmpeg) = @_;
 	my $t = Mesh::Test->new(name => $name);
 	my $media = $t->media_dir;
 	$t->write_standalone_table($secret, cam1 => 'k1');
-	$t->write_node_conf(http => $t->edge_http(renditions => [ 'source', 'small 320x180 300k 64k' ]));
+	my %prog = $ffmpeg ? (mesh_ffmpeg => $ffmpeg->($t, $media)) : ();
+	$t->write_node_conf(http => $t->edge_http(renditions => [ 'source', 'small 320x180 300k 64k' ], %prog));
 	$t->run;
 	return ($t, $media);
 }
@@ -93,14 +95,14 @@ for my $i (1 .. 2) {
 
 # An ffmpeg that ignores SIGTERM while the node runs: SIGKILL after the grace period, not before.
 {
-	my ($t, $media) = node('stubborn');
-	my $stub = $t->write_file('stubborn', "#!/bin/sh\ntrap '' TERM\necho \$\$ > $media/stubborn.pid\nwhile :; do sleep 0.1; done\n");
-	chmod 0755, $stub;
-	my $conf = $t->read_file('nginx.conf');
-	$conf =~ s{mesh_ffmpeg /usr/bin/ffmpeg;}{mesh_ffmpeg $stub;};
-	$t->write_file('nginx.conf', $conf);
-	$t->reload;
-	sleep 1;
+	# Configured from the start: a reload right after start can reach nginx before its workers
+	# are up and be lost (seen once).
+	my ($t, $media) = node('stubborn', sub {
+		my ($t, $media) = @_;
+		my $stub = $t->write_file('stubborn', "#!/bin/sh\ntrap '' TERM\necho \$\$ > $media/stubborn.pid\nwhile :; do sleep 0.1; done\n");
+		chmod 0755, $stub;
+		return $stub;
+	});
 	my $rtmp = 'rtmp://127.0.0.1:' . $t->port(1) . '/live';
 	my $pub = publish("$rtmp/cam1?key=k1", secs => 120);
 	wait_until(sub { log_lines($t, qr/publish accepted: stream "cam1"/) }, 5);
