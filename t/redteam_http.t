@@ -21,6 +21,8 @@ use IO::Socket::INET;
 use JSON::PP;
 use lib 't/lib';
 use Mesh::Test qw(sha256_hex publish wait_until log_lines reap viewer_token);
+use Mesh::FakeMaster;
+use Mesh::Node;
 
 plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
 
@@ -246,4 +248,45 @@ reap($pub, 5);
 close $_ for @held[0, 1];
 $b->stop;
 close $_ for @held;
+
+# ---------------------------------------------------------------- node C
+# Under a master (no viewer secret) playlists and segments read the cached answer of their
+# token. 4,100 entry requests with distinct tokens the master allows (a viewer collects them by
+# reloading the site's page) fill the worker's answer cache: a playing viewer's answer must not
+# be lost for good, or every playlist and segment of theirs is refused from then on (4xx: no
+# player retries).
+my $fake = Mesh::FakeMaster->new;
+$fake->set_table('edge-1', { version => 1, role => 'relay',
+	relay => { cam1 => [ { node_id => 'edge-1', node_url => 'rtmp://127.0.0.1:1/relay', node_key => 'k-r1-e1-cam1' } ] } });
+$fake->set_auth('cam1', allow => JSON::PP::true, ttl_s => 300);
+my $edge = Mesh::Node->under_master(id => 'edge-1', master => $fake,
+	apps => 'application relay { mesh on; live on; }',
+	hls => { mesh_rendition => 'source', mesh_manifest_wait_per_client => 64, mesh_manifest_wait_max => 1024 });
+$edge->run;
+ok(wait_until(sub { log_lines($edge, qr/table version 1 from master in force/) }, 10), 'node C: table in force');
+my $eport = $edge->port(2);
+my $push = publish('rtmp://127.0.0.1:' . $edge->port(1) . '/relay/cam1?node=root-1&key=k-r1-e1-cam1', secs => 200);
+ok(wait_until(sub { log_lines($edge, qr/publish accepted: stream "cam1" from root-1/) }, 10), 'node C: stream pushed in');
+my $eua = HTTP::Tiny->new(timeout => 30);
+$r = $eua->get("http://127.0.0.1:$eport/hls/cam1/master.m3u8?token=vtok");
+is($r->{status}, 200, 'node C: the viewer\'s entry request');
+my ($variant) = grep { /^media_0/ } split /\n/, $r->{content} // '';
+is($eua->get("http://127.0.0.1:$eport/hls/cam1/$variant")->{status}, 200, 'node C: the viewer plays (media playlist)');
+my ($done, $t0) = (0, time);
+while ($done < 4100 && time - $t0 < 150) {
+	my @s = grep { defined } map {
+		IO::Socket::INET->new(PeerAddr => "127.0.0.1:$eport", LocalAddr => '127.0.' . (1 + int($_ / 200)) . '.' . (2 + $_ % 200), Timeout => 5)
+	} 0 .. 63;
+	for my $i (0 .. $#s) { my $n = $done + $i; print { $s[$i] } "GET /hls/cam1/master.m3u8?token=junk$n HTTP/1.0\r\n\r\n" }
+	for my $c (@s) { IO::Select->new($c)->can_read(10); close $c }
+	$done += @s;
+}
+diag(sprintf('%d entry requests with distinct allowed tokens in %.1f s', $done, time - $t0));
+my @st = map { sleep 0.3; $eua->get("http://127.0.0.1:$eport/hls/cam1/$variant")->{status} } 1 .. 5;
+is($st[-1], 200, "afterwards the viewer still plays (media playlist: @st)");
+ok(!grep({ $_ >= 400 && $_ < 500 } @st), 'and is never refused for good (no 4xx, which players do not retry)');
+kill 'TERM', $push;
+reap($push, 5);
+$edge->stop;
+$fake->stop;
 done_testing();
