@@ -118,6 +118,12 @@ for my $p (@tricks) {
 		}
 	}
 }
+# One spelling per token (each spelling would be another question and answer under a master).
+my ($gexp, $gsig) = split /\./, $good;
+for my $v ("0$gexp.$gsig", "$gexp." . uc($gsig), "$gexp." . ucfirst($gsig =~ s/^(\d*)([a-f])/$1\u$2/r)) {
+	next if $v eq $good;
+	is(status_of(raw($port, "GET /hls/cam1/$chunk?token=$v HTTP/1.0\r\n\r\n")), 403, "another spelling of the good token ($v): 403");
+}
 # The token for the path's stream opens only that stream.
 is(status_of(raw($port, "GET /hls/cam2/media_0.m3u8?token=$good HTTP/1.0\r\n\r\n")), 403, "cam1's token on cam2's playlist: 403");
 is(status_of(raw($port, "GET /hls/cam1/$chunk?token=$good&token=x HTTP/1.0\r\n\r\n")), 200, 'the first of two tokens counts (a good one)');

@@ -108,8 +108,15 @@ impl Parsed<'_> {
     }
 }
 
+// One spelling per token: no leading zero, lowercase hex (as they are made). Another spelling of
+// a good token would be another question to a master and another answer in an edge's cache,
+// so that one viewer could fill it.
 fn parse_expiry(s: &str) -> Result<u64, TokenError> {
-    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty()
+        || s.len() > 20
+        || !s.bytes().all(|b| b.is_ascii_digit())
+        || (s.len() > 1 && s.starts_with('0'))
+    {
         return Err(TokenError::Malformed);
     }
     s.parse().map_err(|_| TokenError::Malformed)
@@ -117,7 +124,10 @@ fn parse_expiry(s: &str) -> Result<u64, TokenError> {
 
 fn parse_sig(s: &str) -> Result<[u8; 32], TokenError> {
     let mut raw = [0u8; 32];
-    if s.len() != 64 || hex::decode_to_slice(s, &mut raw).is_err() {
+    if s.len() != 64
+        || s.bytes().any(|b| b.is_ascii_uppercase())
+        || hex::decode_to_slice(s, &mut raw).is_err()
+    {
         return Err(TokenError::Malformed);
     }
     Ok(raw)
@@ -304,11 +314,21 @@ mod tests {
             &format!("v2.k1.2000.{}", "0".repeat(63)),
             &format!("v2.k1.2000.{}", "z".repeat(64)),
             &format!("v3.k1.2000.{sig}"),
+            // one spelling per token: no leading zero, lowercase hex
+            &format!("02000.{sig}"),
+            &format!("v2.k1.02000.{sig}"),
+            &format!("2000.{}", "A".repeat(64)),
+            &format!("v2.k1.2000.{}a{}", "0".repeat(31), "B".repeat(32)),
         ] {
             assert_eq!(parse_token(t), Err(TokenError::Malformed), "{t:?}");
         }
         let max = format!("v2.k1.18446744073709551615.{sig}");
         assert_eq!(parse_token(&max).map(|p| p.expiry()), Ok(u64::MAX));
+        assert_eq!(parse_token(&format!("0.{sig}")).map(|p| p.expiry()), Ok(0));
+        let good = make_viewer_token("s", "cam1", 2000);
+        assert_eq!(verify_viewer_token("s", "cam1", &good, 1), Ok(()));
+        let upper = format!("2000.{}", good[5..].to_ascii_uppercase());
+        assert_eq!(verify_viewer_token("s", "cam1", &upper, 1), Err(TokenError::Malformed));
     }
 
     #[test]
