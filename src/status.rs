@@ -206,9 +206,7 @@ unsafe fn forwarded(r: *mut ngx_http_request_t) -> bool {
 /// As `first_rule`.
 unsafe fn admitted(r: *mut ngx_http_request_t) -> bool {
     // SAFETY: as the caller's.
-    unsafe {
-        peer(r).is_some_and(|p| (p.loopback() && !forwarded(r)) || first_rule(r, &p) == Some(true))
-    }
+    unsafe { peer(r).is_some_and(|p| (p.loopback() && !forwarded(r)) || first_rule(r, &p) == Some(true)) }
 }
 
 /// Everything `mesh_status` reports, from the live state (event loop).
