@@ -176,7 +176,14 @@ impl State {
             self.cache.retain(|_, a| a.allow);
         }
         if self.cache.len() >= CACHE_MAX {
-            self.cache.clear();
+            // Still full of allows: forget the half closest to their end, never all of them
+            // (those asked about again soonest anyway).
+            let mut ends: Vec<(u64, Question)> =
+                self.cache.iter().map(|(q, a)| (a.until, q.clone())).collect();
+            ends.sort_unstable_by_key(|(until, _)| *until);
+            for (_, q) in ends.into_iter().take(CACHE_MAX / 2) {
+                self.cache.remove(&q);
+            }
         }
         self.cache.insert(q.clone(), a.clone());
         if !a.allow {

@@ -1,6 +1,8 @@
 //! `mesh_status`: what the node does, as JSON or (with `?format=prometheus`) Prometheus text.
 //!
-//! Private by default: it answers loopback clients (127.0.0.0/8, ::1, and unix sockets) only.
+//! Private by default: it answers loopback clients (127.0.0.0/8, ::1, and unix sockets) only,
+//! and not a request a proxy on this host relays for someone else (one with `Forwarded`,
+//! `X-Forwarded-For` or `X-Real-IP`, or a PROXY protocol header: its client is not local).
 //! The operator widens it with nginx's own `allow` in the location (or inherited from server{}
 //! or http{}): a client whose first matching `allow`/`deny` rule is an `allow` is served (nginx's
 //! access phase has already refused those a `deny` matches). A `deny`-only list (a ban list at
@@ -168,13 +170,43 @@ unsafe fn first_rule(r: *mut ngx_http_request_t, p: &Peer) -> Option<bool> {
     }
 }
 
-/// Loopback, or named by an `allow` rule.
+/// Headers a proxy adds for the client it forwards: a request carrying one, from loopback,
+/// is a stranger's request relayed by a proxy on this host (a TLS terminator, say).
+const FORWARDED: [&[u8]; 3] = [b"forwarded", b"x-forwarded-for", b"x-real-ip"];
+
+/// Did this request come through a proxy: a PROXY protocol header, or a forwarding header?
+///
+/// # Safety
+/// `r` is a live request.
+unsafe fn forwarded(r: *mut ngx_http_request_t) -> bool {
+    // SAFETY: the request's connection and header list, its parts and elements are in its
+    // pool.
+    unsafe {
+        if !(*(*r).connection).proxy_protocol.is_null() {
+            return true;
+        }
+        let mut part: *const ngx_list_part_t = &(*r).headers_in.headers.part;
+        while !part.is_null() {
+            let elts = (*part).elts.cast::<ngx_table_elt_t>();
+            for i in 0..(*part).nelts {
+                let key = str_bytes(&(*elts.add(i)).key);
+                if FORWARDED.iter().any(|f| key.eq_ignore_ascii_case(f)) {
+                    return true;
+                }
+            }
+            part = (*part).next;
+        }
+        false
+    }
+}
+
+/// Loopback (and not relayed by a proxy), or named by an `allow` rule.
 ///
 /// # Safety
 /// As `first_rule`.
 unsafe fn admitted(r: *mut ngx_http_request_t) -> bool {
     // SAFETY: as the caller's.
-    unsafe { peer(r).is_some_and(|p| p.loopback() || first_rule(r, &p) == Some(true)) }
+    unsafe { peer(r).is_some_and(|p| (p.loopback() && !forwarded(r)) || first_rule(r, &p) == Some(true)) }
 }
 
 /// Everything `mesh_status` reports, from the live state (event loop).

@@ -7,7 +7,8 @@
 # Refused requests neither start nor keep a transcode. No CORS header unless
 # `mesh_allow_origin` lists the page's origin. Files planted in a stream's directory (symlinks,
 # a FIFO) and a stream directory replaced by a symlink are not served. Under a master with no
-# viewer secret, the master's cached answer decides playlists and segments, which never wait.
+# viewer secret, the master's cached answer decides playlists and segments, which never wait
+# (without one: 503, asked, so that the player's retry finds it).
 
 use strict;
 use warnings;
@@ -192,8 +193,8 @@ kill 'TERM', $pub;
 reap($pub, 5);
 $t->stop;
 
-# With a master and no viewer secret: the master's cached answer decides every request; only
-# the entry request asks, playlists and segments never wait for an answer.
+# With a master and no viewer secret: the master's cached answer decides every request;
+# playlists and segments never wait for an answer (without one: 503, and asked).
 my $fake = Mesh::FakeMaster->new;
 $fake->set_table('edge-1', { version => 1, role => 'relay',
 	relay => { cam1 => [ { node_id => 'edge-1', node_url => 'rtmp://127.0.0.1:1/relay', node_key => 'k-r1-e1-cam1' } ] } });
@@ -217,12 +218,13 @@ my ($bare) = $seg =~ /^([^?]+)/;
 my $asked = scalar @{$fake->requests('auth')};
 $t0 = time;
 $r = $ua->get("$ehttp/hls/cam1/$bare?token=never-asked");
-is($r->{status}, 403, 'segment with a token never asked about: 403');
-like($r->{content}, qr/no answer for this token/, 'saying so');
+is($r->{status}, 503, 'segment with a token never asked about: 503 (players retry)');
+like($r->{content}, qr/no answer for this token yet/, 'saying so');
 cmp_ok(time - $t0, '<', 1, 'at once, not held');
 is($ua->get("$ehttp/hls/cam1/$bare")->{status}, 401, 'segment with no token: 401');
 sleep 0.5;
-is(scalar @{$fake->requests('auth')}, $asked, 'segments never ask the master');
+is(scalar @{$fake->requests('auth')}, $asked + 1, 'the segment asked the master (once)');
+is($ua->get("$ehttp/hls/cam1/$bare?token=never-asked")->{status}, 403, "the retry finds the master's answer (a denial here)");
 is($ua->get("$ehttp/hls/cam1/master.m3u8?token=wrong")->{status}, 403, 'entry request: the master denies another token');
 $r = $ua->get("$ehttp/hls/cam1/$bare?token=wrong");
 is($r->{status}, 403, 'segment with the denied token: 403');

@@ -1,6 +1,8 @@
 //! The `mesh_media` handler: every request — entry manifest, media playlist, init or media
 //! segment — needs a viewer token good for its stream now ([`super::token::check`]); without
 //! one: 401, with a bad, expired or foreign one: 403, and nothing starts or keeps a transcode.
+//! Under a master, a playlist or segment whose token has no cached answer is a 503 (asked now,
+//! never held), so that the player's retry finds it.
 //!
 //! An entry manifest (`<location><stream>/master.m3u8`, `.../manifest.mpd`) starts the transcode
 //! (or asks the master for a route, or for the token's answer) and is held until it exists
@@ -63,15 +65,18 @@ pub unsafe extern "C" fn media_handler(r: *mut ngx_http_request_t) -> ngx_int_t 
                 Check::Unknown if token.as_deref().is_none_or(str::is_empty) => {
                     return refuse(r, NGX_HTTP_UNAUTHORIZED, "no token")
                 }
-                // Only an entry request asks the master; nothing here is held.
-                Check::Unknown => return refuse(r, NGX_HTTP_FORBIDDEN, "no answer for this token"),
+                // No answer (never asked, or pushed out of a full cache by others' answers):
+                // asked now, not held; 503 so that players retry (they give up on a 4xx), and
+                // the retry finds the answer.
+                Check::Unknown => {
+                    token::ask(&node, &stream, token.as_deref(), client(r));
+                    return refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE, "no answer for this token yet");
+                }
             }
             if !node.role.serves_viewers() || !transcode::exists(&stream) {
                 return text(r, NGX_HTTP_NOT_FOUND, &MediaError::UnknownFile.to_string(), &[]);
             }
-            token::refresh(&node, &stream, token.as_deref(), &check, now, || {
-                String::from_utf8_lossy(str_bytes(&(*(*r).connection).addr_text)).into_owned()
-            });
+            token::refresh(&node, &stream, token.as_deref(), &check, now, || client(r));
             transcode::touch(&stream);
             match file.cache {
                 Cache::Manifest => {
@@ -84,6 +89,15 @@ pub unsafe extern "C" fn media_handler(r: *mut ngx_http_request_t) -> ngx_int_t 
             }
         }
     })
+}
+
+/// The client's address, as the master is told.
+///
+/// # Safety
+/// `r` is live.
+unsafe fn client(r: *mut ngx_http_request_t) -> String {
+    // SAFETY: as the caller guarantees.
+    unsafe { String::from_utf8_lossy(str_bytes(&(*(*r).connection).addr_text)).into_owned() }
 }
 
 /// A refusal: 401 says how to authenticate.

@@ -47,8 +47,8 @@ pub fn check(node: &Node, stream: &str, token: Option<&str>, now: u64) -> Check 
     }
 }
 
-/// Ask the master about `token` for `stream` (one question in flight per token): for an entry
-/// request that found no answer, or a playing viewer whose allow ends soon.
+/// Ask the master about `token` for `stream` (one question in flight per token): for a request
+/// that found no answer, or a playing viewer whose allow ends soon.
 pub fn ask(node: &Node, stream: &str, token: Option<&str>, addr: String) {
     let req = AuthRequest {
         node_id: node.node_id.clone(),

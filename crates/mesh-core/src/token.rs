@@ -317,11 +317,21 @@ mod tests {
             &format!("v2.k1.2000.{}", "0".repeat(63)),
             &format!("v2.k1.2000.{}", "z".repeat(64)),
             &format!("v3.k1.2000.{sig}"),
+            // one spelling per token: no leading zero, lowercase hex
+            &format!("02000.{sig}"),
+            &format!("v2.k1.02000.{sig}"),
+            &format!("2000.{}", "A".repeat(64)),
+            &format!("v2.k1.2000.{}a{}", "0".repeat(31), "B".repeat(32)),
         ] {
             assert_eq!(parse_token(t), Err(TokenError::Malformed), "{t:?}");
         }
         let max = format!("v2.k1.18446744073709551615.{sig}");
         assert_eq!(parse_token(&max).map(|p| p.expiry()), Ok(u64::MAX));
+        assert_eq!(parse_token(&format!("0.{sig}")).map(|p| p.expiry()), Ok(0));
+        let good = make_viewer_token("s", "cam1", 2000);
+        assert_eq!(verify_viewer_token("s", "cam1", &good, 1), Ok(()));
+        let upper = format!("2000.{}", good[5..].to_ascii_uppercase());
+        assert_eq!(verify_viewer_token("s", "cam1", &upper, 1), Err(TokenError::Malformed));
     }
 
     #[test]
