@@ -12,8 +12,6 @@
 
 use std::collections::HashMap;
 
-use subtle::ConstantTimeEq;
-
 /// How long a credential stays usable after it is issued.
 pub const LIFETIME_MS: u64 = 5_000;
 
@@ -37,7 +35,7 @@ impl Credentials {
     /// `now_ms + LIFETIME_MS`; any earlier one of the stream is void from here on.
     pub fn issue(&mut self, stream: &str, random: [u8; BYTES], now_ms: u64) -> String {
         self.prune(now_ms);
-        let secret: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let secret = hex::encode(random);
         self.by_stream
             .insert(stream.to_string(), Entry { secret: secret.clone(), expires_ms: now_ms + LIFETIME_MS });
         secret
@@ -47,7 +45,7 @@ impl Credentials {
     /// credential and has not expired. Compared in constant time.
     pub fn take(&mut self, stream: &str, key: &str, now_ms: u64) -> bool {
         let Some(e) = self.by_stream.get(stream) else { return false };
-        let matches = e.secret.len() == key.len() && bool::from(e.secret.as_bytes().ct_eq(key.as_bytes()));
+        let matches = crate::token::ct_eq(e.secret.as_bytes(), key.as_bytes());
         if !matches {
             return false;
         }

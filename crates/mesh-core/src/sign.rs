@@ -9,7 +9,7 @@
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-type HmacSha256 = Hmac<Sha256>;
+pub(crate) type HmacSha256 = Hmac<Sha256>;
 
 /// Largest accepted distance between a message's timestamp and the receiver's clock.
 pub const MAX_SKEW_S: u64 = 300;
@@ -45,13 +45,14 @@ pub fn body_sha256_hex(body: &[u8]) -> String {
     hex::encode(Sha256::digest(body))
 }
 
-fn mac(key: &[u8], parts: &[&str]) -> HmacSha256 {
+/// HMAC-SHA256 of `parts` joined by newlines (request and response signatures, viewer tokens).
+pub(crate) fn mac<P: AsRef<[u8]>>(key: &[u8], parts: &[P]) -> HmacSha256 {
     let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
     for (i, p) in parts.iter().enumerate() {
         if i > 0 {
             m.update(b"\n");
         }
-        m.update(p.as_bytes());
+        m.update(p.as_ref());
     }
     m
 }

@@ -10,11 +10,11 @@
 //! Which keys, stream identities and lifetimes are accepted is [`crate::viewer`]'s business. A
 //! broadcaster key is stored as its hex sha256 and compared in constant time.
 
-use hmac::{Hmac, Mac};
+use hmac::Mac;
+
+use crate::sign::{mac, HmacSha256};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// Why a viewer token was refused (or could not be made).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,24 +73,16 @@ pub fn is_valid_stream_id(id: &str) -> bool {
     is_token_word(id, MAX_STREAM_ID_LEN)
 }
 
-fn hmac(secret: &str, parts: &[&[u8]]) -> HmacSha256 {
-    let mut m = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            m.update(b"\n");
-        }
-        m.update(p);
-    }
-    m
-}
-
 fn legacy_mac(secret: &str, stream: &str, expiry: u64) -> HmacSha256 {
-    hmac(secret, &[stream.as_bytes(), expiry.to_string().as_bytes()])
+    mac(secret.as_bytes(), &[stream.as_bytes(), expiry.to_string().as_bytes()])
 }
 
 fn v2_mac(secret: &str, kid: &str, stream: &str, stream_id: &str, expiry: u64) -> HmacSha256 {
     let expiry = expiry.to_string();
-    hmac(secret, &[b"v2", kid.as_bytes(), stream.as_bytes(), stream_id.as_bytes(), expiry.as_bytes()])
+    mac(
+        secret.as_bytes(),
+        &[b"v2", kid.as_bytes(), stream.as_bytes(), stream_id.as_bytes(), expiry.as_bytes()],
+    )
 }
 
 /// A token taken apart (nothing verified yet).
