@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use mesh_agent::agent::{Call, Refused};
 use mesh_agent::client::CallError;
 use mesh_core::handles::{Handle, Handles};
+use mesh_core::hold::Holds;
 use mesh_core::token::key_sha256;
 use mesh_core::wire::{Action, AuthReply, AuthRequest};
 
@@ -113,11 +114,8 @@ struct State {
     by_question: HashMap<Question, u64>,
     /// Calls of known credentials and re-checks queued or in flight.
     known_calls: usize,
-    /// Questions of unknown credentials waiting, in all and per address.
-    strangers: usize,
-    per_addr: HashMap<String, usize>,
-    pending_max: usize,
-    per_addr_max: usize,
+    /// Askers about unknown credentials, in all and per client address (the caps).
+    strangers: Holds,
     cache: HashMap<Question, Answer>,
     /// Credentials the master allowed, with when (unix s).
     allowed: HashMap<Question, u64>,
@@ -130,10 +128,7 @@ impl Default for State {
             asked: HashMap::new(),
             by_question: HashMap::new(),
             known_calls: 0,
-            strangers: 0,
-            per_addr: HashMap::new(),
-            pending_max: DEFAULT_PENDING_MAX,
-            per_addr_max: DEFAULT_PENDING_PER_ADDR,
+            strangers: Holds::new(DEFAULT_PENDING_MAX, DEFAULT_PENDING_PER_ADDR),
             cache: HashMap::new(),
             allowed: HashMap::new(),
         }
@@ -142,15 +137,8 @@ impl Default for State {
 
 impl State {
     fn release(&mut self, o: &Outstanding) {
-        if o.known {
-            return;
-        }
-        self.strangers = self.strangers.saturating_sub(1);
-        if let Some(n) = self.per_addr.get_mut(&o.addr) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_addr.remove(&o.addr);
-            }
+        if !o.known {
+            self.strangers.release(&o.addr);
         }
     }
 
@@ -211,14 +199,13 @@ thread_local! {
 /// Set the caps (worker start, from `mesh_auth_pending_max` and `mesh_auth_pending_per_addr`).
 pub fn set_limits(pending_max: usize, per_addr_max: usize) {
     STATE.with_borrow_mut(|st| {
-        st.pending_max = pending_max.max(1);
-        st.per_addr_max = per_addr_max.max(1);
+        st.strangers.set_caps(pending_max.max(1), per_addr_max.max(1));
     })
 }
 
 /// Questions waiting now (for `mesh_status`): all, and those of unknown credentials.
 pub fn pending() -> (usize, usize) {
-    STATE.with_borrow(|st| (st.calls.len(), st.strangers))
+    STATE.with_borrow(|st| (st.calls.len(), st.strangers.held()))
 }
 
 /// A cached answer to exactly this question, still valid at `now`.
@@ -231,8 +218,8 @@ pub fn cached(q: &Question, now: u64) -> Option<Answer> {
 /// question waits for the same answer (a thousand sessions with one token cost one call).
 pub fn ask(waiter: Waiter, req: AuthRequest) -> Result<Handle, AskError> {
     let question = Question::of(&req);
-    // Counted per client: an IPv6 client by its /64 (it can pick any address in it).
-    let addr = mesh_core::client::client_key(&req.addr);
+    // Counted per client (an IPv6 client by its /64: `Holds` keys it).
+    let addr = req.addr.clone();
     let (h, send) = STATE.with_borrow_mut(|st| {
         let inflight = st.by_question.get(&question).copied();
         // HTTP requests poll the cache: the question asked once is enough (and no second
@@ -241,21 +228,20 @@ pub fn ask(waiter: Waiter, req: AuthRequest) -> Result<Handle, AskError> {
             return Ok((Handle::from_u64(u64::MAX), None));
         }
         let known = matches!(waiter, Waiter::Recheck(_)) || st.allowed.contains_key(&question);
-        if !known
-            && (st.strangers >= st.pending_max
-                || st.per_addr.get(&addr).copied().unwrap_or(0) >= st.per_addr_max)
-        {
-            return Err(AskError::Busy);
-        }
         if known && inflight.is_none() && st.known_calls >= KNOWN_MAX {
             return Err(AskError::Busy);
         }
-        let o = Outstanding { waiter, addr: addr.clone(), known, call: 0 };
-        let h = st.calls.insert(o).map_err(|_| AskError::Busy)?;
         if !known {
-            st.strangers += 1;
-            *st.per_addr.entry(addr).or_insert(0) += 1;
+            st.strangers.admit(&addr).map_err(|_| AskError::Busy)?;
         }
+        let o = Outstanding { waiter, addr, known, call: 0 };
+        let h = match st.calls.insert(o) {
+            Ok(h) => h,
+            Err(o) => {
+                st.release(&o);
+                return Err(AskError::Busy);
+            }
+        };
         let (id, send) = match inflight {
             Some(id) => (id, None),
             None => {

@@ -18,8 +18,8 @@ pub enum Via {
     /// By the table: checked again in full on every change.
     Table,
     /// By the master's auth endpoint, valid until then (unix s): role rules apply at once, the
-    /// endpoint is asked again when it runs out.
-    Auth { until: u64, asking: bool },
+    /// endpoint is asked again when it runs out (the entry's `recheck` while it is asked).
+    Auth { until: u64 },
 }
 
 #[derive(Debug)]
@@ -107,13 +107,20 @@ pub fn rtmp_viewers(stream: &str) -> usize {
     REGISTRY.with_borrow(|r| r.entries.values().filter(|e| !e.is_publisher() && e.stream == stream).count())
 }
 
-/// The auth question that admitted a session (asked again when its answer runs out).
-pub fn question(e: &Entry) -> crate::auth::Question {
+/// What the auth endpoint was asked to admit a session: the action and the credential (the
+/// key of a publisher, the token of a viewer).
+pub fn credential(e: &Entry) -> (mesh_core::wire::Action, Option<String>) {
     let a = mesh_core::args::MeshArgs::parse(&e.args);
     match e.kind {
-        SessionKind::Viewer => crate::auth::Question::new(mesh_core::wire::Action::Play, &e.stream, a.token),
-        _ => crate::auth::Question::new(mesh_core::wire::Action::Publish, &e.stream, a.key),
+        SessionKind::Viewer => (mesh_core::wire::Action::Play, a.token.map(str::to_string)),
+        _ => (mesh_core::wire::Action::Publish, a.key.map(str::to_string)),
     }
+}
+
+/// The auth question that admitted a session (asked again when its answer runs out).
+pub fn question(e: &Entry) -> crate::auth::Question {
+    let (action, credential) = credential(e);
+    crate::auth::Question::new(action, &e.stream, credential.as_deref())
 }
 
 /// What a re-check decided for one session.

@@ -19,7 +19,6 @@ use mesh_agent::agent::{self, Agent, Call, Change, Event, Level, Refused, Sink};
 use mesh_agent::client::{HttpConfig, HttpMaster};
 use mesh_core::node::Node;
 use mesh_core::wire::{Action, AuthRequest, Capabilities, Heartbeat};
-use mesh_core::SessionKind;
 use parking_lot::Mutex;
 
 use crate::auth::{self, Waiter};
@@ -438,11 +437,11 @@ fn recheck_answer(rid: u64, q: &auth::Question, a: &auth::Answer) {
             return None;
         }
         if a.allow {
-            e.via = Via::Auth { until: a.until, asking: false };
+            e.via = Via::Auth { until: a.until };
             None
         } else if failed {
             // Unreachable is no deny: keep the session, ask again later.
-            e.via = Via::Auth { until: session::now() + 30, asking: false };
+            e.via = Via::Auth { until: session::now() + 30 };
             None
         } else {
             Some((e.s, e.is_publisher(), e.stream.clone()))
@@ -508,30 +507,24 @@ fn figures(node: &Node) -> Heartbeat {
 fn ask_again(node: &Node) {
     let now = session::now();
     let due = registry::sweep(|e| match e.via {
-        Via::Auth { until, asking: false } if until <= now => {
-            Some((e.kind.clone(), e.stream.clone(), e.args.clone()))
+        Via::Auth { until } if until <= now && e.recheck.is_none() => {
+            Some((registry::credential(e), e.stream.clone()))
         }
         _ => None,
     });
     for (rid, s, item) in due {
-        let Some((kind, stream, args)) = item else {
+        let Some(((action, credential), stream)) = item else {
             continue;
         };
-        let a = mesh_core::args::MeshArgs::parse(&args);
-        let (action, key, token) = match kind {
-            SessionKind::Viewer => (Action::Play, None, a.token.map(str::to_string)),
-            _ => (Action::Publish, a.key.map(str::to_string), None),
+        let (key, token) = match action {
+            Action::Play => (None, credential),
+            Action::Publish => (credential, None),
         };
         // SAFETY: registered sessions are live.
         let addr = unsafe { session::peer(s) };
         let req = AuthRequest { node_id: node.node_id.clone(), action, stream, key, token, addr };
         if let Ok(h) = auth::ask(Waiter::Recheck(rid), req) {
-            registry::with(rid, |e| {
-                if let Via::Auth { until, .. } = e.via {
-                    e.via = Via::Auth { until, asking: true };
-                }
-                e.recheck = Some(h);
-            });
+            registry::with(rid, |e| e.recheck = Some(h));
         }
     }
 }

@@ -546,7 +546,7 @@ unsafe fn apply_answer(
             log_refusal(s, what, stream, &format!("auth: {}", a.reason));
             return NGX_ERROR;
         }
-        let via = Via::Auth { until: a.until, asking: false };
+        let via = Via::Auth { until: a.until };
         match cmd {
             PendingCmd::Publish(v) if node.role.takes_broadcasters() => {
                 admit_publish(s, &mut **v, node, stream, args, SessionKind::Broadcaster, via)

@@ -58,7 +58,6 @@ fn count(f: impl FnOnce(&mut Figures)) {
 }
 
 /// This worker's held-request figures (for `mesh_status`).
-#[allow(dead_code)]
 pub fn figures() -> Figures {
     let mut f = FIGURES.with(Cell::get);
     f.held = HOLDS.with_borrow(Holds::held) as u64;

@@ -31,8 +31,7 @@ use crate::ffi::*;
 use crate::transcode::Settings;
 use crate::util::{full_name, guard, pool_new, str_bytes, CONF_ERROR, CONF_OK};
 
-#[allow(unused_imports)] // for mesh_status, once it reports them
-pub use hold::{figures as hold_figures, Figures as HoldFigures};
+pub use hold::figures as hold_figures;
 pub use serve::respond;
 
 const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;

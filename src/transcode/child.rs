@@ -86,13 +86,9 @@ pub unsafe fn start(
     })?;
     // SAFETY: event loop; on success the connection owns the descriptor.
     match unsafe { watch(child.output, t, log) } {
-        // SAFETY: a plain global nginx updates on the event loop, where we read it.
-        Ok(conn) => Ok(Child {
-            pid: child.pid,
-            started_ms: unsafe { *std::ptr::addr_of!(ngx_current_msec) as u64 },
-            conn,
-            lines: OutputLines::default(),
-        }),
+        Ok(conn) => {
+            Ok(Child { pid: child.pid, started_ms: super::now_ms(), conn, lines: OutputLines::default() })
+        }
         Err(why) => {
             // Unwatched, it would run on unseen: end it (its descriptor is closed already).
             proc::signal(child.pid, SIGKILL);

@@ -90,6 +90,12 @@ pub(crate) fn now() -> u64 {
     ngx_time().max(0) as u64
 }
 
+/// The event loop's clock in milliseconds (`ngx_current_msec`).
+pub(crate) fn now_ms() -> u64 {
+    // SAFETY: a plain global nginx updates on the event loop, where we read it.
+    unsafe { *std::ptr::addr_of!(ngx_current_msec) as u64 }
+}
+
 /// The transcode of `stream` is wanted now (a viewer asked). Starts it when it is not running.
 /// Returns its state.
 ///
@@ -309,6 +315,15 @@ unsafe fn ensure_tick(log: *mut ngx_log_t) {
 
 unsafe extern "C" fn on_tick(ev: *mut ngx_event_t) {
     guard((), || {
+        // SAFETY: event loop.
+        let log = unsafe { (*ev).log };
+        // A worker shutting down (reload, quit) serves no new viewers: stop at once rather
+        // than when its last RTMP client leaves.
+        if crate::util::exiting() {
+            // SAFETY: event loop.
+            unsafe { stop_all("worker shutting down", log) };
+            return;
+        }
         let now = now();
         let idle: Vec<String> = MANAGER.with_borrow(|m| {
             let idle_s = m.settings.as_ref().map_or(30, |s| s.idle_s);
@@ -321,18 +336,10 @@ unsafe extern "C" fn on_tick(ev: *mut ngx_event_t) {
         });
         // SAFETY: event loop.
         unsafe {
-            let log = (*ev).log;
-            // A worker shutting down (reload, quit) serves no new viewers: stop at once rather
-            // than when its last RTMP client leaves.
-            if crate::util::exiting() {
-                stop_all("worker shutting down", log);
-                return;
-            }
             for s in idle {
                 stop(&s, "idle", log);
             }
-            let any = MANAGER.with_borrow(|m| !m.streams.is_empty());
-            if any && !crate::util::exiting() {
+            if MANAGER.with_borrow(|m| !m.streams.is_empty()) {
                 ngx_add_timer(ev, TICK_MS);
             }
         }

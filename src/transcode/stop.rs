@@ -27,11 +27,6 @@ pub const GRACE_MS: ngx_msec_t = 5000;
 /// At worker exit, how long to wait for children to end after their SIGTERM.
 const EXIT_WAIT: Duration = Duration::from_millis(400);
 
-fn now_ms() -> u64 {
-    // SAFETY: a plain global nginx updates on the event loop, where we read it.
-    unsafe { *addr_of!(ngx_current_msec) as u64 }
-}
-
 /// The next step of stopping `t`'s child: SIGTERM, SIGTERM again, then SIGKILL (or, in a
 /// worker that exits, nothing: the child dies with it). Arms `t`'s timer for the step after.
 ///
@@ -111,7 +106,7 @@ pub unsafe fn stop(stream: &str, why: &str, log: *mut ngx_log_t) {
         }
         let Some(c) = t.child.as_ref() else { return died(t, log) };
         t.signals = 0;
-        let age = now_ms().saturating_sub(c.started_ms);
+        let age = super::now_ms().saturating_sub(c.started_ms);
         if age < STARTUP_MS {
             t.ev.set_cancelable(0);
             ngx_add_timer(&mut *t.ev, (STARTUP_MS - age) as ngx_msec_t);
@@ -158,7 +153,7 @@ pub fn exit_all() {
         }
         // A child too young to handle SIGTERM is left to die with the worker.
         if let (Some(c), 0) = (&t.child, t.signals) {
-            if now_ms().saturating_sub(c.started_ms) >= STARTUP_MS {
+            if super::now_ms().saturating_sub(c.started_ms) >= STARTUP_MS {
                 proc::signal(c.pid, SIGTERM);
                 t.signals = 1;
             }
