@@ -38,8 +38,7 @@ const KNOWN_MAX: usize = 1024;
 /// How long HTTP requests see a failed question before asking again.
 const FAILED_SHOWN_S: u64 = 2;
 
-pub const DEFAULT_PENDING_MAX: usize = 256;
-pub const DEFAULT_PENDING_PER_ADDR: usize = 8;
+use crate::conf::{DEFAULT_PENDING_MAX, DEFAULT_PENDING_PER_ADDR};
 
 /// The master's word on one credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,7 +262,7 @@ pub fn ask(waiter: Waiter, req: AuthRequest) -> Result<Handle, AskError> {
         Ok((h, send))
     })?;
     let Some((id, known)) = send else { return Ok(h) };
-    match crate::runtime::call(Call::Auth { id, req, known }) {
+    match crate::link::call(Call::Auth { id, req, known }) {
         Ok(()) => Ok(h),
         Err(e) => {
             forget(h);
@@ -297,7 +296,7 @@ fn forget(h: Handle) -> Option<u64> {
 /// sent, if still queued; its answer, if one comes, is dropped).
 pub fn cancel(h: Handle) {
     if let Some(id) = forget(h) {
-        crate::runtime::cancel_call(id);
+        crate::link::cancel_call(id);
     }
 }
 

@@ -1,35 +1,38 @@
 //! ngx_rtmp_mesh: an nginx-rtmp module that runs one node of a live-streaming relay mesh.
 //!
-//! One concern per file, as nginx-rtmp-module does:
-//! * [`module`]: the module definition, directives and chain hooks;
-//! * [`conf`]: configuration (directives, create/merge, the node snapshot);
-//! * [`directive`]: what every directive handler shares (arguments, nginx's error wording);
-//! * [`session`]: publish/play admission at the head of nginx-rtmp's chains;
-//! * [`push`]: relay pushes of published streams, their retries and reconciliation;
-//! * [`registry`]: the admitted sessions, checked again when the table or role changes;
-//! * [`auth`]: the auth endpoint, asked without blocking (netcall-style suspend/resume);
-//! * [`route`]: route requests for streams a viewer wants here;
-//! * [`runtime`]: the background threads and the wake-up socket back to the event loop;
-//! * [`http`]: the edge's HTTP side (HLS, DASH) with held manifest requests;
-//! * [`transcode`]: on-demand ffmpeg per stream, its death pipe, restarts and idle stop;
-//! * [`status`]: `mesh_status`, JSON and Prometheus;
-//! * [`util`]: FFI helpers (panic guard, pool-owned values).
+//! Layers with one direction (docs/architecture.md has the picture):
+//!
+//! 1. [`nginx`]: the nginx layer — bindings, the panic guard, pool values, strings, directive
+//!    helpers, timers and tasks, the RTMP session handle and HTTP request helpers. It knows
+//!    nothing of the mesh.
+//! 2. One module per concern, each depending only on those below it:
+//!    * [`conf`]: the rtmp{} directives and the node snapshot the hot path reads;
+//!    * [`link`]: the link to the master or the table file (background threads, wake-ups);
+//!    * [`auth`]: questions to the master's auth endpoint, asked once, answered to handles;
+//!    * [`registry`]: the sessions this worker admitted;
+//!    * [`route`]: route requests for streams a viewer wants here;
+//!    * [`push`]: relay pushes of published streams;
+//!    * [`transcode`]: on-demand ffmpeg per stream;
+//!    * [`rtmp`]: RTMP admission (publish, play, closeStream) and table changes;
+//!    * [`http`]: the edge's HLS and DASH, behind a token on every request;
+//!    * [`status`]: `mesh_status`, JSON and Prometheus.
+//! 3. [`wiring`] (process start and exit, where each background answer goes) and [`module`]
+//!    (the two nginx modules and their directive tables): the one place that knows everyone.
 //!
 //! Every decision is made by `mesh_core`, which has no nginx dependency.
 
+mod nginx;
+
 mod auth;
 mod conf;
-mod directive;
-mod ffi;
 mod http;
-pub mod module;
-mod protocol;
+mod link;
 mod push;
 mod registry;
 mod route;
-mod runtime;
-mod session;
+mod rtmp;
 mod status;
 mod transcode;
-mod util;
-mod waiting;
+
+pub mod module;
+mod wiring;

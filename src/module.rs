@@ -1,4 +1,7 @@
-//! The module's definition: directives, rtmp module context, and the handler chains it heads.
+//! The module's definition, in one place: the two nginx modules (`ngx_rtmp_mesh_module` for the
+//! rtmp{} block, `ngx_http_mesh_module` for http{}), their directive tables and contexts, and
+//! the list nginx's loader reads (`ngx_modules!`). What each directive and hook does lives with
+//! its concern; the process hooks are [`crate::wiring`]'s.
 
 use std::ffi::{c_char, c_void};
 use std::mem::offset_of;
@@ -6,78 +9,83 @@ use std::ptr::{addr_of, addr_of_mut, null_mut};
 
 use ngx::ngx_string;
 
-use crate::conf::{self, AppConf, MainConf};
-use crate::ffi::*;
-use crate::session;
+use crate::conf::{self, directives as d, AppConf, MainConf};
+use crate::nginx::ffi::*;
+use crate::{http, rtmp, status, wiring};
 
-const MAIN_CONF_OFFSET: ngx_uint_t = offset_of!(ngx_rtmp_conf_ctx_t, main_conf) as ngx_uint_t;
-const APP_CONF_OFFSET: ngx_uint_t = offset_of!(ngx_rtmp_conf_ctx_t, app_conf) as ngx_uint_t;
-const MAIN_TAKE1: ngx_uint_t = (NGX_RTMP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t;
+type SetFn = unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
 
-const MAIN_TAKE2: ngx_uint_t = (NGX_RTMP_MAIN_CONF | NGX_CONF_TAKE2) as ngx_uint_t;
+const RTMP_MAIN: ngx_uint_t = offset_of!(ngx_rtmp_conf_ctx_t, main_conf) as ngx_uint_t;
+const RTMP_APP: ngx_uint_t = offset_of!(ngx_rtmp_conf_ctx_t, app_conf) as ngx_uint_t;
+const HTTP_MAIN: ngx_uint_t = offset_of!(ngx_http_conf_ctx_t, main_conf) as ngx_uint_t;
+const HTTP_LOC: ngx_uint_t = offset_of!(ngx_http_conf_ctx_t, loc_conf) as ngx_uint_t;
 
-/// A main-level directive taking one argument, handled by `set`.
-const fn main1(name: ngx_str_t, set: SetFn, offset: usize) -> ngx_command_t {
+const fn command(name: ngx_str_t, type_: u32, set: SetFn, conf: ngx_uint_t, offset: usize) -> ngx_command_t {
     ngx_command_t {
         name,
-        type_: MAIN_TAKE1,
+        type_: type_ as ngx_uint_t,
         set: Some(set),
-        conf: MAIN_CONF_OFFSET,
+        conf,
         offset: offset as ngx_uint_t,
         post: null_mut(),
     }
 }
 
-type SetFn = unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
+/// An rtmp{} main-level directive.
+const fn main(name: ngx_str_t, args: u32, set: SetFn, offset: usize) -> ngx_command_t {
+    command(name, NGX_RTMP_MAIN_CONF | args, set, RTMP_MAIN, offset)
+}
 
-static mut COMMANDS: [ngx_command_t; 16] = [
-    main1(ngx_string!("mesh_master"), conf::set_master, 0),
-    main1(ngx_string!("mesh_master_key"), conf::set_master_key, 0),
-    main1(ngx_string!("mesh_master_key_file"), conf::set_master_key, 0),
-    ngx_command_t {
-        name: ngx_string!("mesh_master_path"),
-        type_: MAIN_TAKE2,
-        set: Some(conf::set_master_path),
-        conf: MAIN_CONF_OFFSET,
-        offset: 0,
-        post: null_mut(),
-    },
-    main1(ngx_string!("mesh_rtmp_url"), conf::set_public_url, 0),
-    main1(ngx_string!("mesh_http_url"), conf::set_public_url, 0),
-    main1(
+const T1: u32 = NGX_CONF_TAKE1;
+
+static mut RTMP_COMMANDS: [ngx_command_t; 16] = [
+    main(ngx_string!("mesh_master"), T1, d::set_master, 0),
+    main(ngx_string!("mesh_master_key"), T1, d::set_master_key, 0),
+    main(ngx_string!("mesh_master_key_file"), T1, d::set_master_key, 0),
+    main(ngx_string!("mesh_master_path"), NGX_CONF_TAKE2, d::set_master_path, 0),
+    main(ngx_string!("mesh_rtmp_url"), T1, d::set_public_url, 0),
+    main(ngx_string!("mesh_http_url"), T1, d::set_public_url, 0),
+    main(
         ngx_string!("mesh_heartbeat_interval"),
+        T1,
         ngx_conf_set_msec_slot,
         offset_of!(MainConf, heartbeat_interval),
     ),
-    main1(ngx_string!("mesh_poll_wait"), ngx_conf_set_msec_slot, offset_of!(MainConf, poll_wait)),
-    main1(ngx_string!("mesh_master_timeout"), ngx_conf_set_msec_slot, offset_of!(MainConf, master_timeout)),
-    main1(
+    main(ngx_string!("mesh_poll_wait"), T1, ngx_conf_set_msec_slot, offset_of!(MainConf, poll_wait)),
+    main(
+        ngx_string!("mesh_master_timeout"),
+        T1,
+        ngx_conf_set_msec_slot,
+        offset_of!(MainConf, master_timeout),
+    ),
+    main(
         ngx_string!("mesh_auth_pending_max"),
+        T1,
         ngx_conf_set_num_slot,
         offset_of!(MainConf, auth_pending_max),
     ),
-    main1(
+    main(
         ngx_string!("mesh_auth_pending_per_addr"),
+        T1,
         ngx_conf_set_num_slot,
         offset_of!(MainConf, auth_pending_per_addr),
     ),
-    main1(ngx_string!("mesh_node_id"), conf::set_node_id, 0),
-    main1(ngx_string!("mesh_role"), conf::set_role, 0),
-    main1(ngx_string!("mesh_table_file"), conf::set_table_file, 0),
-    ngx_command_t {
-        name: ngx_string!("mesh"),
-        type_: (NGX_RTMP_MAIN_CONF | NGX_RTMP_SRV_CONF | NGX_RTMP_APP_CONF | NGX_CONF_FLAG) as ngx_uint_t,
-        set: Some(ngx_conf_set_flag_slot),
-        conf: APP_CONF_OFFSET,
-        offset: offset_of!(AppConf, mesh) as ngx_uint_t,
-        post: null_mut(),
-    },
+    main(ngx_string!("mesh_node_id"), T1, d::set_node_id, 0),
+    main(ngx_string!("mesh_role"), T1, d::set_role, 0),
+    main(ngx_string!("mesh_table_file"), T1, d::set_table_file, 0),
+    command(
+        ngx_string!("mesh"),
+        NGX_RTMP_MAIN_CONF | NGX_RTMP_SRV_CONF | NGX_RTMP_APP_CONF | NGX_CONF_FLAG,
+        ngx_conf_set_flag_slot,
+        RTMP_APP,
+        offset_of!(AppConf, mesh),
+    ),
     ngx_command_t::empty(),
 ];
 
-static MODULE_CTX: ngx_rtmp_module_t = ngx_rtmp_module_t {
+static RTMP_CTX: ngx_rtmp_module_t = ngx_rtmp_module_t {
     preconfiguration: None,
-    postconfiguration: Some(postconfiguration),
+    postconfiguration: Some(rtmp_postconfiguration),
     create_main_conf: Some(conf::create_main_conf),
     init_main_conf: Some(conf::init_main_conf),
     create_srv_conf: None,
@@ -89,18 +97,100 @@ static MODULE_CTX: ngx_rtmp_module_t = ngx_rtmp_module_t {
 #[no_mangle]
 #[allow(non_upper_case_globals)]
 pub static mut ngx_rtmp_mesh_module: ngx_module_t = ngx_module_t {
-    ctx: addr_of!(MODULE_CTX) as *mut c_void,
-    commands: addr_of_mut!(COMMANDS) as *mut ngx_command_t,
+    ctx: addr_of!(RTMP_CTX) as *mut c_void,
+    commands: addr_of_mut!(RTMP_COMMANDS) as *mut ngx_command_t,
     type_: NGX_RTMP_MODULE as ngx_uint_t,
-    init_module: Some(crate::runtime::init_module),
-    init_process: Some(crate::runtime::init_process),
-    exit_process: Some(crate::runtime::exit_process),
+    init_module: Some(wiring::init_module),
+    init_process: Some(wiring::init_process),
+    exit_process: Some(wiring::exit_process),
     ..ngx_module_t::default()
 };
 
-use crate::http::ngx_http_mesh_module;
+const M1: u32 = NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1;
 
-// The module list nginx's dlopen loader reads (what ngx::ngx_modules! emits, for two modules).
+const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE;
+
+static mut HTTP_COMMANDS: [ngx_command_t; 14] = [
+    command(ngx_string!("mesh_media_root"), M1, http::set_path, HTTP_MAIN, 0),
+    command(ngx_string!("mesh_ffmpeg"), M1, http::set_path, HTTP_MAIN, 1),
+    command(ngx_string!("mesh_rtmp_source"), M1, http::set_source, HTTP_MAIN, 0),
+    command(
+        ngx_string!("mesh_rendition"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1 | NGX_CONF_TAKE4,
+        http::set_rendition,
+        HTTP_MAIN,
+        0,
+    ),
+    command(
+        ngx_string!("mesh_segment"),
+        M1,
+        ngx_conf_set_msec_slot,
+        HTTP_MAIN,
+        offset_of!(http::HttpMainConf, segment),
+    ),
+    command(
+        ngx_string!("mesh_window"),
+        M1,
+        ngx_conf_set_num_slot,
+        HTTP_MAIN,
+        offset_of!(http::HttpMainConf, window),
+    ),
+    command(
+        ngx_string!("mesh_transcode_idle"),
+        M1,
+        ngx_conf_set_msec_slot,
+        HTTP_MAIN,
+        offset_of!(http::HttpMainConf, idle),
+    ),
+    command(
+        ngx_string!("mesh_manifest_wait"),
+        M1,
+        ngx_conf_set_msec_slot,
+        HTTP_MAIN,
+        offset_of!(http::HttpMainConf, wait),
+    ),
+    command(
+        ngx_string!("mesh_manifest_wait_max"),
+        M1,
+        ngx_conf_set_num_slot,
+        HTTP_MAIN,
+        offset_of!(http::HttpMainConf, hold_max_conf),
+    ),
+    command(
+        ngx_string!("mesh_manifest_wait_per_client"),
+        M1,
+        ngx_conf_set_num_slot,
+        HTTP_MAIN,
+        offset_of!(http::HttpMainConf, hold_per_client_conf),
+    ),
+    command(ngx_string!("mesh_allow_origin"), ANY_LEVEL, http::set_allow_origin, HTTP_LOC, 0),
+    command(ngx_string!("mesh_media"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, http::set_media, HTTP_LOC, 0),
+    command(ngx_string!("mesh_status"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, status::set_status, HTTP_LOC, 0),
+    ngx_command_t::empty(),
+];
+
+static HTTP_CTX: ngx_http_module_t = ngx_http_module_t {
+    preconfiguration: None,
+    postconfiguration: Some(http_postconfiguration),
+    create_main_conf: Some(http::create_main_conf),
+    init_main_conf: Some(http::init_main_conf),
+    create_srv_conf: None,
+    merge_srv_conf: None,
+    create_loc_conf: Some(http::create_loc_conf),
+    merge_loc_conf: Some(http::merge_loc_conf),
+};
+
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_http_mesh_module: ngx_module_t = ngx_module_t {
+    ctx: addr_of!(HTTP_CTX) as *mut c_void,
+    commands: addr_of_mut!(HTTP_COMMANDS) as *mut ngx_command_t,
+    type_: NGX_HTTP_MODULE as ngx_uint_t,
+    ..ngx_module_t::default()
+};
+
+// The module list nginx's dlopen loader reads: what `ngx::ngx_modules!` emits, written out
+// because its module count fails for more than one module in ngx 0.5.1.
 #[no_mangle]
 #[allow(non_upper_case_globals)]
 pub static mut ngx_modules: [*const ngx_module_t; 3] =
@@ -115,49 +205,22 @@ pub static mut ngx_module_names: [*const c_char; 3] =
 #[allow(non_upper_case_globals)]
 pub static mut ngx_module_order: [*const c_char; 1] = [std::ptr::null()];
 
-/// Our rtmp ctx index (slot in main_conf/app_conf/ctx arrays).
-pub fn ctx_index() -> usize {
-    // SAFETY: ctx_index is written once by nginx at configuration time, before any session.
-    unsafe { (*addr_of!(ngx_rtmp_mesh_module)).ctx_index }
-}
-
-/// The module's address, used as the tag of our relay pushes.
-pub fn module_ptr() -> *mut c_void {
-    addr_of_mut!(ngx_rtmp_mesh_module).cast()
-}
-
-/// Our main conf for a session.
-///
-/// # Safety
-/// `s` must be a live session whose configuration includes this module.
-pub unsafe fn session_main_conf<'a>(s: *mut ngx_rtmp_session_t) -> &'a MainConf {
-    // SAFETY: the rtmp core fills s->main_conf with every rtmp module's main conf.
-    unsafe { &*(*(*s).main_conf.add(ctx_index())).cast::<MainConf>() }
-}
-
-/// Our app conf for a session (None before `connect` chose an application).
-///
-/// # Safety
-/// `s` must be a live session.
-pub unsafe fn session_app_conf<'a>(s: *mut ngx_rtmp_session_t) -> Option<&'a AppConf> {
-    // SAFETY: app_conf is null until connect, then the application's conf array.
-    unsafe {
-        let app = (*s).app_conf;
-        if app.is_null() {
-            return None;
+unsafe extern "C" fn rtmp_postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+    crate::nginx::util::guard(NGX_ERROR as ngx_int_t, || {
+        // SAFETY: configuration time, single-threaded; ctx_index was set by nginx before the
+        // rtmp{} block was parsed.
+        unsafe {
+            crate::nginx::rtmp::set_ctx_index((*addr_of!(ngx_rtmp_mesh_module)).ctx_index);
+            if !rtmp::hook(cf) {
+                return NGX_ERROR as ngx_int_t;
+            }
         }
-        (*app.add(ctx_index())).cast::<AppConf>().as_ref()
-    }
+        NGX_OK as ngx_int_t
+    })
 }
 
-unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
-    // SAFETY: configuration time, single-threaded: nginx-rtmp's handler chains are plain
-    // globals that every module links itself into here ("next_publish" pattern). Loaded last,
-    // we run first.
-    unsafe { session::hook_chains() };
-    // SAFETY: as above; cf is the rtmp{} block's.
-    if !unsafe { crate::protocol::hook(cf) } {
-        return NGX_ERROR as ngx_int_t;
-    }
+unsafe extern "C" fn http_postconfiguration(_cf: *mut ngx_conf_t) -> ngx_int_t {
+    // SAFETY: as above, for the http{} block.
+    crate::nginx::http::set_ctx_index(unsafe { (*addr_of!(ngx_http_mesh_module)).ctx_index });
     NGX_OK as ngx_int_t
 }

@@ -1,24 +1,34 @@
 //! Pushes of a published stream to the targets the table gives this node's role.
 //!
-//! Each push is an nginx-rtmp relay push (`ngx_rtmp_relay_push`), tagged with our module and a
-//! per-target id, so that a timer can see which pushes are alive and start the missing ones
-//! again: a target that is down is retried every [`RETRY_MS`] without touching the source.
+//! Each push is an nginx-rtmp relay push (`ngx_rtmp_relay_push`), tagged as ours with a
+//! per-target id, so that a task can see which pushes are alive and start the missing ones
+//! again: a target that is down is retried every [`RETRY`] without touching the source.
 //! When the table changes, [`Pushes::reconcile`] starts new targets and closes removed ones.
 //! URLs arrive with their hosts already resolved (mesh_agent, at table load): nothing here
 //! waits for DNS.
 
+use std::cell::RefCell;
 use std::ffi::c_void;
-use std::ptr::addr_of_mut;
+use std::rc::Rc;
+use std::time::Duration;
 
 use mesh_core::node::PlannedPush;
 use mesh_core::wire::PushStat;
 
-use crate::ffi::*;
-use crate::module::module_ptr;
-use crate::util::{guard, pool_str};
+use crate::nginx::event::{every, Task};
+use crate::nginx::ffi::*;
+use crate::nginx::rtmp::Session;
+use crate::nginx::util::pool_str;
 
 /// Interval between checks for pushes to start again.
-pub const RETRY_MS: ngx_msec_t = 3000;
+pub const RETRY: Duration = Duration::from_secs(3);
+
+/// The tag of our relay pushes (any address unique to this module: this static's).
+static TAG: u8 = 0;
+
+fn tag() -> *mut c_void {
+    std::ptr::addr_of!(TAG).cast_mut().cast()
+}
 
 struct PushTarget {
     id: usize,
@@ -31,51 +41,61 @@ struct PushTarget {
     reconnects: u64,
 }
 
-/// The pushes of one published stream. Boxed: the timer event keeps its address for the life
-/// of the publish.
+/// The pushes of one published stream, and the task that starts missing ones again (dropped,
+/// and so stopped, with them).
 pub struct Pushes {
-    s: *mut ngx_rtmp_session_t,
+    state: Rc<RefCell<State>>,
+    _retry: Task<()>,
+}
+
+struct State {
+    s: Session,
     stream: String,
     name: ngx_str_t,
     targets: Vec<PushTarget>,
     next_id: usize,
-    ev: ngx_event_t,
 }
 
 impl Pushes {
-    /// Start pushing `stream` (published on session `s`) as `plan` says.
-    ///
-    /// # Safety
-    /// `s` must be the live publishing session; the returned value must be dropped before
-    /// its connection pool is destroyed (it lives in the session's ctx, which is).
-    pub unsafe fn start(
-        s: *mut ngx_rtmp_session_t,
-        stream: &str,
-        plan: &[PlannedPush],
-    ) -> Option<Box<Pushes>> {
-        // SAFETY: live session; every string handed to nginx is copied into the connection
-        // pool, which outlives the publish.
-        unsafe {
-            let name = pool_str((*(*s).connection).pool, stream.as_bytes())?;
-            let mut p = Box::new(Pushes {
-                s,
-                stream: stream.to_string(),
-                name,
-                targets: Vec::new(),
-                next_id: 0,
-                ev: std::mem::zeroed(),
-            });
-            let me: *mut Pushes = &mut *p;
-            p.ev.handler = Some(retry);
-            p.ev.data = me.cast();
-            p.ev.log = (*(*s).connection).log;
-            p.ev.set_cancelable(1);
-            p.reconcile(plan);
-            ngx_add_timer(&mut p.ev, RETRY_MS);
-            Some(p)
-        }
+    /// Start pushing `stream` (published on session `s`) as `plan` says. None when the
+    /// connection's pool is out of memory.
+    pub fn start(s: Session, stream: &str, plan: &[PlannedPush]) -> Option<Pushes> {
+        // SAFETY: the session's pool outlives the publish (and so these pushes).
+        let name = unsafe { pool_str(s.pool(), stream.as_bytes()) }?;
+        let state = Rc::new(RefCell::new(State {
+            s,
+            stream: stream.to_string(),
+            name,
+            targets: Vec::new(),
+            next_id: 0,
+        }));
+        state.borrow_mut().reconcile(plan);
+        let weak = Rc::downgrade(&state);
+        let retry = every(RETRY, move || {
+            if let Some(st) = weak.upgrade() {
+                st.borrow_mut().push_missing();
+            }
+        });
+        Some(Pushes { state, _retry: retry })
     }
 
+    /// Make the running pushes match `plan` (see [`State::reconcile`]).
+    pub fn reconcile(&mut self, plan: &[PlannedPush]) {
+        self.state.borrow_mut().reconcile(plan);
+    }
+
+    /// The state of each push, for `mesh_status`.
+    pub fn status(&self) -> Vec<mesh_core::status::PushStatus> {
+        self.state.borrow().status()
+    }
+
+    /// The state of each push, for the heartbeat.
+    pub fn figures(&self) -> Vec<PushStat> {
+        self.state.borrow().figures()
+    }
+}
+
+impl State {
     /// Make the running pushes match `plan`: close the ones it no longer has (or whose URL
     /// changed), start the new ones, leave the rest alone.
     pub fn reconcile(&mut self, plan: &[PlannedPush]) {
@@ -85,47 +105,33 @@ impl Pushes {
         self.targets = stay;
         for t in gone {
             self.close(t.id);
-            // SAFETY: live session log.
-            unsafe { log_state(self.s, &self.stream, &t.node_id, "stopped: no longer in the table") };
+            log_push(self.s, NGX_LOG_WARN, &self.stream, &t.node_id, "stopped: no longer in the table");
         }
         for p in plan {
             if self.targets.iter().any(|t| t.node_id == p.node_id) {
                 continue;
             }
             let Some(url) = &p.url else {
-                // SAFETY: live session log.
-                unsafe {
-                    log_error(
-                        self.s,
-                        &self.stream,
-                        &p.node_id,
-                        "skipped: its host did not resolve when the table was loaded",
-                    )
-                };
+                let why = "skipped: its host did not resolve when the table was loaded";
+                log_push(self.s, NGX_LOG_ERR, &self.stream, &p.node_id, why);
                 continue;
             };
-            // SAFETY: live publishing session.
-            match unsafe { self.target(&p.node_id, url) } {
+            match self.target(&p.node_id, url) {
                 Some(mut t) => {
-                    // SAFETY: live publishing session; name and target live as long as `self`.
-                    unsafe { ngx_rtmp_relay_push(self.s, &mut self.name, &mut t.target) };
+                    self.s.relay_push(&mut self.name, &mut t.target);
                     self.targets.push(t);
                 }
-                // SAFETY: live session log.
-                None => unsafe { log_error(self.s, &self.stream, &p.node_id, "skipped: invalid address") },
+                None => log_push(self.s, NGX_LOG_ERR, &self.stream, &p.node_id, "skipped: invalid address"),
             }
         }
     }
 
     /// A relay target for `url` (`rtmp://ip:port/app/stream?node=&key=`), parsed into the
     /// connection's pool.
-    ///
-    /// # Safety
-    /// `self.s` is live.
-    unsafe fn target(&mut self, node_id: &str, url: &str) -> Option<PushTarget> {
+    fn target(&mut self, node_id: &str, url: &str) -> Option<PushTarget> {
         // SAFETY: the pool is the live session's; ngx_parse_url keeps pointers into it.
         unsafe {
-            let pool = (*(*self.s).connection).pool;
+            let pool = self.s.pool();
             let u = pool_str(pool, url.trim_start_matches("rtmp://").as_bytes())?;
             let mut target: ngx_rtmp_relay_target_t = std::mem::zeroed();
             target.url.url = u;
@@ -136,7 +142,7 @@ impl Pushes {
                 return None;
             }
             self.next_id += 1;
-            target.tag = module_ptr();
+            target.tag = tag();
             target.data = self.next_id as *mut c_void;
             Some(PushTarget {
                 id: self.next_id,
@@ -151,12 +157,10 @@ impl Pushes {
 
     /// Close the live push with id `id`, if any.
     fn close(&self, id: usize) {
-        // SAFETY: the relay ctx's `play` list holds live push contexts; finalizing a session
-        // only posts its close.
-        unsafe {
-            for (data, session) in self.live() {
-                if data as usize == id && !session.is_null() {
-                    ngx_rtmp_finalize_session(session);
+        for (data, session) in self.s.relay_pushes(tag()) {
+            if data == id {
+                if let Some(p) = session {
+                    p.finalize();
                 }
             }
         }
@@ -165,50 +169,23 @@ impl Pushes {
     /// Push again to every target that has no live push now, then check again later.
     /// A change of a target's state is logged once, not every retry.
     fn push_missing(&mut self) {
-        let alive: Vec<usize> = self.live().into_iter().map(|(d, _)| d as usize).collect();
+        let alive: Vec<usize> = self.s.relay_pushes(tag()).into_iter().map(|(d, _)| d).collect();
         let s = self.s;
         for t in self.targets.iter_mut() {
             if alive.contains(&t.id) {
                 if !t.up {
                     t.up = true;
-                    // SAFETY: live session log.
-                    unsafe { log_state(s, &self.stream, &t.node_id, "is connected again") };
+                    log_push(s, NGX_LOG_WARN, &self.stream, &t.node_id, "is connected again");
                 }
                 continue;
             }
             if t.up {
                 t.up = false;
-                // SAFETY: live session log.
-                unsafe { log_state(s, &self.stream, &t.node_id, "is down, retrying") };
+                log_push(s, NGX_LOG_WARN, &self.stream, &t.node_id, "is down, retrying");
             }
             t.reconnects += 1;
-            // SAFETY: live publishing session; the target and name live as long as `self`.
-            unsafe { ngx_rtmp_relay_push(s, &mut self.name, &mut t.target) };
+            s.relay_push(&mut self.name, &mut t.target);
         }
-        // SAFETY: our event, on the event loop.
-        unsafe { ngx_add_timer(&mut self.ev, RETRY_MS) };
-    }
-
-    /// `(data, session)` of every live push of ours on this session.
-    fn live(&self) -> Vec<(*mut c_void, *mut ngx_rtmp_session_t)> {
-        let mut out = Vec::new();
-        // SAFETY: the relay module's ctx for this session lists its pushes in `play`; each
-        // entry stays valid while linked.
-        unsafe {
-            let idx = (*addr_of_mut!(ngx_rtmp_relay_module)).ctx_index;
-            let rctx = (*(*self.s).ctx.add(idx)).cast::<ngx_rtmp_relay_ctx_t>();
-            if rctx.is_null() {
-                return out;
-            }
-            let mut p = (*rctx).play;
-            while !p.is_null() {
-                if (*p).tag == module_ptr() {
-                    out.push(((*p).data, (*p).session));
-                }
-                p = (*p).next;
-            }
-        }
-        out
     }
 
     /// The state of each push, for `mesh_status`.
@@ -237,52 +214,7 @@ impl Pushes {
     }
 }
 
-/// # Safety
-/// `s` must be a live session.
-unsafe fn log_state(s: *mut ngx_rtmp_session_t, stream: &str, node: &str, what: &str) {
-    // SAFETY: live session log.
-    unsafe {
-        ngx::ngx_log_error!(
-            NGX_LOG_WARN,
-            (*(*s).connection).log,
-            "mesh: push of stream \"{}\" to node \"{}\" {}",
-            stream,
-            node,
-            what
-        );
-    }
-}
-
-/// # Safety
-/// `s` must be a live session.
-unsafe fn log_error(s: *mut ngx_rtmp_session_t, stream: &str, node: &str, what: &str) {
-    // SAFETY: live session log.
-    unsafe {
-        ngx::ngx_log_error!(
-            NGX_LOG_ERR,
-            (*(*s).connection).log,
-            "mesh: push of stream \"{}\" to node \"{}\" {}",
-            stream,
-            node,
-            what
-        );
-    }
-}
-
-impl Drop for Pushes {
-    fn drop(&mut self) {
-        if self.ev.timer_set() == 1 {
-            // SAFETY: our timer, deleted on the event loop before the event's memory goes.
-            unsafe { ngx_del_timer(&mut self.ev) };
-        }
-    }
-}
-
-unsafe extern "C" fn retry(ev: *mut ngx_event_t) {
-    guard((), || {
-        // SAFETY: ev.data is the Pushes that owns this event; the timer is deleted before
-        // that Pushes is dropped, so it is alive here.
-        let p = unsafe { &mut *(*ev).data.cast::<Pushes>() };
-        p.push_missing();
-    })
+/// One log line about a push of `stream` to `node`.
+fn log_push(s: Session, level: u32, stream: &str, node: &str, what: &str) {
+    ngx::ngx_log_error!(level, s.log(), "mesh: push of stream \"{}\" to node \"{}\" {}", stream, node, what);
 }

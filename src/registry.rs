@@ -1,6 +1,9 @@
 //! The sessions this worker admitted, so that a new table or role can be applied to them:
 //! each is checked again and dropped when the new state refuses it, and publishers' pushes are
 //! reconciled. Event loop only (a thread-local), never touched by the background threads.
+//!
+//! An entry holds its session's handle: it leaves the registry when the session's context is
+//! dropped (with the connection), so every handle here is a live session.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -10,7 +13,7 @@ use mesh_core::node::Node;
 use mesh_core::wire::{Load, StreamStat};
 use mesh_core::{Refusal, SessionKind};
 
-use crate::ffi::*;
+use crate::nginx::rtmp::Session;
 
 /// How a session was let in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +27,7 @@ pub enum Via {
 
 #[derive(Debug)]
 pub struct Entry {
-    pub s: *mut ngx_rtmp_session_t,
+    pub s: Session,
     pub kind: SessionKind,
     pub stream: String,
     pub args: String,
@@ -39,13 +42,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn new(
-        s: *mut ngx_rtmp_session_t,
-        kind: SessionKind,
-        stream: String,
-        args: String,
-        via: Via,
-    ) -> Entry {
+    pub fn new(s: Session, kind: SessionKind, stream: String, args: String, via: Via) -> Entry {
         Entry { s, kind, stream, args, via, recheck: None, last_in: 0, last_out: 0, in_kbps: 0, out_kbps: 0 }
     }
 
@@ -164,19 +161,15 @@ pub fn recheck(e: &Entry, node: &Node, now: u64) -> Verdict {
 
 /// Ids and sessions of every entry, with `f`'s verdict for each (collected first, so that
 /// acting on a verdict never runs inside the registry's borrow).
-pub fn sweep<T>(mut f: impl FnMut(&Entry) -> T) -> Vec<(u64, *mut ngx_rtmp_session_t, T)> {
+pub fn sweep<T>(mut f: impl FnMut(&Entry) -> T) -> Vec<(u64, Session, T)> {
     REGISTRY.with_borrow(|r| r.entries.iter().map(|(id, e)| (*id, e.s, f(e))).collect())
 }
 
 /// Update every entry's rates from its session's byte counters (`secs` since the last tick).
-///
-/// # Safety
-/// Every registered session is live (entries leave with their session's ctx).
-pub unsafe fn tick_rates(secs: u64) {
+pub fn tick_rates(secs: u64) {
     REGISTRY.with_borrow_mut(|r| {
         for e in r.entries.values_mut() {
-            // SAFETY: registered sessions are live.
-            let (i, o) = unsafe { ((*e.s).in_bytes, (*e.s).out_bytes) };
+            let (i, o) = e.s.bytes();
             let rate = |now: u32, last: u32| u64::from(now.wrapping_sub(last)) * 8 / 1000 / secs.max(1);
             e.in_kbps = rate(i, e.last_in);
             e.out_kbps = rate(o, e.last_out);
@@ -216,7 +209,7 @@ pub fn figures() -> (Vec<StreamStat>, Load) {
 }
 
 /// Publishers' sessions with their streams (for push figures).
-pub fn publishers() -> Vec<(*mut ngx_rtmp_session_t, String)> {
+pub fn publishers() -> Vec<(Session, String)> {
     REGISTRY.with_borrow(|r| {
         r.entries.values().filter(|e| e.is_publisher()).map(|e| (e.s, e.stream.clone())).collect()
     })

@@ -17,8 +17,9 @@ use mesh_core::node::Node;
 use mesh_core::wire::{RouteReply, RouteRequest, RouteStatus};
 use mesh_core::Role;
 
-use crate::ffi::*;
-use crate::{registry, runtime, session};
+use crate::nginx::ffi::*;
+use crate::nginx::util::now;
+use crate::{link, registry};
 
 thread_local! {
     static ROUTES: RefCell<Routes> = RefCell::new(Routes::new(ROUTES_MAX));
@@ -45,15 +46,15 @@ pub fn wanted(node: &Node, stream: &str) -> Standing {
     if registry::has_publisher(stream) {
         return Standing::Here;
     }
-    if node.role != Role::Relay || !runtime::has_master() {
+    if node.role != Role::Relay || !link::has_master() {
         return Standing::NotRoutable;
     }
-    let now = session::now();
+    let now = now();
     let want = ROUTES.with_borrow_mut(|r| r.want(stream, now));
     let route = match want {
         Want::Ask => {
             let req = RouteRequest { node_id: node.node_id.clone(), stream: stream.into() };
-            if runtime::call(Call::Route(req)).is_ok() {
+            if link::call(Call::Route(req)).is_ok() {
                 Route::Pending { since: now }
             } else {
                 ROUTES.with_borrow_mut(|r| r.not_sent(stream, now));
@@ -78,11 +79,9 @@ pub fn published(stream: &str) {
 
 /// The master's answer about `stream` (event loop): recorded for the question in flight (an
 /// answer nobody waits for is dropped), and logged.
-///
-/// # Safety
-/// Event loop; `log` is the cycle's.
-pub unsafe fn on_answer(stream: &str, result: Result<RouteReply, CallError>, log: *mut ngx_log_t) {
-    let now = session::now();
+pub fn on_answer(stream: &str, result: Result<RouteReply, CallError>) {
+    let log = ngx::log::ngx_cycle_log().as_ptr();
+    let now = now();
     let route = match &result {
         Ok(RouteReply { status: RouteStatus::Routed, .. }) => Route::Routed { at: now },
         Ok(RouteReply { status: RouteStatus::Unknown, .. }) => Route::Unknown { at: now },

@@ -15,11 +15,11 @@ use mesh_core::status::{
     AuthStatus, HeldStatus, PushStatus, Status, StreamStatus, TableStatus, TranscodeStatus,
 };
 
-use crate::ffi::*;
-use crate::http::{respond, settings};
-use crate::session::get_ctx;
-use crate::util::{guard, str_bytes, CONF_ERROR, CONF_OK};
-use crate::{registry, runtime, session, transcode};
+use crate::http::settings;
+use crate::nginx::ffi::*;
+use crate::nginx::http::respond;
+use crate::nginx::util::{guard, CONF_ERROR, CONF_OK};
+use crate::{conf, link, registry, rtmp, transcode};
 
 pub unsafe extern "C" fn set_status(
     cf: *mut ngx_conf_t,
@@ -33,7 +33,7 @@ pub unsafe extern "C" fn set_status(
             let idx = (*std::ptr::addr_of!(ngx_http_core_module)).ctx_index;
             let clcf = (*(*ctx).loc_conf.add(idx)).cast::<ngx_http_core_loc_conf_t>();
             if (*clcf).handler.is_some() {
-                return crate::directive::DUPLICATE;
+                return crate::nginx::directive::DUPLICATE;
             }
             (*clcf).handler = Some(handler);
             ACCESS_INDEX.store(access_module_index((*cf).cycle), Ordering::Relaxed);
@@ -185,18 +185,7 @@ unsafe fn forwarded(r: *mut ngx_http_request_t) -> bool {
         if !(*(*r).connection).proxy_protocol.is_null() {
             return true;
         }
-        let mut part: *const ngx_list_part_t = &(*r).headers_in.headers.part;
-        while !part.is_null() {
-            let elts = (*part).elts.cast::<ngx_table_elt_t>();
-            for i in 0..(*part).nelts {
-                let key = str_bytes(&(*elts.add(i)).key);
-                if FORWARDED.iter().any(|f| key.eq_ignore_ascii_case(f)) {
-                    return true;
-                }
-            }
-            part = (*part).next;
-        }
-        false
+        FORWARDED.iter().any(|f| crate::nginx::http::header_in(r, f).is_some())
     }
 }
 
@@ -211,28 +200,17 @@ unsafe fn admitted(r: *mut ngx_http_request_t) -> bool {
 
 /// Everything `mesh_status` reports, from the live state (event loop).
 fn collect(renditions: Vec<String>) -> Status {
-    let node = runtime::current_node();
+    let node = crate::conf::current_node();
     let (streams, _) = registry::figures();
-    let mut pushes: Vec<PushStatus> = Vec::new();
-    for (s, _) in registry::publishers() {
-        // SAFETY: registered sessions are live.
-        if let Some(p) = unsafe { get_ctx(s) }.and_then(|c| c.pushes.as_ref()) {
-            pushes.extend(p.status());
-        }
-    }
+    let pushes: Vec<PushStatus> = rtmp::push_status();
     Status {
         node_id: node.node_id.clone(),
         role: node.role.to_string(),
         table: {
-            let (apply_us_last, apply_us_max) = runtime::apply_us();
-            TableStatus {
-                version: node.table.version,
-                age_s: runtime::node_age(),
-                apply_us_last,
-                apply_us_max,
-            }
+            let (apply_us_last, apply_us_max) = conf::apply_us();
+            TableStatus { version: node.table.version, age_s: conf::node_age(), apply_us_last, apply_us_max }
         },
-        master: runtime::master_links(),
+        master: link::links(),
         streams: streams
             .into_iter()
             .map(|s| StreamStatus {
@@ -252,13 +230,13 @@ fn collect(renditions: Vec<String>) -> Status {
                 renditions: renditions.clone(),
             })
             .collect(),
-        refusals: session::refusals(),
+        refusals: rtmp::refusals(),
         auth: {
             let (pending, unknown) = crate::auth::pending();
             AuthStatus {
                 pending: pending as u64,
                 pending_unknown: unknown as u64,
-                suspended: crate::waiting::len() as u64,
+                suspended: rtmp::suspended() as u64,
             }
         },
         held: {
@@ -286,7 +264,7 @@ unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
                 );
                 return NGX_HTTP_FORBIDDEN as ngx_int_t;
             }
-            if (*r).method as u32 & (NGX_HTTP_GET | NGX_HTTP_HEAD) == 0 {
+            if !crate::nginx::http::is_get_or_head(r) {
                 return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
             }
             let rc = ngx_http_discard_request_body(r);
@@ -297,7 +275,7 @@ unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
                 .map(|s| s.ladder.renditions().iter().map(|x| x.name.clone()).collect())
                 .unwrap_or_default();
             let status = collect(renditions);
-            let args = String::from_utf8_lossy(str_bytes(&(*r).args)).into_owned();
+            let args = crate::nginx::http::query(r);
             if args.split('&').any(|a| a == "format=prometheus") {
                 respond(r, NGX_HTTP_OK, "text/plain; version=0.0.4", &status.prometheus(), "no-store")
             } else {

@@ -5,11 +5,11 @@
 
 use std::ffi::{c_char, c_void};
 
-use super::serve::set_header;
 use super::HttpLocConf;
-use crate::directive::{arg, args, invalid_value, DUPLICATE};
-use crate::ffi::*;
-use crate::util::{guard, str_bytes, CONF_ERROR, CONF_OK};
+use crate::nginx::directive::{arg, args, invalid_value, DUPLICATE};
+use crate::nginx::ffi::*;
+use crate::nginx::http::set_header;
+use crate::nginx::util::{guard, str_bytes, CONF_ERROR, CONF_OK};
 
 /// Is `v` an origin as browsers send it: `http[s]://host[:port]`, no path? Lowercased.
 fn parse_origin(v: &str) -> Option<String> {

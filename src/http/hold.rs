@@ -16,14 +16,15 @@ use mesh_core::hold::{Holds, DEFAULT_HOLD_MAX, DEFAULT_HOLD_PER_CLIENT};
 use mesh_core::manifest::{rewrite_hls, rewrite_mpd};
 use mesh_core::media::{Format, MediaFile};
 
-use super::serve::{serve_manifest, text, StreamDir};
+use super::serve::{serve_manifest, StreamDir};
 use super::token::{self, Check};
 use super::{confs, HttpMainConf};
-use crate::ffi::*;
+use crate::nginx::ffi::*;
+use crate::nginx::http::text;
+use crate::nginx::util::{exiting, guard, pool_new};
+use crate::registry;
 use crate::route::{self, Standing};
 use crate::transcode::{self, State};
-use crate::util::{exiting, guard, pool_new, str_bytes};
-use crate::{registry, runtime, session};
 
 const POLL_MS: ngx_msec_t = 100;
 /// `Retry-After` of a refusal for being busy, in seconds.
@@ -100,7 +101,7 @@ impl Hold {
     ) -> Hold {
         // SAFETY: as the caller guarantees.
         unsafe {
-            let client = String::from_utf8_lossy(str_bytes(&(*(*r).connection).addr_text)).into_owned();
+            let client = crate::nginx::http::client(r);
             let (hcf, _) = confs(r);
             Hold {
                 r,
@@ -150,11 +151,11 @@ pub unsafe fn step(h: &Hold, first: bool) -> Step {
         if exiting() {
             return Step::Fail(NGX_HTTP_SERVICE_UNAVAILABLE, "node shutting down".into());
         }
-        let node = runtime::current_node();
+        let node = crate::conf::current_node();
         if !node.role.serves_viewers() {
             return Step::Fail(NGX_HTTP_NOT_FOUND, format!("streams are not served by a {} node", node.role));
         }
-        match token::check(&node, &h.stream, h.token.as_deref(), session::now()) {
+        match token::check(&node, &h.stream, h.token.as_deref(), crate::nginx::util::now()) {
             Check::Good { .. } => {}
             Check::Missing => return Step::Fail(NGX_HTTP_UNAUTHORIZED, "no token".into()),
             Check::Refused(why) => return Step::Fail(NGX_HTTP_FORBIDDEN, why),

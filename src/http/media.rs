@@ -14,19 +14,19 @@ use mesh_core::manifest::query_token;
 use mesh_core::media::{parse_media_path, Cache, MediaError};
 
 use super::hold::{self, Hold, Step};
-use super::serve::{serve_file, serve_manifest, text, StreamDir};
+use super::serve::{serve_file, serve_manifest, StreamDir};
 use super::token::{self, Check};
 use super::{confs, cors};
-use crate::ffi::*;
-use crate::util::{guard, str_bytes};
-use crate::{runtime, session, transcode};
+use crate::nginx::ffi::*;
+use crate::nginx::http::{self, text};
+use crate::nginx::util::guard;
+use crate::transcode;
 
 pub unsafe extern "C" fn media_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     guard(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || {
         // SAFETY: nginx calls us with a live request in its content phase.
         unsafe {
-            let method = (*r).method as u32;
-            if method & (NGX_HTTP_GET | NGX_HTTP_HEAD) == 0 {
+            if !http::is_get_or_head(r) {
                 return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
             }
             let rc = ngx_http_discard_request_body(r);
@@ -38,12 +38,12 @@ pub unsafe extern "C" fn media_handler(r: *mut ngx_http_request_t) -> ngx_int_t 
                 return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
             };
             cors::apply(r, lcf.origins.as_deref());
-            let uri = String::from_utf8_lossy(str_bytes(&(*r).uri)).into_owned();
+            let uri = http::uri(r);
             let (stream, file) = match parse_media_path(&lcf.prefix, &uri, format) {
                 Ok((s, f)) => (s.to_string(), f),
                 Err(e) => return text(r, NGX_HTTP_NOT_FOUND, &e.to_string(), &[]),
             };
-            let query = String::from_utf8_lossy(str_bytes(&(*r).args)).into_owned();
+            let query = http::query(r);
             let token = query_token(&query);
             if file.entry {
                 let h = Hold::new(r, stream, file, format, token);
@@ -55,8 +55,8 @@ pub unsafe extern "C" fn media_handler(r: *mut ngx_http_request_t) -> ngx_int_t 
             }
             // Playlists and segments: a good token, then only from a running transcode (which
             // they keep wanted).
-            let node = runtime::current_node();
-            let now = session::now();
+            let node = crate::conf::current_node();
+            let now = crate::nginx::util::now();
             let check = token::check(&node, &stream, token.as_deref(), now);
             match &check {
                 Check::Good { .. } => {}
@@ -97,7 +97,7 @@ pub unsafe extern "C" fn media_handler(r: *mut ngx_http_request_t) -> ngx_int_t 
 /// `r` is live.
 unsafe fn client(r: *mut ngx_http_request_t) -> String {
     // SAFETY: as the caller guarantees.
-    unsafe { String::from_utf8_lossy(str_bytes(&(*(*r).connection).addr_text)).into_owned() }
+    unsafe { http::client(r) }
 }
 
 /// A refusal: 401 says how to authenticate.

@@ -18,21 +18,20 @@ mod serve;
 mod token;
 
 use std::ffi::{c_char, c_void};
-use std::mem::offset_of;
 use std::path::PathBuf;
-use std::ptr::{addr_of, addr_of_mut, null_mut};
+use std::ptr::{addr_of, null_mut};
 
 use mesh_core::hold::{DEFAULT_HOLD_MAX, DEFAULT_HOLD_PER_CLIENT};
 use mesh_core::media::{parse_rendition, Format, Ladder, Rendition};
 use ngx::{ngx_conf_log_error, ngx_string};
 
-use crate::directive::{arg, args, set_once, DUPLICATE};
-use crate::ffi::*;
+use crate::nginx::directive::{arg, args, set_once, DUPLICATE};
+use crate::nginx::ffi::*;
+use crate::nginx::util::{full_name, guard, pool_new, str_bytes, CONF_ERROR, CONF_OK};
 use crate::transcode::Settings;
-use crate::util::{full_name, guard, pool_new, str_bytes, CONF_ERROR, CONF_OK};
 
+pub use cors::set_allow_origin;
 pub use hold::figures as hold_figures;
-pub use serve::respond;
 
 const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
 
@@ -42,12 +41,12 @@ pub struct HttpMainConf {
     ffmpeg: Option<String>,
     source: Option<String>,
     renditions: Vec<Rendition>,
-    segment: ngx_msec_t,
-    window: ngx_int_t,
-    idle: ngx_msec_t,
-    wait: ngx_msec_t,
-    hold_max_conf: ngx_int_t,
-    hold_per_client_conf: ngx_int_t,
+    pub segment: ngx_msec_t,
+    pub window: ngx_int_t,
+    pub idle: ngx_msec_t,
+    pub wait: ngx_msec_t,
+    pub hold_max_conf: ngx_int_t,
+    pub hold_per_client_conf: ngx_int_t,
     hold_max: usize,
     hold_per_client: usize,
     settings: Option<Settings>,
@@ -82,92 +81,18 @@ pub struct HttpLocConf {
     origins: Option<Vec<String>>,
 }
 
-#[no_mangle]
-#[allow(non_upper_case_globals)]
-pub static mut ngx_http_mesh_module: ngx_module_t = ngx_module_t {
-    ctx: addr_of!(HTTP_CTX) as *mut c_void,
-    commands: addr_of_mut!(HTTP_COMMANDS) as *mut ngx_command_t,
-    type_: NGX_HTTP_MODULE as ngx_uint_t,
-    ..ngx_module_t::default()
-};
-
-static HTTP_CTX: ngx_http_module_t = ngx_http_module_t {
-    preconfiguration: None,
-    postconfiguration: None,
-    create_main_conf: Some(create_main_conf),
-    init_main_conf: Some(init_main_conf),
-    create_srv_conf: None,
-    merge_srv_conf: None,
-    create_loc_conf: Some(create_loc_conf),
-    merge_loc_conf: Some(merge_loc_conf),
-};
-
-const MAIN: ngx_uint_t = offset_of!(ngx_http_conf_ctx_t, main_conf) as ngx_uint_t;
-const LOC: ngx_uint_t = offset_of!(ngx_http_conf_ctx_t, loc_conf) as ngx_uint_t;
-type SetFn = unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
-
-const fn cmd(name: ngx_str_t, type_: u32, set: SetFn, conf: ngx_uint_t, offset: usize) -> ngx_command_t {
-    ngx_command_t {
-        name,
-        type_: type_ as ngx_uint_t,
-        set: Some(set),
-        conf,
-        offset: offset as ngx_uint_t,
-        post: null_mut(),
-    }
-}
-
-const M1: u32 = NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1;
-
-const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE;
-
-static mut HTTP_COMMANDS: [ngx_command_t; 14] = [
-    cmd(ngx_string!("mesh_media_root"), M1, set_path, MAIN, 0),
-    cmd(ngx_string!("mesh_ffmpeg"), M1, set_path, MAIN, 1),
-    cmd(ngx_string!("mesh_rtmp_source"), M1, set_source, MAIN, 0),
-    cmd(
-        ngx_string!("mesh_rendition"),
-        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1 | NGX_CONF_TAKE4,
-        set_rendition,
-        MAIN,
-        0,
-    ),
-    cmd(ngx_string!("mesh_segment"), M1, ngx_conf_set_msec_slot, MAIN, offset_of!(HttpMainConf, segment)),
-    cmd(ngx_string!("mesh_window"), M1, ngx_conf_set_num_slot, MAIN, offset_of!(HttpMainConf, window)),
-    cmd(ngx_string!("mesh_transcode_idle"), M1, ngx_conf_set_msec_slot, MAIN, offset_of!(HttpMainConf, idle)),
-    cmd(ngx_string!("mesh_manifest_wait"), M1, ngx_conf_set_msec_slot, MAIN, offset_of!(HttpMainConf, wait)),
-    cmd(
-        ngx_string!("mesh_manifest_wait_max"),
-        M1,
-        ngx_conf_set_num_slot,
-        MAIN,
-        offset_of!(HttpMainConf, hold_max_conf),
-    ),
-    cmd(
-        ngx_string!("mesh_manifest_wait_per_client"),
-        M1,
-        ngx_conf_set_num_slot,
-        MAIN,
-        offset_of!(HttpMainConf, hold_per_client_conf),
-    ),
-    cmd(ngx_string!("mesh_allow_origin"), ANY_LEVEL, cors::set_allow_origin, LOC, 0),
-    cmd(ngx_string!("mesh_media"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_media, LOC, 0),
-    cmd(ngx_string!("mesh_status"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, crate::status::set_status, LOC, 0),
-    ngx_command_t::empty(),
-];
-
-unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     // SAFETY: the configuration pool outlives the cycle's use of the conf.
     guard(null_mut(), || unsafe { pool_new((*cf).pool, HttpMainConf::default()).cast() })
 }
 
-unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     // SAFETY: as above.
     guard(null_mut(), || unsafe { pool_new((*cf).pool, HttpLocConf::default()).cast() })
 }
 
 /// `mesh_media_root` (offset 0) and `mesh_ffmpeg` (offset 1): a path, relative to the prefix.
-unsafe extern "C" fn set_path(
+pub unsafe extern "C" fn set_path(
     cf: *mut ngx_conf_t,
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
@@ -191,7 +116,7 @@ unsafe extern "C" fn set_path(
     })
 }
 
-unsafe extern "C" fn set_source(
+pub unsafe extern "C" fn set_source(
     cf: *mut ngx_conf_t,
     _: *mut ngx_command_t,
     conf: *mut c_void,
@@ -208,7 +133,7 @@ unsafe extern "C" fn set_source(
     })
 }
 
-unsafe extern "C" fn set_rendition(
+pub unsafe extern "C" fn set_rendition(
     cf: *mut ngx_conf_t,
     _: *mut ngx_command_t,
     conf: *mut c_void,
@@ -233,7 +158,11 @@ unsafe extern "C" fn set_rendition(
     })
 }
 
-unsafe extern "C" fn set_media(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+pub unsafe extern "C" fn set_media(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     guard(CONF_ERROR, || {
         // SAFETY: the parser calls us with our loc conf; the core module's loc conf of this
         // location is in the same context.
@@ -260,7 +189,7 @@ unsafe extern "C" fn set_media(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf:
     })
 }
 
-unsafe extern "C" fn merge_loc_conf(
+pub unsafe extern "C" fn merge_loc_conf(
     cf: *mut ngx_conf_t,
     parent: *mut c_void,
     child: *mut c_void,
@@ -290,7 +219,7 @@ unsafe extern "C" fn merge_loc_conf(
     })
 }
 
-unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) -> *mut c_char {
+pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) -> *mut c_char {
     guard(CONF_ERROR, || {
         // SAFETY: nginx passes back our main conf.
         unsafe {
@@ -345,14 +274,8 @@ pub unsafe fn settings<'a>(r: *mut ngx_http_request_t) -> Option<&'a Settings> {
 }
 
 /// # Safety
-/// `r` is a live request of a location with `mesh_media`.
+/// `r` is a live request of a location of ours.
 unsafe fn confs<'a>(r: *mut ngx_http_request_t) -> (&'a HttpMainConf, &'a HttpLocConf) {
-    // SAFETY: our module's slots in the request's conf arrays.
-    unsafe {
-        let idx = (*addr_of!(ngx_http_mesh_module)).ctx_index;
-        (
-            &*(*(*r).main_conf.add(idx)).cast::<HttpMainConf>(),
-            &*(*(*r).loc_conf.add(idx)).cast::<HttpLocConf>(),
-        )
-    }
+    // SAFETY: our module's slots in the request's conf arrays hold these types.
+    unsafe { crate::nginx::http::confs(r) }
 }

@@ -18,7 +18,8 @@ use std::ptr::null_mut;
 
 use mesh_core::media::MediaFile;
 
-use crate::ffi::*;
+use crate::nginx::ffi::*;
+use crate::nginx::http::{respond, set_content_type, set_header, text};
 
 /// Largest manifest read into memory.
 const MAX_MANIFEST: u64 = 1 << 20;
@@ -87,87 +88,6 @@ impl StreamDir {
     }
 }
 
-/// A short text response: the status, one line saying why, and extra headers.
-///
-/// # Safety
-/// `r` is live.
-pub unsafe fn text(
-    r: *mut ngx_http_request_t,
-    status: u32,
-    why: &str,
-    headers: &[(&str, &str)],
-) -> ngx_int_t {
-    // SAFETY: as the caller guarantees.
-    unsafe {
-        for (k, v) in headers {
-            set_header(r, k, v);
-        }
-        respond(r, status, "text/plain", &format!("{why}\n"), "no-store")
-    }
-}
-
-/// A response with a body made here.
-///
-/// # Safety
-/// `r` is live.
-pub unsafe fn respond(
-    r: *mut ngx_http_request_t,
-    status: u32,
-    mime: &'static str,
-    body: &str,
-    cache: &str,
-) -> ngx_int_t {
-    // SAFETY: live request; the body is copied into its pool.
-    unsafe {
-        (*r).headers_out.status = status as ngx_uint_t;
-        (*r).headers_out.content_length_n = body.len() as off_t;
-        set_content_type(r, mime);
-        set_header(r, "Cache-Control", cache);
-        let rc = ngx_http_send_header(r);
-        if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() == 1 {
-            return rc;
-        }
-        let b = ngx_create_temp_buf((*r).pool, body.len().max(1));
-        if b.is_null() {
-            return NGX_ERROR as ngx_int_t;
-        }
-        std::ptr::copy_nonoverlapping(body.as_ptr(), (*b).last, body.len());
-        (*b).last = (*b).last.add(body.len());
-        (*b).set_last_buf(if (*r).main == r { 1 } else { 0 });
-        (*b).set_last_in_chain(1);
-        let mut out = ngx_chain_t { buf: b, next: null_mut() };
-        ngx_http_output_filter(r, &mut out)
-    }
-}
-
-/// # Safety
-/// `r` is live.
-unsafe fn set_content_type(r: *mut ngx_http_request_t, mime: &'static str) {
-    // SAFETY: a static string outlives the request.
-    unsafe {
-        (*r).headers_out.content_type_len = mime.len();
-        (*r).headers_out.content_type = ngx_str_t { len: mime.len(), data: mime.as_ptr().cast_mut() };
-        (*r).headers_out.content_type_lowcase = null_mut();
-    }
-}
-
-/// # Safety
-/// `r` is live.
-pub unsafe fn set_header(r: *mut ngx_http_request_t, name: &str, value: &str) {
-    // SAFETY: live request; strings copied into its pool.
-    unsafe {
-        let h = ngx_list_push(&mut (*r).headers_out.headers).cast::<ngx_table_elt_t>();
-        if h.is_null() {
-            return;
-        }
-        let pool = (*r).pool;
-        (*h).hash = 1;
-        (*h).key = ngx_str_t::from_bytes(pool, name.as_bytes()).unwrap_or(ngx_str_t::empty());
-        (*h).value = ngx_str_t::from_bytes(pool, value.as_bytes()).unwrap_or(ngx_str_t::empty());
-        (*h).lowcase_key = null_mut();
-    }
-}
-
 /// A manifest's text, passed through `rewrite` (the viewer's token into its URLs).
 ///
 /// # Safety
@@ -183,7 +103,7 @@ pub unsafe fn serve_manifest(
     unsafe {
         match text {
             Some(t) => respond(r, NGX_HTTP_OK, file.mime, &rewrite(&t), &file.cache_control(segment_s)),
-            None => self::text(r, NGX_HTTP_NOT_FOUND, "no such media file", &[]),
+            None => crate::nginx::http::text(r, NGX_HTTP_NOT_FOUND, "no such media file", &[]),
         }
     }
 }

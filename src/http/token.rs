@@ -8,7 +8,6 @@ use mesh_core::node::Node;
 use mesh_core::wire::{Action, AuthRequest};
 
 use crate::auth::{self, Question, Waiter};
-use crate::runtime;
 
 /// A cached allow this close to its end is asked about again, so that playback outlives it.
 const REFRESH_S: u64 = 20;
@@ -36,7 +35,7 @@ pub fn check(node: &Node, stream: &str, token: Option<&str>, now: u64) -> Check 
             Err(e) => Check::Refused(mesh_core::admission::refusal(e).as_str().to_string()),
         };
     }
-    if !runtime::has_master() {
+    if !crate::link::has_master() {
         return Check::Good { until: None };
     }
     match auth::cached(&Question::new(Action::Play, stream, token), now) {

@@ -11,8 +11,8 @@ use mesh_core::credential::redact;
 use mesh_core::media::{ffmpeg_argv, ffmpeg_log_line, Job, LogLevel};
 
 use super::{credential, now, Settings, Transcode};
-use crate::ffi::*;
-use crate::util::guard;
+use crate::nginx::ffi::*;
+use crate::nginx::util::guard;
 
 /// Mode of the media root (when we make it) and of each stream's directory.
 pub const DIR_MODE: u32 = 0o750;

@@ -24,10 +24,10 @@ use mesh_core::media::Ladder;
 use mesh_core::name::is_valid_id;
 
 pub use credential::take_credential;
-pub use stop::{exit_all, stop, stop_all};
+pub use stop::exit_all;
 
-use crate::ffi::*;
-use crate::util::guard;
+use crate::nginx::ffi::*;
+use crate::nginx::util::guard;
 
 /// Starts given up after this many consecutive early deaths.
 pub const MAX_RESTARTS: u32 = 5;
@@ -286,7 +286,7 @@ unsafe extern "C" fn on_timer(ev: *mut ngx_event_t) {
                 return;
             }
             let Some(settings) = MANAGER.with_borrow(|m| m.settings.clone()) else { return };
-            let node_id = crate::runtime::node_id();
+            let node_id = crate::conf::current_node().node_id.clone();
             spawn(t, &settings, &node_id, log);
         }
     })
@@ -319,9 +319,9 @@ unsafe extern "C" fn on_tick(ev: *mut ngx_event_t) {
         let log = unsafe { (*ev).log };
         // A worker shutting down (reload, quit) serves no new viewers: stop at once rather
         // than when its last RTMP client leaves.
-        if crate::util::exiting() {
+        if crate::nginx::util::exiting() {
             // SAFETY: event loop.
-            unsafe { stop_all("worker shutting down", log) };
+            unsafe { stop::stop_all("worker shutting down", log) };
             return;
         }
         let now = now();
@@ -337,13 +337,25 @@ unsafe extern "C" fn on_tick(ev: *mut ngx_event_t) {
         // SAFETY: event loop.
         unsafe {
             for s in idle {
-                stop(&s, "idle", log);
+                stop::stop(&s, "idle", log);
             }
             if MANAGER.with_borrow(|m| !m.streams.is_empty()) {
                 ngx_add_timer(ev, TICK_MS);
             }
         }
     })
+}
+
+/// Stop the transcode of `stream` gracefully (the publisher left).
+pub fn stop(stream: &str, why: &str) {
+    // SAFETY: event loop, with the cycle's log.
+    unsafe { stop::stop(stream, why, ngx::log::ngx_cycle_log().as_ptr()) }
+}
+
+/// Stop every transcode (the role serves no viewers).
+pub fn stop_all(why: &str) {
+    // SAFETY: as above.
+    unsafe { stop::stop_all(why, ngx::log::ngx_cycle_log().as_ptr()) }
 }
 
 /// Figures for the heartbeat.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use mesh_agent::proc::{self, SIGKILL, SIGTERM};
 
 use super::{credential, died, Transcode, MANAGER};
-use crate::ffi::*;
+use crate::nginx::ffi::*;
 
 /// A child this young may not handle SIGTERM yet (ffmpeg installs its handler once it has
 /// started): its first SIGTERM waits until it is this old.
@@ -44,7 +44,7 @@ pub(super) unsafe fn next_signal(t: &mut Transcode, log: *mut ngx_log_t) {
             proc::signal(pid, SIGTERM);
             Some(GRACE_MS)
         }
-        _ if crate::util::exiting() => {
+        _ if crate::nginx::util::exiting() => {
             // No SIGKILL of ours (nginx would report it): the child dies with the worker
             // (PR_SET_PDEATHSIG), which no longer waits for it.
             ngx::ngx_log_error!(

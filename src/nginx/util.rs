@@ -6,7 +6,7 @@ use std::mem;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 
-use crate::ffi::*;
+use super::ffi::*;
 
 /// Run `f`, turning a panic into `fallback`. Every `extern "C"` entry of the module goes
 /// through this: a panic must never unwind into nginx. The panic message itself reaches the
@@ -21,7 +21,8 @@ pub const CONF_ERROR: *mut c_char = usize::MAX as *mut c_char;
 pub const CONF_OK: *mut c_char = ptr::null_mut();
 
 /// Move `value` into memory owned by `pool`; it is dropped when the pool is destroyed.
-/// Returns null when the pool is out of memory.
+/// Returns null when the pool is out of memory. (Not ngx's `Pool::allocate`: in ngx 0.5.1 it
+/// writes the value through the null pointer an exhausted pool returns.)
 ///
 /// # Safety
 /// `pool` must be a live nginx pool.
@@ -109,4 +110,28 @@ pub fn drain(fd: std::os::fd::RawFd) -> bool {
 pub fn exiting() -> bool {
     // SAFETY: a plain global that nginx writes on the event loop, where we read it.
     unsafe { *std::ptr::addr_of!(ngx_exiting) != 0 || *std::ptr::addr_of!(ngx_terminate) != 0 }
+}
+
+/// The event loop's clock, unix seconds (`ngx_time()`).
+pub fn now() -> u64 {
+    ngx_time().max(0) as u64
+}
+
+/// The event loop's clock in milliseconds (`ngx_current_msec`).
+pub fn now_ms() -> u64 {
+    // SAFETY: a plain global nginx updates on the event loop, where we read it.
+    unsafe { *std::ptr::addr_of!(ngx_current_msec) as u64 }
+}
+
+/// Connections of this worker in use now.
+pub fn connections_in_use() -> u64 {
+    // SAFETY: ngx_cycle is the worker's current cycle, read on the event loop.
+    unsafe {
+        let c = *std::ptr::addr_of!(ngx_cycle);
+        if c.is_null() {
+            0
+        } else {
+            ((*c).connection_n - (*c).free_connection_n) as u64
+        }
+    }
 }

@@ -7,8 +7,8 @@ use std::ffi::c_char;
 use mesh_core::name::for_log;
 use ngx::ngx_conf_log_error;
 
-use crate::ffi::*;
-use crate::util::{str_bytes, CONF_ERROR, CONF_OK};
+use super::ffi::*;
+use super::util::{str_bytes, CONF_ERROR, CONF_OK};
 
 /// A handler's answer to a directive given twice: nginx's parser makes it
 /// `"x" directive is duplicate in <file>:<line>`.

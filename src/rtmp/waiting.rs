@@ -1,6 +1,6 @@
 //! Sessions suspended in publish or play while the master is asked about them.
 //!
-//! The one place a suspended session's pointer is kept: an entry here lives exactly as long as
+//! The one place a suspended session's handle is kept: an entry here lives exactly as long as
 //! the session's wait. The session's ctx holds the entry's handle and removes it when the
 //! session ends or sends another publish or play (ctx drop, close_stream, a replaced command);
 //! removing it cancels the question. An answer reaches the session only through its handle,
@@ -11,16 +11,16 @@ use std::cell::RefCell;
 use mesh_core::handles::{Handle, Handles};
 
 use crate::auth::{self, Question};
-use crate::ffi::*;
+use crate::nginx::rtmp::{Play, Publish, Session};
 
 /// A command kept while the auth endpoint is asked.
 pub enum PendingCmd {
-    Publish(Box<ngx_rtmp_publish_t>),
-    Play(Box<ngx_rtmp_play_t>),
+    Publish(Publish),
+    Play(Play),
 }
 
 pub struct Waiting {
-    pub s: *mut ngx_rtmp_session_t,
+    pub s: Session,
     pub cmd: PendingCmd,
     pub stream: String,
     pub args: String,

@@ -6,29 +6,39 @@
 //! `mesh_master_timeout`, and the caps on questions waiting for it: `mesh_auth_pending_max`,
 //! `mesh_auth_pending_per_addr`.
 //! application level (inherited): `mesh on|off`.
+//!
+//! The directives' handlers are in [`directives`]; here: the confs, their create/init/merge,
+//! and the node snapshot the hot path reads ([`current_node`]).
+
+pub mod directives;
 
 use std::ffi::{c_char, c_void};
+use std::ptr::addr_of;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mesh_agent::client::Paths;
-use mesh_agent::load::{make_node, os_error, read_table};
-use mesh_core::name::{for_log, is_valid_id};
+use mesh_agent::load::make_node;
 use mesh_core::node::Node;
 use mesh_core::{Role, Table};
 use ngx::ngx_conf_log_error;
 use parking_lot::RwLock;
 
-use crate::directive::{self, arg, args, DUPLICATE};
-use crate::ffi::*;
-use crate::util::{full_name, guard, pool_new, str_bytes, CONF_ERROR, CONF_OK};
+use crate::nginx::ffi::*;
+use crate::nginx::rtmp::ctx_index;
+use crate::nginx::util::{guard, pool_new, CONF_ERROR, CONF_OK};
+
+/// `mesh_auth_pending_max`: auth questions about unknown credentials waiting per worker.
+pub const DEFAULT_PENDING_MAX: usize = 256;
+/// `mesh_auth_pending_per_addr`: the same per client address (IPv6 by /64).
+pub const DEFAULT_PENDING_PER_ADDR: usize = 8;
 
 /// rtmp{} main configuration. Lives in the configuration pool (dropped with it).
 pub struct MainConf {
     pub node_id: Option<String>,
     pub role: Option<Role>,
     pub table_file: Option<String>,
-    table: Option<Table>,
+    pub(crate) table: Option<Table>,
     /// `http(s)://host[:port][/prefix]`, no trailing slash.
     pub master: Option<String>,
     pub master_key: Option<Vec<u8>>,
@@ -122,219 +132,94 @@ const UNSET: ngx_flag_t = -1;
 
 /// # Safety
 /// `conf` is the MainConf created by [`create_main_conf`].
-unsafe fn main_conf<'a>(conf: *mut c_void) -> &'a mut MainConf {
+pub(crate) unsafe fn main_conf<'a>(conf: *mut c_void) -> &'a mut MainConf {
     // SAFETY: nginx passes back the pointer create_main_conf returned.
     unsafe { &mut *conf.cast::<MainConf>() }
 }
 
-/// [`directive::set_once`] into a field of our main conf.
+extern "C" {
+    /// nginx-rtmp's core module (not declared in its headers).
+    static mut ngx_rtmp_module: ngx_module_t;
+}
+
+/// Our rtmp main conf in a cycle (None without an rtmp{} block).
 ///
 /// # Safety
-/// Called from a directive handler with its `cf` and our main conf.
-unsafe fn set_once<T>(
-    cf: *mut ngx_conf_t,
-    conf: *mut c_void,
-    slot: fn(&mut MainConf) -> &mut Option<T>,
-    check: impl FnOnce(&str) -> Result<T, String>,
-) -> *mut c_char {
-    // SAFETY: as the caller guarantees.
-    unsafe { directive::set_once(cf, slot(main_conf(conf)), check) }
-}
-
-pub unsafe extern "C" fn set_node_id(
-    cf: *mut ngx_conf_t,
-    _: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: the parser calls us with our main conf.
-    guard(CONF_ERROR, || unsafe {
-        set_once(
-            cf,
-            conf,
-            |m| &mut m.node_id,
-            |v| match is_valid_id(v) {
-                true => Ok(v.to_string()),
-                false => Err("it must be 1-128 characters of A-Z a-z 0-9 _ -".into()),
-            },
-        )
-    })
-}
-
-pub unsafe extern "C" fn set_role(
-    cf: *mut ngx_conf_t,
-    _: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: the parser calls us with our main conf.
-    guard(CONF_ERROR, || unsafe {
-        set_once(
-            cf,
-            conf,
-            |m| &mut m.role,
-            |v| {
-                v.parse::<Role>()
-                    .map_err(|()| "it must be \"ingest\", \"root_relay\", \"relay\" or \"standalone\"".into())
-            },
-        )
-    })
-}
-
-pub unsafe extern "C" fn set_table_file(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    guard(CONF_ERROR, || {
-        // SAFETY: called by the parser with our main conf and the directive's arguments.
-        let mcf = unsafe { main_conf(conf) };
-        if mcf.table_file.is_some() {
-            return DUPLICATE;
+/// `cycle` is the current cycle, or one being configured whose rtmp{} block is parsed.
+pub unsafe fn cycle_main_conf<'a>(cycle: *mut ngx_cycle_t) -> Option<&'a MainConf> {
+    // SAFETY: conf_ctx has a slot per module; rtmp's holds its ngx_rtmp_conf_ctx_t, whose
+    // main_conf array has our slot at our ctx_index.
+    unsafe {
+        let idx = (*addr_of!(ngx_rtmp_module)).index;
+        let ctx = (*(*cycle).conf_ctx.add(idx)).cast::<ngx_rtmp_conf_ctx_t>();
+        if ctx.is_null() {
+            return None;
         }
-        // SAFETY: args(cf)[1] is the parser's string.
-        let Some(path) = (unsafe { full_name(cf, args(cf)[1], true) }) else { return CONF_ERROR };
-        // Configuration time, not the event loop: reading the file here is fine.
-        match read_table(std::path::Path::new(&path)) {
-            Ok(t) => {
-                mcf.table = Some(t);
-                mcf.table_file = Some(path);
-                CONF_OK
-            }
-            Err(e) => {
-                ngx_conf_log_error!(NGX_LOG_EMERG, cf, "mesh_table_file \"{}\": {}", path, e);
-                CONF_ERROR
-            }
-        }
-    })
-}
-
-pub unsafe extern "C" fn set_master(
-    cf: *mut ngx_conf_t,
-    _: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: the parser calls us with our main conf.
-    guard(CONF_ERROR, || unsafe {
-        set_once(cf, conf, |m| &mut m.master, |v| check_http_url(v).map_err(String::from))
-    })
-}
-
-/// `http(s)://host[:port][/prefix]` without query or fragment; returns it without a trailing
-/// slash.
-fn check_http_url(url: &str) -> Result<String, &'static str> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or("it must start with \"http://\" or \"https://\"")?;
-    if rest.is_empty() || rest.starts_with('/') {
-        return Err("it has no host");
+        (*(*ctx).main_conf.add(ctx_index())).cast::<MainConf>().as_ref()
     }
-    if rest.bytes().any(|b| !b.is_ascii_graphic() || b == b'?' || b == b'#') {
-        return Err("it must not have a query, a fragment or spaces");
+}
+
+/// `f` of the worker's current main conf, if there is an rtmp{} block.
+fn with_current<R>(f: impl FnOnce(&MainConf) -> R) -> Option<R> {
+    // SAFETY: ngx_cycle is the worker's current cycle, read on the event loop; its rtmp main
+    // conf lives as long as the cycle, which outlives this call.
+    unsafe {
+        let cycle = *addr_of!(ngx_cycle);
+        if cycle.is_null() {
+            return None;
+        }
+        cycle_main_conf(cycle).map(f)
     }
-    Ok(url.trim_end_matches('/').to_string())
 }
 
-pub unsafe extern "C" fn set_master_key(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    guard(CONF_ERROR, || {
-        // SAFETY: called by the parser with our main conf, its command and arguments.
-        let (mcf, value, name) = unsafe {
-            (main_conf(conf), arg(cf, 1), String::from_utf8_lossy(str_bytes(&(*cmd).name)).into_owned())
-        };
-        if mcf.master_key.is_some() {
-            return DUPLICATE;
-        }
-        let key = if name == "mesh_master_key_file" {
-            // SAFETY: args(cf)[1] is the parser's string.
-            let Some(path) = (unsafe { full_name(cf, args(cf)[1], true) }) else { return CONF_ERROR };
-            match std::fs::read(&path) {
-                Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
-                Err(e) => {
-                    ngx_conf_log_error!(
-                        NGX_LOG_EMERG,
-                        cf,
-                        "mesh_master_key_file \"{}\": {}",
-                        path,
-                        os_error("open", e)
-                    );
-                    return CONF_ERROR;
-                }
-            }
-        } else {
-            value
-        };
-        if key.is_empty() {
-            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "empty master key in \"{}\" directive", name);
-            return CONF_ERROR;
-        }
-        mcf.master_key = Some(key.into_bytes());
-        CONF_OK
-    })
+/// The node's current snapshot.
+pub fn current_node() -> Arc<Node> {
+    with_current(MainConf::node).unwrap_or_else(|| Arc::new(Node::standalone()))
 }
 
-pub unsafe extern "C" fn set_master_path(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    guard(CONF_ERROR, || {
-        // SAFETY: called by the parser with our main conf and the directive's arguments.
-        let (mcf, name, path) = unsafe { (main_conf(conf), arg(cf, 1), arg(cf, 2)) };
-        let Some(i) = ENDPOINTS.iter().position(|e| *e == name) else {
-            ngx_conf_log_error!(
-                NGX_LOG_EMERG,
-                cf,
-                "invalid endpoint \"{}\" in \"mesh_master_path\" directive, it must be \"announce\", \"heartbeat\", \"streams\", \"auth\" or \"route\"",
-                for_log(&name)
-            );
-            return CONF_ERROR;
-        };
-        if mcf.paths[i].is_some() {
-            ngx_conf_log_error!(
-                NGX_LOG_EMERG,
-                cf,
-                "\"mesh_master_path\" directive \"{}\" is duplicate",
-                name
-            );
-            return CONF_ERROR;
-        }
-        if !path.starts_with('/') || path.bytes().any(|b| !b.is_ascii_graphic() || b == b'?' || b == b'#') {
-            ngx_conf_log_error!(
-                NGX_LOG_EMERG,
-                cf,
-                "invalid path \"{}\" in \"mesh_master_path\" directive, it must start with \"/\" and have no query",
-                for_log(&path)
-            );
-            return CONF_ERROR;
-        }
-        mcf.paths[i] = Some(path);
-        CONF_OK
-    })
+/// Swap in a new snapshot (event loop); returns the old one, to be freed off the event loop.
+pub fn set_current_node(node: Arc<Node>) -> Option<Arc<Node>> {
+    with_current(|m| m.set_node(node)).flatten()
 }
 
-pub unsafe extern "C" fn set_public_url(
-    cf: *mut ngx_conf_t,
-    _: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: the parser calls us with our main conf and the directive's arguments.
-    guard(CONF_ERROR, || unsafe {
-        let url = |schemes: &'static [&'static str]| {
-            move |v: &str| {
-                let ok = schemes.iter().any(|p| v.strip_prefix(p).is_some_and(|r| !r.is_empty()))
-                    && v.bytes().all(|b| b.is_ascii_graphic());
-                ok.then(|| v.to_string()).ok_or_else(|| format!("it must be a {} URL", schemes.join(" or ")))
-            }
-        };
-        if arg(cf, 0) == "mesh_rtmp_url" {
-            set_once(cf, conf, |m| &mut m.rtmp_url, url(&["rtmp://"]))
-        } else {
-            set_once(cf, conf, |m| &mut m.http_url, url(&["http://", "https://"]))
+/// Seconds since the node's snapshot came into force.
+pub fn node_age() -> u64 {
+    with_current(MainConf::node_age).unwrap_or(0)
+}
+
+thread_local! {
+    /// Event-loop time of the last table or role change, and the longest, in microseconds.
+    static APPLY_US: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// A table or role change took `us` microseconds of the event loop.
+pub fn record_apply(us: u64) {
+    APPLY_US.with(|a| a.set((us, a.get().1.max(us))));
+}
+
+/// Event-loop microseconds taken by the last table or role change, and the most so far.
+pub fn apply_us() -> (u64, u64) {
+    APPLY_US.with(std::cell::Cell::get)
+}
+
+/// Refuse configurations the node cannot serve: a master needs one worker (each worker
+/// would announce itself as the node, with a part of its figures).
+///
+/// # Safety
+/// `cycle` is configured (init_module).
+pub unsafe fn check_cycle(cycle: *mut ngx_cycle_t) -> Result<(), String> {
+    // SAFETY: configuration is complete; the core module's conf is set.
+    unsafe {
+        let Some(mcf) = cycle_main_conf(cycle) else { return Ok(()) };
+        let ccf = (*(*cycle).conf_ctx.add((*addr_of!(ngx_core_module)).index)).cast::<ngx_core_conf_t>();
+        if mcf.master.is_some() && !ccf.is_null() && (*ccf).worker_processes > 1 {
+            return Err(format!(
+                "\"mesh_master\" needs \"worker_processes 1\" (found {}): the node announces itself and its figures from one worker",
+                (*ccf).worker_processes
+            ));
         }
-    })
+        Ok(())
+    }
 }
 
 pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
@@ -392,8 +277,8 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
                 *v = d as ngx_int_t;
             }
         };
-        num(&mut mcf.auth_pending_max, crate::auth::DEFAULT_PENDING_MAX);
-        num(&mut mcf.auth_pending_per_addr, crate::auth::DEFAULT_PENDING_PER_ADDR);
+        num(&mut mcf.auth_pending_max, DEFAULT_PENDING_MAX);
+        num(&mut mcf.auth_pending_per_addr, DEFAULT_PENDING_PER_ADDR);
         let (node, failed) = make_node(&node_id, role, table);
         for (url, e) in failed {
             ngx_conf_log_error!(

@@ -1,0 +1,224 @@
+//! The `mesh_*` directives of the rtmp{} block, each in nginx's one shape (`set_once` into a
+//! field of the main conf, with nginx's wording for a duplicate or an invalid value).
+
+use std::ffi::{c_char, c_void};
+
+use mesh_agent::load::{os_error, read_table};
+use mesh_core::name::{for_log, is_valid_id};
+use mesh_core::Role;
+use ngx::ngx_conf_log_error;
+
+use super::{main_conf, MainConf, ENDPOINTS};
+use crate::nginx::directive::{self, arg, args, DUPLICATE};
+use crate::nginx::ffi::*;
+use crate::nginx::util::{full_name, guard, str_bytes, CONF_ERROR, CONF_OK};
+
+/// [`directive::set_once`] into a field of our main conf.
+///
+/// # Safety
+/// Called from a directive handler with its `cf` and our main conf.
+unsafe fn set_once<T>(
+    cf: *mut ngx_conf_t,
+    conf: *mut c_void,
+    slot: fn(&mut MainConf) -> &mut Option<T>,
+    check: impl FnOnce(&str) -> Result<T, String>,
+) -> *mut c_char {
+    // SAFETY: as the caller guarantees.
+    unsafe { directive::set_once(cf, slot(main_conf(conf)), check) }
+}
+
+pub unsafe extern "C" fn set_node_id(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: the parser calls us with our main conf.
+    guard(CONF_ERROR, || unsafe {
+        set_once(
+            cf,
+            conf,
+            |m| &mut m.node_id,
+            |v| match is_valid_id(v) {
+                true => Ok(v.to_string()),
+                false => Err("it must be 1-128 characters of A-Z a-z 0-9 _ -".into()),
+            },
+        )
+    })
+}
+
+pub unsafe extern "C" fn set_role(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: the parser calls us with our main conf.
+    guard(CONF_ERROR, || unsafe {
+        set_once(
+            cf,
+            conf,
+            |m| &mut m.role,
+            |v| {
+                v.parse::<Role>()
+                    .map_err(|()| "it must be \"ingest\", \"root_relay\", \"relay\" or \"standalone\"".into())
+            },
+        )
+    })
+}
+
+pub unsafe extern "C" fn set_table_file(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard(CONF_ERROR, || {
+        // SAFETY: called by the parser with our main conf and the directive's arguments.
+        let mcf = unsafe { main_conf(conf) };
+        if mcf.table_file.is_some() {
+            return DUPLICATE;
+        }
+        // SAFETY: args(cf)[1] is the parser's string.
+        let Some(path) = (unsafe { full_name(cf, args(cf)[1], true) }) else { return CONF_ERROR };
+        // Configuration time, not the event loop: reading the file here is fine.
+        match read_table(std::path::Path::new(&path)) {
+            Ok(t) => {
+                mcf.table = Some(t);
+                mcf.table_file = Some(path);
+                CONF_OK
+            }
+            Err(e) => {
+                ngx_conf_log_error!(NGX_LOG_EMERG, cf, "mesh_table_file \"{}\": {}", path, e);
+                CONF_ERROR
+            }
+        }
+    })
+}
+
+pub unsafe extern "C" fn set_master(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: the parser calls us with our main conf.
+    guard(CONF_ERROR, || unsafe {
+        set_once(cf, conf, |m| &mut m.master, |v| check_http_url(v).map_err(String::from))
+    })
+}
+
+/// `http(s)://host[:port][/prefix]` without query or fragment; returns it without a trailing
+/// slash.
+fn check_http_url(url: &str) -> Result<String, &'static str> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or("it must start with \"http://\" or \"https://\"")?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err("it has no host");
+    }
+    if rest.bytes().any(|b| !b.is_ascii_graphic() || b == b'?' || b == b'#') {
+        return Err("it must not have a query, a fragment or spaces");
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+pub unsafe extern "C" fn set_master_key(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard(CONF_ERROR, || {
+        // SAFETY: called by the parser with our main conf, its command and arguments.
+        let (mcf, value, name) = unsafe {
+            (main_conf(conf), arg(cf, 1), String::from_utf8_lossy(str_bytes(&(*cmd).name)).into_owned())
+        };
+        if mcf.master_key.is_some() {
+            return DUPLICATE;
+        }
+        let key = if name == "mesh_master_key_file" {
+            // SAFETY: args(cf)[1] is the parser's string.
+            let Some(path) = (unsafe { full_name(cf, args(cf)[1], true) }) else { return CONF_ERROR };
+            match std::fs::read(&path) {
+                Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
+                Err(e) => {
+                    ngx_conf_log_error!(
+                        NGX_LOG_EMERG,
+                        cf,
+                        "mesh_master_key_file \"{}\": {}",
+                        path,
+                        os_error("open", e)
+                    );
+                    return CONF_ERROR;
+                }
+            }
+        } else {
+            value
+        };
+        if key.is_empty() {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "empty master key in \"{}\" directive", name);
+            return CONF_ERROR;
+        }
+        mcf.master_key = Some(key.into_bytes());
+        CONF_OK
+    })
+}
+
+pub unsafe extern "C" fn set_master_path(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard(CONF_ERROR, || {
+        // SAFETY: called by the parser with our main conf and the directive's arguments.
+        let (mcf, name, path) = unsafe { (main_conf(conf), arg(cf, 1), arg(cf, 2)) };
+        let Some(i) = ENDPOINTS.iter().position(|e| *e == name) else {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "invalid endpoint \"{}\" in \"mesh_master_path\" directive, it must be \"announce\", \"heartbeat\", \"streams\", \"auth\" or \"route\"",
+                for_log(&name)
+            );
+            return CONF_ERROR;
+        };
+        if mcf.paths[i].is_some() {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "\"mesh_master_path\" directive \"{}\" is duplicate",
+                name
+            );
+            return CONF_ERROR;
+        }
+        if !path.starts_with('/') || path.bytes().any(|b| !b.is_ascii_graphic() || b == b'?' || b == b'#') {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "invalid path \"{}\" in \"mesh_master_path\" directive, it must start with \"/\" and have no query",
+                for_log(&path)
+            );
+            return CONF_ERROR;
+        }
+        mcf.paths[i] = Some(path);
+        CONF_OK
+    })
+}
+
+pub unsafe extern "C" fn set_public_url(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: the parser calls us with our main conf and the directive's arguments.
+    guard(CONF_ERROR, || unsafe {
+        let url = |schemes: &'static [&'static str]| {
+            move |v: &str| {
+                let ok = schemes.iter().any(|p| v.strip_prefix(p).is_some_and(|r| !r.is_empty()))
+                    && v.bytes().all(|b| b.is_ascii_graphic());
+                ok.then(|| v.to_string()).ok_or_else(|| format!("it must be a {} URL", schemes.join(" or ")))
+            }
+        };
+        if arg(cf, 0) == "mesh_rtmp_url" {
+            set_once(cf, conf, |m| &mut m.rtmp_url, url(&["rtmp://"]))
+        } else {
+            set_once(cf, conf, |m| &mut m.http_url, url(&["http://", "https://"]))
+        }
+    })
+}

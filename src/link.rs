@@ -1,0 +1,140 @@
+//! The node's link to its master (or to its table file): mesh-agent's background threads,
+//! started when a worker starts and stopped when it exits, and the way their results come back
+//! to the event loop — a queue of events and a wake-up socket ([`crate::nginx::event::Wake`]).
+//!
+//! This module only carries: calls go out through [`call`], events come back through
+//! [`next_event`], read by the wiring, which hands each to its concern. It knows nothing of
+//! sessions or requests.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_agent::agent::{self, Agent, Call, Event, Refused, Sink};
+use mesh_agent::client::{HttpConfig, HttpMaster};
+use mesh_core::node::Node;
+use mesh_core::status::LinkStatus;
+use mesh_core::wire::{Capabilities, Heartbeat};
+use parking_lot::Mutex;
+
+use crate::conf::MainConf;
+use crate::nginx::event::{Wake, Waker};
+
+/// The threads' side of the event loop.
+struct Queue {
+    events: Mutex<VecDeque<Event>>,
+    waker: Waker,
+    figures: Mutex<Heartbeat>,
+}
+
+impl Sink for Queue {
+    fn send(&self, ev: Event) {
+        self.events.lock().push_back(ev);
+        self.waker.wake();
+    }
+
+    fn heartbeat(&self) -> Heartbeat {
+        self.figures.lock().clone()
+    }
+}
+
+struct Link {
+    agent: Agent,
+    queue: Arc<Queue>,
+    _wake: Wake,
+}
+
+thread_local! {
+    static LINK: RefCell<Option<Link>> = const { RefCell::new(None) };
+}
+
+/// Start the link of this worker: to the master when `mesh_master` is set, else a watch of the
+/// table file. `on_wake` runs on the event loop whenever events are queued.
+pub fn start(mcf: &MainConf, figures: Heartbeat, on_wake: fn()) -> Result<(), String> {
+    let (wake, waker) = Wake::new(on_wake).map_err(|e| e.to_string())?;
+    let node = mcf.node();
+    let queue = Arc::new(Queue { events: Mutex::new(VecDeque::new()), waker, figures: Mutex::new(figures) });
+    let cfg = agent::Config {
+        node_id: node.node_id.clone(),
+        rtmp_url: mcf.rtmp_url.clone().unwrap_or_default(),
+        http_url: mcf.http_url.clone().unwrap_or_default(),
+        heartbeat_interval: Duration::from_millis(mcf.heartbeat_interval as u64),
+        poll_wait: Duration::from_millis(mcf.poll_wait as u64),
+        table_file: mcf.table_file.clone().map(Into::into),
+        capabilities: Capabilities { transcode: false, hls: false, dash: false },
+        ..agent::Config::default()
+    };
+    let agent = match &mcf.master {
+        Some(base) => {
+            let http = HttpMaster::new(HttpConfig {
+                base: base.clone(),
+                key: mcf.master_key.clone().unwrap_or_default(),
+                node_id: node.node_id.clone(),
+                paths: mcf.master_paths(),
+                timeout: Duration::from_millis(mcf.master_timeout as u64),
+                max_body: mesh_core::table::MAX_TABLE_BYTES,
+            });
+            Agent::start_master(cfg, node, Arc::new(http), queue.clone())
+        }
+        None => Agent::start_watch(cfg, node, queue.clone()),
+    }
+    .map_err(|e| e.to_string())?;
+    LINK.with_borrow_mut(|l| *l = Some(Link { agent, queue, _wake: wake }));
+    Ok(())
+}
+
+/// Stop the threads (worker exit); returns how many were joined. The wake-up socket closes.
+pub fn stop() -> Option<usize> {
+    let link = LINK.with_borrow_mut(Option::take)?;
+    Some(link.agent.stop(Duration::from_secs(1)))
+}
+
+/// The next event the threads queued, if any (event loop).
+pub fn next_event() -> Option<Event> {
+    LINK.with_borrow(|l| l.as_ref().and_then(|l| l.queue.events.lock().pop_front()))
+}
+
+/// The figures the next heartbeat reports.
+pub fn set_figures(hb: Heartbeat) {
+    LINK.with_borrow(|l| {
+        if let Some(l) = l {
+            *l.queue.figures.lock() = hb;
+        }
+    })
+}
+
+/// Does this worker follow a master (so the auth and route endpoints can be asked)?
+pub fn has_master() -> bool {
+    LINK.with_borrow(|l| l.as_ref().is_some_and(|l| l.agent.has_master()))
+}
+
+/// The state of each link to the master; None without one.
+pub fn links() -> Option<Vec<LinkStatus>> {
+    LINK.with_borrow(|l| l.as_ref().filter(|l| l.agent.has_master()).map(|l| l.agent.links()))
+}
+
+/// Queue a call to the master: refused without one, or when the queue is full.
+pub fn call(c: Call) -> Result<(), Refused> {
+    LINK.with_borrow(|l| match l {
+        Some(l) => l.agent.call(c),
+        None => Err(Refused::NoMaster),
+    })
+}
+
+/// Take back a queued call whose asker left.
+pub fn cancel_call(id: u64) {
+    let _ = LINK.try_with(|l| {
+        if let Some(l) = l.borrow().as_ref() {
+            l.agent.cancel(id);
+        }
+    });
+}
+
+/// Free an old node snapshot off the event loop (a large table takes long to free).
+pub fn dispose(old: Arc<Node>) {
+    LINK.with_borrow(|l| match l {
+        Some(l) => l.agent.dispose(old),
+        None => drop(old),
+    })
+}

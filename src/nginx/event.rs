@@ -1,0 +1,190 @@
+//! Work on the event loop that is not a client's: periodic and delayed work, and a way for other
+//! threads to wake the loop.
+//!
+//! * Periodic and delayed work is an `ngx` async task ([`spawn`] with [`sleep`]): dropping the
+//!   task cancels it and deletes its timer, even from inside itself. Each step runs under the
+//!   panic guard ([`every`]).
+//! * [`Timer`] is for the one thing those tasks cannot be: a timer that keeps a quitting worker
+//!   alive until it fires (nginx waits for non-cancelable timers), for a child being stopped.
+//! * [`Wake`] is a socket pair whose read end is an nginx read event: threads write a byte, the
+//!   loop runs the handler. (Never `ngx_notify`: thread pools own its one slot.)
+
+use std::io::Write;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::ptr::NonNull;
+use std::time::Duration;
+
+pub use ngx::async_::{sleep, spawn, Task};
+
+use super::ffi::*;
+use super::util::{drain, guard};
+
+/// Run `step` every `period` until the task is dropped. Each step runs under the panic guard.
+/// (Its timer is cancelable: it never keeps a quitting worker alive.)
+pub fn every(period: Duration, mut step: impl FnMut() + 'static) -> Task<()> {
+    spawn(async move {
+        loop {
+            sleep(period).await;
+            guard((), &mut step);
+        }
+    })
+}
+
+/// Run `f` once after `delay`, unless the task is dropped first.
+#[allow(dead_code)] // for the transcodes, next
+pub fn after(delay: Duration, f: impl FnOnce() + 'static) -> Task<()> {
+    spawn(async move {
+        sleep(delay).await;
+        guard((), f);
+    })
+}
+
+#[allow(dead_code)] // for the transcodes, next
+struct Slot {
+    ev: ngx_event_t,
+    f: fn(u64),
+    key: u64,
+}
+
+/// A timer that calls `f(key)` when it fires. Its event lives at a fixed address (its own
+/// allocation, reached only through a raw pointer) and is deleted when the timer is dropped; `f`
+/// may drop the timer itself (nothing of it is touched after `f` is called).
+#[allow(dead_code)] // for the transcodes, next
+pub struct Timer {
+    slot: NonNull<Slot>,
+}
+
+#[allow(dead_code)] // for the transcodes, next
+impl Timer {
+    /// A timer of `key`; `cancelable`: whether a quitting worker may exit while it is set.
+    pub fn new(f: fn(u64), key: u64, cancelable: bool) -> Timer {
+        // SAFETY: a zeroed event is nginx's idle event.
+        let mut slot = Box::new(Slot { ev: unsafe { std::mem::zeroed() }, f, key });
+        slot.ev.handler = Some(fire);
+        slot.ev.log = ngx::log::ngx_cycle_log().as_ptr();
+        slot.ev.set_cancelable(u32::from(cancelable));
+        let slot = NonNull::from(Box::leak(slot));
+        // SAFETY: the slot was just made; its event's data points back at it.
+        unsafe { (*slot.as_ptr()).ev.data = slot.as_ptr().cast() };
+        Timer { slot }
+    }
+
+    fn ev(&self) -> *mut ngx_event_t {
+        // SAFETY: the slot lives until drop.
+        unsafe { &raw mut (*self.slot.as_ptr()).ev }
+    }
+
+    /// Fire in `ms` milliseconds (again, if already set).
+    pub fn arm(&mut self, ms: ngx_msec_t) {
+        // SAFETY: our event, on the event loop.
+        unsafe { ngx_add_timer(self.ev(), ms) }
+    }
+
+    /// Is it set?
+    pub fn armed(&self) -> bool {
+        // SAFETY: our event.
+        unsafe { (*self.ev()).timer_set() == 1 }
+    }
+
+    /// Unset it.
+    pub fn disarm(&mut self) {
+        if self.armed() {
+            // SAFETY: our set timer, on the event loop.
+            unsafe { ngx_del_timer(self.ev()) }
+        }
+    }
+
+    /// Let a quitting worker exit while it is set, or not.
+    pub fn set_cancelable(&mut self, yes: bool) {
+        // SAFETY: our event.
+        unsafe { (*self.ev()).set_cancelable(u32::from(yes)) }
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.disarm();
+        // SAFETY: made by Box::leak in new, freed once here.
+        drop(unsafe { Box::from_raw(self.slot.as_ptr()) });
+    }
+}
+
+#[allow(dead_code)] // for the transcodes, next
+unsafe extern "C" fn fire(ev: *mut ngx_event_t) {
+    guard((), || {
+        // SAFETY: the event is a Slot's (data points at it), alive while its timer is set;
+        // f and key are copied out before f runs, which may free the slot.
+        let (f, key) = unsafe {
+            let slot = (*ev).data.cast::<Slot>();
+            ((*slot).f, (*slot).key)
+        };
+        f(key);
+    })
+}
+
+/// The loop's end of a wake-up socket: an nginx connection whose readable event runs `on_wake`.
+/// Closed when dropped.
+pub struct Wake {
+    conn: NonNull<ngx_connection_t>,
+}
+
+/// The threads' end: writing to it wakes the loop.
+pub struct Waker(UnixStream);
+
+impl Waker {
+    /// Wake the loop (non-blocking: a full socket already holds a wake-up).
+    pub fn wake(&self) {
+        let _ = (&self.0).write(&[1]);
+    }
+}
+
+impl Wake {
+    /// A socket pair; its read end watched by the event loop, which calls `on_wake` (after
+    /// draining it) whenever a thread has written to the [`Waker`].
+    pub fn new(on_wake: fn()) -> std::io::Result<(Wake, Waker)> {
+        let (rx, tx) = UnixStream::pair()?;
+        rx.set_nonblocking(true)?;
+        tx.set_nonblocking(true)?;
+        let log = ngx::log::ngx_cycle_log().as_ptr();
+        let fd = rx.into_raw_fd();
+        // SAFETY: the read end becomes an nginx connection, which owns the fd from here on.
+        unsafe {
+            let c = ngx_get_connection(fd, log);
+            let Some(conn) = NonNull::new(c) else {
+                drop(OwnedFd::from_raw_fd(fd));
+                return Err(std::io::Error::other("no free connection for the wake-up socket"));
+            };
+            (*c).data = on_wake as *mut std::ffi::c_void;
+            (*(*c).read).handler = Some(woken);
+            (*(*c).read).log = log;
+            if ngx_handle_read_event((*c).read, 0) != NGX_OK as ngx_int_t {
+                ngx_close_connection(c);
+                return Err(std::io::Error::other("cannot watch the wake-up socket"));
+            }
+            Ok((Wake { conn }, Waker(tx)))
+        }
+    }
+}
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        // SAFETY: our connection, on the event loop.
+        unsafe { ngx_close_connection(self.conn.as_ptr()) }
+    }
+}
+
+unsafe extern "C" fn woken(ev: *mut ngx_event_t) {
+    guard((), || {
+        // SAFETY: the event's connection is a Wake's, whose data is its handler.
+        let on_wake = unsafe {
+            let c = (*ev).data.cast::<ngx_connection_t>();
+            drain((*c).fd);
+            if ngx_handle_read_event(ev, 0) != NGX_OK as ngx_int_t {
+                ngx::ngx_log_error!(NGX_LOG_ALERT, (*ev).log, "mesh: cannot watch the wake-up socket");
+            }
+            std::mem::transmute::<*mut std::ffi::c_void, fn()>((*c).data)
+        };
+        on_wake();
+    })
+}

@@ -1,0 +1,76 @@
+//! A new table or role applied to the sessions admitted before it: each is checked again,
+//! in-process, and dropped when the new state refuses it; publishers' pushes are made to match.
+//! Sessions the new state allows see nothing.
+
+use mesh_core::node::Node;
+use mesh_core::status::PushStatus;
+use mesh_core::wire::{Action, PushStat};
+
+use super::ctx;
+use super::refusals::dropped;
+use crate::nginx::rtmp::Session;
+use crate::nginx::util::now;
+use crate::push::Pushes;
+use crate::registry::{self, Verdict};
+
+/// Check every admitted session against `node` (`why_now` says what changed, for the log).
+pub fn apply(node: &Node, why_now: &str) {
+    let now = now();
+    let verdicts = registry::sweep(|e| {
+        (registry::recheck(e, node, now), e.stream.clone(), e.source().map(str::to_string), e.is_publisher())
+    });
+    for (id, s, (verdict, stream, source, publisher)) in verdicts {
+        match verdict {
+            Verdict::Drop(why) => drop_session(id, s, publisher, &stream, &format!("{why} ({why_now})")),
+            Verdict::Keep if publisher => {
+                let plan = node.plan_pushes(&stream, source.as_deref());
+                let start = ctx::with(s, |c| match &mut c.pushes {
+                    Some(p) => {
+                        p.reconcile(&plan);
+                        false
+                    }
+                    None => !plan.is_empty(),
+                });
+                if start == Some(true) {
+                    let pushes = Pushes::start(s, &stream, &plan);
+                    ctx::with(s, |c| c.pushes = pushes);
+                }
+            }
+            Verdict::Keep => {}
+        }
+    }
+}
+
+/// Close an admitted session the node no longer allows, with its log line.
+pub fn drop_session(id: u64, s: Session, publisher: bool, stream: &str, why: &str) {
+    dropped(s, if publisher { Action::Publish } else { Action::Play }, stream, why);
+    ctx::with(s, |c| c.reg = None);
+    registry::remove(id);
+    s.finalize();
+}
+
+/// The state of every push of this worker, for the heartbeat.
+pub fn push_figures() -> Vec<PushStat> {
+    let mut out = Vec::new();
+    for (s, _) in registry::publishers() {
+        ctx::with(s, |c| {
+            if let Some(p) = &c.pushes {
+                out.extend(p.figures());
+            }
+        });
+    }
+    out
+}
+
+/// The same, for `mesh_status`.
+pub fn push_status() -> Vec<PushStatus> {
+    let mut out = Vec::new();
+    for (s, _) in registry::publishers() {
+        ctx::with(s, |c| {
+            if let Some(p) = &c.pushes {
+                out.extend(p.status());
+            }
+        });
+    }
+    out
+}

@@ -1,0 +1,160 @@
+//! Wiring: what starts and stops with a worker, and where each answer from the background
+//! threads goes. The one place that knows every concern; none of them knows it.
+//!
+//! * a worker starts ([`init_process`]): the link to the master or the table file, and a task
+//!   that every second refreshes the heartbeat's figures and asks again about sessions whose
+//!   admission ran out;
+//! * an event comes back ([`on_wake`]): a log line, a new table or role (applied to the node's
+//!   snapshot, the admitted sessions and the transcodes), an auth answer (to each asker, by its
+//!   handle), a route answer;
+//! * the worker exits ([`exit_process`]): transcodes stopped, the task dropped, the threads
+//!   joined.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_agent::agent::{Change, Event, Level};
+use mesh_core::node::Node;
+use mesh_core::wire::Heartbeat;
+
+use crate::auth::{self, Waiter};
+use crate::conf::{self, cycle_main_conf};
+use crate::nginx::event::{every, Task};
+use crate::nginx::ffi::*;
+use crate::nginx::util::{guard, now};
+use crate::{link, registry, route, rtmp, transcode};
+
+const TICK: Duration = Duration::from_secs(1);
+
+thread_local! {
+    static TICK_TASK: RefCell<Option<Task<()>>> = const { RefCell::new(None) };
+}
+
+/// Refuse configurations the node cannot serve (see [`conf::check_cycle`]).
+pub unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    guard(NGX_ERROR as ngx_int_t, || {
+        // SAFETY: nginx calls us with the configured cycle.
+        match unsafe { conf::check_cycle(cycle) } {
+            Ok(()) => NGX_OK as ngx_int_t,
+            Err(e) => {
+                // SAFETY: the cycle's log.
+                ngx::ngx_log_error!(NGX_LOG_EMERG, unsafe { (*cycle).log }, "{}", e);
+                NGX_ERROR as ngx_int_t
+            }
+        }
+    })
+}
+
+pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    guard(NGX_OK as ngx_int_t, || {
+        // SAFETY: worker start, on the event loop, with the worker's cycle.
+        let (mcf, log) = unsafe { (cycle_main_conf(cycle), (*cycle).log) };
+        let Some(mcf) = mcf else { return NGX_OK as ngx_int_t };
+        if mcf.master.is_none() && mcf.table_file.is_none() {
+            return NGX_OK as ngx_int_t;
+        }
+        auth::set_limits(mcf.auth_pending_max.max(1) as usize, mcf.auth_pending_per_addr.max(1) as usize);
+        match link::start(mcf, figures(&mcf.node()), on_wake) {
+            Ok(()) => TICK_TASK.with_borrow_mut(|t| *t = Some(every(TICK, tick))),
+            Err(e) => {
+                ngx::ngx_log_error!(NGX_LOG_ALERT, log, "mesh: cannot start the background threads: {}", e);
+            }
+        }
+        NGX_OK as ngx_int_t
+    })
+}
+
+pub unsafe extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
+    guard((), || {
+        transcode::exit_all();
+        TICK_TASK.with_borrow_mut(Option::take);
+        if let Some(threads) = link::stop() {
+            // SAFETY: the cycle's log.
+            let log = unsafe { (*cycle).log };
+            ngx::ngx_log_error!(NGX_LOG_NOTICE, log, "mesh: background threads stopped ({} joined)", threads);
+        }
+    })
+}
+
+/// The background threads queued events: hand each to its concern.
+fn on_wake() {
+    while let Some(ev) = link::next_event() {
+        dispatch(ev);
+    }
+}
+
+fn dispatch(ev: Event) {
+    let log = ngx::log::ngx_cycle_log().as_ptr();
+    match ev {
+        Event::Log(level, msg) => {
+            let level = match level {
+                Level::Error => NGX_LOG_ERR,
+                Level::Warn => NGX_LOG_WARN,
+                Level::Notice => NGX_LOG_NOTICE,
+            };
+            ngx::ngx_log_error!(level, log, "{}", msg);
+        }
+        Event::Node(node, change) => {
+            let t0 = std::time::Instant::now();
+            apply_node(node, &change);
+            conf::record_apply(t0.elapsed().as_micros() as u64);
+        }
+        Event::Auth { id, result } => match auth::on_answer(id, result, now()) {
+            None => {
+                ngx::ngx_log_debug!(log, "mesh: auth answer nobody waits for, dropped");
+            }
+            Some((waiters, q, a)) => {
+                for w in waiters {
+                    match w {
+                        Waiter::Session(h) => rtmp::ask::resume(h, &q, &a),
+                        Waiter::Recheck(rid) => rtmp::ask::recheck_answer(rid, &q, &a),
+                        Waiter::Cache => {}
+                    }
+                }
+            }
+        },
+        Event::Route { stream, result } => route::on_answer(&stream, result),
+    }
+}
+
+/// A new table or role: swap the snapshot, stop transcodes a role without viewers does not
+/// run, check every admitted session again.
+fn apply_node(node: Arc<Node>, change: &Change) {
+    if let Some(old) = conf::set_current_node(node.clone()) {
+        // Freeing a large table takes long: never on the event loop.
+        link::dispose(old);
+    }
+    if !node.role.serves_viewers() {
+        transcode::stop_all(&format!("role {}", node.role));
+    }
+    let why_now = match change {
+        Change::Table(v) => format!("table version {v}"),
+        Change::Role(r) => format!("role {r}"),
+    };
+    rtmp::table::apply(&node, &why_now);
+}
+
+/// Every second: rates, heartbeat figures, and admissions that ran out.
+fn tick() {
+    registry::tick_rates(TICK.as_secs());
+    let node = conf::current_node();
+    link::set_figures(figures(&node));
+    rtmp::ask::ask_again(&node);
+}
+
+/// Heartbeat figures from the live sessions.
+fn figures(node: &Node) -> Heartbeat {
+    let (streams, mut load) = registry::figures();
+    load.connections = crate::nginx::util::connections_in_use();
+    Heartbeat {
+        node_id: node.node_id.clone(),
+        role: node.role,
+        table_version: node.table.version,
+        uptime_s: 0,
+        streams,
+        pushes: rtmp::push_figures(),
+        transcodes: transcode::figures(),
+        load,
+    }
+}
