@@ -23,6 +23,7 @@
 
 pub mod admission;
 pub mod args;
+pub mod auth;
 pub mod backoff;
 pub mod client;
 pub mod credential;
