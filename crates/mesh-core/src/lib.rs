@@ -7,10 +7,13 @@
 //! * [`role`]: the four node roles.
 //! * [`table`]: the relay table (parse + validate, refused whole on any error).
 //! * [`args`]: RTMP/HTTP query arguments (`node`, `key`, `token`).
+//! * [`auth`]: questions for the master's auth endpoint, and the book of those out and the
+//!   answers kept.
 //! * [`token`]: viewer token formats (HMAC-SHA256) and broadcaster key hashing.
 //! * [`viewer`]: who may watch: key ids and rotation, stream identities, lifetimes
 //!   ([`Table::verify_viewer`]).
-//! * [`admission`]: publish/play decisions for every role and session kind.
+//! * [`admission`]: the one publish/play decision (RTMP and HTTP) for every role and session
+//!   kind, when to ask the master and what, and the re-check of admitted sessions.
 //! * [`node`]: the node snapshot (id, role, table, resolved target URLs).
 //! * [`push`]: which targets a node pushes a stream to, and the push URL.
 //! * [`sign`]: node ↔ master request and response signatures.
@@ -23,6 +26,7 @@
 
 pub mod admission;
 pub mod args;
+pub mod auth;
 pub mod backoff;
 pub mod client;
 pub mod credential;
@@ -41,6 +45,9 @@ pub mod token;
 pub mod viewer;
 pub mod wire;
 
-pub use admission::{Decision, PlayRequest, PublishRequest, Refusal, SessionKind};
+pub use admission::{
+    decide, Admitted, Decision, Outcome, PlayRequest, PublishRequest, Reason, Refusal, Request, SessionKind,
+    Transport, Verdict, Via,
+};
 pub use role::Role;
 pub use table::{Table, TableError, Target};

@@ -1,83 +1,11 @@
-//! Publish and play decisions, made in-process against the table (no I/O).
-//!
-//! The rules are the protocol's Roles table (docs/protocol.md):
-//!
-//! | role | publish accepted from | play |
-//! |---|---|---|
-//! | ingest | broadcasters (key vs `publish[S]`) | refused |
-//! | root_relay | node pushes matching an `ingest[S]` entry naming this node | refused |
-//! | relay | node pushes matching a `relay[S]` entry naming this node (and its `from`) | viewers |
-//! | standalone | broadcasters, as ingest | viewers |
+//! The table's word on a publish or a play, in-process (no I/O).
 
-use std::fmt;
-
+use super::{refusal, takes, Decision, Refusal, SessionKind};
 use crate::args::MeshArgs;
 use crate::name::is_valid_id;
 use crate::role::Role;
 use crate::table::{EntryKind, Table};
-use crate::token::{ct_eq, key_sha256, TokenError};
-
-/// What an admitted session is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SessionKind {
-    /// A broadcaster with a valid stream key.
-    Broadcaster,
-    /// A push from another node of the mesh (its id).
-    NodePush { from: String },
-    /// A viewer.
-    Viewer,
-}
-
-/// Why a session was refused. `Display` is the short reason written to the error log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    BadName,
-    WrongRole,
-    NoKey,
-    WrongKey,
-    UnknownStream,
-    BadNode,
-    NoToken,
-    BadToken,
-    ExpiredToken,
-}
-
-impl Refusal {
-    pub const ALL: [Refusal; 9] = [
-        Refusal::BadName,
-        Refusal::WrongRole,
-        Refusal::NoKey,
-        Refusal::WrongKey,
-        Refusal::UnknownStream,
-        Refusal::BadNode,
-        Refusal::NoToken,
-        Refusal::BadToken,
-        Refusal::ExpiredToken,
-    ];
-
-    /// Short label (metrics, logs).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refusal::BadName => "bad name",
-            Refusal::WrongRole => "wrong role",
-            Refusal::NoKey => "no key",
-            Refusal::WrongKey => "wrong key",
-            Refusal::UnknownStream => "unknown stream",
-            Refusal::BadNode => "bad node",
-            Refusal::NoToken => "no token",
-            Refusal::BadToken => "bad token",
-            Refusal::ExpiredToken => "expired token",
-        }
-    }
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-pub type Decision = Result<SessionKind, Refusal>;
+use crate::token::{ct_eq, key_sha256};
 
 /// What the node knows when it decides.
 #[derive(Debug, Clone, Copy)]
@@ -103,18 +31,22 @@ impl Context<'_> {
     /// Decide a publish. A `node=` argument marks a push from another node; anything else is a
     /// broadcaster.
     pub fn publish(&self, req: PublishRequest<'_>) -> Decision {
-        if !is_valid_id(req.stream) {
+        self.publish_args(req.stream, &MeshArgs::parse(req.args))
+    }
+
+    /// [`Context::publish`] with the arguments parsed already.
+    pub fn publish_args(&self, stream: &str, args: &MeshArgs<'_>) -> Decision {
+        if !is_valid_id(stream) {
             return Err(Refusal::BadName);
         }
-        let args = MeshArgs::parse(req.args);
         match args.node {
-            Some(from) => self.node_push(req.stream, from, args.key),
-            None => self.broadcaster(req.stream, args.key),
+            Some(from) => self.node_push(stream, from, args.key),
+            None => self.broadcaster(stream, args.key),
         }
     }
 
     fn broadcaster(&self, stream: &str, key: Option<&str>) -> Decision {
-        if !self.role.takes_broadcasters() {
+        if !takes(self.role, &SessionKind::Broadcaster) {
             return Err(Refusal::WrongRole);
         }
         let key = key.filter(|k| !k.is_empty()).ok_or(Refusal::NoKey)?;
@@ -155,32 +87,22 @@ impl Context<'_> {
     /// Decide a viewer's play. (Relay sessions of nginx-rtmp never reach this: the glue lets
     /// them through.)
     pub fn play(&self, req: PlayRequest<'_>) -> Decision {
-        if !is_valid_id(req.stream) {
+        self.play_args(req.stream, &MeshArgs::parse(req.args))
+    }
+
+    /// [`Context::play`] with the arguments parsed already.
+    pub fn play_args(&self, stream: &str, args: &MeshArgs<'_>) -> Decision {
+        if !is_valid_id(stream) {
             return Err(Refusal::BadName);
         }
-        if !self.role.serves_viewers() {
+        if !takes(self.role, &SessionKind::Viewer) {
             return Err(Refusal::WrongRole);
         }
         if !self.table.checks_viewer_tokens() {
             return Ok(SessionKind::Viewer);
         }
-        let token = MeshArgs::parse(req.args).token.filter(|t| !t.is_empty()).ok_or(Refusal::NoToken)?;
-        self.table.verify_viewer(req.stream, token, self.now).map(|()| SessionKind::Viewer).map_err(refusal)
-    }
-}
-
-/// The refusal a token error is logged and counted as (a retired key's token is as good as
-/// expired; the rest say no more than "bad token").
-pub fn refusal(e: TokenError) -> Refusal {
-    match e {
-        TokenError::Expired | TokenError::RetiredKey => Refusal::ExpiredToken,
-        TokenError::UnknownStream => Refusal::UnknownStream,
-        TokenError::Malformed
-        | TokenError::BadSignature
-        | TokenError::UnknownKey
-        | TokenError::TooLong
-        | TokenError::NoSigningKey
-        | TokenError::BadTtl => Refusal::BadToken,
+        let token = args.token.filter(|t| !t.is_empty()).ok_or(Refusal::NoToken)?;
+        self.table.verify_viewer(stream, token, self.now).map(|()| SessionKind::Viewer).map_err(refusal)
     }
 }
 
