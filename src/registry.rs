@@ -8,30 +8,17 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use mesh_core::admission::Admitted;
 use mesh_core::handles::Handle;
-use mesh_core::node::Node;
 use mesh_core::wire::{Load, StreamStat};
-use mesh_core::{Refusal, SessionKind};
 
 use crate::nginx::rtmp::Session;
-
-/// How a session was let in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
-    /// By the table: checked again in full on every change.
-    Table,
-    /// By the master's auth endpoint, valid until then (unix s): role rules apply at once, the
-    /// endpoint is asked again when it runs out (the entry's `recheck` while it is asked).
-    Auth { until: u64 },
-}
 
 #[derive(Debug)]
 pub struct Entry {
     pub s: Session,
-    pub kind: SessionKind,
-    pub stream: String,
-    pub args: String,
-    pub via: Via,
+    /// What the session is, how it was let in (mesh-core re-checks it).
+    pub admitted: Admitted,
     /// The auth question asked about it again, while one is out.
     pub recheck: Option<Handle>,
     /// Byte counters at the last stats tick (for rates).
@@ -42,20 +29,21 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn new(s: Session, kind: SessionKind, stream: String, args: String, via: Via) -> Entry {
-        Entry { s, kind, stream, args, via, recheck: None, last_in: 0, last_out: 0, in_kbps: 0, out_kbps: 0 }
+    pub fn new(s: Session, admitted: Admitted) -> Entry {
+        Entry { s, admitted, recheck: None, last_in: 0, last_out: 0, in_kbps: 0, out_kbps: 0 }
+    }
+
+    pub fn stream(&self) -> &str {
+        &self.admitted.stream
     }
 
     pub fn is_publisher(&self) -> bool {
-        !matches!(self.kind, SessionKind::Viewer)
+        self.admitted.is_publisher()
     }
 
     /// The node a pushed stream came from.
     pub fn source(&self) -> Option<&str> {
-        match &self.kind {
-            SessionKind::NodePush { from } => Some(from),
-            _ => None,
-        }
+        self.admitted.source()
     }
 }
 
@@ -96,67 +84,12 @@ pub fn with<R>(id: u64, f: impl FnOnce(&mut Entry) -> R) -> Option<R> {
 
 /// Is `stream` published on this worker?
 pub fn has_publisher(stream: &str) -> bool {
-    REGISTRY.with_borrow(|r| r.entries.values().any(|e| e.is_publisher() && e.stream == stream))
+    REGISTRY.with_borrow(|r| r.entries.values().any(|e| e.is_publisher() && e.stream() == stream))
 }
 
 /// RTMP viewers of `stream` on this worker.
 pub fn rtmp_viewers(stream: &str) -> usize {
-    REGISTRY.with_borrow(|r| r.entries.values().filter(|e| !e.is_publisher() && e.stream == stream).count())
-}
-
-/// What the auth endpoint was asked to admit a session: the action and the credential (the
-/// key of a publisher, the token of a viewer).
-pub fn credential(e: &Entry) -> (mesh_core::wire::Action, Option<String>) {
-    let a = mesh_core::args::MeshArgs::parse(&e.args);
-    match e.kind {
-        SessionKind::Viewer => (mesh_core::wire::Action::Play, a.token.map(str::to_string)),
-        _ => (mesh_core::wire::Action::Publish, a.key.map(str::to_string)),
-    }
-}
-
-/// The auth question that admitted a session (asked again when its answer runs out).
-pub fn question(e: &Entry) -> crate::auth::Question {
-    let (action, credential) = credential(e);
-    crate::auth::Question::new(action, &e.stream, credential.as_deref())
-}
-
-/// What a re-check decided for one session.
-pub enum Verdict {
-    Keep,
-    Drop(Refusal),
-}
-
-/// Check a session again against a new node state, in-process.
-pub fn recheck(e: &Entry, node: &Node, now: u64) -> Verdict {
-    let ctx = node.context(now);
-    let role_ok = match e.kind {
-        SessionKind::Viewer => node.role.serves_viewers(),
-        SessionKind::Broadcaster => node.role.takes_broadcasters(),
-        SessionKind::NodePush { .. } => true,
-    };
-    if !role_ok {
-        return Verdict::Drop(Refusal::WrongRole);
-    }
-    let req = mesh_core::PublishRequest { stream: &e.stream, args: &e.args };
-    match (&e.kind, e.via) {
-        // A viewer's token is checked again for what a table change can take away (its key,
-        // its stream's identity), not for its expiry: it admitted the viewer at the start.
-        (SessionKind::Viewer, Via::Table) if node.table.checks_viewer_tokens() => {
-            match mesh_core::args::MeshArgs::parse(&e.args).token {
-                None => Verdict::Drop(Refusal::NoToken),
-                Some(t) => match node.table.verify_viewer(&e.stream, t, now) {
-                    Ok(()) | Err(mesh_core::token::TokenError::Expired) => Verdict::Keep,
-                    Err(why) => Verdict::Drop(mesh_core::admission::refusal(why)),
-                },
-            }
-        }
-        (SessionKind::Viewer, _) => Verdict::Keep,
-        (_, Via::Auth { .. }) => Verdict::Keep,
-        (_, Via::Table) => match ctx.publish(req) {
-            Ok(_) => Verdict::Keep,
-            Err(r) => Verdict::Drop(r),
-        },
-    }
+    REGISTRY.with_borrow(|r| r.entries.values().filter(|e| !e.is_publisher() && e.stream() == stream).count())
 }
 
 /// Ids and sessions of every entry, with `f`'s verdict for each (collected first, so that
@@ -189,7 +122,7 @@ pub fn figures() -> (Vec<StreamStat>, Load) {
             load.in_kbps += e.in_kbps;
             load.out_kbps += e.out_kbps;
             if !e.is_publisher() {
-                *viewers.entry(e.stream.as_str()).or_insert(0) += 1;
+                *viewers.entry(e.stream()).or_insert(0) += 1;
             }
         }
         let mut streams: Vec<StreamStat> = r
@@ -197,9 +130,9 @@ pub fn figures() -> (Vec<StreamStat>, Load) {
             .values()
             .filter(|e| e.is_publisher())
             .map(|e| StreamStat {
-                stream: e.stream.clone(),
+                stream: e.stream().to_string(),
                 source: e.source().unwrap_or("broadcaster").to_string(),
-                viewers: viewers.get(e.stream.as_str()).copied().unwrap_or(0),
+                viewers: viewers.get(e.stream()).copied().unwrap_or(0),
                 in_kbps: e.in_kbps,
             })
             .collect();
@@ -211,6 +144,6 @@ pub fn figures() -> (Vec<StreamStat>, Load) {
 /// Publishers' sessions with their streams (for push figures).
 pub fn publishers() -> Vec<(Session, String)> {
     REGISTRY.with_borrow(|r| {
-        r.entries.values().filter(|e| e.is_publisher()).map(|e| (e.s, e.stream.clone())).collect()
+        r.entries.values().filter(|e| e.is_publisher()).map(|e| (e.s, e.stream().to_string())).collect()
     })
 }

@@ -18,7 +18,9 @@ use mesh_agent::agent::{Change, Event, Level};
 use mesh_core::node::Node;
 use mesh_core::wire::Heartbeat;
 
-use crate::auth::{self, Waiter};
+use mesh_core::auth::Waiter;
+
+use crate::auth;
 use crate::conf::{self, cycle_main_conf};
 use crate::nginx::event::{every, Task};
 use crate::nginx::ffi::*;
@@ -104,11 +106,12 @@ fn dispatch(ev: Event) {
             None => {
                 ngx::ngx_log_debug!(log, "mesh: auth answer nobody waits for, dropped");
             }
-            Some((waiters, q, a)) => {
-                for w in waiters {
+            Some(answered) => {
+                let (q, a) = (&answered.question, &answered.answer);
+                for w in answered.waiters {
                     match w {
-                        Waiter::Session(h) => rtmp::ask::resume(h, &q, &a),
-                        Waiter::Recheck(rid) => rtmp::ask::recheck_answer(rid, &q, &a),
+                        Waiter::Session(h) => rtmp::ask::resume(h, q, a),
+                        Waiter::Recheck(rid) => rtmp::ask::recheck_answer(rid, q, a),
                         Waiter::Cache => {}
                     }
                 }

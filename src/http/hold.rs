@@ -159,6 +159,12 @@ pub unsafe fn step(h: &Hold, first: bool) -> Step {
             Check::Good { .. } => {}
             Check::Missing => return Step::Fail(NGX_HTTP_UNAUTHORIZED, "no token".into()),
             Check::Refused(why) => return Step::Fail(NGX_HTTP_FORBIDDEN, why),
+            Check::NotServed => {
+                return Step::Fail(
+                    NGX_HTTP_NOT_FOUND,
+                    format!("streams are not served by a {} node", node.role),
+                )
+            }
             Check::Unknown => {
                 if first {
                     token::ask(&node, &h.stream, h.token.as_deref(), h.client.clone());

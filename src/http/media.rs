@@ -62,6 +62,9 @@ pub unsafe extern "C" fn media_handler(r: *mut ngx_http_request_t) -> ngx_int_t 
                 Check::Good { .. } => {}
                 Check::Missing => return refuse(r, NGX_HTTP_UNAUTHORIZED, "no token"),
                 Check::Refused(why) => return refuse(r, NGX_HTTP_FORBIDDEN, why),
+                Check::NotServed => {
+                    return text(r, NGX_HTTP_NOT_FOUND, &MediaError::UnknownFile.to_string(), &[])
+                }
                 Check::Unknown if token.as_deref().is_none_or(str::is_empty) => {
                     return refuse(r, NGX_HTTP_UNAUTHORIZED, "no token")
                 }

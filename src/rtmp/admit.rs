@@ -7,12 +7,11 @@
 
 use std::sync::Arc;
 
-use mesh_core::args::MeshArgs;
+use mesh_core::admission::{Admitted, Outcome, Request};
 use mesh_core::node::Node;
 use mesh_core::wire::Action;
-use mesh_core::{PublishRequest, Refusal, SessionKind};
 
-use super::ask::ask_master;
+use super::ask::suspend;
 use super::ctx;
 use super::refusals::refused;
 use super::waiting::PendingCmd;
@@ -20,8 +19,8 @@ use crate::conf::{self, AppConf, MainConf};
 use crate::nginx::rtmp::{Play, Publish, Session, Verdict};
 use crate::nginx::util::{now, now_ms};
 use crate::push::Pushes;
-use crate::registry::{self, Entry, Via};
-use crate::{link, route, transcode};
+use crate::registry::{self, Entry};
+use crate::{auth, route, transcode};
 
 /// Why a second publish or play on an admitted stream is refused.
 const ALREADY: &str = "already admitted on this connection";
@@ -47,64 +46,71 @@ pub fn node_of(s: Session) -> Arc<Node> {
 }
 
 pub fn publish(s: Session, cmd: Publish) -> Verdict {
-    if s.is_relay() || !mesh_on(s) {
+    if !mesh_on(s) {
         return Verdict::Next;
     }
-    let stream = cmd.name();
-    if let Err(why) = fresh(s, true) {
-        refused(s, Action::Publish, &stream, why);
-        return Verdict::Close;
+    let (stream, args, peer) = (cmd.name(), cmd.args(), s.peer());
+    let mut req = Request::rtmp(Action::Publish, &stream, &args, &peer);
+    req.relay = s.is_relay();
+    if !req.relay {
+        if let Err(why) = fresh(s, true) {
+            refused(s, Action::Publish, &stream, why);
+            return Verdict::Close;
+        }
     }
-    let args = cmd.args();
     let node = node_of(s);
-    let decision = node.context(now()).publish(PublishRequest { stream: &stream, args: &args });
-    match decision {
-        Ok(kind) => done(admit_publish(s, cmd, &node, &stream, &args, kind, Via::Table)),
-        Err(Refusal::UnknownStream | Refusal::WrongKey)
-            if MeshArgs::parse(&args).node.is_none() && link::has_master() =>
-        {
-            let key = MeshArgs::parse(&args).key.map(str::to_string);
-            ask_master(s, &node, Action::Publish, &stream, &args, key, PendingCmd::Publish(cmd))
-        }
-        Err(why) => {
-            refused(s, Action::Publish, &stream, why.as_str());
-            Verdict::Close
-        }
-    }
+    let outcome = auth::decide(&req, &node, now());
+    follow(s, PendingCmd::Publish(cmd), &node, outcome, Action::Publish, &stream)
 }
 
 pub fn play(s: Session, cmd: Play) -> Verdict {
+    if !mesh_on(s) {
+        return Verdict::Next;
+    }
+    let (stream, args, peer) = (cmd.name(), cmd.args(), s.peer());
+    let mut req = Request::rtmp(Action::Play, &stream, &args, &peer);
     // Relay sessions (our own pushes' local side, pulls) pass untouched.
-    if s.is_relay() || !mesh_on(s) {
-        return Verdict::Next;
-    }
-    let stream = cmd.name();
-    if let Err(why) = fresh(s, false) {
-        refused(s, Action::Play, &stream, why);
-        return Verdict::Close;
-    }
-    let args = cmd.args();
-    let node = node_of(s);
-    // Our own transcoder reads the stream: not a viewer.
-    let a = MeshArgs::parse(&args);
-    if a.node == Some(node.node_id.as_str())
-        && s.is_loopback()
-        && a.key.is_some_and(|k| transcode::take_credential(&stream, k))
-    {
-        return Verdict::Next;
-    }
-    let decision = node.context(now()).play(PublishRequest { stream: &stream, args: &args });
-    match decision {
-        // No viewer secret: with a master, the auth endpoint decides.
-        Ok(_) if !node.table.checks_viewer_tokens() && link::has_master() => {
-            let token = a.token.map(str::to_string);
-            ask_master(s, &node, Action::Play, &stream, &args, token, PendingCmd::Play(cmd))
+    req.relay = s.is_relay();
+    if !req.relay {
+        if let Err(why) = fresh(s, false) {
+            refused(s, Action::Play, &stream, why);
+            return Verdict::Close;
         }
-        Ok(_) => done(admit_play(s, cmd, &node, &stream, &args, Via::Table)),
-        Err(why) => {
-            refused(s, Action::Play, &stream, why.as_str());
+    }
+    req.loopback = s.is_loopback();
+    let node = node_of(s);
+    // Our own transcoder reads the stream (with its single-use credential): not a viewer.
+    req.own_transcoder =
+        req.transcoder_key(&node.node_id).is_some_and(|k| transcode::take_credential(&stream, k));
+    let outcome = auth::decide(&req, &node, now());
+    follow(s, PendingCmd::Play(cmd), &node, outcome, Action::Play, &stream)
+}
+
+/// Do what the decision says with a session's command.
+fn follow(
+    s: Session,
+    cmd: PendingCmd,
+    node: &Node,
+    outcome: Outcome,
+    action: Action,
+    stream: &str,
+) -> Verdict {
+    match outcome {
+        Outcome::Pass => Verdict::Next,
+        Outcome::Admit(a) => done(admit(s, cmd, node, a)),
+        Outcome::Refuse(why) => {
+            refused(s, action, stream, &why.to_string());
             Verdict::Close
         }
+        Outcome::Ask(ask) => suspend(s, cmd, ask),
+    }
+}
+
+/// Let an admitted command in (true: nginx-rtmp took it).
+pub fn admit(s: Session, cmd: PendingCmd, node: &Node, a: Admitted) -> bool {
+    match cmd {
+        PendingCmd::Publish(v) => admit_publish(s, v, node, a),
+        PendingCmd::Play(v) => admit_play(s, v, node, a),
     }
 }
 
@@ -139,19 +145,9 @@ fn fresh(s: Session, publish: bool) -> Result<(), &'static str> {
 
 /// Let a publish in: register it, pass it down the chain, start its pushes. True when
 /// nginx-rtmp took it.
-pub fn admit_publish(
-    s: Session,
-    cmd: Publish,
-    node: &Node,
-    stream: &str,
-    args: &str,
-    kind: SessionKind,
-    via: Via,
-) -> bool {
-    let source = match &kind {
-        SessionKind::NodePush { from } => Some(from.clone()),
-        _ => None,
-    };
+fn admit_publish(s: Session, cmd: Publish, node: &Node, a: Admitted) -> bool {
+    let stream = a.stream.clone();
+    let source = a.source().map(str::to_string);
     ngx::ngx_log_error!(
         crate::nginx::ffi::NGX_LOG_NOTICE,
         s.log(),
@@ -160,14 +156,7 @@ pub fn admit_publish(
         source.as_deref().unwrap_or("broadcaster"),
         s.peer()
     );
-    let entry = Entry::new(s, kind, stream.into(), args.into(), via);
-    if ctx::with_made(s, |c| {
-        c.unregister();
-        c.reg = Some(registry::add(entry));
-        c.published_at = Some(now_ms());
-    })
-    .is_none()
-    {
+    if !register(s, a, true) {
         return false;
     }
     let passed = cmd.pass_on(s);
@@ -177,28 +166,36 @@ pub fn admit_publish(
         ctx::with(s, |c| c.unregister());
         return passed;
     }
-    let plan = node.plan_pushes(stream, source.as_deref());
+    let plan = node.plan_pushes(&stream, source.as_deref());
     if !plan.is_empty() {
-        let pushes = Pushes::start(s, stream, &plan);
+        let pushes = Pushes::start(s, &stream, &plan);
         ctx::with(s, |c| c.pushes = pushes);
     }
-    route::published(stream);
+    route::published(&stream);
     passed
 }
 
 /// Let a viewer in: register it, ask for a route when the stream is not here, pass it on.
-pub fn admit_play(s: Session, cmd: Play, node: &Node, stream: &str, args: &str, via: Via) -> bool {
-    let entry = Entry::new(s, SessionKind::Viewer, stream.into(), args.into(), via);
-    if ctx::with_made(s, |c| {
-        c.unregister();
-        c.reg = Some(registry::add(entry));
-    })
-    .is_none()
-    {
+fn admit_play(s: Session, cmd: Play, node: &Node, a: Admitted) -> bool {
+    let stream = a.stream.clone();
+    if !register(s, a, false) {
         return false;
     }
-    route::wanted(node, stream);
+    route::wanted(node, &stream);
     cmd.pass_on(s)
+}
+
+/// The session's registry entry (replacing any), and for a publish when it was passed on.
+fn register(s: Session, a: Admitted, publish: bool) -> bool {
+    let entry = Entry::new(s, a);
+    ctx::with_made(s, |c| {
+        c.unregister();
+        c.reg = Some(registry::add(entry));
+        if publish {
+            c.published_at = Some(now_ms());
+        }
+    })
+    .is_some()
 }
 
 pub fn close_stream(s: Session) {
@@ -206,7 +203,7 @@ pub fn close_stream(s: Session) {
     let published = ctx::with(s, |c| {
         c.pushes = None;
         let published =
-            c.reg.and_then(|id| registry::with(id, |e| e.is_publisher().then(|| e.stream.clone())));
+            c.reg.and_then(|id| registry::with(id, |e| e.is_publisher().then(|| e.stream().to_string())));
         c.unregister();
         c.cancel_pending();
         published.flatten()

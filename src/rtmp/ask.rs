@@ -6,54 +6,36 @@
 //! Sessions admitted by the endpoint are asked about again when its answer runs out
 //! ([`ask_again`], every second); the second word keeps or drops them ([`recheck_answer`]).
 
+use mesh_core::admission::{Ask, Outcome, Verdict as Recheck};
+use mesh_core::auth::{Answer, Question, Waiter};
 use mesh_core::handles::Handle;
 use mesh_core::node::Node;
-use mesh_core::wire::{Action, AuthRequest};
-use mesh_core::{Refusal, SessionKind};
 
-use super::admit::{admit_play, admit_publish, done, node_of};
+use super::admit::{admit, node_of};
 use super::ctx;
 use super::refusals::refused;
 use super::table::drop_session;
 use super::waiting::{self, PendingCmd, Waiting};
-use crate::auth::{self, Answer, AskError, Question, Waiter};
+use crate::auth;
 use crate::nginx::rtmp::{Session, Verdict};
 use crate::nginx::util::now;
-use crate::registry::{self, Via};
+use crate::registry;
 
-/// Ask the auth endpoint about a session the table cannot decide: a cached answer applies at
-/// once; otherwise the session is suspended with its command kept, under a handle.
-pub fn ask_master(
-    s: Session,
-    node: &Node,
-    action: Action,
-    stream: &str,
-    args: &str,
-    credential: Option<String>,
-    cmd: PendingCmd,
-) -> Verdict {
-    let question = Question::new(action, stream, credential.as_deref());
-    if let Some(a) = auth::cached(&question, now()) {
-        return done(apply_answer(s, node, stream, args, cmd, &a));
-    }
+/// Suspend a session the master is to decide, its command kept, under a handle, and ask.
+pub fn suspend(s: Session, cmd: PendingCmd, ask: Ask) -> Verdict {
+    let action = ask.request.action;
+    let stream = ask.request.stream.clone();
     if ctx::with_made(s, |_| ()).is_none() {
         return Verdict::Close;
     }
-    let req = request(node, action, stream, credential, s.peer());
+    let req = ask.request.clone();
     // The entry first (its handle is the waiter), then the question.
-    let w = Waiting {
-        s,
-        cmd,
-        stream: stream.into(),
-        args: args.into(),
-        question,
-        call: Handle::from_u64(u64::MAX),
-    };
+    let w = Waiting { s, cmd, ask, call: Handle::from_u64(u64::MAX) };
     let Some(h) = waiting::suspend(w) else {
-        refused(s, action, stream, "busy");
+        refused(s, action, &stream, "busy");
         return Verdict::Close;
     };
-    match auth::ask(Waiter::Session(h), req) {
+    match auth::ask(Waiter::Session(h), &req) {
         Ok(call) => {
             waiting::set_call(h, call);
             ctx::with(s, |c| c.pending = Some(h));
@@ -61,52 +43,8 @@ pub fn ask_master(
         }
         Err(e) => {
             waiting::cancel(h);
-            let why = match e {
-                AskError::Busy => "busy",
-                AskError::Unavailable => "auth endpoint unavailable",
-            };
-            refused(s, action, stream, why);
+            refused(s, action, &stream, &e.to_string());
             Verdict::Close
-        }
-    }
-}
-
-/// The auth request about `stream` for `action` with `credential` (a publisher's key, a
-/// viewer's token).
-fn request(
-    node: &Node,
-    action: Action,
-    stream: &str,
-    credential: Option<String>,
-    addr: String,
-) -> AuthRequest {
-    let (key, token) = match action {
-        Action::Publish => (credential, None),
-        Action::Play => (None, credential),
-    };
-    AuthRequest { node_id: node.node_id.clone(), action, stream: stream.into(), key, token, addr }
-}
-
-/// Apply the master's answer to a waiting command: admit it (with the role rules of the
-/// current node) or refuse it. True when passed on.
-fn apply_answer(s: Session, node: &Node, stream: &str, args: &str, cmd: PendingCmd, a: &Answer) -> bool {
-    let action = match cmd {
-        PendingCmd::Publish(_) => Action::Publish,
-        PendingCmd::Play(_) => Action::Play,
-    };
-    if !a.allow {
-        refused(s, action, stream, &format!("auth: {}", a.reason));
-        return false;
-    }
-    let via = Via::Auth { until: a.until };
-    match cmd {
-        PendingCmd::Publish(v) if node.role.takes_broadcasters() => {
-            admit_publish(s, v, node, stream, args, SessionKind::Broadcaster, via)
-        }
-        PendingCmd::Play(v) if node.role.serves_viewers() => admit_play(s, v, node, stream, args, via),
-        _ => {
-            refused(s, action, stream, Refusal::WrongRole.as_str());
-            false
         }
     }
 }
@@ -137,51 +75,45 @@ pub fn resume(h: Handle, question: &Question, a: &Answer) {
     if waits != Some(true) {
         return;
     }
+    // The role rules of the node now (it may have changed while the question was out).
     let node = node_of(s);
-    if !apply_answer(s, &node, &w.stream, &w.args, w.cmd, a) {
+    let passed = match w.ask.answered(node.role, a) {
+        Outcome::Admit(adm) => admit(s, w.cmd, &node, adm),
+        Outcome::Refuse(why) => {
+            refused(s, w.ask.request.action, &w.ask.request.stream, &why.to_string());
+            false
+        }
+        Outcome::Pass | Outcome::Ask(_) => false,
+    };
+    if !passed {
         s.finalize();
     }
 }
 
 /// The auth endpoint's second word on a session it had admitted.
 pub fn recheck_answer(rid: u64, q: &Question, a: &Answer) {
-    let failed = a.reason.starts_with("auth endpoint failed");
+    let now = now();
     let gone = registry::with(rid, |e| {
-        if e.recheck.take().is_none() || registry::question(e) != *q {
-            // Not the question this session waits on: nothing to apply.
-            return None;
-        }
-        if a.allow {
-            e.via = Via::Auth { until: a.until };
-            None
-        } else if failed {
-            // Unreachable is no deny: keep the session, ask again later.
-            e.via = Via::Auth { until: now() + 30 };
-            None
-        } else {
-            Some((e.s, e.is_publisher(), e.stream.clone()))
+        e.recheck.take()?;
+        match e.admitted.on_answer(q, a, now)? {
+            Recheck::Keep => None,
+            Recheck::Drop(why) => Some((e.s, e.is_publisher(), e.stream().to_string(), why)),
         }
     });
-    if let Some(Some((s, publisher, stream))) = gone {
-        drop_session(rid, s, publisher, &stream, &format!("auth: {}", a.reason));
+    if let Some(Some((s, publisher, stream, why))) = gone {
+        drop_session(rid, s, publisher, &stream, &why.to_string());
     }
 }
 
 /// Sessions admitted by the auth endpoint whose answer ran out are asked about again.
 pub fn ask_again(node: &Node) {
     let now = now();
-    let due = registry::sweep(|e| match e.via {
-        Via::Auth { until } if until <= now && e.recheck.is_none() => {
-            Some((registry::credential(e), e.stream.clone()))
-        }
-        _ => None,
+    let due = registry::sweep(|e| {
+        (e.admitted.due(now) && e.recheck.is_none()).then(|| e.admitted.ask(&node.node_id, &e.s.peer()))
     });
-    for (rid, s, item) in due {
-        let Some(((action, credential), stream)) = item else {
-            continue;
-        };
-        let req = request(node, action, &stream, credential, s.peer());
-        if let Ok(h) = auth::ask(Waiter::Recheck(rid), req) {
+    for (rid, _, ask) in due {
+        let Some(ask) = ask else { continue };
+        if let Ok(h) = auth::ask(Waiter::Recheck(rid), &ask.request) {
             registry::with(rid, |e| e.recheck = Some(h));
         }
     }

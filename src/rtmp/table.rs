@@ -11,13 +11,19 @@ use super::refusals::dropped;
 use crate::nginx::rtmp::Session;
 use crate::nginx::util::now;
 use crate::push::Pushes;
-use crate::registry::{self, Verdict};
+use crate::registry;
+use mesh_core::admission::Verdict;
 
 /// Check every admitted session against `node` (`why_now` says what changed, for the log).
 pub fn apply(node: &Node, why_now: &str) {
     let now = now();
     let verdicts = registry::sweep(|e| {
-        (registry::recheck(e, node, now), e.stream.clone(), e.source().map(str::to_string), e.is_publisher())
+        (
+            e.admitted.recheck(node, now),
+            e.stream().to_string(),
+            e.source().map(str::to_string),
+            e.is_publisher(),
+        )
     });
     for (id, s, (verdict, stream, source, publisher)) in verdicts {
         match verdict {

@@ -10,7 +10,10 @@ use std::cell::RefCell;
 
 use mesh_core::handles::{Handle, Handles};
 
-use crate::auth::{self, Question};
+use mesh_core::admission::Ask;
+use mesh_core::auth::Question;
+
+use crate::auth;
 use crate::nginx::rtmp::{Play, Publish, Session};
 
 /// A command kept while the auth endpoint is asked.
@@ -22,9 +25,8 @@ pub enum PendingCmd {
 pub struct Waiting {
     pub s: Session,
     pub cmd: PendingCmd,
-    pub stream: String,
-    pub args: String,
-    pub question: Question,
+    /// What was asked (the answer applies to exactly this question).
+    pub ask: Ask,
     /// The question's handle in auth.rs.
     pub call: Handle,
 }
@@ -62,7 +64,7 @@ pub fn cancel(h: Handle) {
 /// left (a late answer) or waits for another question.
 pub fn take(h: Handle, question: &Question) -> Option<Waiting> {
     WAITING.with_borrow_mut(|t| {
-        if t.get(h).is_some_and(|w| w.question == *question) {
+        if t.get(h).is_some_and(|w| w.ask.question == *question) {
             t.remove(h)
         } else {
             None
