@@ -5,7 +5,7 @@
 #   make mesh    build, then run the master and four nodes on loopback (Ctrl-C stops them)
 #   make test    build, then run every test (unit tests, then t/*.t with prove)
 #   make stock   build the module against Debian's stock nginx (nginx-dev) into dist/stock/
-#   make check   cargo fmt --check, clippy -D warnings, cargo test
+#   make check   the glue's layers (scripts/check-layers.py), cargo fmt --check, clippy -D warnings, cargo test
 
 SHELL := /bin/bash
 TOP := $(CURDIR)
@@ -55,6 +55,7 @@ stock: sources
 	@bash scripts/build-stock.sh
 
 check: nginx
+	@python3 scripts/check-layers.py src
 	@$(CARGO) fmt --all --check
 	@$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	@$(CARGO) test --locked -p mesh-core -p mesh-agent -p mesh-master

@@ -25,7 +25,6 @@ use ngx::ngx_conf_log_error;
 use parking_lot::RwLock;
 
 use crate::nginx::ffi::*;
-use crate::nginx::rtmp::ctx_index;
 use crate::nginx::util::{guard, pool_new, CONF_ERROR, CONF_OK};
 
 /// `mesh_auth_pending_max`: auth questions about unknown credentials waiting per worker.
@@ -137,26 +136,13 @@ pub(crate) unsafe fn main_conf<'a>(conf: *mut c_void) -> &'a mut MainConf {
     unsafe { &mut *conf.cast::<MainConf>() }
 }
 
-extern "C" {
-    /// nginx-rtmp's core module (not declared in its headers).
-    static mut ngx_rtmp_module: ngx_module_t;
-}
-
 /// Our rtmp main conf in a cycle (None without an rtmp{} block).
 ///
 /// # Safety
-/// `cycle` is the current cycle, or one being configured whose rtmp{} block is parsed.
+/// `cycle` is the current cycle, or one whose rtmp{} block is parsed.
 pub unsafe fn cycle_main_conf<'a>(cycle: *mut ngx_cycle_t) -> Option<&'a MainConf> {
-    // SAFETY: conf_ctx has a slot per module; rtmp's holds its ngx_rtmp_conf_ctx_t, whose
-    // main_conf array has our slot at our ctx_index.
-    unsafe {
-        let idx = (*addr_of!(ngx_rtmp_module)).index;
-        let ctx = (*(*cycle).conf_ctx.add(idx)).cast::<ngx_rtmp_conf_ctx_t>();
-        if ctx.is_null() {
-            return None;
-        }
-        (*(*ctx).main_conf.add(ctx_index())).cast::<MainConf>().as_ref()
-    }
+    // SAFETY: as the caller guarantees; MainConf is our main conf type.
+    unsafe { crate::nginx::rtmp::cycle_main_conf::<MainConf>(cycle) }
 }
 
 /// `f` of the worker's current main conf, if there is an rtmp{} block.

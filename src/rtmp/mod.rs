@@ -1,6 +1,7 @@
 //! The RTMP side of a node: who may publish and play, and what an admitted session starts.
 //!
-//! * [`admit`]: the publish, play and closeStream hooks at the head of nginx-rtmp's chains;
+//! * [`hooks`]: the publish, play and closeStream hooks at the head of nginx-rtmp's chains;
+//! * [`admit`]: an admitted session let in (registered, passed on, its pushes started);
 //! * [`ask`]: sessions the table cannot decide wait for the master (netcall-style), and
 //!   admitted ones whose answer ran out are asked about again;
 //! * [`waiting`]: the suspended sessions, under handles;
@@ -14,6 +15,7 @@
 mod admit;
 pub mod ask;
 mod ctx;
+mod hooks;
 mod protocol;
 mod refusals;
 pub mod table;
@@ -26,7 +28,7 @@ pub use refusals::refusals;
 pub use table::{push_figures, push_status};
 pub use waiting::len as suspended;
 
-static HOOKS: Hooks = Hooks { publish: admit::publish, play: admit::play, close_stream: admit::close_stream };
+static HOOKS: Hooks = Hooks { publish: hooks::publish, play: hooks::play, close_stream: hooks::close_stream };
 
 /// Put our hooks in nginx-rtmp's chains and message handlers.
 ///

@@ -1,0 +1,241 @@
+//! nginx-rtmp as the layers above see it: a [`Session`] handle instead of a session pointer
+//! (here, with relay pushes), and in [`chains`] the commands a session sends ([`Publish`],
+//! [`Play`]), the handler chains we head (nginx-rtmp's `next_publish` pattern) and the message
+//! handlers we put first.
+//!
+//! A [`Session`] is made only here, from a session nginx-rtmp hands to one of our handlers, and
+//! is kept only by what leaves with the session: our per-session context (dropped with the
+//! connection's pool) removes every record that holds one. So a `Session` in hand is a live
+//! session, on the event loop; it never crosses to another thread (it is neither `Send` nor
+//! `Sync`).
+
+mod chains;
+
+pub use chains::{hook_chains, hook_message, Hooks, Play, Publish, Verdict};
+
+use std::ffi::c_void;
+use std::marker::PhantomData;
+use std::ptr::{addr_of, addr_of_mut, NonNull};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::ffi::*;
+use super::util::{pool_new, str_bytes};
+
+/// A live RTMP session (see the module's comment for why it stays live).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Session {
+    s: NonNull<ngx_rtmp_session_t>,
+    /// Not Send, not Sync: event loop only.
+    _loop: PhantomData<*mut ()>,
+}
+
+/// The rtmp ctx index of the module that keeps per-session contexts (set at configuration).
+static CTX_INDEX: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Record the module's rtmp ctx index (its slot in main_conf/app_conf/ctx arrays).
+pub fn set_ctx_index(i: usize) {
+    CTX_INDEX.store(i, Ordering::Relaxed);
+}
+
+/// The module's rtmp ctx index.
+pub fn ctx_index() -> usize {
+    CTX_INDEX.load(Ordering::Relaxed)
+}
+
+impl Session {
+    /// # Safety
+    /// `s` is a live session handed to us by nginx-rtmp, on the event loop.
+    pub(in crate::nginx) unsafe fn from_raw(s: *mut ngx_rtmp_session_t) -> Option<Session> {
+        NonNull::new(s).map(|s| Session { s, _loop: PhantomData })
+    }
+
+    pub(in crate::nginx) fn raw(self) -> *mut ngx_rtmp_session_t {
+        self.s.as_ptr()
+    }
+
+    /// The session's connection.
+    fn conn(self) -> *mut ngx_connection_t {
+        // SAFETY: a live session has its connection.
+        unsafe { (*self.raw()).connection }
+    }
+
+    /// The connection's log.
+    pub fn log(self) -> *mut ngx_log_t {
+        // SAFETY: a live connection has its log.
+        unsafe { (*self.conn()).log }
+    }
+
+    /// The connection's pool (strings handed to nginx for the session's life go there).
+    pub fn pool(self) -> *mut ngx_pool_t {
+        // SAFETY: a live connection has its pool.
+        unsafe { (*self.conn()).pool }
+    }
+
+    /// The client's address as text.
+    pub fn peer(self) -> String {
+        // SAFETY: addr_text is set for every accepted connection (and empty for relays).
+        unsafe { String::from_utf8_lossy(str_bytes(&(*self.conn()).addr_text)).into_owned() }
+    }
+
+    /// The application the client connected to.
+    pub fn app(self) -> String {
+        // SAFETY: the session's app string lives in its pool.
+        unsafe { String::from_utf8_lossy(str_bytes(&(*self.raw()).app)).into_owned() }
+    }
+
+    /// One of nginx-rtmp's relay sessions (a push's local side, a pull)?
+    pub fn is_relay(self) -> bool {
+        // SAFETY: live session.
+        unsafe { (*self.raw()).relay() == 1 }
+    }
+
+    /// Finalized already (its close posted)?
+    pub fn is_closing(self) -> bool {
+        // SAFETY: live connection.
+        unsafe { (*self.conn()).destroyed() == 1 }
+    }
+
+    /// Close the session (nginx-rtmp posts the close; the session stays valid until then).
+    pub fn finalize(self) {
+        // SAFETY: live session, on the event loop.
+        unsafe { ngx_rtmp_finalize_session(self.raw()) }
+    }
+
+    /// Bytes received and sent so far (wrapping counters).
+    pub fn bytes(self) -> (u32, u32) {
+        // SAFETY: live session.
+        unsafe { ((*self.raw()).in_bytes, (*self.raw()).out_bytes) }
+    }
+
+    /// Does the session come from this machine (IPv4 loopback, ::1, or IPv4-mapped loopback)?
+    pub fn is_loopback(self) -> bool {
+        // SAFETY: the connection's sockaddr is of the family it says.
+        unsafe {
+            let sa = (*self.conn()).sockaddr;
+            if sa.is_null() {
+                return false;
+            }
+            match (*sa).sa_family as u32 {
+                AF_INET => u32::from_be((*sa.cast::<sockaddr_in>()).sin_addr.s_addr) >> 24 == 127,
+                AF_INET6 => {
+                    let a =
+                        std::net::Ipv6Addr::from((*sa.cast::<sockaddr_in6>()).sin6_addr.__in6_u.__u6_addr8);
+                    a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+                }
+                _ => false,
+            }
+        }
+    }
+
+    /// Did nginx-rtmp's live module take this session as its stream's publisher?
+    pub fn is_live_publisher(self) -> bool {
+        // SAFETY: the live module's ctx slot holds null or its ngx_rtmp_live_ctx_t.
+        unsafe {
+            let idx = (*addr_of!(ngx_rtmp_live_module)).ctx_index;
+            let ctx = (*(*self.raw()).ctx.add(idx)).cast::<ngx_rtmp_live_ctx_t>();
+            !ctx.is_null() && !(*ctx).stream.is_null() && (*ctx).publishing() == 1
+        }
+    }
+
+    /// Our main conf for this session.
+    ///
+    /// # Safety
+    /// `T` is the type of the module's rtmp main conf.
+    pub unsafe fn main_conf<'a, T>(self) -> Option<&'a T> {
+        // SAFETY: the rtmp core fills s->main_conf with every rtmp module's main conf, ours of
+        // type T as the caller says; it lives as long as the cycle.
+        unsafe { (*(*self.raw()).main_conf.add(ctx_index())).cast::<T>().as_ref() }
+    }
+
+    /// Our application conf (None before `connect` chose an application).
+    ///
+    /// # Safety
+    /// `T` is the type of the module's rtmp app conf.
+    pub unsafe fn app_conf<'a, T>(self) -> Option<&'a T> {
+        // SAFETY: app_conf is null until connect, then the application's conf array.
+        unsafe {
+            let app = (*self.raw()).app_conf;
+            if app.is_null() {
+                return None;
+            }
+            (*app.add(ctx_index())).cast::<T>().as_ref()
+        }
+    }
+
+    /// Our per-session context, if made.
+    ///
+    /// # Safety
+    /// `T` is the one type the module keeps in its ctx slot; no other reference to it is
+    /// alive (event loop: callers take it, use it and let it go).
+    pub unsafe fn ctx<'a, T>(self) -> Option<&'a mut T> {
+        // SAFETY: s->ctx has a slot per rtmp module; ours holds null or our T.
+        unsafe { (*(*self.raw()).ctx.add(ctx_index())).cast::<T>().as_mut() }
+    }
+
+    /// Our per-session context, made on first use in the connection's pool (dropped with it).
+    ///
+    /// # Safety
+    /// As [`Session::ctx`].
+    pub unsafe fn ctx_or_default<'a, T: Default>(self) -> Option<&'a mut T> {
+        // SAFETY: as in ctx; pool_new drops the value when the connection's pool goes.
+        unsafe {
+            if let Some(c) = self.ctx::<T>() {
+                return Some(c);
+            }
+            let p = pool_new(self.pool(), T::default());
+            *(*self.raw()).ctx.add(ctx_index()) = p.cast();
+            p.as_mut()
+        }
+    }
+
+    /// Start a relay push of `name` to `target` (both in the session's pool or longer-lived).
+    pub fn relay_push(self, name: &mut ngx_str_t, target: &mut ngx_rtmp_relay_target_t) {
+        // SAFETY: live publishing session; nginx-rtmp copies what it keeps of the target.
+        unsafe { ngx_rtmp_relay_push(self.raw(), name, target) };
+    }
+
+    /// The relay pushes of this session tagged `tag`: each one's `data` and its session, if
+    /// connected.
+    pub fn relay_pushes(self, tag: *mut c_void) -> Vec<(usize, Option<Session>)> {
+        let mut out = Vec::new();
+        // SAFETY: the relay module's ctx for this session lists its pushes in `play`; each
+        // entry stays valid while linked, and its session is live while set.
+        unsafe {
+            let idx = (*addr_of_mut!(ngx_rtmp_relay_module)).ctx_index;
+            let rctx = (*(*self.raw()).ctx.add(idx)).cast::<ngx_rtmp_relay_ctx_t>();
+            if rctx.is_null() {
+                return out;
+            }
+            let mut p = (*rctx).play;
+            while !p.is_null() {
+                if (*p).tag == tag {
+                    out.push(((*p).data as usize, Session::from_raw((*p).session)));
+                }
+                p = (*p).next;
+            }
+        }
+        out
+    }
+}
+
+extern "C" {
+    /// nginx-rtmp's core module (not declared in its headers).
+    static mut ngx_rtmp_module: ngx_module_t;
+}
+
+/// Our rtmp main conf in a cycle (None without an rtmp{} block).
+///
+/// # Safety
+/// `cycle` is the current cycle, or one whose rtmp{} block is parsed; `T` is our main conf type.
+pub unsafe fn cycle_main_conf<'a, T>(cycle: *mut ngx_cycle_t) -> Option<&'a T> {
+    // SAFETY: conf_ctx has a slot per module; rtmp's holds its ngx_rtmp_conf_ctx_t, whose
+    // main_conf array has our slot at our ctx_index.
+    unsafe {
+        let idx = (*addr_of!(ngx_rtmp_module)).index;
+        let ctx = (*(*cycle).conf_ctx.add(idx)).cast::<ngx_rtmp_conf_ctx_t>();
+        if ctx.is_null() {
+            return None;
+        }
+        (*(*ctx).main_conf.add(ctx_index())).cast::<T>().as_ref()
+    }
+}

@@ -1,0 +1,136 @@
+//! The publish, play and closeStream hooks at the head of nginx-rtmp's chains: the checks
+//! before any decision, the decision, and what it says (let in, refuse, or ask the master).
+//!
+//! Decisions are made in-process against the node's snapshot (mesh-core): no I/O on the event
+//! loop. With a master, a broadcaster key or a viewer the table cannot decide is asked about in
+//! the background ([`super::ask`]) while the session waits. A refusal closes the session and
+//! writes one error-log line ([`super::refusals`]).
+
+use mesh_core::admission::{Outcome, Request};
+use mesh_core::node::Node;
+use mesh_core::wire::Action;
+
+use super::admit::{admit, done, node_of};
+use super::ask::suspend;
+use super::ctx;
+use super::refusals::refused;
+use super::waiting::PendingCmd;
+use crate::conf::AppConf;
+use crate::nginx::rtmp::{Play, Publish, Session, Verdict};
+use crate::nginx::util::{now, now_ms};
+use crate::registry;
+use crate::{auth, transcode};
+
+/// Why a second publish or play on an admitted stream is refused.
+const ALREADY: &str = "already admitted on this connection";
+
+/// Why a publish right after another on the same connection is refused.
+const TOO_SOON: &str = "publishing again too soon";
+/// The least time between two publishes on one connection. Each starts the stream's pushes:
+/// a client sending publish and deleteStream in a loop would open connections to the root
+/// relays faster than the closed ones go (they close on the next turn of the event loop),
+/// until nginx logs `worker_connections are not enough`.
+const PUBLISH_AGAIN_MS: u64 = 1000;
+
+/// Is the mesh on for this session's application?
+fn mesh_on(s: Session) -> bool {
+    // SAFETY: AppConf is our rtmp app conf type.
+    unsafe { s.app_conf::<AppConf>() }.is_some_and(|a| a.mesh == 1)
+}
+
+pub fn publish(s: Session, cmd: Publish) -> Verdict {
+    if !mesh_on(s) {
+        return Verdict::Next;
+    }
+    let (stream, args, peer) = (cmd.name(), cmd.args(), s.peer());
+    let mut req = Request::rtmp(Action::Publish, &stream, &args, &peer);
+    req.relay = s.is_relay();
+    if !req.relay {
+        if let Err(why) = fresh(s, true) {
+            refused(s, Action::Publish, &stream, why);
+            return Verdict::Close;
+        }
+    }
+    let node = node_of(s);
+    let outcome = auth::decide(&req, &node, now());
+    follow(s, PendingCmd::Publish(cmd), &node, outcome, Action::Publish, &stream)
+}
+
+pub fn play(s: Session, cmd: Play) -> Verdict {
+    if !mesh_on(s) {
+        return Verdict::Next;
+    }
+    let (stream, args, peer) = (cmd.name(), cmd.args(), s.peer());
+    let mut req = Request::rtmp(Action::Play, &stream, &args, &peer);
+    // Relay sessions (our own pushes' local side, pulls) pass untouched.
+    req.relay = s.is_relay();
+    if !req.relay {
+        if let Err(why) = fresh(s, false) {
+            refused(s, Action::Play, &stream, why);
+            return Verdict::Close;
+        }
+    }
+    req.loopback = s.is_loopback();
+    let node = node_of(s);
+    // Our own transcoder reads the stream (with its single-use credential): not a viewer.
+    req.own_transcoder =
+        req.transcoder_key(&node.node_id).is_some_and(|k| transcode::take_credential(&stream, k));
+    let outcome = auth::decide(&req, &node, now());
+    follow(s, PendingCmd::Play(cmd), &node, outcome, Action::Play, &stream)
+}
+
+/// Do what the decision says with a session's command.
+fn follow(
+    s: Session,
+    cmd: PendingCmd,
+    node: &Node,
+    outcome: Outcome,
+    action: Action,
+    stream: &str,
+) -> Verdict {
+    match outcome {
+        Outcome::Pass => Verdict::Next,
+        Outcome::Admit(a) => done(admit(s, cmd, node, a)),
+        Outcome::Refuse(why) => {
+            refused(s, action, stream, &why.to_string());
+            Verdict::Close
+        }
+        Outcome::Ask(ask) => suspend(s, cmd, ask),
+    }
+}
+
+/// Checks before any decision: one stream per connection — nginx-rtmp's live module answers
+/// another publish or play on an admitted session with "already joined" and keeps the first
+/// stream; passing it on would register the new name and start the pushes again (a client
+/// that wants another stream closes this one first: closeStream, deleteStream, play2 do) —
+/// and a publish at most every [`PUBLISH_AGAIN_MS`]. A command still waiting for the master is
+/// replaced: its question is taken back, so its answer can never admit the new one.
+fn fresh(s: Session, publish: bool) -> Result<(), &'static str> {
+    ctx::with(s, |c| {
+        if c.reg.is_some() {
+            return Err(ALREADY);
+        }
+        if publish && c.published_at.is_some_and(|t| now_ms().wrapping_sub(t) < PUBLISH_AGAIN_MS) {
+            return Err(TOO_SOON);
+        }
+        c.cancel_pending();
+        Ok(())
+    })
+    .unwrap_or(Ok(()))
+}
+
+pub fn close_stream(s: Session) {
+    // Stops the push retries; nginx-rtmp's relay module closes the pushes.
+    let published = ctx::with(s, |c| {
+        c.pushes = None;
+        let published =
+            c.reg.and_then(|id| registry::with(id, |e| e.is_publisher().then(|| e.stream().to_string())));
+        c.unregister();
+        c.cancel_pending();
+        published.flatten()
+    })
+    .flatten();
+    if let Some(stream) = published {
+        transcode::stop(&stream, "publisher left");
+    }
+}
