@@ -6,13 +6,15 @@
 //!   panic guard ([`every`]).
 //! * [`Timer`] is for the one thing those tasks cannot be: a timer that keeps a quitting worker
 //!   alive until it fires (nginx waits for non-cancelable timers), for a child being stopped.
+//! * [`Pipe`] is a descriptor of ours (a child's output) as an nginx connection: its readable
+//!   event calls `f(key)`; the owner finds what the key names, and may drop the pipe right there.
 //! * [`Wake`] is a socket pair whose read end is an nginx read event: threads write a byte, the
 //!   loop runs the handler. (Never `ngx_notify`: thread pools own its one slot.)
 
 use std::io::Write;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::ptr::NonNull;
+use std::ptr::{addr_of_mut, NonNull};
 use std::time::Duration;
 
 pub use ngx::async_::{sleep, spawn, Task};
@@ -32,7 +34,6 @@ pub fn every(period: Duration, mut step: impl FnMut() + 'static) -> Task<()> {
 }
 
 /// Run `f` once after `delay`, unless the task is dropped first.
-#[allow(dead_code)] // for the transcodes, next
 pub fn after(delay: Duration, f: impl FnOnce() + 'static) -> Task<()> {
     spawn(async move {
         sleep(delay).await;
@@ -40,7 +41,6 @@ pub fn after(delay: Duration, f: impl FnOnce() + 'static) -> Task<()> {
     })
 }
 
-#[allow(dead_code)] // for the transcodes, next
 struct Slot {
     ev: ngx_event_t,
     f: fn(u64),
@@ -50,12 +50,10 @@ struct Slot {
 /// A timer that calls `f(key)` when it fires. Its event lives at a fixed address (its own
 /// allocation, reached only through a raw pointer) and is deleted when the timer is dropped; `f`
 /// may drop the timer itself (nothing of it is touched after `f` is called).
-#[allow(dead_code)] // for the transcodes, next
 pub struct Timer {
     slot: NonNull<Slot>,
 }
 
-#[allow(dead_code)] // for the transcodes, next
 impl Timer {
     /// A timer of `key`; `cancelable`: whether a quitting worker may exit while it is set.
     pub fn new(f: fn(u64), key: u64, cancelable: bool) -> Timer {
@@ -94,12 +92,6 @@ impl Timer {
             unsafe { ngx_del_timer(self.ev()) }
         }
     }
-
-    /// Let a quitting worker exit while it is set, or not.
-    pub fn set_cancelable(&mut self, yes: bool) {
-        // SAFETY: our event.
-        unsafe { (*self.ev()).set_cancelable(u32::from(yes)) }
-    }
 }
 
 impl Drop for Timer {
@@ -110,13 +102,113 @@ impl Drop for Timer {
     }
 }
 
-#[allow(dead_code)] // for the transcodes, next
 unsafe extern "C" fn fire(ev: *mut ngx_event_t) {
     guard((), || {
         // SAFETY: the event is a Slot's (data points at it), alive while its timer is set;
         // f and key are copied out before f runs, which may free the slot.
         let (f, key) = unsafe {
             let slot = (*ev).data.cast::<Slot>();
+            ((*slot).f, (*slot).key)
+        };
+        f(key);
+    })
+}
+
+/// Why a descriptor cannot be watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipeError {
+    /// `worker_connections` are all in use.
+    NoConnection,
+    /// The event module refused it.
+    NotWatched,
+}
+
+impl std::fmt::Display for PipeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PipeError::NoConnection => "no free connection",
+            PipeError::NotWatched => "cannot watch it",
+        })
+    }
+}
+
+/// A descriptor we read (non-blocking), as an nginx connection whose readable event calls
+/// `f(key)`. `f` reads through [`Pipe::fd`], then says what next ([`Pipe::again`],
+/// [`Pipe::wait`]) or drops the pipe (nothing of it is touched after `f` is called). Dropping
+/// it closes the connection and the descriptor.
+pub struct Pipe {
+    conn: NonNull<ngx_connection_t>,
+    slot: NonNull<PipeSlot>,
+}
+
+struct PipeSlot {
+    f: fn(u64),
+    key: u64,
+}
+
+impl Pipe {
+    /// Watch `fd` (closed on failure).
+    pub fn new(fd: OwnedFd, f: fn(u64), key: u64) -> Result<Pipe, PipeError> {
+        let log = ngx::log::ngx_cycle_log().as_ptr();
+        // SAFETY: on the event loop; ngx_get_connection takes the descriptor only when it returns
+        // a connection.
+        let c = unsafe { ngx_get_connection(fd.as_raw_fd(), log) };
+        let Some(conn) = NonNull::new(c) else { return Err(PipeError::NoConnection) };
+        let _ = fd.into_raw_fd();
+        let slot = NonNull::from(Box::leak(Box::new(PipeSlot { f, key })));
+        let pipe = Pipe { conn, slot };
+        // SAFETY: the connection was just made; its data is our slot, which outlives it (drop).
+        unsafe {
+            (*c).data = slot.as_ptr().cast();
+            (*c).log = log;
+            (*(*c).read).handler = Some(readable);
+            (*(*c).read).log = log;
+        }
+        // From here on, dropping `pipe` closes the connection.
+        if pipe.wait() {
+            Ok(pipe)
+        } else {
+            Err(PipeError::NotWatched)
+        }
+    }
+
+    /// The descriptor, to read it.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the connection owns this descriptor until the pipe is dropped.
+        unsafe { BorrowedFd::borrow_raw((*self.conn.as_ptr()).fd) }
+    }
+
+    /// There is more to read: call `f` again later in this loop iteration (other events first).
+    pub fn again(&self) {
+        // SAFETY: our connection's read event, on the event loop; closing the connection
+        // deletes it from the posted queue.
+        unsafe { ngx_post_event((*self.conn.as_ptr()).read, addr_of_mut!(ngx_posted_events)) }
+    }
+
+    /// All read: call `f` when it is readable again. False when the event module refuses.
+    pub fn wait(&self) -> bool {
+        // SAFETY: our connection's read event, on the event loop.
+        unsafe { ngx_handle_read_event((*self.conn.as_ptr()).read, 0) == NGX_OK as ngx_int_t }
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        // SAFETY: our connection (its timers and posted events go with it), then our slot, made
+        // by Box::leak in new and freed once here.
+        unsafe {
+            ngx_close_connection(self.conn.as_ptr());
+            drop(Box::from_raw(self.slot.as_ptr()));
+        }
+    }
+}
+
+unsafe extern "C" fn readable(ev: *mut ngx_event_t) {
+    guard((), || {
+        // SAFETY: the event is a Pipe's connection's read event, whose data is its slot, alive
+        // while the connection is; f and key are copied out before f runs, which may drop it.
+        let (f, key) = unsafe {
+            let slot = (*(*ev).data.cast::<ngx_connection_t>()).data.cast::<PipeSlot>();
             ((*slot).f, (*slot).key)
         };
         f(key);

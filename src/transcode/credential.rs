@@ -7,6 +7,8 @@ use std::io::Read;
 
 use mesh_core::credential::{Credentials, BYTES};
 
+use crate::nginx::util::now_ms;
+
 thread_local! {
     static CREDENTIALS: RefCell<Credentials> = RefCell::new(Credentials::default());
 }
@@ -17,7 +19,7 @@ pub fn issue(stream: &str) -> std::io::Result<String> {
     let mut random = [0u8; BYTES];
     // /dev/urandom never blocks once the system has booted.
     std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
-    Ok(CREDENTIALS.with_borrow_mut(|c| c.issue(stream, random, super::now_ms())))
+    Ok(CREDENTIALS.with_borrow_mut(|c| c.issue(stream, random, now_ms())))
 }
 
 /// The run of `stream` ended: an unused credential of it is void.
@@ -28,5 +30,5 @@ pub fn revoke(stream: &str) {
 /// Does `key` let our own transcoder play `stream`? True once per credential, for the stream
 /// it was issued for, within its lifetime (constant-time compare); the credential is consumed.
 pub fn take_credential(stream: &str, key: &str) -> bool {
-    CREDENTIALS.with_borrow_mut(|c| c.take(stream, key, super::now_ms()))
+    CREDENTIALS.with_borrow_mut(|c| c.take(stream, key, now_ms()))
 }

@@ -10,6 +10,19 @@
 //!
 //! Stopping is graceful (stop.rs): SIGTERM, SIGKILL only after a grace period, never at the
 //! worker's exit. Event loop only.
+//!
+//! Ownership: the manager owns every transcode, under an id never used again. What runs later —
+//! the output pipe's reads, the restart backoff, the stop sequence's timer, the idle check —
+//! holds only that id, finds its transcode through the manager, and ends its borrow before a
+//! transcode is removed. Nothing holds a pointer into the manager.
+
+/// Log to the cycle's log (a transcode outlives the request that started it):
+/// `log!(NGX_LOG_ERR, "format", args)`.
+macro_rules! log {
+    ($level:expr, $($arg:tt)+) => {
+        ngx::ngx_log_error!($level, ngx::log::ngx_cycle_log().as_ptr(), $($arg)+)
+    };
+}
 
 mod child;
 mod credential;
@@ -18,22 +31,24 @@ mod stop;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::ptr::addr_of;
+use std::time::Duration;
 
 use mesh_core::media::Ladder;
 use mesh_core::name::is_valid_id;
 
 pub use credential::take_credential;
-pub use stop::exit_all;
+pub use stop::{exit_all, stop, stop_all};
 
-use crate::nginx::ffi::*;
-use crate::nginx::util::guard;
+use crate::nginx::event::{after, every, Task, Timer};
+use crate::nginx::ffi::{NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN};
+use crate::nginx::util::now;
 
 /// Starts given up after this many consecutive early deaths.
 pub const MAX_RESTARTS: u32 = 5;
 /// A run longer than this resets the restart count.
 const HEALTHY_S: u64 = 30;
-const TICK_MS: ngx_msec_t = 1000;
+/// How often idle transcodes are looked for.
+const TICK: Duration = Duration::from_secs(1);
 /// A transcode given up is tried again by a viewer after this long.
 const RETRY_FAILED_S: u64 = 60;
 
@@ -51,13 +66,45 @@ pub struct Settings {
 }
 
 /// A transcode's state, as viewers see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Running,
     /// Waiting to start again after a death.
     Restarting,
-    /// Given up after too many deaths (the reason).
-    Failed(String),
+    /// Given up (why).
+    Failed(Failure),
+}
+
+impl State {
+    /// Its name in the heartbeat's figures.
+    fn name(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Restarting => "restarting",
+            State::Failed(_) => "failed",
+        }
+    }
+}
+
+/// Why a transcode is not available.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The stream's name is no valid id (it would name its directory).
+    BadName,
+    /// Its directory cannot be made.
+    Dir(std::io::ErrorKind),
+    /// ffmpeg died early [`MAX_RESTARTS`] times in a row.
+    GaveUp,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::BadName => f.write_str("bad stream name"),
+            Failure::Dir(e) => write!(f, "cannot create its directory: {e}"),
+            Failure::GaveUp => write!(f, "ffmpeg failed {MAX_RESTARTS} times"),
+        }
+    }
 }
 
 struct Transcode {
@@ -71,307 +118,264 @@ struct Transcode {
     stopping: bool,
     /// Signals sent since stopping began.
     signals: u32,
-    /// Restart after backoff, or the next signal while stopping.
-    ev: Box<ngx_event_t>,
+    /// The restart after a death (dropped: canceled).
+    backoff: Option<Task<()>>,
+    /// The stop sequence's next step (not cancelable: a quitting worker waits for it).
+    stopper: Option<Timer>,
 }
 
 #[derive(Default)]
 struct Manager {
     settings: Option<Settings>,
-    streams: HashMap<String, Box<Transcode>>,
-    tick: Option<Box<ngx_event_t>>,
+    /// Every transcode of this worker, by id.
+    all: HashMap<u64, Transcode>,
+    /// The id of each stream's transcode.
+    ids: HashMap<String, u64>,
+    last_id: u64,
+    /// The idle check, while there are transcodes.
+    tick: Option<Task<()>>,
+}
+
+impl Manager {
+    fn get_mut(&mut self, id: u64) -> Option<&mut Transcode> {
+        self.all.get_mut(&id)
+    }
+
+    fn of(&self, stream: &str) -> Option<&Transcode> {
+        self.ids.get(stream).and_then(|id| self.all.get(id))
+    }
+
+    fn of_mut(&mut self, stream: &str) -> Option<(u64, &mut Transcode)> {
+        let id = *self.ids.get(stream)?;
+        self.all.get_mut(&id).map(|t| (id, t))
+    }
+
+    fn insert(&mut self, t: Transcode) -> u64 {
+        self.last_id += 1;
+        let id = self.last_id;
+        self.ids.insert(t.stream.clone(), id);
+        self.all.insert(id, t);
+        id
+    }
+
+    /// Take the transcode out, to be dropped once the manager is no longer borrowed.
+    fn remove(&mut self, id: u64) -> Option<Transcode> {
+        let t = self.all.remove(&id)?;
+        self.ids.remove(&t.stream);
+        Some(t)
+    }
 }
 
 thread_local! {
     static MANAGER: RefCell<Manager> = RefCell::new(Manager::default());
 }
 
-pub(crate) fn now() -> u64 {
-    ngx_time().max(0) as u64
-}
-
-/// The event loop's clock in milliseconds (`ngx_current_msec`).
-pub(crate) fn now_ms() -> u64 {
-    // SAFETY: a plain global nginx updates on the event loop, where we read it.
-    unsafe { *std::ptr::addr_of!(ngx_current_msec) as u64 }
-}
-
 /// The transcode of `stream` is wanted now (a viewer asked). Starts it when it is not running.
 /// Returns its state.
-///
-/// # Safety
-/// Event loop.
-pub unsafe fn want(settings: &Settings, stream: &str, node_id: &str) -> State {
-    // The cycle's log: a transcode outlives the request that started it.
-    // SAFETY: ngx_cycle is the worker's current cycle.
-    let log = unsafe { (**addr_of!(ngx_cycle)).log };
-    let existing = MANAGER.with_borrow_mut(|m| {
+pub fn want(settings: &Settings, stream: &str, node_id: &str) -> State {
+    let (state, retired) = MANAGER.with_borrow_mut(|m| {
         m.settings.get_or_insert_with(|| settings.clone());
+        let Some((id, t)) = m.of_mut(stream) else { return (None, None) };
         // A transcode given up is tried again after a while.
-        if m.streams
-            .get(stream)
-            .is_some_and(|t| matches!(t.state, State::Failed(_)) && now() >= t.started + RETRY_FAILED_S)
-        {
-            m.streams.remove(stream);
+        if matches!(t.state, State::Failed(_)) && now() >= t.started + RETRY_FAILED_S {
+            return (None, m.remove(id));
         }
-        m.streams.get_mut(stream).map(|t| {
-            t.last_wanted = now();
-            t.state.clone()
-        })
+        t.last_wanted = now();
+        (Some(t.state), None)
     });
-    if let Some(s) = existing {
-        return s;
+    drop(retired);
+    match state {
+        Some(s) => s,
+        None => start(settings, stream, node_id),
     }
-    // SAFETY: event loop.
-    unsafe { start(settings, stream, node_id, log) }
 }
 
 /// Is a transcode of `stream` there (running or restarting)?
 pub fn exists(stream: &str) -> bool {
-    MANAGER.with_borrow(|m| {
-        m.streams.get(stream).is_some_and(|t| !matches!(t.state, State::Failed(_)) && !t.stopping)
-    })
+    MANAGER.with_borrow(|m| m.of(stream).is_some_and(|t| !matches!(t.state, State::Failed(_)) && !t.stopping))
 }
 
 /// A viewer fetched a file of `stream`.
 pub fn touch(stream: &str) {
     MANAGER.with_borrow_mut(|m| {
-        if let Some(t) = m.streams.get_mut(stream) {
+        if let Some((_, t)) = m.of_mut(stream) {
             t.last_wanted = now();
         }
     })
 }
 
-/// # Safety
-/// Event loop.
-unsafe fn start(settings: &Settings, stream: &str, node_id: &str, log: *mut ngx_log_t) -> State {
+/// Figures for the heartbeat.
+pub fn figures() -> Vec<mesh_core::wire::TranscodeStat> {
+    MANAGER.with_borrow(|m| {
+        m.all
+            .values()
+            .map(|t| mesh_core::wire::TranscodeStat {
+                stream: t.stream.clone(),
+                state: t.state.name().into(),
+                restarts: u64::from(t.restarts),
+            })
+            .collect()
+    })
+}
+
+/// A new transcode of `stream`, and its first run.
+fn start(settings: &Settings, stream: &str, node_id: &str) -> State {
     if !is_valid_id(stream) {
-        return State::Failed("bad stream name".into());
+        return State::Failed(Failure::BadName);
     }
-    let dir = settings.root.join(stream);
-    let mut t = Box::new(Transcode {
-        stream: stream.to_string(),
-        dir,
-        child: None,
-        state: State::Running,
-        restarts: 0,
-        started: now(),
-        last_wanted: now(),
-        stopping: false,
-        signals: 0,
-        // SAFETY: a zeroed event is an idle nginx event.
-        ev: Box::new(unsafe { std::mem::zeroed() }),
+    let id = MANAGER.with_borrow_mut(|m| {
+        if m.tick.is_none() {
+            m.tick = Some(every(TICK, tick));
+        }
+        m.insert(Transcode {
+            stream: stream.to_string(),
+            dir: settings.root.join(stream),
+            child: None,
+            state: State::Running,
+            restarts: 0,
+            started: now(),
+            last_wanted: now(),
+            stopping: false,
+            signals: 0,
+            backoff: None,
+            stopper: None,
+        })
     });
-    t.ev.log = log;
-    t.ev.set_cancelable(1);
-    t.ev.handler = Some(on_timer);
-    let me: *mut Transcode = &mut *t;
-    t.ev.data = me.cast();
-    // SAFETY: event loop.
-    unsafe { spawn(&mut t, settings, node_id, log) };
-    let state = t.state.clone();
-    MANAGER.with_borrow_mut(|m| {
-        m.streams.insert(stream.to_string(), t);
-    });
-    // SAFETY: event loop.
-    unsafe { ensure_tick(log) };
-    state
+    run(id, settings, node_id);
+    // (Only stopping removes a transcode.)
+    MANAGER.with_borrow(|m| m.all.get(&id).map_or(State::Restarting, |t| t.state))
 }
 
-/// Start (or start again) the child of `t`.
-///
-/// # Safety
-/// Event loop; `t` is boxed in the manager (or about to be).
-unsafe fn spawn(t: &mut Transcode, s: &Settings, node_id: &str, log: *mut ngx_log_t) {
-    if let Err(e) = child::make_dir(&s.root, &t.dir) {
-        ngx::ngx_log_error!(
-            NGX_LOG_ERR,
-            log,
-            "mesh: transcode of stream \"{}\": cannot create \"{}\": {}",
-            t.stream,
-            t.dir.display(),
-            e
-        );
-        t.state = State::Failed(format!("cannot create its directory: {e}"));
-        return;
-    }
-    // SAFETY: event loop; t is boxed.
-    match unsafe { child::start(t, s, node_id, log) } {
-        Ok(c) => {
-            ngx::ngx_log_error!(
-                NGX_LOG_NOTICE,
-                log,
-                "mesh: transcode of stream \"{}\" started (pid {})",
+/// Start (or start again) the child of transcode `id`.
+fn run(id: u64, s: &Settings, node_id: &str) {
+    let failed = MANAGER.with_borrow_mut(|m| {
+        let Some(t) = m.get_mut(id) else { return false };
+        if let Err(e) = child::make_dir(&s.root, &t.dir) {
+            log!(
+                NGX_LOG_ERR,
+                "mesh: transcode of stream \"{}\": cannot create \"{}\": {}",
                 t.stream,
-                c.pid
+                t.dir.display(),
+                e
             );
-            t.child = Some(c);
-            t.started = now();
-            t.state = State::Running;
+            t.state = State::Failed(Failure::Dir(e.kind()));
+            return false;
         }
-        Err(e) => {
-            ngx::ngx_log_error!(NGX_LOG_ERR, log, "mesh: transcode of stream \"{}\": {}", t.stream, e);
-            // SAFETY: event loop.
-            unsafe { died(t, log) };
+        match child::start(id, &t.stream, &t.dir, s, node_id, on_output) {
+            Ok(c) => {
+                log!(NGX_LOG_NOTICE, "mesh: transcode of stream \"{}\" started (pid {})", t.stream, c.pid);
+                t.child = Some(c);
+                t.started = now();
+                t.state = State::Running;
+                false
+            }
+            Err(e) => {
+                log!(NGX_LOG_ERR, "mesh: transcode of stream \"{}\": {}", t.stream, e);
+                true
+            }
         }
+    });
+    if failed {
+        died(id);
     }
 }
 
-/// The child is gone (or never started): restart with backoff while wanted, else clean up.
-///
-/// # Safety
-/// Event loop. May drop the box `t` lives in: `t` is not to be used after.
-unsafe fn died(t: &mut Transcode, log: *mut ngx_log_t) {
-    if let Some(c) = t.child.take() {
-        // SAFETY: event loop.
-        unsafe { c.close(&t.stream, log) };
+/// The backoff of transcode `id` is over: start it again.
+fn restart(id: u64) {
+    let Some(settings) = MANAGER.with_borrow(|m| m.settings.clone()) else { return };
+    let node_id = crate::conf::current_node().node_id.clone();
+    run(id, &settings, &node_id);
+}
+
+/// The output pipe of transcode `id` is readable: log its lines; end-of-file means the child
+/// is gone.
+fn on_output(id: u64) {
+    let gone = MANAGER.with_borrow_mut(|m| {
+        let Some(t) = m.get_mut(id) else { return false };
+        t.child.as_mut().is_some_and(|c| c.read(&t.stream))
+    });
+    if gone {
+        died(id);
     }
-    credential::revoke(&t.stream);
-    if t.ev.timer_set() == 1 {
-        // SAFETY: our timer.
-        unsafe { ngx_del_timer(&mut *t.ev) };
-    }
-    if t.stopping {
-        let stream = t.stream.clone();
-        let _ = std::fs::remove_dir_all(&t.dir);
-        ngx::ngx_log_error!(NGX_LOG_NOTICE, log, "mesh: transcode of stream \"{}\" ended", stream);
-        // Dropping the box: nothing of ours refers to it any more.
-        MANAGER.with_borrow_mut(|m| m.streams.remove(&stream));
-        return;
-    }
-    if now().saturating_sub(t.started) >= HEALTHY_S {
-        t.restarts = 0;
-    }
-    t.restarts += 1;
-    if t.restarts > MAX_RESTARTS {
-        t.state = State::Failed(format!("ffmpeg failed {MAX_RESTARTS} times"));
-        let _ = std::fs::remove_dir_all(&t.dir);
-        ngx::ngx_log_error!(
-            NGX_LOG_ERR,
-            log,
-            "mesh: transcode of stream \"{}\" given up after {} restarts",
-            t.stream,
-            MAX_RESTARTS
-        );
-        return;
-    }
-    let delay = 250u64 << (t.restarts - 1).min(7);
-    t.state = State::Restarting;
-    // SAFETY: valid log; our timer.
-    unsafe {
-        ngx::ngx_log_error!(
+}
+
+/// The child of transcode `id` is gone (or never started): restart with backoff while wanted,
+/// else end it.
+fn died(id: u64) {
+    let ended = MANAGER.with_borrow_mut(|m| {
+        let t = m.get_mut(id)?;
+        if let Some(c) = t.child.take() {
+            c.close(&t.stream);
+        }
+        credential::revoke(&t.stream);
+        // (From inside the backoff itself when a restart failed: dropping it is allowed.)
+        t.backoff = None;
+        if t.stopping {
+            let _ = std::fs::remove_dir_all(&t.dir);
+            log!(NGX_LOG_NOTICE, "mesh: transcode of stream \"{}\" ended", t.stream);
+            return m.remove(id);
+        }
+        if now().saturating_sub(t.started) >= HEALTHY_S {
+            t.restarts = 0;
+        }
+        t.restarts += 1;
+        if t.restarts > MAX_RESTARTS {
+            t.state = State::Failed(Failure::GaveUp);
+            let _ = std::fs::remove_dir_all(&t.dir);
+            log!(
+                NGX_LOG_ERR,
+                "mesh: transcode of stream \"{}\" given up after {} restarts",
+                t.stream,
+                MAX_RESTARTS
+            );
+            return None;
+        }
+        let delay = 250u64 << (t.restarts - 1).min(7);
+        t.state = State::Restarting;
+        log!(
             NGX_LOG_WARN,
-            log,
             "mesh: transcode of stream \"{}\" died, restart {} of {} in {} ms",
             t.stream,
             t.restarts,
             MAX_RESTARTS,
             delay
         );
-        t.ev.set_cancelable(1);
-        ngx_add_timer(&mut *t.ev, delay as ngx_msec_t);
+        t.backoff = Some(after(Duration::from_millis(delay), move || restart(id)));
+        None
+    });
+    // Its pipe, timers and tasks go now, the manager no longer borrowed.
+    drop(ended);
+}
+
+/// The once-a-second check for idle transcodes; it ends itself when there are none.
+fn tick() {
+    // A worker shutting down (reload, quit) serves no new viewers: stop at once rather than
+    // when its last RTMP client leaves.
+    if crate::nginx::util::exiting() {
+        stop::stop_all("worker shutting down");
+        end_tick();
+        return;
+    }
+    let now = now();
+    let idle: Vec<String> = MANAGER.with_borrow(|m| {
+        let idle_s = m.settings.as_ref().map_or(30, |s| s.idle_s);
+        m.all
+            .values()
+            .filter(|t| !t.stopping && now.saturating_sub(t.last_wanted) >= idle_s)
+            .filter(|t| crate::registry::rtmp_viewers(&t.stream) == 0)
+            .map(|t| t.stream.clone())
+            .collect()
+    });
+    for s in idle {
+        stop::stop(&s, "idle");
+    }
+    if MANAGER.with_borrow(|m| m.all.is_empty()) {
+        end_tick();
     }
 }
 
-/// A transcode's timer: restart after backoff, or the next signal to a child being stopped.
-unsafe extern "C" fn on_timer(ev: *mut ngx_event_t) {
-    guard((), || {
-        // SAFETY: ev.data is the boxed Transcode owning this event; the timer is deleted
-        // before the box is dropped.
-        unsafe {
-            let t = &mut *(*ev).data.cast::<Transcode>();
-            let log = (*ev).log;
-            if t.stopping {
-                stop::next_signal(t, log);
-                return;
-            }
-            let Some(settings) = MANAGER.with_borrow(|m| m.settings.clone()) else { return };
-            let node_id = crate::conf::current_node().node_id.clone();
-            spawn(t, &settings, &node_id, log);
-        }
-    })
-}
-
-/// The once-a-second check for idle transcodes.
-///
-/// # Safety
-/// Event loop.
-unsafe fn ensure_tick(log: *mut ngx_log_t) {
-    MANAGER.with_borrow_mut(|m| {
-        let tick = m.tick.get_or_insert_with(|| {
-            // SAFETY: a zeroed event is an idle nginx event.
-            let mut ev: Box<ngx_event_t> = Box::new(unsafe { std::mem::zeroed() });
-            ev.handler = Some(on_tick);
-            ev.log = log;
-            ev.set_cancelable(1);
-            ev
-        });
-        if tick.timer_set() == 0 {
-            // SAFETY: our timer.
-            unsafe { ngx_add_timer(&mut **tick, TICK_MS) };
-        }
-    });
-}
-
-unsafe extern "C" fn on_tick(ev: *mut ngx_event_t) {
-    guard((), || {
-        // SAFETY: event loop.
-        let log = unsafe { (*ev).log };
-        // A worker shutting down (reload, quit) serves no new viewers: stop at once rather
-        // than when its last RTMP client leaves.
-        if crate::nginx::util::exiting() {
-            // SAFETY: event loop.
-            unsafe { stop::stop_all("worker shutting down", log) };
-            return;
-        }
-        let now = now();
-        let idle: Vec<String> = MANAGER.with_borrow(|m| {
-            let idle_s = m.settings.as_ref().map_or(30, |s| s.idle_s);
-            m.streams
-                .values()
-                .filter(|t| !t.stopping && now.saturating_sub(t.last_wanted) >= idle_s)
-                .filter(|t| crate::registry::rtmp_viewers(&t.stream) == 0)
-                .map(|t| t.stream.clone())
-                .collect()
-        });
-        // SAFETY: event loop.
-        unsafe {
-            for s in idle {
-                stop::stop(&s, "idle", log);
-            }
-            if MANAGER.with_borrow(|m| !m.streams.is_empty()) {
-                ngx_add_timer(ev, TICK_MS);
-            }
-        }
-    })
-}
-
-/// Stop the transcode of `stream` gracefully (the publisher left).
-pub fn stop(stream: &str, why: &str) {
-    // SAFETY: event loop, with the cycle's log.
-    unsafe { stop::stop(stream, why, ngx::log::ngx_cycle_log().as_ptr()) }
-}
-
-/// Stop every transcode (the role serves no viewers).
-pub fn stop_all(why: &str) {
-    // SAFETY: as above.
-    unsafe { stop::stop_all(why, ngx::log::ngx_cycle_log().as_ptr()) }
-}
-
-/// Figures for the heartbeat.
-pub fn figures() -> Vec<mesh_core::wire::TranscodeStat> {
-    MANAGER.with_borrow(|m| {
-        m.streams
-            .values()
-            .map(|t| mesh_core::wire::TranscodeStat {
-                stream: t.stream.clone(),
-                state: match &t.state {
-                    State::Running => "running".into(),
-                    State::Restarting => "restarting".into(),
-                    State::Failed(_) => "failed".into(),
-                },
-                restarts: u64::from(t.restarts),
-            })
-            .collect()
-    })
+/// Drop the idle check (from inside itself: allowed), the manager no longer borrowed after.
+fn end_tick() {
+    let tick = MANAGER.with_borrow_mut(|m| m.tick.take());
+    drop(tick);
 }

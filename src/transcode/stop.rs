@@ -9,13 +9,14 @@
 //! wait, then dies of `PR_SET_PDEATHSIG` once the worker is gone, reaped by init, unseen by
 //! nginx.
 
-use std::ptr::addr_of;
 use std::time::Duration;
 
 use mesh_agent::proc::{self, SIGKILL, SIGTERM};
 
 use super::{credential, died, Transcode, MANAGER};
-use crate::nginx::ffi::*;
+use crate::nginx::event::Timer;
+use crate::nginx::ffi::{ngx_msec_t, NGX_LOG_NOTICE, NGX_LOG_WARN};
+use crate::nginx::util::now_ms;
 
 /// A child this young may not handle SIGTERM yet (ffmpeg installs its handler once it has
 /// started): its first SIGTERM waits until it is this old.
@@ -27,12 +28,56 @@ pub const GRACE_MS: ngx_msec_t = 5000;
 /// At worker exit, how long to wait for children to end after their SIGTERM.
 const EXIT_WAIT: Duration = Duration::from_millis(400);
 
+/// Stop the transcode of `stream` gracefully (the publisher left, idle, ...): SIGTERM, again,
+/// then SIGKILL if it lingers. One without a child (restarting, given up) ends at once.
+pub fn stop(stream: &str, why: &str) {
+    let childless = MANAGER.with_borrow_mut(|m| {
+        let (id, t) = m.of_mut(stream)?;
+        if t.stopping {
+            return None;
+        }
+        t.stopping = true;
+        log!(NGX_LOG_NOTICE, "mesh: transcode of stream \"{}\" stopping: {}", t.stream, why);
+        // A pending restart is off.
+        t.backoff = None;
+        let Some(c) = t.child.as_ref() else { return Some(id) };
+        t.signals = 0;
+        let age = now_ms().saturating_sub(c.started_ms);
+        // Not cancelable: a worker that quits waits for it, that is for the child's end,
+        // bounded by the grace period.
+        let timer = t.stopper.get_or_insert_with(|| Timer::new(on_timer, id, false));
+        if age < STARTUP_MS {
+            timer.arm((STARTUP_MS - age) as ngx_msec_t);
+        } else {
+            next_signal(t);
+        }
+        None
+    });
+    if let Some(id) = childless {
+        died(id);
+    }
+}
+
+/// Stop every transcode (the role serves no viewers, the worker shuts down).
+pub fn stop_all(why: &str) {
+    let streams: Vec<String> = MANAGER.with_borrow(|m| m.ids.keys().cloned().collect());
+    for s in streams {
+        stop(&s, why);
+    }
+}
+
+/// The stop timer of transcode `id`: its next signal.
+fn on_timer(id: u64) {
+    MANAGER.with_borrow_mut(|m| {
+        if let Some(t) = m.get_mut(id) {
+            next_signal(t);
+        }
+    })
+}
+
 /// The next step of stopping `t`'s child: SIGTERM, SIGTERM again, then SIGKILL (or, in a
-/// worker that exits, nothing: the child dies with it). Arms `t`'s timer for the step after.
-///
-/// # Safety
-/// Event loop; `t` is boxed in the manager.
-pub(super) unsafe fn next_signal(t: &mut Transcode, log: *mut ngx_log_t) {
+/// worker that exits, nothing: the child dies with it). Arms its stop timer for the step after.
+fn next_signal(t: &mut Transcode) {
     let Some(pid) = t.child.as_ref().map(|c| c.pid) else { return };
     t.signals += 1;
     let next = match t.signals {
@@ -47,9 +92,8 @@ pub(super) unsafe fn next_signal(t: &mut Transcode, log: *mut ngx_log_t) {
         _ if crate::nginx::util::exiting() => {
             // No SIGKILL of ours (nginx would report it): the child dies with the worker
             // (PR_SET_PDEATHSIG), which no longer waits for it.
-            ngx::ngx_log_error!(
+            log!(
                 NGX_LOG_WARN,
-                log,
                 "mesh: transcode of stream \"{}\" (pid {}) did not stop on SIGTERM within {} ms, left to end with the worker",
                 t.stream,
                 pid,
@@ -58,9 +102,8 @@ pub(super) unsafe fn next_signal(t: &mut Transcode, log: *mut ngx_log_t) {
             None
         }
         _ => {
-            ngx::ngx_log_error!(
+            log!(
                 NGX_LOG_WARN,
-                log,
                 "mesh: transcode of stream \"{}\" (pid {}) did not stop on SIGTERM within {} ms, killing it",
                 t.stream,
                 pid,
@@ -70,61 +113,8 @@ pub(super) unsafe fn next_signal(t: &mut Transcode, log: *mut ngx_log_t) {
             None
         }
     };
-    if let Some(ms) = next {
-        // SAFETY: our timer, on the event loop. Not cancelable: a worker that quits waits
-        // for it, that is for the child's end, bounded by the grace period.
-        unsafe {
-            t.ev.set_cancelable(0);
-            ngx_add_timer(&mut *t.ev, ms);
-        }
-    }
-}
-
-/// Stop the transcode of `stream`: SIGTERM, again, then SIGKILL if it lingers.
-///
-/// # Safety
-/// Event loop.
-pub unsafe fn stop(stream: &str, why: &str, log: *mut ngx_log_t) {
-    let t = MANAGER.with_borrow_mut(|m| m.streams.get_mut(stream).map(|t| &mut **t as *mut Transcode));
-    let Some(t) = t else { return };
-    // SAFETY: boxed in the manager until `died` removes it.
-    unsafe {
-        let t = &mut *t;
-        if t.stopping {
-            return;
-        }
-        t.stopping = true;
-        ngx::ngx_log_error!(
-            NGX_LOG_NOTICE,
-            log,
-            "mesh: transcode of stream \"{}\" stopping: {}",
-            t.stream,
-            why
-        );
-        if t.ev.timer_set() == 1 {
-            ngx_del_timer(&mut *t.ev);
-        }
-        let Some(c) = t.child.as_ref() else { return died(t, log) };
-        t.signals = 0;
-        let age = super::now_ms().saturating_sub(c.started_ms);
-        if age < STARTUP_MS {
-            t.ev.set_cancelable(0);
-            ngx_add_timer(&mut *t.ev, (STARTUP_MS - age) as ngx_msec_t);
-        } else {
-            next_signal(t, log);
-        }
-    }
-}
-
-/// Stop every transcode (role change, exit).
-///
-/// # Safety
-/// Event loop.
-pub unsafe fn stop_all(why: &str, log: *mut ngx_log_t) {
-    let streams: Vec<String> = MANAGER.with_borrow(|m| m.streams.keys().cloned().collect());
-    for s in streams {
-        // SAFETY: event loop.
-        unsafe { stop(&s, why, log) };
+    if let (Some(ms), Some(timer)) = (next, t.stopper.as_mut()) {
+        timer.arm(ms);
     }
 }
 
@@ -132,28 +122,20 @@ pub unsafe fn stop_all(why: &str, log: *mut ngx_log_t) {
 /// remove the directories (nothing will watch them). No SIGKILL: what is left dies with the
 /// worker (PR_SET_PDEATHSIG), reaped by init, so nginx reports no killed child.
 pub fn exit_all() {
-    // SAFETY: ngx_cycle is the worker's current cycle.
-    let log = unsafe { (**addr_of!(ngx_cycle)).log };
-    let Ok(mut streams) = MANAGER.try_with(|m| {
+    let Ok((tick, mut streams)) = MANAGER.try_with(|m| {
         let mut m = m.borrow_mut();
-        if let Some(mut tick) = m.tick.take() {
-            if tick.timer_set() == 1 {
-                // SAFETY: our timer, on the event loop.
-                unsafe { ngx_del_timer(&mut *tick) };
-            }
-        }
-        m.streams.drain().map(|(_, t)| t).collect::<Vec<_>>()
+        m.ids.clear();
+        (m.tick.take(), m.all.drain().map(|(_, t)| t).collect::<Vec<_>>())
     }) else {
         return;
     };
+    drop(tick);
     for t in &mut streams {
-        if t.ev.timer_set() == 1 {
-            // SAFETY: our timer, on the event loop.
-            unsafe { ngx_del_timer(&mut *t.ev) };
-        }
+        t.backoff = None;
+        t.stopper = None;
         // A child too young to handle SIGTERM is left to die with the worker.
         if let (Some(c), 0) = (&t.child, t.signals) {
-            if super::now_ms().saturating_sub(c.started_ms) >= STARTUP_MS {
+            if now_ms().saturating_sub(c.started_ms) >= STARTUP_MS {
                 proc::signal(c.pid, SIGTERM);
                 t.signals = 1;
             }
@@ -167,10 +149,9 @@ pub fn exit_all() {
     proc::wait_for_eof(&outputs, EXIT_WAIT);
     drop(outputs);
     for t in &mut streams {
+        // (Closing its pipe now: nginx reports any connection still open when the worker exits.)
         if let Some(c) = t.child.take() {
-            // SAFETY: on the event loop; nginx reports any connection still open when the
-            // worker exits.
-            unsafe { c.close(&t.stream, log) };
+            c.close(&t.stream);
         }
         credential::revoke(&t.stream);
         let _ = std::fs::remove_dir_all(&t.dir);
