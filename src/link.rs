@@ -42,7 +42,9 @@ impl Sink for Queue {
 struct Link {
     agent: Agent,
     queue: Arc<Queue>,
-    _wake: Wake,
+    wake: Wake,
+    /// The wiring's handler of queued events.
+    on_wake: fn(),
 }
 
 thread_local! {
@@ -52,7 +54,7 @@ thread_local! {
 /// Start the link of this worker: to the master when `mesh_master` is set, else a watch of the
 /// table file. `on_wake` runs on the event loop whenever events are queued.
 pub fn start(mcf: &MainConf, figures: Heartbeat, on_wake: fn()) -> Result<(), String> {
-    let (wake, waker) = Wake::new(on_wake).map_err(|e| e.to_string())?;
+    let (wake, waker) = Wake::new(woken, 0).map_err(|e| e.to_string())?;
     let node = mcf.node();
     let queue = Arc::new(Queue { events: Mutex::new(VecDeque::new()), waker, figures: Mutex::new(figures) });
     let cfg = agent::Config {
@@ -80,8 +82,21 @@ pub fn start(mcf: &MainConf, figures: Heartbeat, on_wake: fn()) -> Result<(), St
         None => Agent::start_watch(cfg, node, queue.clone()),
     }
     .map_err(|e| e.to_string())?;
-    LINK.with_borrow_mut(|l| *l = Some(Link { agent, queue, _wake: wake }));
+    LINK.with_borrow_mut(|l| *l = Some(Link { agent, queue, wake, on_wake }));
     Ok(())
+}
+
+/// The wake-up socket is readable: drain it, then let the wiring take the queued events.
+fn woken(_: u64) {
+    let on_wake = LINK.with_borrow(|l| {
+        l.as_ref().map(|l| {
+            l.wake.drain();
+            l.on_wake
+        })
+    });
+    if let Some(f) = on_wake {
+        f();
+    }
 }
 
 /// Stop the threads (worker exit); returns how many were joined. The wake-up socket closes.

@@ -12,7 +12,7 @@
 //!   loop runs the handler. (Never `ngx_notify`: thread pools own its one slot.)
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::ptr::{addr_of_mut, NonNull};
 use std::time::Duration;
@@ -215,10 +215,10 @@ unsafe extern "C" fn readable(ev: *mut ngx_event_t) {
     })
 }
 
-/// The loop's end of a wake-up socket: an nginx connection whose readable event runs `on_wake`.
-/// Closed when dropped.
+/// The loop's end of a wake-up socket: a [`Pipe`] over the read end of a socket pair, whose
+/// readable event calls `f(key)`; `f` first [`Wake::drain`]s it.
 pub struct Wake {
-    conn: NonNull<ngx_connection_t>,
+    pipe: Pipe,
 }
 
 /// The threads' end: writing to it wakes the loop.
@@ -232,51 +232,26 @@ impl Waker {
 }
 
 impl Wake {
-    /// A socket pair; its read end watched by the event loop, which calls `on_wake` (after
-    /// draining it) whenever a thread has written to the [`Waker`].
-    pub fn new(on_wake: fn()) -> std::io::Result<(Wake, Waker)> {
+    /// A socket pair; its read end watched by the event loop, which calls `f(key)` whenever a
+    /// thread has written to the [`Waker`].
+    pub fn new(f: fn(u64), key: u64) -> std::io::Result<(Wake, Waker)> {
         let (rx, tx) = UnixStream::pair()?;
         rx.set_nonblocking(true)?;
         tx.set_nonblocking(true)?;
-        let log = ngx::log::ngx_cycle_log().as_ptr();
-        let fd = rx.into_raw_fd();
-        // SAFETY: the read end becomes an nginx connection, which owns the fd from here on.
-        unsafe {
-            let c = ngx_get_connection(fd, log);
-            let Some(conn) = NonNull::new(c) else {
-                drop(OwnedFd::from_raw_fd(fd));
-                return Err(std::io::Error::other("no free connection for the wake-up socket"));
-            };
-            (*c).data = on_wake as *mut std::ffi::c_void;
-            (*(*c).read).handler = Some(woken);
-            (*(*c).read).log = log;
-            if ngx_handle_read_event((*c).read, 0) != NGX_OK as ngx_int_t {
-                ngx_close_connection(c);
-                return Err(std::io::Error::other("cannot watch the wake-up socket"));
-            }
-            Ok((Wake { conn }, Waker(tx)))
+        let pipe = Pipe::new(OwnedFd::from(rx), f, key)
+            .map_err(|e| std::io::Error::other(format!("wake-up socket: {e}")))?;
+        Ok((Wake { pipe }, Waker(tx)))
+    }
+
+    /// Read the wake-ups written so far and watch for the next ones.
+    pub fn drain(&self) {
+        drain(self.pipe.fd().as_raw_fd());
+        if !self.pipe.wait() {
+            ngx::ngx_log_error!(
+                NGX_LOG_ALERT,
+                ngx::log::ngx_cycle_log().as_ptr(),
+                "cannot watch the wake-up socket"
+            );
         }
     }
-}
-
-impl Drop for Wake {
-    fn drop(&mut self) {
-        // SAFETY: our connection, on the event loop.
-        unsafe { ngx_close_connection(self.conn.as_ptr()) }
-    }
-}
-
-unsafe extern "C" fn woken(ev: *mut ngx_event_t) {
-    guard((), || {
-        // SAFETY: the event's connection is a Wake's, whose data is its handler.
-        let on_wake = unsafe {
-            let c = (*ev).data.cast::<ngx_connection_t>();
-            drain((*c).fd);
-            if ngx_handle_read_event(ev, 0) != NGX_OK as ngx_int_t {
-                ngx::ngx_log_error!(NGX_LOG_ALERT, (*ev).log, "mesh: cannot watch the wake-up socket");
-            }
-            std::mem::transmute::<*mut std::ffi::c_void, fn()>((*c).data)
-        };
-        on_wake();
-    })
 }
