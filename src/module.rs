@@ -39,12 +39,12 @@ const fn main(name: ngx_str_t, args: u32, set: SetFn, offset: usize) -> ngx_comm
 const T1: u32 = NGX_CONF_TAKE1;
 
 static mut RTMP_COMMANDS: [ngx_command_t; 16] = [
-    main(ngx_string!("mesh_master"), T1, d::set_master, 0),
+    main(ngx_string!("mesh_master"), T1, d::set_value, 0),
     main(ngx_string!("mesh_master_key"), T1, d::set_master_key, 0),
     main(ngx_string!("mesh_master_key_file"), T1, d::set_master_key, 0),
     main(ngx_string!("mesh_master_path"), NGX_CONF_TAKE2, d::set_master_path, 0),
-    main(ngx_string!("mesh_rtmp_url"), T1, d::set_public_url, 0),
-    main(ngx_string!("mesh_http_url"), T1, d::set_public_url, 0),
+    main(ngx_string!("mesh_rtmp_url"), T1, d::set_value, 0),
+    main(ngx_string!("mesh_http_url"), T1, d::set_value, 0),
     main(
         ngx_string!("mesh_heartbeat_interval"),
         T1,
@@ -70,8 +70,8 @@ static mut RTMP_COMMANDS: [ngx_command_t; 16] = [
         ngx_conf_set_num_slot,
         offset_of!(MainConf, auth_pending_per_addr),
     ),
-    main(ngx_string!("mesh_node_id"), T1, d::set_node_id, 0),
-    main(ngx_string!("mesh_role"), T1, d::set_role, 0),
+    main(ngx_string!("mesh_node_id"), T1, d::set_value, 0),
+    main(ngx_string!("mesh_role"), T1, d::set_value, 0),
     main(ngx_string!("mesh_table_file"), T1, d::set_table_file, 0),
     command(
         ngx_string!("mesh"),
@@ -94,16 +94,18 @@ static RTMP_CTX: ngx_rtmp_module_t = ngx_rtmp_module_t {
     merge_app_conf: Some(conf::merge_app_conf),
 };
 
+/// A module object of ours: its context, its directive table, its type.
+const fn module(ctx: *const c_void, commands: *mut ngx_command_t, type_: u32) -> ngx_module_t {
+    ngx_module_t { ctx: ctx.cast_mut(), commands, type_: type_ as ngx_uint_t, ..ngx_module_t::default() }
+}
+
 #[no_mangle]
 #[allow(non_upper_case_globals)]
 pub static mut ngx_rtmp_mesh_module: ngx_module_t = ngx_module_t {
-    ctx: addr_of!(RTMP_CTX) as *mut c_void,
-    commands: addr_of_mut!(RTMP_COMMANDS) as *mut ngx_command_t,
-    type_: NGX_RTMP_MODULE as ngx_uint_t,
     init_module: Some(wiring::init_module),
     init_process: Some(wiring::init_process),
     exit_process: Some(wiring::exit_process),
-    ..ngx_module_t::default()
+    ..module(addr_of!(RTMP_CTX).cast(), addr_of_mut!(RTMP_COMMANDS).cast(), NGX_RTMP_MODULE)
 };
 
 const M1: u32 = NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1;
@@ -182,12 +184,8 @@ static HTTP_CTX: ngx_http_module_t = ngx_http_module_t {
 
 #[no_mangle]
 #[allow(non_upper_case_globals)]
-pub static mut ngx_http_mesh_module: ngx_module_t = ngx_module_t {
-    ctx: addr_of!(HTTP_CTX) as *mut c_void,
-    commands: addr_of_mut!(HTTP_COMMANDS) as *mut ngx_command_t,
-    type_: NGX_HTTP_MODULE as ngx_uint_t,
-    ..ngx_module_t::default()
-};
+pub static mut ngx_http_mesh_module: ngx_module_t =
+    module(addr_of!(HTTP_CTX).cast(), addr_of_mut!(HTTP_COMMANDS).cast(), NGX_HTTP_MODULE);
 
 // The module list nginx's dlopen loader reads: what `ngx::ngx_modules!` emits, written out
 // because its module count fails for more than one module in ngx 0.5.1.

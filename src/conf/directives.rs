@@ -8,61 +8,51 @@ use mesh_core::name::{for_log, is_valid_id};
 use mesh_core::Role;
 use ngx::ngx_conf_log_error;
 
-use super::{main_conf, MainConf, ENDPOINTS};
+use super::{main_conf, ENDPOINTS};
 use crate::nginx::directive::{self, arg, args, DUPLICATE};
 use crate::nginx::ffi::*;
 use crate::nginx::util::{full_name, guard, str_bytes, CONF_ERROR, CONF_OK};
 
-/// [`directive::set_once`] into a field of our main conf.
-///
-/// # Safety
-/// Called from a directive handler with its `cf` and our main conf.
-unsafe fn set_once<T>(
-    cf: *mut ngx_conf_t,
-    conf: *mut c_void,
-    slot: fn(&mut MainConf) -> &mut Option<T>,
-    check: impl FnOnce(&str) -> Result<T, String>,
-) -> *mut c_char {
-    // SAFETY: as the caller guarantees.
-    unsafe { directive::set_once(cf, slot(main_conf(conf)), check) }
-}
-
-pub unsafe extern "C" fn set_node_id(
+/// The single-value directives (`mesh_node_id`, `mesh_role`, `mesh_master`, `mesh_rtmp_url`,
+/// `mesh_http_url`): each into its field of the main conf, once, after its check.
+pub unsafe extern "C" fn set_value(
     cf: *mut ngx_conf_t,
     _: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: the parser calls us with our main conf.
+    // SAFETY: the parser calls us with our main conf and the directive's arguments.
     guard(CONF_ERROR, || unsafe {
-        set_once(
-            cf,
-            conf,
-            |m| &mut m.node_id,
-            |v| match is_valid_id(v) {
-                true => Ok(v.to_string()),
-                false => Err("it must be 1-128 characters of A-Z a-z 0-9 _ -".into()),
-            },
-        )
-    })
-}
-
-pub unsafe extern "C" fn set_role(
-    cf: *mut ngx_conf_t,
-    _: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: the parser calls us with our main conf.
-    guard(CONF_ERROR, || unsafe {
-        set_once(
-            cf,
-            conf,
-            |m| &mut m.role,
-            |v| {
+        let m = main_conf(conf);
+        match arg(cf, 0).as_str() {
+            "mesh_node_id" => directive::set_once(cf, &mut m.node_id, check_id),
+            "mesh_role" => directive::set_once(cf, &mut m.role, |v| {
                 v.parse::<Role>()
                     .map_err(|()| "it must be \"ingest\", \"root_relay\", \"relay\" or \"standalone\"".into())
-            },
-        )
+            }),
+            "mesh_master" => {
+                directive::set_once(cf, &mut m.master, |v| check_http_url(v).map_err(String::from))
+            }
+            "mesh_rtmp_url" => directive::set_once(cf, &mut m.rtmp_url, public_url(&["rtmp://"])),
+            "mesh_http_url" => directive::set_once(cf, &mut m.http_url, public_url(&["http://", "https://"])),
+            _ => CONF_ERROR,
+        }
     })
+}
+
+fn check_id(v: &str) -> Result<String, String> {
+    match is_valid_id(v) {
+        true => Ok(v.to_string()),
+        false => Err("it must be 1-128 characters of A-Z a-z 0-9 _ -".into()),
+    }
+}
+
+/// A node's public URL in one of `schemes`.
+fn public_url(schemes: &'static [&'static str]) -> impl Fn(&str) -> Result<String, String> {
+    move |v| {
+        let ok = schemes.iter().any(|p| v.strip_prefix(p).is_some_and(|r| !r.is_empty()))
+            && v.bytes().all(|b| b.is_ascii_graphic());
+        ok.then(|| v.to_string()).ok_or_else(|| format!("it must be a {} URL", schemes.join(" or ")))
+    }
 }
 
 pub unsafe extern "C" fn set_table_file(
@@ -90,17 +80,6 @@ pub unsafe extern "C" fn set_table_file(
                 CONF_ERROR
             }
         }
-    })
-}
-
-pub unsafe extern "C" fn set_master(
-    cf: *mut ngx_conf_t,
-    _: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: the parser calls us with our main conf.
-    guard(CONF_ERROR, || unsafe {
-        set_once(cf, conf, |m| &mut m.master, |v| check_http_url(v).map_err(String::from))
     })
 }
 
@@ -198,27 +177,5 @@ pub unsafe extern "C" fn set_master_path(
         }
         mcf.paths[i] = Some(path);
         CONF_OK
-    })
-}
-
-pub unsafe extern "C" fn set_public_url(
-    cf: *mut ngx_conf_t,
-    _: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: the parser calls us with our main conf and the directive's arguments.
-    guard(CONF_ERROR, || unsafe {
-        let url = |schemes: &'static [&'static str]| {
-            move |v: &str| {
-                let ok = schemes.iter().any(|p| v.strip_prefix(p).is_some_and(|r| !r.is_empty()))
-                    && v.bytes().all(|b| b.is_ascii_graphic());
-                ok.then(|| v.to_string()).ok_or_else(|| format!("it must be a {} URL", schemes.join(" or ")))
-            }
-        };
-        if arg(cf, 0) == "mesh_rtmp_url" {
-            set_once(cf, conf, |m| &mut m.rtmp_url, url(&["rtmp://"]))
-        } else {
-            set_once(cf, conf, |m| &mut m.http_url, url(&["http://", "https://"]))
-        }
     })
 }

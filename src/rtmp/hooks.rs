@@ -7,7 +7,6 @@
 //! writes one error-log line ([`super::refusals`]).
 
 use mesh_core::admission::{Outcome, Request};
-use mesh_core::node::Node;
 use mesh_core::wire::Action;
 
 use super::admit::{admit, done, node_of};
@@ -39,34 +38,26 @@ fn mesh_on(s: Session) -> bool {
 }
 
 pub fn publish(s: Session, cmd: Publish) -> Verdict {
-    if !mesh_on(s) {
-        return Verdict::Next;
-    }
-    let (stream, args, peer) = (cmd.name(), cmd.args(), s.peer());
-    let mut req = Request::rtmp(Action::Publish, &stream, &args, &peer);
-    req.relay = s.is_relay();
-    if !req.relay {
-        if let Err(why) = fresh(s, true) {
-            refused(s, Action::Publish, &stream, why);
-            return Verdict::Close;
-        }
-    }
-    let node = node_of(s);
-    let outcome = auth::decide(&req, &node, now());
-    follow(s, PendingCmd::Publish(cmd), &node, outcome, Action::Publish, &stream)
+    command(s, PendingCmd::Publish(cmd))
 }
 
 pub fn play(s: Session, cmd: Play) -> Verdict {
+    command(s, PendingCmd::Play(cmd))
+}
+
+/// A publish or play: the checks before any decision, the decision, and what it says.
+fn command(s: Session, cmd: PendingCmd) -> Verdict {
     if !mesh_on(s) {
         return Verdict::Next;
     }
+    let action = cmd.action();
     let (stream, args, peer) = (cmd.name(), cmd.args(), s.peer());
-    let mut req = Request::rtmp(Action::Play, &stream, &args, &peer);
+    let mut req = Request::rtmp(action, &stream, &args, &peer);
     // Relay sessions (our own pushes' local side, pulls) pass untouched.
     req.relay = s.is_relay();
     if !req.relay {
-        if let Err(why) = fresh(s, false) {
-            refused(s, Action::Play, &stream, why);
+        if let Err(why) = fresh(s, action == Action::Publish) {
+            refused(s, action, &stream, why);
             return Verdict::Close;
         }
     }
@@ -75,24 +66,11 @@ pub fn play(s: Session, cmd: Play) -> Verdict {
     // Our own transcoder reads the stream (with its single-use credential): not a viewer.
     req.own_transcoder =
         req.transcoder_key(&node.node_id).is_some_and(|k| transcode::take_credential(&stream, k));
-    let outcome = auth::decide(&req, &node, now());
-    follow(s, PendingCmd::Play(cmd), &node, outcome, Action::Play, &stream)
-}
-
-/// Do what the decision says with a session's command.
-fn follow(
-    s: Session,
-    cmd: PendingCmd,
-    node: &Node,
-    outcome: Outcome,
-    action: Action,
-    stream: &str,
-) -> Verdict {
-    match outcome {
+    match auth::decide(&req, &node, now()) {
         Outcome::Pass => Verdict::Next,
-        Outcome::Admit(a) => done(admit(s, cmd, node, a)),
+        Outcome::Admit(a) => done(admit(s, cmd, &node, a)),
         Outcome::Refuse(why) => {
-            refused(s, action, stream, &why.to_string());
+            refused(s, action, &stream, &why.to_string());
             Verdict::Close
         }
         Outcome::Ask(ask) => suspend(s, cmd, ask),

@@ -57,26 +57,19 @@ pub fn drop_session(id: u64, s: Session, publisher: bool, stream: &str, why: &st
 
 /// The state of every push of this worker, for the heartbeat.
 pub fn push_figures() -> Vec<PushStat> {
-    let mut out = Vec::new();
-    for (s, _) in registry::publishers() {
-        ctx::with(s, |c| {
-            if let Some(p) = &c.pushes {
-                out.extend(p.figures());
-            }
-        });
-    }
-    out
+    each_push(Pushes::figures)
 }
 
 /// The same, for `mesh_status`.
 pub fn push_status() -> Vec<PushStatus> {
+    each_push(Pushes::status)
+}
+
+/// `f` of every publisher's pushes, together.
+fn each_push<T>(f: fn(&Pushes) -> Vec<T>) -> Vec<T> {
     let mut out = Vec::new();
     for (s, _) in registry::publishers() {
-        ctx::with(s, |c| {
-            if let Some(p) = &c.pushes {
-                out.extend(p.status());
-            }
-        });
+        ctx::with(s, |c| out.extend(c.pushes.as_ref().map(f).unwrap_or_default()));
     }
     out
 }

@@ -12,6 +12,7 @@ use mesh_core::handles::{Handle, Handles};
 
 use mesh_core::admission::Ask;
 use mesh_core::auth::Question;
+use mesh_core::wire::Action;
 
 use crate::auth;
 use crate::nginx::rtmp::{Play, Publish, Session};
@@ -20,6 +21,29 @@ use crate::nginx::rtmp::{Play, Publish, Session};
 pub enum PendingCmd {
     Publish(Publish),
     Play(Play),
+}
+
+impl PendingCmd {
+    pub fn action(&self) -> Action {
+        match self {
+            PendingCmd::Publish(_) => Action::Publish,
+            PendingCmd::Play(_) => Action::Play,
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            PendingCmd::Publish(c) => c.name(),
+            PendingCmd::Play(c) => c.name(),
+        }
+    }
+
+    pub fn args(&self) -> String {
+        match self {
+            PendingCmd::Publish(c) => c.args(),
+            PendingCmd::Play(c) => c.args(),
+        }
+    }
 }
 
 pub struct Waiting {

@@ -9,32 +9,61 @@ use super::Session;
 use crate::nginx::ffi::*;
 use crate::nginx::util::{cbuf_str, guard};
 
-/// A publish command, kept while the session waits for an answer (nginx-rtmp's structure is
-/// plain data: a copy is a whole command).
-pub struct Publish(Box<ngx_rtmp_publish_t>);
+/// A command of a session (publish or play), kept while the session waits for an answer
+/// (nginx-rtmp's structures are plain data: a copy is a whole command).
+pub struct Command<C: Kind>(Box<C>);
 
-/// A play command, kept the same way.
-pub struct Play(Box<ngx_rtmp_play_t>);
+/// A publish command.
+pub type Publish = Command<ngx_rtmp_publish_t>;
+/// A play command.
+pub type Play = Command<ngx_rtmp_play_t>;
 
-impl Publish {
-    /// The stream name.
-    pub fn name(&self) -> String {
-        cbuf_str(&self.0.name).into_owned()
-    }
-    /// The query arguments after the name.
-    pub fn args(&self) -> String {
-        cbuf_str(&self.0.args).into_owned()
-    }
+/// What publish and play commands have in common, for one trampoline and one `pass_on`.
+pub trait Kind: Sized {
+    /// The stream name and query arguments, as nginx-rtmp parsed them.
+    fn name_args(&self) -> (&[u8], &[u8]);
+    /// The next handler of this command's chain.
+    fn next() -> Option<unsafe extern "C" fn(*mut ngx_rtmp_session_t, *mut Self) -> ngx_int_t>;
+    /// Our hook for this command.
+    fn hook(h: &Hooks, s: Session, cmd: Command<Self>) -> Verdict;
 }
 
-impl Play {
+/// `Kind` for nginx-rtmp's command structure `$t`, whose chain and hook are `$field`.
+macro_rules! kind {
+    ($t:ty, $field:ident) => {
+        impl Kind for $t {
+            fn name_args(&self) -> (&[u8], &[u8]) {
+                (&self.name, &self.args)
+            }
+            fn next() -> Option<unsafe extern "C" fn(*mut ngx_rtmp_session_t, *mut Self) -> ngx_int_t> {
+                CHAINS.read().$field
+            }
+            fn hook(h: &Hooks, s: Session, cmd: Command<Self>) -> Verdict {
+                (h.$field)(s, cmd)
+            }
+        }
+    };
+}
+
+kind!(ngx_rtmp_publish_t, publish);
+kind!(ngx_rtmp_play_t, play);
+
+impl<C: Kind> Command<C> {
     /// The stream name.
     pub fn name(&self) -> String {
-        cbuf_str(&self.0.name).into_owned()
+        cbuf_str(self.0.name_args().0).into_owned()
     }
+
     /// The query arguments after the name.
     pub fn args(&self) -> String {
-        cbuf_str(&self.0.args).into_owned()
+        cbuf_str(self.0.name_args().1).into_owned()
+    }
+
+    /// Pass the command down the chain (now, or when the answer it waited for came): true when
+    /// nginx-rtmp took it. On false the session is to be closed.
+    pub fn pass_on(mut self, s: Session) -> bool {
+        // SAFETY: a live session (see the module's comment) and its kept command.
+        unsafe { next(s.raw(), &mut *self.0) == OK }
     }
 }
 
@@ -79,9 +108,9 @@ pub unsafe fn hook_chains(hooks: &'static Hooks) {
     unsafe {
         let mut c = CHAINS.write();
         c.publish = ngx_rtmp_publish;
-        ngx_rtmp_publish = Some(on_publish);
+        ngx_rtmp_publish = Some(on_command::<ngx_rtmp_publish_t>);
         c.play = ngx_rtmp_play;
-        ngx_rtmp_play = Some(on_play);
+        ngx_rtmp_play = Some(on_command::<ngx_rtmp_play_t>);
         c.close_stream = ngx_rtmp_close_stream;
         ngx_rtmp_close_stream = Some(on_close_stream);
         c.hooks = Some(hooks);
@@ -95,50 +124,27 @@ fn hooks() -> Option<&'static Hooks> {
     CHAINS.read().hooks
 }
 
+/// The next handler of `v`'s chain.
+///
 /// # Safety
-/// A live session and its publish command.
-unsafe fn next_publish(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_publish_t) -> ngx_int_t {
-    let next = CHAINS.read().publish;
+/// A live session and its command.
+unsafe fn next<C: Kind>(s: *mut ngx_rtmp_session_t, v: *mut C) -> ngx_int_t {
     // SAFETY: the chain was linked at configuration time; as the caller guarantees.
-    next.map_or(OK, |f| unsafe { f(s, v) })
+    C::next().map_or(OK, |f| unsafe { f(s, v) })
 }
 
-/// # Safety
-/// A live session and its play command.
-unsafe fn next_play(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_play_t) -> ngx_int_t {
-    let next = CHAINS.read().play;
-    // SAFETY: as above.
-    next.map_or(OK, |f| unsafe { f(s, v) })
-}
-
-/// Run a hook's verdict: pass the command on (`next`), close, or hold.
-fn run(verdict: Verdict, next: impl FnOnce() -> ngx_int_t) -> ngx_int_t {
-    match verdict {
-        Verdict::Next => next(),
-        Verdict::Close => ERROR,
-        Verdict::Done => OK,
-    }
-}
-
-unsafe extern "C" fn on_publish(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_publish_t) -> ngx_int_t {
+/// The head of the publish and play chains: our hook decides, with a copy of the command.
+unsafe extern "C" fn on_command<C: Kind>(s: *mut ngx_rtmp_session_t, v: *mut C) -> ngx_int_t {
     guard(ERROR, || {
-        // SAFETY: nginx-rtmp calls us with a live session and its publish command, which we
-        // copy (plain data) for the hook.
+        // SAFETY: nginx-rtmp calls us with a live session and its command, which we copy
+        // (plain data) for the hook.
         unsafe {
-            let (Some(sess), Some(h)) = (Session::from_raw(s), hooks()) else { return next_publish(s, v) };
-            let verdict = (h.publish)(sess, Publish(Box::new(std::ptr::read(v))));
-            run(verdict, || next_publish(s, v))
-        }
-    })
-}
-
-unsafe extern "C" fn on_play(s: *mut ngx_rtmp_session_t, v: *mut ngx_rtmp_play_t) -> ngx_int_t {
-    guard(ERROR, || {
-        // SAFETY: as in on_publish.
-        unsafe {
-            let (Some(sess), Some(h)) = (Session::from_raw(s), hooks()) else { return next_play(s, v) };
-            let verdict = (h.play)(sess, Play(Box::new(std::ptr::read(v))));
-            run(verdict, || next_play(s, v))
+            let (Some(sess), Some(h)) = (Session::from_raw(s), hooks()) else { return next(s, v) };
+            match C::hook(h, sess, Command(Box::new(std::ptr::read(v)))) {
+                Verdict::Next => next(s, v),
+                Verdict::Close => ERROR,
+                Verdict::Done => OK,
+            }
         }
     })
 }
@@ -157,23 +163,6 @@ unsafe extern "C" fn on_close_stream(
             next.map_or(OK, |f| f(s, v))
         }
     })
-}
-
-impl Publish {
-    /// Pass the publish down the chain (now, or when the answer it waited for came): true when
-    /// nginx-rtmp took it. On false the session is to be closed.
-    pub fn pass_on(mut self, s: Session) -> bool {
-        // SAFETY: a live session (see the module's comment) and its kept command.
-        unsafe { next_publish(s.raw(), &mut *self.0) == OK }
-    }
-}
-
-impl Play {
-    /// Pass the play down the chain, as [`Publish::pass_on`].
-    pub fn pass_on(mut self, s: Session) -> bool {
-        // SAFETY: as in Publish::pass_on.
-        unsafe { next_play(s.raw(), &mut *self.0) == OK }
-    }
 }
 
 /// A handler for one RTMP message type, put first in nginx-rtmp's event array: it gets the
