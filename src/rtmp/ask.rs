@@ -7,13 +7,13 @@
 //! ([`ask_again`], every second); the second word keeps or drops them ([`recheck_answer`]).
 
 use mesh_core::admission::{Ask, Outcome, Verdict as Recheck};
-use mesh_core::auth::{Answer, Question, Waiter};
+use mesh_core::auth::{Answer, AskError, Question, Waiter};
 use mesh_core::handles::Handle;
 use mesh_core::node::Node;
 
 use super::admit::{admit, node_of};
 use super::ctx;
-use super::refusals::refused;
+use super::refusals::{refused, Why};
 use super::table::drop_session;
 use super::waiting::{self, PendingCmd, Waiting};
 use crate::auth;
@@ -32,7 +32,7 @@ pub fn suspend(s: Session, cmd: PendingCmd, ask: Ask) -> Verdict {
     // The entry first (its handle is the waiter), then the question.
     let w = Waiting { s, cmd, ask, call: Handle::from_u64(u64::MAX) };
     let Some(h) = waiting::suspend(w) else {
-        refused(s, action, &stream, "busy");
+        refused(s, action, &stream, &Why::NotAsked(AskError::Busy));
         return Verdict::Close;
     };
     match auth::ask(Waiter::Session(h), &req) {
@@ -43,7 +43,7 @@ pub fn suspend(s: Session, cmd: PendingCmd, ask: Ask) -> Verdict {
         }
         Err(e) => {
             waiting::cancel(h);
-            refused(s, action, &stream, &e.to_string());
+            refused(s, action, &stream, &Why::NotAsked(e));
             Verdict::Close
         }
     }
@@ -80,7 +80,7 @@ pub fn resume(h: Handle, question: &Question, a: &Answer) {
     let passed = match w.ask.answered(node.role, a) {
         Outcome::Admit(adm) => admit(s, w.cmd, &node, adm),
         Outcome::Refuse(why) => {
-            refused(s, w.ask.request.action, &w.ask.request.stream, &why.to_string());
+            refused(s, w.ask.request.action, &w.ask.request.stream, &Why::Decided(why));
             false
         }
         Outcome::Pass | Outcome::Ask(_) => false,
@@ -101,7 +101,7 @@ pub fn recheck_answer(rid: u64, q: &Question, a: &Answer) {
         }
     });
     if let Some(Some((s, publisher, stream, why))) = gone {
-        drop_session(rid, s, publisher, &stream, &why.to_string());
+        drop_session(rid, s, publisher, &stream, &Why::Decided(why), "");
     }
 }
 

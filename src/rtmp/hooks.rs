@@ -12,7 +12,7 @@ use mesh_core::wire::Action;
 use super::admit::{admit, done, node_of};
 use super::ask::suspend;
 use super::ctx;
-use super::refusals::refused;
+use super::refusals::{refused, Why};
 use super::waiting::PendingCmd;
 use crate::conf::AppConf;
 use crate::nginx::rtmp::{Play, Publish, Session, Verdict};
@@ -20,11 +20,6 @@ use crate::nginx::util::{now, now_ms};
 use crate::registry;
 use crate::{auth, transcode};
 
-/// Why a second publish or play on an admitted stream is refused.
-const ALREADY: &str = "already admitted on this connection";
-
-/// Why a publish right after another on the same connection is refused.
-const TOO_SOON: &str = "publishing again too soon";
 /// The least time between two publishes on one connection. Each starts the stream's pushes:
 /// a client sending publish and deleteStream in a loop would open connections to the root
 /// relays faster than the closed ones go (they close on the next turn of the event loop),
@@ -57,7 +52,7 @@ fn command(s: Session, cmd: PendingCmd) -> Verdict {
     req.relay = s.is_relay();
     if !req.relay {
         if let Err(why) = fresh(s, action == Action::Publish) {
-            refused(s, action, &stream, why);
+            refused(s, action, &stream, &why);
             return Verdict::Close;
         }
     }
@@ -70,7 +65,7 @@ fn command(s: Session, cmd: PendingCmd) -> Verdict {
         Outcome::Pass => Verdict::Next,
         Outcome::Admit(a) => done(admit(s, cmd, &node, a)),
         Outcome::Refuse(why) => {
-            refused(s, action, &stream, &why.to_string());
+            refused(s, action, &stream, &Why::Decided(why));
             Verdict::Close
         }
         Outcome::Ask(ask) => suspend(s, cmd, ask),
@@ -83,13 +78,13 @@ fn command(s: Session, cmd: PendingCmd) -> Verdict {
 /// that wants another stream closes this one first: closeStream, deleteStream, play2 do) —
 /// and a publish at most every [`PUBLISH_AGAIN_MS`]. A command still waiting for the master is
 /// replaced: its question is taken back, so its answer can never admit the new one.
-fn fresh(s: Session, publish: bool) -> Result<(), &'static str> {
+fn fresh(s: Session, publish: bool) -> Result<(), Why> {
     ctx::with(s, |c| {
         if c.reg.is_some() {
-            return Err(ALREADY);
+            return Err(Why::Already);
         }
         if publish && c.published_at.is_some_and(|t| now_ms().wrapping_sub(t) < PUBLISH_AGAIN_MS) {
-            return Err(TOO_SOON);
+            return Err(Why::TooSoon);
         }
         c.cancel_pending();
         Ok(())

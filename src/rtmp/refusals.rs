@@ -4,7 +4,10 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::fmt;
 
+use mesh_core::admission::Reason;
+use mesh_core::auth::AskError;
 use mesh_core::name::for_log;
 use mesh_core::status::RefusalCount;
 use mesh_core::wire::Action;
@@ -17,6 +20,40 @@ thread_local! {
     static REFUSALS: RefCell<BTreeMap<(&'static str, String), u64>> = Default::default();
 }
 
+/// Why a session is refused or dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Why {
+    /// A rule of the table or the node, or the master's word.
+    Decided(Reason),
+    /// The master could not be asked (too many questions wait, no master).
+    NotAsked(AskError),
+    /// Another publish or play on a connection already admitted.
+    Already,
+    /// A publish again less than a second after the last.
+    TooSoon,
+}
+
+impl Why {
+    /// The counter's label: the reason without its detail (`auth`, not the master's words).
+    fn label(&self) -> String {
+        match self {
+            Why::Decided(Reason::Auth(_)) => "auth".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Why {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Why::Decided(r) => r.fmt(f),
+            Why::NotAsked(e) => e.fmt(f),
+            Why::Already => f.write_str("already admitted on this connection"),
+            Why::TooSoon => f.write_str("publishing again too soon"),
+        }
+    }
+}
+
 /// The word for an action in log lines and counters.
 pub fn action_str(a: Action) -> &'static str {
     match a {
@@ -26,35 +63,36 @@ pub fn action_str(a: Action) -> &'static str {
 }
 
 /// A session refused: its line, counted.
-pub fn refused(s: Session, action: Action, stream: &str, why: &str) {
-    log(s, action, "refused", stream, why);
+pub fn refused(s: Session, action: Action, stream: &str, why: &Why) {
+    log(s, action, "refused", stream, why, "");
 }
 
-/// An admitted session closed because the node no longer allows it: its line, counted.
-pub fn dropped(s: Session, action: Action, stream: &str, why: &str) {
-    log(s, action, "dropped", stream, why);
+/// An admitted session closed because the node no longer allows it (`when`: what changed,
+/// for the log line): its line, counted.
+pub fn dropped(s: Session, action: Action, stream: &str, why: &Why, when: &str) {
+    log(s, action, "dropped", stream, why, when);
 }
 
-fn log(s: Session, action: Action, verb: &str, stream: &str, why: &str) {
+fn log(s: Session, action: Action, verb: &str, stream: &str, why: &Why, when: &str) {
     let action = action_str(action);
-    count(action, why);
+    count(action, why.label());
+    let when = if when.is_empty() { String::new() } else { format!(" ({when})") };
     ngx::ngx_log_error!(
         NGX_LOG_ERR,
         s.log(),
-        "mesh: {} {}: app \"{}\", stream \"{}\", from {}: {}",
+        "mesh: {} {}: app \"{}\", stream \"{}\", from {}: {}{}",
         action,
         verb,
         for_log(&s.app()),
         for_log(stream),
         s.peer(),
-        why
+        why,
+        when
     );
 }
 
-/// Count a refusal under its reason's label: the words before any detail (`auth: …`, `(table
-/// version 4)`).
-fn count(action: &'static str, why: &str) {
-    let reason = why.split([':', '(']).next().unwrap_or(why).trim().to_string();
+/// Count a refusal under its reason's label.
+fn count(action: &'static str, reason: String) {
     let _ = REFUSALS.try_with(|r| *r.borrow_mut().entry((action, reason)).or_insert(0) += 1);
 }
 

@@ -7,7 +7,7 @@ use mesh_core::status::PushStatus;
 use mesh_core::wire::{Action, PushStat};
 
 use super::ctx;
-use super::refusals::dropped;
+use super::refusals::{dropped, Why};
 use crate::nginx::rtmp::Session;
 use crate::nginx::util::now;
 use crate::push::Pushes;
@@ -27,7 +27,7 @@ pub fn apply(node: &Node, why_now: &str) {
     });
     for (id, s, (verdict, stream, source, publisher)) in verdicts {
         match verdict {
-            Verdict::Drop(why) => drop_session(id, s, publisher, &stream, &format!("{why} ({why_now})")),
+            Verdict::Drop(why) => drop_session(id, s, publisher, &stream, &Why::Decided(why), why_now),
             Verdict::Keep if publisher => {
                 let plan = node.plan_pushes(&stream, source.as_deref());
                 let start = ctx::with(s, |c| match &mut c.pushes {
@@ -48,8 +48,8 @@ pub fn apply(node: &Node, why_now: &str) {
 }
 
 /// Close an admitted session the node no longer allows, with its log line.
-pub fn drop_session(id: u64, s: Session, publisher: bool, stream: &str, why: &str) {
-    dropped(s, if publisher { Action::Publish } else { Action::Play }, stream, why);
+pub fn drop_session(id: u64, s: Session, publisher: bool, stream: &str, why: &Why, when: &str) {
+    dropped(s, if publisher { Action::Publish } else { Action::Play }, stream, why, when);
     ctx::with(s, |c| c.reg = None);
     registry::remove(id);
     s.finalize();
