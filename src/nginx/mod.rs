@@ -6,11 +6,13 @@
 //! * [`directive`]: what every directive handler shares (its arguments, nginx's wording);
 //! * [`event`]: timers and tasks on the event loop, and a wake-up socket for other threads;
 //! * [`rtmp`]: the RTMP session handle, nginx-rtmp's handler chains and relay pushes;
-//! * [`http`]: HTTP request helpers (short answers, headers, the client's address).
+//! * [`http`]: HTTP request helpers (short answers, headers, the client's address);
+//! * [`access`]: who a request comes from, as nginx's `allow`/`deny` rules see it.
 //!
 //! Everything above this layer calls these safe(ish) wrappers instead of dereferencing nginx
 //! pointers; each `unsafe` block here says why it holds.
 
+pub mod access;
 pub mod directive;
 pub mod event;
 pub mod ffi;
