@@ -25,7 +25,7 @@ use ngx::ngx_conf_log_error;
 use parking_lot::RwLock;
 
 use crate::nginx::ffi::*;
-use crate::nginx::util::{guard, pool_new, CONF_ERROR, CONF_OK};
+use crate::nginx::util::{guard, max_log_level, pool_new, worker_processes, CONF_ERROR, CONF_OK};
 
 /// `mesh_auth_pending_max`: auth questions about unknown credentials waiting per worker.
 pub const DEFAULT_PENDING_MAX: usize = 256;
@@ -194,17 +194,13 @@ pub fn apply_us() -> (u64, u64) {
 /// # Safety
 /// `cycle` is configured (init_module).
 pub unsafe fn check_cycle(cycle: *mut ngx_cycle_t) -> Result<(), String> {
-    // SAFETY: configuration is complete; the core module's conf is set.
-    unsafe {
-        let Some(mcf) = cycle_main_conf(cycle) else { return Ok(()) };
-        let ccf = (*(*cycle).conf_ctx.add((*addr_of!(ngx_core_module)).index)).cast::<ngx_core_conf_t>();
-        if mcf.master.is_some() && !ccf.is_null() && (*ccf).worker_processes > 1 {
-            return Err(format!(
-                "\"mesh_master\" needs \"worker_processes 1\" (found {}): the node announces itself and its figures from one worker",
-                (*ccf).worker_processes
-            ));
-        }
-        Ok(())
+    // SAFETY: as the caller guarantees.
+    let (mcf, workers) = unsafe { (cycle_main_conf(cycle), worker_processes(cycle)) };
+    match (mcf, workers) {
+        (Some(m), Some(n)) if m.master.is_some() && n > 1 => Err(format!(
+            "\"mesh_master\" needs \"worker_processes 1\" (found {n}): the node announces itself and its figures from one worker"
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -336,17 +332,11 @@ unsafe fn warn_verbose_log(cf: *mut ngx_conf_t) {
 ///
 /// # Safety
 /// `cf` is the configuration being parsed; `log` a list of its error logs.
-pub unsafe fn warn_verbose_logs(cf: *mut ngx_conf_t, mut log: *const ngx_log_t, what: &str, why: &str) {
+pub unsafe fn warn_verbose_logs(cf: *mut ngx_conf_t, log: *const ngx_log_t, what: &str, why: &str) {
     // SAFETY: as the caller guarantees.
     unsafe {
         let cycle = (*cf).cycle;
-        let mut level = 0;
-        while !log.is_null() {
-            if !(*log).file.is_null() {
-                level = level.max((*log).log_level);
-            }
-            log = (*log).next;
-        }
+        let level = max_log_level(log);
         if level < NGX_LOG_INFO as ngx_uint_t || WARNED_CYCLE.swap(cycle, Ordering::Relaxed) == cycle {
             return;
         }

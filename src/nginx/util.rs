@@ -135,3 +135,34 @@ pub fn connections_in_use() -> u64 {
         }
     }
 }
+
+/// `worker_processes` of a configured cycle.
+///
+/// # Safety
+/// `cycle` is configured (its core module's conf is set).
+pub unsafe fn worker_processes(cycle: *mut ngx_cycle_t) -> Option<ngx_int_t> {
+    // SAFETY: conf_ctx has the core module's conf at its index.
+    unsafe {
+        let ccf =
+            (*(*cycle).conf_ctx.add((*std::ptr::addr_of!(ngx_core_module)).index)).cast::<ngx_core_conf_t>();
+        ccf.as_ref().map(|c| c.worker_processes)
+    }
+}
+
+/// The most verbose level of the error logs in the list at `log` (those with a file).
+///
+/// # Safety
+/// `log` is null or a list of live error logs.
+pub unsafe fn max_log_level(mut log: *const ngx_log_t) -> ngx_uint_t {
+    let mut level = 0;
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        while let Some(l) = log.as_ref() {
+            if !l.file.is_null() {
+                level = level.max(l.log_level);
+            }
+            log = l.next;
+        }
+    }
+    level
+}
