@@ -8,7 +8,6 @@
 //! waits for DNS.
 
 use std::cell::RefCell;
-use std::ffi::c_void;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -16,25 +15,17 @@ use mesh_core::node::PlannedPush;
 use mesh_core::wire::PushStat;
 
 use crate::nginx::event::{every, Task};
-use crate::nginx::ffi::*;
-use crate::nginx::rtmp::Session;
-use crate::nginx::util::pool_str;
+use crate::nginx::ffi::{NGX_LOG_ERR, NGX_LOG_WARN};
+use crate::nginx::rtmp::{RelayName, RelayTarget, Session};
 
 /// Interval between checks for pushes to start again.
 pub const RETRY: Duration = Duration::from_secs(3);
-
-/// The tag of our relay pushes (any address unique to this module: this static's).
-static TAG: u8 = 0;
-
-fn tag() -> *mut c_void {
-    std::ptr::addr_of!(TAG).cast_mut().cast()
-}
 
 struct PushTarget {
     id: usize,
     node_id: String,
     url: String,
-    target: ngx_rtmp_relay_target_t,
+    target: RelayTarget,
     /// Last seen state, to log changes only.
     up: bool,
     /// Times the push was started again.
@@ -51,7 +42,7 @@ pub struct Pushes {
 struct State {
     s: Session,
     stream: String,
-    name: ngx_str_t,
+    name: RelayName,
     targets: Vec<PushTarget>,
     next_id: usize,
 }
@@ -60,8 +51,7 @@ impl Pushes {
     /// Start pushing `stream` (published on session `s`) as `plan` says. None when the
     /// connection's pool is out of memory.
     pub fn start(s: Session, stream: &str, plan: &[PlannedPush]) -> Option<Pushes> {
-        // SAFETY: the session's pool outlives the publish (and so these pushes).
-        let name = unsafe { pool_str(s.pool(), stream.as_bytes()) }?;
+        let name = s.relay_name(stream)?;
         let state = Rc::new(RefCell::new(State {
             s,
             stream: stream.to_string(),
@@ -126,38 +116,23 @@ impl State {
         }
     }
 
-    /// A relay target for `url` (`rtmp://ip:port/app/stream?node=&key=`), parsed into the
-    /// connection's pool.
+    /// A relay target for `url`, with a new id.
     fn target(&mut self, node_id: &str, url: &str) -> Option<PushTarget> {
-        // SAFETY: the pool is the live session's; ngx_parse_url keeps pointers into it.
-        unsafe {
-            let pool = self.s.pool();
-            let u = pool_str(pool, url.trim_start_matches("rtmp://").as_bytes())?;
-            let mut target: ngx_rtmp_relay_target_t = std::mem::zeroed();
-            target.url.url = u;
-            target.url.default_port = 1935;
-            target.url.set_uri_part(1);
-            target.url.set_no_resolve(1);
-            if ngx_parse_url(pool, &mut target.url) != NGX_OK as ngx_int_t || target.url.naddrs == 0 {
-                return None;
-            }
-            self.next_id += 1;
-            target.tag = tag();
-            target.data = self.next_id as *mut c_void;
-            Some(PushTarget {
-                id: self.next_id,
-                node_id: node_id.to_string(),
-                url: url.to_string(),
-                target,
-                up: true,
-                reconnects: 0,
-            })
-        }
+        let target = self.s.relay_target(url, self.next_id + 1)?;
+        self.next_id += 1;
+        Some(PushTarget {
+            id: self.next_id,
+            node_id: node_id.to_string(),
+            url: url.to_string(),
+            target,
+            up: true,
+            reconnects: 0,
+        })
     }
 
     /// Close the live push with id `id`, if any.
     fn close(&self, id: usize) {
-        for (data, session) in self.s.relay_pushes(tag()) {
+        for (data, session) in self.s.relay_pushes() {
             if data == id {
                 if let Some(p) = session {
                     p.finalize();
@@ -169,7 +144,7 @@ impl State {
     /// Push again to every target that has no live push now, then check again later.
     /// A change of a target's state is logged once, not every retry.
     fn push_missing(&mut self) {
-        let alive: Vec<usize> = self.s.relay_pushes(tag()).into_iter().map(|(d, _)| d).collect();
+        let alive: Vec<usize> = self.s.relay_pushes().into_iter().map(|(d, _)| d).collect();
         let s = self.s;
         for t in self.targets.iter_mut() {
             if alive.contains(&t.id) {

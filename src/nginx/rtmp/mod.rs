@@ -188,15 +188,44 @@ impl Session {
         }
     }
 
-    /// Start a relay push of `name` to `target` (both in the session's pool or longer-lived).
-    pub fn relay_push(self, name: &mut ngx_str_t, target: &mut ngx_rtmp_relay_target_t) {
-        // SAFETY: live publishing session; nginx-rtmp copies what it keeps of the target.
-        unsafe { ngx_rtmp_relay_push(self.raw(), name, target) };
+    /// A relay target for `url` (`rtmp://ip:port/app/stream?…`, its host already an address:
+    /// nothing here resolves), tagged as ours with `id`, parsed into the session's pool. None
+    /// for an address nginx does not parse, or an exhausted pool.
+    pub fn relay_target(self, url: &str, id: usize) -> Option<RelayTarget> {
+        // SAFETY: the pool is the live session's; ngx_parse_url keeps pointers into it, which
+        // outlive the target (it lives in the session's context, dropped before the pool).
+        unsafe {
+            let pool = self.pool();
+            let u = super::util::pool_str(pool, url.trim_start_matches("rtmp://").as_bytes())?;
+            let mut target: ngx_rtmp_relay_target_t = std::mem::zeroed();
+            target.url.url = u;
+            target.url.default_port = 1935;
+            target.url.set_uri_part(1);
+            target.url.set_no_resolve(1);
+            if ngx_parse_url(pool, &mut target.url) != NGX_OK as ngx_int_t || target.url.naddrs == 0 {
+                return None;
+            }
+            target.tag = relay_tag();
+            target.data = id as *mut c_void;
+            Some(RelayTarget(target))
+        }
     }
 
-    /// The relay pushes of this session tagged `tag`: each one's `data` and its session, if
-    /// connected.
-    pub fn relay_pushes(self, tag: *mut c_void) -> Vec<(usize, Option<Session>)> {
+    /// A stream name for relay pushes, in the session's pool.
+    pub fn relay_name(self, stream: &str) -> Option<RelayName> {
+        // SAFETY: the session's pool outlives the publish (and so its pushes).
+        unsafe { super::util::pool_str(self.pool(), stream.as_bytes()) }.map(RelayName)
+    }
+
+    /// Start a relay push of `name` to `target`.
+    pub fn relay_push(self, name: &mut RelayName, target: &mut RelayTarget) {
+        // SAFETY: live publishing session; nginx-rtmp copies what it keeps of the target.
+        unsafe { ngx_rtmp_relay_push(self.raw(), &mut name.0, &mut target.0) };
+    }
+
+    /// Our relay pushes of this session: each one's id and its session, if connected.
+    pub fn relay_pushes(self) -> Vec<(usize, Option<Session>)> {
+        let tag = relay_tag();
         let mut out = Vec::new();
         // SAFETY: the relay module's ctx for this session lists its pushes in `play`; each
         // entry stays valid while linked, and its session is live while set.
@@ -216,6 +245,19 @@ impl Session {
         }
         out
     }
+}
+
+/// A parsed relay target of ours (see [`Session::relay_target`]).
+pub struct RelayTarget(ngx_rtmp_relay_target_t);
+
+/// A stream name for relay pushes, in a session's pool.
+pub struct RelayName(ngx_str_t);
+
+/// The tag of our relay pushes: an address unique to this module (this static's).
+static TAG: u8 = 0;
+
+fn relay_tag() -> *mut c_void {
+    addr_of!(TAG).cast_mut().cast()
 }
 
 extern "C" {
