@@ -90,7 +90,13 @@ pub fn start(mcf: &MainConf, figures: Heartbeat, on_wake: fn()) -> Result<(), St
 fn woken(_: u64) {
     let on_wake = LINK.with_borrow(|l| {
         l.as_ref().map(|l| {
-            l.wake.drain();
+            if !l.wake.drain() {
+                ngx::ngx_log_error!(
+                    crate::nginx::ffi::NGX_LOG_ALERT,
+                    ngx::log::ngx_cycle_log().as_ptr(),
+                    "mesh: cannot watch the wake-up socket"
+                );
+            }
             l.on_wake
         })
     });

@@ -238,20 +238,20 @@ impl Wake {
         let (rx, tx) = UnixStream::pair()?;
         rx.set_nonblocking(true)?;
         tx.set_nonblocking(true)?;
-        let pipe = Pipe::new(OwnedFd::from(rx), f, key)
-            .map_err(|e| std::io::Error::other(format!("wake-up socket: {e}")))?;
+        let pipe = Pipe::new(OwnedFd::from(rx), f, key).map_err(|e| {
+            std::io::Error::other(match e {
+                PipeError::NoConnection => "no free connection for the wake-up socket",
+                PipeError::NotWatched => "cannot watch the wake-up socket",
+            })
+        })?;
         Ok((Wake { pipe }, Waker(tx)))
     }
 
-    /// Read the wake-ups written so far and watch for the next ones.
-    pub fn drain(&self) {
+    /// Read the wake-ups written so far and watch for the next ones. False when the event
+    /// module refuses to watch it again (the caller says so in the log).
+    #[must_use]
+    pub fn drain(&self) -> bool {
         drain(self.pipe.fd().as_raw_fd());
-        if !self.pipe.wait() {
-            ngx::ngx_log_error!(
-                NGX_LOG_ALERT,
-                ngx::log::ngx_cycle_log().as_ptr(),
-                "cannot watch the wake-up socket"
-            );
-        }
+        self.pipe.wait()
     }
 }

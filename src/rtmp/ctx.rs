@@ -1,6 +1,8 @@
 //! What we keep per RTMP session, in its connection's pool (dropped with it): its registry
 //! entry while admitted, its wait for the master, its pushes, and when it last published.
 
+use std::cell::RefCell;
+
 use mesh_core::handles::Handle;
 
 use super::waiting;
@@ -43,16 +45,24 @@ impl Drop for SessionCtx {
     }
 }
 
+/// What the session's ctx slot holds: a `RefCell`, so that a second borrow (a hook run again
+/// by nginx-rtmp while `f` holds the context) is refused instead of making two `&mut`.
+type Slot = RefCell<SessionCtx>;
+
 /// `f` of our context of a session, if made. `f` must not call into nginx-rtmp (which may run
-/// our hooks, which take the context again): take what it needs and act after.
+/// our hooks, which take the context again): take what it needs and act after. (If it does,
+/// the inner call finds no context: None.)
 pub fn with<R>(s: Session, f: impl FnOnce(&mut SessionCtx) -> R) -> Option<R> {
-    // SAFETY: SessionCtx is the one type we keep in our ctx slot; the borrow ends with f, and
-    // nothing f does takes it again.
-    unsafe { s.ctx::<SessionCtx>() }.map(f)
+    // SAFETY: Slot is the one type we keep in our ctx slot.
+    let slot = unsafe { s.ctx::<Slot>() }?;
+    let mut c = slot.try_borrow_mut().ok()?;
+    Some(f(&mut c))
 }
 
 /// The same, the context made on first use (None only when the pool is out of memory).
 pub fn with_made<R>(s: Session, f: impl FnOnce(&mut SessionCtx) -> R) -> Option<R> {
     // SAFETY: as in with.
-    unsafe { s.ctx_or_default::<SessionCtx>() }.map(f)
+    let slot = unsafe { s.ctx_or_default::<Slot>() }?;
+    let mut c = slot.try_borrow_mut().ok()?;
+    Some(f(&mut c))
 }

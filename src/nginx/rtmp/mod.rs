@@ -162,21 +162,22 @@ impl Session {
         }
     }
 
-    /// Our per-session context, if made.
+    /// Our per-session context, if made. Shared: `T` gives its own interior mutability (a
+    /// `RefCell`), so a hook that runs again while a caller holds it cannot make two `&mut`.
     ///
     /// # Safety
-    /// `T` is the one type the module keeps in its ctx slot; no other reference to it is
-    /// alive (event loop: callers take it, use it and let it go).
-    pub unsafe fn ctx<'a, T>(self) -> Option<&'a mut T> {
-        // SAFETY: s->ctx has a slot per rtmp module; ours holds null or our T.
-        unsafe { (*(*self.raw()).ctx.add(ctx_index())).cast::<T>().as_mut() }
+    /// `T` is the one type the module keeps in its ctx slot.
+    pub unsafe fn ctx<'a, T>(self) -> Option<&'a T> {
+        // SAFETY: s->ctx has a slot per rtmp module; ours holds null or our T, which lives in
+        // the connection's pool, as long as the session.
+        unsafe { (*(*self.raw()).ctx.add(ctx_index())).cast::<T>().as_ref() }
     }
 
     /// Our per-session context, made on first use in the connection's pool (dropped with it).
     ///
     /// # Safety
     /// As [`Session::ctx`].
-    pub unsafe fn ctx_or_default<'a, T: Default>(self) -> Option<&'a mut T> {
+    pub unsafe fn ctx_or_default<'a, T: Default>(self) -> Option<&'a T> {
         // SAFETY: as in ctx; pool_new drops the value when the connection's pool goes.
         unsafe {
             if let Some(c) = self.ctx::<T>() {
@@ -184,7 +185,7 @@ impl Session {
             }
             let p = pool_new(self.pool(), T::default());
             *(*self.raw()).ctx.add(ctx_index()) = p.cast();
-            p.as_mut()
+            p.as_ref()
         }
     }
 
