@@ -6,11 +6,11 @@
 //! held: a stream neither published here nor routable is a 404 at once, and so is one the
 //! master says it does not know.
 //!
-//! The held request's state lives in its own pool (dropped with the request, which deletes its
-//! timer and gives its place back); nothing outside the request points at it.
+//! The held request's state lives in its own pool ([`crate::nginx::http::hold`]: dropped with
+//! the request, which deletes its timer and gives its place back); nothing outside the request
+//! points at it.
 
 use std::cell::{Cell, RefCell};
-use std::ptr::null_mut;
 
 use mesh_core::hold::{Busy, Holds, DEFAULT_HOLD_MAX, DEFAULT_HOLD_PER_CLIENT};
 use mesh_core::manifest::{rewrite_hls, rewrite_mpd};
@@ -23,8 +23,8 @@ use super::serve::{serve_manifest, StreamDir};
 use super::token::{self, Check};
 use super::{HttpMainConf, Module};
 use crate::nginx::ffi::*;
-use crate::nginx::http::{self, request, RequestExt};
-use crate::nginx::util::{exiting, guard, now_ms, pool_new};
+use crate::nginx::http::{self, RequestExt};
+use crate::nginx::util::{exiting, now_ms};
 use crate::registry;
 use crate::route::{self, Standing};
 use crate::transcode::{self, State};
@@ -76,15 +76,12 @@ pub enum Step {
 
 /// An entry-manifest request, while it is looked at and while it is held.
 pub struct Hold {
-    /// The request, once held (its Hold lives in its pool: the pointer outlives neither).
-    r: *mut ngx_http_request_t,
     stream: String,
     file: MediaFile,
     format: Format,
     token: Option<String>,
     client: String,
     deadline: u64,
-    ev: ngx_event_t,
     /// Counted in HOLDS (given back on drop).
     held: bool,
     /// Answered by us (not ended by its client).
@@ -102,15 +99,12 @@ impl Hold {
         wait: ngx_msec_t,
     ) -> Hold {
         Hold {
-            r: null_mut(),
             stream,
             file,
             format,
             token,
             client: r.client(),
             deadline: now_ms() + wait as u64,
-            // SAFETY: an all-zero event is nginx's idle event (as ngx_pcalloc'd ones are).
-            ev: unsafe { std::mem::zeroed() },
             held: false,
             answered: false,
         }
@@ -119,10 +113,6 @@ impl Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        if self.ev.timer_set() == 1 {
-            // SAFETY: our timer, deleted before its memory goes.
-            unsafe { ngx_del_timer(&mut self.ev) };
-        }
         if self.held {
             let _ = HOLDS.try_with(|h| h.borrow_mut().release(&self.client));
             if !self.answered {
@@ -221,7 +211,7 @@ pub fn rewrite(format: Format, text: &str, token: Option<&str>) -> String {
 
 /// Hold `h` until its manifest is ready, it fails, its time is up or its client leaves.
 /// Returns the handler's return code (NGX_DONE when held).
-pub fn start(r: &mut Request, h: Hold, hcf: &HttpMainConf) -> Status {
+pub fn start(r: &mut Request, mut h: Hold, hcf: &HttpMainConf) -> Status {
     if r.discards_body() {
         return Refusal::Body.send(r);
     }
@@ -236,55 +226,34 @@ pub fn start(r: &mut Request, h: Hold, hcf: &HttpMainConf) -> Status {
         });
         return Refusal::Busy(busy).send(r);
     }
-    let client = h.client.clone();
-    // SAFETY: the request's own pool; the Hold is dropped with it.
-    let p = unsafe { pool_new(r.as_ref().pool, h) };
-    if p.is_null() {
-        HOLDS.with_borrow_mut(|hs| hs.release(&client));
-        return HTTPStatus::INTERNAL_SERVER_ERROR.into();
+    h.held = true;
+    match http::hold(r, h, POLL_MS, on_hold) {
+        Ok(rc) => {
+            count(|f| f.held_total += 1);
+            rc
+        }
+        Err(mut h) => {
+            // Never held: its place back, not counted as closed by its client.
+            h.answered = true;
+            HTTPStatus::INTERNAL_SERVER_ERROR.into()
+        }
     }
-    count(|f| f.held_total += 1);
-    let raw: *mut ngx_http_request_t = (&mut *r).into();
-    // SAFETY: p is the Hold just placed in the pool; its event is armed once, here, and
-    // deleted by its drop.
-    unsafe {
-        (*p).r = raw;
-        (*p).held = true;
-        (*p).ev.handler = Some(on_hold);
-        (*p).ev.data = p.cast();
-        (*p).ev.log = r.log();
-        ngx_add_timer(&mut (*p).ev, POLL_MS);
-    }
-    http::suspend(r);
-    Status::NGX_DONE
 }
 
-unsafe extern "C" fn on_hold(ev: *mut ngx_event_t) {
-    guard((), || {
-        // SAFETY: ev.data is the Hold in the request's pool; the request is alive while we
-        // hold its count.
-        let h = unsafe { &mut *(*ev).data.cast::<Hold>() };
-        let raw = h.r;
-        // SAFETY: as above.
-        let r = unsafe { request(raw) };
-        let rc = match step(r, h, false) {
-            Step::Serve(t) => serve(r, h, t),
-            Step::Fail(why) => why.send(r),
-            Step::Wait if now_ms() >= h.deadline => {
-                if registry::has_publisher(&h.stream) {
-                    Refusal::NotReady.send(r)
-                } else {
-                    Refusal::NotLive.send(r)
-                }
+/// A held request's look every [`POLL_MS`]: its answer, or None to wait on.
+fn on_hold(r: &mut Request, h: &mut Hold) -> Option<Status> {
+    let rc = match step(r, h, false) {
+        Step::Serve(t) => serve(r, h, t),
+        Step::Fail(why) => why.send(r),
+        Step::Wait if now_ms() >= h.deadline => {
+            if registry::has_publisher(&h.stream) {
+                Refusal::NotReady.send(r)
+            } else {
+                Refusal::NotLive.send(r)
             }
-            Step::Wait => {
-                // SAFETY: our event, in the Hold.
-                unsafe { ngx_add_timer(ev, POLL_MS) };
-                return;
-            }
-        };
-        h.answered = true;
-        // SAFETY: a live request we answered; it (and this Hold with it) may be gone after.
-        unsafe { http::finalize(raw, rc) };
-    })
+        }
+        Step::Wait => return None,
+    };
+    h.answered = true;
+    Some(rc)
 }

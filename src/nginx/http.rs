@@ -210,10 +210,10 @@ pub unsafe fn serve_from(cf: *mut ngx_conf_t, dir: &str) -> bool {
     }
 }
 
-/// Keep `r` open after its handler returns `NGX_DONE`, until [`finalize`]: meanwhile only its
+/// Keep `r` open after its handler returns `NGX_DONE`, until it is finalized: meanwhile only its
 /// client closing ends it (nginx's `ngx_http_test_reading` as its read handler, as upstream's
 /// broken-connection check), and nothing runs its phases again on a write event.
-pub fn suspend(r: &mut Request) {
+fn suspend(r: &mut Request) {
     let raw: *mut ngx_http_request_t = r.into();
     // SAFETY: a live request, its main request and connection.
     unsafe {
@@ -233,7 +233,77 @@ pub fn suspend(r: &mut Request) {
 ///
 /// # Safety
 /// `r` is live and suspended; it may be freed by this call.
-pub unsafe fn finalize(r: *mut ngx_http_request_t, rc: Status) {
+unsafe fn finalize(r: *mut ngx_http_request_t, rc: Status) {
     // SAFETY: as the caller guarantees.
     unsafe { ngx_http_finalize_request(r, rc.0) }
+}
+
+/// A request held open with its state: [`hold`] puts them in the request's pool, with a timer.
+struct Held<T> {
+    r: *mut ngx_http_request_t,
+    ev: ngx_event_t,
+    period: ngx_msec_t,
+    poll: fn(&mut Request, &mut T) -> Option<Status>,
+    state: T,
+}
+
+impl<T> Drop for Held<T> {
+    fn drop(&mut self) {
+        if self.ev.timer_set() == 1 {
+            // SAFETY: our timer, deleted before its memory goes.
+            unsafe { ngx_del_timer(&mut self.ev) };
+        }
+    }
+}
+
+/// Hold `r` open (see [`suspend`]) with `state` in its pool: every `period` ms, `poll` looks
+/// at it and either answers (the request is finalized with that status; the state is dropped
+/// with the request) or lets it wait. The client closing ends it earlier (the state dropped
+/// likewise). Returns `NGX_DONE` for the handler to return, or the state back when the pool is
+/// exhausted.
+pub fn hold<T: 'static>(
+    r: &mut Request,
+    state: T,
+    period: ngx_msec_t,
+    poll: fn(&mut Request, &mut T) -> Option<Status>,
+) -> Result<Status, T> {
+    unsafe extern "C" fn drop_held<T>(data: *mut std::ffi::c_void) {
+        // SAFETY: `data` is the Held written below, dropped exactly once by the pool.
+        super::util::guard((), || unsafe { std::ptr::drop_in_place(data.cast::<Held<T>>()) })
+    }
+    assert!(std::mem::align_of::<Held<T>>() <= std::mem::size_of::<usize>(), "over-aligned pool type");
+    let raw: *mut ngx_http_request_t = (&mut *r).into();
+    // SAFETY: the request's own pool (the Held and its timer go with the request); the
+    // cleanup's data block is sized for the Held; an all-zero event is nginx's idle event.
+    unsafe {
+        let cln = ngx_pool_cleanup_add(r.as_ref().pool, std::mem::size_of::<Held<T>>());
+        if cln.is_null() {
+            return Err(state);
+        }
+        let p = (*cln).data.cast::<Held<T>>();
+        std::ptr::write(p, Held { r: raw, ev: std::mem::zeroed(), period, poll, state });
+        (*cln).handler = Some(drop_held::<T>);
+        (*p).ev.handler = Some(on_held::<T>);
+        (*p).ev.data = p.cast();
+        (*p).ev.log = r.log();
+        ngx_add_timer(&mut (*p).ev, period);
+    }
+    suspend(r);
+    Ok(Status::NGX_DONE)
+}
+
+unsafe extern "C" fn on_held<T>(ev: *mut ngx_event_t) {
+    super::util::guard((), || {
+        // SAFETY: ev.data is the Held in the request's pool; the request is alive while it
+        // is suspended (we hold its count).
+        unsafe {
+            let h = &mut *(*ev).data.cast::<Held<T>>();
+            let raw = h.r;
+            match (h.poll)(request(raw), &mut h.state) {
+                None => ngx_add_timer(ev, h.period),
+                // The request (and the Held with it) may be gone after this.
+                Some(rc) => finalize(raw, rc),
+            }
+        }
+    })
 }
