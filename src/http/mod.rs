@@ -203,6 +203,15 @@ pub unsafe extern "C" fn set_media(
                 return set;
             }
             let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*cf) else { return CONF_ERROR };
+            // Its files are served by prefix (see `merge_loc_conf`): a regex has none.
+            if !clcf.regex.is_null() || clcf.named() == 1 {
+                ngx_conf_log_error!(
+                    NGX_LOG_EMERG,
+                    cf,
+                    "\"mesh_media\" cannot be used in a regex or named location"
+                );
+                return CONF_ERROR;
+            }
             lcf.prefix = String::from_utf8_lossy(str_bytes(&clcf.name)).into_owned();
             if !lcf.prefix.ends_with('/') {
                 lcf.prefix.push('/');
