@@ -173,7 +173,7 @@ static mut HTTP_COMMANDS: [ngx_command_t; 14] = [
 
 static HTTP_CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: None,
-    postconfiguration: Some(http_postconfiguration),
+    postconfiguration: None,
     create_main_conf: Some(http::create_main_conf),
     init_main_conf: Some(http::init_main_conf),
     create_srv_conf: None,
@@ -186,6 +186,24 @@ static HTTP_CTX: ngx_http_module_t = ngx_http_module_t {
 #[allow(non_upper_case_globals)]
 pub static mut ngx_http_mesh_module: ngx_module_t =
     module(addr_of!(HTTP_CTX).cast(), addr_of_mut!(HTTP_COMMANDS).cast(), NGX_HTTP_MODULE);
+
+// ngx's typed access to our http confs (`http::Module::main_conf(r)`, ...).
+impl ngx::http::HttpModule for http::Module {
+    fn module() -> &'static ngx_module_t {
+        // SAFETY: nginx writes the module object only while loading it, before any request.
+        unsafe { &*addr_of!(ngx_http_mesh_module) }
+    }
+}
+
+// SAFETY: the http ctx's constructors make these types, in our slots.
+unsafe impl ngx::http::HttpModuleMainConf for http::Module {
+    type MainConf = http::HttpMainConf;
+}
+
+// SAFETY: as above.
+unsafe impl ngx::http::HttpModuleLocationConf for http::Module {
+    type LocationConf = http::HttpLocConf;
+}
 
 // The module list nginx's dlopen loader reads: what `ngx::ngx_modules!` emits, written out
 // because its module count fails for more than one module in ngx 0.5.1.
@@ -215,10 +233,4 @@ unsafe extern "C" fn rtmp_postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         }
         NGX_OK as ngx_int_t
     })
-}
-
-unsafe extern "C" fn http_postconfiguration(_cf: *mut ngx_conf_t) -> ngx_int_t {
-    // SAFETY: as above, for the http{} block.
-    crate::nginx::http::set_ctx_index(unsafe { (*addr_of!(ngx_http_mesh_module)).ctx_index });
-    NGX_OK as ngx_int_t
 }

@@ -4,6 +4,8 @@
 # media segments, the MPD and the DASH segments are each refused without a token (401), with a
 # wrong, expired or another stream's token (403), and served with a good one; the manifests
 # served carry the token in every URL, so players need only the entry URL (ffprobe plays it).
+# Segments come from nginx's static module: a Range request gets 206 and its bytes, a
+# conditional one 304.
 # Refused requests neither start nor keep a transcode. No CORS header unless
 # `mesh_allow_origin` lists the page's origin. Files planted in a stream's directory (symlinks,
 # a FIFO) and a stream directory replaced by a symlink are not served. Under a master with no
@@ -121,6 +123,38 @@ for my $c (sort keys %class) {
 	}
 	is($ua->get("$url?token=$good")->{status}, 200, "$c, good token: 200");
 }
+
+# Segments are sent by nginx's static module: ranges, validators, conditional requests, each
+# behind the token all the same.
+my $seg_url = "$http/hls/cam1/$chunk?token=$good";
+$r = $ua->get($seg_url);
+is($r->{status}, 200, 'segment: 200');
+my $whole = $r->{content};
+ok(length($whole) > 110, 'segment: a body');
+is($r->{headers}{'content-length'}, length($whole), 'segment: its Content-Length');
+is($r->{headers}{'content-type'}, 'video/mp4', 'segment: its Content-Type');
+is($r->{headers}{'cache-control'}, 'private, max-age=3600', 'segment: its Cache-Control');
+is($r->{headers}{'accept-ranges'}, 'bytes', 'segment: Accept-Ranges');
+my ($etag, $lm) = @{$r->{headers}}{qw(etag last-modified)};
+ok(defined $etag && defined $lm, 'segment: ETag and Last-Modified');
+$r = $ua->get($seg_url, { headers => { Range => 'bytes=10-109' } });
+is($r->{status}, 206, 'a Range request: 206');
+ok($r->{content} eq substr($whole, 10, 100), 'a Range request: the bytes asked for');
+is($r->{headers}{'content-range'}, 'bytes 10-109/' . length($whole), 'a Range request: Content-Range');
+is($r->{headers}{'cache-control'}, 'private, max-age=3600', 'a Range request: Cache-Control');
+$r = $ua->get($seg_url, { headers => { 'If-None-Match' => $etag } });
+is($r->{status}, 304, 'If-None-Match with its ETag: 304');
+is($r->{content} // '', '', '304: no body');
+$r = $ua->get($seg_url, { headers => { 'If-Modified-Since' => $lm } });
+is($r->{status}, 304, 'If-Modified-Since its Last-Modified: 304');
+$r = $ua->request('HEAD', $seg_url);
+is($r->{status}, 200, 'HEAD on a segment: 200');
+is($r->{headers}{'content-length'}, length($whole), 'HEAD on a segment: its length');
+is($ua->get("$http/hls/cam1/$chunk", { headers => { Range => 'bytes=0-9' } })->{status}, 401, 'a Range request without a token: 401');
+is($ua->get("$http/hls/cam1/$chunk", { headers => { 'If-None-Match' => $etag } })->{status}, 401, 'a conditional request without a token: 401');
+$r = $ua->get("$http/hls/cam1/chunk-0-99990.m4s?token=$good");
+is($r->{status}, 404, 'a segment not there: 404');
+is($r->{content}, "no such media file\n", 'a segment not there: says so');
 
 # Players given only the entry URL.
 ok(probe("$http/hls/cam1/master.m3u8?token=$good", secs => 2, timeout => 30)->{video} > 0, 'ffprobe plays HLS from the entry URL');

@@ -128,7 +128,10 @@ for my $v ("0$gexp.$gsig", "$gexp." . uc($gsig), "$gexp." . ucfirst($gsig =~ s/^
 is(status_of(raw($port, "GET /hls/cam2/media_0.m3u8?token=$good HTTP/1.0\r\n\r\n")), 403, "cam1's token on cam2's playlist: 403");
 is(status_of(raw($port, "GET /hls/cam1/$chunk?token=$good&token=x HTTP/1.0\r\n\r\n")), 200, 'the first of two tokens counts (a good one)');
 my $ranged = raw($port, "GET /hls/cam1/$chunk?token=$good HTTP/1.1\r\nHost: x\r\nRange: bytes=0-10\r\nConnection: close\r\n\r\n");
-is(status_of($ranged), 200, 'a Range request with a good token: the whole segment (no partial answers to lean on)');
+is(status_of($ranged), 206, 'a Range request with a good token: 206 (nginx\'s static module)');
+like($ranged, qr{\r\nContent-Range: bytes 0-10/\d+\r\n}i, 'a Range request: the range asked for, and no more');
+is(status_of(raw($port, "GET /hls/cam1/$chunk?token=$good HTTP/1.1\r\nHost: x\r\nRange: bytes=999999999-\r\nConnection: close\r\n\r\n")), 416,
+	'a Range past the end: 416');
 
 # Manifests: the token echoed into URLs is percent-encoded; a request line that could inject
 # headers or XML is refused before it gets there.

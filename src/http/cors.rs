@@ -5,11 +5,13 @@
 
 use std::ffi::{c_char, c_void};
 
+use ngx::http::Request;
+
 use super::HttpLocConf;
 use crate::nginx::directive::{arg, args, invalid_value, DUPLICATE};
 use crate::nginx::ffi::*;
-use crate::nginx::http::set_header;
-use crate::nginx::util::{guard, str_bytes, CONF_ERROR, CONF_OK};
+use crate::nginx::http::RequestExt;
+use crate::nginx::util::{guard, CONF_ERROR, CONF_OK};
 
 /// Is `v` an origin as browsers send it: `http[s]://host[:port]`, no path? Lowercased.
 fn parse_origin(v: &str) -> Option<String> {
@@ -68,45 +70,17 @@ pub unsafe extern "C" fn set_allow_origin(
     })
 }
 
-/// The request's `Origin` header, if any.
-///
-/// # Safety
-/// `r` is live.
-unsafe fn origin<'a>(r: *mut ngx_http_request_t) -> Option<&'a [u8]> {
-    // SAFETY: the request's header list, its parts and elements are in its pool.
-    unsafe {
-        let mut part: *const ngx_list_part_t = &(*r).headers_in.headers.part;
-        while !part.is_null() {
-            let elts = (*part).elts.cast::<ngx_table_elt_t>();
-            for i in 0..(*part).nelts {
-                let h = &*elts.add(i);
-                if str_bytes(&h.key).eq_ignore_ascii_case(b"origin") {
-                    return Some(str_bytes(&h.value));
-                }
-            }
-            part = (*part).next;
-        }
-        None
-    }
-}
-
 /// The CORS headers of a response in a location with `origins` (None: the directive unset).
-///
-/// # Safety
-/// `r` is live.
-pub unsafe fn apply(r: *mut ngx_http_request_t, origins: Option<&[String]>) {
+pub fn apply(r: &mut Request, origins: Option<&[String]>) {
     let Some(list) = origins.filter(|l| !l.is_empty()) else { return };
-    // SAFETY: live request.
-    unsafe {
-        set_header(r, "Vary", "Origin");
-        let Some(o) = origin(r) else { return };
-        if list.len() == 1 && list[0] == "*" {
-            set_header(r, "Access-Control-Allow-Origin", "*");
-            return;
-        }
-        // Echoed as sent; a match with a checked entry holds only an origin's characters.
-        if list.iter().any(|a| a.as_bytes().eq_ignore_ascii_case(o)) {
-            set_header(r, "Access-Control-Allow-Origin", &String::from_utf8_lossy(o));
-        }
+    r.set_header("Vary", "Origin");
+    let Some(o) = r.header_in(b"origin").map(<[u8]>::to_vec) else { return };
+    if list.len() == 1 && list[0] == "*" {
+        r.set_header("Access-Control-Allow-Origin", "*");
+        return;
+    }
+    // Echoed as sent; a match with a checked entry holds only an origin's characters.
+    if list.iter().any(|a| a.as_bytes().eq_ignore_ascii_case(&o)) {
+        r.set_header("Access-Control-Allow-Origin", &String::from_utf8_lossy(&o));
     }
 }

@@ -6,29 +6,30 @@
 //! held: a stream neither published here nor routable is a 404 at once, and so is one the
 //! master says it does not know.
 //!
-//! The held request's state lives in its own pool (dropped with the request, which deletes its
-//! timer and gives its place back); nothing outside the request points at it.
+//! The held request's state lives in its own pool ([`crate::nginx::http::hold`]: dropped with
+//! the request, which deletes its timer and gives its place back); nothing outside the request
+//! points at it.
 
 use std::cell::{Cell, RefCell};
-use std::ptr::addr_of_mut;
 
-use mesh_core::hold::{Holds, DEFAULT_HOLD_MAX, DEFAULT_HOLD_PER_CLIENT};
+use mesh_core::hold::{Busy, Holds, DEFAULT_HOLD_MAX, DEFAULT_HOLD_PER_CLIENT};
 use mesh_core::manifest::{rewrite_hls, rewrite_mpd};
 use mesh_core::media::{Format, MediaFile};
+use ngx::core::Status;
+use ngx::http::{HTTPStatus, HttpModuleMainConf, Request};
 
+use super::refusal::Refusal;
 use super::serve::{serve_manifest, StreamDir};
 use super::token::{self, Check};
-use super::{confs, HttpMainConf};
+use super::{HttpMainConf, Module};
 use crate::nginx::ffi::*;
-use crate::nginx::http::text;
-use crate::nginx::util::{exiting, guard, pool_new};
+use crate::nginx::http::{self, RequestExt};
+use crate::nginx::util::{exiting, now_ms};
 use crate::registry;
 use crate::route::{self, Standing};
 use crate::transcode::{self, State};
 
 const POLL_MS: ngx_msec_t = 100;
-/// `Retry-After` of a refusal for being busy, in seconds.
-const RETRY_AFTER_S: &str = "2";
 
 /// Held-request figures of this worker.
 #[derive(Debug, Default, Clone, Copy)]
@@ -70,19 +71,17 @@ pub enum Step {
     /// Ready: the entry manifest's text.
     Serve(String),
     Wait,
-    Fail(u32, String),
+    Fail(Refusal),
 }
 
 /// An entry-manifest request, while it is looked at and while it is held.
 pub struct Hold {
-    pub r: *mut ngx_http_request_t,
-    pub stream: String,
-    pub file: MediaFile,
-    pub format: Format,
-    pub token: Option<String>,
-    pub client: String,
-    pub deadline: ngx_msec_t,
-    ev: ngx_event_t,
+    stream: String,
+    file: MediaFile,
+    format: Format,
+    token: Option<String>,
+    client: String,
+    deadline: u64,
     /// Counted in HOLDS (given back on drop).
     held: bool,
     /// Answered by us (not ended by its client).
@@ -90,41 +89,30 @@ pub struct Hold {
 }
 
 impl Hold {
-    /// # Safety
-    /// `r` is live.
-    pub unsafe fn new(
-        r: *mut ngx_http_request_t,
+    /// `r`'s request for `file` of `stream`, to be answered within `wait` ms.
+    pub fn new(
+        r: &Request,
         stream: String,
         file: MediaFile,
         format: Format,
         token: Option<String>,
+        wait: ngx_msec_t,
     ) -> Hold {
-        // SAFETY: as the caller guarantees.
-        unsafe {
-            let client = crate::nginx::http::client(r);
-            let (hcf, _) = confs(r);
-            Hold {
-                r,
-                stream,
-                file,
-                format,
-                token,
-                client,
-                deadline: ngx_current_msec + hcf.wait,
-                ev: std::mem::zeroed(),
-                held: false,
-                answered: false,
-            }
+        Hold {
+            stream,
+            file,
+            format,
+            token,
+            client: r.client(),
+            deadline: now_ms() + wait as u64,
+            held: false,
+            answered: false,
         }
     }
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        if self.ev.timer_set() == 1 {
-            // SAFETY: our timer, deleted before its memory goes.
-            unsafe { ngx_del_timer(&mut self.ev) };
-        }
         if self.held {
             let _ = HOLDS.try_with(|h| h.borrow_mut().release(&self.client));
             if !self.answered {
@@ -136,68 +124,47 @@ impl Drop for Hold {
 
 /// One look at a manifest request's conditions: token, role, stream here or coming, transcode,
 /// file.
-///
-/// # Safety
-/// `h.r` is live.
-pub unsafe fn step(h: &Hold, first: bool) -> Step {
-    // SAFETY: live request.
-    unsafe {
-        let (hcf, _) = confs(h.r);
-        let Some(settings) = &hcf.settings else {
-            return Step::Fail(NGX_HTTP_INTERNAL_SERVER_ERROR, "no settings".into());
-        };
-        // A worker shutting down starts nothing and holds nobody: nginx waits for held
-        // requests before it exits.
-        if exiting() {
-            return Step::Fail(NGX_HTTP_SERVICE_UNAVAILABLE, "node shutting down".into());
-        }
-        let node = crate::conf::current_node();
-        if !node.role.serves_viewers() {
-            return Step::Fail(NGX_HTTP_NOT_FOUND, format!("streams are not served by a {} node", node.role));
-        }
-        match token::check(&node, &h.stream, h.token.as_deref(), crate::nginx::util::now()) {
-            Check::Good { .. } => {}
-            Check::Missing => return Step::Fail(NGX_HTTP_UNAUTHORIZED, "no token".into()),
-            Check::Refused(why) => return Step::Fail(NGX_HTTP_FORBIDDEN, why),
-            Check::NotServed => {
-                return Step::Fail(
-                    NGX_HTTP_NOT_FOUND,
-                    format!("streams are not served by a {} node", node.role),
-                )
+pub fn step(r: &Request, h: &Hold, first: bool) -> Step {
+    let Some(settings) = Module::main_conf(r).and_then(|c| c.settings.as_ref()) else {
+        return Step::Fail(Refusal::NoSettings);
+    };
+    // A worker shutting down starts nothing and holds nobody: nginx waits for held requests
+    // before it exits.
+    if exiting() {
+        return Step::Fail(Refusal::ShuttingDown);
+    }
+    let node = crate::conf::current_node();
+    if !node.role.serves_viewers() {
+        return Step::Fail(Refusal::Role(node.role));
+    }
+    match token::check(&node, &h.stream, h.token.as_deref(), crate::nginx::util::now()) {
+        Check::Good { .. } => {}
+        Check::Missing => return Step::Fail(Refusal::NoToken),
+        Check::Refused(why) => return Step::Fail(Refusal::Token(why)),
+        Check::NotServed => return Step::Fail(Refusal::Role(node.role)),
+        Check::Unknown => {
+            if first {
+                token::ask(&node, &h.stream, h.token.as_deref(), h.client.clone());
             }
-            Check::Unknown => {
-                if first {
-                    token::ask(&node, &h.stream, h.token.as_deref(), h.client.clone());
-                }
-                return Step::Wait;
-            }
-        }
-        match route::wanted(&node, &h.stream) {
-            Standing::Here => {}
-            Standing::Coming => return Step::Wait,
-            Standing::NotRoutable => return Step::Fail(NGX_HTTP_NOT_FOUND, "stream not live here".into()),
-            Standing::Unknown => {
-                return Step::Fail(NGX_HTTP_NOT_FOUND, "stream not live here (unknown to the master)".into())
-            }
-            Standing::Denied => {
-                return Step::Fail(NGX_HTTP_NOT_FOUND, "stream not live here (not routed here)".into())
-            }
-            Standing::Failed => {
-                return Step::Fail(NGX_HTTP_SERVICE_UNAVAILABLE, "route request failed".into())
-            }
-        }
-        match transcode::want(settings, &h.stream, &node.node_id) {
-            State::Failed(why) => {
-                Step::Fail(NGX_HTTP_SERVICE_UNAVAILABLE, format!("transcoder unavailable: {why}"))
-            }
-            _ => match entry_ready(&settings.root, &h.stream, &h.file.name) {
-                Some(text) => Step::Serve(text),
-                None => Step::Wait,
-            },
+            return Step::Wait;
         }
     }
+    match route::wanted(&node, &h.stream) {
+        Standing::Here => {}
+        Standing::Coming => return Step::Wait,
+        Standing::NotRoutable => return Step::Fail(Refusal::NotLive),
+        Standing::Unknown => return Step::Fail(Refusal::UnknownToMaster),
+        Standing::Denied => return Step::Fail(Refusal::NotRoutedHere),
+        Standing::Failed => return Step::Fail(Refusal::RouteFailed),
+    }
+    match transcode::want(settings, &h.stream, &node.node_id) {
+        State::Failed(why) => Step::Fail(Refusal::Transcoder(why)),
+        _ => match entry_ready(&settings.root, &h.stream, &h.file.name) {
+            Some(text) => Step::Serve(text),
+            None => Step::Wait,
+        },
+    }
 }
-
 /// Is an entry manifest there, with everything it points a player at first? ffmpeg writes
 /// `master.m3u8` before the media playlists and the MPD before every init segment: serving the
 /// entry earlier sends the player to a 404.
@@ -228,16 +195,9 @@ fn entry_ready(root: &std::path::Path, stream: &str, name: &str) -> Option<Strin
 }
 
 /// Serve the entry manifest (its text) with the viewer's token in its URLs.
-///
-/// # Safety
-/// `h.r` is live.
-pub unsafe fn serve(h: &Hold, text: String) -> ngx_int_t {
-    // SAFETY: live request.
-    unsafe {
-        let (hcf, _) = confs(h.r);
-        let segment_s = hcf.settings.as_ref().map_or(2.0, |s| s.segment_s);
-        serve_manifest(h.r, Some(text), &h.file, segment_s, |t| rewrite(h.format, t, h.token.as_deref()))
-    }
+pub fn serve(r: &mut Request, h: &Hold, text: String) -> Status {
+    let segment_s = Module::main_conf(r).and_then(|c| c.settings.as_ref()).map_or(2.0, |s| s.segment_s);
+    serve_manifest(r, Some(text), &h.file, segment_s, |t| rewrite(h.format, t, h.token.as_deref()))
 }
 
 /// A manifest of `format` with `token` in its URLs (as it is without a token).
@@ -251,84 +211,49 @@ pub fn rewrite(format: Format, text: &str, token: Option<&str>) -> String {
 
 /// Hold `h` until its manifest is ready, it fails, its time is up or its client leaves.
 /// Returns the handler's return code (NGX_DONE when held).
-///
-/// # Safety
-/// `h.r` is live, in its content handler.
-pub unsafe fn start(h: Hold, hcf: &HttpMainConf) -> ngx_int_t {
-    // SAFETY: live request.
-    unsafe {
-        let r = h.r;
-        if (*r).discard_body() == 1 {
-            return text(r, NGX_HTTP_BAD_REQUEST, "a request body is not allowed", &[]);
-        }
-        let admitted = HOLDS.with_borrow_mut(|hs| {
-            hs.set_caps(hcf.hold_max, hcf.hold_per_client);
-            hs.admit(&h.client)
+pub fn start(r: &mut Request, mut h: Hold, hcf: &HttpMainConf) -> Status {
+    if r.discards_body() {
+        return Refusal::Body.send(r);
+    }
+    let admitted = HOLDS.with_borrow_mut(|hs| {
+        hs.set_caps(hcf.hold_max, hcf.hold_per_client);
+        hs.admit(&h.client)
+    });
+    if let Err(busy) = admitted {
+        count(|f| match busy {
+            Busy::Worker => f.busy_worker += 1,
+            Busy::Client => f.busy_client += 1,
         });
-        if let Err(busy) = admitted {
-            count(|f| match busy {
-                mesh_core::hold::Busy::Worker => f.busy_worker += 1,
-                mesh_core::hold::Busy::Client => f.busy_client += 1,
-            });
-            return text(
-                r,
-                NGX_HTTP_SERVICE_UNAVAILABLE,
-                &busy.to_string(),
-                &[("Retry-After", RETRY_AFTER_S)],
-            );
+        return Refusal::Busy(busy).send(r);
+    }
+    h.held = true;
+    match http::hold(r, h, POLL_MS, on_hold) {
+        Ok(rc) => {
+            count(|f| f.held_total += 1);
+            rc
         }
-        let client = h.client.clone();
-        let p = pool_new((*r).pool, h);
-        if p.is_null() {
-            HOLDS.with_borrow_mut(|hs| hs.release(&client));
-            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        Err(mut h) => {
+            // Never held: its place back, not counted as closed by its client.
+            h.answered = true;
+            HTTPStatus::INTERNAL_SERVER_ERROR.into()
         }
-        count(|f| f.held_total += 1);
-        (*p).held = true;
-        (*p).ev.handler = Some(on_hold);
-        (*p).ev.data = p.cast();
-        (*p).ev.log = (*(*r).connection).log;
-        ngx_add_timer(&mut (*p).ev, POLL_MS);
-        let main = (*r).main;
-        (*main).set_count((*main).count() + 1);
-        // The client closing ends the request (and drops the Hold with its pool); nothing
-        // runs the phases again on a write event meanwhile.
-        (*r).read_event_handler = Some(ngx_http_test_reading);
-        (*r).write_event_handler = Some(ngx_http_request_empty_handler);
-        let rev = (*(*r).connection).read;
-        if (*rev).ready() == 1 {
-            // Data or the end of the stream came with the request: look at it now.
-            ngx_post_event(rev, addr_of_mut!(ngx_posted_events));
-        }
-        NGX_DONE as ngx_int_t
     }
 }
 
-unsafe extern "C" fn on_hold(ev: *mut ngx_event_t) {
-    guard((), || {
-        // SAFETY: ev.data is the Hold in the request's pool; the request is alive while we
-        // hold its count.
-        unsafe {
-            let h = &mut *(*ev).data.cast::<Hold>();
-            let r = h.r;
-            let rc = match step(h, false) {
-                Step::Serve(t) => serve(h, t),
-                Step::Fail(status, why) => text(r, status, &why, &[]),
-                Step::Wait if ngx_current_msec >= h.deadline => {
-                    if registry::has_publisher(&h.stream) {
-                        text(r, NGX_HTTP_GATEWAY_TIME_OUT, "manifest not ready", &[])
-                    } else {
-                        text(r, NGX_HTTP_NOT_FOUND, "stream not live here", &[])
-                    }
-                }
-                Step::Wait => {
-                    ngx_add_timer(ev, POLL_MS);
-                    return;
-                }
-            };
-            h.answered = true;
-            // The request (and this Hold with it) may be gone after this.
-            ngx_http_finalize_request(r, rc);
+/// A held request's look every [`POLL_MS`]: its answer, or None to wait on.
+fn on_hold(r: &mut Request, h: &mut Hold) -> Option<Status> {
+    let rc = match step(r, h, false) {
+        Step::Serve(t) => serve(r, h, t),
+        Step::Fail(why) => why.send(r),
+        Step::Wait if now_ms() >= h.deadline => {
+            if registry::has_publisher(&h.stream) {
+                Refusal::NotReady.send(r)
+            } else {
+                Refusal::NotLive.send(r)
+            }
         }
-    })
+        Step::Wait => return None,
+    };
+    h.answered = true;
+    Some(rc)
 }

@@ -7,113 +7,91 @@
 //! An entry manifest (`<location><stream>/master.m3u8`, `.../manifest.mpd`) starts the transcode
 //! (or asks the master for a route, or for the token's answer) and is held until it exists
 //! ([`super::hold`]). Media playlists are read and rewritten on every request (they change every
-//! segment); segments are sent from disk. Every manifest served carries the viewer's token in its
-//! URLs, so a player needs only the entry URL.
+//! segment); segments are sent by nginx's static module (the handler declines to it, see
+//! [`super::serve::serve_file`]). Every manifest served carries the viewer's token in its URLs,
+//! so a player needs only the entry URL.
 
 use mesh_core::manifest::query_token;
-use mesh_core::media::{parse_media_path, Cache, MediaError};
+use mesh_core::media::{parse_media_path, Cache};
+use ngx::core::Status;
+use ngx::http::{HTTPStatus, HttpModuleLocationConf, HttpModuleMainConf, Request};
 
 use super::hold::{self, Hold, Step};
+use super::refusal::Refusal;
 use super::serve::{serve_file, serve_manifest, StreamDir};
 use super::token::{self, Check};
-use super::{confs, cors};
+use super::{cors, Module};
 use crate::nginx::ffi::*;
-use crate::nginx::http::{self, text};
+use crate::nginx::http::{request, RequestExt};
 use crate::nginx::util::guard;
 use crate::transcode;
 
 pub unsafe extern "C" fn media_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     guard(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || {
         // SAFETY: nginx calls us with a live request in its content phase.
-        unsafe {
-            if !http::is_get_or_head(r) {
-                return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
-            }
-            let rc = ngx_http_discard_request_body(r);
-            if rc != NGX_OK as ngx_int_t {
-                return rc;
-            }
-            let (hcf, lcf) = confs(r);
-            let (Some(settings), Some(format)) = (&hcf.settings, lcf.format) else {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-            };
-            cors::apply(r, lcf.origins.as_deref());
-            let uri = http::uri(r);
-            let (stream, file) = match parse_media_path(&lcf.prefix, &uri, format) {
-                Ok((s, f)) => (s.to_string(), f),
-                Err(e) => return text(r, NGX_HTTP_NOT_FOUND, &e.to_string(), &[]),
-            };
-            let query = http::query(r);
-            let token = query_token(&query);
-            if file.entry {
-                let h = Hold::new(r, stream, file, format, token);
-                return match hold::step(&h, true) {
-                    Step::Serve(t) => hold::serve(&h, t),
-                    Step::Fail(status, why) => refuse(r, status, &why),
-                    Step::Wait => hold::start(h, hcf),
-                };
-            }
-            // Playlists and segments: a good token, then only from a running transcode (which
-            // they keep wanted).
-            let node = crate::conf::current_node();
-            let now = crate::nginx::util::now();
-            let check = token::check(&node, &stream, token.as_deref(), now);
-            match &check {
-                Check::Good { .. } => {}
-                Check::Missing => return refuse(r, NGX_HTTP_UNAUTHORIZED, "no token"),
-                Check::Refused(why) => return refuse(r, NGX_HTTP_FORBIDDEN, why),
-                Check::NotServed => {
-                    return text(r, NGX_HTTP_NOT_FOUND, &MediaError::UnknownFile.to_string(), &[])
-                }
-                Check::Unknown if token.as_deref().is_none_or(str::is_empty) => {
-                    return refuse(r, NGX_HTTP_UNAUTHORIZED, "no token")
-                }
-                // No answer (never asked, or pushed out of a full cache by others' answers):
-                // asked now, not held; 503 so that players retry (they give up on a 4xx), and
-                // the retry finds the answer.
-                Check::Unknown => {
-                    token::ask(&node, &stream, token.as_deref(), client(r));
-                    return refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE, "no answer for this token yet");
-                }
-            }
-            if !node.role.serves_viewers() || !transcode::exists(&stream) {
-                return text(r, NGX_HTTP_NOT_FOUND, &MediaError::UnknownFile.to_string(), &[]);
-            }
-            token::refresh(&node, &stream, token.as_deref(), &check, now, || client(r));
-            transcode::touch(&stream);
-            match file.cache {
-                Cache::Manifest => {
-                    let text = StreamDir::open(&settings.root, &stream).and_then(|d| d.read(&file.name));
-                    serve_manifest(r, text, &file, settings.segment_s, |t| {
-                        hold::rewrite(format, t, token.as_deref())
-                    })
-                }
-                Cache::Segment => serve_file(r, &settings.root, &stream, &file, settings.segment_s),
-            }
-        }
+        handle(unsafe { request(r) }).0
     })
 }
 
-/// The client's address, as the master is told.
-///
-/// # Safety
-/// `r` is live.
-unsafe fn client(r: *mut ngx_http_request_t) -> String {
-    // SAFETY: as the caller guarantees.
-    unsafe { http::client(r) }
-}
-
-/// A refusal: 401 says how to authenticate.
-///
-/// # Safety
-/// `r` is live.
-unsafe fn refuse(r: *mut ngx_http_request_t, status: u32, why: &str) -> ngx_int_t {
-    // SAFETY: as the caller guarantees.
-    unsafe {
-        match status {
-            NGX_HTTP_UNAUTHORIZED => text(r, status, why, &[("WWW-Authenticate", "Bearer realm=\"media\"")]),
-            NGX_HTTP_SERVICE_UNAVAILABLE => text(r, status, why, &[("Retry-After", "2")]),
-            _ => text(r, status, why, &[]),
+fn handle(r: &mut Request) -> Status {
+    if !r.is_get_or_head() {
+        return HTTPStatus::NOT_ALLOWED.into();
+    }
+    let rc = r.discard_request_body();
+    if !rc.is_ok() {
+        return rc;
+    }
+    let (Some(hcf), Some(lcf)) = (Module::main_conf(r), Module::location_conf(r)) else {
+        return HTTPStatus::INTERNAL_SERVER_ERROR.into();
+    };
+    let (Some(settings), Some(format)) = (&hcf.settings, lcf.format) else {
+        return HTTPStatus::INTERNAL_SERVER_ERROR.into();
+    };
+    cors::apply(r, lcf.origins.as_deref());
+    let uri = r.uri_text();
+    let (stream, file) = match parse_media_path(&lcf.prefix, &uri, format) {
+        Ok((s, f)) => (s.to_string(), f),
+        Err(e) => return Refusal::Path(e).send(r),
+    };
+    let token = query_token(&r.query());
+    if file.entry {
+        let h = Hold::new(r, stream, file, format, token, hcf.wait);
+        return match hold::step(r, &h, true) {
+            Step::Serve(t) => hold::serve(r, &h, t),
+            Step::Fail(why) => why.send(r),
+            Step::Wait => hold::start(r, h, hcf),
+        };
+    }
+    // Playlists and segments: a good token, then only from a running transcode (which they
+    // keep wanted).
+    let node = crate::conf::current_node();
+    let now = crate::nginx::util::now();
+    let check = token::check(&node, &stream, token.as_deref(), now);
+    match &check {
+        Check::Good { .. } => {}
+        Check::Missing => return Refusal::NoToken.send(r),
+        Check::Refused(why) => return Refusal::Token(why.clone()).send(r),
+        Check::NotServed => return Refusal::NoFile.send(r),
+        Check::Unknown if token.as_deref().is_none_or(str::is_empty) => return Refusal::NoToken.send(r),
+        // No answer (never asked, or pushed out of a full cache by others' answers): asked
+        // now, not held; 503 so that players retry (they give up on a 4xx), and the retry
+        // finds the answer.
+        Check::Unknown => {
+            token::ask(&node, &stream, token.as_deref(), r.client());
+            return Refusal::NoAnswer.send(r);
         }
+    }
+    if !node.role.serves_viewers() || !transcode::exists(&stream) {
+        return Refusal::NoFile.send(r);
+    }
+    token::refresh(&node, &stream, token.as_deref(), &check, now, || r.client());
+    transcode::touch(&stream);
+    let dir = StreamDir::open(&settings.root, &stream);
+    match file.cache {
+        Cache::Manifest => {
+            let text = dir.and_then(|d| d.read(&file.name));
+            serve_manifest(r, text, &file, settings.segment_s, |t| hold::rewrite(format, t, token.as_deref()))
+        }
+        Cache::Segment => serve_file(r, dir, &file, settings.segment_s),
     }
 }

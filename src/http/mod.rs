@@ -8,21 +8,28 @@
 //! * [`media`]: the handler (a token on every request);
 //! * [`token`]: the one check of a viewer token;
 //! * [`hold`]: entry-manifest requests held until the manifest exists, bounded;
-//! * [`serve`]: files from a stream's directory (no symlinks), manifests, text answers;
+//! * [`serve`]: manifests from a stream's directory (no symlinks); segments by nginx's static
+//!   module, which `mesh_media` sets up to serve the location from `mesh_media_root`;
+//! * [`refusal`]: why a request gets no media, as the viewer is told;
 //! * [`cors`]: the `mesh_allow_origin` directive and its headers.
+//!
+//! Our confs are reached through ngx's typed accessors ([`Module`]'s `HttpModuleMainConf` and
+//! `HttpModuleLocationConf`, implemented where the module object lives, `crate::module`).
 
 mod cors;
 mod hold;
 mod media;
+mod refusal;
 mod serve;
 mod token;
 
 use std::ffi::{c_char, c_void};
 use std::path::PathBuf;
-use std::ptr::{addr_of, null_mut};
+use std::ptr::null_mut;
 
 use mesh_core::hold::{DEFAULT_HOLD_MAX, DEFAULT_HOLD_PER_CLIENT};
 use mesh_core::media::{parse_rendition, Format, Ladder, Rendition};
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError, NgxHttpCoreModule};
 use ngx::{ngx_conf_log_error, ngx_string};
 
 use crate::nginx::directive::{arg, args, set_once, DUPLICATE};
@@ -34,6 +41,10 @@ pub use cors::set_allow_origin;
 pub use hold::figures as hold_figures;
 
 const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
+
+/// ngx_http_mesh_module as ngx's HTTP module traits see it: the typed way to our confs of a
+/// request or of the configuration being read.
+pub struct Module;
 
 /// http{} main configuration.
 pub struct HttpMainConf {
@@ -80,6 +91,21 @@ pub struct HttpLocConf {
     /// `mesh_allow_origin` (None: unset here, inherited).
     origins: Option<Vec<String>>,
 }
+
+impl Merge for HttpLocConf {
+    fn merge(&mut self, prev: &HttpLocConf) -> Result<(), MergeConfigError> {
+        if self.origins.is_none() {
+            self.origins.clone_from(&prev.origins);
+        }
+        Ok(())
+    }
+}
+
+// The conf constructors and the location merge stay hand-written: ngx 0.5.1's default
+// `HttpModule::create_*_conf` allocate with `Pool::allocate`, which writes through the null
+// pointer an exhausted pool returns (we use `pool_new`), and `merge_loc_conf` needs the
+// configuration (`cf`, which `Merge::merge` is not given) to warn about verbose logs and to
+// hand the location to the static module.
 
 pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     // SAFETY: the configuration pool outlives the cycle's use of the conf.
@@ -176,14 +202,21 @@ pub unsafe extern "C" fn set_media(
             if set != CONF_OK {
                 return set;
             }
-            let ctx = (*cf).ctx.cast::<ngx_http_conf_ctx_t>();
-            let clcf = (*(*ctx).loc_conf.add((*addr_of!(ngx_http_core_module)).ctx_index))
-                .cast::<ngx_http_core_loc_conf_t>();
-            lcf.prefix = String::from_utf8_lossy(str_bytes(&(*clcf).name)).into_owned();
+            let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*cf) else { return CONF_ERROR };
+            // Its files are served by prefix (see `merge_loc_conf`): a regex has none.
+            if !clcf.regex.is_null() || clcf.named() == 1 {
+                ngx_conf_log_error!(
+                    NGX_LOG_EMERG,
+                    cf,
+                    "\"mesh_media\" cannot be used in a regex or named location"
+                );
+                return CONF_ERROR;
+            }
+            lcf.prefix = String::from_utf8_lossy(str_bytes(&clcf.name)).into_owned();
             if !lcf.prefix.ends_with('/') {
                 lcf.prefix.push('/');
             }
-            (*clcf).handler = Some(media::media_handler);
+            clcf.handler = Some(media::media_handler);
             CONF_OK
         }
     })
@@ -195,24 +228,34 @@ pub unsafe extern "C" fn merge_loc_conf(
     child: *mut c_void,
 ) -> *mut c_char {
     guard(CONF_ERROR, || {
-        // SAFETY: nginx passes our loc confs of the enclosing level and of this one.
+        // SAFETY: nginx passes our loc confs of a parent and a child; while a location merges,
+        // the context's loc_conf is that location's, and the core module (merged before us)
+        // has given it its error logs and its root; our main conf is initialised.
         unsafe {
             let (p, c) = (&*parent.cast::<HttpLocConf>(), &mut *child.cast::<HttpLocConf>());
-            if c.origins.is_none() {
-                c.origins.clone_from(&p.origins);
+            if c.merge(p).is_err() {
+                return CONF_ERROR;
             }
-            if c.format.is_some() {
-                // While a location merges, the context's loc_conf is that location's, and the
-                // core module (merged before us) has given it its error logs.
-                let ctx = (*cf).ctx.cast::<ngx_http_conf_ctx_t>();
-                let clcf = (*(*ctx).loc_conf.add((*addr_of!(ngx_http_core_module)).ctx_index))
-                    .cast::<ngx_http_core_loc_conf_t>();
+            if c.format.is_none() {
+                return CONF_OK;
+            }
+            if let Some(clcf) = NgxHttpCoreModule::location_conf(&*cf) {
                 crate::conf::warn_verbose_logs(
                     cf,
-                    (*clcf).error_log,
+                    clcf.error_log,
                     "\"mesh_media\"",
                     "request lines (viewer tokens) are logged at this level",
                 );
+            }
+            let root = Module::main_conf(&*cf).and_then(|m| m.settings.as_ref()).map(|s| &s.root);
+            let Some(root) = root.and_then(|r| r.to_str()) else { return CONF_ERROR };
+            if !crate::nginx::http::serve_from(cf, root) {
+                ngx_conf_log_error!(
+                    NGX_LOG_EMERG,
+                    cf,
+                    "\"mesh_media\" cannot be used in a regex or named location"
+                );
+                return CONF_ERROR;
             }
             CONF_OK
         }
@@ -270,12 +313,5 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
 /// `r` is a live request.
 pub unsafe fn settings<'a>(r: *mut ngx_http_request_t) -> Option<&'a Settings> {
     // SAFETY: as the caller guarantees.
-    unsafe { confs(r).0.settings.as_ref() }
-}
-
-/// # Safety
-/// `r` is a live request of a location of ours.
-unsafe fn confs<'a>(r: *mut ngx_http_request_t) -> (&'a HttpMainConf, &'a HttpLocConf) {
-    // SAFETY: our module's slots in the request's conf arrays hold these types.
-    unsafe { crate::nginx::http::confs(r) }
+    Module::main_conf(unsafe { crate::nginx::http::request(r) })?.settings.as_ref()
 }

@@ -1,89 +1,155 @@
-//! HTTP requests as the layers above see them: short answers made here, headers, the client's
-//! address and query, and our module's confs of a request.
+//! HTTP requests as the layers above see them: ngx's [`Request`] with what it lacks
+//! ([`RequestExt`]: the client's address and query as text, request headers by name, short
+//! answers made here), and a location handed to nginx's own static module ([`serve_from`]).
 //!
-//! Request handlers get a raw `ngx_http_request_t` from nginx; they hand it to these helpers
-//! (each says what it needs of it) and keep it only in the request's own pool.
+//! Request handlers get a raw `ngx_http_request_t` from nginx and turn it into a `&mut Request`
+//! at once ([`request`]); nothing above this layer keeps the pointer.
 
 use std::ptr::null_mut;
-use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ngx::core::Status;
+use ngx::http::{HTTPStatus, HttpModuleLocationConf, Method, NgxHttpCoreModule, Request};
 
 use super::ffi::*;
 use super::util::str_bytes;
 
-/// The request's URI path (decoded by nginx), lossily as text.
+/// The request nginx passed to a handler.
 ///
 /// # Safety
-/// `r` is a live request.
-pub unsafe fn uri(r: *mut ngx_http_request_t) -> String {
-    // SAFETY: as the caller guarantees.
-    unsafe { String::from_utf8_lossy(str_bytes(&(*r).uri)).into_owned() }
+/// `r` is a live request, not otherwise borrowed while the result lives.
+pub unsafe fn request<'a>(r: *mut ngx_http_request_t) -> &'a mut Request {
+    // SAFETY: as the caller guarantees; `Request` is a transparent wrapper.
+    unsafe { Request::from_ngx_http_request(r) }
 }
 
-/// The request's query string (undecoded), lossily as text.
+/// What the layers above ask of a request beyond ngx's [`Request`].
+pub trait RequestExt {
+    /// The URI path (decoded by nginx), lossily as text.
+    fn uri_text(&self) -> String;
+    /// The query string (undecoded), lossily as text.
+    fn query(&self) -> String;
+    /// The client's address as text (what per-client caps count and the master is told).
+    fn client(&self) -> String;
+    /// GET or HEAD?
+    fn is_get_or_head(&self) -> bool;
+    /// Is nginx discarding a request body (one was sent)?
+    fn discards_body(&self) -> bool;
+    /// The value of request header `name` (case-insensitive), if sent.
+    fn header_in(&self, name: &[u8]) -> Option<&[u8]>;
+    /// Add a response header (nothing when the pool is exhausted: the send fails then).
+    fn set_header(&mut self, name: &str, value: &str);
+    /// The response's Content-Type.
+    fn set_content_type(&mut self, mime: &'static str);
+    /// A response with a body made here.
+    fn respond(&mut self, status: HTTPStatus, mime: &'static str, body: &str, cache: &str) -> Status;
+    /// A short text response: the status, one line saying why, and extra headers.
+    fn text(&mut self, status: HTTPStatus, why: &str, headers: &[(&str, &str)]) -> Status;
+}
+
+impl RequestExt for Request {
+    fn uri_text(&self) -> String {
+        self.path().to_string_lossy().into_owned()
+    }
+
+    fn query(&self) -> String {
+        // SAFETY: the args of a live request point into its buffers (or are empty).
+        String::from_utf8_lossy(unsafe { str_bytes(&self.as_ref().args) }).into_owned()
+    }
+
+    fn client(&self) -> String {
+        // SAFETY: a live request has its connection, whose address text lives as long.
+        String::from_utf8_lossy(unsafe { str_bytes(&(*self.connection()).addr_text) }).into_owned()
+    }
+
+    fn is_get_or_head(&self) -> bool {
+        matches!(self.method(), Method::GET | Method::HEAD)
+    }
+
+    fn discards_body(&self) -> bool {
+        self.as_ref().discard_body() == 1
+    }
+
+    fn header_in(&self, name: &[u8]) -> Option<&[u8]> {
+        self.headers_in_iterator()
+            .find(|(k, _)| k.as_bytes().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_bytes())
+    }
+
+    fn set_header(&mut self, name: &str, value: &str) {
+        let _ = self.add_header_out(name, value);
+    }
+
+    fn set_content_type(&mut self, mime: &'static str) {
+        let out = &mut self.as_mut().headers_out;
+        out.content_type_len = mime.len();
+        // A static string outlives the request; nginx only reads it.
+        out.content_type = ngx_str_t { len: mime.len(), data: mime.as_ptr().cast_mut() };
+        out.content_type_lowcase = null_mut();
+    }
+
+    fn respond(&mut self, status: HTTPStatus, mime: &'static str, body: &str, cache: &str) -> Status {
+        self.set_status(status);
+        self.set_content_length_n(body.len());
+        self.set_content_type(mime);
+        self.set_header("Cache-Control", cache);
+        let rc = self.send_header();
+        if rc == Status::NGX_ERROR || rc.0 > NGX_OK as ngx_int_t || self.header_only() {
+            return rc;
+        }
+        let last = self.is_main();
+        // SAFETY: a buffer of the request's pool, filled within its size.
+        unsafe {
+            let b = ngx_create_temp_buf(self.as_ref().pool, body.len().max(1));
+            if b.is_null() {
+                return Status::NGX_ERROR;
+            }
+            std::ptr::copy_nonoverlapping(body.as_ptr(), (*b).last, body.len());
+            (*b).last = (*b).last.add(body.len());
+            (*b).set_last_buf(u32::from(last));
+            (*b).set_last_in_chain(1);
+            let mut out = ngx_chain_t { buf: b, next: null_mut() };
+            self.output_filter(&mut out)
+        }
+    }
+
+    fn text(&mut self, status: HTTPStatus, why: &str, headers: &[(&str, &str)]) -> Status {
+        for (k, v) in headers {
+            self.set_header(k, v);
+        }
+        self.respond(status, "text/plain", &format!("{why}\n"), "no-store")
+    }
+}
+
+// Raw-pointer forms for handlers not yet on `Request` (status.rs).
+
+/// [`RequestExt::query`].
 ///
 /// # Safety
 /// `r` is a live request.
 pub unsafe fn query(r: *mut ngx_http_request_t) -> String {
     // SAFETY: as the caller guarantees.
-    unsafe { String::from_utf8_lossy(str_bytes(&(*r).args)).into_owned() }
+    unsafe { request(r).query() }
 }
 
-/// The client's address as text (what per-client caps count and the master is told).
-///
-/// # Safety
-/// `r` is a live request.
-pub unsafe fn client(r: *mut ngx_http_request_t) -> String {
-    // SAFETY: as the caller guarantees.
-    unsafe { String::from_utf8_lossy(str_bytes(&(*(*r).connection).addr_text)).into_owned() }
-}
-
-/// GET or HEAD?
+/// [`RequestExt::is_get_or_head`].
 ///
 /// # Safety
 /// `r` is a live request.
 pub unsafe fn is_get_or_head(r: *mut ngx_http_request_t) -> bool {
     // SAFETY: as the caller guarantees.
-    unsafe { (*r).method as u32 & (NGX_HTTP_GET | NGX_HTTP_HEAD) != 0 }
+    unsafe { request(r).is_get_or_head() }
 }
 
-/// The http ctx index of the module whose confs [`confs`] reads (set at configuration).
-static CTX_INDEX: AtomicUsize = AtomicUsize::new(usize::MAX);
-
-/// Record the module's http ctx index.
-pub fn set_ctx_index(i: usize) {
-    CTX_INDEX.store(i, Ordering::Relaxed);
-}
-
-/// Our module's main and location confs of a request.
-///
-/// # Safety
-/// `r` is a live request; `M` and `L` are the module's main and location conf types.
-pub unsafe fn confs<'a, M, L>(r: *mut ngx_http_request_t) -> (&'a M, &'a L) {
-    let i = CTX_INDEX.load(Ordering::Relaxed);
-    // SAFETY: the module's slots in the request's conf arrays hold its confs.
-    unsafe { (&*(*(*r).main_conf.add(i)).cast::<M>(), &*(*(*r).loc_conf.add(i)).cast::<L>()) }
-}
-
-/// A short text response: the status, one line saying why, and extra headers.
+/// [`RequestExt::header_in`].
 ///
 /// # Safety
 /// `r` is a live request.
-pub unsafe fn text(
-    r: *mut ngx_http_request_t,
-    status: u32,
-    why: &str,
-    headers: &[(&str, &str)],
-) -> ngx_int_t {
-    // SAFETY: as the caller guarantees.
-    unsafe {
-        for (k, v) in headers {
-            set_header(r, k, v);
-        }
-        respond(r, status, "text/plain", &format!("{why}\n"), "no-store")
-    }
+pub unsafe fn header_in<'a>(r: *mut ngx_http_request_t, name: &[u8]) -> Option<&'a [u8]> {
+    // SAFETY: as the caller guarantees; the headers live in the request's pool.
+    unsafe { request(r).header_in(name) }
 }
 
-/// A response with a body made here.
+/// [`RequestExt::respond`].
 ///
 /// # Safety
 /// `r` is a live request.
@@ -94,77 +160,150 @@ pub unsafe fn respond(
     body: &str,
     cache: &str,
 ) -> ngx_int_t {
-    // SAFETY: live request; the body is copied into its pool.
-    unsafe {
-        (*r).headers_out.status = status as ngx_uint_t;
-        (*r).headers_out.content_length_n = body.len() as off_t;
-        set_content_type(r, mime);
-        set_header(r, "Cache-Control", cache);
-        let rc = ngx_http_send_header(r);
-        if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() == 1 {
-            return rc;
-        }
-        let b = ngx_create_temp_buf((*r).pool, body.len().max(1));
-        if b.is_null() {
-            return NGX_ERROR as ngx_int_t;
-        }
-        std::ptr::copy_nonoverlapping(body.as_ptr(), (*b).last, body.len());
-        (*b).last = (*b).last.add(body.len());
-        (*b).set_last_buf(if (*r).main == r { 1 } else { 0 });
-        (*b).set_last_in_chain(1);
-        let mut out = ngx_chain_t { buf: b, next: null_mut() };
-        ngx_http_output_filter(r, &mut out)
-    }
+    // SAFETY: as the caller guarantees.
+    unsafe { request(r).respond(HTTPStatus(status as ngx_uint_t), mime, body, cache).0 }
 }
 
-/// # Safety
-/// `r` is a live request.
-pub unsafe fn set_content_type(r: *mut ngx_http_request_t, mime: &'static str) {
-    // SAFETY: a static string outlives the request.
-    unsafe {
-        (*r).headers_out.content_type_len = mime.len();
-        (*r).headers_out.content_type = ngx_str_t { len: mime.len(), data: mime.as_ptr().cast_mut() };
-        (*r).headers_out.content_type_lowcase = null_mut();
-    }
-}
-
-/// Add a response header.
+/// Hand the location being configured to nginx's static module, serving from `dir`: a request
+/// for `<location><rest>` is the file `<dir>/<rest>` (as `alias` maps it), opened without
+/// following a symlink anywhere below `dir` (`disable_symlinks on from=<dir>`). Its handler
+/// then returns `NGX_DECLINED` for nginx's content phase to send the file (Range, ETag,
+/// Last-Modified, conditional requests, sendfile, `open_file_cache`, as for any static file).
+///
+/// Called while the location's confs merge (the core module's are merged by then, so these
+/// values are final): the location's own `root` or `alias` is replaced. A regex location has
+/// no prefix to strip: false.
 ///
 /// # Safety
-/// `r` is a live request.
-pub unsafe fn set_header(r: *mut ngx_http_request_t, name: &str, value: &str) {
-    // SAFETY: live request; strings copied into its pool.
+/// `cf` is the configuration being merged, its context a location's.
+pub unsafe fn serve_from(cf: *mut ngx_conf_t, dir: &str) -> bool {
+    // SAFETY: as the caller guarantees; the strings are copied into the configuration pool.
     unsafe {
-        let h = ngx_list_push(&mut (*r).headers_out.headers).cast::<ngx_table_elt_t>();
-        if h.is_null() {
-            return;
+        let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*cf) else { return false };
+        if !clcf.regex.is_null() || clcf.named() == 1 {
+            return false;
         }
-        let pool = (*r).pool;
-        (*h).hash = 1;
-        (*h).key = ngx_str_t::from_bytes(pool, name.as_bytes()).unwrap_or(ngx_str_t::empty());
-        (*h).value = ngx_str_t::from_bytes(pool, value.as_bytes()).unwrap_or(ngx_str_t::empty());
-        (*h).lowcase_key = null_mut();
+        let dir = dir.trim_end_matches('/');
+        let name = str_bytes(&clcf.name);
+        // `<dir>/` for a name ending in '/' (`/hls/` + `s/f.ts`), `<dir>` for one without.
+        let root = if name.ends_with(b"/") { format!("{dir}/") } else { dir.to_string() };
+        let pool = (*cf).pool;
+        let (Some(root), Some(from)) =
+            (ngx_str_t::from_bytes(pool, root.as_bytes()), ngx_str_t::from_bytes(pool, dir.as_bytes()))
+        else {
+            return false;
+        };
+        let cv = ngx_pcalloc(pool, std::mem::size_of::<ngx_http_complex_value_t>())
+            .cast::<ngx_http_complex_value_t>();
+        if cv.is_null() {
+            return false;
+        }
+        // A complex value without lengths is its constant value.
+        (*cv).value = from;
+        clcf.root = root;
+        clcf.alias = clcf.name.len;
+        clcf.root_lengths = null_mut();
+        clcf.root_values = null_mut();
+        clcf.disable_symlinks = NGX_DISABLE_SYMLINKS_ON as ngx_uint_t;
+        clcf.disable_symlinks_from = cv;
+        true
     }
 }
 
-/// The value of request header `name` (case-insensitive), if sent.
+/// Keep `r` open after its handler returns `NGX_DONE`, until it is finalized: meanwhile only its
+/// client closing ends it (nginx's `ngx_http_test_reading` as its read handler, as upstream's
+/// broken-connection check), and nothing runs its phases again on a write event.
+fn suspend(r: &mut Request) {
+    let raw: *mut ngx_http_request_t = r.into();
+    // SAFETY: a live request, its main request and connection.
+    unsafe {
+        let main = (*raw).main;
+        (*main).set_count((*main).count() + 1);
+        (*raw).read_event_handler = Some(ngx_http_test_reading);
+        (*raw).write_event_handler = Some(ngx_http_request_empty_handler);
+        let rev = (*(*raw).connection).read;
+        if (*rev).ready() == 1 {
+            // Data or the end of the stream came with the request: look at it now.
+            ngx_post_event(rev, std::ptr::addr_of_mut!(ngx_posted_events));
+        }
+    }
+}
+
+/// Answer a request [`suspend`]ed earlier with `rc`.
 ///
 /// # Safety
-/// `r` is a live request.
-pub unsafe fn header_in<'a>(r: *mut ngx_http_request_t, name: &[u8]) -> Option<&'a [u8]> {
-    // SAFETY: the request's header list, its parts and elements are in its pool.
+/// `r` is live and suspended; it may be freed by this call.
+unsafe fn finalize(r: *mut ngx_http_request_t, rc: Status) {
+    // SAFETY: as the caller guarantees.
+    unsafe { ngx_http_finalize_request(r, rc.0) }
+}
+
+/// A request held open with its state: [`hold`] puts them in the request's pool, with a timer.
+struct Held<T> {
+    r: *mut ngx_http_request_t,
+    ev: ngx_event_t,
+    period: ngx_msec_t,
+    poll: fn(&mut Request, &mut T) -> Option<Status>,
+    state: T,
+}
+
+impl<T> Drop for Held<T> {
+    fn drop(&mut self) {
+        if self.ev.timer_set() == 1 {
+            // SAFETY: our timer, deleted before its memory goes.
+            unsafe { ngx_del_timer(&mut self.ev) };
+        }
+    }
+}
+
+/// Hold `r` open (see [`suspend`]) with `state` in its pool: every `period` ms, `poll` looks
+/// at it and either answers (the request is finalized with that status; the state is dropped
+/// with the request) or lets it wait. The client closing ends it earlier (the state dropped
+/// likewise). Returns `NGX_DONE` for the handler to return, or the state back when the pool is
+/// exhausted.
+pub fn hold<T: 'static>(
+    r: &mut Request,
+    state: T,
+    period: ngx_msec_t,
+    poll: fn(&mut Request, &mut T) -> Option<Status>,
+) -> Result<Status, T> {
+    unsafe extern "C" fn drop_held<T>(data: *mut std::ffi::c_void) {
+        // SAFETY: `data` is the Held written below, dropped exactly once by the pool.
+        super::util::guard((), || unsafe { std::ptr::drop_in_place(data.cast::<Held<T>>()) })
+    }
+    assert!(std::mem::align_of::<Held<T>>() <= std::mem::size_of::<usize>(), "over-aligned pool type");
+    let raw: *mut ngx_http_request_t = (&mut *r).into();
+    // SAFETY: the request's own pool (the Held and its timer go with the request); the
+    // cleanup's data block is sized for the Held; an all-zero event is nginx's idle event.
     unsafe {
-        let mut part: *const ngx_list_part_t = &(*r).headers_in.headers.part;
-        while !part.is_null() {
-            let elts = (*part).elts.cast::<ngx_table_elt_t>();
-            for i in 0..(*part).nelts {
-                let e = &*elts.add(i);
-                if str_bytes(&e.key).eq_ignore_ascii_case(name) {
-                    return Some(str_bytes(&e.value));
-                }
+        let cln = ngx_pool_cleanup_add(r.as_ref().pool, std::mem::size_of::<Held<T>>());
+        if cln.is_null() {
+            return Err(state);
+        }
+        let p = (*cln).data.cast::<Held<T>>();
+        std::ptr::write(p, Held { r: raw, ev: std::mem::zeroed(), period, poll, state });
+        (*cln).handler = Some(drop_held::<T>);
+        (*p).ev.handler = Some(on_held::<T>);
+        (*p).ev.data = p.cast();
+        (*p).ev.log = r.log();
+        ngx_add_timer(&mut (*p).ev, period);
+    }
+    suspend(r);
+    Ok(Status::NGX_DONE)
+}
+
+unsafe extern "C" fn on_held<T>(ev: *mut ngx_event_t) {
+    super::util::guard((), || {
+        // SAFETY: ev.data is the Held in the request's pool; the request is alive while it
+        // is suspended (we hold its count).
+        unsafe {
+            let h = &mut *(*ev).data.cast::<Held<T>>();
+            let raw = h.r;
+            match (h.poll)(request(raw), &mut h.state) {
+                None => ngx_add_timer(ev, h.period),
+                // The request (and the Held with it) may be gone after this.
+                Some(rc) => finalize(raw, rc),
             }
-            part = (*part).next;
         }
-        None
-    }
+    })
 }
