@@ -3,38 +3,30 @@
 //! Private by default: it answers loopback clients only, unless nginx's own `allow` names the
 //! client ([`crate::nginx::access::local_or_allowed`] says how).
 
-use std::ffi::{c_char, c_void};
-
 use mesh_core::status::{
     AuthStatus, HeldStatus, PushStatus, Status, StreamStatus, TableStatus, TranscodeStatus,
 };
 
-use crate::http::settings;
+use crate::http::{settings, HttpLocConf};
 use crate::nginx::access;
+use crate::nginx::directive::{directive, DUPLICATE};
 use crate::nginx::ffi::*;
 use crate::nginx::http::respond;
 use crate::nginx::util::{guard, CONF_ERROR, CONF_OK};
 use crate::{conf, link, registry, rtmp, transcode};
+use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 
-pub unsafe extern "C" fn set_status(
-    cf: *mut ngx_conf_t,
-    _: *mut ngx_command_t,
-    _: *mut c_void,
-) -> *mut c_char {
-    guard(CONF_ERROR, || {
-        // SAFETY: the core module's loc conf of this location is in the parser's context.
-        unsafe {
-            let ctx = (*cf).ctx.cast::<ngx_http_conf_ctx_t>();
-            let idx = (*std::ptr::addr_of!(ngx_http_core_module)).ctx_index;
-            let clcf = (*(*ctx).loc_conf.add(idx)).cast::<ngx_http_core_loc_conf_t>();
-            if (*clcf).handler.is_some() {
-                return crate::nginx::directive::DUPLICATE;
-            }
-            (*clcf).handler = Some(handler);
-            access::find_module((*cf).cycle);
-            CONF_OK
+directive! {
+    /// `mesh_status`: this location answers with the node's status.
+    pub fn set_status(cf, _lcf: &mut HttpLocConf) {
+        let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*cf) else { return CONF_ERROR };
+        if clcf.handler.is_some() {
+            return DUPLICATE;
         }
-    })
+        clcf.handler = Some(handler);
+        access::find_module((*cf).cycle);
+        CONF_OK
+    }
 }
 
 /// Everything `mesh_status` reports, from the live state (event loop).

@@ -1,28 +1,20 @@
 //! The `mesh_*` directives of the rtmp{} block, each in nginx's one shape (`set_once` into a
 //! field of the main conf, with nginx's wording for a duplicate or an invalid value).
 
-use std::ffi::{c_char, c_void};
-
 use mesh_agent::load::{os_error, read_table};
 use mesh_core::name::{for_log, is_valid_id};
 use mesh_core::Role;
 use ngx::ngx_conf_log_error;
 
-use super::{main_conf, ENDPOINTS};
-use crate::nginx::directive::{self, arg, args, DUPLICATE};
+use super::{MainConf, ENDPOINTS};
+use crate::nginx::directive::{self, arg, args, directive, DUPLICATE};
 use crate::nginx::ffi::*;
-use crate::nginx::util::{full_name, guard, str_bytes, CONF_ERROR, CONF_OK};
+use crate::nginx::util::{full_name, str_bytes, CONF_ERROR, CONF_OK};
 
-/// The single-value directives (`mesh_node_id`, `mesh_role`, `mesh_master`, `mesh_rtmp_url`,
-/// `mesh_http_url`): each into its field of the main conf, once, after its check.
-pub unsafe extern "C" fn set_value(
-    cf: *mut ngx_conf_t,
-    _: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: the parser calls us with our main conf and the directive's arguments.
-    guard(CONF_ERROR, || unsafe {
-        let m = main_conf(conf);
+directive! {
+    /// The single-value directives (`mesh_node_id`, `mesh_role`, `mesh_master`, `mesh_rtmp_url`,
+    /// `mesh_http_url`): each into its field of the main conf, once, after its check.
+    pub fn set_value(cf, m: &mut MainConf) {
         match arg(cf, 0).as_str() {
             "mesh_node_id" => directive::set_once(cf, &mut m.node_id, check_id),
             "mesh_role" => directive::set_once(cf, &mut m.role, |v| {
@@ -36,7 +28,7 @@ pub unsafe extern "C" fn set_value(
             "mesh_http_url" => directive::set_once(cf, &mut m.http_url, public_url(&["http://", "https://"])),
             _ => CONF_ERROR,
         }
-    })
+    }
 }
 
 fn check_id(v: &str) -> Result<String, String> {
@@ -55,14 +47,8 @@ fn public_url(schemes: &'static [&'static str]) -> impl Fn(&str) -> Result<Strin
     }
 }
 
-pub unsafe extern "C" fn set_table_file(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    guard(CONF_ERROR, || {
-        // SAFETY: called by the parser with our main conf and the directive's arguments.
-        let mcf = unsafe { main_conf(conf) };
+directive! {
+    pub fn set_table_file(cf, mcf: &mut MainConf) {
         if mcf.table_file.is_some() {
             return DUPLICATE;
         }
@@ -80,7 +66,7 @@ pub unsafe extern "C" fn set_table_file(
                 CONF_ERROR
             }
         }
-    })
+    }
 }
 
 /// `http(s)://host[:port][/prefix]` without query or fragment; returns it without a trailing
@@ -99,16 +85,10 @@ fn check_http_url(url: &str) -> Result<String, &'static str> {
     Ok(url.trim_end_matches('/').to_string())
 }
 
-pub unsafe extern "C" fn set_master_key(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    guard(CONF_ERROR, || {
-        // SAFETY: called by the parser with our main conf, its command and arguments.
-        let (mcf, value, name) = unsafe {
-            (main_conf(conf), arg(cf, 1), String::from_utf8_lossy(str_bytes(&(*cmd).name)).into_owned())
-        };
+directive! {
+    pub fn set_master_key(cf, cmd, mcf: &mut MainConf) {
+        // SAFETY: the parser's argument and the command's name.
+        let (value, name) = unsafe { (arg(cf, 1), String::from_utf8_lossy(str_bytes(&(*cmd).name)).into_owned()) };
         if mcf.master_key.is_some() {
             return DUPLICATE;
         }
@@ -137,17 +117,13 @@ pub unsafe extern "C" fn set_master_key(
         }
         mcf.master_key = Some(key.into_bytes());
         CONF_OK
-    })
+    }
 }
 
-pub unsafe extern "C" fn set_master_path(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    guard(CONF_ERROR, || {
-        // SAFETY: called by the parser with our main conf and the directive's arguments.
-        let (mcf, name, path) = unsafe { (main_conf(conf), arg(cf, 1), arg(cf, 2)) };
+directive! {
+    pub fn set_master_path(cf, mcf: &mut MainConf) {
+        // SAFETY: the parser's arguments.
+        let (name, path) = unsafe { (arg(cf, 1), arg(cf, 2)) };
         let Some(i) = ENDPOINTS.iter().position(|e| *e == name) else {
             ngx_conf_log_error!(
                 NGX_LOG_EMERG,
@@ -177,5 +153,5 @@ pub unsafe extern "C" fn set_master_path(
         }
         mcf.paths[i] = Some(path);
         CONF_OK
-    })
+    }
 }

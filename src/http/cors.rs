@@ -3,15 +3,12 @@
 //! a request's `Origin` in the list is echoed in `Access-Control-Allow-Origin`, with
 //! `Vary: Origin` on every response of such a location. `*` (alone) allows any page.
 
-use std::ffi::{c_char, c_void};
-
 use ngx::http::Request;
 
 use super::HttpLocConf;
-use crate::nginx::directive::{arg, args, invalid_value, DUPLICATE};
-use crate::nginx::ffi::*;
+use crate::nginx::directive::{arg, args, directive, invalid_value, DUPLICATE};
 use crate::nginx::http::RequestExt;
-use crate::nginx::util::{guard, CONF_ERROR, CONF_OK};
+use crate::nginx::util::CONF_OK;
 
 /// Is `v` an origin as browsers send it: `http[s]://host[:port]`, no path? Lowercased.
 fn parse_origin(v: &str) -> Option<String> {
@@ -37,37 +34,29 @@ fn parse_origin(v: &str) -> Option<String> {
     (host_ok && port_ok).then_some(v)
 }
 
-pub unsafe extern "C" fn set_allow_origin(
-    cf: *mut ngx_conf_t,
-    _: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    guard(CONF_ERROR, || {
-        // SAFETY: the parser calls us with our loc conf and the directive's arguments.
-        unsafe {
-            let lcf = &mut *conf.cast::<HttpLocConf>();
-            if lcf.origins.is_some() {
-                return DUPLICATE;
-            }
-            let n = args(cf).len();
-            let mut list = Vec::new();
-            for i in 1..n {
-                let v = arg(cf, i);
-                if v == "*" && n == 2 {
-                    list.push(v);
-                    continue;
-                }
-                match parse_origin(&v) {
-                    Some(o) => list.push(o),
-                    None => {
-                        return invalid_value(cf, &v, "it must be \"http[s]://host[:port]\" (or \"*\" alone)")
-                    }
-                }
-            }
-            lcf.origins = Some(list);
-            CONF_OK
+directive! {
+    pub fn set_allow_origin(cf, lcf: &mut HttpLocConf) {
+        if lcf.origins.is_some() {
+            return DUPLICATE;
         }
-    })
+        let n = args(cf).len();
+        let mut list = Vec::new();
+        for i in 1..n {
+            let v = arg(cf, i);
+            if v == "*" && n == 2 {
+                list.push(v);
+                continue;
+            }
+            match parse_origin(&v) {
+                Some(o) => list.push(o),
+                None => {
+                    return invalid_value(cf, &v, "it must be \"http[s]://host[:port]\" (or \"*\" alone)")
+                }
+            }
+        }
+        lcf.origins = Some(list);
+        CONF_OK
+    }
 }
 
 /// The CORS headers of a response in a location with `origins` (None: the directive unset).

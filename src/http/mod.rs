@@ -32,7 +32,7 @@ use mesh_core::media::{parse_rendition, Format, Ladder, Rendition};
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError, NgxHttpCoreModule};
 use ngx::{ngx_conf_log_error, ngx_string};
 
-use crate::nginx::directive::{arg, args, set_once, DUPLICATE};
+use crate::nginx::directive::{arg, args, directive, set_once, DUPLICATE};
 use crate::nginx::ffi::*;
 use crate::nginx::util::{full_name, guard, pool_new, str_bytes, CONF_ERROR, CONF_OK};
 use crate::transcode::Settings;
@@ -117,109 +117,76 @@ pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     guard(null_mut(), || unsafe { pool_new((*cf).pool, HttpLocConf::default()).cast() })
 }
 
-/// `mesh_media_root` (offset 0) and `mesh_ffmpeg` (offset 1): a path, relative to the prefix.
-pub unsafe extern "C" fn set_path(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    guard(CONF_ERROR, || {
-        // SAFETY: the parser calls us with our main conf and the directive's argument.
-        unsafe {
-            let hcf = &mut *conf.cast::<HttpMainConf>();
-            let slot = if (*cmd).offset == 0 { &mut hcf.root } else { &mut hcf.ffmpeg };
-            if slot.is_some() {
-                return DUPLICATE;
-            }
-            let name = args(cf)[1];
-            // A bare program name is looked up in PATH when ffmpeg starts.
-            let is_program = (*cmd).offset == 1 && !str_bytes(&name).contains(&b'/');
-            let value = if is_program { Some(arg(cf, 1)) } else { full_name(cf, name, false) };
-            let Some(value) = value else { return CONF_ERROR };
-            *slot = Some(value);
-            CONF_OK
+directive! {
+    /// `mesh_media_root` (offset 0) and `mesh_ffmpeg` (offset 1): a path, relative to the prefix.
+    pub fn set_path(cf, cmd, hcf: &mut HttpMainConf) {
+        let slot = if (*cmd).offset == 0 { &mut hcf.root } else { &mut hcf.ffmpeg };
+        if slot.is_some() {
+            return DUPLICATE;
         }
-    })
+        let name = args(cf)[1];
+        // A bare program name is looked up in PATH when ffmpeg starts.
+        let is_program = (*cmd).offset == 1 && !str_bytes(&name).contains(&b'/');
+        let value = if is_program { Some(arg(cf, 1)) } else { full_name(cf, name, false) };
+        let Some(value) = value else { return CONF_ERROR };
+        *slot = Some(value);
+        CONF_OK
+    }
 }
 
-pub unsafe extern "C" fn set_source(
-    cf: *mut ngx_conf_t,
-    _: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    guard(CONF_ERROR, || {
-        // SAFETY: the parser calls us with our main conf and the directive's argument.
-        unsafe {
-            let hcf = &mut *conf.cast::<HttpMainConf>();
-            set_once(cf, &mut hcf.source, |v| match mesh_core::table::parse_node_url(v) {
-                Ok(_) => Ok(v.to_string()),
-                Err(_) => Err("it must be rtmp://host[:port]/app".into()),
-            })
-        }
-    })
+directive! {
+    pub fn set_source(cf, hcf: &mut HttpMainConf) {
+        set_once(cf, &mut hcf.source, |v| match mesh_core::table::parse_node_url(v) {
+            Ok(_) => Ok(v.to_string()),
+            Err(_) => Err("it must be rtmp://host[:port]/app".into()),
+        })
+    }
 }
 
-pub unsafe extern "C" fn set_rendition(
-    cf: *mut ngx_conf_t,
-    _: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    guard(CONF_ERROR, || {
-        // SAFETY: the parser calls us with our main conf and the directive's arguments.
-        unsafe {
-            let hcf = &mut *conf.cast::<HttpMainConf>();
-            let words: Vec<String> = (1..args(cf).len()).map(|i| arg(cf, i)).collect();
-            let refs: Vec<&str> = words.iter().map(String::as_str).collect();
-            match parse_rendition(&refs) {
-                Ok(r) => {
-                    hcf.renditions.push(r);
-                    CONF_OK
-                }
-                Err(e) => {
-                    ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid \"mesh_rendition\" directive: {}", e);
-                    CONF_ERROR
-                }
+directive! {
+    pub fn set_rendition(cf, hcf: &mut HttpMainConf) {
+        let words: Vec<String> = (1..args(cf).len()).map(|i| arg(cf, i)).collect();
+        let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+        match parse_rendition(&refs) {
+            Ok(r) => {
+                hcf.renditions.push(r);
+                CONF_OK
+            }
+            Err(e) => {
+                ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid \"mesh_rendition\" directive: {}", e);
+                CONF_ERROR
             }
         }
-    })
+    }
 }
 
-pub unsafe extern "C" fn set_media(
-    cf: *mut ngx_conf_t,
-    _: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    guard(CONF_ERROR, || {
-        // SAFETY: the parser calls us with our loc conf; the core module's loc conf of this
-        // location is in the same context.
-        unsafe {
-            let lcf = &mut *conf.cast::<HttpLocConf>();
-            let set = set_once(cf, &mut lcf.format, |v| match v {
-                "hls" => Ok(Format::Hls),
-                "dash" => Ok(Format::Dash),
-                _ => Err("it must be \"hls\" or \"dash\"".into()),
-            });
-            if set != CONF_OK {
-                return set;
-            }
-            let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*cf) else { return CONF_ERROR };
-            // Its files are served by prefix (see `merge_loc_conf`): a regex has none.
-            if !clcf.regex.is_null() || clcf.named() == 1 {
-                ngx_conf_log_error!(
-                    NGX_LOG_EMERG,
-                    cf,
-                    "\"mesh_media\" cannot be used in a regex or named location"
-                );
-                return CONF_ERROR;
-            }
-            lcf.prefix = String::from_utf8_lossy(str_bytes(&clcf.name)).into_owned();
-            if !lcf.prefix.ends_with('/') {
-                lcf.prefix.push('/');
-            }
-            clcf.handler = Some(media::media_handler);
-            CONF_OK
+directive! {
+    pub fn set_media(cf, lcf: &mut HttpLocConf) {
+        let set = set_once(cf, &mut lcf.format, |v| match v {
+            "hls" => Ok(Format::Hls),
+            "dash" => Ok(Format::Dash),
+            _ => Err("it must be \"hls\" or \"dash\"".into()),
+        });
+        if set != CONF_OK {
+            return set;
         }
-    })
+        let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*cf) else { return CONF_ERROR };
+        // Its files are served by prefix (see `merge_loc_conf`): a regex has none.
+        if !clcf.regex.is_null() || clcf.named() == 1 {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "\"mesh_media\" cannot be used in a regex or named location"
+            );
+            return CONF_ERROR;
+        }
+        lcf.prefix = String::from_utf8_lossy(str_bytes(&clcf.name)).into_owned();
+        if !lcf.prefix.ends_with('/') {
+            lcf.prefix.push('/');
+        }
+        clcf.handler = Some(media::media_handler);
+        CONF_OK
+    }
 }
 
 pub unsafe extern "C" fn merge_loc_conf(

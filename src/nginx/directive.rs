@@ -75,3 +75,35 @@ pub unsafe fn set_once<T>(
         Err(why) => unsafe { invalid_value(cf, &value, &why) },
     }
 }
+
+/// The one shape of a directive handler: the `extern "C"` signature nginx calls, the panic
+/// guard, and our conf at the directive's level as a typed `&mut`. The body gets the
+/// configuration being parsed (`cf`), the command (`cmd`, when named) and the conf, and returns
+/// nginx's answer (`CONF_OK`, `CONF_ERROR`, [`DUPLICATE`]). It runs in an `unsafe` context: each
+/// nginx call in it still says why it holds.
+macro_rules! directive {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($cf:ident, $conf:ident: &mut $t:ty) $body:block) => {
+        $crate::nginx::directive::directive!($(#[$m])* $vis fn $name($cf, _cmd, $conf: &mut $t) $body);
+    };
+    ($(#[$m:meta])* $vis:vis fn $name:ident($cf:ident, $cmd:ident, $conf:ident: &mut $t:ty) $body:block) => {
+        $(#[$m])*
+        $vis unsafe extern "C" fn $name(
+            $cf: *mut $crate::nginx::ffi::ngx_conf_t,
+            $cmd: *mut $crate::nginx::ffi::ngx_command_t,
+            conf: *mut ::std::ffi::c_void,
+        ) -> *mut ::std::ffi::c_char {
+            $crate::nginx::util::guard($crate::nginx::util::CONF_ERROR, || {
+                // SAFETY: nginx calls a directive handler with the configuration being parsed,
+                // the directive's command, and our module's conf at the directive's level, of
+                // the type its table entry says.
+                #[allow(unused_unsafe, clippy::macro_metavars_in_unsafe)]
+                unsafe {
+                    let _ = $cmd;
+                    let $conf: &mut $t = &mut *conf.cast::<$t>();
+                    $body
+                }
+            })
+        }
+    };
+}
+pub(crate) use directive;
