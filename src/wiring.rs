@@ -52,6 +52,10 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     guard(NGX_OK as ngx_int_t, || {
         // SAFETY: worker start, on the event loop, with the worker's cycle.
         let (mcf, log) = unsafe { (cycle_main_conf(cycle), (*cycle).log) };
+        // SAFETY: as above; ours runs after nginx-rtmp's init_process.
+        if let Err(e) = unsafe { crate::nginx::rtmp::auto_push::watch_worker_socket(cycle) } {
+            ngx::ngx_log_error!(NGX_LOG_ALERT, log, "mesh: rtmp_auto_push: {}", e);
+        }
         let Some(mcf) = mcf else { return NGX_OK as ngx_int_t };
         if mcf.master.is_none() && mcf.table_file.is_none() {
             return NGX_OK as ngx_int_t;
