@@ -36,12 +36,16 @@ thread_local! {
 /// Refuse configurations the node cannot serve (see [`conf::check_cycle`]).
 pub unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     guard(NGX_ERROR as ngx_int_t, || {
-        // SAFETY: nginx calls us with the configured cycle.
-        match unsafe { conf::check_cycle(cycle) } {
-            Ok(()) => NGX_OK as ngx_int_t,
-            Err(e) => {
-                // SAFETY: the cycle's log.
-                ngx::ngx_log_error!(NGX_LOG_EMERG, unsafe { (*cycle).log }, "{}", e);
+        // SAFETY: nginx calls us with the configured cycle, and its log.
+        let (check, log) = unsafe { (conf::check_cycle(cycle), (*cycle).log) };
+        match check {
+            conf::Check::Fine => NGX_OK as ngx_int_t,
+            conf::Check::Warn(e) => {
+                ngx::ngx_log_error!(NGX_LOG_WARN, log, "{}", e);
+                NGX_OK as ngx_int_t
+            }
+            conf::Check::Refuse(e) => {
+                ngx::ngx_log_error!(NGX_LOG_EMERG, log, "{}", e);
                 NGX_ERROR as ngx_int_t
             }
         }

@@ -71,3 +71,28 @@ unsafe fn is_unix(ls: &ngx_listening_t) -> bool {
     // SAFETY: a listening's sockaddr is of the family it says.
     unsafe { !ls.sockaddr.is_null() && (*ls.sockaddr).sa_family as u32 == AF_UNIX }
 }
+
+extern "C" {
+    /// nginx-rtmp's auto-push module (not declared in its headers).
+    static mut ngx_rtmp_auto_push_module: ngx_module_t;
+}
+
+/// The first field of ngx_rtmp_auto_push_module.c's private conf (`rtmp_auto_push`), unchanged
+/// since nginx-rtmp 1.0.
+#[repr(C)]
+struct AutoPushConf {
+    auto_push: ngx_flag_t,
+}
+
+/// Is `rtmp_auto_push on` in this cycle?
+///
+/// # Safety
+/// `cycle` is configured.
+pub unsafe fn enabled(cycle: *mut ngx_cycle_t) -> bool {
+    // SAFETY: a core module's conf is at its index in conf_ctx; its first field is the flag.
+    unsafe {
+        let idx = (*addr_of!(ngx_rtmp_auto_push_module)).index;
+        let conf = (*(*cycle).conf_ctx.add(idx)).cast::<AutoPushConf>();
+        !conf.is_null() && (*conf).auto_push == 1
+    }
+}
