@@ -119,6 +119,10 @@ pub fn figures() -> (Vec<StreamStat>, Load) {
         let mut viewers: HashMap<&str, u64> = HashMap::new();
         let mut load = Load::default();
         for e in r.entries.values() {
+            // A copy's bytes go between two workers of this node: not the node's load.
+            if e.admitted.is_copy() {
+                continue;
+            }
             load.in_kbps += e.in_kbps;
             load.out_kbps += e.out_kbps;
             if !e.is_publisher() {
@@ -128,7 +132,7 @@ pub fn figures() -> (Vec<StreamStat>, Load) {
         let mut streams: Vec<StreamStat> = r
             .entries
             .values()
-            .filter(|e| e.is_publisher())
+            .filter(|e| e.is_publisher() && !e.admitted.is_copy())
             .map(|e| StreamStat {
                 stream: e.stream().to_string(),
                 source: e.source().unwrap_or("broadcaster").to_string(),
@@ -141,7 +145,7 @@ pub fn figures() -> (Vec<StreamStat>, Load) {
     })
 }
 
-/// Publishers' sessions with their streams (for push figures).
+/// Publishers' sessions with their streams (for push figures; copies push nothing).
 pub fn publishers() -> Vec<(Session, String)> {
     REGISTRY.with_borrow(|r| {
         r.entries.values().filter(|e| e.is_publisher()).map(|e| (e.s, e.stream().to_string())).collect()

@@ -36,12 +36,16 @@ thread_local! {
 /// Refuse configurations the node cannot serve (see [`conf::check_cycle`]).
 pub unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     guard(NGX_ERROR as ngx_int_t, || {
-        // SAFETY: nginx calls us with the configured cycle.
-        match unsafe { conf::check_cycle(cycle) } {
-            Ok(()) => NGX_OK as ngx_int_t,
-            Err(e) => {
-                // SAFETY: the cycle's log.
-                ngx::ngx_log_error!(NGX_LOG_EMERG, unsafe { (*cycle).log }, "{}", e);
+        // SAFETY: nginx calls us with the configured cycle, and its log.
+        let (check, log) = unsafe { (conf::check_cycle(cycle), (*cycle).log) };
+        match check {
+            conf::Check::Fine => NGX_OK as ngx_int_t,
+            conf::Check::Warn(e) => {
+                ngx::ngx_log_error!(NGX_LOG_WARN, log, "{}", e);
+                NGX_OK as ngx_int_t
+            }
+            conf::Check::Refuse(e) => {
+                ngx::ngx_log_error!(NGX_LOG_EMERG, log, "{}", e);
                 NGX_ERROR as ngx_int_t
             }
         }
@@ -52,6 +56,10 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     guard(NGX_OK as ngx_int_t, || {
         // SAFETY: worker start, on the event loop, with the worker's cycle.
         let (mcf, log) = unsafe { (cycle_main_conf(cycle), (*cycle).log) };
+        // SAFETY: as above; ours runs after nginx-rtmp's init_process.
+        if let Err(e) = unsafe { crate::nginx::rtmp::auto_push::watch_worker_socket(cycle) } {
+            ngx::ngx_log_error!(NGX_LOG_ALERT, log, "mesh: rtmp_auto_push: {}", e);
+        }
         let Some(mcf) = mcf else { return NGX_OK as ngx_int_t };
         if mcf.master.is_none() && mcf.table_file.is_none() {
             return NGX_OK as ngx_int_t;

@@ -151,6 +151,15 @@ $t->write_file_expand('nginx.conf', "worker_processes 2;\n" . conf('mesh_table_f
 {
 	my ($ok, $out) = $t->test_config;
 	ok($ok, 'no master: more workers are fine') or diag($out);
+	like($out, qr/\[warn\] "worker_processes 2" without "rtmp_auto_push on": a stream is seen only by the worker it is published into/,
+		'more workers without rtmp_auto_push: a warning says what it means') or diag($out);
+}
+# (after conf()'s load_module lines: the directive is nginx-rtmp's)
+$t->write_file_expand('nginx.conf', "worker_processes 2;\n" . (conf('mesh_table_file good.json;') =~ s/^events/rtmp_auto_push on;\nevents/mr));
+{
+	my ($ok, $out) = $t->test_config;
+	ok($ok, 'more workers with rtmp_auto_push: fine') or diag($out);
+	unlike($out, qr/rtmp_auto_push/, 'and no warning') or diag($out);
 }
 
 # The edge's http{} directives.

@@ -188,19 +188,32 @@ pub fn apply_us() -> (u64, u64) {
     APPLY_US.with(std::cell::Cell::get)
 }
 
-/// Refuse configurations the node cannot serve: a master needs one worker (each worker
-/// would announce itself as the node, with a part of its figures).
+/// What the node thinks of a configuration: refused (a master needs one worker: each worker
+/// would announce itself as the node, with a part of its figures), or a warning to log.
+pub enum Check {
+    Fine,
+    /// Runs, but not as the operator likely means.
+    Warn(String),
+    Refuse(String),
+}
+
+/// Check a configured cycle (init_module).
 ///
 /// # Safety
 /// `cycle` is configured (init_module).
-pub unsafe fn check_cycle(cycle: *mut ngx_cycle_t) -> Result<(), String> {
+pub unsafe fn check_cycle(cycle: *mut ngx_cycle_t) -> Check {
     // SAFETY: as the caller guarantees.
-    let (mcf, workers) = unsafe { (cycle_main_conf(cycle), worker_processes(cycle)) };
+    let (mcf, workers, auto_push) = unsafe {
+        (cycle_main_conf(cycle), worker_processes(cycle), crate::nginx::rtmp::auto_push::enabled(cycle))
+    };
     match (mcf, workers) {
-        (Some(m), Some(n)) if m.master.is_some() && n > 1 => Err(format!(
+        (Some(m), Some(n)) if m.master.is_some() && n > 1 => Check::Refuse(format!(
             "\"mesh_master\" needs \"worker_processes 1\" (found {n}): the node announces itself and its figures from one worker"
         )),
-        _ => Ok(()),
+        (Some(_), Some(n)) if n > 1 && !auto_push => Check::Warn(format!(
+            "\"worker_processes {n}\" without \"rtmp_auto_push on\": a stream is seen only by the worker it is published into"
+        )),
+        _ => Check::Fine,
     }
 }
 

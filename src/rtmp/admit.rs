@@ -43,14 +43,24 @@ pub fn admit(s: Session, cmd: PendingCmd, node: &Node, a: Admitted) -> bool {
 fn admit_publish(s: Session, cmd: Publish, node: &Node, a: Admitted) -> bool {
     let stream = a.stream.clone();
     let source = a.source().map(str::to_string);
-    ngx::ngx_log_error!(
-        crate::nginx::ffi::NGX_LOG_NOTICE,
-        s.log(),
-        "mesh: publish accepted: stream \"{}\" from {} ({})",
-        stream,
-        source.as_deref().unwrap_or("broadcaster"),
-        s.peer()
-    );
+    let copy = a.is_copy();
+    if copy {
+        ngx::ngx_log_error!(
+            crate::nginx::ffi::NGX_LOG_NOTICE,
+            s.log(),
+            "mesh: stream \"{}\" copied from the worker it is published on",
+            stream
+        );
+    } else {
+        ngx::ngx_log_error!(
+            crate::nginx::ffi::NGX_LOG_NOTICE,
+            s.log(),
+            "mesh: publish accepted: stream \"{}\" from {} ({})",
+            stream,
+            source.as_deref().unwrap_or("broadcaster"),
+            s.peer()
+        );
+    }
     if !register(s, a, true) {
         return false;
     }
@@ -61,7 +71,8 @@ fn admit_publish(s: Session, cmd: Publish, node: &Node, a: Admitted) -> bool {
         ctx::with(s, |c| c.unregister());
         return passed;
     }
-    let plan = node.plan_pushes(&stream, source.as_deref());
+    // Pushes leave from the worker the stream is published on, never from its copies.
+    let plan = if copy { Vec::new() } else { node.plan_pushes(&stream, source.as_deref()) };
     if !plan.is_empty() {
         let pushes = Pushes::start(s, &stream, &plan);
         ctx::with(s, |c| c.pushes = pushes);

@@ -50,6 +50,7 @@ fn command(s: Session, cmd: PendingCmd) -> Verdict {
     let mut req = Request::rtmp(action, &stream, &args, &peer);
     // Relay sessions (our own pushes' local side, pulls) pass untouched.
     req.relay = s.is_relay();
+    req.auto_pushed = s.is_auto_pushed();
     if !req.relay {
         if let Err(why) = fresh(s, action == Action::Publish) {
             refused(s, action, &stream, &why);

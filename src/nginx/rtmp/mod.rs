@@ -9,6 +9,7 @@
 //! session, on the event loop; it never crosses to another thread (it is neither `Send` nor
 //! `Sync`).
 
+pub mod auto_push;
 mod chains;
 
 pub use chains::{hook_chains, hook_message, Hooks, Play, Publish, Verdict};
@@ -87,6 +88,13 @@ impl Session {
     pub fn is_relay(self) -> bool {
         // SAFETY: live session.
         unsafe { (*self.raw()).relay() == 1 }
+    }
+
+    /// Another worker's copy of a stream (nginx-rtmp's `rtmp_auto_push`: it arrives over the
+    /// workers' unix sockets)?
+    pub fn is_auto_pushed(self) -> bool {
+        // SAFETY: live session.
+        unsafe { (*self.raw()).auto_pushed() == 1 }
     }
 
     /// Finalized already (its close posted)?

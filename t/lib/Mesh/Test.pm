@@ -136,15 +136,18 @@ sub write_file_expand {
 }
 
 # The usual node: one RTMP server on PORT_1 holding `apps` (default: a `live` application with
-# `mesh on`), our rtmp{}-level directives in `rtmp` (default: the table file table.json), and an
-# optional `http` block, all through expand().
+# `mesh on`), our rtmp{}-level directives in `rtmp` (default: the table file table.json), an
+# optional `http` block, and main-level lines in `main` (worker_processes, rtmp_auto_push), all
+# through expand().
 sub write_node_conf {
 	my ($self, %o) = @_;
 	my $rtmp = $o{rtmp} // 'mesh_table_file table.json;';
 	my $apps = $o{apps} // 'application live { mesh on; live on; }';
 	my $http = $o{http} // '';
+	my $main = $o{main} // '';
 	return $self->write_file_expand('nginx.conf', <<CONF);
 %%TEST_GLOBALS%%
+$main
 events {}
 rtmp {
     %%TEST_GLOBALS_RTMP%%

@@ -44,6 +44,9 @@ pub struct Request<'a> {
     pub loopback: bool,
     /// An nginx-rtmp relay session (our own pushes' local side, pulls): passed untouched.
     pub relay: bool,
+    /// Another worker's copy of a stream published here (`rtmp_auto_push`): a publish over
+    /// nginx-rtmp's unix socket, admitted as a [`SessionKind::Copy`].
+    pub auto_pushed: bool,
     /// The glue found this play's key to be the single-use credential of our own transcoder
     /// for this stream (asked only when [`Request::transcoder_key`] is Some): passed as no
     /// viewer. False when the credential is bad, and the play is decided as a viewer's.
@@ -63,6 +66,7 @@ impl fmt::Debug for Request<'_> {
             .field("peer", &self.peer)
             .field("loopback", &self.loopback)
             .field("relay", &self.relay)
+            .field("auto_pushed", &self.auto_pushed)
             .field("own_transcoder", &self.own_transcoder)
             .finish()
     }
@@ -79,6 +83,7 @@ impl<'a> Request<'a> {
             peer,
             loopback: false,
             relay: false,
+            auto_pushed: false,
             own_transcoder: false,
         }
     }
@@ -94,6 +99,7 @@ impl<'a> Request<'a> {
             peer,
             loopback: false,
             relay: false,
+            auto_pushed: false,
             own_transcoder: false,
         }
     }
@@ -129,6 +135,7 @@ impl<'a> Request<'a> {
         let credential = match kind {
             SessionKind::Viewer => self.args.token,
             SessionKind::Broadcaster | SessionKind::NodePush { .. } => self.args.key,
+            SessionKind::Copy => None,
         };
         Admitted { kind, stream: self.stream.to_string(), credential: credential.map(str::to_string), via }
     }
@@ -207,6 +214,12 @@ pub enum Outcome {
 pub fn decide(req: &Request<'_>, node: &Node, master: Option<&Book>, now: u64) -> Outcome {
     if req.relay {
         return Outcome::Pass;
+    }
+    if req.auto_pushed {
+        return match req.action {
+            Action::Publish => Outcome::Admit(req.admitted(SessionKind::Copy, Via::Table)),
+            Action::Play => Outcome::Pass,
+        };
     }
     let ctx = node.context(now);
     let table = match req.action {

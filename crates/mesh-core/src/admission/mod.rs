@@ -42,6 +42,10 @@ pub enum SessionKind {
     NodePush { from: String },
     /// A viewer.
     Viewer,
+    /// Another worker's copy of a stream published on this node (nginx-rtmp's `rtmp_auto_push`
+    /// relays each published stream to every worker): decided where it was published, it is
+    /// admitted without a key, never pushed to the table's targets, never counted.
+    Copy,
 }
 
 /// Why a session was refused. `Display` is the short reason written to the error log.
@@ -141,6 +145,6 @@ pub fn takes(role: Role, kind: &SessionKind) -> bool {
     match kind {
         SessionKind::Broadcaster => role.takes_broadcasters(),
         SessionKind::Viewer => role.serves_viewers(),
-        SessionKind::NodePush { .. } => true,
+        SessionKind::NodePush { .. } | SessionKind::Copy => true,
     }
 }

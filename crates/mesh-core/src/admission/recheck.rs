@@ -82,6 +82,11 @@ impl Admitted {
         !matches!(self.kind, SessionKind::Viewer)
     }
 
+    /// Another worker's copy (see [`SessionKind::Copy`]).
+    pub fn is_copy(&self) -> bool {
+        self.kind == SessionKind::Copy
+    }
+
     /// The node a pushed stream came from.
     pub fn source(&self) -> Option<&str> {
         match &self.kind {
@@ -94,7 +99,7 @@ impl Admitted {
     pub fn action(&self) -> Action {
         match self.kind {
             SessionKind::Viewer => Action::Play,
-            SessionKind::Broadcaster | SessionKind::NodePush { .. } => Action::Publish,
+            SessionKind::Broadcaster | SessionKind::NodePush { .. } | SessionKind::Copy => Action::Publish,
         }
     }
 
@@ -131,7 +136,8 @@ impl Admitted {
                     Err(why) => Err(refusal(why)),
                 },
             },
-            (SessionKind::Viewer, _) | (_, Via::Auth { .. }) => Ok(()),
+            // A copy ends with the publish it copies: that worker re-checks it.
+            (SessionKind::Viewer | SessionKind::Copy, _) | (_, Via::Auth { .. }) => Ok(()),
             (_, Via::Table) => {
                 let args = MeshArgs { node: self.source(), key: credential, token: None };
                 node.context(now).publish_args(&self.stream, &args).map(|_| ())

@@ -47,6 +47,27 @@ fn relay_sessions_pass_untouched() {
 }
 
 #[test]
+fn another_workers_copy_is_a_copy_for_every_role() {
+    let book = Book::default();
+    for role in [Ingest, RootRelay, Relay, Standalone] {
+        let n = node("n-1", role, table(true));
+        let mut req = rtmp(Action::Publish, "cam1", "");
+        req.auto_pushed = true;
+        let Outcome::Admit(a) = decide(&req, &n, Some(&book), 1000) else { panic!("{role}: not admitted") };
+        assert_eq!((a.kind.clone(), a.credential.clone(), a.via), (SessionKind::Copy, None, Via::Table));
+        assert!(a.is_copy() && a.is_publisher() && a.source().is_none());
+        assert_eq!(
+            a.recheck(&node("n-1", role, crate::table::Table::default()), 1000),
+            crate::admission::Verdict::Keep,
+            "{role}: the publishing worker re-checks"
+        );
+        let mut play = rtmp(Action::Play, "cam1", "");
+        play.auto_pushed = true;
+        assert_eq!(decide(&play, &n, Some(&book), 1000), Outcome::Pass);
+    }
+}
+
+#[test]
 fn publishes_the_table_decides() {
     let book = Book::default();
     let ingest = node("ingest-1", Ingest, table(false));

@@ -1,0 +1,110 @@
+#!/usr/bin/perl
+
+# A node with more than one worker, from a table file, with nginx-rtmp's `rtmp_auto_push`: a
+# stream published into one worker is copied into the others (over their unix sockets); each
+# copy is admitted without a key as the same stream, is never counted, and never pushes to the
+# table's targets. So viewers on any worker play it, and a push leaves the node once.
+
+use strict;
+use warnings;
+use Test::More;
+use lib 't/lib';
+use Mesh::Test qw(publish probe wait_until log_lines reap);
+
+plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
+plan(skip_all => 'no ss') unless -x '/usr/bin/ss' || -x '/bin/ss';
+
+sub node {
+	my (%o) = @_;
+	my $t = Mesh::Test->new(name => $o{name});
+	$t->write_file('table.json', $o{table});
+	# The workers' unix sockets: a directory they (the worker user) can write to.
+	my $sock = "$t->{dir}/sock";
+	mkdir $sock;
+	chmod 0777, $sock;
+	$t->write_node_conf(main => qq{
+	    worker_processes $o{workers};
+	    rtmp_auto_push on;
+	    rtmp_socket_dir $sock;
+	}, rtmp => qq{
+	    mesh_node_id $o{name};
+	    mesh_role $o{role};
+	    mesh_table_file table.json;
+	}, apps => qq{
+	    application live { mesh on; live on; }
+	    application relay { mesh on; live on; }
+	});
+	return $t->run;
+}
+
+# The pids holding established server-side connections on `port` now.
+sub conn_pids {
+	my ($port) = @_;
+	my %pids = map { /pid=(\d+)/ ? ($1 => 1) : () } qx{ss -tnpH state established '( sport = :$port )' 2>/dev/null};
+	return keys %pids;
+}
+
+my $key = 'stream-key-7';
+my $sha = Mesh::Test::sha256_hex($key);
+
+# A standalone node with two workers: viewers on either worker play the stream.
+my $t = node(name => 'solo', role => 'standalone', workers => 2,
+	table => qq({"version": 3, "publish": {"cam1": {"key_sha256": "$sha"}}}));
+my $port = $t->port(1);
+my $base = "rtmp://127.0.0.1:$port";
+my $pub = publish("$base/live/cam1?key=$key", secs => 60);
+ok(wait_until(sub { log_lines($t, qr/publish accepted: stream "cam1" from broadcaster/) }, 8), 'published into one worker');
+ok(wait_until(sub { log_lines($t, qr/stream "cam1" copied from the worker it is published on/) }, 8),
+	'copied into the other worker, admitted without a key');
+
+# Viewers in waves until both workers serve some (the kernel spreads connections).
+my (%served, $viewers, $played);
+for my $wave (1 .. 5) {
+	my @kids;
+	for (1 .. 6) {
+		my $pid = fork // die "fork: $!";
+		if ($pid == 0) {
+			my $r = probe("$base/live/cam1", secs => 4, timeout => 12);
+			POSIX::_exit($r->{video} > 0 && $r->{audio} > 0 ? 0 : 1);
+		}
+		push @kids, $pid;
+	}
+	sleep 2;
+	$served{$_} = 1 for conn_pids($port);
+	for my $k (@kids) {
+		waitpid($k, 0);
+		$viewers++;
+		$played++ if $? == 0;
+	}
+	last if keys %served >= 2;
+}
+is($played // 0, $viewers, 'every viewer played (' . ($played // 0) . " of $viewers)");
+cmp_ok(scalar(keys %served), '>=', 2, 'viewers were served by both workers (' . join(' ', sort keys %served) . ')');
+is(scalar(() = log_lines($t, qr/refused/)), 0, 'nothing refused') or diag(join "\n", log_lines($t, qr/refused/));
+is(scalar(() = log_lines($t, qr/copied from the worker/)), 1, 'one copy (one other worker)');
+kill 'TERM', $pub;
+reap($pub, 5);
+$t->stop;
+
+# An ingest with two workers pushes each stream once: its copies push nothing.
+my $root = node(name => 'root-1', role => 'root_relay', workers => 1,
+	table => q({"version": 3, "ingest": {"cam1": [{"node_id": "root-1", "node_url": "rtmp://127.0.0.1:1/relay", "node_key": "k-i-r"}]}}));
+my $rport = $root->port(1);
+my $ingest = node(name => 'ingest-1', role => 'ingest', workers => 2,
+	table => qq({"version": 3, "publish": {"cam1": {"key_sha256": "$sha"}},
+	  "ingest": {"cam1": [{"node_id": "root-1", "node_url": "rtmp://127.0.0.1:$rport/relay", "node_key": "k-i-r"}]}}));
+$pub = publish('rtmp://127.0.0.1:' . $ingest->port(1) . "/live/cam1?key=$key", secs => 60);
+ok(wait_until(sub { log_lines($root, qr/publish accepted: stream "cam1" from ingest-1/) }, 10), 'the root relay gets the push');
+ok(wait_until(sub { log_lines($ingest, qr/copied from the worker/) }, 8), 'the ingest copied the stream into its other worker');
+# Three push retry periods: a copy that pushed would have connected by now.
+sleep 10;
+is(scalar(() = log_lines($root, qr/publish accepted: stream "cam1"/)), 1, 'one push reached the root relay');
+my @conns = qx{ss -tnH state established '( sport = :$rport )' 2>/dev/null};
+is(scalar(@conns), 1, 'one connection into the root relay');
+is(scalar(() = log_lines($ingest, qr/refused/)), 0, 'nothing refused at the ingest');
+kill 'TERM', $pub;
+reap($pub, 5);
+$ingest->stop;
+$root->stop;
+
+done_testing();
