@@ -56,7 +56,8 @@ CFG
 	find "$root/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
 	rm -rf "$root"/usr/share/{man,info,locale,lintian}/* "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* "$root"/var/log/*.log
 	echo "deb $m bookworm main" >"$root/etc/apt/sources.list"
-	tar -C "$root" -c . | "$rt" import - "$base" >/dev/null
+	q=(); [ "$rt" = podman ] && q=(--quiet)
+	tar -C "$root" -c . | "$rt" import "${q[@]}" - "$base" >/dev/null
 	rm -rf "$root"
 	trap - EXIT
 	say "$base made in $((SECONDS - t0)) s"
@@ -72,7 +73,14 @@ fmt=()
 [ "$rt" = podman ] && fmt=(--format docker)    # OCI images drop HEALTHCHECK
 for what in node master; do
 	t0=$SECONDS
-	"$rt" build "${fmt[@]}" -q --build-arg BASE="$base" --target "$what-dist" -t "ngx-rtmp-mesh-$what:$tag" -f "$top/Dockerfile" "$top" >/dev/null
+	log=$(mktemp /tmp/mesh-image-build.XXXXXX)
+	if ! "$rt" build "${fmt[@]}" --build-arg BASE="$base" --target "$what-dist" -t "ngx-rtmp-mesh-$what:$tag" \
+		-f "$top/Dockerfile" "$top" >"$log" 2>&1; then
+		tail -30 "$log" >&2
+		echo "image: building ngx-rtmp-mesh-$what failed (the whole log: $log)" >&2
+		exit 1
+	fi
+	rm -f "$log"
 	size=$("$rt" image inspect --format '{{.Size}}' "ngx-rtmp-mesh-$what:$tag")
 	say "ngx-rtmp-mesh-$what:$tag built in $((SECONDS - t0)) s, $((size / 1000000)) MB"
 done

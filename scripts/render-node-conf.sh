@@ -47,7 +47,8 @@ for v in ANNOUNCE_ENDPOINT HEARTBEAT_ENDPOINT STREAMS_ENDPOINT AUTH_ENDPOINT ROU
 	[ -z "${!v:-}" ] || [[ ${!v} =~ ^/[A-Za-z0-9._~/-]*$ ]] || die "$v \"${!v}\": a path such as /announce"
 done
 if [ -n "${MASTER_SERVER:-}" ]; then
-	[[ $MASTER_SERVER =~ ^https?://[A-Za-z0-9.:_\[\]-]+(/[A-Za-z0-9._~/-]*)?$ ]] ||
+	url_re='^https?://[][A-Za-z0-9.:_-]+(/[A-Za-z0-9._~/-]*)?$'
+	[[ $MASTER_SERVER =~ $url_re ]] ||
 		die "MASTER_SERVER \"$MASTER_SERVER\": an http:// or https:// URL"
 	[ -n "${NODE_ID:-}" ] || die "NODE_ID is required with MASTER_SERVER"
 	if [ -z "${MASTER_KEY:-}" ]; then
