@@ -37,7 +37,9 @@ sub rtq { my $out = qx{$rt @_ 2>&1}; chomp $out; return $out }
 for my $what (qw(node master)) {
 	my $cfg = decode_json(rtq('image', 'inspect', '--format', "'{{json .Config}}'", $image{$what}));
 	is($cfg->{User}, 'mesh', "$what image: runs as user mesh");
-	ok($cfg->{Healthcheck} && @{$cfg->{Healthcheck}{Test} // []}, "$what image: has a health check");
+	# (podman shows the health check beside the config, docker in it)
+	my $hc = $rt eq 'podman' ? decode_json(rtq('image', 'inspect', '--format', "'{{json .HealthCheck}}'", $image{$what})) : $cfg->{Healthcheck};
+	ok(ref $hc && grep(m{healthcheck\.sh}, @{$hc->{Test} // []}), "$what image: has a health check");
 	ok(!grep(/KEY|TOKEN|SECRET/i, @{$cfg->{Env} // []}), "$what image: no secret in its environment");
 	my $size = rtq('image', 'inspect', '--format', '{{.Size}}', $image{$what});
 	note(sprintf('%s: %.0f MB', $image{$what}, $size / 1e6));
@@ -50,7 +52,7 @@ for my $case ([ { NODE_ROLE => 'edge' }, 'NODE_ROLE' ], [ { NGINX_PORT => 'x' },
 	[ { MASTER_SERVER => 'http://master:8000', NODE_ID => 'e1' }, 'MASTER_KEY' ]) {
 	my ($env, $var) = @$case;
 	my $t0 = time;
-	my $out = qx{$rt run --rm @{[ map { "-e $_=$env->{$_}" } sort keys %$env ]} $image{node} 2>&1};
+	my $out = qx{$rt run --rm --no-healthcheck @{[ map { "-e $_=$env->{$_}" } sort keys %$env ]} $image{node} 2>&1};
 	my $st = $? >> 8;
 	my @lines = grep { /\S/ } split /\n/, $out;
 	ok($st == 1 && time - $t0 < 20 && @lines == 1 && $lines[0] =~ /\b$var\b/, "node container, bad $var: exits 1 at once, one line naming it")
@@ -84,8 +86,18 @@ sub compose {
 	return system("$cmd >>'$log' 2>&1");
 }
 sub ctr { my ($svc) = @_; $rt eq 'podman' ? "${project}_${svc}_1" : "$project-$svc-1" }
+my @nodes = qw(ingest-1 root-1 edge-1 edge-2);
 my $up = 0;
-END { if ($up) { local $?; compose('down', '-v', '-t', '2'); system("$rt network rm -f ${project}_default >/dev/null 2>&1") } }
+END {
+	if ($up) {
+		local $?;
+		# The containers' anonymous volumes (the images' VOLUMEs) go with them.
+		my @vols = map { split ' ' } map { rtq('inspect', '--format', "'{{range .Mounts}}{{.Name}} {{end}}'", ctr($_)) } 'master', @nodes;
+		compose('down', '-v', '-t', '2');
+		system("$rt volume rm -f @{[ grep { /^[\w.-]+$/ } @vols ]} >/dev/null 2>&1") if @vols;
+		system("$rt network rm -f ${project}_default >/dev/null 2>&1");
+	}
+}
 
 $up = 1;
 is(compose('up', '-d', ($rt eq 'podman' ? '--no-build' : ('--no-build', '--quiet-pull'))), 0, "$compose[0] up -d: the mesh starts")
@@ -100,14 +112,13 @@ sub api {
 	return ($r->{status}, ($r->{content} // '') =~ /^\s*[\{\[]/ ? decode_json($r->{content}) : $r->{content});
 }
 ok(wait_until(sub { HTTP::Tiny->new(timeout => 2)->get("$murl/healthz")->{success} }, 30), 'master up');
-my @nodes = qw(ingest-1 root-1 edge-1 edge-2);
 sub alive { my (undef, $d) = api('GET', '/admin/nodes'); return { map { ($_->{node_id} => $_) } grep { $_->{alive} // 1 } @{ref $d eq 'HASH' ? $d->{nodes} // [] : []} } }
 ok(wait_until(sub { my $a = alive(); !grep { !$a->{$_} } @nodes }, 30), 'four nodes announced to the master by name')
 	or diag(explain(alive()), `$rt logs @{[ ctr('edge-1') ]} 2>&1 | tail -5`);
 
 api('POST', '/admin/accounts', { name => 'demo' });
 my ($st, $d) = api('POST', '/admin/streams', { stream => 'demo', account => 'demo' });
-is($st, 200, 'a stream key from the admin API') or diag(explain($d));
+like($st, qr/^20[01]$/, 'a stream key from the admin API') or diag(explain($d));
 my $key = ref $d ? $d->{key} : '';
 (undef, $d) = api('POST', '/admin/tokens', { stream => 'demo', ttl_s => 3600 });
 my $token = ref $d ? $d->{token} : '';
@@ -147,12 +158,19 @@ is(system("$rt healthcheck run @{[ ctr('master') ]} >/dev/null 2>&1") >> 8, 0, '
 is(rtq('exec', ctr($edge), 'id', '-un'), 'mesh', "$edge runs as mesh");
 unlike(rtq('exec', ctr($edge), 'cat', '/proc/1/environ'), qr/\Q$mkey\E/, "$edge: the key is not in nginx's environment");
 
-# --- the root relay container dies: the stream is back at the edge within one node timeout.
+# --- the root relay container dies (its nginx killed from outside, as a crash or the OOM killer
+# would): its restart policy brings it back and the stream is back at the edge within one node
+# timeout, before the master would even call it dead.
 my $root = $live->{roots}[0]{to};
+chomp(my $rpid = rtq('inspect', '--format', '{{.State.Pid}}', ctr($root)));
+my $started = rtq('inspect', '--format', '{{.State.StartedAt}}', ctr($root));
 my $t0 = time;
-is(system("$rt kill @{[ ctr($root) ]} >/dev/null 2>&1"), 0, "$root container killed");
+ok($rpid =~ /^\d+$/ && kill('KILL', $rpid), "$root container killed (SIGKILL to its nginx, pid $rpid)");
+ok(wait_until(sub { rtq('inspect', '--format', '{{.State.StartedAt}}', ctr($root)) ne $started }, 10), "$root restarted by its restart policy");
+# Two seconds of packets (not the few a dead stream's cache could give), asked after the restart;
+# "back" is when they have all come, an upper bound.
 my $back;
-wait_until(sub { my $t = time; probe($play, secs => 1, timeout => 5)->{video} > 0 and $back = $t }, 30);
+wait_until(sub { probe($play, secs => 2, timeout => 6)->{video} >= 25 and $back = time }, 30);
 ok($back && $back - $t0 <= $node_timeout, sprintf('stream back at %s %.1f s after (node timeout %d s)', $edge, ($back // time) - $t0, $node_timeout))
 	or diag(`$rt ps -a --format '{{.Names}} {{.Status}}' 2>&1`, explain(api('GET', '/admin/streams')));
 
