@@ -5,6 +5,8 @@
 #   make mesh    build, then run the master and four nodes on loopback (Ctrl-C stops them)
 #   make test    build, then run every test (unit tests, then t/*.t with prove)
 #   make stock   build the module against Debian's stock nginx (nginx-dev) into dist/stock/
+#   make image   build, then the node and master images from dist/ (podman or docker; no registry)
+#   make image-test  the images for real: the compose mesh in containers (t/image.t)
 #   make check   the glue's layers (scripts/check-layers.py), cargo fmt --check, clippy -D warnings, cargo test
 
 SHELL := /bin/bash
@@ -16,7 +18,7 @@ export NGX_RTMP_MODULE_DIR := $(RTMP)
 CARGO ?= cargo
 PROVE ?= prove
 
-.PHONY: all dist deps sources nginx module run mesh test unit prove stock check clean
+.PHONY: all dist deps sources nginx module run mesh test unit prove stock check clean image image-test
 
 all: dist
 
@@ -47,9 +49,18 @@ unit:
 prove: dist
 	@TEST_NGINX_BINARY=$${TEST_NGINX_BINARY:-$(TOP)/dist/sbin/nginx} $(PROVE) -r -I t/lib t/
 
+# With a container runtime that answers, the images are built and t/image.t must run (not skip).
 test: check dist stock
 	@bash scripts/browser-deps.sh
-	@TEST_NGINX_BINARY=$${TEST_NGINX_BINARY:-$(TOP)/dist/sbin/nginx} $(PROVE) -r -I t/lib t/
+	@if bash scripts/container-runtime.sh >/dev/null 2>&1; then bash scripts/image.sh || exit 1; export MESH_IMAGE_TEST=1; \
+	else echo "image-test: skipped (no podman or docker answers: scripts/container-deps.sh installs podman)"; fi; \
+	TEST_NGINX_BINARY=$${TEST_NGINX_BINARY:-$(TOP)/dist/sbin/nginx} $(PROVE) -r -I t/lib t/
+
+image: dist
+	@bash scripts/image.sh
+
+image-test: image
+	@MESH_IMAGE_TEST=1 TEST_NGINX_BINARY=$${TEST_NGINX_BINARY:-$(TOP)/dist/sbin/nginx} $(PROVE) -I t/lib t/image.t
 
 stock: sources
 	@bash scripts/build-stock.sh

@@ -34,9 +34,28 @@ host=${PUBLIC_HOST:-127.0.0.1}
 
 die() { echo "render-node-conf: $*" >&2; exit 1; }
 case $role in ingest|root_relay|relay|standalone) ;; *) die "NODE_ROLE \"$role\": ingest, root_relay, relay or standalone" ;; esac
-for v in "$rtmp_port" "$http_port"; do [[ $v =~ ^[0-9]+$ ]] || die "bad port \"$v\""; done
+# Every variable is checked before anything is written: one line naming the first bad one.
+port_ok() { [[ $1 =~ ^[0-9]{1,5}$ ]] && [ "$1" -ge 1 ] && [ "$1" -le 65535 ]; }
+port_ok "$rtmp_port" || die "NGINX_PORT \"$rtmp_port\": a port, 1-65535"
+port_ok "$http_port" || die "HTTP_PORT \"$http_port\": a port, 1-65535"
+[ "$rtmp_port" != "$http_port" ] || die "NGINX_PORT and HTTP_PORT are both $rtmp_port"
 [[ ${NODE_ID:-} =~ ^[A-Za-z0-9_-]{0,128}$ ]] || die "NODE_ID \"$NODE_ID\": 1-128 of [A-Za-z0-9_-]"
-[[ $host =~ ^[A-Za-z0-9.:_-]+$ ]] || die "PUBLIC_HOST \"$host\""
+[[ $host =~ ^[A-Za-z0-9.:_-]+$ ]] || die "PUBLIC_HOST \"$host\": a host name or address"
+[[ ${HEARTBEAT_INTERVAL:-10} =~ ^[0-9]{1,4}$ ]] && [ "${HEARTBEAT_INTERVAL:-10}" -ge 1 ] ||
+	die "HEARTBEAT_INTERVAL \"${HEARTBEAT_INTERVAL:-}\": seconds, 1-9999"
+for v in ANNOUNCE_ENDPOINT HEARTBEAT_ENDPOINT STREAMS_ENDPOINT AUTH_ENDPOINT ROUTE_ENDPOINT; do
+	[ -z "${!v:-}" ] || [[ ${!v} =~ ^/[A-Za-z0-9._~/-]*$ ]] || die "$v \"${!v}\": a path such as /announce"
+done
+if [ -n "${MASTER_SERVER:-}" ]; then
+	url_re='^https?://[][A-Za-z0-9.:_-]+(/[A-Za-z0-9._~/-]*)?$'
+	[[ $MASTER_SERVER =~ $url_re ]] ||
+		die "MASTER_SERVER \"$MASTER_SERVER\": an http:// or https:// URL"
+	[ -n "${NODE_ID:-}" ] || die "NODE_ID is required with MASTER_SERVER"
+	if [ -z "${MASTER_KEY:-}" ]; then
+		[ -n "${MASTER_KEY_FILE:-}" ] || die "MASTER_KEY (or MASTER_KEY_FILE) is required with MASTER_SERVER"
+		[ -r "$MASTER_KEY_FILE" ] && [ -s "$MASTER_KEY_FILE" ] || die "MASTER_KEY_FILE \"$MASTER_KEY_FILE\": not a readable, non-empty file"
+	fi
+fi
 
 mkdir -p "$dir/state" "$dir/media" "$dir/logs"
 dir=$(cd "$dir" && pwd)

@@ -10,6 +10,7 @@ use warnings;
 use Test::More;
 use File::Temp qw(tempdir);
 use HTTP::Tiny;
+use POSIX ();
 use lib 't/lib';
 use Mesh::Test qw(free_port publish probe wait_until reap spawn sha256_hex viewer_token);
 
@@ -33,8 +34,46 @@ sub entry {
 	return spawn('bash', 'scripts/node-entrypoint.sh');
 }
 
-my $bad = entry(NODE_ROLE => 'edge');
-is(reap($bad, 10), 1, 'a bad NODE_ROLE: the entrypoint fails');
+# A missing or malformed variable: exit 1 at once, one line on stderr naming the variable, and
+# nothing started nor rendered (no nginx.conf, no key file).
+sub entry_fails {
+	my ($env, $var, $name) = @_;
+	my $dir = tempdir('mesh-entry-bad-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+	my $err = "$dir/stderr";
+	my $t0 = time;
+	my $pid = fork // die "fork: $!";
+	if ($pid == 0) {
+		%ENV = (PATH => $ENV{PATH}, MESH_PREFIX => $prefix, MESH_STATE_DIR => "$dir/node", NGINX_PORT => $rtmp, HTTP_PORT => $http, %$env);
+		open STDIN, '<', '/dev/null';
+		open STDOUT, '>', '/dev/null';
+		open STDERR, '>', $err;
+		exec 'bash', 'scripts/node-entrypoint.sh' or POSIX::_exit(127);
+	}
+	my $st = reap($pid, 10);
+	kill 'KILL', $pid unless defined $st;
+	my @lines = split /\n/, slurp($err);
+	subtest $name => sub {
+		is($st, 1, 'exit 1');
+		ok(time - $t0 < 5, 'at once');
+		is(scalar @lines, 1, 'one line') or diag(explain(\@lines));
+		like($lines[0] // '', qr/\b$var\b/, "it names $var");
+		unlike(join("\n", @lines), qr/sekrit/, 'the key not in it');
+		ok(!-e "$dir/node/nginx.conf" && !-e "$dir/node/state/master.key", 'nothing rendered');
+	};
+}
+my %m = (MASTER_SERVER => 'http://master:8000', NODE_ID => 'edge-1', NODE_ROLE => 'relay');
+entry_fails({ NODE_ROLE => 'edge' }, 'NODE_ROLE', 'an unknown role');
+entry_fails({ %m, MASTER_KEY => '' }, 'MASTER_KEY', 'a master URL without MASTER_KEY');
+entry_fails({ %m, MASTER_KEY_FILE => '/nonexistent/key' }, 'MASTER_KEY_FILE', 'a MASTER_KEY_FILE that is not there');
+entry_fails({ %m, NODE_ID => '', MASTER_KEY => 'sekrit' }, 'NODE_ID', 'a master URL without NODE_ID');
+entry_fails({ %m, MASTER_SERVER => 'master:8000', MASTER_KEY => 'sekrit' }, 'MASTER_SERVER', 'a master URL without a scheme');
+entry_fails({ NGINX_PORT => 'rtmp' }, 'NGINX_PORT', 'a port that is not a number');
+entry_fails({ NGINX_PORT => '70000' }, 'NGINX_PORT', 'a port past 65535');
+entry_fails({ HTTP_PORT => '0' }, 'HTTP_PORT', 'port 0');
+entry_fails({ HTTP_PORT => $rtmp }, 'HTTP_PORT', 'both ports the same');
+entry_fails({ %m, MASTER_KEY => 'sekrit', HEARTBEAT_INTERVAL => '10s' }, 'HEARTBEAT_INTERVAL', 'a heartbeat with a unit');
+entry_fails({ %m, MASTER_KEY => 'sekrit', ROUTE_ENDPOINT => 'route' }, 'ROUTE_ENDPOINT', 'an endpoint that is not a path');
+entry_fails({ PUBLIC_HOST => 'a b' }, 'PUBLIC_HOST', 'a host with a space');
 
 my $pid = entry(NGINX_PORT => $rtmp, HTTP_PORT => $http);
 ok(wait_until(sub { IO::Socket::INET->new(PeerAddr => "127.0.0.1:$http") }, 10), 'nginx up in the foreground');
