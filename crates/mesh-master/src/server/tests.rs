@@ -221,3 +221,122 @@ async fn a_heartbeat_from_a_node_the_master_does_not_know_asks_for_an_announce()
         StatusCode::NOT_FOUND
     );
 }
+
+/// The `error` of a refusal.
+fn reason(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body).unwrap()["error"].as_str().unwrap_or("").to_string()
+}
+
+#[tokio::test]
+async fn bad_fields_get_400_with_a_reason_and_change_nothing() {
+    let (app, r) = app();
+    let ann = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v: serde_json::Value = serde_json::from_slice(&announce_body("edge-1", Role::Relay)).unwrap();
+        f(&mut v);
+        signed_req("POST", "/announce", "edge-1", &serde_json::to_vec(&v).unwrap(), now())
+    };
+    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+        (Box::new(|v| v["rtmp_url"] = "".into()), "no rtmp_url for a relay node"),
+        (Box::new(|v| v["rtmp_url"] = "rtmp://:1935".into()), "invalid rtmp_url: no host"),
+        (Box::new(|v| v["rtmp_url"] = "rtmp://h:99999".into()), "invalid rtmp_url: invalid port"),
+        (Box::new(|v| v["http_url"] = "ftp://h".into()), "invalid http_url: not an http:// or https:// url"),
+        (Box::new(|v| v["version"] = "x".repeat(100).into()), "version longer than 64 bytes"),
+    ];
+    for (f, want) in cases {
+        let (status, body) = call(&r, ann(&*f)).await;
+        assert_eq!((status, reason(&body).as_str()), (StatusCode::BAD_REQUEST, want));
+    }
+    assert!(!app.mesh.lock().is_known("edge-1"), "no bad announce took effect");
+    let (status, body) = call(&r, ann(&|v| v["role"] = "edge".into())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(reason(&body).starts_with("bad body: unknown variant"), "{}", reason(&body));
+    // An ingest needs no URL: nobody pushes to it.
+    let (status, _) = call(
+        &r,
+        ann(&|v| {
+            v["role"] = "ingest".into();
+            v["rtmp_url"] = "".into();
+        }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    announce_as(&r, "root-1", Role::RootRelay).await;
+    let hb = |body: serde_json::Value| {
+        signed_req("POST", "/heartbeat", "root-1", body.to_string().as_bytes(), now())
+    };
+    let base = serde_json::json!({"node_id": "root-1", "role": "root_relay", "table_version": 0});
+    let cases: Vec<(serde_json::Value, &str)> = vec![
+        (serde_json::json!({"table_version": u64::MAX - 1}), "table_version larger than 9007199254740992"),
+        (
+            serde_json::json!({"streams": [{"stream": "a/b", "source": "broadcaster", "viewers": 0, "in_kbps": 0}]}),
+            "invalid id in streams[0].stream",
+        ),
+        (
+            serde_json::json!({"load": {"connections": u64::MAX, "in_kbps": 0, "out_kbps": 0}}),
+            "load.connections larger than 9007199254740992",
+        ),
+    ];
+    for (patch, want) in cases {
+        let mut v = base.clone();
+        for (k, x) in patch.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        let (status, body) = call(&r, hb(v)).await;
+        assert_eq!((status, reason(&body).as_str()), (StatusCode::BAD_REQUEST, want));
+    }
+    let before = app.mesh.lock().version();
+    assert!(before < 1 << 40, "the refused version did not move the counter");
+    let (status, body) = call(&r, hb(base)).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let huge = format!("/streams?node_id=root-1&since={}&wait=0", u64::MAX);
+    let (status, body) = call(&r, signed_req("GET", &huge, "root-1", b"", now())).await;
+    assert_eq!(
+        (status, reason(&body).as_str()),
+        (StatusCode::BAD_REQUEST, "since larger than 9007199254740992")
+    );
+}
+
+#[tokio::test]
+async fn a_node_past_its_burst_gets_429_and_others_are_served() {
+    let (_, r) = app();
+    announce_as(&r, "edge-1", Role::Relay).await;
+    announce_as(&r, "edge-2", Role::Relay).await;
+    let hb = |id: &str| {
+        let body = format!(r#"{{"node_id":"{id}","role":"relay","table_version":0}}"#);
+        signed_req("POST", "/heartbeat", id, body.as_bytes(), now())
+    };
+    let mut statuses = vec![];
+    for _ in 0..12 {
+        statuses.push(call(&r, hb("edge-1")).await.0);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        9,
+        "a burst of 10 with the announce"
+    );
+    let (status, body) = call(&r, hb("edge-1")).await;
+    assert_eq!((status, reason(&body).as_str()), (StatusCode::TOO_MANY_REQUESTS, "too many requests"));
+    assert_eq!(call(&r, hb("edge-2")).await.0, StatusCode::OK, "another node is served");
+    // A stranger naming edge-2 spends nothing of edge-2's budget: it is refused before.
+    let mut forged = hb("edge-2");
+    forged.headers_mut().insert(H_SIGNATURE, HeaderValue::from_static("00"));
+    for _ in 0..20 {
+        assert_eq!(call(&r, forged.clone_for_test()).await.0, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(call(&r, hb("edge-2")).await.0, StatusCode::OK);
+}
+
+trait CloneForTest {
+    fn clone_for_test(&self) -> Request;
+}
+
+impl CloneForTest for Request {
+    fn clone_for_test(&self) -> Request {
+        let mut b = Request::builder().method(self.method().clone()).uri(self.uri().clone());
+        for (k, v) in self.headers() {
+            b = b.header(k, v);
+        }
+        b.body(Body::from(r#"{"node_id":"edge-2","role":"relay","table_version":0}"#)).unwrap()
+    }
+}
