@@ -302,11 +302,13 @@ impl Mesh {
         node.streams = hb.streams.iter().map(|s| (s.stream.clone(), s.viewers)).collect();
         let role = node.role;
         let id = hb.node_id.clone();
-        if hb.table_version > self.version {
+        let follow = hb.table_version.min(FOLLOW_MAX);
+        if follow > self.version {
             // The node holds a version this master never handed out (its database was lost, or
             // is another master's): number every table past it, or the node never takes one.
-            // At most 2^53 (the server refuses more): the counter never nears 2^64.
-            self.version = hb.table_version.min(mesh_core::wire::caps::MAX_NUMBER);
+            // Only up to 2^52: past it, 2^52 versions stay before the 2^53 every node may
+            // report, so no heartbeat can make the counter reach a version it refuses.
+            self.version = follow;
             self.tables.clear();
             changed = true;
         }
@@ -669,6 +671,9 @@ impl Mesh {
     }
 }
 
+/// Highest reported table version the counter follows (2^52).
+pub const FOLLOW_MAX: u64 = mesh_core::wire::caps::MAX_NUMBER / 2;
+
 /// Where other nodes push to a node: its announced RTMP URL, with the relay application when
 /// the URL names none.
 pub fn node_url(rtmp_url: &str, app: &str) -> String {
@@ -1016,10 +1021,9 @@ mod tests {
         let mut m = four(Config::default());
         let hb = Heartbeat { node_id: "edge-1".into(), table_version: u64::MAX - 1, ..hb0() };
         m.heartbeat(&hb, 1).unwrap();
-        let max = mesh_core::wire::caps::MAX_NUMBER;
-        assert!(m.version() <= max + 10, "capped at 2^53 (+ the tables renumbered)");
+        assert!(m.version() <= FOLLOW_MAX + 10, "followed up to 2^52 (+ the tables renumbered)");
         let v = m.table_version("root-1");
-        assert!(v > max - 1 && v < u64::MAX / 2);
+        assert!(v > FOLLOW_MAX && v < mesh_core::wire::caps::MAX_NUMBER);
         announce(&mut m, "edge-9", Role::Relay, 1999);
         assert!(m.table_version("edge-9") > v, "tables go on being numbered upwards");
     }

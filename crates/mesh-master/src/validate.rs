@@ -302,7 +302,8 @@ mod tests {
         };
         assert_eq!(hb(&|_| {}), None);
         assert_eq!(hb(&|h| h.table_version = MAX_NUMBER), None);
-        let cases: Vec<(Box<dyn Fn(&mut Heartbeat)>, &str)> = vec![
+        type Patch = Box<dyn Fn(&mut Heartbeat)>;
+        let cases: Vec<(Patch, &str)> = vec![
             (Box::new(|h| h.table_version = u64::MAX - 1), "table_version larger than 9007199254740992"),
             (Box::new(|h| h.uptime_s = MAX_NUMBER + 1), "uptime_s larger than 9007199254740992"),
             (Box::new(|h| h.load.out_kbps = u64::MAX), "load.out_kbps larger than 9007199254740992"),

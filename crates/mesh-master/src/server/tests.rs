@@ -235,7 +235,8 @@ async fn bad_fields_get_400_with_a_reason_and_change_nothing() {
         f(&mut v);
         signed_req("POST", "/announce", "edge-1", &serde_json::to_vec(&v).unwrap(), now())
     };
-    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    type Patch = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(Patch, &str)> = vec![
         (Box::new(|v| v["rtmp_url"] = "".into()), "no rtmp_url for a relay node"),
         (Box::new(|v| v["rtmp_url"] = "rtmp://:1935".into()), "invalid rtmp_url: no host"),
         (Box::new(|v| v["rtmp_url"] = "rtmp://h:99999".into()), "invalid rtmp_url: invalid port"),
