@@ -155,8 +155,8 @@ fn text(s: &str, field: &'static str, max: usize) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// `scheme://host[:port][/path]`: one of `schemes`, a host (a name, an IPv4 address or a
-/// bracketed IPv6 one), a port of 1-65535, no user, query, fragment, `..` or spaces.
+/// `scheme://host[:port][/path]`: one of `schemes`, a host (a name of `[A-Za-z0-9._-]` as
+/// container names have, an IPv4 address or a bracketed IPv6 one), a port of 1-65535, no user, query, fragment, `..` or spaces.
 fn url(u: &str, field: &'static str, schemes: &[&str]) -> Result<(), Invalid> {
     let bad = |why| Err(Invalid::Url { field, why });
     if u.len() > MAX_URL_LEN {
@@ -197,7 +197,7 @@ fn url(u: &str, field: &'static str, schemes: &[&str]) -> Result<(), Invalid> {
     }
     if !authority.starts_with('[')
         && (host.starts_with(['-', '.'])
-            || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+            || !host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')))
     {
         return bad("invalid host");
     }
@@ -250,7 +250,9 @@ mod tests {
             ("rtmp://u@h", "invalid rtmp_url: invalid character"),
             ("rtmp://h/a?b", "invalid rtmp_url: invalid character"),
             ("rtmp://h /a", "invalid rtmp_url: invalid character"),
-            ("rtmp://h_1", "invalid rtmp_url: invalid host"),
+            ("rtmp://h!1", "invalid rtmp_url: invalid host"),
+            ("rtmp://-h", "invalid rtmp_url: invalid host"),
+            ("rtmp://h%1", "invalid rtmp_url: invalid host"),
             ("rtmp://[zz]:1", "invalid rtmp_url: invalid host"),
             ("rtmp://h/../x", "invalid rtmp_url: invalid path"),
         ];
