@@ -174,6 +174,8 @@ struct Link {
     up: Option<bool>,
     backoff: Backoff,
     jitter: Jitter,
+    /// The master's last refusal logged while down: a new reason is logged, a repeat is not.
+    refused: Option<String>,
 }
 
 impl Link {
@@ -185,6 +187,7 @@ impl Link {
             up: None,
             backoff: Backoff::new(cfg.backoff_base, cfg.backoff_cap),
             jitter: Jitter::new(seed),
+            refused: None,
         }
     }
 
@@ -193,6 +196,7 @@ impl Link {
             shared.log(Level::Notice, format!("mesh: master {} is back", self.what));
         }
         self.up = Some(true);
+        self.refused = None;
         self.backoff.reset();
         self.report(shared, None, Duration::ZERO);
     }
@@ -230,6 +234,12 @@ impl Link {
             "mesh: master {} failed: {e}; keeping table version {v}, retrying with backoff",
             self.what
         );
+        if let CallError::Refused { reason, .. } = e {
+            if self.up == Some(false) && self.refused.as_ref() != Some(reason) {
+                shared.log(Level::Error, msg.clone());
+            }
+            self.refused = Some(reason.clone());
+        }
         self.fail_with(shared, msg)
     }
 

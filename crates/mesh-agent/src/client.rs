@@ -20,6 +20,11 @@ pub enum CallError {
     Transport(String),
     Timeout,
     Status(u16),
+    /// A signed 4xx with the master's reason (`{"error": "..."}`): printable, at most 200 bytes.
+    Refused {
+        status: u16,
+        reason: String,
+    },
     Signature(SigError),
     TooLarge(usize),
     BadJson(String),
@@ -33,6 +38,7 @@ impl fmt::Display for CallError {
             CallError::Transport(e) => write!(f, "{e}"),
             CallError::Timeout => f.write_str("timed out"),
             CallError::Status(s) => write!(f, "unexpected status {s}"),
+            CallError::Refused { status, reason } => write!(f, "refused: {reason} ({status})"),
             CallError::Signature(e) => write!(f, "response refused: {e}"),
             CallError::TooLarge(n) => write!(f, "response body larger than {n} bytes"),
             CallError::BadJson(e) => write!(f, "invalid response: {e}"),
@@ -132,17 +138,22 @@ impl HttpMaster {
             .limit(self.cfg.max_body as u64)
             .read_to_vec()
             .map_err(|e| self.map_err(e))?;
-        if !(200..300).contains(&status) && status != 304 {
-            return Err(CallError::Status(status));
-        }
-        verify_response(
+        let verified = verify_response(
             &self.cfg.key,
             status,
             Stamp { ts: rts.as_deref(), sig: rsig.as_deref() },
             &bytes,
             now(),
-        )
-        .map_err(CallError::Signature)?;
+        );
+        if !(200..300).contains(&status) && status != 304 {
+            // The master's reason, when the refusal is its own (signed): a 400 names the field.
+            let reason = (400..500).contains(&status) && verified.is_ok();
+            return Err(match reason.then(|| refusal_reason(&bytes)).flatten() {
+                Some(reason) => CallError::Refused { status, reason },
+                None => CallError::Status(status),
+            });
+        }
+        verified.map_err(CallError::Signature)?;
         Ok((status, bytes))
     }
 
@@ -168,6 +179,18 @@ impl HttpMaster {
         }
         serde_json::from_slice(&bytes).map_err(|e| CallError::BadJson(e.to_string()))
     }
+}
+
+/// The `error` of a refusal's body, as printable ASCII of at most 200 bytes.
+fn refusal_reason(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let why = v.get("error")?.as_str()?;
+    Some(
+        why.bytes()
+            .take(200)
+            .map(|b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '?' })
+            .collect(),
+    )
 }
 
 impl Master for HttpMaster {
@@ -329,6 +352,20 @@ mod tests {
                 CallError::Signature(SigError::BadSignature),
             ),
             (500, b"oops", Some(KEY), CallError::Status(500)),
+            (
+                400,
+                br#"{"error":"no rtmp_url for a relay node\n"}"#,
+                Some(KEY),
+                CallError::Refused { status: 400, reason: "no rtmp_url for a relay node?".into() },
+            ),
+            (
+                429,
+                br#"{"error":"too many requests"}"#,
+                Some(KEY),
+                CallError::Refused { status: 429, reason: "too many requests".into() },
+            ),
+            (400, br#"{"error":"forged"}"#, None, CallError::Status(400)),
+            (400, br#"{"error":"forged"}"#, Some(b"other-key"), CallError::Status(400)),
             (
                 200,
                 br#"{"status":"#,

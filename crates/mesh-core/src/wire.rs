@@ -5,6 +5,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::role::Role;
 
+/// Caps on what a node may send the master (docs/protocol.md, "Field rules"); past them the
+/// master answers 400 with a reason.
+pub mod caps {
+    /// Largest table version, and largest figure (counts, kbit/s, seconds) in a request: 2^53,
+    /// exact in every JSON implementation.
+    pub const MAX_NUMBER: u64 = 1 << 53;
+    /// Longest `rtmp_url` or `http_url`.
+    pub const MAX_URL_LEN: usize = 512;
+    /// Longest `version` string.
+    pub const MAX_VERSION_LEN: usize = 64;
+    /// Longest push or transcode `state`.
+    pub const MAX_STATE_LEN: usize = 32;
+    /// Entries in a heartbeat's `streams`, `pushes` and `transcodes` lists.
+    pub const MAX_STREAMS: usize = 10_000;
+    pub const MAX_PUSHES: usize = 20_000;
+    pub const MAX_TRANSCODES: usize = 10_000;
+    /// Longest stream key or viewer token in an auth request.
+    pub const MAX_CREDENTIAL_LEN: usize = 1024;
+    /// Longest client address in an auth request.
+    pub const MAX_ADDR_LEN: usize = 64;
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Capabilities {
     pub transcode: bool,

@@ -25,7 +25,8 @@ use tracing::info;
 use mesh_core::name::is_valid_id;
 use mesh_core::viewer::StreamId;
 
-use crate::server::{admin_body, admin_error, now, random_hex, store_error, App};
+use crate::admin::{admin_body, admin_error, store_error};
+use crate::server::{now, random_hex, App};
 use crate::viewer_keys::Dropped;
 
 /// A misspelt field is refused rather than ignored: `{"stream": "cam1", "ttl": 60}` would

@@ -1,10 +1,17 @@
 //! The reference master of ngx_rtmp_mesh (docs/master.md): the mesh's state and placement
-//! ([`mesh`]), its database ([`store`], [`viewer_keys`]) and its HTTP side ([`server`],
-//! [`admin_viewers`]).
+//! ([`mesh`]), its database ([`store`], [`viewer_keys`]), its HTTP side ([`server`], with the
+//! node endpoints in [`node_api`], their field rules in [`validate`] and budgets in [`rates`],
+//! the admin API in [`admin`] and [`admin_viewers`]) and the listener that guards it
+//! ([`listener`]).
 
+pub mod admin;
 pub mod admin_viewers;
+pub mod listener;
 pub mod mesh;
 pub mod metrics;
+pub mod node_api;
+pub mod rates;
 pub mod server;
 pub mod store;
+pub mod validate;
 pub mod viewer_keys;

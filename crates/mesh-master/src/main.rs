@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use tracing::{error, info, warn};
 
+use mesh_master::listener::{self, Limits};
 use mesh_master::mesh::{Config, Mesh};
 use mesh_master::server::{self, now, random_hex, App, Paths, RandomKeys};
 use mesh_master::store::Store;
@@ -115,6 +116,15 @@ struct Args {
     /// a second; none on a new database).
     #[arg(long, env = "STARTUP_GRACE")]
     startup_grace: Option<u64>,
+
+    /// Most connections open at once (kept under the open-file limit). At the cap a new
+    /// connection closes the one idle longest, those that never carried a signed request first.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+
+    /// Seconds a connection may take to send a request head, and may stay idle between requests.
+    #[arg(long, env = "HEADER_TIMEOUT", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout: u64,
 
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -252,13 +262,33 @@ fn run(args: Args) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    rt.block_on(serve(app, paths, args.listen, grace))
+    let nofile = listener::open_file_limit();
+    let wanted = usize::try_from(args.max_connections).unwrap_or(usize::MAX);
+    let limits = Limits {
+        max_connections: listener::connection_cap(wanted, nofile),
+        header_timeout: Duration::from_secs(args.header_timeout),
+    };
+    if limits.max_connections < wanted {
+        warn!(
+            max_connections = limits.max_connections,
+            open_file_limit = nofile.unwrap_or(0),
+            "fewer connections than asked: the open-file limit is lower"
+        );
+    }
+    rt.block_on(serve(app, paths, args.listen, grace, limits))
 }
 
-async fn serve(app: Arc<App>, paths: Paths, listen: SocketAddr, grace: u64) -> Result<(), String> {
+async fn serve(
+    app: Arc<App>,
+    paths: Paths,
+    listen: SocketAddr,
+    grace: u64,
+    limits: Limits,
+) -> Result<(), String> {
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    info!(listen = %listen, startup_grace_s = grace, "mesh-master ready");
+    info!(listen = %listen, startup_grace_s = grace, max_connections = limits.max_connections,
+          header_timeout_s = limits.header_timeout.as_secs(), "mesh-master ready");
     let sweeper = {
         let app = app.clone();
         tokio::spawn(async move {
@@ -270,15 +300,19 @@ async fn serve(app: Arc<App>, paths: Paths, listen: SocketAddr, grace: u64) -> R
         })
     };
     let router = server::router(app.clone(), &paths);
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown().await;
-            app.close();
-        })
-        .await;
+    let count = {
+        let app = app.clone();
+        Arc::new(move |name: &'static str| app.counters.inc(name, ""))
+            as Arc<dyn Fn(&'static str) + Send + Sync>
+    };
+    listener::serve(listener, router, limits, count, async move {
+        shutdown().await;
+        app.close();
+    })
+    .await;
     sweeper.abort();
     info!("mesh-master stopped");
-    result.map_err(|e| format!("server: {e}"))
+    Ok(())
 }
 
 /// SIGINT or SIGTERM.

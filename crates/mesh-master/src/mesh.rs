@@ -302,10 +302,13 @@ impl Mesh {
         node.streams = hb.streams.iter().map(|s| (s.stream.clone(), s.viewers)).collect();
         let role = node.role;
         let id = hb.node_id.clone();
-        if hb.table_version > self.version {
+        let follow = hb.table_version.min(FOLLOW_MAX);
+        if follow > self.version {
             // The node holds a version this master never handed out (its database was lost, or
             // is another master's): number every table past it, or the node never takes one.
-            self.version = hb.table_version;
+            // Only up to 2^52: past it, 2^52 versions stay before the 2^53 every node may
+            // report, so no heartbeat can make the counter reach a version it refuses.
+            self.version = follow;
             self.tables.clear();
             changed = true;
         }
@@ -442,7 +445,8 @@ impl Mesh {
     }
 
     fn alive_with(&self, role: Role) -> impl Iterator<Item = &Node> {
-        self.nodes.values().filter(move |n| n.alive && n.role == role)
+        // A node with no URL to push to is never a hop (an admin may give one a relay role).
+        self.nodes.values().filter(move |n| n.alive && n.role == role && !n.node_url.is_empty())
     }
 
     /// Hops placed on each node (as receiver, and for root relays as sender too).
@@ -585,7 +589,7 @@ impl Mesh {
             .filter(|(id, doc)| self.tables.get(id).is_none_or(|(_, d)| d != doc))
             .collect();
         for (id, doc) in docs {
-            self.version += 1;
+            self.version = self.version.saturating_add(1);
             self.tables.insert(id, (self.version, doc));
         }
     }
@@ -667,9 +671,15 @@ impl Mesh {
     }
 }
 
+/// Highest reported table version the counter follows (2^52).
+pub const FOLLOW_MAX: u64 = mesh_core::wire::caps::MAX_NUMBER / 2;
+
 /// Where other nodes push to a node: its announced RTMP URL, with the relay application when
 /// the URL names none.
 pub fn node_url(rtmp_url: &str, app: &str) -> String {
+    if rtmp_url.is_empty() {
+        return String::new();
+    }
     let rest = rtmp_url.strip_prefix("rtmp://").unwrap_or(rtmp_url);
     match rest.split_once('/') {
         Some((_, path)) if !path.trim_matches('/').is_empty() => rtmp_url.trim_end_matches('/').to_string(),
@@ -1007,9 +1017,22 @@ mod tests {
     }
 
     #[test]
+    fn a_version_near_2_64_never_wraps_the_counter() {
+        let mut m = four(Config::default());
+        let hb = Heartbeat { node_id: "edge-1".into(), table_version: u64::MAX - 1, ..hb0() };
+        m.heartbeat(&hb, 1).unwrap();
+        assert!(m.version() <= FOLLOW_MAX + 10, "followed up to 2^52 (+ the tables renumbered)");
+        let v = m.table_version("root-1");
+        assert!(v > FOLLOW_MAX && v < mesh_core::wire::caps::MAX_NUMBER);
+        announce(&mut m, "edge-9", Role::Relay, 1999);
+        assert!(m.table_version("edge-9") > v, "tables go on being numbered upwards");
+    }
+
+    #[test]
     fn node_urls_get_the_relay_application() {
         assert_eq!(node_url("rtmp://10.0.0.3:1935", "relay"), "rtmp://10.0.0.3:1935/relay");
         assert_eq!(node_url("rtmp://10.0.0.3:1935/", "relay"), "rtmp://10.0.0.3:1935/relay");
         assert_eq!(node_url("rtmp://10.0.0.3:1935/edge", "relay"), "rtmp://10.0.0.3:1935/edge");
+        assert_eq!(node_url("", "relay"), "", "no URL: never \"/relay\"");
     }
 }

@@ -22,6 +22,10 @@ const HELP: &[(&str, &str)] = &[
     ("mesh_master_tables_sent_total", "Tables sent to long polls."),
     ("mesh_master_requests_refused_total", "Node requests refused before use, by reason."),
     ("mesh_master_node_deaths_total", "Nodes declared dead after a silence."),
+    ("mesh_master_requests_invalid_total", "Node requests refused with 400 for a bad field, by endpoint."),
+    ("mesh_master_requests_limited_total", "Node requests refused with 429 past the node's rate, by class."),
+    ("mesh_master_connections_evicted_total", "Idle or unfinished connections closed to make room."),
+    ("mesh_master_connections_refused_total", "Connections closed at once: the cap reached, none idle."),
 ];
 
 impl Counters {

@@ -2,7 +2,7 @@ package Mesh::Master;
 
 # The reference master (dist/sbin/mesh-master) for tests: started on a free port with its own
 # database, master key and admin token; the admin API in a few calls; stopped, killed and
-# started again on the same database.
+# started again on the same database. `nofile => N` starts it with an open-file limit of N.
 
 use strict;
 use warnings;
@@ -23,7 +23,7 @@ sub new {
 	my ($class, %opt) = @_;
 	my $dir = tempdir('mesh-master-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{TEST_NGINX_LEAVE});
 	my $self = bless { key => 'test-master-key', admin => 'test-admin-token', port => free_port(),
-		dir => $dir, args => $opt{args} // [] }, $class;
+		dir => $dir, args => $opt{args} // [], nofile => $opt{nofile} }, $class;
 	$self->start;
 	return $self;
 }
@@ -41,7 +41,8 @@ sub start {
 		open STDERR, '>&', \*STDOUT or die;
 		$ENV{MASTER_KEY} = $self->{key};
 		$ENV{ADMIN_TOKEN} = $self->{admin};
-		exec $BINARY, '--listen', "127.0.0.1:$self->{port}", '--db', "$self->{dir}/master.db",
+		my @limit = $self->{nofile} ? ('sh', '-c', 'ulimit -n ' . int($self->{nofile}) . ' && exec "$0" "$@"') : ();
+		exec @limit, $BINARY, '--listen', "127.0.0.1:$self->{port}", '--db', "$self->{dir}/master.db",
 			'--log-level', 'debug', @{$self->{args}};
 		die "exec $BINARY: $!";
 	}
