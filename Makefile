@@ -52,6 +52,7 @@ prove: dist
 # With a container runtime that answers, the images are built and t/image.t must run (not skip).
 test: check dist stock
 	@bash scripts/browser-deps.sh
+	@bash scripts/container-deps.sh
 	@if bash scripts/container-runtime.sh >/dev/null 2>&1; then bash scripts/image.sh || exit 1; export MESH_IMAGE_TEST=1; \
 	else echo "image-test: skipped (no podman or docker answers: scripts/container-deps.sh installs podman)"; fi; \
 	TEST_NGINX_BINARY=$${TEST_NGINX_BINARY:-$(TOP)/dist/sbin/nginx} $(PROVE) -r -I t/lib t/
