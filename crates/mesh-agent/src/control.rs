@@ -35,6 +35,9 @@ pub(crate) fn control_loop(m: &dyn Master, s: &Shared) {
     let mut resync = Resync::default();
     let mut interval = s.cfg.heartbeat_interval;
     let mut announced = false;
+    // Heartbeats go every interval, start to start (a slow answer or a resync between two does
+    // not push the next one later).
+    let mut next_beat = Instant::now();
     while !s.stopping() {
         if !announced {
             let began = Instant::now();
@@ -58,12 +61,13 @@ pub(crate) fn control_loop(m: &dyn Master, s: &Shared) {
                     continue;
                 }
             }
-        } else if !s.sleep(interval) {
+        } else if !s.sleep(next_beat.saturating_duration_since(Instant::now())) {
             break;
         }
         let mut hb = s.sink.heartbeat();
         hb.uptime_s = s.uptime();
         let began = Instant::now();
+        next_beat = began + interval;
         match m.heartbeat(&hb) {
             Ok(r) => {
                 let was_down = beat.is_down();
@@ -112,12 +116,14 @@ impl Resync {
             self.poked = v;
             s.poke_poll();
         }
-        // A live long poll brings a new table within moments of the change.
-        if s.state.wait_version(v, s.cfg.resync_grace) {
+        // A live long poll brings a new table within moments of the change (no wait when the
+        // poll is known stale for this version already).
+        let stale = s.behind().is_some_and(|b| b.version == v);
+        if !stale && s.state.wait_version(v, s.cfg.resync_grace) {
             s.set_behind(None);
             return;
         }
-        if s.behind().is_none_or(|b| b.version != v) {
+        if !stale {
             s.set_behind(Some(Behind { version: v, since_unix: unix_now() }));
         }
         let running = s.state.version();
@@ -137,7 +143,7 @@ impl Resync {
                 Ok(Applied::Older { running }) => {
                     format!("the master sent an older table (version {running} in force)")
                 }
-                Ok(_) => "the master sent an older version".to_string(),
+                Ok(_) => "the master sent an older table".to_string(),
                 Err(e) => format!("table refused: {e}"),
             },
             Ok(None) => "the master answered 304".to_string(),

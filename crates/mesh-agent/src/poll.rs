@@ -76,13 +76,13 @@ fn install(s: &Shared, t: Table, source: Source<'_>) -> Applied {
     if s.state.is_older(version, source) || (version == current.table.version && t == current.table) {
         let node =
             Node { node_id: s.cfg.node_id.clone(), role: current.role, table: t, dial: HashMap::new() };
-        return s.state.apply(&*s.sink, Update::Table(node, source));
+        return s.state.apply(&*s.sink, Update::Table(Box::new(node), source));
     }
     let (node, failed) = make_node(&s.cfg.node_id, current.role, t);
     for (url, e) in failed {
         s.log(Level::Warn, format!("mesh: table version {version}: host of \"{url}\" not resolved ({e}): pushes to it are skipped"));
     }
-    s.state.apply(&*s.sink, Update::Table(node, source))
+    s.state.apply(&*s.sink, Update::Table(Box::new(node), source))
 }
 
 fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {

@@ -50,7 +50,7 @@ pub(crate) enum Update<'a> {
     /// The master set the role.
     Role(Role),
     /// A validated table, its hosts resolved (its role still to be merged).
-    Table(Node, Source<'a>),
+    Table(Box<Node>, Source<'a>),
 }
 
 struct Inner {
@@ -125,7 +125,7 @@ impl NodeState {
                 let msg =
                     format!("mesh: table version {version} from {} in force (was {running})", source.name());
                 sink.send(Event::Log(Level::Notice, msg));
-                (node, Change::Table(version))
+                (*node, Change::Table(version))
             }
         };
         let was = current.table.version;
@@ -182,14 +182,14 @@ mod tests {
         assert_eq!(st.apply(&sink, Update::Role(Role::Relay)), Applied::Same);
         // No role in the table: the master's role stays.
         assert_eq!(
-            st.apply(&sink, Update::Table(node(13, None), Source::Master)),
+            st.apply(&sink, Update::Table(Box::new(node(13, None)), Source::Master)),
             Applied::Installed { was: 11 }
         );
         assert_eq!(st.node().role, Role::Relay);
-        assert_eq!(st.apply(&sink, Update::Table(node(13, None), Source::Master)), Applied::Same);
+        assert_eq!(st.apply(&sink, Update::Table(Box::new(node(13, None)), Source::Master)), Applied::Same);
         for _ in 0..3 {
             assert_eq!(
-                st.apply(&sink, Update::Table(node(12, None), Source::Master)),
+                st.apply(&sink, Update::Table(Box::new(node(12, None)), Source::Master)),
                 Applied::Older { running: 13 }
             );
         }
@@ -210,7 +210,7 @@ mod tests {
         let f = Path::new("/t.json");
         assert!(!st.is_older(2, Source::File(f)));
         assert_eq!(
-            st.apply(&sink, Update::Table(node(2, Some("ingest")), Source::File(f))),
+            st.apply(&sink, Update::Table(Box::new(node(2, Some("ingest"))), Source::File(f))),
             Applied::Installed { was: 13 }
         );
         assert_eq!(st.node().role, Role::Ingest);
@@ -224,20 +224,22 @@ mod tests {
     fn a_role_change_racing_tables_never_rolls_the_table_back() {
         let sink = Arc::new(Collect::default());
         let st = Arc::new(NodeState::new(Arc::new(node(0, None))));
-        let (s1, k1) = (st.clone(), sink.clone());
-        let tables = thread::spawn(move || {
-            for v in 1..=300 {
-                s1.apply(&*k1, Update::Table(node(v, None), Source::Master));
-            }
-        });
-        let (s2, k2) = (st.clone(), sink.clone());
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s2, k2, d2) = (st.clone(), sink.clone(), done.clone());
         let roles = thread::spawn(move || {
-            for i in 0..3000 {
+            let mut i = 0u64;
+            while !d2.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
                 s2.apply(&*k2, Update::Role(if i % 2 == 0 { Role::Relay } else { Role::Ingest }));
             }
+            i
         });
-        tables.join().unwrap();
-        roles.join().unwrap();
+        for v in 1..=300 {
+            st.apply(&*sink, Update::Table(Box::new(node(v, None)), Source::Master));
+            thread::sleep(Duration::from_micros(200));
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(roles.join().unwrap() > 300, "the roles raced the tables");
         assert_eq!(st.version(), 300);
         let versions: Vec<u64> = sink.nodes().iter().map(|n| n.table.version).collect();
         assert!(versions.windows(2).all(|w| w[0] <= w[1]), "a snapshot went back: {versions:?}");
@@ -264,7 +266,7 @@ mod tests {
         let s = st.clone();
         let waiter = thread::spawn(move || s.wait_version(2, Duration::from_secs(5)));
         thread::sleep(Duration::from_millis(20));
-        st.apply(&Collect::default(), Update::Table(node(2, None), Source::Master));
+        st.apply(&Collect::default(), Update::Table(Box::new(node(2, None)), Source::Master));
         assert!(waiter.join().unwrap());
     }
 }
