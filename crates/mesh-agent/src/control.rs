@@ -138,6 +138,9 @@ impl Resync {
             Ok(Some(body)) => match take_table(s, &body) {
                 Ok(Applied::Installed { .. }) | Ok(Applied::Same) if s.state.version() >= v => {
                     s.set_behind(None);
+                    // The streams link works: a poll waiting out its backoff goes now.
+                    s.streams.lock().ok(s);
+                    s.poke_poll();
                     return;
                 }
                 Ok(Applied::Older { running }) => {

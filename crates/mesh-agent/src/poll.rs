@@ -11,40 +11,38 @@ use mesh_core::Table;
 
 use crate::agent::Level;
 use crate::client::Master;
-use crate::link::Link;
 use crate::load::{make_node, read_table};
 use crate::shared::Shared;
 use crate::state::{Applied, Source, Update};
 
 pub(crate) fn poll_loop(m: &dyn Master, s: &Shared) {
-    let mut link = Link::new("streams", &s.cfg);
     while !s.stopping() {
         s.take_poke();
         let since = s.state.version();
         let began = Instant::now();
         let failed = match m.streams(since, s.cfg.poll_wait) {
             Ok(None) => {
-                link.ok(s);
+                s.streams.lock().ok(s);
                 None
             }
             Ok(Some(body)) => match take_table(s, &body) {
                 Ok(Applied::Older { .. }) => {
                     // Logged once by the state; never a hot loop on a master that sends it.
-                    link.ok(s);
+                    s.streams.lock().ok(s);
                     Some(s.cfg.backoff_base)
                 }
                 Ok(_) => {
-                    link.ok(s);
+                    s.streams.lock().ok(s);
                     None
                 }
                 // Refused whole; the master would answer again at once: back off.
-                Err(e) => Some(link.fail_with(
+                Err(e) => Some(s.streams.lock().fail_with(
                     s,
                     format!("mesh: table from master refused: {e}; keeping table version {since}"),
                     began,
                 )),
             },
-            Err(e) => Some(link.fail(s, &e, began)),
+            Err(e) => Some(s.streams.lock().fail(s, &e, began)),
         };
         if let Some(d) = failed {
             s.sleep_poll(d);

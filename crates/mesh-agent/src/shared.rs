@@ -11,6 +11,7 @@ use mesh_core::status::LinkStatus;
 use parking_lot::{Condvar, Mutex};
 
 use crate::agent::{Config, Event, Level, Sink};
+use crate::link::Link;
 use crate::state::NodeState;
 
 /// The node learned from a signed heartbeat answer that the master holds a newer table for it,
@@ -25,6 +26,8 @@ pub(crate) struct Shared {
     pub cfg: Config,
     pub sink: Arc<dyn Sink>,
     pub state: NodeState,
+    /// The streams link: the long poll's, and the resync fetches' when one brings a table.
+    pub streams: Mutex<Link>,
     /// Each link's state, for `mesh_status`.
     links: Mutex<Vec<LinkStatus>>,
     behind: Mutex<Option<Behind>>,
@@ -37,6 +40,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(cfg: Config, initial: Arc<Node>, sink: Arc<dyn Sink>) -> Arc<Shared> {
         Arc::new(Shared {
+            streams: Mutex::new(Link::new("streams", &cfg)),
             cfg,
             sink,
             state: NodeState::new(initial),

@@ -230,7 +230,7 @@ mod tests {
             let mut i = 0u64;
             while !d2.load(std::sync::atomic::Ordering::Relaxed) {
                 i += 1;
-                s2.apply(&*k2, Update::Role(if i % 2 == 0 { Role::Relay } else { Role::Ingest }));
+                s2.apply(&*k2, Update::Role(if i.is_multiple_of(2) { Role::Relay } else { Role::Ingest }));
             }
             i
         });
