@@ -7,7 +7,9 @@ with signatures checked and made, per-node tables with long poll, and control en
 
 Faults (POST /_control/fault {"endpoint": E|"*", "mode": M, "secs": S}):
   ok, stall (hold the request S seconds, then answer), 500, garbage, truncated, huge,
-  badsig, nosig, skew (timestamp 1000 s off), close (drop the connection), badtable.
+  badsig, nosig, skew (timestamp 1000 s off), close (drop the connection), badtable,
+  lostpoll (streams: hold a long poll, wait > 0, S seconds deaf to changes, as a master that
+  lost it; a fetch with wait=0 is answered).
 
 Auth answers: POST /_control/auth {"stream", "allow", "reason", "ttl_s", "credential",
 "delay", "delay_max", "wrong_delay"} for one stream (the delay is drawn from [delay, delay_max]
@@ -139,6 +141,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         if mode == "stall":
             time.sleep(secs)
+        if mode == "lostpoll" and float(parse_qs(url.query).get("wait", ["0"])[0]) > 0:
+            time.sleep(secs)
         req = json.loads(body) if body else {}
         node = req.get("node_id") or parse_qs(url.query).get("node_id", [""])[0]
         self.endpoint = endpoint
@@ -151,7 +155,7 @@ class Handler(BaseHTTPRequestHandler):
     def answer(self, status, body):
         """Send an endpoint's answer with the fault in force now (a long poll may have waited)."""
         mode = self.fault(self.endpoint)[0]
-        if mode == "stall":
+        if mode in ("stall", "lostpoll"):
             mode = "ok"
         if status == 304 and mode in ("garbage", "truncated", "huge", "badtable"):
             mode = "ok"

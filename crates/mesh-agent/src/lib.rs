@@ -8,10 +8,20 @@
 //! * [`calls`]: the bounded, cancellable queue of auth and route calls.
 //! * [`client`]: the master behind a trait, and its signed HTTP implementation.
 //! * [`load`]: read, validate and resolve a table into a node snapshot; write one atomically.
+//!
+//! Inside the agent: `control` (announce, heartbeat, resync), `poll` (long poll, file watch),
+//! `state` (the node state's one writer), `link` (each link's state and backoff), `shared`.
 
 pub mod agent;
 pub mod calls;
 pub mod client;
+mod control;
+mod link;
 pub mod load;
+mod poll;
 pub mod proc;
 pub mod resolve;
+mod shared;
+mod state;
+#[cfg(test)]
+mod testing;

@@ -68,6 +68,12 @@ pub struct LinkStatus {
     pub consecutive_failures: u32,
     /// The delay before the next try, while failing.
     pub backoff_ms: u64,
+    /// On the `streams` link: the table version a signed heartbeat answer says the master
+    /// holds for this node, while it is newer than the one in force and the node could not
+    /// fetch it yet (the node is behind: a revocation may not be in force). None when in step.
+    pub behind_version: Option<u64>,
+    /// When the node learned it was behind (Unix time).
+    pub behind_since_unix: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -203,6 +209,21 @@ impl Status {
                     l.last_success_unix.map(|t| (format!(",link=\"{}\"", label(&l.link)), t.to_string()))
                 })
                 .collect();
+            let behind = links
+                .iter()
+                .map(|l| {
+                    (
+                        format!(",link=\"{}\"", label(&l.link)),
+                        u8::from(l.behind_version.is_some()).to_string(),
+                    )
+                })
+                .collect();
+            metric(
+                "mesh_master_link_behind",
+                "gauge",
+                "Whether the master holds a newer table for this node than the one in force, not fetched yet.",
+                behind,
+            );
             metric(
                 "mesh_master_link_last_success_timestamp_seconds",
                 "gauge",
@@ -311,6 +332,8 @@ mod tests {
                 last_error: Some("timed out".into()),
                 consecutive_failures: 3,
                 backoff_ms: 2500,
+                behind_version: Some(9),
+                behind_since_unix: Some(1_795_400_010),
             }]),
             streams: vec![StreamStatus {
                 stream: "cam1".into(),
@@ -341,6 +364,7 @@ mod tests {
         let v = serde_json::to_value(sample()).unwrap();
         assert_eq!(v["table"]["version"], 7);
         assert_eq!(v["master"][0]["last_error"], "timed out");
+        assert_eq!(v["master"][0]["behind_version"], 9);
         assert_eq!(v["transcodes"][0]["renditions"][1], "360p");
         assert_eq!(v["refusals"][0]["reason"], "wrong key");
         let standalone = Status { master: None, ..sample() };
@@ -357,6 +381,7 @@ mod tests {
             r#"mesh_held_requests_total{node="edge-1",role="relay",outcome="busy_client"} 3"#,
             r#"mesh_table_version{node="edge-1",role="relay"} 7"#,
             r#"mesh_master_link_up{node="edge-1",role="relay",link="streams"} 0"#,
+            r#"mesh_master_link_behind{node="edge-1",role="relay",link="streams"} 1"#,
             r#"mesh_master_link_backoff_seconds{node="edge-1",role="relay",link="streams"} 2.500"#,
             r#"mesh_stream_in_bits_per_second{node="edge-1",role="relay",stream="cam1",source="root-1"} 2500000"#,
             r#"mesh_push_reconnects_total{node="edge-1",role="relay",stream="cam1",target="edge-9"} 2"#,

@@ -1,0 +1,163 @@
+//! Announce and heartbeat, and the resync they drive: a heartbeat answer (signed) carries the
+//! table version the master holds for this node; when it is newer than the one in force and the
+//! long poll has not brought it within [`Config::resync_grace`](crate::agent::Config), the poll
+//! is stale (a master that stalled or restarted lost it) and the table is fetched at once.
+//!
+//! While the master is unreachable, announce and heartbeat are retried with backoff, never
+//! slower than the heartbeat interval: a node that comes back later than that would be
+//! declared dead by the master, and the master's recovery is seen within one interval.
+
+use std::time::{Duration, Instant};
+
+use mesh_core::wire::Announce;
+
+use crate::agent::Level;
+use crate::client::Master;
+use crate::link::{unix_now, Link};
+use crate::poll::take_table;
+use crate::shared::{Behind, Shared};
+use crate::state::{Applied, Update};
+
+fn announce_payload(s: &Shared) -> Announce {
+    Announce {
+        node_id: s.cfg.node_id.clone(),
+        role: s.state.node().role,
+        rtmp_url: s.cfg.rtmp_url.clone(),
+        http_url: s.cfg.http_url.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        capabilities: s.cfg.capabilities.clone(),
+    }
+}
+
+pub(crate) fn control_loop(m: &dyn Master, s: &Shared) {
+    let mut announce = Link::new("announce", &s.cfg);
+    let mut beat = Link::new("heartbeat", &s.cfg);
+    let mut resync = Resync::default();
+    let mut interval = s.cfg.heartbeat_interval;
+    let mut announced = false;
+    // Heartbeats go every interval, start to start (a slow answer or a resync between two does
+    // not push the next one later).
+    let mut next_beat = Instant::now();
+    while !s.stopping() {
+        if !announced {
+            let began = Instant::now();
+            match m.announce(&announce_payload(s)) {
+                Ok(r) => {
+                    announce.ok(s);
+                    announced = true;
+                    if let Some(i) = r.heartbeat_interval_s.filter(|i| *i > 0) {
+                        interval = Duration::from_secs(i);
+                    }
+                    if let Some(role) = r.role {
+                        s.state.apply(&*s.sink, Update::Role(role));
+                    }
+                    // The master knows us (again): a poll waiting out its backoff goes now,
+                    // and the heartbeat follows at once.
+                    s.poke_poll();
+                }
+                Err(e) => {
+                    let d = announce.fail(s, &e, began);
+                    s.sleep(d.min(interval));
+                    continue;
+                }
+            }
+        } else if !s.sleep(next_beat.saturating_duration_since(Instant::now())) {
+            break;
+        }
+        let mut hb = s.sink.heartbeat();
+        hb.uptime_s = s.uptime();
+        let began = Instant::now();
+        next_beat = began + interval;
+        match m.heartbeat(&hb) {
+            Ok(r) => {
+                let was_down = beat.is_down();
+                beat.ok(s);
+                if was_down {
+                    s.poke_poll();
+                }
+                if let Some(role) = r.role {
+                    s.state.apply(&*s.sink, Update::Role(role));
+                }
+                if let Some(v) = r.table_version {
+                    resync.check(m, s, v);
+                }
+            }
+            Err(e) => {
+                // The master may have lost us (a restart): announce again once it answers.
+                announced = false;
+                let d = beat.fail(s, &e, began);
+                s.sleep(d.min(interval));
+            }
+        }
+    }
+}
+
+/// What the heartbeats said about the table versions, so each is logged once.
+#[derive(Default)]
+struct Resync {
+    /// The newest version the poll loop was woken for.
+    poked: u64,
+    /// The newest version a resync was logged for, and whether its failure was.
+    logged: u64,
+    failed_logged: u64,
+}
+
+impl Resync {
+    /// The master holds table `v` for this node (a signed heartbeat answer).
+    fn check(&mut self, m: &dyn Master, s: &Shared, v: u64) {
+        let running = s.state.version();
+        if v <= running {
+            s.set_behind(None);
+            return;
+        }
+        // A poll waiting out a backoff goes now (once per version, so a failing fetch keeps
+        // its backoff).
+        if v > self.poked {
+            self.poked = v;
+            s.poke_poll();
+        }
+        // A live long poll brings a new table within moments of the change (no wait when the
+        // poll is known stale for this version already).
+        let stale = s.behind().is_some_and(|b| b.version == v);
+        if !stale && s.state.wait_version(v, s.cfg.resync_grace) {
+            s.set_behind(None);
+            return;
+        }
+        if !stale {
+            s.set_behind(Some(Behind { version: v, since_unix: unix_now() }));
+        }
+        let running = s.state.version();
+        if v > self.logged {
+            self.logged = v;
+            s.log(
+                Level::Notice,
+                format!("mesh: master holds table version {v} for this node, which runs {running}: the long poll has not brought it, fetching it now"),
+            );
+        }
+        let why = match m.streams(running, Duration::ZERO) {
+            Ok(Some(body)) => match take_table(s, &body) {
+                Ok(Applied::Installed { .. }) | Ok(Applied::Same) if s.state.version() >= v => {
+                    s.set_behind(None);
+                    // The streams link works: a poll waiting out its backoff goes now.
+                    s.streams.lock().ok(s);
+                    s.poke_poll();
+                    return;
+                }
+                Ok(Applied::Older { running }) => {
+                    format!("the master sent an older table (version {running} in force)")
+                }
+                Ok(_) => "the master sent an older table".to_string(),
+                Err(e) => format!("table refused: {e}"),
+            },
+            Ok(None) => "the master answered 304".to_string(),
+            Err(e) => e.to_string(),
+        };
+        if v > self.failed_logged {
+            self.failed_logged = v;
+            s.log(
+                Level::Error,
+                format!("mesh: master holds table version {v} for this node but it cannot be fetched: {why}; keeping table version {running}, trying again at each heartbeat"),
+            );
+        }
+    }
+}

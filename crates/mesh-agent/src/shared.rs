@@ -1,0 +1,145 @@
+//! What the agent's threads share: the configuration, the node state (its one writer, in
+//! [`crate::state`]), each link's status, the sink to the event loop, and the stop and wake-up
+//! signals.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mesh_core::node::Node;
+use mesh_core::status::LinkStatus;
+use parking_lot::{Condvar, Mutex};
+
+use crate::agent::{Config, Event, Level, Sink};
+use crate::link::Link;
+use crate::state::NodeState;
+
+/// The node learned from a signed heartbeat answer that the master holds a newer table for it,
+/// and the long poll did not bring it within [`Config::resync_grace`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Behind {
+    pub version: u64,
+    pub since_unix: u64,
+}
+
+pub(crate) struct Shared {
+    pub cfg: Config,
+    pub sink: Arc<dyn Sink>,
+    pub state: NodeState,
+    /// The streams link: the long poll's, and the resync fetches' when one brings a table.
+    pub streams: Mutex<Link>,
+    /// Each link's state, for `mesh_status`.
+    links: Mutex<Vec<LinkStatus>>,
+    behind: Mutex<Option<Behind>>,
+    stop: Mutex<bool>,
+    wake: Condvar,
+    fetch_now: AtomicBool,
+    started: Instant,
+}
+
+impl Shared {
+    pub(crate) fn new(cfg: Config, initial: Arc<Node>, sink: Arc<dyn Sink>) -> Arc<Shared> {
+        Arc::new(Shared {
+            streams: Mutex::new(Link::new("streams", &cfg)),
+            cfg,
+            sink,
+            state: NodeState::new(initial),
+            links: Mutex::new(Vec::new()),
+            behind: Mutex::new(None),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+            fetch_now: AtomicBool::new(false),
+            started: Instant::now(),
+        })
+    }
+
+    /// Sleep up to `d`; false when the agent is stopping.
+    pub(crate) fn sleep(&self, d: Duration) -> bool {
+        self.sleep_until(d, false)
+    }
+
+    /// Sleep up to `d`, or until a fetch is asked for (the poll loop); false when stopping.
+    pub(crate) fn sleep_poll(&self, d: Duration) -> bool {
+        self.sleep_until(d, true)
+    }
+
+    fn sleep_until(&self, d: Duration, wake_on_fetch: bool) -> bool {
+        let deadline = Instant::now() + d;
+        let mut stop = self.stop.lock();
+        while !*stop {
+            if wake_on_fetch && self.fetch_now.load(Ordering::Relaxed) {
+                return true;
+            }
+            if self.wake.wait_until(&mut stop, deadline).timed_out() {
+                break;
+            }
+        }
+        !*stop
+    }
+
+    /// Ask the poll loop to poll now (it may be waiting out a backoff).
+    pub(crate) fn poke_poll(&self) {
+        let _stop = self.stop.lock();
+        self.fetch_now.store(true, Ordering::Relaxed);
+        self.wake.notify_all();
+    }
+
+    /// The poll loop starts a poll: what asked for it is served.
+    pub(crate) fn take_poke(&self) {
+        self.fetch_now.store(false, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        *self.stop.lock()
+    }
+
+    pub(crate) fn stop(&self) {
+        *self.stop.lock() = true;
+        self.wake.notify_all();
+    }
+
+    pub(crate) fn log(&self, level: Level, msg: String) {
+        self.sink.send(Event::Log(level, msg));
+    }
+
+    pub(crate) fn uptime(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// Change the status of link `what` (made on first use).
+    pub(crate) fn link_status(&self, what: &str, f: impl FnOnce(&mut LinkStatus)) {
+        let mut links = self.links.lock();
+        let i = match links.iter().position(|l| l.link == what) {
+            Some(i) => i,
+            None => {
+                links.push(LinkStatus { link: what.into(), ..LinkStatus::default() });
+                links.len() - 1
+            }
+        };
+        f(&mut links[i]);
+    }
+
+    pub(crate) fn set_behind(&self, b: Option<Behind>) {
+        *self.behind.lock() = b;
+    }
+
+    pub(crate) fn behind(&self) -> Option<Behind> {
+        *self.behind.lock()
+    }
+
+    /// Each link's state; the `streams` link says whether the node is behind the master (as
+    /// of now: a table that came meanwhile ends it).
+    pub(crate) fn links(&self) -> Vec<LinkStatus> {
+        let running = self.state.version();
+        let behind = self.behind().filter(|b| b.version > running);
+        if behind.is_some() {
+            self.link_status("streams", |_| {});
+        }
+        let mut links = self.links.lock().clone();
+        for l in links.iter_mut().filter(|l| l.link == "streams") {
+            l.behind_version = behind.map(|b| b.version);
+            l.behind_since_unix = behind.map(|b| b.since_unix);
+        }
+        links
+    }
+}
