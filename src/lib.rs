@@ -15,6 +15,7 @@
 //!    * [`transcode`]: on-demand ffmpeg per stream;
 //!    * [`rtmp`]: RTMP admission (publish, play, closeStream) and table changes;
 //!    * [`http`]: the edge's HLS and DASH, behind a token on every request;
+//!    * [`figures`]: the node's figures from every worker's (a shared zone);
 //!    * [`status`]: `mesh_status`, JSON and Prometheus.
 //! 3. [`wiring`] (process start and exit, where each background answer goes) and [`module`]
 //!    (the two nginx modules and their directive tables): the one place that knows everyone.
@@ -25,6 +26,7 @@ mod nginx;
 
 mod auth;
 mod conf;
+mod figures;
 mod http;
 mod link;
 mod push;

@@ -38,7 +38,7 @@ const fn main(name: ngx_str_t, args: u32, set: SetFn, offset: usize) -> ngx_comm
 
 const T1: u32 = NGX_CONF_TAKE1;
 
-static mut RTMP_COMMANDS: [ngx_command_t; 16] = [
+static mut RTMP_COMMANDS: [ngx_command_t; 17] = [
     main(ngx_string!("mesh_master"), T1, d::set_value, 0),
     main(ngx_string!("mesh_master_key"), T1, d::set_master_key, 0),
     main(ngx_string!("mesh_master_key_file"), T1, d::set_master_key, 0),
@@ -70,6 +70,7 @@ static mut RTMP_COMMANDS: [ngx_command_t; 16] = [
         ngx_conf_set_num_slot,
         offset_of!(MainConf, auth_pending_per_addr),
     ),
+    main(ngx_string!("mesh_shared_zone"), T1, ngx_conf_set_size_slot, offset_of!(MainConf, zone_size)),
     main(ngx_string!("mesh_node_id"), T1, d::set_value, 0),
     main(ngx_string!("mesh_role"), T1, d::set_value, 0),
     main(ngx_string!("mesh_table_file"), T1, d::set_table_file, 0),

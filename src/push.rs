@@ -12,7 +12,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use mesh_core::node::PlannedPush;
-use mesh_core::wire::PushStat;
 
 use crate::nginx::event::{every, Task};
 use crate::nginx::ffi::{NGX_LOG_ERR, NGX_LOG_WARN};
@@ -77,11 +76,6 @@ impl Pushes {
     /// The state of each push, for `mesh_status`.
     pub fn status(&self) -> Vec<mesh_core::status::PushStatus> {
         self.state.borrow().status()
-    }
-
-    /// The state of each push, for the heartbeat.
-    pub fn figures(&self) -> Vec<PushStat> {
-        self.state.borrow().figures()
     }
 }
 
@@ -172,18 +166,6 @@ impl State {
                 target: t.node_id.clone(),
                 state: if t.up { "connected" } else { "retrying" }.into(),
                 reconnects: t.reconnects,
-            })
-            .collect()
-    }
-
-    /// The state of each push, for the heartbeat.
-    pub fn figures(&self) -> Vec<PushStat> {
-        self.targets
-            .iter()
-            .map(|t| PushStat {
-                stream: self.stream.clone(),
-                to: t.node_id.clone(),
-                state: if t.up { "connected" } else { "retrying" }.into(),
             })
             .collect()
     }

@@ -6,7 +6,7 @@
 //! dropped (with the connection), so every handle here is a live session.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use mesh_core::admission::Admitted;
 use mesh_core::handles::Handle;
@@ -112,11 +112,12 @@ pub fn tick_rates(secs: u64) {
     })
 }
 
-/// The live figures of a heartbeat: streams with their sources and viewers, and load.
-pub fn figures() -> (Vec<StreamStat>, Load) {
+/// This worker's live figures: the streams published into it (with this worker's viewers),
+/// its viewers by stream (of its own streams and of its copies), and its load.
+pub fn figures() -> (Vec<StreamStat>, BTreeMap<String, u64>, Load) {
     REGISTRY.with_borrow(|r| {
         // One pass to count viewers per stream: this runs every second on the event loop.
-        let mut viewers: HashMap<&str, u64> = HashMap::new();
+        let mut viewers: BTreeMap<String, u64> = BTreeMap::new();
         let mut load = Load::default();
         for e in r.entries.values() {
             // A copy's bytes go between two workers of this node: not the node's load.
@@ -126,7 +127,7 @@ pub fn figures() -> (Vec<StreamStat>, Load) {
             load.in_kbps += e.in_kbps;
             load.out_kbps += e.out_kbps;
             if !e.is_publisher() {
-                *viewers.entry(e.stream()).or_insert(0) += 1;
+                *viewers.entry(e.stream().to_string()).or_insert(0) += 1;
             }
         }
         let mut streams: Vec<StreamStat> = r
@@ -141,7 +142,7 @@ pub fn figures() -> (Vec<StreamStat>, Load) {
             })
             .collect();
         streams.sort_by(|a, b| a.stream.cmp(&b.stream));
-        (streams, load)
+        (streams, viewers, load)
     })
 }
 

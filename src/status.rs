@@ -3,9 +3,7 @@
 //! Private by default: it answers loopback clients only, unless nginx's own `allow` names the
 //! client ([`crate::nginx::access::local_or_allowed`] says how).
 
-use mesh_core::status::{
-    AuthStatus, HeldStatus, PushStatus, Status, StreamStatus, TableStatus, TranscodeStatus,
-};
+use mesh_core::status::{AuthStatus, HeldStatus, Status, StreamStatus, TableStatus, TranscodeStatus};
 
 use crate::http::{settings, HttpLocConf};
 use crate::nginx::access;
@@ -13,7 +11,7 @@ use crate::nginx::directive::{directive, DUPLICATE};
 use crate::nginx::ffi::*;
 use crate::nginx::http::respond;
 use crate::nginx::util::{guard, CONF_ERROR, CONF_OK};
-use crate::{conf, link, registry, rtmp, transcode};
+use crate::{conf, figures, link, rtmp};
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 
 directive! {
@@ -32,8 +30,8 @@ directive! {
 /// Everything `mesh_status` reports, from the live state (event loop).
 fn collect(renditions: Vec<String>) -> Status {
     let node = crate::conf::current_node();
-    let (streams, _) = registry::figures();
-    let pushes: Vec<PushStatus> = rtmp::push_status();
+    // The node's, from every worker.
+    let f = figures::node();
     Status {
         node_id: node.node_id.clone(),
         role: node.role.to_string(),
@@ -42,7 +40,8 @@ fn collect(renditions: Vec<String>) -> Status {
             TableStatus { version: node.table.version, age_s: conf::node_age(), apply_us_last, apply_us_max }
         },
         master: link::links(),
-        streams: streams
+        streams: f
+            .streams
             .into_iter()
             .map(|s| StreamStatus {
                 stream: s.stream,
@@ -51,8 +50,9 @@ fn collect(renditions: Vec<String>) -> Status {
                 in_kbps: s.in_kbps,
             })
             .collect(),
-        pushes,
-        transcodes: transcode::figures()
+        pushes: f.pushes,
+        transcodes: f
+            .transcodes
             .into_iter()
             .map(|t| TranscodeStatus {
                 stream: t.stream,
@@ -61,7 +61,7 @@ fn collect(renditions: Vec<String>) -> Status {
                 renditions: renditions.clone(),
             })
             .collect(),
-        refusals: rtmp::refusals(),
+        refusals: f.refusals,
         auth: {
             let (pending, unknown) = crate::auth::pending();
             AuthStatus {

@@ -25,7 +25,7 @@ use crate::conf::{self, cycle_main_conf};
 use crate::nginx::event::{every, Task};
 use crate::nginx::ffi::*;
 use crate::nginx::util::{guard, now};
-use crate::{link, registry, route, rtmp, transcode};
+use crate::{figures, link, registry, route, rtmp, transcode};
 
 const TICK: Duration = Duration::from_secs(1);
 
@@ -61,15 +61,14 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             ngx::ngx_log_error!(NGX_LOG_ALERT, log, "mesh: rtmp_auto_push: {}", e);
         }
         let Some(mcf) = mcf else { return NGX_OK as ngx_int_t };
+        // Every worker: its figures into the node's zone, rates, admissions that ran out.
+        TICK_TASK.with_borrow_mut(|t| *t = Some(every(TICK, tick)));
         if mcf.master.is_none() && mcf.table_file.is_none() {
             return NGX_OK as ngx_int_t;
         }
         auth::set_limits(mcf.auth_pending_max.max(1) as usize, mcf.auth_pending_per_addr.max(1) as usize);
-        match link::start(mcf, figures(&mcf.node()), on_wake) {
-            Ok(()) => TICK_TASK.with_borrow_mut(|t| *t = Some(every(TICK, tick))),
-            Err(e) => {
-                ngx::ngx_log_error!(NGX_LOG_ALERT, log, "mesh: cannot start the background threads: {}", e);
-            }
+        if let Err(e) = link::start(mcf, heartbeat(&mcf.node()), on_wake) {
+            ngx::ngx_log_error!(NGX_LOG_ALERT, log, "mesh: cannot start the background threads: {}", e);
         }
         NGX_OK as ngx_int_t
     })
@@ -79,6 +78,7 @@ pub unsafe extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
     guard((), || {
         transcode::exit_all();
         TICK_TASK.with_borrow_mut(Option::take);
+        figures::release();
         if let Some(threads) = link::stop() {
             // SAFETY: the cycle's log.
             let log = unsafe { (*cycle).log };
@@ -146,26 +146,27 @@ fn apply_node(node: Arc<Node>, change: &Change) {
     rtmp::table::apply(&node, &why_now);
 }
 
-/// Every second: rates, heartbeat figures, and admissions that ran out.
+/// Every second: rates, this worker's figures into the node's, heartbeat figures, and
+/// admissions that ran out.
 fn tick() {
     registry::tick_rates(TICK.as_secs());
+    figures::publish();
     let node = conf::current_node();
-    link::set_figures(figures(&node));
+    link::set_figures(heartbeat(&node));
     rtmp::ask::ask_again(&node);
 }
 
-/// Heartbeat figures from the live sessions.
-fn figures(node: &Node) -> Heartbeat {
-    let (streams, mut load) = registry::figures();
-    load.connections = crate::nginx::util::connections_in_use();
+/// Heartbeat figures: the node's, from every worker.
+fn heartbeat(node: &Node) -> Heartbeat {
+    let f = figures::node();
     Heartbeat {
         node_id: node.node_id.clone(),
         role: node.role,
         table_version: node.table.version,
         uptime_s: 0,
-        streams,
-        pushes: rtmp::push_figures(),
-        transcodes: transcode::figures(),
-        load,
+        pushes: f.push_stats(),
+        streams: f.streams,
+        transcodes: f.transcodes,
+        load: f.load,
     }
 }

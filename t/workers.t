@@ -10,6 +10,7 @@ use warnings;
 use Test::More;
 use lib 't/lib';
 use Mesh::Test qw(publish probe wait_until log_lines reap);
+use Mesh::Hostile qw(node_status);
 
 plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
 plan(skip_all => 'no ss') unless -x '/usr/bin/ss' || -x '/bin/ss';
@@ -33,7 +34,14 @@ sub node {
 	}, apps => qq{
 	    application live { mesh on; live on; }
 	    application relay { mesh on; live on; }
-	});
+	}, http => $o{status} ? q{
+	http {
+	    access_log off;
+	    server {
+	        listen 127.0.0.1:%%PORT_2%%;
+	        location = /status { mesh_status; }
+	    }
+	}} : '');
 	return $t->run;
 }
 
@@ -48,7 +56,7 @@ my $key = 'stream-key-7';
 my $sha = Mesh::Test::sha256_hex($key);
 
 # A standalone node with two workers: viewers on either worker play the stream.
-my $t = node(name => 'solo', role => 'standalone', workers => 2,
+my $t = node(name => 'solo', role => 'standalone', workers => 2, status => 1,
 	table => qq({"version": 3, "publish": {"cam1": {"key_sha256": "$sha"}}}));
 my $port = $t->port(1);
 my $base = "rtmp://127.0.0.1:$port";
@@ -81,7 +89,39 @@ for my $wave (1 .. 5) {
 is($played // 0, $viewers, 'every viewer played (' . ($played // 0) . " of $viewers)");
 cmp_ok(scalar(keys %served), '>=', 2, 'viewers were served by both workers (' . join(' ', sort keys %served) . ')');
 is(scalar(() = log_lines($t, qr/refused/)), 0, 'nothing refused') or diag(join "\n", log_lines($t, qr/refused/));
+
+# mesh_status speaks for the node, from whichever worker answers: viewers of both workers,
+# one stream (the copy is not a stream of its own), refusals of both workers.
+my @kids;
+for (1 .. 8) {
+	my $pid = fork // die "fork: $!";
+	if ($pid == 0) {
+		probe("$base/live/cam1", secs => 9, timeout => 15);
+		POSIX::_exit(0);
+	}
+	push @kids, $pid;
+}
+my $split;
+ok(wait_until(sub {
+	my %by = map { $_ => 0 } conn_pids($port);
+	$split = keys %by >= 2;
+	my @seen;
+	for (1 .. 6) {
+		my $st = node_status($t) or return 0;
+		my @s = @{$st->{streams} // []};
+		return 0 unless @s == 1 && $s[0]{stream} eq 'cam1' && $s[0]{viewers} == 8;
+	}
+	return 1;
+}, 8), 'mesh_status: one stream with the viewers of both workers, whichever worker answers');
+for my $k (@kids) { waitpid($k, 0) }
+probe("rtmp://127.0.0.1:$port/live/..bad", timeout => 5) for 1 .. 6;
+ok(wait_until(sub {
+	my $st = node_status($t) or return 0;
+	my ($bad) = map { $_->{count} } grep { $_->{action} eq 'play' && $_->{reason} eq 'bad name' } @{$st->{refusals} // []};
+	($bad // 0) == 6;
+}, 5), 'mesh_status: the refusals of both workers, counted once');
 is(scalar(() = log_lines($t, qr/copied from the worker/)), 1, 'one copy (one other worker)');
+like($t->error_log, qr/play refused: app "live", stream "\.\.bad"/, 'the bad names were refused');
 kill 'TERM', $pub;
 reap($pub, 5);
 $t->stop;

@@ -11,6 +11,10 @@
 //! and the node snapshot the hot path reads ([`current_node`]).
 
 pub mod directives;
+mod logs;
+
+use logs::warn_verbose_log;
+pub use logs::warn_verbose_logs;
 
 use std::ffi::{c_char, c_void};
 use std::ptr::addr_of;
@@ -25,7 +29,14 @@ use ngx::ngx_conf_log_error;
 use parking_lot::RwLock;
 
 use crate::nginx::ffi::*;
-use crate::nginx::util::{guard, max_log_level, pool_new, worker_processes, CONF_ERROR, CONF_OK};
+use crate::nginx::util::{guard, pool_new, worker_processes, CONF_ERROR, CONF_OK};
+
+/// `mesh_shared_zone`'s default: 64 slots of 64 KiB (about 600 streams' figures a worker).
+pub const DEFAULT_ZONE_SIZE: usize = 4 << 20;
+/// The least zone: slots of 8 KiB.
+const MIN_ZONE_SIZE: usize = 640 << 10;
+/// The zone's name (nginx's shared memory namespace).
+const ZONE_NAME: &str = "ngx_rtmp_mesh";
 
 /// `mesh_auth_pending_max`: auth questions about unknown credentials waiting per worker.
 pub const DEFAULT_PENDING_MAX: usize = 256;
@@ -50,6 +61,10 @@ pub struct MainConf {
     /// Auth questions of unknown credentials that may wait per worker, and per client address.
     pub auth_pending_max: ngx_int_t,
     pub auth_pending_per_addr: ngx_int_t,
+    /// `mesh_shared_zone`: the size of the zone where every worker leaves its figures.
+    pub zone_size: usize,
+    /// That zone (made by init_main_conf).
+    zone: Option<crate::nginx::shm::Zone>,
     /// The node state the hot path reads: one read lock and an `Arc` clone per decision.
     node: RwLock<Option<Arc<Node>>>,
     /// When the node state came into force (unix s).
@@ -73,6 +88,8 @@ impl Default for MainConf {
             master_timeout: UNSET_MSEC,
             auth_pending_max: NGX_CONF_UNSET as ngx_int_t,
             auth_pending_per_addr: NGX_CONF_UNSET as ngx_int_t,
+            zone_size: UNSET_SIZE,
+            zone: None,
             node: RwLock::new(None),
             since: AtomicU64::new(0),
         }
@@ -83,6 +100,8 @@ impl Default for MainConf {
 pub const ENDPOINTS: [&str; 5] = ["announce", "heartbeat", "streams", "auth", "route"];
 
 const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
+/// nginx's `NGX_CONF_UNSET_SIZE` (a cast bindgen does not carry).
+const UNSET_SIZE: usize = usize::MAX;
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -166,6 +185,11 @@ pub fn current_node() -> Arc<Node> {
 /// Swap in a new snapshot (event loop); returns the old one, to be freed off the event loop.
 pub fn set_current_node(node: Arc<Node>) -> Option<Arc<Node>> {
     with_current(|m| m.set_node(node)).flatten()
+}
+
+/// The node's shared zone (see [`crate::figures`]).
+pub fn zone() -> Option<crate::nginx::shm::Zone> {
+    with_current(|m| m.zone).flatten()
 }
 
 /// Seconds since the node's snapshot came into force.
@@ -274,6 +298,24 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
         };
         num(&mut mcf.auth_pending_max, DEFAULT_PENDING_MAX);
         num(&mut mcf.auth_pending_per_addr, DEFAULT_PENDING_PER_ADDR);
+        if mcf.zone_size == UNSET_SIZE {
+            mcf.zone_size = DEFAULT_ZONE_SIZE;
+        }
+        if mcf.zone_size < MIN_ZONE_SIZE {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "\"mesh_shared_zone\" of {} bytes is too small, it must be at least {}k",
+                mcf.zone_size,
+                MIN_ZONE_SIZE / 1024
+            );
+            return CONF_ERROR;
+        }
+        // SAFETY: the configuration being parsed.
+        mcf.zone = unsafe { crate::nginx::shm::Zone::add(cf, ZONE_NAME, mcf.zone_size) };
+        if mcf.zone.is_none() {
+            return CONF_ERROR;
+        }
         let (node, failed) = make_node(&node_id, role, table);
         for (url, e) in failed {
             ngx_conf_log_error!(
@@ -317,50 +359,4 @@ pub unsafe extern "C" fn merge_app_conf(
         unsafe { warn_verbose_log(cf) };
     }
     CONF_OK
-}
-
-/// The configuration (cycle) already warned about a verbose error log.
-static WARNED_CYCLE: std::sync::atomic::AtomicPtr<ngx_cycle_t> =
-    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
-
-/// `mesh on` with an error log at `info` or `debug`: nginx-rtmp logs every publish's and
-/// play's arguments there (stream keys, viewer tokens). Warned once per configuration.
-///
-/// # Safety
-/// `cf` is the configuration being parsed.
-unsafe fn warn_verbose_log(cf: *mut ngx_conf_t) {
-    // SAFETY: the cycle being configured and its error logs (those declared so far).
-    unsafe {
-        warn_verbose_logs(
-            cf,
-            &(*(*cf).cycle).new_log,
-            "\"mesh on\"",
-            "publish and play arguments (stream keys, viewer tokens) are logged at this level",
-        )
-    }
-}
-
-/// The same for the error logs in the list at `log` (an HTTP location's, which a media
-/// request logs to: nginx writes the request line, with its `token=`, at `info` and `debug`).
-///
-/// # Safety
-/// `cf` is the configuration being parsed; `log` a list of its error logs.
-pub unsafe fn warn_verbose_logs(cf: *mut ngx_conf_t, log: *const ngx_log_t, what: &str, why: &str) {
-    // SAFETY: as the caller guarantees.
-    unsafe {
-        let cycle = (*cf).cycle;
-        let level = max_log_level(log);
-        if level < NGX_LOG_INFO as ngx_uint_t || WARNED_CYCLE.swap(cycle, Ordering::Relaxed) == cycle {
-            return;
-        }
-        let name = if level >= NGX_LOG_DEBUG as ngx_uint_t { "debug" } else { "info" };
-        ngx_conf_log_error!(
-            NGX_LOG_WARN,
-            cf,
-            "{} with error log level \"{}\": {}, use \"notice\" or above",
-            what,
-            name,
-            why
-        );
-    }
 }

@@ -7,6 +7,7 @@
 //! * [`event`]: timers and tasks on the event loop, and a wake-up socket for other threads;
 //! * [`rtmp`]: the RTMP session handle, nginx-rtmp's handler chains and relay pushes;
 //! * [`http`]: HTTP request helpers (short answers, headers, the client's address);
+//! * [`shm`]: a shared memory zone of one slot per worker process;
 //! * [`access`]: who a request comes from, as nginx's `allow`/`deny` rules see it.
 //!
 //! Everything above this layer calls these safe(ish) wrappers instead of dereferencing nginx
@@ -18,4 +19,5 @@ pub mod event;
 pub mod ffi;
 pub mod http;
 pub mod rtmp;
+pub mod shm;
 pub mod util;

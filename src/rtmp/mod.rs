@@ -25,7 +25,7 @@ use crate::nginx::ffi::ngx_conf_t;
 use crate::nginx::rtmp::{hook_chains, hook_message, Hooks};
 
 pub use refusals::refusals;
-pub use table::{push_figures, push_status};
+pub use table::push_status;
 pub use waiting::len as suspended;
 
 static HOOKS: Hooks = Hooks { publish: hooks::publish, play: hooks::play, close_stream: hooks::close_stream };

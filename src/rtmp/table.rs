@@ -4,7 +4,7 @@
 
 use mesh_core::node::Node;
 use mesh_core::status::PushStatus;
-use mesh_core::wire::{Action, PushStat};
+use mesh_core::wire::Action;
 
 use super::ctx;
 use super::refusals::{dropped, Why};
@@ -55,21 +55,11 @@ pub fn drop_session(id: u64, s: Session, publisher: bool, stream: &str, why: &Wh
     s.finalize();
 }
 
-/// The state of every push of this worker, for the heartbeat.
-pub fn push_figures() -> Vec<PushStat> {
-    each_push(Pushes::figures)
-}
-
-/// The same, for `mesh_status`.
+/// The state of every push of this worker (for the node's figures).
 pub fn push_status() -> Vec<PushStatus> {
-    each_push(Pushes::status)
-}
-
-/// `f` of every publisher's pushes, together.
-fn each_push<T>(f: fn(&Pushes) -> Vec<T>) -> Vec<T> {
     let mut out = Vec::new();
     for (s, _) in registry::publishers() {
-        ctx::with(s, |c| out.extend(c.pushes.as_ref().map(f).unwrap_or_default()));
+        ctx::with(s, |c| out.extend(c.pushes.as_ref().map(Pushes::status).unwrap_or_default()));
     }
     out
 }

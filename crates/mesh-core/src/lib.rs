@@ -18,6 +18,7 @@
 //! * [`push`]: which targets a node pushes a stream to, and the push URL.
 //! * [`sign`]: node ↔ master request and response signatures.
 //! * [`status`]: the figures `mesh_status` reports, as JSON and Prometheus text.
+//! * [`figures`]: a node's figures from each of its workers', merged.
 //! * [`handles`]: bounded slot maps whose handles die with what they name.
 //! * [`client`]: which client addresses a per-client cap counts together (IPv6 by /64).
 //! * [`backoff`]: capped exponential backoff with jitter.
@@ -30,6 +31,7 @@ pub mod auth;
 pub mod backoff;
 pub mod client;
 pub mod credential;
+pub mod figures;
 pub mod handles;
 pub mod hold;
 pub mod manifest;

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Status {
@@ -84,7 +84,7 @@ pub struct StreamStatus {
     pub in_kbps: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct PushStatus {
     pub stream: String,
     pub target: String,
@@ -100,7 +100,7 @@ pub struct TranscodeStatus {
     pub renditions: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RefusalCount {
     pub action: String,
     pub reason: String,
