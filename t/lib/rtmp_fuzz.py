@@ -299,6 +299,7 @@ def main():
     p.add_argument("--play", action="store_true")
     p.add_argument("--hold", type=float, default=0)
     p.add_argument("--src")
+    p.add_argument("--unix", help="connect over this unix socket (the URL still names app and tcUrl)")
     p.add_argument("--timeout", type=float, default=10)
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--interval", type=float, default=0)
@@ -336,7 +337,7 @@ def main():
         ok = True
         for i in range(a.repeat):
             t = time.monotonic()
-            r = check_once(a.url, full_name(a.name.format(i=i), a.args), a.play, a.hold, a.src, a.timeout)
+            r = check_once(a.url, full_name(a.name.format(i=i), a.args), a.play, a.hold, a.src, a.timeout, a.unix)
             r["t"] = round(time.time(), 3)
             print(json.dumps(r), flush=True)
             ok = ok and r["accepted"]

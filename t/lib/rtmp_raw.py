@@ -142,13 +142,19 @@ class Conn:
     """One RTMP connection. Every send or read failure marks it closed (never raises except
     Closed from reads)."""
 
-    def __init__(self, host, port, src=None, timeout=5.0):
-        self.s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if src:
-            self.s.bind((src, 0))
-        self.s.settimeout(timeout)
-        self.s.connect((host, port))
-        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, host, port, src=None, timeout=5.0, unix=None):
+        if unix:
+            # over a unix socket (host and port stay in the tcUrl only)
+            self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.s.settimeout(timeout)
+            self.s.connect(unix)
+        else:
+            self.s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            if src:
+                self.s.bind((src, 0))
+            self.s.settimeout(timeout)
+            self.s.connect((host, port))
+            self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
         self.in_chunk = 128
         self.out_chunk = 128
@@ -177,7 +183,8 @@ class Conn:
             raise socket.timeout
         self.s.settimeout(left)
         try:
-            self.s.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
+            if self.s.family != socket.AF_UNIX:
+                self.s.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
             d = self.s.recv(65536)
         except socket.timeout:
             raise
@@ -370,13 +377,13 @@ def full_name(name, args):
 
 # --- check: a well-behaved client -------------------------------------------------------------
 
-def check_once(url, name, play=False, hold=0.0, src=None, timeout=10.0):
+def check_once(url, name, play=False, hold=0.0, src=None, timeout=10.0, unix=None):
     host, port, app, tc = parse_url(url)
     t0 = time.perf_counter()
     want = "NetStream.Play.Start" if play else "NetStream.Publish.Start"
     out = {"name": name.split("?")[0], "accepted": False, "code": "", "secs": None}
     try:
-        c = Conn(host, port, src=src, timeout=timeout)
+        c = Conn(host, port, src=src, timeout=timeout, unix=unix)
     except OSError as e:
         out.update(code="connect: %s" % e.__class__.__name__, secs=time.perf_counter() - t0)
         return out

@@ -92,9 +92,20 @@ impl Session {
 
     /// Another worker's copy of a stream (nginx-rtmp's `rtmp_auto_push`: it arrives over the
     /// workers' unix sockets)?
+    ///
+    /// nginx-rtmp flags every session of a unix-socket connection as auto-pushed; an operator's
+    /// own `listen unix:` would let any client through as a copy. So the connection must also
+    /// have come in on nginx-rtmp's own worker socket (whose listening it names
+    /// "worker_socket").
     pub fn is_auto_pushed(self) -> bool {
-        // SAFETY: live session.
-        unsafe { (*self.raw()).auto_pushed() == 1 }
+        // SAFETY: live session; its connection's listening is set for accepted connections.
+        unsafe {
+            if (*self.raw()).auto_pushed() != 1 {
+                return false;
+            }
+            let ls = (*self.conn()).listening;
+            !ls.is_null() && super::util::str_bytes(&(*ls).addr_text) == b"worker_socket"
+        }
     }
 
     /// Finalized already (its close posted)?
