@@ -125,6 +125,11 @@ pub fn set_figures(hb: Heartbeat) {
     })
 }
 
+/// Is the link running in this worker (to a master or a table file)?
+pub fn is_running() -> bool {
+    LINK.with_borrow(Option::is_some)
+}
+
 /// Does this worker follow a master (so the auth and route endpoints can be asked)?
 pub fn has_master() -> bool {
     LINK.with_borrow(|l| l.as_ref().is_some_and(|l| l.agent.has_master()))

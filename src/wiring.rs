@@ -54,6 +54,10 @@ pub unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 
 pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     guard(NGX_OK as ngx_int_t, || {
+        // The cache manager and loader run init_process too: they are no node.
+        if !crate::nginx::util::is_worker() {
+            return NGX_OK as ngx_int_t;
+        }
         // SAFETY: worker start, on the event loop, with the worker's cycle.
         let (mcf, log) = unsafe { (cycle_main_conf(cycle), (*cycle).log) };
         // SAFETY: as above; ours runs after nginx-rtmp's init_process.
@@ -76,6 +80,9 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 
 pub unsafe extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
     guard((), || {
+        if !crate::nginx::util::is_worker() {
+            return;
+        }
         transcode::exit_all();
         TICK_TASK.with_borrow_mut(Option::take);
         figures::release();
@@ -152,7 +159,9 @@ fn tick() {
     registry::tick_rates(TICK.as_secs());
     figures::publish();
     let node = conf::current_node();
-    link::set_figures(heartbeat(&node));
+    if link::is_running() {
+        link::set_figures(heartbeat(&node));
+    }
     rtmp::ask::ask_again(&node);
 }
 

@@ -157,4 +157,48 @@ reap($pub, 5);
 $ingest->stop;
 $root->stop;
 
+# The shared zone: a large one starts (the slab's page bookkeeping grows with it), a small one
+# is refused at its directive.
+for my $size ('4m', '16m', '64m') {
+	my $z = Mesh::Test->new(name => "zone-$size");
+	$z->write_file('table.json', '{"version": 1}');
+	$z->write_node_conf(rtmp => "mesh_table_file table.json;\n    mesh_shared_zone $size;");
+	my ($ok, $out) = $z->test_config;
+	ok($ok, "mesh_shared_zone $size: nginx -t passes") or diag($out);
+}
+{
+	my $z = Mesh::Test->new(name => 'zone-small');
+	$z->write_file('table.json', '{"version": 1}');
+	$z->write_node_conf(rtmp => "mesh_table_file table.json;\n    mesh_shared_zone 100k;");
+	my ($ok, $out) = $z->test_config;
+	ok(!$ok && $out =~ /"mesh_shared_zone" of 102400 bytes is too small, it must be at least 640k in .*nginx\.conf:\d+/,
+		'mesh_shared_zone 100k: refused, saying why') or diag($out);
+}
+
+# nginx's cache manager and loader run every module's init_process: they are no node (they
+# would announce and heartbeat as it). Only the worker talks to the (here unreachable) master.
+my $h = Mesh::Test->new(name => 'helpers');
+$h->write_file('master.key', "k\n");
+chmod 0600, "$h->{dir}/master.key";
+mkdir "$h->{dir}/cache";
+my $dead = Mesh::Test::free_port();
+$h->write_node_conf(rtmp => qq{
+    mesh_node_id edge-1;
+    mesh_master http://127.0.0.1:$dead;
+    mesh_master_key_file master.key;
+    mesh_heartbeat_interval 1s;
+}, http => q{
+http {
+    access_log off;
+    proxy_cache_path %%TESTDIR%%/cache keys_zone=c:1m;
+    server { listen 127.0.0.1:%%PORT_2%%; location / { return 204; } }
+}});
+$h->run;
+ok(wait_until(sub { log_lines($h, qr/mesh: master \w+ failed/) }, 5), 'the master is unreachable');
+sleep 2;
+my %pids = map { /\] (\d+)#/ ? ($1 => 1) : () } log_lines($h, qr/mesh: master \w+ failed/);
+is(scalar(keys %pids), 1, 'one process talks to the master, not the cache manager nor the loader ('
+	. join(' ', sort keys %pids) . ')');
+$h->stop;
+
 done_testing();

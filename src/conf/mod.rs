@@ -234,6 +234,10 @@ pub unsafe fn check_cycle(cycle: *mut ngx_cycle_t) -> Check {
         (Some(m), Some(n)) if m.master.is_some() && n > 1 => Check::Refuse(format!(
             "\"mesh_master\" needs \"worker_processes 1\" (found {n}): the node announces itself and its figures from one worker"
         )),
+        (Some(_), Some(n)) if 2 * n as usize > crate::nginx::shm::SLOTS => Check::Warn(format!(
+            "\"worker_processes {n}\": the node's figures hold {} worker processes, and a reload runs two generations at once",
+            crate::nginx::shm::SLOTS
+        )),
         (Some(_), Some(n)) if n > 1 && !auto_push => Check::Warn(format!(
             "\"worker_processes {n}\" without \"rtmp_auto_push on\": a stream is seen only by the worker it is published into"
         )),

@@ -15,8 +15,6 @@ use super::ffi::*;
 pub const SLOTS: usize = 64;
 /// A slot not written for this long is free.
 pub const STALE_MS: u64 = 10_000;
-/// What the slab allocator keeps for itself, at most (its page bookkeeping).
-const SLAB_OVERHEAD: usize = 64 * 1024;
 const MAGIC: u64 = 0x6d65_7368_7a6f_6e65; // "meshzone"
 
 #[repr(C)]
@@ -98,10 +96,11 @@ impl Zone {
         // slots follow the header, `SLOTS` of `SlotHead + slot_size` bytes, allocated by init.
         unsafe {
             ngx_shmtx_lock(&mut (*pool).mutex);
+            // Unlocked when this goes, even if `f` panics (the guard catches it, and a lock left
+            // held would stop every process of the node).
+            let _unlock = Unlock(pool);
             let mut s = Slots { base: h.add(1).cast::<u8>(), slot_size: (*h).slot_size };
-            let r = f(&mut s);
-            ngx_shmtx_unlock(&mut (*pool).mutex);
-            Some(r)
+            Some(f(&mut s))
         }
     }
 
@@ -144,6 +143,15 @@ impl Zone {
                 }
             }
         });
+    }
+}
+
+struct Unlock(*mut ngx_slab_pool_t);
+
+impl Drop for Unlock {
+    fn drop(&mut self) {
+        // SAFETY: the pool whose mutex this process holds (locked just before).
+        unsafe { ngx_shmtx_unlock(&mut (*self.0).mutex) }
     }
 }
 
@@ -201,15 +209,25 @@ unsafe extern "C" fn init(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_i
                 return NGX_OK as ngx_int_t;
             }
             let pool = (*zone).shm.addr.cast::<ngx_slab_pool_t>();
-            let size = (*zone).shm.size;
-            let slot_size =
-                (size.saturating_sub(SLAB_OVERHEAD) / SLOTS).saturating_sub(size_of::<SlotHead>()) / 8 * 8;
-            if slot_size < 1024 {
-                return NGX_ERROR as ngx_int_t;
-            }
+            // What the pool really has free (its pages less its own bookkeeping), less a page
+            // for the large allocation's rounding.
+            let page = *addr_of!(ngx_pagesize);
+            let avail = ((*pool).pfree.saturating_sub(1) * page).saturating_sub(size_of::<Header>());
+            let slot_size = (avail / SLOTS).saturating_sub(size_of::<SlotHead>()) / 8 * 8;
             let total = size_of::<Header>() + SLOTS * (size_of::<SlotHead>() + slot_size);
-            let h = ngx_slab_alloc(pool, total).cast::<Header>();
+            let h = if slot_size < 1024 {
+                std::ptr::null_mut()
+            } else {
+                ngx_slab_alloc(pool, total).cast::<Header>()
+            };
             if h.is_null() {
+                ngx::ngx_log_error!(
+                    NGX_LOG_EMERG,
+                    ngx::log::ngx_cycle_log().as_ptr(),
+                    "\"mesh_shared_zone\" of {} bytes: no room for {} slots",
+                    (*zone).shm.size,
+                    SLOTS
+                );
                 return NGX_ERROR as ngx_int_t;
             }
             std::ptr::write_bytes(h.cast::<u8>(), 0, total);

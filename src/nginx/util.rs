@@ -123,6 +123,14 @@ pub fn now_ms() -> u64 {
     unsafe { *std::ptr::addr_of!(ngx_current_msec) as u64 }
 }
 
+/// Is this a worker process (or nginx running as one process)? nginx's cache manager and
+/// loader run every module's init_process too.
+pub fn is_worker() -> bool {
+    // SAFETY: a plain global nginx sets at process start.
+    let p = unsafe { *std::ptr::addr_of!(ngx_process) } as u32;
+    p == NGX_PROCESS_WORKER || p == NGX_PROCESS_SINGLE
+}
+
 /// Connections of this worker in use now.
 pub fn connections_in_use() -> u64 {
     // SAFETY: ngx_cycle is the worker's current cycle, read on the event loop.

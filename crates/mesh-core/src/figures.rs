@@ -53,10 +53,19 @@ pub fn merge<'a>(workers: impl IntoIterator<Item = &'a WorkerFigures>) -> Worker
             *refusals.entry((r.action.clone(), r.reason.clone())).or_insert(0) += r.count;
         }
     }
+    // One entry per stream: two workers may each hold a publish of one name (without
+    // rtmp_auto_push, or in a race before the copies arrive): their input adds up.
+    out.streams.sort_by(|a, b| a.stream.cmp(&b.stream));
+    out.streams.dedup_by(|later, first| {
+        let same = later.stream == first.stream;
+        if same {
+            first.in_kbps += later.in_kbps;
+        }
+        same
+    });
     for s in &mut out.streams {
         s.viewers = out.viewers.get(&s.stream).copied().unwrap_or(0);
     }
-    out.streams.sort_by(|a, b| a.stream.cmp(&b.stream));
     out.pushes.sort_by(|a, b| (&a.stream, &a.target).cmp(&(&b.stream, &b.target)));
     out.transcodes.sort_by(|a, b| a.stream.cmp(&b.stream));
     out.refusals = refusals
@@ -100,6 +109,21 @@ mod tests {
             vec![("play", "no token", 4), ("publish", "busy", 2)]
         );
         assert_eq!(merge([&a]).streams, a.streams, "one worker: its own figures");
+    }
+
+    #[test]
+    fn a_stream_published_into_two_workers_is_one_stream() {
+        let w = |viewers: u64| WorkerFigures {
+            streams: vec![stream("cam1", viewers)],
+            viewers: [("cam1".to_string(), viewers)].into(),
+            ..WorkerFigures::default()
+        };
+        let n = merge([&w(2), &w(3)]);
+        assert_eq!(
+            n.streams,
+            vec![StreamStat { in_kbps: 1800, ..stream("cam1", 5) }],
+            "once, 5 viewers, both inputs"
+        );
     }
 
     #[test]

@@ -27,9 +27,14 @@ pub unsafe fn watch_worker_socket(cycle: *mut ngx_cycle_t) -> Result<bool, &'sta
     // ran has a copy of another's connection pointer (it copies the whole structure), or none.
     unsafe {
         let all = (*cycle).listening.as_slice_mut::<ngx_listening_t>();
-        let (tcp, unix): (Vec<_>, Vec<_>) = all.iter_mut().partition(|ls| !is_unix(ls));
-        for ls in unix {
-            let copied = ls.connection.is_null() || tcp.iter().any(|t| t.connection == ls.connection);
+        let conns: Vec<*mut ngx_connection_t> = all.iter().map(|ls| ls.connection).collect();
+        for (i, ls) in all.iter_mut().enumerate() {
+            if !is_unix(ls) {
+                continue;
+            }
+            // Copied from another listening (nginx-rtmp copies the first rtmp one whole).
+            let copied = ls.connection.is_null()
+                || conns.iter().enumerate().any(|(j, c)| j != i && *c == ls.connection);
             // nginx-rtmp's own handler (an external symbol: one address).
             let rtmp = ls.handler.is_some_and(|h| {
                 std::ptr::fn_addr_eq(h, ngx_rtmp_init_connection as unsafe extern "C" fn(_))
