@@ -109,22 +109,8 @@ impl Context<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::{key_sha256_hex, make_viewer_token};
-
-    fn table(with_secret: bool) -> Table {
-        let mut v = serde_json::json!({
-            "ingest": {"cam1": [{"node_id": "root-1", "node_url": "rtmp://r1/relay", "node_key": "k-i-r1"}]},
-            "relay": {"cam1": [
-                {"node_id": "edge-1", "node_url": "rtmp://e1/relay", "node_key": "k-r-e1"},
-                {"node_id": "edge-9", "node_url": "rtmp://e9/relay", "node_key": "k-e1-e9", "from": "edge-1"}
-            ]},
-            "publish": {"cam1": {"key_sha256": key_sha256_hex("bkey")}}
-        });
-        if with_secret {
-            v["viewer_secret"] = "vs".into();
-        }
-        Table::parse(v.to_string().as_bytes()).unwrap()
-    }
+    use crate::admission::testutil::table;
+    use crate::token::make_viewer_token;
 
     fn pub_(t: &Table, role: Role, node: &str, stream: &str, args: &str) -> Decision {
         Context { table: t, role, node_id: node, now: 1000 }.publish(PublishRequest { stream, args })
