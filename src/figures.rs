@@ -30,10 +30,11 @@ pub fn local() -> WorkerFigures {
     }
 }
 
-/// Write this worker's figures to its slot (every second).
-pub fn publish() {
-    let Some(zone) = conf::zone() else { return };
-    let bytes = serde_json::to_vec(&local()).unwrap_or_default();
+/// Write this worker's figures to its slot (every second); returns them.
+pub fn publish() -> WorkerFigures {
+    let mine = local();
+    let Some(zone) = conf::zone() else { return mine };
+    let bytes = serde_json::to_vec(&mine).unwrap_or_default();
     match zone.write(&bytes) {
         Ok(()) => REFUSED.with(|r| r.set(false)),
         Err(e) if !REFUSED.with(|r| r.replace(true)) => {
@@ -51,11 +52,17 @@ pub fn publish() {
         }
         Err(_) => {}
     }
+    mine
 }
 
 /// The node's figures: this worker's, live, and every other worker's last.
 pub fn node() -> WorkerFigures {
-    let mut all = vec![local()];
+    node_with(local())
+}
+
+/// The node's figures with this worker's as `mine`.
+pub fn node_with(mine: WorkerFigures) -> WorkerFigures {
+    let mut all = vec![mine];
     if let Some(zone) = conf::zone() {
         all.extend(zone.read_others().iter().filter_map(|b| serde_json::from_slice(b).ok()));
     }

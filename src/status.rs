@@ -9,9 +9,11 @@ use crate::http::{settings, HttpLocConf};
 use crate::nginx::access;
 use crate::nginx::directive::{directive, DUPLICATE};
 use crate::nginx::ffi::*;
-use crate::nginx::http::respond;
+use crate::nginx::http::{request, RequestExt};
 use crate::nginx::util::{guard, CONF_ERROR, CONF_OK};
 use crate::{conf, figures, link, rtmp};
+use ngx::core::Status as Rc;
+use ngx::http::{HTTPStatus, Request};
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 
 directive! {
@@ -86,34 +88,35 @@ fn collect(renditions: Vec<String>) -> Status {
 unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     guard(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || {
         // SAFETY: nginx calls us with a live request in its content phase.
-        unsafe {
-            if !access::local_or_allowed(r) {
-                ngx::ngx_log_error!(
-                    NGX_LOG_ERR,
-                    (*(*r).connection).log,
-                    "access forbidden by mesh_status: loopback only unless an \"allow\" rule names the client"
-                );
-                return NGX_HTTP_FORBIDDEN as ngx_int_t;
-            }
-            if !crate::nginx::http::is_get_or_head(r) {
-                return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
-            }
-            let rc = ngx_http_discard_request_body(r);
-            if rc != NGX_OK as ngx_int_t {
-                return rc;
-            }
-            let renditions = settings(r)
-                .map(|s| s.ladder.renditions().iter().map(|x| x.name.clone()).collect())
-                .unwrap_or_default();
-            let status = collect(renditions);
-            let args = crate::nginx::http::query(r);
-            if args.split('&').any(|a| a == "format=prometheus") {
-                respond(r, NGX_HTTP_OK, "text/plain; version=0.0.4", &status.prometheus(), "no-store")
-            } else {
-                let mut body = serde_json::to_string_pretty(&status).unwrap_or_default();
-                body.push('\n');
-                respond(r, NGX_HTTP_OK, "application/json", &body, "no-store")
-            }
-        }
+        handle(unsafe { request(r) }).0
     })
+}
+
+fn handle(r: &mut Request) -> Rc {
+    if !access::local_or_allowed(r) {
+        ngx::ngx_log_error!(
+            NGX_LOG_ERR,
+            r.log(),
+            "access forbidden by mesh_status: loopback only unless an \"allow\" rule names the client"
+        );
+        return HTTPStatus::FORBIDDEN.into();
+    }
+    if !r.is_get_or_head() {
+        return HTTPStatus::NOT_ALLOWED.into();
+    }
+    let rc = r.discard_request_body();
+    if rc != Rc::NGX_OK {
+        return rc;
+    }
+    let renditions = settings(r)
+        .map(|s| s.ladder.renditions().iter().map(|x| x.name.clone()).collect())
+        .unwrap_or_default();
+    let status = collect(renditions);
+    if r.query().split('&').any(|a| a == "format=prometheus") {
+        r.respond(HTTPStatus::OK, "text/plain; version=0.0.4", &status.prometheus(), "no-store")
+    } else {
+        let mut body = serde_json::to_string_pretty(&status).unwrap_or_default();
+        body.push('\n');
+        r.respond(HTTPStatus::OK, "application/json", &body, "no-store")
+    }
 }

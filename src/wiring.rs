@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_agent::agent::{Change, Event, Level};
+use mesh_core::figures::WorkerFigures;
 use mesh_core::node::Node;
 use mesh_core::wire::Heartbeat;
 
@@ -71,7 +72,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             return NGX_OK as ngx_int_t;
         }
         auth::set_limits(mcf.auth_pending_max.max(1) as usize, mcf.auth_pending_per_addr.max(1) as usize);
-        if let Err(e) = link::start(mcf, heartbeat(&mcf.node()), on_wake) {
+        if let Err(e) = link::start(mcf, heartbeat(&mcf.node(), figures::node()), on_wake) {
             ngx::ngx_log_error!(NGX_LOG_ALERT, log, "mesh: cannot start the background threads: {}", e);
         }
         NGX_OK as ngx_int_t
@@ -157,17 +158,16 @@ fn apply_node(node: Arc<Node>, change: &Change) {
 /// admissions that ran out.
 fn tick() {
     registry::tick_rates(TICK.as_secs());
-    figures::publish();
+    let mine = figures::publish();
     let node = conf::current_node();
     if link::is_running() {
-        link::set_figures(heartbeat(&node));
+        link::set_figures(heartbeat(&node, figures::node_with(mine)));
     }
     rtmp::ask::ask_again(&node);
 }
 
-/// Heartbeat figures: the node's, from every worker.
-fn heartbeat(node: &Node) -> Heartbeat {
-    let f = figures::node();
+/// Heartbeat figures: the node's (`f`), from every worker.
+fn heartbeat(node: &Node, f: WorkerFigures) -> Heartbeat {
     Heartbeat {
         node_id: node.node_id.clone(),
         role: node.role,

@@ -29,7 +29,9 @@ use std::ptr::null_mut;
 
 use mesh_core::hold::{DEFAULT_HOLD_MAX, DEFAULT_HOLD_PER_CLIENT};
 use mesh_core::media::{parse_rendition, Format, Ladder, Rendition};
-use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError, NgxHttpCoreModule};
+use ngx::http::{
+    HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError, NgxHttpCoreModule, Request,
+};
 use ngx::{ngx_conf_log_error, ngx_string};
 
 use crate::nginx::directive::{arg, args, directive, set_once, DUPLICATE};
@@ -278,7 +280,6 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
 ///
 /// # Safety
 /// `r` is a live request.
-pub unsafe fn settings<'a>(r: *mut ngx_http_request_t) -> Option<&'a Settings> {
-    // SAFETY: as the caller guarantees.
-    Module::main_conf(unsafe { crate::nginx::http::request(r) })?.settings.as_ref()
+pub fn settings(r: &Request) -> Option<&'static Settings> {
+    Module::main_conf(r)?.settings.as_ref()
 }

@@ -8,7 +8,10 @@
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use ngx::http::Request;
+
 use super::ffi::*;
+use super::http::RequestExt;
 
 /// The http access module's `ctx_index` (`usize::MAX` when nginx was built without it), found
 /// by name at configuration time: the module is not linked against, so a build without it
@@ -146,25 +149,18 @@ unsafe fn first_rule(r: *mut ngx_http_request_t, p: &Peer) -> Option<bool> {
 const FORWARDED: [&[u8]; 3] = [b"forwarded", b"x-forwarded-for", b"x-real-ip"];
 
 /// Did this request come through a proxy: a PROXY protocol header, or a forwarding header?
-///
-/// # Safety
-/// `r` is a live request.
-unsafe fn forwarded(r: *mut ngx_http_request_t) -> bool {
-    // SAFETY: the request's connection and header list, its parts and elements are in its
-    // pool.
-    unsafe {
-        if !(*(*r).connection).proxy_protocol.is_null() {
-            return true;
-        }
-        FORWARDED.iter().any(|f| super::http::header_in(r, f).is_some())
-    }
+fn forwarded(r: &Request) -> bool {
+    // SAFETY: a live request has its connection.
+    let proxied = unsafe { !(*r.connection()).proxy_protocol.is_null() };
+    proxied || FORWARDED.iter().any(|f| r.header_in(f).is_some())
 }
 
 /// Loopback (and not relayed by a proxy), or named by an `allow` rule.
-///
-/// # Safety
-/// `r` is a live request.
-pub unsafe fn local_or_allowed(r: *mut ngx_http_request_t) -> bool {
-    // SAFETY: as the caller's.
-    unsafe { peer(r).is_some_and(|p| (p.loopback() && !forwarded(r)) || first_rule(r, &p) == Some(true)) }
+pub fn local_or_allowed(r: &Request) -> bool {
+    let raw: *const ngx_http_request_t = r.as_ref();
+    // SAFETY: a live request; peer and first_rule only read it.
+    unsafe {
+        let raw = raw.cast_mut();
+        peer(raw).is_some_and(|p| (p.loopback() && !forwarded(r)) || first_rule(raw, &p) == Some(true))
+    }
 }

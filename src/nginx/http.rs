@@ -120,50 +120,6 @@ impl RequestExt for Request {
     }
 }
 
-// Raw-pointer forms for handlers not yet on `Request` (status.rs).
-
-/// [`RequestExt::query`].
-///
-/// # Safety
-/// `r` is a live request.
-pub unsafe fn query(r: *mut ngx_http_request_t) -> String {
-    // SAFETY: as the caller guarantees.
-    unsafe { request(r).query() }
-}
-
-/// [`RequestExt::is_get_or_head`].
-///
-/// # Safety
-/// `r` is a live request.
-pub unsafe fn is_get_or_head(r: *mut ngx_http_request_t) -> bool {
-    // SAFETY: as the caller guarantees.
-    unsafe { request(r).is_get_or_head() }
-}
-
-/// [`RequestExt::header_in`].
-///
-/// # Safety
-/// `r` is a live request.
-pub unsafe fn header_in<'a>(r: *mut ngx_http_request_t, name: &[u8]) -> Option<&'a [u8]> {
-    // SAFETY: as the caller guarantees; the headers live in the request's pool.
-    unsafe { request(r).header_in(name) }
-}
-
-/// [`RequestExt::respond`].
-///
-/// # Safety
-/// `r` is a live request.
-pub unsafe fn respond(
-    r: *mut ngx_http_request_t,
-    status: u32,
-    mime: &'static str,
-    body: &str,
-    cache: &str,
-) -> ngx_int_t {
-    // SAFETY: as the caller guarantees.
-    unsafe { request(r).respond(HTTPStatus(status as ngx_uint_t), mime, body, cache).0 }
-}
-
 /// Hand the location being configured to nginx's static module, serving from `dir`: a request
 /// for `<location><rest>` is the file `<dir>/<rest>` (as `alias` maps it), opened without
 /// following a symlink anywhere below `dir` (`disable_symlinks on from=<dir>`). Its handler
@@ -241,17 +197,20 @@ unsafe fn finalize(r: *mut ngx_http_request_t, rc: Status) {
 /// A request held open with its state: [`hold`] puts them in the request's pool, with a timer.
 struct Held<T> {
     r: *mut ngx_http_request_t,
-    ev: ngx_event_t,
+    ev: PollEvent,
     period: ngx_msec_t,
     poll: fn(&mut Request, &mut T) -> Option<Status>,
     state: T,
 }
 
-impl<T> Drop for Held<T> {
+/// A held request's poll timer, deleted when it goes (with the request's pool).
+struct PollEvent(ngx_event_t);
+
+impl Drop for PollEvent {
     fn drop(&mut self) {
-        if self.ev.timer_set() == 1 {
+        if self.0.timer_set() == 1 {
             // SAFETY: our timer, deleted before its memory goes.
-            unsafe { ngx_del_timer(&mut self.ev) };
+            unsafe { ngx_del_timer(&mut self.0) };
         }
     }
 }
@@ -267,26 +226,18 @@ pub fn hold<T: 'static>(
     period: ngx_msec_t,
     poll: fn(&mut Request, &mut T) -> Option<Status>,
 ) -> Result<Status, T> {
-    unsafe extern "C" fn drop_held<T>(data: *mut std::ffi::c_void) {
-        // SAFETY: `data` is the Held written below, dropped exactly once by the pool.
-        super::util::guard((), || unsafe { std::ptr::drop_in_place(data.cast::<Held<T>>()) })
-    }
-    assert!(std::mem::align_of::<Held<T>>() <= std::mem::size_of::<usize>(), "over-aligned pool type");
     let raw: *mut ngx_http_request_t = (&mut *r).into();
-    // SAFETY: the request's own pool (the Held and its timer go with the request); the
-    // cleanup's data block is sized for the Held; an all-zero event is nginx's idle event.
+    // SAFETY: an all-zero event is nginx's idle event.
+    let held = Held { r: raw, ev: PollEvent(unsafe { std::mem::zeroed() }), period, poll, state };
+    // SAFETY: the request's own pool: the Held (and its timer) go with the request.
+    let p = unsafe { super::util::pool_put(r.as_ref().pool, held) }.map_err(|h| h.state)?;
+    // SAFETY: the Held just put in the pool, at a fixed address from now on.
     unsafe {
-        let cln = ngx_pool_cleanup_add(r.as_ref().pool, std::mem::size_of::<Held<T>>());
-        if cln.is_null() {
-            return Err(state);
-        }
-        let p = (*cln).data.cast::<Held<T>>();
-        std::ptr::write(p, Held { r: raw, ev: std::mem::zeroed(), period, poll, state });
-        (*cln).handler = Some(drop_held::<T>);
-        (*p).ev.handler = Some(on_held::<T>);
-        (*p).ev.data = p.cast();
-        (*p).ev.log = r.log();
-        ngx_add_timer(&mut (*p).ev, period);
+        let ev = &mut (*p).ev.0;
+        ev.handler = Some(on_held::<T>);
+        ev.data = p.cast();
+        ev.log = r.log();
+        ngx_add_timer(ev, period);
     }
     suspend(r);
     Ok(Status::NGX_DONE)

@@ -27,22 +27,31 @@ pub const CONF_OK: *mut c_char = ptr::null_mut();
 /// # Safety
 /// `pool` must be a live nginx pool.
 pub unsafe fn pool_new<T>(pool: *mut ngx_pool_t, value: T) -> *mut T {
+    // SAFETY: as the caller guarantees.
+    unsafe { pool_put(pool, value) }.unwrap_or(ptr::null_mut())
+}
+
+/// [`pool_new`], giving the value back when the pool is out of memory.
+///
+/// # Safety
+/// `pool` must be a live nginx pool.
+pub unsafe fn pool_put<T>(pool: *mut ngx_pool_t, value: T) -> Result<*mut T, T> {
     // ngx_palloc aligns to NGX_ALIGNMENT (sizeof(unsigned long)).
     assert!(mem::align_of::<T>() <= mem::size_of::<usize>(), "over-aligned pool type");
     unsafe extern "C" fn drop_value<T>(data: *mut c_void) {
-        // SAFETY: `data` is the T written by pool_new, dropped exactly once by the pool.
+        // SAFETY: `data` is the T written by pool_put, dropped exactly once by the pool.
         guard((), || unsafe { ptr::drop_in_place(data.cast::<T>()) })
     }
     // SAFETY: the caller gives a live pool; the cleanup's data block is sized for T.
     unsafe {
         let cln = ngx_pool_cleanup_add(pool, mem::size_of::<T>());
         if cln.is_null() {
-            return ptr::null_mut();
+            return Err(value);
         }
         let p = (*cln).data.cast::<T>();
         ptr::write(p, value);
         (*cln).handler = Some(drop_value::<T>);
-        p
+        Ok(p)
     }
 }
 
