@@ -4,7 +4,7 @@
 set -euo pipefail
 
 want=(build-essential pkg-config libpcre2-dev libssl-dev zlib1g-dev libclang-dev dpkg-dev xz-utils
-      ffmpeg perl curl ca-certificates python3 procps)
+      ffmpeg perl curl ca-certificates python3 procps iproute2)
 # Perl tests use only core modules (Test::More, Digest::SHA, JSON::PP, HTTP::Tiny).
 
 missing=()

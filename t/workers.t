@@ -13,6 +13,7 @@ use Mesh::Test qw(publish probe wait_until log_lines reap);
 use Mesh::Hostile qw(node_status client);
 
 plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
+# ss (iproute2: scripts/deps.sh installs it) tells which worker holds a connection.
 plan(skip_all => 'no ss') unless -x '/usr/bin/ss' || -x '/bin/ss';
 
 sub node {
