@@ -1,7 +1,13 @@
-//! How long the master's decisions take at scale: a mesh of 4 ingest nodes, 8 root relays and
-//! 80 edges carrying N live streams. Times one ingest heartbeat that changes nothing, one that
-//! adds a stream, an edge heartbeat, a route request, and a root relay's death (its streams
-//! placed again), each with every node's table rendered and compared.
+//! How long the master's decisions take at scale, each with the tables it changes brought up
+//! to date:
+//!
+//! 1. a mesh of 4 ingest nodes, 8 root relays and 80 edges carrying N live streams: one ingest
+//!    heartbeat that changes nothing, one that adds a stream, an edge heartbeat, a route
+//!    request, and a root relay's death (its streams placed again);
+//! 2. streams fanned out to every relay (476, 716, 956 of them): one heartbeat that makes 5
+//!    streams live;
+//! 3. 1,000 nodes and 10,000 streams, fan-out 1 and 100: the same decisions as in 1, and a
+//!    relay joining.
 //!
 //!     cargo run --release -p mesh-master --example placement_scale
 
@@ -43,61 +49,124 @@ fn beat(id: &str, role: Role, streams: &[String], now: u64) -> Heartbeat {
     hb
 }
 
+/// The median of 7 runs of a decision that changes nothing the second time.
+fn median(mut f: impl FnMut() -> f64) -> f64 {
+    let mut v: Vec<f64> = (0..7).map(|_| f()).collect();
+    v.sort_by(f64::total_cmp);
+    v[3]
+}
+
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
+fn mesh(cfg: Config, ingests: usize, roots: usize, edges: usize) -> Mesh {
+    let mut m = Mesh::new(cfg, 0, Box::new(Counted(0)));
+    let mut port = 0;
+    let mut add = |m: &mut Mesh, prefix: &str, count: usize, role: Role| {
+        for i in 0..count {
+            port += 1;
+            announce(m, &format!("{prefix}-{i}"), role, port);
+        }
+    };
+    add(&mut m, "ingest", ingests, Role::Ingest);
+    add(&mut m, "root", roots, Role::RootRelay);
+    add(&mut m, "edge", edges, Role::Relay);
+    m
+}
+
+/// N streams spread over the ingests, all live.
+fn live(m: &mut Mesh, ingests: usize, n: usize) -> Vec<Vec<String>> {
+    let streams: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
+    let mut keys: std::collections::BTreeMap<String, String> =
+        streams.iter().map(|s| (s.clone(), "ab".repeat(32))).collect();
+    for i in 0..64 {
+        keys.insert(format!("new-{i}"), "ab".repeat(32));
+    }
+    m.set_publish(keys);
+    let per: Vec<Vec<String>> =
+        (0..ingests).map(|k| streams.iter().skip(k).step_by(ingests).cloned().collect()).collect();
+    for (k, s) in per.iter().enumerate() {
+        m.heartbeat(&beat(&format!("ingest-{k}"), Role::Ingest, s, 1), 1).unwrap();
+    }
+    assert_eq!(m.streams().len(), n);
+    per
+}
+
+/// The five decisions of table 1 (and 3), in ms.
+fn decisions(m: &mut Mesh, per: &[Vec<String>]) -> [f64; 5] {
+    let same = beat("ingest-0", Role::Ingest, &per[0], 2);
+    let quiet = median(|| {
+        let t = Instant::now();
+        m.heartbeat(&same, 2).unwrap();
+        ms(t)
+    });
+    let mut more = per[0].clone();
+    more.push("new-0".into());
+    let t = Instant::now();
+    m.heartbeat(&beat("ingest-0", Role::Ingest, &more, 3), 3).unwrap();
+    let new = ms(t);
+    let edge = median(|| {
+        let t = Instant::now();
+        m.heartbeat(&Heartbeat::empty("edge-7", Role::Relay), 3).unwrap();
+        ms(t)
+    });
+    let t = Instant::now();
+    m.route("edge-9", "s1", 3).unwrap();
+    let route = ms(t);
+    // Everyone but root-0 beats; then root-0 is declared dead.
+    let ids: Vec<(String, Role)> = m.nodes().values().map(|n| (n.node_id.clone(), n.role)).collect();
+    for (id, role) in ids.iter().filter(|(id, _)| id != "root-0") {
+        let s = match id.strip_prefix("ingest-") {
+            Some("0") => more.clone(),
+            Some(k) => per[k.parse::<usize>().expect("ingest-<n>")].clone(),
+            None => vec![],
+        };
+        m.heartbeat(&beat(id, *role, &s, 20), 20).unwrap();
+    }
+    let t = Instant::now();
+    let died = m.sweep(40);
+    let death = ms(t);
+    assert_eq!(died, ["root-0"]);
+    [quiet, new, edge, route, death]
+}
+
 fn main() {
+    println!("1. 4 ingest nodes, 8 root relays, 80 edges\n");
     println!("| live streams | nodes | ingest heartbeat, nothing new | ingest heartbeat, one new stream | edge heartbeat | route request | root relay dies (its streams placed again) |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for n in [100usize, 1000, 5000] {
-        let mut m = Mesh::new(Config { node_timeout_s: 30, ..Config::default() }, 0, Box::new(Counted(0)));
-        let mut port = 0;
-        let mut add = |m: &mut Mesh, prefix: &str, count: usize, role: Role| {
-            for i in 0..count {
-                port += 1;
-                announce(m, &format!("{prefix}-{i}"), role, port);
-            }
-        };
-        add(&mut m, "ingest", 4, Role::Ingest);
-        add(&mut m, "root", 8, Role::RootRelay);
-        add(&mut m, "edge", 80, Role::Relay);
-        let streams: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
-        m.set_publish(streams.iter().map(|s| (s.clone(), "ab".repeat(32))).collect());
-        let per: Vec<Vec<String>> =
-            (0..4).map(|k| streams.iter().skip(k).step_by(4).cloned().collect()).collect();
-        for (k, s) in per.iter().enumerate() {
-            m.heartbeat(&beat(&format!("ingest-{k}"), Role::Ingest, s, 1), 1).unwrap();
-        }
-        assert_eq!(m.streams.len(), n);
-        let same = beat("ingest-0", Role::Ingest, &per[0], 2);
-        let t = Instant::now();
-        m.heartbeat(&same, 2).unwrap();
-        let quiet = ms(t);
+        let mut m = mesh(Config { node_timeout_s: 30, ..Config::default() }, 4, 8, 80);
+        let per = live(&mut m, 4, n);
+        let [quiet, new, edge, route, death] = decisions(&mut m, &per);
+        println!("| {n} | 92 | {quiet:.2} ms | {new:.2} ms | {edge:.2} ms | {route:.2} ms | {death:.2} ms |");
+    }
+    println!("\n2. fan-out to every relay: 4 ingest nodes, 8 root relays, 100 live streams\n");
+    println!("| relays | one heartbeat makes 5 streams live | hops placed |");
+    println!("|---:|---:|---:|");
+    for relays in [476usize, 716, 956] {
+        let cfg = Config { node_timeout_s: 30, edge_fanout: usize::MAX, ..Config::default() };
+        let mut m = mesh(cfg, 4, 8, relays);
+        let per = live(&mut m, 4, 100);
         let mut more = per[0].clone();
-        more.push("new-stream".into());
+        more.extend((0..5).map(|i| format!("new-{i}")));
         let t = Instant::now();
         m.heartbeat(&beat("ingest-0", Role::Ingest, &more, 3), 3).unwrap();
-        let new = ms(t);
+        let five = ms(t);
+        let hops: usize = m.streams().values().map(|p| p.roots.len() + p.edges.len()).sum();
+        println!("| {relays} | {five:.2} ms | {hops} |");
+    }
+    println!("\n3. 1,000 nodes (20 ingest nodes, 50 root relays, 930 edges), 10,000 live streams\n");
+    println!("| edge fan-out | ingest heartbeat, nothing new | ingest heartbeat, one new stream | edge heartbeat | route request | root relay dies | a relay joins |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for fanout in [1usize, 100] {
+        let cfg = Config { node_timeout_s: 30, edge_fanout: fanout, ..Config::default() };
+        let mut m = mesh(cfg, 20, 50, 930);
+        let per = live(&mut m, 20, 10_000);
+        let [quiet, new, edge, route, death] = decisions(&mut m, &per);
         let t = Instant::now();
-        m.heartbeat(&Heartbeat::empty("edge-7", Role::Relay), 3).unwrap();
-        let edge = ms(t);
-        let t = Instant::now();
-        m.route("edge-9", "s1", 3).unwrap();
-        let route = ms(t);
-        // Everyone but root-0 beats; then root-0 is declared dead.
-        let ids: Vec<(String, Role)> = m.nodes.values().map(|n| (n.node_id.clone(), n.role)).collect();
-        for (id, role) in ids.iter().filter(|(id, _)| id != "root-0") {
-            let s = match id.strip_prefix("ingest-") {
-                Some(k) => per[k.parse::<usize>().expect("ingest-<n>")].clone(),
-                None => vec![],
-            };
-            m.heartbeat(&beat(id, *role, &s, 20), 20).unwrap();
-        }
-        let t = Instant::now();
-        let died = m.sweep(40);
-        let death = ms(t);
-        assert_eq!(died, ["root-0"]);
-        println!("| {n} | 92 | {quiet:.2} ms | {new:.2} ms | {edge:.2} ms | {route:.2} ms | {death:.2} ms |");
+        announce(&mut m, "edge-new", Role::Relay, 9999);
+        let join = ms(t);
+        println!("| {fanout} | {quiet:.2} ms | {new:.2} ms | {edge:.2} ms | {route:.2} ms | {death:.2} ms | {join:.2} ms |");
     }
 }

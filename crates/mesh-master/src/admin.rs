@@ -78,7 +78,7 @@ pub(crate) async fn admin_body<T: for<'de> Deserialize<'de>>(body: Body) -> Resu
 pub(crate) async fn admin_nodes(State(app): State<Arc<App>>) -> Response {
     let m = app.mesh.lock();
     let nodes: Vec<_> = m
-        .nodes
+        .nodes()
         .values()
         .map(|n| {
             let mut v = serde_json::to_value(n).unwrap_or_default();
@@ -116,7 +116,7 @@ pub(crate) async fn admin_set_role(
 
 pub(crate) async fn admin_streams(State(app): State<Arc<App>>) -> Response {
     let m = app.mesh.lock();
-    axum::Json(json!({ "live": m.streams })).into_response()
+    axum::Json(json!({ "live": m.streams() })).into_response()
 }
 
 #[derive(Deserialize)]

@@ -234,7 +234,7 @@ fn run(args: Args) -> Result<(), String> {
     let mut mesh = Mesh::new(cfg, ceiling, Box::new(RandomKeys));
     mesh.set_viewer_keys(viewer_keys);
     for (id, role) in store.roles().map_err(|e| e.to_string())? {
-        mesh.roles.insert(id, role);
+        mesh.set_role(&id, Some(role), 0);
     }
     mesh.set_streams(store.streams().map_err(|e| e.to_string())?);
     let grace = match args.startup_grace {

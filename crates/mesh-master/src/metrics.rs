@@ -50,7 +50,7 @@ pub fn render(mesh: &Mesh, counters: &Counters) -> String {
         write_family(&mut o, "", name, kind, help, rows)
     };
     let mut nodes: BTreeMap<(String, bool), u64> = BTreeMap::new();
-    for n in mesh.nodes.values() {
+    for n in mesh.nodes().values() {
         *nodes.entry((n.role.to_string(), n.alive)).or_default() += 1;
     }
     metric(
@@ -66,10 +66,10 @@ pub fn render(mesh: &Mesh, counters: &Counters) -> String {
         "mesh_master_streams_live",
         "gauge",
         "Live streams placed.",
-        vec![(String::new(), mesh.streams.len().to_string())],
+        vec![(String::new(), mesh.streams().len().to_string())],
     );
     let (roots, edges) =
-        mesh.streams.values().fold((0, 0), |(r, e), p| (r + p.roots.len(), e + p.edges.len()));
+        mesh.streams().values().fold((0, 0), |(r, e), p| (r + p.roots.len(), e + p.edges.len()));
     metric(
         "mesh_master_hops",
         "gauge",

@@ -25,7 +25,7 @@ use mesh_core::wire::{
 };
 
 use crate::listener::{Busy, Conn};
-use crate::mesh::MeshError;
+use crate::mesh::{self, MeshError};
 use crate::rates::Class;
 use crate::server::{now, App, BODY_TIMEOUT, MAX_BODY};
 use crate::validate::{self, Invalid};
@@ -114,7 +114,7 @@ pub(crate) async fn announce(State(app): State<Arc<App>>, req: Request) -> Respo
         Ok(c) => c,
         Err(r) => return r,
     };
-    let role_in_force = |a: &Announce| app.mesh.lock().roles.get(&a.node_id).copied().unwrap_or(a.role);
+    let role_in_force = |a: &Announce| app.mesh.lock().assigned_role(&a.node_id).unwrap_or(a.role);
     let a: Announce =
         match payload(&app, &call, |a: &Announce| &a.node_id, |a| validate::announce(a, role_in_force(a))) {
             Ok(a) => a,
@@ -183,8 +183,9 @@ pub(crate) async fn streams(State(app): State<Arc<App>>, req: Request) -> Respon
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(app.max_poll_wait_s));
     loop {
         if app.serving_tables() {
-            let table = app.mesh.lock().table_json(&q.node_id);
-            if let Some((v, body)) = table.filter(|(v, _)| *v > q.since) {
+            // The document is shared: taken under the lock, made JSON after it.
+            let table = app.mesh.lock().table(&q.node_id).filter(|(v, _)| *v > q.since);
+            if let Some((v, body)) = table.and_then(|(v, doc)| mesh::table_json(v, &doc)) {
                 info!(node = %q.node_id, version = v, "table sent");
                 app.counters.inc("mesh_master_tables_sent_total", "");
                 return app.signed(StatusCode::OK, body);
@@ -233,7 +234,7 @@ pub(crate) async fn auth(State(app): State<Arc<App>>, req: Request) -> Response 
 fn decide(app: &App, a: &AuthRequest) -> AuthReply {
     let deny = |why: &str| AuthReply { allow: false, ttl_s: Some(AUTH_TTL_S), reason: Some(why.into()) };
     let m = app.mesh.lock();
-    let Some(node) = m.nodes.get(&a.node_id) else { return deny("node not announced") };
+    let Some(node) = m.nodes().get(&a.node_id) else { return deny("node not announced") };
     match a.action {
         Action::Publish => {
             if !node.role.takes_broadcasters() {

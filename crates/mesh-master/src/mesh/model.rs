@@ -1,0 +1,122 @@
+//! What the mesh is made of: its settings, nodes, hops and placements, and its errors.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use mesh_core::role::Role;
+use mesh_core::viewer::DEFAULT_MAX_TTL_S;
+use mesh_core::wire::Load;
+
+/// What the placement needs to know, from flags.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub heartbeat_interval_s: u64,
+    pub node_timeout_s: u64,
+    pub root_fanout: usize,
+    pub edge_fanout: usize,
+    /// Application appended to an announced `rtmp_url` that has no path.
+    pub relay_app: String,
+    /// A route-requested edge without viewers for this long is taken off the stream.
+    pub edge_idle_s: u64,
+    /// How long a route request for a stream that is not live yet is remembered.
+    pub want_ttl_s: u64,
+    /// Longest viewer token lifetime (minted here, and told to the nodes in their tables).
+    pub max_token_ttl_s: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            heartbeat_interval_s: 10,
+            node_timeout_s: 30,
+            root_fanout: 1,
+            edge_fanout: 1,
+            relay_app: "relay".into(),
+            edge_idle_s: 300,
+            want_ttl_s: 60,
+            max_token_ttl_s: DEFAULT_MAX_TTL_S,
+        }
+    }
+}
+
+/// A registered node.
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    pub node_id: String,
+    /// Its role in force: the admin's assignment, else what it announced.
+    pub role: Role,
+    pub announced_role: Role,
+    pub rtmp_url: String,
+    pub http_url: String,
+    /// Where other nodes push to it.
+    pub node_url: String,
+    pub version: String,
+    pub announced_at: u64,
+    pub last_seen: u64,
+    pub alive: bool,
+    pub load: Load,
+    /// The table version it last reported.
+    pub table_version: u64,
+    /// Streams it reported, with their viewers.
+    pub streams: BTreeMap<String, u64>,
+}
+
+/// One hop of a stream: from a node to a node, with its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hop {
+    pub from: String,
+    pub to: String,
+    pub key: String,
+    /// Edges only: added by a route request (else by fan-out).
+    pub by_route: bool,
+    /// Edges only: since when the edge has reported no viewer.
+    #[serde(skip)]
+    pub idle_since: Option<u64>,
+}
+
+/// Where a live stream goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Placement {
+    pub ingest: String,
+    pub roots: Vec<Hop>,
+    pub edges: Vec<Hop>,
+}
+
+/// Why a node's request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MeshError {
+    /// The node has not announced itself (or the master restarted): it must announce again.
+    NotAnnounced,
+    BadNode(String),
+}
+
+impl std::fmt::Display for MeshError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MeshError::NotAnnounced => f.write_str("node not announced"),
+            MeshError::BadNode(why) => f.write_str(why),
+        }
+    }
+}
+
+/// A source of hop keys (random in the master, counted in tests).
+pub trait Keys {
+    fn hop_key(&mut self) -> String;
+}
+
+/// Highest reported table version the counter follows (2^52).
+pub const FOLLOW_MAX: u64 = mesh_core::wire::caps::MAX_NUMBER / 2;
+
+/// Where other nodes push to a node: its announced RTMP URL, with the relay application when
+/// the URL names none.
+pub fn node_url(rtmp_url: &str, app: &str) -> String {
+    if rtmp_url.is_empty() {
+        return String::new();
+    }
+    let rest = rtmp_url.strip_prefix("rtmp://").unwrap_or(rtmp_url);
+    match rest.split_once('/') {
+        Some((_, path)) if !path.trim_matches('/').is_empty() => rtmp_url.trim_end_matches('/').to_string(),
+        _ => format!("{}/{app}", rtmp_url.trim_end_matches('/')),
+    }
+}

@@ -1,0 +1,281 @@
+//! Every node's table, kept up to date by what changed: the placement marks the (stream, node)
+//! pairs whose entries may differ, a node whose role changed (or a new one) gets its shared
+//! parts anew, and a change of the shared parts (broadcaster keys, viewer keys, identities)
+//! reaches every table. A table that changed takes the next version; one that did not keeps
+//! its own. Documents are shared (`Arc`), so a long poll takes one under the lock and
+//! serializes it after.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use mesh_core::role::Role;
+use mesh_core::viewer::ViewerKey;
+
+use super::{Hop, Mesh};
+
+/// One node's table as sent (the protocol's shape), without its version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TableDoc {
+    pub role: Option<Role>,
+    pub ingest: BTreeMap<String, Vec<Entry>>,
+    pub relay: BTreeMap<String, Vec<Entry>>,
+    /// Shared by every ingest node's table (and compared by pointer first).
+    pub publish: Arc<BTreeMap<String, PublishKey>>,
+    /// Nodes that serve viewers: the keys, the lifetime and every stream's identity (shared).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub viewer_keys: Option<Arc<Vec<ViewerKey>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_token_ttl_s: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streams: Option<Arc<BTreeMap<String, StreamDoc>>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StreamDoc {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    pub node_id: String,
+    pub node_url: String,
+    pub node_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PublishKey {
+    pub key_sha256: String,
+}
+
+/// A table as the protocol's JSON: the document with its version.
+pub fn table_json(version: u64, doc: &TableDoc) -> Option<(u64, Vec<u8>)> {
+    let mut value = serde_json::to_value(doc).ok()?;
+    value.as_object_mut()?.insert("version".into(), version.into());
+    Some((version, serde_json::to_vec(&value).ok()?))
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Tables {
+    docs: HashMap<String, (u64, Arc<TableDoc>)>,
+    /// stream → the nodes whose entries for it may have changed.
+    pairs: BTreeMap<String, BTreeSet<String>>,
+    /// Nodes whose role and shared parts are set anew (new, or another role).
+    pub(super) nodes: BTreeSet<String>,
+    /// The shared parts changed: every table takes them.
+    pub(super) shared: bool,
+    /// The counter jumped: every table takes a version past it.
+    pub(super) renumber: bool,
+}
+
+impl Tables {
+    pub(super) fn touch(&mut self, s: &str, id: &str) {
+        if let Some(set) = self.pairs.get_mut(s) {
+            if !set.contains(id) {
+                set.insert(id.to_string());
+            }
+        } else {
+            self.pairs.insert(s.to_string(), BTreeSet::from([id.to_string()]));
+        }
+    }
+
+    pub(super) fn version(&self, id: &str) -> u64 {
+        self.docs.get(id).map_or(0, |(v, _)| *v)
+    }
+
+    pub(super) fn get(&self, id: &str) -> Option<(u64, Arc<TableDoc>)> {
+        self.docs.get(id).map(|(v, d)| (*v, d.clone()))
+    }
+}
+
+/// A node's entries for one stream: under `ingest` and under `relay`.
+type Slot = (Option<Vec<Entry>>, Option<Vec<Entry>>);
+
+impl Mesh {
+    /// Bring the tables up to date with what changed; a table that changed takes the next
+    /// version.
+    pub(super) fn write_tables(&mut self) {
+        let mut changed = BTreeSet::new();
+        let base: Vec<String> = if std::mem::take(&mut self.tables.shared) {
+            self.tables.nodes.clear();
+            self.nodes.keys().cloned().collect()
+        } else {
+            std::mem::take(&mut self.tables.nodes).into_iter().collect()
+        };
+        for id in base {
+            if self.write_base(&id) {
+                changed.insert(id);
+            }
+        }
+        for (s, ids) in std::mem::take(&mut self.tables.pairs) {
+            for (id, slot) in self.slots(&s, ids) {
+                if self.write_entries(&s, &id, slot) {
+                    changed.insert(id);
+                }
+            }
+        }
+        if std::mem::take(&mut self.tables.renumber) {
+            changed.extend(self.tables.docs.keys().cloned());
+        }
+        for id in changed {
+            if let Some((v, _)) = self.tables.docs.get_mut(&id) {
+                self.version = self.version.saturating_add(1);
+                *v = self.version;
+            }
+        }
+    }
+
+    /// A node's role and the shared parts its role carries. Returns whether they changed.
+    fn write_base(&mut self, id: &str) -> bool {
+        let Some(node) = self.nodes.get(id) else { return false };
+        let role = node.role;
+        let takes_keys = matches!(role, Role::Ingest | Role::Standalone);
+        let serves = matches!(role, Role::Relay | Role::Standalone);
+        let publish = if takes_keys { self.publish_doc.clone() } else { Arc::default() };
+        let viewer_keys = serves.then(|| self.viewer_keys.clone());
+        let ttl = serves.then_some(self.cfg.max_token_ttl_s);
+        let streams = serves.then(|| self.streams_doc.clone());
+        let (_, doc) = self.tables.docs.entry(id.to_string()).or_default();
+        let same = doc.role == Some(role)
+            && doc.publish == publish
+            && doc.viewer_keys == viewer_keys
+            && doc.max_token_ttl_s == ttl
+            && doc.streams == streams;
+        if same {
+            return false;
+        }
+        let d = Arc::make_mut(doc);
+        d.role = Some(role);
+        d.publish = publish;
+        d.viewer_keys = viewer_keys;
+        d.max_token_ttl_s = ttl;
+        d.streams = streams;
+        true
+    }
+
+    /// A node's entries for one stream. Returns whether they changed.
+    fn write_entries(&mut self, s: &str, id: &str, (ingest, relay): Slot) -> bool {
+        let created = !self.tables.docs.contains_key(id) && self.write_base(id);
+        let Some((_, doc)) = self.tables.docs.get_mut(id) else { return false };
+        if doc.ingest.get(s) == ingest.as_ref() && doc.relay.get(s) == relay.as_ref() {
+            return created;
+        }
+        let d = Arc::make_mut(doc);
+        for (map, v) in [(&mut d.ingest, ingest), (&mut d.relay, relay)] {
+            match v {
+                Some(v) => map.insert(s.to_string(), v),
+                None => map.remove(s),
+            };
+        }
+        true
+    }
+
+    /// What the tables of `ids` say of one stream: node by node for a few, else from one pass
+    /// over the stream's hops.
+    fn slots(&self, s: &str, ids: BTreeSet<String>) -> Vec<(String, Slot)> {
+        let Some(p) = self.streams.get(s).filter(|_| ids.len() > 4) else {
+            return ids.into_iter().map(|id| (self.slot(s, &id), id)).map(|(slot, id)| (id, slot)).collect();
+        };
+        let role = |id: &str| self.nodes.get(id).map(|n| n.role);
+        let mut here: HashMap<&str, Vec<&Hop>> = HashMap::new();
+        let mut out: HashMap<&str, Vec<&Hop>> = HashMap::new();
+        for h in &p.roots {
+            here.entry(h.to.as_str()).or_default().push(h);
+        }
+        for h in &p.edges {
+            out.entry(h.from.as_str()).or_default().push(h);
+            here.entry(h.to.as_str()).or_default().push(h);
+        }
+        let entries = |hops: Option<&Vec<&Hop>>, with_from: bool| -> Option<Vec<Entry>> {
+            let v: Vec<Entry> = hops.into_iter().flatten().map(|h| self.entry(h, with_from)).collect();
+            (!v.is_empty()).then_some(v)
+        };
+        ids.into_iter()
+            .map(|id| {
+                let slot = match role(&id) {
+                    Some(Role::Ingest | Role::Standalone) if p.ingest == id => {
+                        (Some(p.roots.iter().map(|h| self.entry(h, false)).collect()), None)
+                    }
+                    Some(Role::RootRelay) => match entries(here.get(id.as_str()), false) {
+                        Some(h) => (Some(h), entries(out.get(id.as_str()), true)),
+                        None => (None, None),
+                    },
+                    Some(Role::Relay) => (None, entries(here.get(id.as_str()), true)),
+                    _ => (None, None),
+                };
+                (id, slot)
+            })
+            .collect()
+    }
+
+    fn entry(&self, h: &Hop, with_from: bool) -> Entry {
+        Entry {
+            node_id: h.to.clone(),
+            node_url: self.nodes.get(&h.to).map(|n| n.node_url.clone()).unwrap_or_default(),
+            node_key: h.key.clone(),
+            from: with_from.then(|| h.from.clone()),
+        }
+    }
+
+    /// What a node's table says of one stream.
+    fn slot(&self, s: &str, id: &str) -> Slot {
+        let (Some(p), Some(node)) = (self.streams.get(s), self.nodes.get(id)) else { return (None, None) };
+        let entry = |h: &Hop, with_from: bool| self.entry(h, with_from);
+        let some = |v: Vec<Entry>| (!v.is_empty()).then_some(v);
+        match node.role {
+            Role::Ingest | Role::Standalone if p.ingest == id => {
+                (Some(p.roots.iter().map(|h| entry(h, false)).collect()), None)
+            }
+            Role::Ingest | Role::Standalone => (None, None),
+            Role::RootRelay => {
+                let here = some(p.roots.iter().filter(|h| h.to == id).map(|h| entry(h, false)).collect());
+                match here {
+                    Some(here) => {
+                        let out = p.edges.iter().filter(|h| h.from == id).map(|h| entry(h, true)).collect();
+                        (Some(here), some(out))
+                    }
+                    None => (None, None),
+                }
+            }
+            Role::Relay => {
+                (None, some(p.edges.iter().filter(|h| h.to == id).map(|h| entry(h, true)).collect()))
+            }
+        }
+    }
+
+    /// Every node's table rendered from nothing (tests check the kept ones against these).
+    #[cfg(test)]
+    pub(super) fn tables_from_scratch(&self) -> HashMap<String, TableDoc> {
+        let mut out = HashMap::new();
+        for (id, node) in &self.nodes {
+            let mut t = TableDoc { role: Some(node.role), ..TableDoc::default() };
+            if matches!(node.role, Role::Ingest | Role::Standalone) {
+                t.publish = self.publish_doc.clone();
+            }
+            if matches!(node.role, Role::Relay | Role::Standalone) {
+                t.viewer_keys = Some(self.viewer_keys.clone());
+                t.max_token_ttl_s = Some(self.cfg.max_token_ttl_s);
+                t.streams = Some(self.streams_doc.clone());
+            }
+            for s in self.streams.keys() {
+                let (ingest, relay) = self.slot(s, id);
+                if let Some(v) = ingest {
+                    t.ingest.insert(s.clone(), v);
+                }
+                if let Some(v) = relay {
+                    t.relay.insert(s.clone(), v);
+                }
+            }
+            out.insert(id.clone(), t);
+        }
+        out
+    }
+
+    #[cfg(test)]
+    pub(super) fn tables_kept(&self) -> HashMap<String, TableDoc> {
+        self.tables.docs.iter().map(|(id, (_, d))| (id.clone(), (**d).clone())).collect()
+    }
+}

@@ -1,0 +1,102 @@
+//! Placement at any fan-out, and the kept state checked against a fresh render through long
+//! random runs.
+
+use super::*;
+
+#[test]
+fn fan_out_to_every_relay_places_each_once() {
+    let mut m = mesh(Config { edge_fanout: usize::MAX, ..Config::default() });
+    announce(&mut m, "ingest-1", Role::Ingest, 1935);
+    announce(&mut m, "root-1", Role::RootRelay, 1936);
+    for i in 0..20 {
+        announce(&mut m, &format!("edge-{i:02}"), Role::Relay, 2000 + i);
+    }
+    beat(&mut m, "ingest-1", &[("cam1", "broadcaster", 0), ("cam2", "broadcaster", 0)], 1);
+    assert_eq!(m.streams["cam1"].edges.len(), 20);
+    // A relay that joins later is put on every stream; one that dies leaves them.
+    announce(&mut m, "edge-99", Role::Relay, 2099);
+    assert!(m.streams.values().all(|p| p.edges.len() == 21 && p.edges.iter().any(|h| h.to == "edge-99")));
+    for id in m.nodes.keys().cloned().collect::<Vec<_>>() {
+        if id != "edge-03" {
+            let live: &[(&str, &str, u64)] = if id == "ingest-1" {
+                &[("cam1", "broadcaster", 0), ("cam2", "broadcaster", 0)]
+            } else {
+                &[]
+            };
+            beat(&mut m, &id, live, 40);
+        }
+    }
+    m.sweep(45);
+    check(&m);
+    assert!(m.streams.values().all(|p| p.edges.len() == 20 && p.edges.iter().all(|h| h.to != "edge-03")));
+}
+
+/// A long run of random announces, heartbeats, route requests, role changes and deaths: after
+/// each, the kept indexes and tables are the ones made from nothing.
+#[test]
+fn kept_state_matches_a_fresh_render_through_random_changes() {
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    for fanout in [(1, 1), (2, 3), (1, usize::MAX)] {
+        let mut m = mesh(Config {
+            root_fanout: fanout.0,
+            edge_fanout: fanout.1,
+            node_timeout_s: 5,
+            ..Config::default()
+        });
+        let streams = ["cam1", "cam2", "cam3", "cam4"];
+        m.set_publish(streams.iter().map(|s| (s.to_string(), "ab".repeat(32))).collect());
+        let ids: Vec<(String, Role)> = (0..12)
+            .map(|i| {
+                let role = match i % 4 {
+                    0 => Role::Ingest,
+                    1 => Role::RootRelay,
+                    _ => Role::Relay,
+                };
+                (format!("n{i}"), role)
+            })
+            .collect();
+        let mut now = 1;
+        for _ in 0..600 {
+            now += next(3);
+            let (id, role) = &ids[next(ids.len() as u64) as usize];
+            match next(10) {
+                0 => announce(&mut m, id, *role, 3000 + next(2) as u16),
+                1 => {
+                    let r = [None, Some(Role::Relay), Some(Role::RootRelay), Some(Role::Ingest)]
+                        [next(4) as usize];
+                    m.set_role(id, r, now);
+                    check(&m);
+                }
+                2 => {
+                    m.sweep(now);
+                    check(&m);
+                }
+                3 => {
+                    if m.nodes.contains_key(id.as_str()) {
+                        let _ = m.route(id, streams[next(4) as usize], now);
+                        check(&m);
+                    }
+                }
+                _ if m.nodes.contains_key(id.as_str()) => {
+                    let source =
+                        if m.nodes[id.as_str()].role == Role::Ingest { "broadcaster" } else { "root" };
+                    let mut live: Vec<(&str, &str, u64)> = Vec::new();
+                    for s in streams {
+                        if next(2) == 0 {
+                            live.push((s, source, next(2)));
+                        }
+                    }
+                    beat(&mut m, id, &live, now);
+                }
+                _ => announce(&mut m, id, *role, 3000),
+            }
+        }
+        assert!(!m.streams.is_empty() || m.version() > 100, "the run placed something");
+    }
+}
