@@ -28,6 +28,9 @@ pub(super) struct Index {
     short: BTreeSet<String>,
     /// edge → the streams it was put on by a route request (its viewers keep it there).
     routed: Streams,
+    /// stream → the edges that lost the root relay feeding them: they keep the stream and are
+    /// fed by another root relay as soon as it has one (their viewers stay).
+    orphans: HashMap<String, Vec<(String, bool)>>,
     /// Streams to place (new, or a hop of theirs went away).
     pub(super) fill: BTreeSet<String>,
     /// Nodes that became candidates (alive with a URL, or a new role) since the last placement.
@@ -167,6 +170,7 @@ impl Mesh {
         }
         index.short.remove(s);
         index.fill.remove(s);
+        index.orphans.remove(s);
     }
 
     /// Take a node out of every placement (dead, moved, or given another role); the streams
@@ -189,15 +193,23 @@ impl Mesh {
                 }
                 keep
             });
+            let mut lost = Vec::new();
             p.edges.retain(|h| {
                 let keep = h.to != id && h.from != id;
                 if !keep {
                     removed(index, tables, &s, &ingest, h, true);
+                    if h.to != id {
+                        // Its feed went away, not the edge: it keeps the stream.
+                        lost.push((h.to.clone(), h.by_route));
+                    }
                     gone.push(h.to.clone());
                     gone.push(h.from.clone());
                 }
                 keep
             });
+            if !lost.is_empty() {
+                index.orphans.entry(s.clone()).or_default().extend(lost);
+            }
             forget(index, &s, p, &gone);
             index.fill.insert(s);
         }
@@ -276,7 +288,23 @@ impl Mesh {
         }
         let p = &self.streams[s];
         if !p.roots.is_empty() {
-            // Edges: those waiting for it, then up to the fan-out.
+            // Edges: those that lost their feed, those waiting for it, then up to the fan-out.
+            let alive_relay = |e: &str| self.nodes.get(e).is_some_and(|n| n.alive && n.role == Role::Relay);
+            let orphans: Vec<(String, bool)> = self
+                .index
+                .orphans
+                .remove(s)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(e, _)| alive_relay(e) && !p.edges.iter().any(|h| h.to == *e))
+                .fold(Vec::new(), |mut v: Vec<(String, bool)>, o| {
+                    if !v.iter().any(|(e, _)| *e == o.0) {
+                        v.push(o);
+                    }
+                    v
+                });
+            self.add_edges(s, orphans);
+            let p = &self.streams[s];
             let waiting: Vec<(String, bool)> = self
                 .wants
                 .remove(s)

@@ -100,3 +100,44 @@ fn kept_state_matches_a_fresh_render_through_random_changes() {
         assert!(!m.streams.is_empty() || m.version() > 100, "the run placed something");
     }
 }
+
+/// A root relay dies: each edge keeps the stream (its viewers stay); only its feed moves, to
+/// another root relay, with a new key. Placing anew would pick the less busy edge instead.
+#[test]
+fn a_root_relay_death_keeps_the_edges_and_moves_their_feed() {
+    let mut m = four(Config { node_timeout_s: 5, edge_fanout: 1, ..Config::default() });
+    beat(&mut m, "ingest-1", &[("cam1", "broadcaster", 0)], 1);
+    let before = m.streams["cam1"].clone();
+    assert_eq!((before.roots[0].to.as_str(), before.edges[0].to.as_str()), ("root-1", "edge-1"));
+    // edge-1 is busy with the stream's viewers; edge-2 idles.
+    let mut hb = Heartbeat::empty("edge-1", Role::Relay);
+    hb.streams =
+        vec![StreamStat { stream: "cam1".into(), source: "root-1".into(), viewers: 40, in_kbps: 1000 }];
+    hb.load = Load { connections: 41, in_kbps: 1000, out_kbps: 40_000 };
+    hb.uptime_s = 4;
+    m.heartbeat(&hb, 4).unwrap();
+    for id in ["ingest-1", "root-2", "edge-2"] {
+        beat(&mut m, id, if id == "ingest-1" { &[("cam1", "broadcaster", 0)] } else { &[] }, 4);
+    }
+    let v = m.table_version("edge-1");
+    assert_eq!(m.sweep(7), ["root-1"]);
+    check(&m);
+    let after = &m.streams["cam1"];
+    assert_eq!(after.edges.len(), 1);
+    let e = &after.edges[0];
+    assert_eq!((e.to.as_str(), e.from.as_str()), ("edge-1", "root-2"), "the watched edge keeps the stream");
+    assert_ne!(e.key, before.edges[0].key, "a moved hop is a new hop: a new key");
+    assert!(m.table_version("edge-1") > v);
+    assert_eq!(table(&m, "edge-1").relay["cam1"][0].from.as_deref(), Some("root-2"));
+    assert!(table(&m, "edge-2").relay.is_empty());
+    // No root relay left at all: the edge waits for one, and is fed by the first to come.
+    beat(&mut m, "ingest-1", &[("cam1", "broadcaster", 0)], 10);
+    beat(&mut m, "edge-1", &[("cam1", "root-2", 40)], 10);
+    beat(&mut m, "edge-2", &[], 10);
+    assert_eq!(m.sweep(13), ["root-2"]);
+    check(&m);
+    assert!(m.streams["cam1"].edges.is_empty());
+    announce(&mut m, "root-1", Role::RootRelay, 1936);
+    let e = &m.streams["cam1"].edges[0];
+    assert_eq!((e.to.as_str(), e.from.as_str()), ("edge-1", "root-1"));
+}
