@@ -6,7 +6,7 @@
 //! dropped (with the connection), so every handle here is a live session.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use mesh_core::admission::Admitted;
 use mesh_core::handles::Handle;
@@ -85,6 +85,23 @@ pub fn with<R>(id: u64, f: impl FnOnce(&mut Entry) -> R) -> Option<R> {
 /// Is `stream` published on this worker?
 pub fn has_publisher(stream: &str) -> bool {
     REGISTRY.with_borrow(|r| r.entries.values().any(|e| e.is_publisher() && e.stream() == stream))
+}
+
+/// Streams RTMP viewers play on this worker with nothing published or pushed into it here:
+/// they wait for a feed.
+pub fn starved() -> Vec<String> {
+    REGISTRY.with_borrow(|r| {
+        let fed: HashSet<&str> = r.entries.values().filter(|e| e.is_publisher()).map(Entry::stream).collect();
+        let mut out: Vec<String> = r
+            .entries
+            .values()
+            .filter(|e| !e.is_publisher() && !fed.contains(e.stream()))
+            .map(|e| e.stream().to_string())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    })
 }
 
 /// RTMP viewers of `stream` on this worker.

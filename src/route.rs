@@ -72,6 +72,22 @@ pub fn wanted(node: &Node, stream: &str) -> Standing {
     }
 }
 
+/// Streams RTMP viewers wait for here with nothing feeding them (their push ended without an
+/// unpublish, or its root relay died) ask for a route when due, as a new viewer would: every
+/// tick, so a watching viewer brings its stream back without reconnecting. After a new table
+/// (`table_changed`), a starved stream the table no longer carries is asked for at once.
+pub fn ask_for_starved(node: &Node, table_changed: bool) {
+    if node.role != Role::Relay || !link::has_master() {
+        return;
+    }
+    for stream in registry::starved() {
+        if table_changed && !node.table.relay.contains_key(&stream) {
+            published(&stream);
+        }
+        let _ = wanted(node, &stream);
+    }
+}
+
 /// `stream` is published here now: its route is history, a later absence asks again at once.
 pub fn published(stream: &str) {
     let _ = ROUTES.try_with(|r| r.borrow_mut().forget(stream));

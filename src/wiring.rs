@@ -152,6 +152,7 @@ fn apply_node(node: Arc<Node>, change: &Change) {
         Change::Role(r) => format!("role {r}"),
     };
     rtmp::table::apply(&node, &why_now);
+    route::ask_for_starved(&node, matches!(change, Change::Table(_)));
 }
 
 /// Every second: rates, this worker's figures into the node's, heartbeat figures, and
@@ -164,6 +165,7 @@ fn tick() {
         link::set_figures(heartbeat(&node, figures::node_with(mine)));
     }
     rtmp::ask::ask_again(&node);
+    route::ask_for_starved(&node, false);
 }
 
 /// Heartbeat figures: the node's (`f`), from every worker.

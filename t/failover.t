@@ -1,0 +1,101 @@
+#!/usr/bin/perl
+
+# Failover as a watching viewer sees it: the real master, an ingest, two root relays and two
+# edges, a player that keeps reading at the edge the stream was placed on. The root relay
+# feeding it dies (SIGKILL, the whole node): the edge keeps the stream, the master moves only
+# its feed to the other root relay, and the player gets media again without being
+# disconnected. The gap is recorded (bench/ measures it over many failovers).
+
+use strict;
+use warnings;
+use Test::More;
+use Time::HiRes qw(time);
+use lib 't/lib';
+use Mesh::Test qw(publish wait_until log_lines reap);
+use Mesh::Master;
+use Mesh::Node;
+use Mesh::Watch;
+
+plan(skip_all => 'no nginx with the module (make dist)') unless Mesh::Test::has_binary();
+plan(skip_all => 'no mesh-master (make dist)') unless Mesh::Master::has_binary();
+
+my $master = Mesh::Master->new(args => [qw(--heartbeat-interval 1 --node-timeout 3 --max-poll-wait 3)]);
+my $key = $master->stream_key('cam1');
+my $token = $master->viewer_token('cam1');
+
+my %node;
+for ([qw(ingest-1 ingest)], [qw(root-1 root_relay)], [qw(root-2 root_relay)], [qw(edge-1 relay)], [qw(edge-2 relay)]) {
+	my ($id, $role) = @$_;
+	my $t = Mesh::Node->under_master(id => $id, role => $role, master => $master,
+		extra => 'mesh_rtmp_url rtmp://127.0.0.1:%%PORT_1%%;',
+		apps => 'application ' . ($role eq 'ingest' ? 'live' : 'relay') . ' { mesh on; live on; }');
+	$t->run;
+	$node{$id} = $t;
+}
+ok(wait_until(sub { 5 == grep { $_->{alive} } values %{$master->nodes} }, 10), 'five nodes alive');
+sub rtmp { 'rtmp://127.0.0.1:' . $node{$_[0]}->port(1) . ($_[0] eq 'ingest-1' ? '/live' : '/relay') }
+
+my $pub = publish(rtmp('ingest-1') . "/cam1?key=$key", secs => 300);
+my $live;
+ok(wait_until(sub { $live = $master->live->{cam1}; $live && @{$live->{roots}} && @{$live->{edges}} }, 10), 'placed')
+	or diag(explain($master->live));
+my ($root, $edge) = ($live->{roots}[0]{to}, $live->{edges}[0]{to});
+my ($other_root) = grep { $_ ne $root } qw(root-1 root-2);
+note("cam1: ingest-1 → $root → $edge");
+
+my $w = Mesh::Watch->new(rtmp($edge) . "/cam1?token=$token");
+ok(wait_until(sub { $w->video_since(0) > 30 }, 20), "a viewer watches at $edge");
+
+# The root relay dies, all of it at once.
+my $pid = $node{$root}->pid;
+my @workers = split ' ', `pgrep -P $pid`;
+kill 'KILL', $pid, @workers;
+$node{$root}{running} = 0;
+my $killed = time;
+ok(wait_until(sub { $w->video_since($killed + 0.5) > 30 }, 30), 'the watching viewer gets media again');
+ok(!$w->ended, 'and was never disconnected');
+my $gap = $w->longest_gap($killed);
+note(sprintf('root relay death: %.1f s without video at the watching viewer', $gap));
+$live = $master->live->{cam1};
+is($live->{roots}[0]{to}, $other_root, "fed through $other_root");
+ok((grep { $_->{to} eq $edge && !$_->{by_route} } @{$live->{edges}}), "$edge kept the stream (not routed there again)")
+	or diag(explain($live));
+ok(log_lines($node{$other_root}, qr/publish accepted: stream "cam1" from ingest-1/), "$other_root takes the push");
+$w->stop;
+
+# A viewer at the other edge routes the stream there; then the master restarts and forgets
+# that route. The edge's table loses the stream while its viewer watches: the edge asks for a
+# route again at once, and the viewer gets media back without reconnecting.
+my ($routed) = grep { $_ ne $edge } qw(edge-1 edge-2);
+my $w2 = Mesh::Watch->new(rtmp($routed) . "/cam1?token=$token");
+ok(wait_until(sub { $w2->video_since(0) > 30 }, 20), "a viewer watches at $routed (routed there)");
+$master->stop;
+my $stopped = time;
+$master->start;
+ok(wait_until(sub { $w2->video_since(time - 1) > 10 && $w2->video_since($stopped + 1) > 30 }, 40),
+	'after a master restart: the watching viewer has media') or diag($node{$routed}->error_log);
+ok(!$w2->ended, 'and was never disconnected');
+note(sprintf('master restart: %.1f s without video at the routed edge', $w2->longest_gap($stopped)));
+
+# The broadcaster drops and comes back: the stream is placed anew, its fan-out on the other
+# (idle) edge. The edge whose viewer still waits has nothing feeding it and asks for a route
+# itself (every tick while starved): the viewer gets the stream back where it is.
+my $routes = () = $node{$routed}->error_log =~ /route for stream "cam1": routed/g;
+kill 'TERM', $pub;
+reap($pub, 5);
+ok(wait_until(sub { !$master->live->{cam1} }, 10), 'the broadcaster left: cam1 not live');
+$pub = publish(rtmp('ingest-1') . "/cam1?key=$key", secs => 300);
+my $back = time;
+ok(wait_until(sub { $w2->video_since($back) > 30 }, 30), "the viewer waiting at $routed gets the stream again")
+	or diag(explain($master->live));
+ok(!$w2->ended, 'without reconnecting');
+my $now = () = $node{$routed}->error_log =~ /route for stream "cam1": routed/g;
+ok($now > $routes, "$routed asked for it again ($routes routes before, $now after)");
+$w2->stop;
+
+kill 'TERM', $pub;
+reap($pub, 5);
+$node{$_}->stop for grep { $node{$_}{running} } sort keys %node;
+$master->stop;
+unlike($master->log, qr/panic/, 'master: no panic');
+done_testing();
