@@ -211,7 +211,9 @@ ok(kill(0, $pub) && !defined reap($pub, 0), 'the broadcaster was not dropped');
 # (the master's restart makes new hop keys: the pushes reconnect once with them, docs/master.md)
 ok(wait_until(sub { probe($play, secs => 1, timeout => 10)->{video} > 0 }, 20), 'a new viewer plays with the old token');
 is($hls->get("http://127.0.0.1:$ehttp/hls/demo/master.m3u8?token=$token")->{status}, 200, 'HLS with the old token');
-is(grep({ /\Q$mkey\E|\Q$admin\E/ } qx{$rt logs @{[ ctr('master') ]} 2>&1}, qx{$rt logs @{[ ctr($edge) ]} 2>&1}), 0, 'no key in the containers\' logs');
+my ($tls_key) = slurp("$dir/tls/master.env") =~ /^TLS_KEY=(\S{40,})$/m;
+ok($tls_key, 'the master\'s TLS key is in its env file');
+is(grep({ /\Q$mkey\E|\Q$admin\E|\Q$tls_key\E/ } qx{$rt logs @{[ ctr('master') ]} 2>&1}, qx{$rt logs @{[ ctr($edge) ]} 2>&1}), 0, 'no key in the containers\' logs (the TLS key neither)');
 
 kill 'TERM', $pub;
 reap($pub, 5);
