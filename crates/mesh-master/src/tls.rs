@@ -155,4 +155,75 @@ mod tests {
         assert!(e.contains("TLS_KEY"), "{e}");
         let _ = std::fs::remove_dir_all(&d);
     }
+
+    /// A self-signed certificate and its key from the openssl CLI, in `d`; None without openssl.
+    fn self_signed(d: &Path) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+        let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
+        let ok = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+            .args(["-days", "1", "-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some((cert, key))
+    }
+
+    /// The listener over TLS: a connection that sends nothing, or the start of a handshake and
+    /// no more, is closed within the header timeout; a plain-HTTP request gets the 400.
+    #[tokio::test]
+    async fn handshakes_are_held_to_the_header_timeout() {
+        use std::time::{Duration, Instant};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let d = tmp("listener");
+        let Some((cert, key)) = self_signed(&d) else {
+            eprintln!("no openssl: skipped");
+            return;
+        };
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let cfg = server_config(&cert, Key::File(&key)).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counted = Arc::new(parking_lot::Mutex::new(Vec::<&'static str>::new()));
+        let c = counted.clone();
+        let limits =
+            crate::listener::Limits { max_connections: 16, header_timeout: Duration::from_millis(300) };
+        let router = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(crate::listener::serve(
+            listener,
+            router,
+            limits,
+            Some(cfg),
+            Arc::new(move |n| c.lock().push(n)),
+            std::future::pending(),
+        ));
+        let t0 = Instant::now();
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+        half.write_all(&[HANDSHAKE_RECORD, 3, 1, 0, 200, 1, 0]).await.unwrap();
+        let mut buf = [0u8; 64];
+        for s in [&mut silent, &mut half] {
+            let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+            assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "closed by the master: {n:?}");
+        }
+        assert!(t0.elapsed() < Duration::from_secs(2), "within the header timeout: {:?}", t0.elapsed());
+        let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+        plain.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(3), plain.read_to_end(&mut answer)).await.unwrap().unwrap();
+        assert_eq!(answer, PLAIN_HTTP_ANSWER);
+        drop(plain); // (the master drains until the client closes, then counts)
+        for _ in 0..100 {
+            if counted.lock().len() == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let counted = counted.lock().clone();
+        assert_eq!(counted.iter().filter(|n| **n == "mesh_master_tls_handshakes_failed_total").count(), 2);
+        assert_eq!(counted, [counted[0], counted[1], "mesh_master_plain_http_refused_total"]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }
