@@ -149,6 +149,92 @@ mod tests {
         assert!(describe("https://m", &e).starts_with("TLS with master \"https://m\" failed: "));
     }
 
+    /// A CA and a master certificate for 127.0.0.1 from scripts/mesh-tls.sh, in a new dir.
+    fn pki(tag: &str) -> Option<std::path::PathBuf> {
+        let d = std::env::temp_dir().join(format!("mesh-agent-tls-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/mesh-tls.sh");
+        let ok = std::process::Command::new("bash")
+            .arg(script)
+            .arg(&d)
+            .arg("127.0.0.1")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(d)
+    }
+
+    /// One TLS connection served with `dir`'s master certificate: reads a request head, answers
+    /// an unsigned 500 (enough to tell that TLS held: the client then says "status 500").
+    fn serve_tls(dir: &Path) -> String {
+        use rustls::pki_types::pem::PemObject;
+        use std::io::{BufRead, BufReader, Write};
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(dir.join("master.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join("master.key")).unwrap();
+        let cfg =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("https://{}", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (tcp, _) = l.accept().unwrap();
+            let conn = rustls::ServerConnection::new(Arc::new(cfg)).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut r = BufReader::new(&mut tls);
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let _ = tls.write_all(b"HTTP/1.1 500 X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        });
+        base
+    }
+
+    fn call(base: &str, ca: Option<MasterCa>) -> crate::client::CallError {
+        use crate::client::{HttpConfig, HttpMaster, Master};
+        let m = HttpMaster::new(HttpConfig {
+            base: base.to_string(),
+            key: b"k".to_vec(),
+            node_id: "edge-1".into(),
+            paths: Default::default(),
+            timeout: std::time::Duration::from_secs(3),
+            max_body: 1024,
+            ca,
+        });
+        let req = mesh_core::wire::RouteRequest { node_id: "edge-1".into(), stream: "cam1".into() };
+        m.route(&req).unwrap_err()
+    }
+
+    #[test]
+    fn the_master_is_verified_against_the_ca() {
+        let (Some(good), Some(other)) = (pki("good"), pki("other")) else {
+            eprintln!("no openssl: skipped");
+            return;
+        };
+        let ca = MasterCa::read(&good.join("ca.pem")).unwrap();
+        let base = serve_tls(&good);
+        assert_eq!(
+            call(&base, Some(ca)),
+            crate::client::CallError::Status(500),
+            "TLS held with the right CA"
+        );
+        for ca in [Some(MasterCa::read(&other.join("ca.pem")).unwrap()), None] {
+            let base = serve_tls(&good);
+            let e = call(&base, ca).to_string();
+            assert!(e.starts_with(&format!("certificate of master \"{base}\" refused: ")), "{e}");
+        }
+        let _ = (std::fs::remove_dir_all(good), std::fs::remove_dir_all(other));
+    }
+
     #[test]
     fn a_ca_file_needs_a_certificate() {
         assert_eq!(MasterCa::from_pem(b"").unwrap_err(), "no certificate in it");
