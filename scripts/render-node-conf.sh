@@ -13,6 +13,8 @@
 #   PUBLIC_HOST         host other nodes and viewers reach it at    (default 127.0.0.1)
 #   MASTER_SERVER       master URL; empty: no master, table file only
 #   MASTER_KEY          the key shared with the master (or MASTER_KEY_FILE)
+#   MASTER_CA_FILE      the CA (PEM) an https MASTER_SERVER is verified against (mesh_master_ca;
+#                       absent: the public roots); an http:// one to another host gets a warning
 #   ANNOUNCE_ENDPOINT, HEARTBEAT_ENDPOINT, STREAMS_ENDPOINT, AUTH_ENDPOINT, ROUTE_ENDPOINT
 #                       endpoint paths (defaults: /announce, /heartbeat, /streams, /auth, /route)
 #   HEARTBEAT_INTERVAL  seconds (default 10; the master's word wins)
@@ -55,6 +57,11 @@ if [ -n "${MASTER_SERVER:-}" ]; then
 		[ -n "${MASTER_KEY_FILE:-}" ] || die "MASTER_KEY (or MASTER_KEY_FILE) is required with MASTER_SERVER"
 		[ -r "$MASTER_KEY_FILE" ] && [ -s "$MASTER_KEY_FILE" ] || die "MASTER_KEY_FILE \"$MASTER_KEY_FILE\": not a readable, non-empty file"
 	fi
+	if [ -n "${MASTER_CA_FILE:-}" ]; then
+		[[ $MASTER_SERVER == https://* ]] || die "MASTER_CA_FILE needs an https:// MASTER_SERVER"
+		[[ $MASTER_CA_FILE =~ ^/[A-Za-z0-9._/-]+$ ]] || die "MASTER_CA_FILE \"$MASTER_CA_FILE\": an absolute path"
+		[ -r "$MASTER_CA_FILE" ] && [ -s "$MASTER_CA_FILE" ] || die "MASTER_CA_FILE \"$MASTER_CA_FILE\": not a readable, non-empty file"
+	fi
 fi
 
 mkdir -p "$dir/state" "$dir/media" "$dir/logs"
@@ -79,7 +86,10 @@ if [ -n "${MASTER_SERVER:-}" ]; then
 	# A new file (an old one keeps its mode when written over).
 	rm -f "$dir/state/master.key"
 	(umask 077 && printf '%s\n' "$key" >"$dir/state/master.key")
+	ca=""
+	[ -n "${MASTER_CA_FILE:-}" ] && ca="mesh_master_ca $MASTER_CA_FILE;"
 	master="mesh_master ${MASTER_SERVER};
+    $ca
     mesh_master_key_file $dir/state/master.key;
     mesh_master_path announce ${ANNOUNCE_ENDPOINT:-/announce};
     mesh_master_path heartbeat ${HEARTBEAT_ENDPOINT:-/heartbeat};

@@ -5,6 +5,8 @@
 #
 # Ports: MESH_MASTER_PORT (8000), MESH_RTMP_BASE (1935: ingest, +1 root, +2 and +3 edges),
 # MESH_HTTP_BASE (8080, same order). State and logs: dist/mesh/.
+# The master serves HTTPS with a certificate from a private CA (scripts/mesh-tls.sh, kept in
+# dist/mesh/tls/ across runs); the nodes verify it against that CA (mesh_master_ca).
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,8 +28,10 @@ secret admin.token
 # The admin header, for this script's curl and for the operator's (printed below).
 rm -f "$run/admin.header"
 (umask 077 && printf 'Authorization: Bearer %s\n' "$(<"$run/admin.token")" >"$run/admin.header")
-admin=(curl -sf -H @"$run/admin.header" -H 'Content-Type: application/json')
-murl=http://127.0.0.1:$mport
+bash "$top/scripts/mesh-tls.sh" "$run/tls" localhost 127.0.0.1 ::1
+ca=$run/tls/ca.pem
+admin=(curl -sf --cacert "$ca" -H @"$run/admin.header" -H 'Content-Type: application/json')
+murl=https://127.0.0.1:$mport
 
 pids=()
 nodes=()
@@ -54,15 +58,16 @@ stop() {
 trap stop INT TERM EXIT
 
 "$dist/sbin/mesh-master" --listen "127.0.0.1:$mport" --master-key-file "$run/master.key" \
-	--admin-token-file "$run/admin.token" --db "$run/master.db" --heartbeat-interval 2 >>"$run/master.log" 2>&1 &
+	--admin-token-file "$run/admin.token" --db "$run/master.db" --heartbeat-interval 2 \
+	--tls-cert-file "$run/tls/master.pem" --tls-key-file "$run/tls/master.key" >>"$run/master.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 50); do curl -sf "$murl/healthz" >/dev/null && break; sleep 0.1; done
-curl -sf "$murl/healthz" >/dev/null || { echo "mesh-master did not start: see $run/master.log" >&2; exit 1; }
+for _ in $(seq 50); do curl -sf --cacert "$ca" "$murl/healthz" >/dev/null && break; sleep 0.1; done
+curl -sf --cacert "$ca" "$murl/healthz" >/dev/null || { echo "mesh-master did not start: see $run/master.log" >&2; exit 1; }
 
 start_node() { # id role rtmp-port http-port
 	local conf
 	conf=$(NODE_ID=$1 NODE_ROLE=$2 NGINX_PORT=$3 HTTP_PORT=$4 MASTER_SERVER=$murl MASTER_KEY_FILE=$run/master.key \
-		HEARTBEAT_INTERVAL=2 bash "$top/scripts/render-node-conf.sh" "$run/$1")
+		MASTER_CA_FILE=$ca HEARTBEAT_INTERVAL=2 bash "$top/scripts/render-node-conf.sh" "$run/$1")
 	"$dist/sbin/nginx" -p "$dist/" -c "$conf" -t -q
 	"$dist/sbin/nginx" -p "$dist/" -c "$conf"
 	nodes+=("$1")
@@ -90,7 +95,7 @@ ngx_rtmp_mesh: a local mesh — master $murl, ingest-1 :$rbase → root-1 :$((rb
             ffplay 'rtmp://127.0.0.1:$((rbase + 3))/relay/demo?token=$token'     (edge-2: routed on demand)
   HLS:      http://127.0.0.1:$((hbase + 2))/hls/demo/master.m3u8?token=$token
   browser:  http://127.0.0.1:$((hbase + 2))/player/?stream=demo&token=$token
-  admin:    curl -H @$run/admin.header $murl/admin/nodes
+  admin:    curl --cacert $ca -H @$run/admin.header $murl/admin/nodes
             (also /admin/streams; token valid 24 h)
 
   logs:     $run/master.log, $run/<node>/logs/error.log        stop: Ctrl-C

@@ -76,6 +76,7 @@ pub fn start(mcf: &MainConf, figures: Heartbeat, on_wake: fn()) -> Result<(), St
                 paths: mcf.master_paths(),
                 timeout: Duration::from_millis(mcf.master_timeout as u64),
                 max_body: mesh_core::table::MAX_TABLE_BYTES,
+                ca: mcf.master_ca.clone(),
             });
             Agent::start_master(cfg, node, Arc::new(http), queue.clone())
         }

@@ -38,8 +38,9 @@ const fn main(name: ngx_str_t, args: u32, set: SetFn, offset: usize) -> ngx_comm
 
 const T1: u32 = NGX_CONF_TAKE1;
 
-static mut RTMP_COMMANDS: [ngx_command_t; 17] = [
+static mut RTMP_COMMANDS: [ngx_command_t; 18] = [
     main(ngx_string!("mesh_master"), T1, d::set_value, 0),
+    main(ngx_string!("mesh_master_ca"), T1, d::set_master_ca, 0),
     main(ngx_string!("mesh_master_key"), T1, d::set_master_key, 0),
     main(ngx_string!("mesh_master_key_file"), T1, d::set_master_key, 0),
     main(ngx_string!("mesh_master_path"), NGX_CONF_TAKE2, d::set_master_path, 0),

@@ -79,6 +79,11 @@ sub secret_file {
 }
 secret_file('master.env', "MASTER_KEY=$mkey\nADMIN_TOKEN=$admin\n");
 secret_file('node.env', "MASTER_KEY=$mkey\n");
+# The master's TLS, as docker-compose.yml says to make it: nodes verify it by the name "master".
+my $tls_out = qx{bash scripts/mesh-tls.sh '$dir/tls' master localhost 127.0.0.1 2>&1};
+is($?, 0, 'a private CA and the master\'s certificate (scripts/mesh-tls.sh)') or diag($tls_out);
+my $ca = "$dir/tls/ca.pem";
+secret_file('admin.header', "Authorization: Bearer $admin\nContent-Type: application/json\n");
 
 my $interval = 2;
 my $node_timeout = 3 * $interval;    # the master's default: three heartbeat intervals
@@ -109,14 +114,21 @@ is(compose('up', '-d', ($rt eq 'podman' ? '--no-build' : ('--no-build', '--quiet
 	or diag(slurp($log));
 unlike(slurp($log), qr/\Q$mkey\E|\Q$admin\E/, "$compose[0]'s commands carry no key (env files)");
 
-my $murl = "http://127.0.0.1:$port{MASTER_PORT}";
-my $ua = HTTP::Tiny->new(timeout => 10, default_headers => { Authorization => "Bearer $admin", 'Content-Type' => 'application/json' });
+my $murl = "https://127.0.0.1:$port{MASTER_PORT}";
+# The master over HTTPS, verified against the CA, with curl (the token in a header file).
 sub api {
 	my ($method, $path, $body) = @_;
-	my $r = $ua->request($method, "$murl$path", defined $body ? { content => encode_json($body) } : {});
-	return ($r->{status}, ($r->{content} // '') =~ /^\s*[\{\[]/ ? decode_json($r->{content}) : $r->{content});
+	my @data = defined $body ? ('--data-binary', encode_json($body)) : ();
+	open my $out, '-|', 'curl', '-s', '--max-time', '10', '--cacert', $ca, '-H', "\@$dir/admin.header", '-X', $method,
+		@data, '-w', '\n%{http_code}', "$murl$path" or die "curl: $!";
+	my $text = do { local $/; <$out> } // '';
+	close $out;
+	my $st = $text =~ s/\n?(\d{3})\z// ? $1 : 599;
+	return ($st, $text =~ /^\s*[\{\[]/ ? decode_json($text) : $text);
 }
-ok(wait_until(sub { HTTP::Tiny->new(timeout => 2)->get("$murl/healthz")->{success} }, 30), 'master up');
+sub healthy { (api('GET', '/healthz'))[0] == 200 }
+ok(wait_until(\&healthy, 30), 'master up (HTTPS, verified against the CA)');
+is(HTTP::Tiny->new(timeout => 5)->get("http://127.0.0.1:$port{MASTER_PORT}/healthz")->{status}, 400, 'plain HTTP to the master: 400');
 sub alive { my (undef, $d) = api('GET', '/admin/nodes'); return { map { ($_->{node_id} => $_) } grep { $_->{alive} // 1 } @{ref $d eq 'HASH' ? $d->{nodes} // [] : []} } }
 ok(wait_until(sub { my $a = alive(); !grep { !$a->{$_} } @nodes }, 30), 'four nodes announced to the master by name')
 	or diag(explain(alive()), `$rt logs @{[ ctr('edge-1') ]} 2>&1 | tail -5`);
@@ -188,7 +200,7 @@ sub frames { my @f = slurp($prog) =~ /^frame=(\d+)/mg; return $f[-1] // 0 }
 ok(wait_until(sub { frames() > 25 }, 20), 'a viewer playing at the edge');
 $t0 = time;
 is(system("$rt restart -t 5 @{[ ctr('master') ]} >/dev/null 2>&1"), 0, 'master container restarted');
-ok(wait_until(sub { HTTP::Tiny->new(timeout => 2)->get("$murl/healthz")->{success} }, 30), 'master up again');
+ok(wait_until(\&healthy, 30), 'master up again');
 ok(wait_until(sub { my $a = alive(); !grep { !$a->{$_} } @nodes }, 30), 'its four nodes back');
 my $f0 = frames();
 ok(wait_until(sub { frames() > $f0 + 50 }, 20), sprintf('the viewer still plays after it (%d frames, then more)', $f0));
@@ -199,7 +211,9 @@ ok(kill(0, $pub) && !defined reap($pub, 0), 'the broadcaster was not dropped');
 # (the master's restart makes new hop keys: the pushes reconnect once with them, docs/master.md)
 ok(wait_until(sub { probe($play, secs => 1, timeout => 10)->{video} > 0 }, 20), 'a new viewer plays with the old token');
 is($hls->get("http://127.0.0.1:$ehttp/hls/demo/master.m3u8?token=$token")->{status}, 200, 'HLS with the old token');
-is(grep({ /\Q$mkey\E|\Q$admin\E/ } qx{$rt logs @{[ ctr('master') ]} 2>&1}, qx{$rt logs @{[ ctr($edge) ]} 2>&1}), 0, 'no key in the containers\' logs');
+my ($tls_key) = slurp("$dir/tls/master.env") =~ /^TLS_KEY=(\S{40,})$/m;
+ok($tls_key, 'the master\'s TLS key is in its env file');
+is(grep({ /\Q$mkey\E|\Q$admin\E|\Q$tls_key\E/ } qx{$rt logs @{[ ctr('master') ]} 2>&1}, qx{$rt logs @{[ ctr($edge) ]} 2>&1}), 0, 'no key in the containers\' logs (the TLS key neither)');
 
 kill 'TERM', $pub;
 reap($pub, 5);

@@ -4,7 +4,8 @@
 # variables as the Docker image renders them; the printed broadcaster URL publishes, the printed
 # viewer URLs play (edge-2 by a route request), no secret is on any command line (the admin
 # token and the master key: curl reads a header file, the master and nodes key files), and
-# Ctrl-C leaves no process behind.
+# Ctrl-C leaves no process behind. The master serves HTTPS with a private CA's certificate
+# (scripts/mesh-tls.sh), which every node verifies (mesh_master_ca).
 
 use strict;
 use warnings;
@@ -79,6 +80,10 @@ sub slurp { open my $fh, '<', $_[0] or return ''; local $/; <$fh> }
 my %secret = (admin_token => slurp("$run/admin.token"), master_key => slurp("$run/master.key"));
 ok(length($secret{admin_token}) >= 32 && length($secret{master_key}) >= 32, 'the mesh made its secrets');
 is((stat "$run/$_")[2] & 0777, 0600, "$_: 0600") for qw(admin.token master.key admin.header);
+is((stat "$run/tls/$_")[2] & 0777, 0600, "tls/$_: 0600") for qw(master.key ca.key);
+like(out(), qr{admin:\s+curl --cacert \Q$run\E/tls/ca.pem -H \S+ https://127\.0\.0\.1:$mport/}, 'the master is HTTPS, the CA printed for curl');
+like(slurp("$run/edge-1/nginx.conf"), qr{mesh_master https://127\.0\.0\.1:$mport;\s+mesh_master_ca \Q$run\E/tls/ca.pem;}, 'the nodes verify it with the CA');
+like(slurp("$run/master.log"), qr/mesh-master ready.*scheme="?https/, 'the master says it serves HTTPS');
 my @cmdlines = map { my $c = slurp($_); $c =~ tr/\0/ /; $c } glob('/proc/[0-9]*/cmdline');
 ok(@cmdlines > 5 && (grep { /mesh-master/ } @cmdlines), scalar(@cmdlines) . ' command lines read, the master\'s among them');
 ok((grep { /curl/ } split /\n/, slurp($argv_log)) >= 3, 'the script\'s curl calls recorded');

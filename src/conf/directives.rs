@@ -2,6 +2,7 @@
 //! field of the main conf, with nginx's wording for a duplicate or an invalid value).
 
 use mesh_agent::load::{os_error, read_table};
+use mesh_agent::tls::{plain_to_remote, MasterCa};
 use mesh_core::name::{for_log, is_valid_id};
 use mesh_core::Role;
 use ngx::ngx_conf_log_error;
@@ -21,9 +22,18 @@ directive! {
                 v.parse::<Role>()
                     .map_err(|()| "it must be \"ingest\", \"root_relay\", \"relay\" or \"standalone\"".into())
             }),
-            "mesh_master" => {
-                directive::set_once(cf, &mut m.master, |v| check_http_url(v).map_err(String::from))
-            }
+            "mesh_master" => directive::set_once(cf, &mut m.master, |v| {
+                let url = check_http_url(v)?;
+                if plain_to_remote(&url) {
+                    ngx_conf_log_error!(
+                        NGX_LOG_WARN,
+                        cf,
+                        "\"mesh_master {}\" is plain HTTP to another host: the node's requests and tables cross the network in clear, use https:// and \"mesh_master_ca\"",
+                        for_log(&url)
+                    );
+                }
+                Ok(url)
+            }),
             "mesh_rtmp_url" => directive::set_once(cf, &mut m.rtmp_url, public_url(&["rtmp://"])),
             "mesh_http_url" => directive::set_once(cf, &mut m.http_url, public_url(&["http://", "https://"])),
             _ => CONF_ERROR,
@@ -71,18 +81,53 @@ directive! {
 
 /// `http(s)://host[:port][/prefix]` without query or fragment; returns it without a trailing
 /// slash.
-fn check_http_url(url: &str) -> Result<String, &'static str> {
+fn check_http_url(url: &str) -> Result<String, String> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
         .ok_or("it must start with \"http://\" or \"https://\"")?;
     if rest.is_empty() || rest.starts_with('/') {
-        return Err("it has no host");
+        return Err("it has no host".into());
     }
     if rest.bytes().any(|b| !b.is_ascii_graphic() || b == b'?' || b == b'#') {
-        return Err("it must not have a query, a fragment or spaces");
+        return Err("it must not have a query, a fragment or spaces".into());
     }
     Ok(url.trim_end_matches('/').to_string())
+}
+
+directive! {
+    /// `mesh_master_ca <file>`: the CA (PEM) an https master's certificate is verified against,
+    /// read and checked here, at configuration time.
+    pub fn set_master_ca(cf, mcf: &mut MainConf) {
+        if mcf.master_ca.is_some() {
+            return DUPLICATE;
+        }
+        // SAFETY: args(cf)[1] is the parser's string.
+        let Some(path) = (unsafe { full_name(cf, args(cf)[1], true) }) else { return CONF_ERROR };
+        match MasterCa::read(std::path::Path::new(&path)) {
+            Ok(ca) => {
+                mcf.master_ca = Some(ca);
+                CONF_OK
+            }
+            Err(e) => {
+                ngx_conf_log_error!(NGX_LOG_EMERG, cf, "mesh_master_ca \"{}\": {}", path, e);
+                CONF_ERROR
+            }
+        }
+    }
+}
+
+/// The master's settings taken together (init_main_conf): a CA is for an https master.
+///
+/// # Safety
+/// `cf` is the configuration being parsed.
+pub unsafe fn check_master_tls(cf: *mut ngx_conf_t, mcf: &MainConf) -> bool {
+    let https = mcf.master.as_deref().is_some_and(|m| m.starts_with("https://"));
+    if mcf.master_ca.is_some() && !https {
+        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "\"mesh_master_ca\" needs an https:// \"mesh_master\"");
+        return false;
+    }
+    true
 }
 
 directive! {

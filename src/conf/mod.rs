@@ -1,7 +1,7 @@
 //! Configuration: the `mesh_*` directives, create/merge, and the node state they produce.
 //!
 //! rtmp{} main level: `mesh_node_id`, `mesh_role`, `mesh_table_file`, and the master's:
-//! `mesh_master`, `mesh_master_key` | `mesh_master_key_file`, `mesh_master_path`,
+//! `mesh_master`, `mesh_master_ca`, `mesh_master_key` | `mesh_master_key_file`, `mesh_master_path`,
 //! `mesh_rtmp_url`, `mesh_http_url`, `mesh_heartbeat_interval`, `mesh_poll_wait`,
 //! `mesh_master_timeout`, and the caps on questions waiting for it: `mesh_auth_pending_max`,
 //! `mesh_auth_pending_per_addr`.
@@ -52,6 +52,8 @@ pub struct MainConf {
     /// `http(s)://host[:port][/prefix]`, no trailing slash.
     pub master: Option<String>,
     pub master_key: Option<Vec<u8>>,
+    /// `mesh_master_ca`: the CA an https master is verified against (read at configuration).
+    pub master_ca: Option<mesh_agent::tls::MasterCa>,
     pub paths: [Option<String>; 5],
     pub rtmp_url: Option<String>,
     pub http_url: Option<String>,
@@ -80,6 +82,7 @@ impl Default for MainConf {
             table: None,
             master: None,
             master_key: None,
+            master_ca: None,
             paths: Default::default(),
             rtmp_url: None,
             http_url: None,
@@ -285,6 +288,10 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
                 cf,
                 "\"mesh_master\" needs \"mesh_master_key\" or \"mesh_master_key_file\""
             );
+            return CONF_ERROR;
+        }
+        // SAFETY: the configuration being parsed.
+        if !unsafe { directives::check_master_tls(cf, mcf) } {
             return CONF_ERROR;
         }
         let msec = |v: &mut ngx_msec_t, d: ngx_msec_t| {

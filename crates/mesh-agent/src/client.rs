@@ -13,6 +13,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use ureq::RequestExt;
 
+use crate::tls::{self, MasterCa};
+
 /// Why a call to the master failed. `Display` is a short lowercase phrase for the error log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallError {
@@ -75,6 +77,9 @@ pub struct HttpConfig {
     pub timeout: Duration,
     /// Largest response body accepted.
     pub max_body: usize,
+    /// `mesh_master_ca`: the CA an https master is verified against; `None`: the public roots
+    /// ureq carries (webpki-roots, Mozilla's).
+    pub ca: Option<MasterCa>,
 }
 
 pub struct HttpMaster {
@@ -88,7 +93,12 @@ fn now() -> u64 {
 
 impl HttpMaster {
     pub fn new(cfg: HttpConfig) -> HttpMaster {
+        let mut tls_config = ureq::tls::TlsConfig::builder();
+        if let Some(ca) = &cfg.ca {
+            tls_config = tls_config.root_certs(ca.root_certs());
+        }
         let agent: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(tls_config.build())
             .http_status_as_error(false)
             .max_redirects(0)
             .proxy(None)
@@ -158,6 +168,9 @@ impl HttpMaster {
     }
 
     fn map_err(&self, e: ureq::Error) -> CallError {
+        if let Some(r) = tls::rustls_error(&e) {
+            return CallError::Transport(tls::describe(&self.cfg.base, r));
+        }
         match e {
             ureq::Error::Timeout(_) => CallError::Timeout,
             ureq::Error::BodyExceedsLimit(_) => CallError::TooLarge(self.cfg.max_body),
@@ -315,6 +328,7 @@ mod tests {
             paths: Paths::default(),
             timeout: Duration::from_secs(2),
             max_body: 1024,
+            ca: None,
         })
     }
 

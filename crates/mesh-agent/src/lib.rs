@@ -7,6 +7,7 @@
 //! * [`agent`]: the background threads (announce, heartbeat, long poll, calls, file watch).
 //! * [`calls`]: the bounded, cancellable queue of auth and route calls.
 //! * [`client`]: the master behind a trait, and its signed HTTP implementation.
+//! * [`tls`]: the CA a node verifies its master against (`mesh_master_ca`).
 //! * [`load`]: read, validate and resolve a table into a node snapshot; write one atomically.
 //!
 //! Inside the agent: `control` (announce, heartbeat, resync), `poll` (long poll, file watch),
@@ -25,3 +26,4 @@ mod shared;
 mod state;
 #[cfg(test)]
 mod testing;
+pub mod tls;

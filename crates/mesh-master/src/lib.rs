@@ -2,7 +2,7 @@
 //! ([`mesh`]), its database ([`store`], [`viewer_keys`]), its HTTP side ([`server`], with the
 //! node endpoints in [`node_api`], their field rules in [`validate`] and budgets in [`rates`],
 //! the admin API in [`admin`] and [`admin_viewers`]) and the listener that guards it
-//! ([`listener`]).
+//! ([`listener`], over HTTPS with [`tls`]).
 
 pub mod admin;
 pub mod admin_viewers;
@@ -13,5 +13,6 @@ pub mod node_api;
 pub mod rates;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod validate;
 pub mod viewer_keys;

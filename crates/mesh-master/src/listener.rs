@@ -8,6 +8,9 @@
 //! - A header read timeout (which is also the keep-alive idle timeout): a connection that does
 //!   not send a whole request head in time is closed. Bodies have their own timeout where they
 //!   are read ([`crate::server::BODY_TIMEOUT`]).
+//! - With TLS ([`crate::tls`]), the handshake is held to the same timeout and counts in the
+//!   same cap: a stranger that connects and never finishes a handshake is closed as a slow
+//!   header is. A plain-HTTP request on the TLS port gets a short 400 saying so, then the close.
 //! - Caps on the request head (buffer, header count).
 
 use std::collections::HashMap;
@@ -20,9 +23,12 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use parking_lot::Mutex;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 /// How the listener guards itself.
@@ -132,15 +138,20 @@ pub fn connection_cap(wanted: usize, nofile: Option<usize>) -> usize {
     }
 }
 
-/// Serve `router` on `listener` until `shutdown` resolves; then stop accepting, let requests in
-/// flight finish (up to [`SHUTDOWN_WAIT`]) and return.
+/// The counters the listener bumps (by name).
+pub type Count = Arc<dyn Fn(&'static str) + Send + Sync>;
+
+/// Serve `router` on `listener` (over TLS with `tls`) until `shutdown` resolves; then stop
+/// accepting, let requests in flight finish (up to [`SHUTDOWN_WAIT`]) and return.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
-    counters: Arc<dyn Fn(&'static str) + Send + Sync>,
+    tls: Option<Arc<ServerConfig>>,
+    counters: Count,
     shutdown: impl Future<Output = ()>,
 ) {
+    let acceptor = tls.map(TlsAcceptor::from);
     let registry = Arc::new(Registry::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -183,23 +194,33 @@ pub async fn serve(
         let conn = Arc::new(Conn::new());
         let id = registry.next.fetch_add(1, Ordering::Relaxed);
         let svc = Service { router: router.clone(), conn: conn.clone() };
-        let connection = http.serve_connection(TokioIo::new(stream), svc);
         let mut stop = stop_rx.clone();
         let registered = Registered(registry.clone(), id);
+        let (http, acceptor, count) = (http.clone(), acceptor.clone(), counters.clone());
+        let handshake_timeout = limits.header_timeout;
         // Registered before the task can end, so that its guard always finds itself.
         let mut conns = registry.conns.lock();
         let task = tokio::spawn(async move {
             let _registered = registered;
-            tokio::pin!(connection);
-            let r = tokio::select! {
-                r = connection.as_mut() => r,
-                _ = stop.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
+            let Some(acceptor) = acceptor else {
+                return drive(&http, stream, svc, &mut stop).await;
             };
-            if let Err(e) = r {
-                debug!(error = %e, "connection ended");
+            let accepted = tokio::select! {
+                r = tokio::time::timeout(handshake_timeout, handshake(&acceptor, stream)) => r,
+                _ = stop.changed() => return,
+            };
+            match accepted {
+                Ok(Ok(Hello::Tls(tls))) => drive(&http, *tls, svc, &mut stop).await,
+                Ok(Ok(Hello::Plain)) => count("mesh_master_plain_http_refused_total"),
+                Ok(Ok(Hello::Closed)) => {}
+                Ok(Err(e)) => {
+                    debug!(error = %e, "TLS handshake failed");
+                    count("mesh_master_tls_handshakes_failed_total");
+                }
+                Err(_) => {
+                    debug!("TLS handshake timed out");
+                    count("mesh_master_tls_handshakes_failed_total");
+                }
             }
         });
         conns.insert(id, (conn, task.abort_handle()));
@@ -217,6 +238,73 @@ pub async fn serve(
     if registry.len() > 0 {
         warn!(connections = registry.len(), "connections still open at shutdown: closed");
     }
+}
+
+/// Serve HTTP/1 on one connection until it ends, or gracefully once `stop` changes.
+async fn drive<I>(
+    http: &hyper::server::conn::http1::Builder,
+    io: I,
+    svc: Service,
+    stop: &mut watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = http.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(connection);
+    let r = tokio::select! {
+        r = connection.as_mut() => r,
+        _ = stop.changed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = r {
+        debug!(error = %e, "connection ended");
+    }
+}
+
+/// How a connection to the TLS port began.
+enum Hello {
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// It spoke something else first (plain HTTP), and was answered so.
+    Plain,
+    /// It closed before a byte.
+    Closed,
+}
+
+/// The TLS handshake on a new connection (the caller bounds its time). A client that speaks
+/// anything but TLS first (plain HTTP) is answered [`crate::tls::PLAIN_HTTP_ANSWER`].
+async fn handshake(acceptor: &TlsAcceptor, stream: TcpStream) -> std::io::Result<Hello> {
+    let mut first = [0u8; 1];
+    if stream.peek(&mut first).await? == 0 {
+        return Ok(Hello::Closed);
+    }
+    if first[0] != crate::tls::HANDSHAKE_RECORD {
+        refuse_plain(stream).await;
+        return Ok(Hello::Plain);
+    }
+    Ok(Hello::Tls(Box::new(acceptor.accept(stream).await?)))
+}
+
+/// Answer a plain-HTTP request on the TLS port: read its head (a little of it at most), say
+/// why in a 400 and close, draining what the client still sends so that the close is no reset
+/// that would lose the answer.
+async fn refuse_plain(mut stream: TcpStream) {
+    let mut buf = vec![0u8; 8192];
+    let mut got = 0;
+    while got < buf.len() && !buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf[got..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => got += n,
+        }
+    }
+    if stream.write_all(crate::tls::PLAIN_HTTP_ANSWER).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// The router, with the connection as a request extension.

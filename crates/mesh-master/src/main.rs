@@ -14,6 +14,7 @@ use mesh_master::listener::{self, Limits};
 use mesh_master::mesh::{Config, Mesh};
 use mesh_master::server::{self, now, random_hex, App, Paths, RandomKeys};
 use mesh_master::store::Store;
+use mesh_master::tls;
 
 /// The reference master of an ngx_rtmp_mesh mesh: registers nodes (announce, heartbeat), places
 /// every live stream from its ingest node to root relays and edges by load, hands each node its
@@ -25,12 +26,35 @@ use mesh_master::store::Store;
 /// can read them: the master key comes from MASTER_KEY or --master-key-file, the admin token
 /// from ADMIN_TOKEN or --admin-token-file. Stream keys are stored hashed in SQLite (0600); nodes,
 /// streams and placements are rebuilt from announces and heartbeats after a restart.
+///
+/// With --tls-cert-file and --tls-key-file the master serves HTTPS (nodes verify it with
+/// mesh_master_ca); without them it serves plain HTTP on a loopback address only, unless
+/// --insecure-http is given.
 #[derive(Parser, Debug)]
 #[command(name = "mesh-master", version, about, long_about)]
 struct Args {
     /// Address and port to listen on.
     #[arg(long, env = "MASTER_LISTEN", default_value = "127.0.0.1:8000")]
     listen: SocketAddr,
+
+    /// Serve HTTPS with this PEM certificate chain (the master's certificate first, then any
+    /// intermediates). Needs --tls-key-file.
+    #[arg(long, env = "TLS_CERT_FILE")]
+    tls_cert_file: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert-file (PKCS#8, PKCS#1 or SEC1). It must be readable by
+    /// its owner only (mode 0600 or 0400): the master refuses to start otherwise. Or give the
+    /// key itself in the environment as TLS_KEY (a PEM, or a PKCS#8 key's base64 on one line,
+    /// as scripts/mesh-tls.sh writes it for an env file); never on the command line.
+    #[arg(long, env = "TLS_KEY_FILE")]
+    tls_key_file: Option<PathBuf>,
+
+    /// Serve plain HTTP on an address that is not loopback. Without TLS the master listens on
+    /// loopback only, as request signatures, tables with hop keys and the viewer secret, and
+    /// the admin token would cross the network in clear; this flag says the operator knows
+    /// (a TLS proxy in front, say).
+    #[arg(long, env = "INSECURE_HTTP")]
+    insecure_http: bool,
 
     /// A file holding the key shared with every node (signs requests and responses; whitespace
     /// trimmed). Or give the key itself in the environment as MASTER_KEY (never on the command
@@ -206,6 +230,26 @@ fn run(args: Args) -> Result<(), String> {
             return Err(format!("endpoint path \"{p}\": it must start with \"/\" and not with \"/admin\""));
         }
     }
+    let tls_key = std::env::var("TLS_KEY").ok();
+    let tls = match (&args.tls_cert_file, &args.tls_key_file, &tls_key) {
+        (None, None, None) => None,
+        (Some(_), Some(_), Some(_)) => return Err("TLS key: give TLS_KEY or --tls-key-file, not both".into()),
+        (Some(cert), Some(key), None) => Some(tls::server_config(cert, tls::Key::File(key))?),
+        (Some(cert), None, Some(key)) => Some(tls::server_config(cert, tls::Key::Env(key))?),
+        (Some(_), None, None) => return Err("--tls-cert-file needs --tls-key-file (or TLS_KEY)".into()),
+        (None, _, _) => return Err("--tls-key-file (or TLS_KEY) needs --tls-cert-file".into()),
+    };
+    if tls.is_none() && !tls::plain_http_allowed(&args.listen, args.insecure_http) {
+        return Err(format!(
+            "refusing plain HTTP on {}, which is not a loopback address: give --tls-cert-file and \
+             --tls-key-file (or --insecure-http to serve plain HTTP there anyway)",
+            args.listen
+        ));
+    }
+    if tls.is_none() {
+        warn!(listen = %args.listen,
+              "plain HTTP: request signatures, tables and the admin token are not encrypted (give --tls-cert-file and --tls-key-file for HTTPS)");
+    }
     let store = Store::open(&args.db).map_err(|e| e.to_string())?;
     let ceiling = store.version_ceiling().map_err(|e| e.to_string())?;
     let given = store.give_stream_ids(|| random_hex(8)).map_err(|e| e.to_string())?;
@@ -275,19 +319,21 @@ fn run(args: Args) -> Result<(), String> {
             "fewer connections than asked: the open-file limit is lower"
         );
     }
-    rt.block_on(serve(app, paths, args.listen, grace, limits))
+    rt.block_on(serve(app, paths, args.listen, tls, grace, limits))
 }
 
 async fn serve(
     app: Arc<App>,
     paths: Paths,
     listen: SocketAddr,
+    tls: Option<Arc<tls::ServerConfig>>,
     grace: u64,
     limits: Limits,
 ) -> Result<(), String> {
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    info!(listen = %listen, startup_grace_s = grace, max_connections = limits.max_connections,
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    info!(listen = %listen, scheme, startup_grace_s = grace, max_connections = limits.max_connections,
           header_timeout_s = limits.header_timeout.as_secs(), "mesh-master ready");
     let sweeper = {
         let app = app.clone();
@@ -305,7 +351,7 @@ async fn serve(
         Arc::new(move |name: &'static str| app.counters.inc(name, ""))
             as Arc<dyn Fn(&'static str) + Send + Sync>
     };
-    listener::serve(listener, router, limits, count, async move {
+    listener::serve(listener, router, limits, tls, count, async move {
         shutdown().await;
         app.close();
     })

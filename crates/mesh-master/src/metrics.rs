@@ -26,6 +26,11 @@ const HELP: &[(&str, &str)] = &[
     ("mesh_master_requests_limited_total", "Node requests refused with 429 past the node's rate, by class."),
     ("mesh_master_connections_evicted_total", "Idle or unfinished connections closed to make room."),
     ("mesh_master_connections_refused_total", "Connections closed at once: the cap reached, none idle."),
+    (
+        "mesh_master_tls_handshakes_failed_total",
+        "TLS handshakes that failed or did not finish in the header timeout.",
+    ),
+    ("mesh_master_plain_http_refused_total", "Plain-HTTP requests on the TLS port, answered 400 and closed."),
 ];
 
 impl Counters {

@@ -3,6 +3,8 @@ package Mesh::Master;
 # The reference master (dist/sbin/mesh-master) for tests: started on a free port with its own
 # database, master key and admin token; the admin API in a few calls; stopped, killed and
 # started again on the same database. `nofile => N` starts it with an open-file limit of N.
+# `tls => { cert => file, key => file, ca => file }` serves HTTPS (scripts/mesh-tls.sh makes the
+# files); its admin calls then go through curl, verifying the master against `ca`.
 
 use strict;
 use warnings;
@@ -23,14 +25,15 @@ sub new {
 	my ($class, %opt) = @_;
 	my $dir = tempdir('mesh-master-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{TEST_NGINX_LEAVE});
 	my $self = bless { key => 'test-master-key', admin => 'test-admin-token', port => free_port(),
-		dir => $dir, args => $opt{args} // [], nofile => $opt{nofile} }, $class;
+		dir => $dir, args => $opt{args} // [], nofile => $opt{nofile}, tls => $opt{tls} }, $class;
 	$self->start;
 	return $self;
 }
 
 sub port { $_[0]{port} }
 sub key { $_[0]{key} }
-sub url { 'http://127.0.0.1:' . $_[0]{port} }
+sub url { ($_[0]{tls} ? 'https' : 'http') . '://127.0.0.1:' . $_[0]{port} }
+sub tls { $_[0]{tls} }
 sub log { my ($self) = @_; open my $fh, '<', "$self->{dir}/master.log" or return ''; local $/; <$fh> }
 
 sub start {
@@ -42,8 +45,10 @@ sub start {
 		$ENV{MASTER_KEY} = $self->{key};
 		$ENV{ADMIN_TOKEN} = $self->{admin};
 		my @limit = $self->{nofile} ? ('sh', '-c', 'ulimit -n ' . int($self->{nofile}) . ' && exec "$0" "$@"') : ();
+		my $tls = $self->{tls};
+		my @tls = $tls ? ('--tls-cert-file', $tls->{cert}, '--tls-key-file', $tls->{key}) : ();
 		exec @limit, $BINARY, '--listen', "127.0.0.1:$self->{port}", '--db', "$self->{dir}/master.db",
-			'--log-level', 'debug', @{$self->{args}};
+			'--log-level', 'debug', @tls, @{$self->{args}};
 		die "exec $BINARY: $!";
 	}
 	$self->{pid} = $pid;
@@ -69,10 +74,33 @@ sub admin {
 	my %h = ('Content-Type' => 'application/json');
 	$h{Authorization} = "Bearer $self->{admin}" unless $opt{no_token};
 	$h{Authorization} = "Bearer $opt{token}" if defined $opt{token};
+	return $self->_curl($method, $path, $body, \%h) if $self->{tls};
 	my $r = HTTP::Tiny->new(timeout => 10)->request($method, $self->url . $path,
 		{ headers => \%h, (defined $body ? (content => $json->encode($body)) : ()) });
 	my $data = eval { $json->decode($r->{content}) };
 	return wantarray ? ($r->{status}, $data) : $data;
+}
+
+# An admin call over HTTPS with curl: the headers and body from files (no token in argv).
+sub _curl {
+	my ($self, $method, $path, $body, $h) = @_;
+	my ($hf, $bf) = ("$self->{dir}/curl.headers", "$self->{dir}/curl.body");
+	my $old = umask 077;
+	open my $f, '>', $hf or die "$hf: $!";
+	print $f map { "$_: $h->{$_}\n" } sort keys %$h;
+	close $f;
+	open $f, '>', $bf or die "$bf: $!";
+	print $f defined $body ? $json->encode($body) : '';
+	close $f;
+	umask $old;
+	my @data = defined $body ? ('--data-binary', "\@$bf") : ();
+	open my $out, '-|', 'curl', '-s', '--max-time', '10', '--cacert', $self->{tls}{ca}, '-X', $method,
+		'-H', "\@$hf", @data, '-w', '\n%{http_code}', $self->url . $path or die "curl: $!";
+	my $text = do { local $/; <$out> } // '';
+	close $out;
+	my $status = $text =~ s/\n?(\d{3})\z// ? $1 : 599;
+	my $data = eval { $json->decode($text) };
+	return wantarray ? ($status, $data) : $data;
 }
 
 # A broadcaster's stream key for a new stream (and its account).
