@@ -119,6 +119,6 @@ sub viewer_token {
 }
 
 sub nodes { my ($self) = @_; my $d = $self->admin('GET', '/admin/nodes'); return { map { ($_->{node_id} => $_) } @{$d->{nodes} // []} } }
-sub live { my ($self) = @_; return $self->admin('GET', '/admin/streams')->{live} // {} }
+sub live { my ($self) = @_; return (scalar($self->admin('GET', '/admin/streams')) // {})->{live} // {} }
 
 1;
