@@ -37,6 +37,8 @@ fn change(app: &App, id: &str, c: NodeCred, cut_off: bool) -> Result<(), StoreEr
         });
         app.sweep();
     }
+    // Long polls wake and look again: a node cut off gets no table.
+    app.changed.send_modify(|g| *g += 1);
     Ok(())
 }
 
@@ -178,6 +180,19 @@ mod tests {
         let t = mesh_core::Table::parse(&body).unwrap();
         assert_eq!(t.epoch.as_deref(), Some(EPOCH));
         assert_eq!(super::super::node_api::tests_with_epoch(b"{}".to_vec(), "e"), br#"{"epoch":"e"}"#);
+    }
+
+    /// A long poll waiting when its node is revoked gets no table: the revocation wakes it and
+    /// it is refused.
+    #[tokio::test]
+    async fn a_waiting_poll_of_a_node_revoked_gets_no_table() {
+        let (app, r) = app();
+        announce_as(&r, "ingest-1", Role::Ingest).await;
+        let poll = crate::server::tests::waiting_poll(&app, &r, 30).await;
+        admin(&r, "PUT", "/admin/nodes/ingest-1/revoked", r#"{"revoked": true}"#).await;
+        let (st, body) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), poll).await.expect("woken").unwrap();
+        assert_eq!((st, reason(&body).as_str()), (StatusCode::UNAUTHORIZED, "node revoked"));
     }
 
     #[tokio::test]

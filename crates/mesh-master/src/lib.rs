@@ -1,8 +1,8 @@
 //! The reference master of ngx_rtmp_mesh (docs/master.md): the mesh's state and placement
 //! ([`mesh`]), its database ([`store`], [`viewer_keys`]), its HTTP side ([`server`], with the
-//! node endpoints in [`node_api`], their keys in [`creds`], nonces in [`nonces`], field rules in [`validate`] and budgets in [`rates`],
-//! the admin API in [`admin`] and [`admin_viewers`]) and the listener that guards it
-//! ([`listener`]).
+//! node endpoints in [`node_api`], their keys in [`creds`], nonces in [`nonces`], field rules in
+//! [`validate`] and budgets in [`rates`], the admin API in [`admin`], [`admin_creds`] and
+//! [`admin_viewers`]) and the listener that guards it ([`listener`]).
 
 pub mod admin;
 pub mod admin_creds;

@@ -26,6 +26,7 @@ use mesh_core::wire::{
     RouteRequest,
 };
 
+use crate::creds::NodeCred;
 use crate::listener::{Busy, Conn};
 use crate::mesh::MeshError;
 use crate::nonces::NonceError;
@@ -40,6 +41,8 @@ const AUTH_TTL_S: u64 = 60;
 /// taken: the node's id, the body, and what its answers are signed for.
 struct NodeCall {
     node: String,
+    /// The node's credential when the request was checked (a long poll checks it again).
+    cred: NodeCred,
     uri: axum::http::Uri,
     body: Bytes,
     reply: Reply,
@@ -112,7 +115,7 @@ async fn node_call(app: &App, req: Request, class: Class) -> Result<NodeCall, Re
         return Err(r);
     }
     let busy = parts.extensions.get::<Arc<Conn>>().map(Conn::busy);
-    Ok(NodeCall { node, uri: parts.uri, body, reply, _busy: busy })
+    Ok(NodeCall { node, cred, uri: parts.uri, body, reply, _busy: busy })
 }
 
 fn nonce_status(e: NonceError) -> StatusCode {
@@ -259,6 +262,11 @@ pub(crate) async fn streams(State(app): State<Arc<App>>, req: Request) -> Respon
     let mut changes = app.changed.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(app.max_poll_wait_s));
     loop {
+        // Revoked, or its key rotated, while the poll waited: no table for it.
+        if app.creds.get(&call.node) != call.cred {
+            let why = if app.creds.get(&call.node).revoked { "node revoked" } else { "node key rotated" };
+            return refuse(&app, &call.reply, &call.node, call.uri.path(), StatusCode::UNAUTHORIZED, why);
+        }
         if app.serving_tables() {
             let table = app.mesh.lock().table_json(&q.node_id);
             if let Some((v, body)) = table.filter(|(v, _)| *v > q.since) {

@@ -173,7 +173,11 @@ async fn closing_answers_waiting_polls() {
 }
 
 /// A long poll of ingest-1 for a table newer than its current one, under way.
-async fn waiting_poll(app: &App, r: &Router, wait: u64) -> tokio::task::JoinHandle<(StatusCode, Vec<u8>)> {
+pub(crate) async fn waiting_poll(
+    app: &App,
+    r: &Router,
+    wait: u64,
+) -> tokio::task::JoinHandle<(StatusCode, Vec<u8>)> {
     let v = app.mesh.lock().table_version("ingest-1");
     let req = signed_req(
         "GET",
