@@ -11,7 +11,8 @@
 # mesh (uid 1935). The node renders its nginx.conf at start from the environment
 # (scripts/node-entrypoint.sh → scripts/render-node-conf.sh; README "Docker" for the variables);
 # without MASTER_SERVER it runs standalone on /var/lib/ngx-rtmp-mesh/state/table.json.
-# Secrets (MASTER_KEY, ADMIN_TOKEN) come at run time (an env file or *_FILE), never in a layer.
+# Secrets (the master's MASTER_KEY and ADMIN_TOKEN, each node's own NODE_KEY) come at run time (an
+# env file or *_FILE), never in a layer.
 
 ARG BASE=debian:bookworm-slim
 ARG BUILDER=rust:1-bookworm
