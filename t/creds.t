@@ -61,9 +61,14 @@ isnt($master->node_key('ingest-1'), $master->node_key('edge-1'), 'and the keys d
 # --- per-node keys -------------------------------------------------------------------------
 my $beat = sub { { node_id => $_[0], role => 'relay', table_version => 0, uptime_s => 1, streams => [], pushes => [],
 	transcodes => [], load => { connections => 0, in_kbps => 0, out_kbps => 0 } } };
-my $r = $master->node_call('POST', '/heartbeat', 'ingest-1', $beat->('ingest-1'), key => $master->node_key('edge-1'));
-is($r->{status}, 401, "edge-1's key cannot sign as ingest-1");
+my %announce = (node_id => 'ingest-1', role => 'root_relay', rtmp_url => 'rtmp://127.0.0.1:1', http_url => '',
+	version => 't', capabilities => { transcode => JSON::PP::false, hls => JSON::PP::false, dash => JSON::PP::false });
+my $r = $master->node_call('POST', '/announce', 'ingest-1', \%announce, key => $master->node_key('edge-1'));
+is($r->{status}, 401, "edge-1's key cannot announce as ingest-1");
 is($r->{data}{error}, 'bad signature', 'refused: bad signature');
+is($master->nodes->{'ingest-1'}{role}, 'ingest', 'ingest-1 unchanged');
+$r = $master->node_call('POST', '/heartbeat', 'ingest-1', $beat->('ingest-1'), key => $master->node_key('edge-1'));
+is($r->{status}, 401, "nor heartbeat as ingest-1");
 $r = $master->node_call('GET', '/streams?node_id=ingest-1&since=0&wait=0', 'edge-1');
 is($r->{status}, 400, "edge-1 cannot fetch ingest-1's table");
 is($r->{data}{error}, 'node_id differs from X-Mesh-Node', 'refused, signed for edge-1') and ok($r->{sig_ok}, 'the refusal is signed');
