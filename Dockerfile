@@ -11,8 +11,9 @@
 # mesh (uid 1935). The node renders its nginx.conf at start from the environment
 # (scripts/node-entrypoint.sh → scripts/render-node-conf.sh; README "Docker" for the variables);
 # without MASTER_SERVER it runs standalone on /var/lib/ngx-rtmp-mesh/state/table.json.
-# Secrets (MASTER_KEY, ADMIN_TOKEN, the master's TLS_KEY) come at run time (an env file or
-# *_FILE), never in a layer; so do the master's certificate and the nodes' CA (docker-compose.yml).
+# Secrets (the master's MASTER_KEY, ADMIN_TOKEN and TLS_KEY, each node's own NODE_KEY) come at
+# run time (an env file or *_FILE), never in a layer; so do the master's certificate and the
+# nodes' CA (docker-compose.yml).
 
 ARG BASE=debian:bookworm-slim
 ARG BUILDER=rust:1-bookworm

@@ -8,6 +8,6 @@ here=$(cd "$(dirname "$0")" && pwd)
 export MESH_PREFIX=${MESH_PREFIX:-/opt/ngx-rtmp-mesh} DAEMON=off ERROR_LOG=${ERROR_LOG:-stderr}
 conf=$(bash "$here/render-node-conf.sh" "${MESH_STATE_DIR:-/var/lib/ngx-rtmp-mesh}")
 # The key is in the node's 0600 key file now: not in nginx's environment (nor its children's).
-unset MASTER_KEY ADMIN_TOKEN
+unset NODE_KEY MASTER_KEY ADMIN_TOKEN
 "$MESH_PREFIX/sbin/nginx" -p "$MESH_PREFIX/" -c "$conf" -t -q
 exec "$MESH_PREFIX/sbin/nginx" -p "$MESH_PREFIX/" -c "$conf"

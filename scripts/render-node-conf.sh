@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Render a mesh node's nginx.conf from environment variables, into a node directory that also
-# gets the master key file and a writable state directory. The Docker image's entrypoint and
+# gets the node's key file and a writable state directory. The Docker image's entrypoint and
 # `make mesh` both use it, so what the tests run is what the image runs.
 #
 #   render-node-conf.sh <node dir>      (prints the conf's path)
@@ -12,7 +12,8 @@
 #   HTTP_PORT           HTTP port: HLS, DASH, player, status         (default 8080)
 #   PUBLIC_HOST         host other nodes and viewers reach it at    (default 127.0.0.1)
 #   MASTER_SERVER       master URL; empty: no master, table file only
-#   MASTER_KEY          the key shared with the master (or MASTER_KEY_FILE)
+#   NODE_KEY            this node's own key (or NODE_KEY_FILE): `mesh-tool node-key NODE_ID`
+#                       prints it from the master secret, which never goes to a node
 #   MASTER_CA_FILE      the CA (PEM) an https MASTER_SERVER is verified against (mesh_master_ca;
 #                       absent: the public roots); an http:// one to another host gets a warning
 #   ANNOUNCE_ENDPOINT, HEARTBEAT_ENDPOINT, STREAMS_ENDPOINT, AUTH_ENDPOINT, ROUTE_ENDPOINT
@@ -53,9 +54,12 @@ if [ -n "${MASTER_SERVER:-}" ]; then
 	[[ $MASTER_SERVER =~ $url_re ]] ||
 		die "MASTER_SERVER \"$MASTER_SERVER\": an http:// or https:// URL"
 	[ -n "${NODE_ID:-}" ] || die "NODE_ID is required with MASTER_SERVER"
-	if [ -z "${MASTER_KEY:-}" ]; then
-		[ -n "${MASTER_KEY_FILE:-}" ] || die "MASTER_KEY (or MASTER_KEY_FILE) is required with MASTER_SERVER"
-		[ -r "$MASTER_KEY_FILE" ] && [ -s "$MASTER_KEY_FILE" ] || die "MASTER_KEY_FILE \"$MASTER_KEY_FILE\": not a readable, non-empty file"
+	# The master secret derives every node's key: it stays with the master.
+	[ -z "${MASTER_KEY:-}${MASTER_KEY_FILE:-}" ] ||
+		die "MASTER_KEY is the master's secret and stays with the master: give this node its own key as NODE_KEY (mesh-tool node-key $NODE_ID)"
+	if [ -z "${NODE_KEY:-}" ]; then
+		[ -n "${NODE_KEY_FILE:-}" ] || die "NODE_KEY (or NODE_KEY_FILE) is required with MASTER_SERVER: mesh-tool node-key $NODE_ID prints it"
+		[ -r "$NODE_KEY_FILE" ] && [ -s "$NODE_KEY_FILE" ] || die "NODE_KEY_FILE \"$NODE_KEY_FILE\": not a readable, non-empty file"
 	fi
 	if [ -n "${MASTER_CA_FILE:-}" ]; then
 		[[ $MASTER_SERVER == https://* ]] || die "MASTER_CA_FILE needs an https:// MASTER_SERVER"
@@ -67,7 +71,7 @@ fi
 mkdir -p "$dir/state" "$dir/media" "$dir/logs"
 dir=$(cd "$dir" && pwd)
 # Whatever the umask (a daemon may run with 0): the state (tables with hop and viewer keys,
-# the master key) for its owner only, the media for the workers and their group.
+# the node key) for its owner only, the media for the workers and their group.
 # (A read-only mount cannot be changed: said, not fatal.)
 private() { chmod "$@" 2>/dev/null || echo "render-node-conf: warning: cannot chmod $*" >&2; }
 private 0700 "$dir/state"
@@ -80,17 +84,18 @@ if [ "$(id -u)" -eq 0 ]; then chown nobody "$dir/state" "$dir/state/table.json" 
 master=""
 if [ -n "${MASTER_SERVER:-}" ]; then
 	[ -n "${NODE_ID:-}" ] || die "NODE_ID is required with MASTER_SERVER"
-	key=${MASTER_KEY:-}
-	[ -z "$key" ] && [ -n "${MASTER_KEY_FILE:-}" ] && key=$(<"$MASTER_KEY_FILE")
-	[ -n "$key" ] || die "MASTER_KEY (or MASTER_KEY_FILE) is required with MASTER_SERVER"
-	# A new file (an old one keeps its mode when written over).
-	rm -f "$dir/state/master.key"
-	(umask 077 && printf '%s\n' "$key" >"$dir/state/master.key")
+	key=${NODE_KEY:-}
+	[ -z "$key" ] && [ -n "${NODE_KEY_FILE:-}" ] && key=$(<"$NODE_KEY_FILE")
+	[ -n "$key" ] || die "NODE_KEY (or NODE_KEY_FILE) is required with MASTER_SERVER"
+	# A new file (an old one keeps its mode when written over); one of an earlier version, which
+	# held the shared key, goes.
+	rm -f "$dir/state/node.key" "$dir/state/master.key"
+	(umask 077 && printf '%s\n' "$key" >"$dir/state/node.key")
 	ca=""
 	[ -n "${MASTER_CA_FILE:-}" ] && ca="mesh_master_ca $MASTER_CA_FILE;"
 	master="mesh_master ${MASTER_SERVER};
     $ca
-    mesh_master_key_file $dir/state/master.key;
+    mesh_master_key_file $dir/state/node.key;
     mesh_master_path announce ${ANNOUNCE_ENDPOINT:-/announce};
     mesh_master_path heartbeat ${HEARTBEAT_ENDPOINT:-/heartbeat};
     mesh_master_path streams ${STREAMS_ENDPOINT:-/streams};

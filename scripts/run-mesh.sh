@@ -17,8 +17,8 @@ rbase=${MESH_RTMP_BASE:-1935}
 hbase=${MESH_HTTP_BASE:-8080}
 mkdir -p "$run"
 
-# Secrets never on a command line (ps shows argv to every local user): the master and the nodes
-# read theirs from files, curl its admin header from a file (-H @file), all 0600.
+# Secrets never on a command line (ps shows argv to every local user): the master reads its
+# secret from a file, each node its own key (mesh-tool node-key, in keys/), curl its admin header from a file (-H @file), all 0600.
 secret() { # a secret kept across runs, in $run/<name>
 	[ -s "$run/$1" ] || (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$run/$1")
 	chmod 600 "$run/$1"
@@ -66,7 +66,10 @@ curl -sf --cacert "$ca" "$murl/healthz" >/dev/null || { echo "mesh-master did no
 
 start_node() { # id role rtmp-port http-port
 	local conf
-	conf=$(NODE_ID=$1 NODE_ROLE=$2 NGINX_PORT=$3 HTTP_PORT=$4 MASTER_SERVER=$murl MASTER_KEY_FILE=$run/master.key \
+	# Each node its own key, derived from the master secret (which stays with the master).
+	mkdir -p -m 700 "$run/keys"
+	(umask 077 && "$dist/sbin/mesh-tool" node-key "@$run/master.key" "$1" >"$run/keys/$1.key")
+	conf=$(NODE_ID=$1 NODE_ROLE=$2 NGINX_PORT=$3 HTTP_PORT=$4 MASTER_SERVER=$murl NODE_KEY_FILE=$run/keys/$1.key \
 		MASTER_CA_FILE=$ca HEARTBEAT_INTERVAL=2 bash "$top/scripts/render-node-conf.sh" "$run/$1")
 	"$dist/sbin/nginx" -p "$dist/" -c "$conf" -t -q
 	"$dist/sbin/nginx" -p "$dist/" -c "$conf"

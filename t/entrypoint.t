@@ -58,21 +58,23 @@ sub entry_fails {
 		is(scalar @lines, 1, 'one line') or diag(explain(\@lines));
 		like($lines[0] // '', qr/\b$var\b/, "it names $var");
 		unlike(join("\n", @lines), qr/sekrit/, 'the key not in it');
-		ok(!-e "$dir/node/nginx.conf" && !-e "$dir/node/state/master.key", 'nothing rendered');
+		ok(!-e "$dir/node/nginx.conf" && !-e "$dir/node/state/node.key", 'nothing rendered');
 	};
 }
 my %m = (MASTER_SERVER => 'http://master:8000', NODE_ID => 'edge-1', NODE_ROLE => 'relay');
 entry_fails({ NODE_ROLE => 'edge' }, 'NODE_ROLE', 'an unknown role');
-entry_fails({ %m, MASTER_KEY => '' }, 'MASTER_KEY', 'a master URL without MASTER_KEY');
-entry_fails({ %m, MASTER_KEY_FILE => '/nonexistent/key' }, 'MASTER_KEY_FILE', 'a MASTER_KEY_FILE that is not there');
-entry_fails({ %m, NODE_ID => '', MASTER_KEY => 'sekrit' }, 'NODE_ID', 'a master URL without NODE_ID');
-entry_fails({ %m, MASTER_SERVER => 'master:8000', MASTER_KEY => 'sekrit' }, 'MASTER_SERVER', 'a master URL without a scheme');
+entry_fails({ %m, NODE_KEY => '' }, 'NODE_KEY', 'a master URL without NODE_KEY');
+entry_fails({ %m, NODE_KEY_FILE => '/nonexistent/key' }, 'NODE_KEY_FILE', 'a NODE_KEY_FILE that is not there');
+entry_fails({ %m, MASTER_KEY => 'sekrit' }, 'MASTER_KEY', "the master secret given to a node (it takes its own key)");
+entry_fails({ %m, NODE_KEY => 'sekrit', MASTER_KEY_FILE => '/etc/hostname' }, 'MASTER_KEY', 'the master secret file given to a node');
+entry_fails({ %m, NODE_ID => '', NODE_KEY => 'sekrit' }, 'NODE_ID', 'a master URL without NODE_ID');
+entry_fails({ %m, MASTER_SERVER => 'master:8000', NODE_KEY => 'sekrit' }, 'MASTER_SERVER', 'a master URL without a scheme');
 entry_fails({ NGINX_PORT => 'rtmp' }, 'NGINX_PORT', 'a port that is not a number');
 entry_fails({ NGINX_PORT => '70000' }, 'NGINX_PORT', 'a port past 65535');
 entry_fails({ HTTP_PORT => '0' }, 'HTTP_PORT', 'port 0');
 entry_fails({ HTTP_PORT => $rtmp }, 'HTTP_PORT', 'both ports the same');
-entry_fails({ %m, MASTER_KEY => 'sekrit', HEARTBEAT_INTERVAL => '10s' }, 'HEARTBEAT_INTERVAL', 'a heartbeat with a unit');
-entry_fails({ %m, MASTER_KEY => 'sekrit', ROUTE_ENDPOINT => 'route' }, 'ROUTE_ENDPOINT', 'an endpoint that is not a path');
+entry_fails({ %m, NODE_KEY => 'sekrit', HEARTBEAT_INTERVAL => '10s' }, 'HEARTBEAT_INTERVAL', 'a heartbeat with a unit');
+entry_fails({ %m, NODE_KEY => 'sekrit', ROUTE_ENDPOINT => 'route' }, 'ROUTE_ENDPOINT', 'an endpoint that is not a path');
 entry_fails({ PUBLIC_HOST => 'a b' }, 'PUBLIC_HOST', 'a host with a space');
 entry_fails({ %m, MASTER_KEY => 'sekrit', MASTER_CA_FILE => '/etc/hostname' }, 'MASTER_CA_FILE', 'a CA for an http:// master');
 entry_fails({ %m, MASTER_SERVER => 'https://master:8000', MASTER_KEY => 'sekrit', MASTER_CA_FILE => '/nonexistent/ca.pem' },

@@ -14,6 +14,7 @@ use warnings;
 use Test::More;
 use File::Temp qw(tempdir);
 use HTTP::Tiny;
+use Digest::SHA ();
 use JSON::PP qw(decode_json encode_json);
 use Time::HiRes qw(time sleep);
 use lib 't/lib';
@@ -54,7 +55,7 @@ is_deeply([ sort keys %$ports ], [ '1935/tcp', '8080/tcp' ], 'node image: expose
 
 # --- a bad variable: exit at once with one line naming it (podman run's own lines aside).
 for my $case ([ { NODE_ROLE => 'edge' }, 'NODE_ROLE' ], [ { NGINX_PORT => 'x' }, 'NGINX_PORT' ],
-	[ { MASTER_SERVER => 'http://master:8000', NODE_ID => 'e1' }, 'MASTER_KEY' ]) {
+	[ { MASTER_SERVER => 'http://master:8000', NODE_ID => 'e1' }, 'NODE_KEY' ]) {
 	my ($env, $var) = @$case;
 	my $t0 = time;
 	my $out = qx{$rt run --rm --no-healthcheck @{[ map { "-e $_=$env->{$_}" } sort keys %$env ]} $image{node} 2>&1};
@@ -78,7 +79,9 @@ sub secret_file {
 	umask $old;
 }
 secret_file('master.env', "MASTER_KEY=$mkey\nADMIN_TOKEN=$admin\n");
-secret_file('node.env', "MASTER_KEY=$mkey\n");
+# Each node its own key, derived from the master secret as mesh-tool node-key does.
+secret_file("$_.env", 'NODE_KEY=' . Digest::SHA::hmac_sha256_hex("ngx_rtmp_mesh node key v1\n$_\n0", $mkey) . "\n")
+	for qw(ingest-1 root-1 edge-1 edge-2);
 # The master's TLS, as docker-compose.yml says to make it: nodes verify it by the name "master".
 my $tls_out = qx{bash scripts/mesh-tls.sh '$dir/tls' master localhost 127.0.0.1 2>&1};
 is($?, 0, 'a private CA and the master\'s certificate (scripts/mesh-tls.sh)') or diag($tls_out);

@@ -29,7 +29,7 @@ $edge->write_node_conf(rtmp => q{
     mesh_table_file table.json;
 }, apps => q{application relay { mesh on; live on; }});
 
-$ingest->write_file('master.key', $master->key . "\n");
+$ingest->write_file('master.key', $master->node_key('ingest-1') . "\n");
 $ingest->write_file('table.json', '{"version": 0}');
 my $murl = $master->url;
 $ingest->write_node_conf(rtmp => qq{

@@ -30,16 +30,11 @@ my $master = Mesh::Master->new(nofile => 256,
 my $json = JSON::PP->new->canonical;
 my $port = $master->port;
 
-# A request signed with the master key, as a node sends it: (status, decoded body).
+# A request signed with the node's key, as a node sends it: (status, decoded body).
 sub signed {
 	my ($method, $pq, $node, $body) = @_;
-	$body = ref $body ? $json->encode($body) : $body // '';
-	my $ts = time =~ s/\..*//r;
-	my $sig = hmac_sha256_hex(join("\n", $method, $pq, $ts, sha256_hex($body)), $master->key);
-	my $r = HTTP::Tiny->new(timeout => 10)->request($method, $master->url . $pq, { content => $body,
-		headers => { 'X-Mesh-Node' => $node, 'X-Mesh-Timestamp' => $ts, 'X-Mesh-Signature' => $sig,
-			'Content-Type' => 'application/json' } });
-	return ($r->{status}, eval { $json->decode($r->{content}) });
+	my $r = $master->node_call($method, $pq, $node, $body);
+	return ($r->{status}, $r->{data});
 }
 
 sub node {

@@ -3,7 +3,7 @@
 # Red team of issue 10's secrets (item 5 and 6), as an outsider on the same machine would try
 # them: what the node's scripts leave in processes' environments and on disk.
 #
-# - The master key given to the image's entrypoint (MASTER_KEY) is written to a 0600 file for
+# - The node key given to the image's entrypoint (NODE_KEY; MASTER_KEY before issue 13) is written to a 0600 file for
 #   nginx, but was left in the environment nginx was started with: /proc/<pid>/environ of the
 #   nginx master and of every worker (which fork with the master's memory) showed it, readable
 #   by every process of the worker's user — ffmpeg among them, which parses broadcasters'
@@ -42,7 +42,7 @@ my $key = 'redteam-master-key-' . join('', map { int rand 10 } 1 .. 12);
 	my $pid = do {
 		local %ENV = (%ENV, MESH_PREFIX => $prefix, MESH_STATE_DIR => $state, ERROR_LOG => "$state/error.log",
 			NODE_ID => 'edge-rt', NODE_ROLE => 'relay', NGINX_PORT => $rtmp, HTTP_PORT => $http,
-			MASTER_SERVER => "http://127.0.0.1:$mport", MASTER_KEY => $key);
+			MASTER_SERVER => "http://127.0.0.1:$mport", NODE_KEY => $key);
 		spawn('bash', 'scripts/node-entrypoint.sh');
 	};
 	ok(wait_until(sub { IO::Socket::INET->new(PeerAddr => "127.0.0.1:$http") }, 15), 'the node is up');
@@ -50,11 +50,11 @@ my $key = 'redteam-master-key-' . join('', map { int rand 10 } 1 .. 12);
 	my @workers;
 	wait_until(sub { @workers = grep { $ppid->($_) == $pid } map { m{/proc/(\d+)} ? $1 : () } glob('/proc/[0-9]*') }, 10);
 	ok(@workers, 'a worker runs (' . scalar(@workers) . ')');
-	is(mode("$state/state/master.key"), 0600, 'the key is in a 0600 file');
+	is(mode("$state/state/node.key"), 0600, 'the key is in a 0600 file');
 	for my $p ($pid, @workers) {
 		my $env = slurp("/proc/$p/environ");
 		ok(length $env, "/proc/$p/environ readable");
-		unlike($env, qr/\Q$key\E/, "no master key in the environment of process $p");
+		unlike($env, qr/\Q$key\E/, "no node key in the environment of process $p");
 	}
 	kill 'QUIT', $pid;
 	ok(defined reap($pid, 15), 'SIGQUIT ends it');
@@ -66,7 +66,7 @@ my $key = 'redteam-master-key-' . join('', map { int rand 10 } 1 .. 12);
 	my $dir = "$top/node";
 	my $render = sub {
 		local %ENV = (%ENV, MESH_PREFIX => $prefix, NODE_ID => 'edge-rt', NODE_ROLE => 'relay',
-			MASTER_SERVER => 'http://127.0.0.1:1', MASTER_KEY => $key);
+			MASTER_SERVER => 'http://127.0.0.1:1', NODE_KEY => $key);
 		my $old = umask 0;
 		my $out = `bash scripts/render-node-conf.sh $dir 2>&1`;
 		umask $old;
@@ -77,12 +77,16 @@ my $key = 'redteam-master-key-' . join('', map { int rand 10 } 1 .. 12);
 		is(mode($d) & 0007, 0, sprintf('%s: nothing for others (%04o)', $d =~ s{.*/}{}r, mode($d)));
 	}
 	is(mode("$dir/state/table.json") & 0077, 0, sprintf('table.json: owner only (%04o)', mode("$dir/state/table.json")));
-	is(mode("$dir/state/master.key"), 0600, 'master.key 0600');
-	# A key file from before, world-readable: made private when written again.
-	chmod 0644, "$dir/state/master.key";
+	is(mode("$dir/state/node.key"), 0600, 'node.key 0600');
+	# A key file from before, world-readable: made private when written again; the shared key
+	# file of an earlier version goes.
+	chmod 0644, "$dir/state/node.key";
+	open my $old, '>', "$dir/state/master.key" or die;
+	close $old;
 	$render->();
-	is(mode("$dir/state/master.key"), 0600, 'a 0644 master.key from before is made 0600');
-	is(slurp("$dir/state/master.key"), "$key\n", 'and holds the key');
+	is(mode("$dir/state/node.key"), 0600, 'a 0644 node.key from before is made 0600');
+	is(slurp("$dir/state/node.key"), "$key\n", 'and holds the key');
+	ok(!-e "$dir/state/master.key", "an earlier version's master.key is gone");
 }
 
 # --- an HTTP error log at debug: warned by nginx -t ------------------------------------------
@@ -148,6 +152,7 @@ http {
 CONF
 	{
 		local $ENV{MASTER_KEY} = $key;
+		local $ENV{NODE_KEY} = $key;
 		local $ENV{ADMIN_TOKEN} = $key;
 		$t->run;
 	}
@@ -159,7 +164,7 @@ CONF
 	ok($envf, 'the transcoder started');
 	my $env = slurp($envf // '');
 	unlike($env, qr/\Q$key\E/, "no secret of nginx's environment in the transcoder's");
-	unlike($env, qr/^(MASTER_KEY|ADMIN_TOKEN)=/m, 'nor their names');
+	unlike($env, qr/^(MASTER_KEY|NODE_KEY|ADMIN_TOKEN)=/m, 'nor their names');
 	kill 'TERM', $pub;
 	reap($pub, 5);
 	$t->stop;

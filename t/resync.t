@@ -31,7 +31,7 @@ sub node_under {
 	my ($master, $id) = @_;
 	my $t = Mesh::Test->new(name => $id);
 	chmod 0777, $t->testdir;
-	$t->write_file('master.key', $master->key . "\n");
+	$t->write_file('master.key', $master->node_key($id) . "\n");
 	$t->write_file('table.json', '{"version": 0}');
 	my $murl = $master->url;
 	$t->write_node_conf(rtmp => qq{

@@ -3,7 +3,8 @@
 # `make mesh` (scripts/run-mesh.sh): the master and four nodes rendered from environment
 # variables as the Docker image renders them; the printed broadcaster URL publishes, the printed
 # viewer URLs play (edge-2 by a route request), no secret is on any command line (the admin
-# token and the master key: curl reads a header file, the master and nodes key files), and
+# token, the master secret and the node keys: curl reads a header file, the master and each node
+# key files; each node has its own key, derived with mesh-tool node-key), and
 # Ctrl-C leaves no process behind. The master serves HTTPS with a private CA's certificate
 # (scripts/mesh-tls.sh), which every node verifies (mesh_master_ca).
 
@@ -77,9 +78,12 @@ ok(wait_until(sub { probe('rtmp://127.0.0.1:' . ($rbase + 2) . "/relay/demo?toke
 
 # No secret on any command line while the mesh runs (master, nodes, transcodes, the script's curl).
 sub slurp { open my $fh, '<', $_[0] or return ''; local $/; <$fh> }
-my %secret = (admin_token => slurp("$run/admin.token"), master_key => slurp("$run/master.key"));
+my %secret = (admin_token => slurp("$run/admin.token"), master_key => slurp("$run/master.key"),
+	node_key => slurp("$run/keys/edge-1.key") =~ s/\s+$//r);
 ok(length($secret{admin_token}) >= 32 && length($secret{master_key}) >= 32, 'the mesh made its secrets');
-is((stat "$run/$_")[2] & 0777, 0600, "$_: 0600") for qw(admin.token master.key admin.header);
+is((stat "$run/$_")[2] & 0777, 0600, "$_: 0600") for qw(admin.token master.key admin.header keys/edge-1.key);
+is($secret{node_key}, Mesh::Master::node_key({ key => $secret{master_key} =~ s/\s+$//r }, 'edge-1'), "edge-1 has its own key");
+is(slurp("$run/edge-1/state/node.key") =~ s/\s+$//r, $secret{node_key}, 'in its state, the master secret nowhere');
 is((stat "$run/tls/$_")[2] & 0777, 0600, "tls/$_: 0600") for qw(master.key ca.key);
 like(out(), qr{admin:\s+curl --cacert \Q$run\E/tls/ca.pem -H \S+ https://127\.0\.0\.1:$mport/}, 'the master is HTTPS, the CA printed for curl');
 like(slurp("$run/edge-1/nginx.conf"), qr{mesh_master https://127\.0\.0\.1:$mport;\s+mesh_master_ca \Q$run\E/tls/ca.pem;}, 'the nodes verify it with the CA');

@@ -32,7 +32,7 @@ my $master = Mesh::FakeMaster->new;
 my $down = free_port();
 my $t = Mesh::Test->new(name => 'ingest-1');
 chmod 0777, $t->testdir;
-$t->write_file('master.key', $master->key);
+$t->write_file('master.key', $master->node_key('ingest-1'));
 $t->write_file('table.json', '{"version": 0}');
 $master->set_table('ingest-1', { version => 3, role => 'standalone', publish => { cam1 => { key_sha256 => sha256_hex('k1') } },
 	ingest => { cam1 => [ { node_id => 'root-9', node_url => "rtmp://127.0.0.1:$down/relay", node_key => 'k9' } ] } });

@@ -18,6 +18,10 @@ per question; a wrong credential is answered after wrong_delay, default 0);
 stream", no delay); /_control/auth_serial {"on": true} answers one auth question at a time
 (a slow master); /_control/count {"endpoint", "prefix"} counts the requests received to an
 endpoint (whose stream starts with prefix) without fetching them all.
+
+Epochs: POST /_control/epoch {"epoch": E} puts E in announce and heartbeat answers (a table's
+own epoch is its "epoch" field); /_control/rollback {"on": true} sends a node its table
+whatever the poll's since (a master that went back).
 """
 
 import argparse
@@ -47,18 +51,23 @@ class State:
         self.heartbeat_interval = None
         self.auth_default = {"allow": False, "reason": "unknown stream"}
         self.auth_serial = None  # a Lock while auth answers one at a time
+        self.epoch = None  # the epoch announce and heartbeat answers carry
+        self.rollback = False  # send the table whatever the poll's since (a master gone back)
 
 
-def sign_response(key, status, ts, body):
-    msg = f"{status}\n{ts}\n{hashlib.sha256(body).hexdigest()}".encode()
+def sign_response(key, status, ts, nonce, method, path, body):
+    """docs/protocol.md: the answer is bound to the request (its nonce, method and path)."""
+    msg = "\n".join(["mesh-response-v2", str(status), str(ts), nonce, method, path,
+                     hashlib.sha256(body).hexdigest()]).encode()
     return hmac.new(key, msg, hashlib.sha256).hexdigest()
 
 
 def verify_request(key, method, path, headers, body):
     ts, sig = headers.get("X-Mesh-Timestamp"), headers.get("X-Mesh-Signature")
-    if not ts or not sig:
+    nonce = headers.get("X-Mesh-Nonce")
+    if not ts or not sig or not nonce:
         return False
-    msg = f"{method}\n{path}\n{ts}\n{hashlib.sha256(body).hexdigest()}".encode()
+    msg = "\n".join(["mesh-request-v2", method, path, ts, nonce, hashlib.sha256(body).hexdigest()]).encode()
     good = hmac.new(key, msg, hashlib.sha256).hexdigest()
     return hmac.compare_digest(good, sig) and abs(int(ts) - time.time()) <= 300
 
@@ -95,7 +104,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         if signed and mode != "nosig":
-            sig = sign_response(st.key, status, ts, body)
+            nonce = self.headers.get("X-Mesh-Nonce") or ""
+            sig = sign_response(st.key, status, ts, nonce, self.command, self.path, body)
             if mode == "badsig":
                 sig = "0" * 64
             self.send_header("X-Mesh-Timestamp", str(ts))
@@ -165,6 +175,8 @@ class Handler(BaseHTTPRequestHandler):
         st = self.state
         with st.lock:
             reply = {"table_refresh_s": 25}
+            if st.epoch:
+                reply["epoch"] = st.epoch
             if node in st.roles:
                 reply["role"] = st.roles[node]
             if st.heartbeat_interval:
@@ -175,6 +187,8 @@ class Handler(BaseHTTPRequestHandler):
         st = self.state
         with st.lock:
             reply = {"table_version": st.tables.get(node, {}).get("version", 0)}
+            if st.epoch:
+                reply["epoch"] = st.epoch
             if node in st.roles:
                 reply["role"] = st.roles[node]
         self.answer(200, reply)
@@ -185,6 +199,8 @@ class Handler(BaseHTTPRequestHandler):
         since = int(q.get("since", ["0"])[0])
         wait = float(q.get("wait", ["0"])[0])
         deadline = time.time() + wait
+        if st.rollback:
+            since = -1
         with st.lock:
             while st.tables.get(node, {}).get("version", -1) <= since:
                 left = deadline - time.time()
@@ -260,6 +276,10 @@ class Handler(BaseHTTPRequestHandler):
                     st.faults[data["endpoint"]] = (data["mode"], data.get("secs", 0))
             elif what == "heartbeat_interval":
                 st.heartbeat_interval = data["secs"]
+            elif what == "epoch":
+                st.epoch = data.get("epoch")
+            elif what == "rollback":
+                st.rollback = bool(data.get("on"))
             elif what == "requests":
                 return self.send(200, st.requests, signed=False)
             elif what == "clear":

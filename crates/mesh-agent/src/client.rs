@@ -5,7 +5,10 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mesh_core::sign::{sign_request, verify_response, SigError, Stamp, H_NODE, H_SIGNATURE, H_TIMESTAMP};
+use mesh_core::sign::{
+    nonce_hex, sign_request, verify_response, Bound, SigError, Stamp, H_NODE, H_NONCE, H_SIGNATURE,
+    H_TIMESTAMP, NONCE_BYTES,
+};
 use mesh_core::wire::{
     Announce, AnnounceReply, AuthReply, AuthRequest, Heartbeat, HeartbeatReply, RouteReply, RouteRequest,
 };
@@ -70,6 +73,7 @@ pub use mesh_core::wire::Paths;
 pub struct HttpConfig {
     /// `http://host[:port]` or `https://…`, without a trailing slash.
     pub base: String,
+    /// This node's key (`mesh_master_key`): it signs requests and verifies answers.
     pub key: Vec<u8>,
     pub node_id: String,
     pub paths: Paths,
@@ -89,6 +93,13 @@ pub struct HttpMaster {
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A fresh request nonce: 128 bits from the OS.
+fn fresh_nonce() -> Result<String, CallError> {
+    let mut b = [0u8; NONCE_BYTES];
+    getrandom::fill(&mut b).map_err(|e| CallError::Transport(format!("no random nonce: {e}")))?;
+    Ok(nonce_hex(b))
 }
 
 impl HttpMaster {
@@ -114,7 +125,8 @@ impl HttpMaster {
         self.agent.lock().clone().ok_or(CallError::Stopped)
     }
 
-    /// One signed call; returns the status and the verified body.
+    /// One signed call; returns the status and the body, verified as the answer to this very
+    /// request (its signature covers the request's nonce, method and path).
     fn call(
         &self,
         method: &str,
@@ -125,12 +137,14 @@ impl HttpMaster {
         let agent = self.agent()?;
         let url = format!("{}{}", self.cfg.base, path_query);
         let ts = now();
-        let sig = sign_request(&self.cfg.key, method, path_query, ts, body.unwrap_or_default());
+        let nonce = fresh_nonce()?;
+        let sig = sign_request(&self.cfg.key, method, path_query, ts, &nonce, body.unwrap_or_default());
         let mut req = ureq::http::Request::builder()
             .method(method)
             .uri(&url)
             .header(H_NODE, &self.cfg.node_id)
             .header(H_TIMESTAMP, ts.to_string())
+            .header(H_NONCE, &nonce)
             .header(H_SIGNATURE, &sig);
         if body.is_some() {
             req = req.header("Content-Type", "application/json");
@@ -150,8 +164,9 @@ impl HttpMaster {
             .map_err(|e| self.map_err(e))?;
         let verified = verify_response(
             &self.cfg.key,
+            Bound { method, path_query, nonce: &nonce },
             status,
-            Stamp { ts: rts.as_deref(), sig: rsig.as_deref() },
+            Stamp { ts: rts.as_deref(), sig: rsig.as_deref(), nonce: None },
             &bytes,
             now(),
         );
@@ -264,6 +279,21 @@ mod tests {
         sign: Option<&'static [u8]>,
         delay: Duration,
     ) -> (String, mpsc::Receiver<Seen>) {
+        serve_for(status, body, sign, delay, None)
+    }
+
+    /// Method, path and nonce to sign an answer for, instead of the request's.
+    type Other = (Option<&'static str>, Option<&'static str>, Option<&'static str>);
+
+    /// As [`serve`], the answer signed for another request (`method`, `path`, `nonce`) when
+    /// `other` says so: a recorded answer replayed.
+    fn serve_for(
+        status: u16,
+        body: &'static [u8],
+        sign: Option<&'static [u8]>,
+        delay: Duration,
+        other: Option<Other>,
+    ) -> (String, mpsc::Receiver<Seen>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", l.local_addr().unwrap());
         let (tx, rx) = mpsc::channel();
@@ -274,7 +304,7 @@ mod tests {
             r.read_line(&mut line).unwrap();
             let mut parts = line.split_whitespace();
             let (method, path) = (parts.next().unwrap().to_string(), parts.next().unwrap().to_string());
-            let (mut ts, mut sig, mut len) = (None, None, 0usize);
+            let (mut ts, mut sig, mut nonce, mut len) = (None, None, None, 0usize);
             loop {
                 let mut h = String::new();
                 r.read_line(&mut h).unwrap();
@@ -286,6 +316,7 @@ mod tests {
                 match k.to_ascii_lowercase().as_str() {
                     "x-mesh-timestamp" => ts = Some(v.to_string()),
                     "x-mesh-signature" => sig = Some(v.to_string()),
+                    "x-mesh-nonce" => nonce = Some(v.to_string()),
                     "content-length" => len = v.parse().unwrap(),
                     _ => {}
                 }
@@ -296,21 +327,28 @@ mod tests {
                 KEY,
                 &method,
                 &path,
-                Stamp { ts: ts.as_deref(), sig: sig.as_deref() },
+                Stamp { ts: ts.as_deref(), sig: sig.as_deref(), nonce: nonce.as_deref() },
                 &reqbody,
                 now(),
             )
             .is_ok();
-            let _ = tx.send((method, path, ok));
+            let _ = tx.send((method.clone(), path.clone(), ok));
             thread::sleep(delay);
             let ts = now();
             let mut w = s;
             let mut head =
                 format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+            let nonce = nonce.unwrap_or_default();
+            let (m, p, n) = other.unwrap_or_default();
+            let to = Bound {
+                method: m.unwrap_or(&method),
+                path_query: p.unwrap_or(&path),
+                nonce: n.unwrap_or(&nonce),
+            };
             if let Some(k) = sign {
                 head += &format!(
                     "X-Mesh-Timestamp: {ts}\r\nX-Mesh-Signature: {}\r\n",
-                    sign_response(k, status, ts, body)
+                    sign_response(k, to, status, ts, body)
                 );
             }
             let _ = w.write_all(head.as_bytes());
@@ -342,6 +380,24 @@ mod tests {
         let r = master(base).route(&route()).unwrap();
         assert_eq!((r.status, r.table_version), (RouteStatus::Routed, Some(3)));
         assert_eq!(seen.recv().unwrap(), ("POST".into(), "/route".into(), true));
+    }
+
+    /// An answer signed for another request (another nonce, method or path: recorded and
+    /// replayed by a man in the middle) is refused.
+    #[test]
+    fn an_answer_to_another_request_is_refused() {
+        let body = br#"{"status":"routed","table_version":3}"#;
+        let n0 = "00000000000000000000000000000000";
+        for other in [(None, None, Some(n0)), (Some("GET"), None, None), (None, Some("/auth"), None)] {
+            let (base, seen) = serve_for(200, body, Some(KEY), Duration::ZERO, Some(other));
+            assert_eq!(
+                master(base).route(&route()).unwrap_err(),
+                CallError::Signature(SigError::BadSignature)
+            );
+            assert!(seen.recv().unwrap().2, "the request was good");
+        }
+        let (base, _) = serve_for(200, body, Some(KEY), Duration::ZERO, Some((None, None, None)));
+        assert!(master(base).route(&route()).is_ok(), "its own answer");
     }
 
     #[test]

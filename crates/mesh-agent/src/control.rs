@@ -48,6 +48,7 @@ pub(crate) fn control_loop(m: &dyn Master, s: &Shared) {
                     if let Some(i) = r.heartbeat_interval_s.filter(|i| *i > 0) {
                         interval = Duration::from_secs(i);
                     }
+                    s.set_master_epoch(r.epoch);
                     if let Some(role) = r.role {
                         s.state.apply(&*s.sink, Update::Role(role));
                     }
@@ -78,8 +79,9 @@ pub(crate) fn control_loop(m: &dyn Master, s: &Shared) {
                 if let Some(role) = r.role {
                     s.state.apply(&*s.sink, Update::Role(role));
                 }
+                s.set_master_epoch(r.epoch.clone());
                 if let Some(v) = r.table_version {
-                    resync.check(m, s, v);
+                    resync.check(m, s, v, r.epoch.as_deref());
                 }
             }
             Err(e) => {
@@ -103,40 +105,50 @@ struct Resync {
 }
 
 impl Resync {
-    /// The master holds table `v` for this node (a signed heartbeat answer).
-    fn check(&mut self, m: &dyn Master, s: &Shared, v: u64) {
-        let running = s.state.version();
-        if v <= running {
+    /// The master holds table `v` of `epoch` for this node (a signed heartbeat answer).
+    fn check(&mut self, m: &dyn Master, s: &Shared, v: u64, epoch: Option<&str>) {
+        // Behind: a newer version, or a table of another epoch (a new master database).
+        if s.state.has(epoch, v) || (epoch.is_none() && v <= s.state.version()) {
             s.set_behind(None);
             return;
         }
+        let new_epoch = epoch.is_some_and(|e| s.state.epoch().as_deref() != Some(e));
         // A poll waiting out a backoff goes now (once per version, so a failing fetch keeps
         // its backoff).
-        if v > self.poked {
+        if v > self.poked || new_epoch {
             self.poked = v;
             s.poke_poll();
         }
         // A live long poll brings a new table within moments of the change (no wait when the
         // poll is known stale for this version already).
-        let stale = s.behind().is_some_and(|b| b.version == v);
-        if !stale && s.state.wait_version(v, s.cfg.resync_grace) {
+        let want = |b: &Behind| b.version == v && b.epoch.as_deref() == epoch;
+        let stale = s.behind().is_some_and(|b| want(&b));
+        if !stale && s.state.wait_version(epoch, v, s.cfg.resync_grace) {
             s.set_behind(None);
             return;
         }
         if !stale {
-            s.set_behind(Some(Behind { version: v, since_unix: unix_now() }));
+            s.set_behind(Some(Behind {
+                version: v,
+                epoch: epoch.map(str::to_string),
+                since_unix: unix_now(),
+            }));
         }
         let running = s.state.version();
-        if v > self.logged {
+        let of_epoch = match (new_epoch, epoch) {
+            (true, Some(e)) => format!(" of master epoch {e}"),
+            _ => String::new(),
+        };
+        if v > self.logged || new_epoch && !stale {
             self.logged = v;
             s.log(
                 Level::Notice,
-                format!("mesh: master holds table version {v} for this node, which runs {running}: the long poll has not brought it, fetching it now"),
+                format!("mesh: master holds table version {v}{of_epoch} for this node, which runs {running}: the long poll has not brought it, fetching it now"),
             );
         }
-        let why = match m.streams(running, Duration::ZERO) {
+        let why = match m.streams(s.since(), Duration::ZERO) {
             Ok(Some(body)) => match take_table(s, &body) {
-                Ok(Applied::Installed { .. }) | Ok(Applied::Same) if s.state.version() >= v => {
+                Ok(Applied::Installed { .. }) | Ok(Applied::Same) if s.state.has(epoch, v) => {
                     s.set_behind(None);
                     // The streams link works: a poll waiting out its backoff goes now.
                     s.streams.lock().ok(s);
@@ -152,11 +164,11 @@ impl Resync {
             Ok(None) => "the master answered 304".to_string(),
             Err(e) => e.to_string(),
         };
-        if v > self.failed_logged {
+        if v > self.failed_logged || new_epoch && !stale {
             self.failed_logged = v;
             s.log(
                 Level::Error,
-                format!("mesh: master holds table version {v} for this node but it cannot be fetched: {why}; keeping table version {running}, trying again at each heartbeat"),
+                format!("mesh: master holds table version {v}{of_epoch} for this node but it cannot be fetched: {why}; keeping table version {running}, trying again at each heartbeat"),
             );
         }
     }

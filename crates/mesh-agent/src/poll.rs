@@ -18,7 +18,7 @@ use crate::state::{Applied, Source, Update};
 pub(crate) fn poll_loop(m: &dyn Master, s: &Shared) {
     while !s.stopping() {
         s.take_poke();
-        let since = s.state.version();
+        let since = s.since();
         let began = Instant::now();
         let failed = match m.streams(since, s.cfg.poll_wait) {
             Ok(None) => {
@@ -53,10 +53,10 @@ pub(crate) fn poll_loop(m: &dyn Master, s: &Shared) {
 /// A table body from the master (signature checked): validated, resolved, applied, saved.
 pub(crate) fn take_table(s: &Shared, body: &[u8]) -> Result<Applied, String> {
     let t = Table::parse(body).map_err(|e| e.to_string())?;
-    let version = t.version;
+    let (version, epoch) = (t.version, t.epoch.clone());
     let applied = install(s, t, Source::Master);
     if let (Applied::Installed { .. }, Some(path)) = (applied, &s.cfg.table_file) {
-        if let Err(e) = s.state.save(path, version, body) {
+        if let Err(e) = s.state.save(path, epoch.as_deref(), version, body) {
             s.log(
                 Level::Error,
                 format!("mesh: cannot save table version {version} to \"{}\": {e}", path.display()),
@@ -71,7 +71,9 @@ pub(crate) fn take_table(s: &Shared, body: &[u8]) -> Result<Applied, String> {
 fn install(s: &Shared, t: Table, source: Source<'_>) -> Applied {
     let version = t.version;
     let current = s.state.node();
-    if s.state.is_older(version, source) || (version == current.table.version && t == current.table) {
+    if s.state.is_older(version, t.epoch.as_deref(), source)
+        || (version == current.table.version && t == current.table)
+    {
         let node =
             Node { node_id: s.cfg.node_id.clone(), role: current.role, table: t, dial: HashMap::new() };
         return s.state.apply(&*s.sink, Update::Table(Box::new(node), source));

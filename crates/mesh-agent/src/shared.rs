@@ -14,11 +14,13 @@ use crate::agent::{Config, Event, Level, Sink};
 use crate::link::Link;
 use crate::state::NodeState;
 
-/// The node learned from a signed heartbeat answer that the master holds a newer table for it,
-/// and the long poll did not bring it within [`Config::resync_grace`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The node learned from a signed heartbeat answer that the master holds a newer table for it
+/// (a higher version, or one of another master epoch), and the long poll did not bring it
+/// within [`Config::resync_grace`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Behind {
     pub version: u64,
+    pub epoch: Option<String>,
     pub since_unix: u64,
 }
 
@@ -31,6 +33,8 @@ pub(crate) struct Shared {
     /// Each link's state, for `mesh_status`.
     links: Mutex<Vec<LinkStatus>>,
     behind: Mutex<Option<Behind>>,
+    /// The master's epoch, as its last signed announce or heartbeat answer said.
+    master_epoch: Mutex<Option<String>>,
     stop: Mutex<bool>,
     wake: Condvar,
     fetch_now: AtomicBool,
@@ -46,6 +50,7 @@ impl Shared {
             state: NodeState::new(initial),
             links: Mutex::new(Vec::new()),
             behind: Mutex::new(None),
+            master_epoch: Mutex::new(None),
             stop: Mutex::new(false),
             wake: Condvar::new(),
             fetch_now: AtomicBool::new(false),
@@ -124,21 +129,40 @@ impl Shared {
     }
 
     pub(crate) fn behind(&self) -> Option<Behind> {
-        *self.behind.lock()
+        self.behind.lock().clone()
+    }
+
+    /// A signed answer named the master's epoch.
+    pub(crate) fn set_master_epoch(&self, e: Option<String>) {
+        if e.is_some() {
+            *self.master_epoch.lock() = e;
+        }
+    }
+
+    pub(crate) fn master_epoch(&self) -> Option<String> {
+        self.master_epoch.lock().clone()
+    }
+
+    /// The `since` of a table request: the version in force, or 0 when the master is known to
+    /// be of another epoch than the table in force (its versions count anew).
+    pub(crate) fn since(&self) -> u64 {
+        match self.master_epoch() {
+            Some(e) if self.state.epoch().as_deref() != Some(e.as_str()) => 0,
+            _ => self.state.version(),
+        }
     }
 
     /// Each link's state; the `streams` link says whether the node is behind the master (as
     /// of now: a table that came meanwhile ends it).
     pub(crate) fn links(&self) -> Vec<LinkStatus> {
-        let running = self.state.version();
-        let behind = self.behind().filter(|b| b.version > running);
+        let behind = self.behind().filter(|b| !self.state.has(b.epoch.as_deref(), b.version));
         if behind.is_some() {
             self.link_status("streams", |_| {});
         }
         let mut links = self.links.lock().clone();
         for l in links.iter_mut().filter(|l| l.link == "streams") {
-            l.behind_version = behind.map(|b| b.version);
-            l.behind_since_unix = behind.map(|b| b.since_unix);
+            l.behind_version = behind.as_ref().map(|b| b.version);
+            l.behind_since_unix = behind.as_ref().map(|b| b.since_unix);
         }
         links
     }

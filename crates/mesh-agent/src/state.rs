@@ -4,8 +4,10 @@
 //! applied. Nothing copies the snapshot, changes it elsewhere and writes it back, so a role
 //! change can never undo a table installed meanwhile (nor the reverse).
 //!
-//! A table from the master older than the one in force is refused (no rollback), logged once
-//! per version. A table file is the operator's word and is taken whatever its version.
+//! A table from the master older than the one in force in the same master epoch is refused (no
+//! rollback), logged once per version; one of another epoch (a new master database: its
+//! versions count from anew) is taken. A table file is the operator's word and is taken
+//! whatever its version.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -65,7 +67,7 @@ pub(crate) struct NodeState {
     changed: Condvar,
     /// The version last written to the table file: writes happen outside the lock, and one
     /// racing another never leaves an older table on disk.
-    saved: Mutex<Option<u64>>,
+    saved: Mutex<Option<(Option<String>, u64)>>,
 }
 
 impl NodeState {
@@ -85,10 +87,22 @@ impl NodeState {
         self.inner.lock().node.table.version
     }
 
-    /// Whether a table of `version` from `source` would be refused as older (checked again
-    /// by [`NodeState::apply`]; this spares resolving the hosts of a table never applied).
-    pub(crate) fn is_older(&self, version: u64, source: Source<'_>) -> bool {
-        matches!(source, Source::Master) && version < self.version()
+    /// The master epoch of the table in force (None: a table file, or from before epochs).
+    pub(crate) fn epoch(&self) -> Option<String> {
+        self.inner.lock().node.table.epoch.clone()
+    }
+
+    /// Whether the table in force is of `epoch` (when given) and at least `version`.
+    pub(crate) fn has(&self, epoch: Option<&str>, version: u64) -> bool {
+        has(&self.inner.lock().node, epoch, version)
+    }
+
+    /// Whether a table of `version` in `epoch` from `source` would be refused as older
+    /// (checked again by [`NodeState::apply`]; this spares resolving the hosts of a table never
+    /// applied).
+    pub(crate) fn is_older(&self, version: u64, epoch: Option<&str>, source: Source<'_>) -> bool {
+        let inner = self.inner.lock();
+        is_rollback(&inner.node, version, epoch, source)
     }
 
     /// The one step that changes the node state: merge `update` into the snapshot in force,
@@ -106,7 +120,7 @@ impl NodeState {
             }
             Update::Table(mut node, source) => {
                 let (version, running) = (node.table.version, current.table.version);
-                if matches!(source, Source::Master) && version < running {
+                if is_rollback(&current, version, node.table.epoch.as_deref(), source) {
                     if inner.refused != Some(version) {
                         inner.refused = Some(version);
                         let msg = format!(
@@ -125,6 +139,15 @@ impl NodeState {
                 let msg =
                     format!("mesh: table version {version} from {} in force (was {running})", source.name());
                 sink.send(Event::Log(Level::Notice, msg));
+                if let (Source::Master, Some(e)) = (source, &node.table.epoch) {
+                    if current.table.epoch.as_ref().is_some_and(|was| was != e) {
+                        let was = current.table.epoch.as_deref().unwrap_or("");
+                        let msg = format!(
+                            "mesh: master epoch {e} (was {was}): a new master database, its table versions count anew"
+                        );
+                        sink.send(Event::Log(Level::Notice, msg));
+                    }
+                }
                 (*node, Change::Table(version))
             }
         };
@@ -137,28 +160,47 @@ impl NodeState {
         Applied::Installed { was }
     }
 
-    /// Wait up to `d` for a table of at least `version`; whether it is in force.
-    pub(crate) fn wait_version(&self, version: u64, d: Duration) -> bool {
+    /// Wait up to `d` for a table of at least `version` (in `epoch`, when given); whether it
+    /// is in force.
+    pub(crate) fn wait_version(&self, epoch: Option<&str>, version: u64, d: Duration) -> bool {
         let deadline = Instant::now() + d;
         let mut inner = self.inner.lock();
-        while inner.node.table.version < version {
+        while !has(&inner.node, epoch, version) {
             if self.changed.wait_until(&mut inner, deadline).timed_out() {
                 break;
             }
         }
-        inner.node.table.version >= version
+        has(&inner.node, epoch, version)
     }
 
-    /// Write the body of table `version` to `path`, unless a newer one was written already.
-    pub(crate) fn save(&self, path: &Path, version: u64, bytes: &[u8]) -> std::io::Result<()> {
+    /// Write the body of table `version` of `epoch` to `path` (the epoch is in the body, so a
+    /// restart knows it), unless a newer one of that epoch was written already.
+    pub(crate) fn save(
+        &self,
+        path: &Path,
+        epoch: Option<&str>,
+        version: u64,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
         let mut saved = self.saved.lock();
-        if saved.is_some_and(|v| v > version) {
+        if saved.as_ref().is_some_and(|(e, v)| e.as_deref() == epoch && *v > version) {
             return Ok(());
         }
         write_atomic(path, bytes)?;
-        *saved = Some(version);
+        *saved = Some((epoch.map(str::to_string), version));
         Ok(())
     }
+}
+
+fn has(node: &Node, epoch: Option<&str>, version: u64) -> bool {
+    node.table.version >= version && epoch.is_none_or(|e| node.table.epoch.as_deref() == Some(e))
+}
+
+/// A table from the master older than the one in force, in the same epoch.
+fn is_rollback(current: &Node, version: u64, epoch: Option<&str>, source: Source<'_>) -> bool {
+    matches!(source, Source::Master)
+        && version < current.table.version
+        && epoch == current.table.epoch.as_deref()
 }
 
 #[cfg(test)]
@@ -193,7 +235,7 @@ mod tests {
                 Applied::Older { running: 13 }
             );
         }
-        assert!(st.is_older(12, Source::Master));
+        assert!(st.is_older(12, None, Source::Master));
         let logs = sink.logs();
         assert_eq!(
             logs.iter()
@@ -208,13 +250,39 @@ mod tests {
         );
         // The operator's file is taken whatever its version; its role wins.
         let f = Path::new("/t.json");
-        assert!(!st.is_older(2, Source::File(f)));
+        assert!(!st.is_older(2, None, Source::File(f)));
         assert_eq!(
             st.apply(&sink, Update::Table(Box::new(node(2, Some("ingest"))), Source::File(f))),
             Applied::Installed { was: 13 }
         );
         assert_eq!(st.node().role, Role::Ingest);
         assert_eq!(sink.changes(), vec![Change::Role(Role::Relay), Change::Table(13), Change::Table(2)]);
+    }
+
+    fn in_epoch(version: u64, epoch: Option<&str>) -> Node {
+        let e = epoch.map_or(String::new(), |e| format!(r#", "epoch": "{e}""#));
+        let table = Table::parse(format!(r#"{{"version": {version}{e}}}"#).as_bytes()).unwrap();
+        Node { node_id: "edge-1".into(), role: Role::Standalone, table, dial: Default::default() }
+    }
+
+    /// No rollback within an epoch; a new epoch (a new master database) is taken whatever its
+    /// version, and then its own versions never go back either.
+    #[test]
+    fn versions_compare_within_an_epoch() {
+        let sink = Collect::default();
+        let st = NodeState::new(Arc::new(in_epoch(500, Some("a"))));
+        let apply = |v, e| st.apply(&sink, Update::Table(Box::new(in_epoch(v, e)), Source::Master));
+        assert_eq!(apply(499, Some("a")), Applied::Older { running: 500 });
+        assert!(st.is_older(499, Some("a"), Source::Master));
+        assert!(!st.is_older(3, Some("b"), Source::Master));
+        assert_eq!(apply(3, Some("b")), Applied::Installed { was: 500 });
+        assert_eq!(st.epoch().as_deref(), Some("b"));
+        assert!(st.has(Some("b"), 3) && !st.has(Some("a"), 3) && !st.has(Some("b"), 4));
+        assert_eq!(apply(2, Some("b")), Applied::Older { running: 3 });
+        assert_eq!(apply(4, Some("b")), Applied::Installed { was: 3 });
+        // A table of no epoch after one of an epoch (an operator's file from before epochs).
+        assert_eq!(apply(1, None), Applied::Installed { was: 4 });
+        assert!(sink.logs().iter().any(|l| l.contains("master epoch b (was a)")), "{:?}", sink.logs());
     }
 
     /// The race of issue 13: a role change from a heartbeat while a table is installed. With a
@@ -252,19 +320,23 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("table.json");
         let st = NodeState::new(Arc::new(node(1, None)));
-        st.save(&file, 5, b"five").unwrap();
-        st.save(&file, 4, b"four").unwrap();
+        st.save(&file, None, 5, b"five").unwrap();
+        st.save(&file, None, 4, b"four").unwrap();
         assert_eq!(std::fs::read(&file).unwrap(), b"five");
-        st.save(&file, 5, b"five again").unwrap();
+        st.save(&file, None, 5, b"five again").unwrap();
         assert_eq!(std::fs::read(&file).unwrap(), b"five again");
+        st.save(&file, Some("e2"), 1, b"new epoch").unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"new epoch", "a new epoch is saved whatever its version");
+        st.save(&file, Some("e2"), 0, b"older").unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"new epoch");
         std::fs::remove_dir_all(dir).unwrap();
 
         let t = Instant::now();
-        assert!(!st.wait_version(2, Duration::from_millis(50)));
+        assert!(!st.wait_version(None, 2, Duration::from_millis(50)));
         assert!(t.elapsed() >= Duration::from_millis(50));
         let st = Arc::new(st);
         let s = st.clone();
-        let waiter = thread::spawn(move || s.wait_version(2, Duration::from_secs(5)));
+        let waiter = thread::spawn(move || s.wait_version(None, 2, Duration::from_secs(5)));
         thread::sleep(Duration::from_millis(20));
         st.apply(&Collect::default(), Update::Table(Box::new(node(2, None)), Source::Master));
         assert!(waiter.join().unwrap());

@@ -28,6 +28,8 @@ pub struct Scripted {
     pub table: Mutex<Option<(u64, Vec<u8>)>>,
     /// The role heartbeats answer.
     pub role: Mutex<Option<Role>>,
+    /// The epoch announces and heartbeats answer.
+    pub epoch: Mutex<Option<String>>,
     /// Every streams call blocks until shutdown (a hung master).
     pub stall: AtomicBool,
     /// Long polls (`wait` > 0) block until shutdown: polls the master lost. Fetches answer.
@@ -61,12 +63,13 @@ impl Master for Scripted {
             role: None,
             heartbeat_interval_s: None,
             table_refresh_s: None,
+            epoch: self.epoch.lock().clone(),
         }))
     }
     fn heartbeat(&self, _: &Heartbeat) -> Result<HeartbeatReply, CallError> {
         *self.heartbeats.lock() += 1;
         let table_version = self.table.lock().as_ref().map(|(v, _)| *v);
-        Ok(HeartbeatReply { table_version, role: *self.role.lock() })
+        Ok(HeartbeatReply { table_version, role: *self.role.lock(), epoch: self.epoch.lock().clone() })
     }
     fn streams(&self, since: u64, wait: Duration) -> Result<Option<Vec<u8>>, CallError> {
         self.polls.lock().push((since, wait));

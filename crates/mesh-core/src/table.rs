@@ -46,6 +46,9 @@ pub struct Table {
     /// Stream → its identity (`streams.S.id`), when the table names them: tokens are bound to
     /// it, and a stream not named refuses every token.
     pub stream_ids: Option<HashMap<String, String>>,
+    /// The master's epoch (its database's random id): versions compare only within one epoch
+    /// (docs/protocol.md, "Epochs").
+    pub epoch: Option<String>,
 }
 
 /// Why a table was refused.
@@ -95,6 +98,7 @@ struct RawTable {
     viewer_keys: Option<Vec<RawViewerKey>>,
     max_token_ttl_s: Option<serde_json::Value>,
     streams: Option<HashMap<String, RawStream>>,
+    epoch: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -261,7 +265,13 @@ impl RawTable {
                 Some(ids)
             }
         };
+        if let Some(e) = &self.epoch {
+            if !is_valid_stream_id(e) {
+                return Err(invalid("epoch", "invalid epoch (1-64 of A-Z a-z 0-9 _ -)"));
+            }
+        }
         Ok(Table {
+            epoch: self.epoch,
             version,
             role,
             ingest,

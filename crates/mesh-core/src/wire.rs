@@ -49,6 +49,9 @@ pub struct AnnounceReply {
     pub role: Option<Role>,
     pub heartbeat_interval_s: Option<u64>,
     pub table_refresh_s: Option<u64>,
+    /// The master's epoch (docs/protocol.md, "Epochs").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -119,6 +122,9 @@ impl Heartbeat {
 pub struct HeartbeatReply {
     pub table_version: Option<u64>,
     pub role: Option<Role>,
+    /// The epoch `table_version` counts in (docs/protocol.md, "Epochs").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
@@ -250,7 +256,12 @@ mod tests {
         let r: AnnounceReply = serde_json::from_str(r#"{"role":"relay","extra":1}"#).unwrap();
         assert_eq!(
             r,
-            AnnounceReply { role: Some(Role::Relay), heartbeat_interval_s: None, table_refresh_s: None }
+            AnnounceReply {
+                role: Some(Role::Relay),
+                heartbeat_interval_s: None,
+                table_refresh_s: None,
+                epoch: None
+            }
         );
         let r: HeartbeatReply = serde_json::from_str(r#"{"table_version": 7}"#).unwrap();
         assert_eq!(r.table_version, Some(7));

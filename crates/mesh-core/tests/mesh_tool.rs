@@ -111,3 +111,29 @@ fn tokens_from_a_secret_on_stdin_or_in_the_environment() {
     assert_eq!(tool(&["token", "--stream-id", "x", "-", "cam1"], "s", &[]).status.code(), Some(2));
     assert_eq!(tool(&["token", "-", "a b"], "s", &[]).status.code(), Some(2));
 }
+
+/// A node's key, from the master secret as mesh-master reads it (the environment or its file,
+/// whitespace trimmed), or from `-`, `@FILE`, `env:NAME`; never from the command line.
+#[test]
+fn node_keys_come_from_the_master_secret() {
+    let secret = "1234567890-SUPER-STRONG-KEY";
+    let want = "85327fb490f56b41d774cc54a1e4903622efa87cf4ce6205c9d84b2f36e7c62e"; // docs/protocol.md
+    assert_eq!(want, mesh_core::sign::node_key(secret.as_bytes(), "edge-1", 0));
+    assert_eq!(out(&tool(&["node-key", "edge-1"], "", &[("MASTER_KEY", secret)])), want);
+    let f = temp("master.key", &format!("{secret}\n"));
+    assert_eq!(out(&tool(&["node-key", "edge-1"], "", &[("MASTER_KEY_FILE", &f)])), want);
+    assert_eq!(out(&tool(&["node-key", &format!("@{f}"), "edge-1"], "", &[])), want);
+    assert_eq!(out(&tool(&["node-key", "-", "edge-1"], secret, &[])), want);
+    assert_eq!(out(&tool(&["node-key", "env:S", "edge-1"], "", &[("S", secret)])), want);
+    let g1 = mesh_core::sign::node_key(secret.as_bytes(), "edge-1", 1);
+    assert_eq!(out(&tool(&["node-key", "--generation", "1", "edge-1"], "", &[("MASTER_KEY", secret)])), g1);
+    // The secret never on the command line; a bad id; no secret at all.
+    let o = tool(&["node-key", secret, "edge-1"], "", &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(!err(&o).contains(secret), "the refusal does not repeat it");
+    assert_eq!(tool(&["node-key", "bad id"], "", &[("MASTER_KEY", secret)]).status.code(), Some(2));
+    let o = tool(&["node-key", "edge-1"], "", &[]);
+    assert!(!o.status.success() && err(&o).contains("no master secret"), "{}", err(&o));
+    let both = tool(&["node-key", "edge-1"], "", &[("MASTER_KEY", secret), ("MASTER_KEY_FILE", &f)]);
+    assert!(!both.status.success());
+}

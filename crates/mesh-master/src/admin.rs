@@ -83,6 +83,9 @@ pub(crate) async fn admin_nodes(State(app): State<Arc<App>>) -> Response {
         .map(|n| {
             let mut v = serde_json::to_value(n).unwrap_or_default();
             v["table_version_sent"] = m.table_version(&n.node_id).into();
+            let c = app.creds.get(&n.node_id);
+            v["revoked"] = c.revoked.into();
+            v["key_generation"] = c.generation.into();
             v
         })
         .collect();

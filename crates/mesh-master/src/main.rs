@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use tracing::{error, info, warn};
 
+use mesh_master::creds::Creds;
 use mesh_master::listener::{self, Limits};
 use mesh_master::mesh::{Config, Mesh};
 use mesh_master::server::{self, now, random_hex, App, Paths, RandomKeys};
@@ -56,9 +57,9 @@ struct Args {
     #[arg(long, env = "INSECURE_HTTP")]
     insecure_http: bool,
 
-    /// A file holding the key shared with every node (signs requests and responses; whitespace
-    /// trimmed). Or give the key itself in the environment as MASTER_KEY (never on the command
-    /// line).
+    /// A file holding the master secret (whitespace trimmed): each node's key is derived from it
+    /// and the node id (`mesh-tool node-key`), and it never leaves the master. Or give it in
+    /// the environment as MASTER_KEY (never on the command line).
     #[arg(long, env = "MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
 
@@ -252,6 +253,8 @@ fn run(args: Args) -> Result<(), String> {
     }
     let store = Store::open(&args.db).map_err(|e| e.to_string())?;
     let ceiling = store.version_ceiling().map_err(|e| e.to_string())?;
+    let epoch = store.epoch_or_make(|| random_hex(16)).map_err(|e| e.to_string())?;
+    let creds = Creds::new(master_key.into_bytes(), store.node_creds().map_err(|e| e.to_string())?);
     let given = store.give_stream_ids(|| random_hex(8)).map_err(|e| e.to_string())?;
     if given > 0 {
         info!(
@@ -293,14 +296,8 @@ fn run(args: Args) -> Result<(), String> {
         auth: args.auth_endpoint.clone(),
         route: args.route_endpoint.clone(),
     };
-    let app = App::new(
-        mesh,
-        store,
-        master_key.into_bytes(),
-        admin_token,
-        now().saturating_add(grace),
-        args.max_poll_wait,
-    );
+    let app =
+        App::new(mesh, store, creds, epoch, admin_token, now().saturating_add(grace), args.max_poll_wait);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

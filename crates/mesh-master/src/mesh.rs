@@ -309,6 +309,14 @@ impl Mesh {
         died
     }
 
+    /// A node cut off (revoked): as if never seen, so the next sweep declares it dead and
+    /// places its streams again.
+    pub fn never_seen(&mut self, node_id: &str) {
+        if let Some(n) = self.nodes.get_mut(node_id) {
+            n.last_seen = 0;
+        }
+    }
+
     /// An admin assigns a role (None: back to what the node announced).
     pub fn set_role(&mut self, node_id: &str, role: Option<Role>, now: u64) {
         match role {

@@ -13,10 +13,12 @@ use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use mesh_core::name::{for_log, is_valid_id};
-use mesh_core::sign::{verify_request, Stamp, H_NODE, H_SIGNATURE, H_TIMESTAMP};
+use mesh_core::sign::{
+    parse_nonce, verify_request, SigError, Stamp, H_NODE, H_NONCE, H_SIGNATURE, H_TIMESTAMP,
+};
 use mesh_core::status::label;
 use mesh_core::token::{ct_eq, key_sha256_hex};
 use mesh_core::wire::{
@@ -24,55 +26,120 @@ use mesh_core::wire::{
     RouteRequest,
 };
 
+use crate::creds::NodeCred;
 use crate::listener::{Busy, Conn};
 use crate::mesh::{self, MeshError};
+use crate::nonces::NonceError;
 use crate::rates::Class;
-use crate::server::{now, App, BODY_TIMEOUT, MAX_BODY};
+use crate::server::{now, unsigned, App, Reply, BODY_TIMEOUT, MAX_BODY};
 use crate::validate::{self, Invalid};
 
 /// How long an auth answer may be cached by a node.
 const AUTH_TTL_S: u64 = 60;
 
-/// A node's request, its signature checked and its rate taken: the node's id and the body.
+/// A node's request, its signature checked with the node's key, its nonce taken and its rate
+/// taken: the node's id, the body, and what its answers are signed for.
 struct NodeCall {
     node: String,
+    /// The node's credential when the request was checked (a long poll checks it again).
+    cred: NodeCred,
     uri: axum::http::Uri,
     body: Bytes,
+    reply: Reply,
     /// Its connection is not closed to make room while the request runs (a long poll, say).
     _busy: Option<Busy>,
 }
 
+/// Count a refused request and answer it, signed for it.
+fn refuse(app: &App, to: &Reply, node: &str, path: &str, status: StatusCode, why: &str) -> Response {
+    warn!(node = %for_log(node), path = %for_log(path), error = %why, "request refused");
+    app.counters.inc("mesh_master_requests_refused_total", &format!("reason=\"{}\"", label(why)));
+    app.signed_error(to, status, why)
+}
+
 async fn node_call(app: &App, req: Request, class: Class) -> Result<NodeCall, Response> {
     let (parts, body) = req.into_parts();
-    let body = match tokio::time::timeout(BODY_TIMEOUT, to_bytes(body, MAX_BODY)).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(_)) => return Err(app.signed_error(StatusCode::PAYLOAD_TOO_LARGE, "body too large")),
-        Err(_) => return Err(app.signed_error(StatusCode::REQUEST_TIMEOUT, "body timed out")),
-    };
     let h = &parts.headers;
     let text = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
     let path_query =
         parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_string(), |pq| pq.as_str().to_string());
-    let stamp = Stamp { ts: text(H_TIMESTAMP), sig: text(H_SIGNATURE) };
     let node = text(H_NODE).unwrap_or("").to_string();
-    if let Err(e) = verify_request(&app.master_key, parts.method.as_str(), &path_query, stamp, &body, now()) {
-        warn!(node = %for_log(&node), path = %for_log(parts.uri.path()), error = %e, "request refused");
-        app.counters
-            .inc("mesh_master_requests_refused_total", &format!("reason=\"{}\"", label(&e.to_string())));
-        return Err(app.signed_error(StatusCode::UNAUTHORIZED, &e.to_string()));
-    }
+    let path = parts.uri.path().to_string();
     if !is_valid_id(&node) {
-        return Err(app.signed_error(StatusCode::BAD_REQUEST, "bad X-Mesh-Node"));
+        // No node, no key to sign with.
+        warn!(node = %for_log(&node), path = %for_log(&path), "request refused: bad X-Mesh-Node");
+        app.counters.inc("mesh_master_requests_refused_total", "reason=\"bad_x_mesh_node\"");
+        return Err(unsigned(StatusCode::UNAUTHORIZED, br#"{"error":"bad X-Mesh-Node"}"#.to_vec()));
+    }
+    let (key, cred) = app.creds.key(&node);
+    let nonce = text(H_NONCE).filter(|n| parse_nonce(n).is_some()).unwrap_or("").to_string();
+    let reply = Reply { key, method: parts.method.as_str().to_string(), path_query, nonce };
+    let body = match tokio::time::timeout(BODY_TIMEOUT, to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => return Err(app.signed_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "body too large")),
+        Err(_) => return Err(app.signed_error(&reply, StatusCode::REQUEST_TIMEOUT, "body timed out")),
+    };
+    let stamp = Stamp { ts: text(H_TIMESTAMP), sig: text(H_SIGNATURE), nonce: text(H_NONCE) };
+    let t = now();
+    let verified = match verify_request(&reply.key, &reply.method, &reply.path_query, stamp, &body, t) {
+        Ok(v) => v,
+        Err(e) => {
+            let with_secret =
+                |k: &[u8]| verify_request(k, &reply.method, &reply.path_query, stamp, &body, t).is_ok();
+            if e == SigError::BadSignature && app.creds.is_the_secret(with_secret) {
+                error!(node = %node, "request signed with the master secret: give the node its own key \
+                       (mesh-tool node-key), never the master secret");
+            }
+            return Err(refuse(app, &reply, &node, &path, StatusCode::UNAUTHORIZED, &e.to_string()));
+        }
+    };
+    if cred.revoked {
+        return Err(refuse(app, &reply, &node, &path, StatusCode::UNAUTHORIZED, "node revoked"));
+    }
+    if verified.ts < app.started_at {
+        let why = "timestamp before the master started";
+        return Err(refuse(app, &reply, &node, &path, StatusCode::UNAUTHORIZED, why));
+    }
+    if let Err(e) = app.nonces.lock().take(&node, verified.nonce, verified.ts, t) {
+        let mut r = refuse(app, &reply, &node, &path, nonce_status(e), &e.to_string());
+        if e == NonceError::Full {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        return Err(r);
     }
     if !app.rates.take(&node, class, std::time::Instant::now()) {
         app.counters.inc("mesh_master_requests_limited_total", &format!("class=\"{}\"", class.label()));
         debug!(node = %node, class = class.label(), "request refused: too many requests");
-        let mut r = app.signed_error(StatusCode::TOO_MANY_REQUESTS, "too many requests");
+        let mut r = app.signed_error(&reply, StatusCode::TOO_MANY_REQUESTS, "too many requests");
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return Err(r);
     }
     let busy = parts.extensions.get::<Arc<Conn>>().map(Conn::busy);
-    Ok(NodeCall { node, uri: parts.uri, body, _busy: busy })
+    Ok(NodeCall { node, cred, uri: parts.uri, body, reply, _busy: busy })
+}
+
+fn nonce_status(e: NonceError) -> StatusCode {
+    match e {
+        NonceError::Replay => StatusCode::UNAUTHORIZED,
+        NonceError::Full => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn tests_with_epoch(body: Vec<u8>, epoch: &str) -> Vec<u8> {
+    with_epoch(body, epoch)
+}
+
+/// A table body with the master's epoch in it (signed with the body).
+fn with_epoch(body: Vec<u8>, epoch: &str) -> Vec<u8> {
+    let Some(rest) = body.strip_prefix(b"{") else { return body };
+    let rest = rest.trim_ascii_start();
+    let mut out = format!("{{\"epoch\":{}", serde_json::Value::from(epoch)).into_bytes();
+    if !rest.starts_with(b"}") {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 /// The body as `T`, naming the same node as the header, its fields passing `check`.
@@ -85,7 +152,11 @@ fn payload<T: for<'de> Deserialize<'de>>(
     let v: T = serde_json::from_slice(&call.body)
         .map_err(|e| invalid(app, call, &printable(&format!("bad body: {e}"), 200)))?;
     if id(&v) != call.node {
-        return Err(app.signed_error(StatusCode::BAD_REQUEST, "node_id differs from X-Mesh-Node"));
+        return Err(app.signed_error(
+            &call.reply,
+            StatusCode::BAD_REQUEST,
+            "node_id differs from X-Mesh-Node",
+        ));
     }
     check(&v).map_err(|e| invalid(app, call, &e.to_string()))?;
     Ok(v)
@@ -102,11 +173,11 @@ fn invalid(app: &App, call: &NodeCall, why: &str) -> Response {
     let endpoint = for_log(call.uri.path().trim_start_matches('/'));
     app.counters.inc("mesh_master_requests_invalid_total", &format!("endpoint=\"{}\"", label(&endpoint)));
     info!(node = %call.node, path = %for_log(call.uri.path()), reason = %why, "request refused: invalid field");
-    app.signed_error(StatusCode::BAD_REQUEST, why)
+    app.signed_error(&call.reply, StatusCode::BAD_REQUEST, why)
 }
 
-fn not_announced(app: &App, e: MeshError) -> Response {
-    app.signed_error(StatusCode::NOT_FOUND, &e.to_string())
+fn not_announced(app: &App, call: &NodeCall, e: MeshError) -> Response {
+    app.signed_error(&call.reply, StatusCode::NOT_FOUND, &e.to_string())
 }
 
 pub(crate) async fn announce(State(app): State<Arc<App>>, req: Request) -> Response {
@@ -125,11 +196,13 @@ pub(crate) async fn announce(State(app): State<Arc<App>>, req: Request) -> Respo
     let interval = app.mesh.lock().cfg.heartbeat_interval_s;
     info!(node = %a.node_id, role = %role, rtmp_url = %a.rtmp_url, version = %a.version, "node announced");
     app.signed_json(
+        &call.reply,
         StatusCode::OK,
         &AnnounceReply {
             role: Some(role),
             heartbeat_interval_s: Some(interval),
             table_refresh_s: Some(app.max_poll_wait_s),
+            epoch: Some(app.epoch.clone()),
         },
     )
 }
@@ -146,9 +219,14 @@ pub(crate) async fn heartbeat(State(app): State<Arc<App>>, req: Request) -> Resp
     match app.with_mesh(|m| m.heartbeat(&hb, now()).map(|role| (role, m.table_version(&hb.node_id)))) {
         Ok((role, version)) => {
             let table_version = app.serving_tables().then_some(version);
-            app.signed_json(StatusCode::OK, &HeartbeatReply { table_version, role: Some(role) })
+            let epoch = Some(app.epoch.clone());
+            app.signed_json(
+                &call.reply,
+                StatusCode::OK,
+                &HeartbeatReply { table_version, role: Some(role), epoch },
+            )
         }
-        Err(e) => not_announced(&app, e),
+        Err(e) => not_announced(&app, &call, e),
     }
 }
 
@@ -168,27 +246,34 @@ pub(crate) async fn streams(State(app): State<Arc<App>>, req: Request) -> Respon
     };
     let q: PollQuery = match Query::try_from_uri(&call.uri) {
         Ok(Query(q)) => q,
-        Err(_) => return app.signed_error(StatusCode::BAD_REQUEST, "bad query: node_id, since, wait"),
+        Err(_) => {
+            return app.signed_error(&call.reply, StatusCode::BAD_REQUEST, "bad query: node_id, since, wait")
+        }
     };
     if q.node_id != call.node {
-        return app.signed_error(StatusCode::BAD_REQUEST, "node_id differs from X-Mesh-Node");
+        return app.signed_error(&call.reply, StatusCode::BAD_REQUEST, "node_id differs from X-Mesh-Node");
     }
     if let Err(e) = validate::since(q.since) {
         return invalid(&app, &call, &e.to_string());
     }
     if !app.mesh.lock().is_known(&q.node_id) {
-        return not_announced(&app, MeshError::NotAnnounced);
+        return not_announced(&app, &call, MeshError::NotAnnounced);
     }
     let mut changes = app.changed.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(app.max_poll_wait_s));
     loop {
+        // Revoked, or its key rotated, while the poll waited: no table for it.
+        if app.creds.get(&call.node) != call.cred {
+            let why = if app.creds.get(&call.node).revoked { "node revoked" } else { "node key rotated" };
+            return refuse(&app, &call.reply, &call.node, call.uri.path(), StatusCode::UNAUTHORIZED, why);
+        }
         if app.serving_tables() {
             // The document is shared: taken under the lock, made JSON after it.
             let table = app.mesh.lock().table(&q.node_id).filter(|(v, _)| *v > q.since);
             if let Some((v, body)) = table.and_then(|(v, doc)| mesh::table_json(v, &doc)) {
                 info!(node = %q.node_id, version = v, "table sent");
                 app.counters.inc("mesh_master_tables_sent_total", "");
-                return app.signed(StatusCode::OK, body);
+                return app.signed(&call.reply, StatusCode::OK, with_epoch(body, &app.epoch));
             }
         }
         // Woken by a change, at the deadline, or when tables start being served.
@@ -205,7 +290,7 @@ pub(crate) async fn streams(State(app): State<Arc<App>>, req: Request) -> Respon
             break;
         }
     }
-    app.signed(StatusCode::NOT_MODIFIED, Vec::new())
+    app.signed(&call.reply, StatusCode::NOT_MODIFIED, Vec::new())
 }
 
 pub(crate) async fn auth(State(app): State<Arc<App>>, req: Request) -> Response {
@@ -228,7 +313,7 @@ pub(crate) async fn auth(State(app): State<Arc<App>>, req: Request) -> Response 
         info!(node = %a.node_id, action = ?a.action, stream = %a.stream, addr = %a.addr,
               reason = reply.reason.as_deref().unwrap_or(""), "auth: denied");
     }
-    app.signed_json(StatusCode::OK, &reply)
+    app.signed_json(&call.reply, StatusCode::OK, &reply)
 }
 
 fn decide(app: &App, a: &AuthRequest) -> AuthReply {
@@ -300,8 +385,8 @@ pub(crate) async fn route(State(app): State<Arc<App>>, req: Request) -> Response
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default();
             app.counters.inc("mesh_master_routes_total", &format!("status=\"{answer}\""));
-            app.signed_json(StatusCode::OK, &RouteReply { status, table_version: Some(version) })
+            app.signed_json(&call.reply, StatusCode::OK, &RouteReply { status, table_version: Some(version) })
         }
-        Err(e) => not_announced(&app, e),
+        Err(e) => not_announced(&app, &call, e),
     }
 }

@@ -18,14 +18,16 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use mesh_core::sign::{sign_response, H_SIGNATURE, H_TIMESTAMP};
+use mesh_core::sign::{sign_response, Bound, H_SIGNATURE, H_TIMESTAMP};
 pub use mesh_core::wire::Paths;
 
 use crate::admin::*;
 use crate::admin_viewers;
+use crate::creds::Creds;
 use crate::mesh::Mesh;
 use crate::metrics::Counters;
 use crate::node_api::{announce, auth, heartbeat, route, streams};
+use crate::nonces::Nonces;
 use crate::rates::Rates;
 use crate::store::{Store, StoreError, VERSION_BLOCK};
 
@@ -38,7 +40,15 @@ pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct App {
     pub mesh: Mutex<Mesh>,
     pub store: Mutex<Store>,
-    pub master_key: Vec<u8>,
+    /// Node keys, from the master secret (crate::creds).
+    pub creds: Creds,
+    /// The nonces of the signature window (crate::nonces).
+    pub nonces: Mutex<Nonces>,
+    /// The master's epoch: its database's random id (docs/protocol.md, "Epochs").
+    pub epoch: String,
+    /// When this master started (unix s): a request signed before is refused, since the nonces
+    /// it may have used are not remembered across a restart.
+    pub started_at: u64,
     pub admin_token: String,
     /// Tables are not served before this (unix s): after a restart, nodes keep their last
     /// tables until the heartbeats have told the new master where streams are.
@@ -78,7 +88,8 @@ impl App {
     pub fn new(
         mesh: Mesh,
         store: Store,
-        master_key: Vec<u8>,
+        creds: Creds,
+        epoch: String,
         admin_token: String,
         serve_tables_at: u64,
         max_poll_wait_s: u64,
@@ -88,7 +99,10 @@ impl App {
         let app = Arc::new(App {
             mesh: Mutex::new(mesh),
             store: Mutex::new(store),
-            master_key,
+            creds,
+            nonces: Mutex::new(Nonces::default()),
+            epoch,
+            started_at: now(),
             admin_token,
             serve_tables_at,
             max_poll_wait_s,
@@ -147,6 +161,7 @@ impl App {
     pub fn sweep(&self) {
         let t = now();
         self.rates.prune(std::time::Instant::now());
+        self.nonces.lock().prune(t);
         let died = self.with_mesh(|m| m.sweep(t));
         self.counters.add("mesh_master_node_deaths_total", "", died.len() as u64);
         for id in died {
@@ -185,26 +200,42 @@ impl App {
         now() >= self.serve_tables_at
     }
 
-    /// A signed response.
-    pub(crate) fn signed(&self, status: StatusCode, body: Vec<u8>) -> Response {
+    /// A response signed for request `to` with its node's key.
+    pub(crate) fn signed(&self, to: &Reply, status: StatusCode, body: Vec<u8>) -> Response {
         let ts = now();
-        let sig = sign_response(&self.master_key, status.as_u16(), ts, &body);
-        let mut r = Response::new(Body::from(body));
-        *r.status_mut() = status;
+        let bound = Bound { method: &to.method, path_query: &to.path_query, nonce: &to.nonce };
+        let sig = sign_response(&to.key, bound, status.as_u16(), ts, &body);
+        let mut r = unsigned(status, body);
         let h = r.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(H_TIMESTAMP, HeaderValue::from(ts));
         h.insert(H_SIGNATURE, HeaderValue::from_str(&sig).expect("hex"));
         r
     }
 
-    pub(crate) fn signed_json(&self, status: StatusCode, v: &impl Serialize) -> Response {
-        self.signed(status, serde_json::to_vec(v).unwrap_or_default())
+    pub(crate) fn signed_json(&self, to: &Reply, status: StatusCode, v: &impl Serialize) -> Response {
+        self.signed(to, status, serde_json::to_vec(v).unwrap_or_default())
     }
 
-    pub(crate) fn signed_error(&self, status: StatusCode, why: &str) -> Response {
-        self.signed_json(status, &json!({ "error": why }))
+    pub(crate) fn signed_error(&self, to: &Reply, status: StatusCode, why: &str) -> Response {
+        self.signed_json(to, status, &json!({ "error": why }))
     }
+}
+
+/// What a response is signed for: the key of the node that asked and the request it answers.
+pub(crate) struct Reply {
+    pub key: Vec<u8>,
+    pub method: String,
+    pub path_query: String,
+    /// The request's nonce as sent when it is one (else empty: no node's request has it).
+    pub nonce: String,
+}
+
+/// A response no key signs (a request naming no valid node).
+pub(crate) fn unsigned(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
 }
 
 async fn healthz() -> &'static str {
@@ -216,6 +247,8 @@ pub fn router(app: Arc<App>, paths: &Paths) -> Router {
     let admin = Router::new()
         .route("/admin/nodes", get(admin_nodes))
         .route("/admin/nodes/{id}/role", put(admin_set_role))
+        .route("/admin/nodes/{id}/revoked", put(crate::admin_creds::set_revoked))
+        .route("/admin/nodes/{id}/key", post(crate::admin_creds::rotate_key))
         .route("/admin/streams", get(admin_streams).post(admin_create_stream))
         .route("/admin/streams/{stream}", axum::routing::delete(admin_delete_stream))
         .route("/admin/streams/{stream}/key", post(admin_rotate_key))

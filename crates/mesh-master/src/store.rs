@@ -1,5 +1,6 @@
 //! What the master keeps across restarts, in SQLite: broadcaster accounts and their streams
-//! (key hashes and identities), admin role assignments, the viewer keys ([`crate::viewer_keys`])
+//! (key hashes and identities), admin role assignments, node credentials (key generations,
+//! revocations), the master's epoch, the viewer keys ([`crate::viewer_keys`])
 //! and a ceiling on table versions (so a restarted master never hands out a version it used
 //! before). Everything else is rebuilt from announces and heartbeats.
 //!
@@ -15,6 +16,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use mesh_core::role::Role;
+
+use crate::creds::NodeCred;
 
 /// Table versions are reserved in blocks: one write per `VERSION_BLOCK` changes.
 pub const VERSION_BLOCK: u64 = 1000;
@@ -116,6 +119,10 @@ impl Store {
                  key_sha256 TEXT NOT NULL,
                  created INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS roles (node_id TEXT PRIMARY KEY, role TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS node_creds (
+                 node_id TEXT PRIMARY KEY,
+                 generation INTEGER NOT NULL DEFAULT 0,
+                 revoked INTEGER NOT NULL DEFAULT 0);
              CREATE TABLE IF NOT EXISTS viewer_keys (
                  id TEXT PRIMARY KEY,
                  secret TEXT NOT NULL,
@@ -160,6 +167,38 @@ impl Store {
 
     pub fn set_version_ceiling(&self, v: u64) -> Result<(), StoreError> {
         self.set_meta("version_ceiling", &v.to_string())
+    }
+
+    /// The master's epoch: a random id made once with the database (`make`), kept for its
+    /// life. Table versions count within it (docs/protocol.md, "Epochs").
+    pub fn epoch_or_make(&self, make: impl FnOnce() -> String) -> Result<String, StoreError> {
+        if let Some(e) = self.meta("epoch")? {
+            return Ok(e);
+        }
+        let e = make();
+        self.set_meta("epoch", &e)?;
+        Ok(e)
+    }
+
+    /// Every node credential the database says something of.
+    pub fn node_creds(&self) -> Result<Vec<(String, NodeCred)>, StoreError> {
+        let mut q = self.db.prepare("SELECT node_id, generation, revoked FROM node_creds")?;
+        let rows = q.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                NodeCred { generation: r.get(1)?, revoked: r.get::<_, i64>(2)? != 0 },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn set_node_cred(&self, node_id: &str, c: NodeCred) -> Result<(), StoreError> {
+        self.db.execute(
+            "INSERT INTO node_creds (node_id, generation, revoked) VALUES (?1, ?2, ?3)
+             ON CONFLICT(node_id) DO UPDATE SET generation = ?2, revoked = ?3",
+            params![node_id, c.generation, i64::from(c.revoked)],
+        )?;
+        Ok(())
     }
 
     pub fn create_account(&self, name: &str, now: u64) -> Result<bool, StoreError> {
@@ -290,9 +329,16 @@ mod tests {
             assert!(s.create_stream("cam1", "acme", "aa", "id1", 1).unwrap());
             assert!(!s.create_stream("cam1", "acme", "bb", "id2", 1).unwrap(), "a stream has one owner");
             s.set_role("root-1", Some(Role::Relay)).unwrap();
+            assert_eq!(s.epoch_or_make(|| "e1".into()).unwrap(), "e1");
+            s.set_node_cred("edge-1", NodeCred { generation: 2, revoked: true }).unwrap();
         }
         let s = Store::open(&path).unwrap();
         assert_eq!(s.version_ceiling().unwrap(), 2000);
+        assert_eq!(s.epoch_or_make(|| unreachable!()).unwrap(), "e1", "made once, with the database");
+        assert_eq!(
+            s.node_creds().unwrap(),
+            [("edge-1".to_string(), NodeCred { generation: 2, revoked: true })]
+        );
         assert_eq!(
             s.viewer_keys_or_make(2, || unreachable!()).unwrap().0[0].secret,
             "v1-0123456789abcdef",

@@ -23,6 +23,8 @@ sub new {
 
 sub port { $_[0]{port} }
 sub key { $_[0]{key} }
+# The fake master takes one key from every node.
+sub node_key { $_[0]{key} }
 sub url { 'http://127.0.0.1:' . $_[0]{port} }
 
 sub start {
@@ -55,6 +57,8 @@ sub set_auth { my ($self, $stream, %a) = @_; $self->control('auth', { stream => 
 sub set_route { my ($self, $stream, %r) = @_; $self->control('route', { stream => $stream, %r }) }
 sub fault { my ($self, $endpoint, $mode, $secs) = @_; $self->control('fault', { endpoint => $endpoint, mode => $mode, secs => $secs // 0 }) }
 sub clear { $_[0]->control('clear') }
+sub set_epoch { my ($self, $e) = @_; $self->control('epoch', { epoch => $e }) }
+sub rollback { my ($self, $on) = @_; $self->control('rollback', { on => $on ? JSON::PP::true : JSON::PP::false }) }
 # The answer for streams without their own set_auth (allow, reason, ttl_s, delay, delay_max).
 sub set_auth_default { my ($self, %a) = @_; $self->control('auth_default', \%a) }
 # Answer auth questions one at a time (each waits for the one before): a slow master.

@@ -38,7 +38,7 @@ sub hostile_node {
 	$t->write_file('table.json', $o{table} // '{"version": 0}');
 	my $master = '';
 	if (my $m = $o{master}) {
-		$t->write_file('master.key', $m->key . "\n");
+		$t->write_file('master.key', $m->node_key($o{id}) . "\n");
 		my $timeout = $o{timeout} // '10s';
 		$master = "    mesh_master @{[$m->url]};\n    mesh_master_key_file master.key;\n"
 			. "    mesh_heartbeat_interval 1s;\n    mesh_poll_wait 3s;\n    mesh_master_timeout $timeout;\n";

@@ -1,14 +1,17 @@
 package Mesh::Master;
 
 # The reference master (dist/sbin/mesh-master) for tests: started on a free port with its own
-# database, master key and admin token; the admin API in a few calls; stopped, killed and
+# database, master secret and admin token; the admin API in a few calls; stopped, killed and
 # started again on the same database. `nofile => N` starts it with an open-file limit of N.
 # `tls => { cert => file, key => file, ca => file }` serves HTTPS (scripts/mesh-tls.sh makes the
 # files); its admin calls then go through curl, verifying the master against `ca`.
+# `node_key(ID)` is the key node ID signs with (derived from the secret as the master does);
+# `node_call` sends a request signed as a node and checks the answer's signature.
 
 use strict;
 use warnings;
 
+use Digest::SHA qw(hmac_sha256_hex sha256_hex);
 use File::Basename qw(dirname);
 use File::Temp qw(tempdir);
 use HTTP::Tiny;
@@ -31,7 +34,40 @@ sub new {
 }
 
 sub port { $_[0]{port} }
+# The master secret (MASTER_KEY): no node is given it.
 sub key { $_[0]{key} }
+
+# The key of node ID (generation GEN, default 0): docs/protocol.md, "Node keys".
+sub node_key {
+	my ($self, $id, $gen) = @_;
+	return hmac_sha256_hex("ngx_rtmp_mesh node key v1\n$id\n" . ($gen // 0), $self->{key});
+}
+
+sub nonce { join '', map { sprintf '%02x', int rand 256 } 1 .. 16 }
+
+# A request signed as node NODE: METHOD, PATH?QUERY, BODY (a string or a reference to encode).
+# Options: key (another key), nonce, ts. Returns { status, data, content, headers, nonce,
+# sig_ok (the answer's signature verifies for this request with the node's key) }.
+sub node_call {
+	my ($self, $method, $pq, $node, $body, %opt) = @_;
+	$body //= '';
+	$body = $json->encode($body) if ref $body;
+	my $ts = $opt{ts} // time;
+	my $nonce = $opt{nonce} // nonce();
+	my $key = $opt{key} // $self->node_key($node);
+	my $sig = hmac_sha256_hex(join("\n", 'mesh-request-v2', $method, $pq, $ts, $nonce, sha256_hex($body)), $key);
+	my $r = HTTP::Tiny->new(timeout => 10)->request($method, $self->url . $pq, {
+		headers => { 'X-Mesh-Node' => $node, 'X-Mesh-Timestamp' => $ts, 'X-Mesh-Nonce' => $nonce,
+			'X-Mesh-Signature' => $sig, ($body ne '' ? ('Content-Type' => 'application/json') : ()) },
+		($body ne '' ? (content => $body) : ()) });
+	my $content = $r->{content} // '';
+	my $rts = $r->{headers}{'x-mesh-timestamp'} // '';
+	my $rsig = $r->{headers}{'x-mesh-signature'} // '';
+	my $want = hmac_sha256_hex(join("\n", 'mesh-response-v2', $r->{status}, $rts, $nonce, $method, $pq,
+		sha256_hex($content)), $self->node_key($node));
+	return { status => $r->{status}, content => $content, data => eval { $json->decode($content) },
+		headers => $r->{headers}, nonce => $nonce, ts => $ts, sig_ok => $rsig eq $want };
+}
 sub url { ($_[0]{tls} ? 'https' : 'http') . '://127.0.0.1:' . $_[0]{port} }
 sub tls { $_[0]{tls} }
 sub log { my ($self) = @_; open my $fh, '<', "$self->{dir}/master.log" or return ''; local $/; <$fh> }

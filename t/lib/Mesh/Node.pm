@@ -1,7 +1,7 @@
 package Mesh::Node;
 
 # A mesh node under a master (the fake one or the reference one), in one call: writes the
-# master key, an initial table file (writable by the worker), and a config with the given role
+# node's key (mesh_master_key_file), an initial table file (writable by the worker), and a config with the given role
 # and extra directives. `hls => { directive => value }` adds an edge's HTTP side
 # (Mesh::Test::edge_http): a media root writable by the worker, the transcoder reading its own
 # `relay` application, 1 s segments, and `/hls/` on PORT_2 (the hash adds or overrides
@@ -16,7 +16,7 @@ sub under_master {
 	my ($class, %o) = @_;
 	my $t = Mesh::Test->new(name => $o{id});
 	chmod 0777, $t->testdir;
-	$t->write_file('master.key', $o{master}->key . "\n");
+	$t->write_file('master.key', $o{master}->node_key($o{id}) . "\n");
 	$t->write_file('table.json', $o{table} // '{"version": 0}');
 	my $murl = $o{master}->url;
 	my $role = $o{role} ? "mesh_role $o{role};" : '';

@@ -43,6 +43,7 @@ fn announce_retries_logs_once_and_applies_the_role() {
         role: Some(Role::Relay),
         heartbeat_interval_s: None,
         table_refresh_s: None,
+        epoch: None,
     }));
     let (agent, sink) = start(m.clone(), cfg());
     assert!(sink.wait_for(|s| s.changes().contains(&Change::Role(Role::Relay))));
@@ -262,4 +263,25 @@ fn the_masters_return_wakes_the_poll() {
     assert!(sink.wait_for(|s| s.changes().contains(&Change::Table(7))));
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     agent.stop(Duration::from_secs(2));
+}
+
+/// A new master epoch (a new database, versions from anew): the node asks from version 0 and
+/// takes the new epoch's table, lower version and all; the old epoch's versions never block it.
+#[test]
+fn a_new_master_epoch_is_taken_whatever_its_version() {
+    let m = Arc::new(Scripted::default());
+    m.lose_polls.store(true, Ordering::Relaxed);
+    *m.epoch.lock() = Some("e-new".into());
+    m.set_table(3, r#"{"version": 3, "epoch": "e-new"}"#);
+    let sink = Arc::new(Collect::default());
+    let table = mesh_core::Table::parse(br#"{"version": 500, "epoch": "e-old"}"#).unwrap();
+    let node = Arc::new(Node { node_id: "edge-1".into(), table, ..Node::standalone() });
+    let agent = Agent::start_master(cfg(), node, m.clone(), sink.clone()).unwrap();
+    assert!(sink.wait_for(|s| s.changes().contains(&Change::Table(3))), "{:?}", sink.logs());
+    assert!(m.polls.lock().iter().any(|(since, _)| *since == 0), "asked from 0: {:?}", m.polls.lock());
+    assert!(sink.wait_for(|_| streams_link(&agent).behind_version.is_none()));
+    agent.stop(Duration::from_secs(2));
+    let logs = sink.logs();
+    assert!(logs.iter().any(|l| l.contains("master epoch e-new (was e-old)")), "{logs:?}");
+    assert!(!logs.iter().any(|l| l.contains("refused")), "{logs:?}");
 }

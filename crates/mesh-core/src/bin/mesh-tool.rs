@@ -7,6 +7,8 @@
 //!   mesh-tool token [--kid ID [--stream-id ID]] (- | env:NAME) STREAM [TTL]
 //!                                               a viewer token from a secret
 //!   mesh-tool check <table.json>                validate a table file
+//!   mesh-tool node-key [--generation N] [- | @FILE | env:NAME] NODE_ID
+//!                                               a node's key, from the master secret
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -29,6 +31,11 @@ const USAGE: &str = "usage:
       without --kid a legacy token; TTL at most 86400
   mesh-tool check TABLE
       validate a table file
+  mesh-tool node-key [--generation N] [- | @FILE | env:NAME] NODE_ID
+      print the key of node NODE_ID (its mesh_master_key), derived from the master secret
+      read from stdin, FILE or NAME, by default from MASTER_KEY or the file MASTER_KEY_FILE
+      names (as mesh-master reads it); N is the key's generation (default 0, see
+      POST /admin/nodes/ID/key)
 Keys and secrets are never taken on the command line: every local user can read it.";
 
 /// Largest key or secret read from stdin, a file or the environment.
@@ -42,6 +49,7 @@ fn main() -> ExitCode {
         ["key-hash", from] => key_hash(from),
         ["token", rest @ ..] => token(rest),
         ["check", path] => check(path),
+        ["node-key", rest @ ..] => node_key(rest),
         _ => Err(Failure::Usage(String::new())),
     };
     match result {
@@ -102,6 +110,50 @@ fn secret_from(from: &str, files: bool) -> Result<String, Failure> {
 
 fn key_hash(from: &str) -> Result<String, Failure> {
     Ok(key_sha256_hex(&secret_from(from, true)?))
+}
+
+/// The master secret as mesh-master reads it (whitespace trimmed), from `from` or, with none,
+/// from MASTER_KEY or the file MASTER_KEY_FILE names.
+fn master_secret(from: Option<&str>) -> Result<String, Failure> {
+    let raw = match from {
+        Some(f) => secret_from(f, true)?,
+        None => match (std::env::var("MASTER_KEY"), std::env::var("MASTER_KEY_FILE")) {
+            (Ok(_), Ok(_)) => {
+                return Err(Failure::Failed("give MASTER_KEY or MASTER_KEY_FILE, not both".into()))
+            }
+            (Ok(_), Err(_)) => secret_from("env:MASTER_KEY", false)?,
+            (Err(_), Ok(f)) => secret_from(&format!("@{f}"), true)?,
+            (Err(_), Err(_)) => {
+                return Err(Failure::Usage(
+                    "no master secret: set MASTER_KEY or MASTER_KEY_FILE, or give - | @FILE | env:NAME"
+                        .into(),
+                ))
+            }
+        },
+    };
+    let s = raw.trim();
+    if s.is_empty() {
+        return Err(Failure::Failed("the master secret is empty".into()));
+    }
+    Ok(s.to_string())
+}
+
+fn node_key(mut rest: &[&str]) -> Result<String, Failure> {
+    let mut generation = 0u64;
+    if let ["--generation", n, tail @ ..] = rest {
+        generation = n.parse().map_err(|_| Failure::Usage(format!("bad generation \"{n}\"")))?;
+        rest = tail;
+    }
+    let (from, id) = match rest {
+        [id] => (None, *id),
+        [from, id] => (Some(*from), *id),
+        _ => return Err(Failure::Usage(String::new())),
+    };
+    if !is_valid_id(id) {
+        return Err(Failure::Usage("bad node id (1-128 of A-Z a-z 0-9 _ -)".into()));
+    }
+    let secret = master_secret(from)?;
+    Ok(mesh_core::sign::node_key(secret.as_bytes(), id, generation))
 }
 
 fn check(path: &str) -> Result<String, Failure> {

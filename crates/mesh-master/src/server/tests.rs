@@ -3,8 +3,8 @@ use crate::mesh::Config;
 use axum::body::to_bytes;
 use axum::extract::Request;
 use mesh_core::role::Role;
-use mesh_core::sign::{sign_request, verify_response};
-use mesh_core::sign::{Stamp, H_NODE};
+use mesh_core::sign::{node_key, sign_request, verify_response};
+use mesh_core::sign::{Bound, Stamp, H_NODE, H_NONCE};
 use mesh_core::table::Table;
 use mesh_core::token::key_sha256_hex;
 use mesh_core::token::make_token_v2;
@@ -12,7 +12,14 @@ use mesh_core::wire::Capabilities;
 use mesh_core::wire::{Action, Announce, AnnounceReply, AuthReply, AuthRequest};
 use tower::ServiceExt;
 
+/// The master secret; node N signs with [`node_key`]`(KEY, N, 0)`.
 pub(crate) const KEY: &[u8] = b"test-master-key";
+pub(crate) const EPOCH: &str = "test-epoch";
+
+/// A fresh nonce.
+pub(crate) fn nonce() -> String {
+    random_hex(16)
+}
 
 pub(crate) fn app() -> (Arc<App>, Router) {
     let store = Store::memory().unwrap();
@@ -21,25 +28,48 @@ pub(crate) fn app() -> (Arc<App>, Router) {
     let mut mesh = Mesh::new(Config { max_token_ttl_s: 7200, ..Config::default() }, 0, Box::new(RandomKeys));
     mesh.set_viewer_keys(store.viewer_keys_or_make(0, || random_hex(32)).unwrap().0);
     mesh.set_streams(store.streams().unwrap());
-    let app = App::new(mesh, store, KEY.to_vec(), "adm".into(), 0, 60);
+    let creds = crate::creds::Creds::new(KEY.to_vec(), []);
+    let app = App::new(mesh, store, creds, EPOCH.into(), "adm".into(), 0, 60);
     let router = router(app.clone(), &Paths::default());
     (app, router)
 }
 
+/// A request of `node`, signed with its key.
 pub(crate) fn signed_req(method: &str, pq: &str, node: &str, body: &[u8], ts: u64) -> Request {
-    let sig = sign_request(KEY, method, pq, ts, body);
+    signed_with(node_key(KEY, node, 0).as_bytes(), method, pq, node, body, ts, &nonce())
+}
+
+pub(crate) fn signed_with(
+    key: &[u8],
+    method: &str,
+    pq: &str,
+    node: &str,
+    body: &[u8],
+    ts: u64,
+    nonce: &str,
+) -> Request {
+    let sig = sign_request(key, method, pq, ts, nonce, body);
     Request::builder()
         .method(method)
         .uri(pq)
         .header(H_NODE, node)
         .header(H_TIMESTAMP, ts.to_string())
+        .header(H_NONCE, nonce)
         .header(H_SIGNATURE, sig)
         .body(Body::from(body.to_vec()))
         .unwrap()
 }
 
-/// Send; check the response's signature; status and body.
+fn header_pair(h: &axum::http::HeaderMap) -> (Option<String>, String) {
+    let text = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    (text(H_NODE), text(H_NONCE).filter(|n| mesh_core::sign::parse_nonce(n).is_some()).unwrap_or_default())
+}
+
+/// Send; check the response's signature (with the key of the node the request names, bound
+/// to the request; a request naming no valid node gets an unsigned answer); status and body.
 pub(crate) async fn call(r: &Router, req: Request) -> (StatusCode, Vec<u8>) {
+    let (node, nonce) = header_pair(req.headers());
+    let (method, pq) = (req.method().to_string(), req.uri().to_string());
     let resp = r.clone().oneshot(req).await.unwrap();
     let status = resp.status();
     let h = resp.headers().clone();
@@ -47,8 +77,17 @@ pub(crate) async fn call(r: &Router, req: Request) -> (StatusCode, Vec<u8>) {
     let stamp = Stamp {
         ts: h.get(H_TIMESTAMP).and_then(|v| v.to_str().ok()),
         sig: h.get(H_SIGNATURE).and_then(|v| v.to_str().ok()),
+        nonce: None,
     };
-    verify_response(KEY, status.as_u16(), stamp, &body, now()).expect("every response is signed");
+    match node.filter(|n| mesh_core::name::is_valid_id(n)) {
+        Some(node) => {
+            let to = Bound { method: &method, path_query: &pq, nonce: &nonce };
+            let key = node_key(KEY, &node, 0);
+            verify_response(key.as_bytes(), to, status.as_u16(), stamp, &body, now())
+                .expect("every response to a node is signed for its request");
+        }
+        None => assert_eq!(stamp.sig, None),
+    }
     (status, body)
 }
 
@@ -57,7 +96,7 @@ pub(crate) async fn announce_as(r: &Router, id: &str, role: Role) {
     assert_eq!(status, StatusCode::OK);
 }
 
-fn announce_body(id: &str, role: Role) -> Vec<u8> {
+pub(crate) fn announce_body(id: &str, role: Role) -> Vec<u8> {
     serde_json::to_vec(&Announce {
         node_id: id.into(),
         role,
@@ -134,7 +173,11 @@ async fn closing_answers_waiting_polls() {
 }
 
 /// A long poll of ingest-1 for a table newer than its current one, under way.
-async fn waiting_poll(app: &App, r: &Router, wait: u64) -> tokio::task::JoinHandle<(StatusCode, Vec<u8>)> {
+pub(crate) async fn waiting_poll(
+    app: &App,
+    r: &Router,
+    wait: u64,
+) -> tokio::task::JoinHandle<(StatusCode, Vec<u8>)> {
     let v = app.mesh.lock().table_version("ingest-1");
     let req = signed_req(
         "GET",
@@ -193,7 +236,7 @@ async fn auth_checks_keys_and_tokens() {
 async fn metrics_count_what_went_by_behind_the_admin_token() {
     let (_, r) = app();
     announce_as(&r, "edge-1", Role::Relay).await;
-    let unsigned = Request::post("/auth").body(Body::from("{}")).unwrap();
+    let unsigned = Request::post("/auth").header(H_NODE, "edge-1").body(Body::from("{}")).unwrap();
     assert_eq!(call(&r, unsigned).await.0, StatusCode::UNAUTHORIZED);
     let get = |token: Option<&str>| {
         let b = Request::get("/admin/metrics");

@@ -1,0 +1,114 @@
+#!/usr/bin/perl
+
+# Benchmark 9: failover as a watching viewer sees it. The reference master (heartbeat 1 s,
+# node timeout 3 s), an ingest, two root relays and two edges (HLS at the edges); one stream;
+# an RTMP player and an HLS player (ffprobe, through the master playlist with its token) keep
+# reading at the edge the stream was placed on, each packet stamped with the wall clock
+# (t/lib/Mesh/Watch.pm). Each round:
+#   - root: the root relay feeding the stream dies (SIGKILL, the whole node), comes back after;
+#   - master TERM / master KILL: the master restarts on its database.
+# The gap is the longest time without a video packet from the failure on; an HLS player reads
+# in segment bursts, so its quiet baseline (the same measure over a quiet stretch before the
+# round) is printed too. A player that was disconnected is counted.
+#
+#   perl bench/failover.pl [rounds]          (default 10)
+
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/../t/lib";
+use Time::HiRes qw(time sleep);
+use Test::More;
+use Mesh::Test qw(publish wait_until reap);
+use Mesh::Master;
+use Mesh::Node;
+use Mesh::Watch;
+
+my $rounds = shift // 10;
+my @hb = qw(--heartbeat-interval 1 --node-timeout 3 --max-poll-wait 3);
+my $master = Mesh::Master->new(args => \@hb);
+my $key = $master->stream_key('cam1');
+my $token = $master->viewer_token('cam1');
+my %node;
+for ([qw(ingest-1 ingest)], [qw(root-1 root_relay)], [qw(root-2 root_relay)], [qw(edge-1 relay)], [qw(edge-2 relay)]) {
+	my ($id, $role) = @$_;
+	my $t = Mesh::Node->under_master(id => $id, role => $role, master => $master,
+		extra => 'mesh_rtmp_url rtmp://127.0.0.1:%%PORT_1%%;',
+		apps => 'application ' . ($role eq 'ingest' ? 'live' : 'relay') . ' { mesh on; live on; }',
+		($role eq 'relay' ? (hls => { mesh_rendition => 'source', mesh_manifest_wait => '30s' }) : ()));
+	$t->allow_alert(qr/exited on signal 9/);
+	$t->run;
+	$node{$id} = $t;
+}
+wait_until(sub { 5 == grep { $_->{alive} } values %{$master->nodes} }, 10) or die 'nodes';
+sub rtmp { 'rtmp://127.0.0.1:' . $node{$_[0]}->port(1) . ($_[0] eq 'ingest-1' ? '/live' : '/relay') }
+my $pub = publish(rtmp('ingest-1') . "/cam1?key=$key", secs => 3600);
+my $live;
+wait_until(sub { $live = $master->live->{cam1}; $live && @{$live->{edges}} }, 15) or die 'not placed';
+my $edge = $live->{edges}[0]{to};
+my $rtmp = Mesh::Watch->new(rtmp($edge) . "/cam1?token=$token");
+my $hls = Mesh::Watch->new('http://127.0.0.1:' . $node{$edge}->port(2) . "/hls/cam1/master.m3u8?token=$token");
+wait_until(sub { $rtmp->video_since(0) > 30 && $hls->video_since(0) > 30 }, 40) or die 'players';
+
+sub kill_node {
+	my ($t) = @_;
+	my $pid = $t->pid;
+	kill 'KILL', $pid, split(' ', `pgrep -P $pid`);
+	$t->{running} = 0;
+	wait_until(sub { !kill 0, $pid }, 5);
+}
+
+my %gaps;
+my %ended;
+sub round {
+	my ($kind, $fail) = @_;
+	sleep 3;
+	my $quiet = time;
+	sleep 4;
+	my $base = $hls->longest_gap($quiet);
+	my $t0 = time;
+	$fail->();
+	my $ok = wait_until(sub { $rtmp->video_since(time - 1) > 5 && $hls->video_since(time - 1) > 5 }, 40);
+	push @{$gaps{$kind}{rtmp}}, $rtmp->longest_gap($t0);
+	push @{$gaps{$kind}{hls}}, $hls->longest_gap($t0);
+	push @{$gaps{$kind}{base}}, $base;
+	$ended{$kind}++ unless $ok;
+}
+
+for my $i (1 .. $rounds) {
+	my $placed;
+	wait_until(sub { my $l = $master->live->{cam1}; $placed = $l && $l->{roots}[0] && $l->{roots}[0]{to} }, 30)
+		or die 'cam1 not placed again';
+	round(root => sub {
+		my $root = $placed;
+		kill_node($node{$root});
+		wait_until(sub { my $l = $master->live->{cam1}; $l && $l->{roots}[0] && $l->{roots}[0]{to} ne $root }, 20);
+		# back for the next round, after the players have the stream again
+		wait_until(sub { $rtmp->video_since(time - 1) > 5 }, 30);
+		$node{$root}->run;
+	});
+	wait_until(sub { 5 == grep { $_->{alive} } values %{$master->nodes} }, 15);
+	round('master TERM' => sub { $master->stop; $master->start });
+	round('master KILL' => sub { $master->stop(kill => 1); $master->start });
+}
+
+sub pct {
+	my ($p, @v) = @_;
+	@v = sort { $a <=> $b } @v;
+	return $v[int($p * $#v + 0.5)];
+}
+print "| failure | rounds | RTMP gap p50 | RTMP gap max | HLS gap p50 | HLS gap max | HLS quiet baseline p50 | players disconnected |\n";
+print "|---|---:|---:|---:|---:|---:|---:|---:|\n";
+for my $kind ('root', 'master TERM', 'master KILL') {
+	my $g = $gaps{$kind};
+	printf "| %s | %d | %.1f s | %.1f s | %.1f s | %.1f s | %.1f s | %s |\n", $kind, scalar @{$g->{rtmp}},
+		pct(0.5, @{$g->{rtmp}}), pct(1, @{$g->{rtmp}}), pct(0.5, @{$g->{hls}}), pct(1, @{$g->{hls}}),
+		pct(0.5, @{$g->{base}}), ($rtmp->ended ? 'RTMP ' : '') . ($hls->ended ? 'HLS ' : '') . ($ended{$kind} // 0) . ' rounds without media';
+}
+$rtmp->stop;
+$hls->stop;
+kill 'TERM', $pub;
+reap($pub, 5);
+$node{$_}->stop for grep { $node{$_}{running} } sort keys %node;
+$master->stop;
+done_testing();
