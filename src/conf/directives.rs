@@ -22,6 +22,8 @@ directive! {
                     .map_err(|()| "it must be \"ingest\", \"root_relay\", \"relay\" or \"standalone\"".into())
             }),
             "mesh_master" => {
+                // SAFETY: in this directive's handler.
+                m.master_at = unsafe { directive::location(cf) };
                 directive::set_once(cf, &mut m.master, |v| check_http_url(v).map_err(String::from))
             }
             "mesh_rtmp_url" => directive::set_once(cf, &mut m.rtmp_url, public_url(&["rtmp://"])),

@@ -8,6 +8,7 @@
 //! * [`calls`]: the bounded, cancellable queue of auth and route calls.
 //! * [`client`]: the master behind a trait, and its signed HTTP implementation.
 //! * [`load`]: read, validate and resolve a table into a node snapshot; write one atomically.
+//! * [`voice`]: one process speaks for the node (the voice lock); the others follow its file.
 //!
 //! Inside the agent: `control` (announce, heartbeat, resync), `poll` (long poll, file watch),
 //! `state` (the node state's one writer), `link` (each link's state and backoff), `shared`.
@@ -25,3 +26,4 @@ mod shared;
 mod state;
 #[cfg(test)]
 mod testing;
+pub mod voice;

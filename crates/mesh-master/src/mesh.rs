@@ -261,9 +261,18 @@ impl Mesh {
     }
 
     /// A node announces itself (at start, or again after losing us). Returns its role in force.
+    /// A live node announcing again as it is (its next voice, after a reload or an upgrade)
+    /// changes nothing: no placement redone, no table renumbered.
     pub fn announce(&mut self, a: &Announce, now: u64) -> Role {
         let role = self.roles.get(&a.node_id).copied().unwrap_or(a.role);
         let node_url = node_url(&a.rtmp_url, &self.cfg.relay_app);
+        if let Some(n) = self.nodes.get_mut(&a.node_id).filter(|n| {
+            n.alive && n.announced_role == a.role && n.rtmp_url == a.rtmp_url && n.http_url == a.http_url
+        }) {
+            (n.last_seen, n.announced_at) = (now, now);
+            n.version.clone_from(&a.version);
+            return n.role;
+        }
         let prev = self.nodes.get(&a.node_id);
         let node = Node {
             node_id: a.node_id.clone(),
@@ -1026,6 +1035,26 @@ mod tests {
         assert!(v > FOLLOW_MAX && v < mesh_core::wire::caps::MAX_NUMBER);
         announce(&mut m, "edge-9", Role::Relay, 1999);
         assert!(m.table_version("edge-9") > v, "tables go on being numbered upwards");
+    }
+
+    #[test]
+    fn a_live_node_announcing_again_as_it_is_changes_nothing() {
+        let mut m = four(Config::default());
+        beat(&mut m, "ingest-1", &[("cam1", "broadcaster", 0)], 1);
+        let live = m.streams.get("cam1").cloned().expect("placed");
+        let (v, versions) = (m.version(), m.nodes.keys().map(|id| m.table_version(id)).collect::<Vec<_>>());
+        for id in ["ingest-1", "root-1", "root-2", "edge-1", "edge-2"] {
+            let port = m.nodes[id].rtmp_url.rsplit(':').next().unwrap().parse().unwrap();
+            let role = m.nodes[id].announced_role;
+            announce(&mut m, id, role, port);
+        }
+        assert_eq!(m.version(), v, "no table renumbered");
+        assert_eq!(m.nodes.keys().map(|id| m.table_version(id)).collect::<Vec<_>>(), versions);
+        let again = &m.streams["cam1"];
+        assert_eq!((&again.roots, &again.edges), (&live.roots, &live.edges), "the same hops, the same keys");
+        // Another URL is another node: its hops are made anew.
+        announce(&mut m, "root-1", Role::RootRelay, 2936);
+        assert!(m.version() > v);
     }
 
     #[test]
