@@ -70,6 +70,7 @@ pub fn start(mcf: &MainConf, figures: Heartbeat, on_wake: fn()) -> Result<(), St
         heartbeat_interval: Duration::from_millis(mcf.heartbeat_interval as u64),
         poll_wait: Duration::from_millis(mcf.poll_wait as u64),
         table_file: mcf.table_file.clone().map(Into::into),
+        voice_lock: mcf.master.as_ref().and(mcf.table_file.as_ref()).map(|f| voice_lock(f).into()),
         capabilities: Capabilities { transcode: false, hls: false, dash: false },
         ..agent::Config::default()
     };
@@ -87,10 +88,7 @@ pub fn start(mcf: &MainConf, figures: Heartbeat, on_wake: fn()) -> Result<(), St
             };
             // Worker 0 may speak for the node, under the voice lock when there is a table file
             // to put it beside (without one the node has one worker: nginx -t says so).
-            let voice = (crate::nginx::util::worker_index() == 0).then(|| Voice {
-                master: http(),
-                lock: mcf.table_file.as_ref().map(|f| voice_lock(f).into()),
-            });
+            let voice = (crate::nginx::util::worker_index() == 0).then(|| Voice { master: http() });
             Agent::start_node(cfg, node.clone(), http(), voice, queue.clone())
         }
         None => Agent::start_watch(cfg, node, queue.clone()),

@@ -87,6 +87,12 @@ pub struct Config {
     /// How long a table the master's heartbeat answer announces may take to come by the long
     /// poll before the poll is taken for stale and the table fetched at once.
     pub resync_grace: Duration,
+    /// The voice lock ([`crate::voice`]): a voice speaks only while holding it, following the
+    /// table file until then. None: a voice speaks at once (the node's only process).
+    pub voice_lock: Option<PathBuf>,
+    /// This process's generation: its nginx master process (the workers of one share its
+    /// shared zone, and so their figures; see [`crate::generations`]).
+    pub generation: u32,
 }
 
 impl Default for Config {
@@ -105,6 +111,8 @@ impl Default for Config {
             call_threads: 2,
             call_queue: 1024,
             resync_grace: Duration::from_millis(500),
+            voice_lock: None,
+            generation: std::os::unix::process::parent_id(),
         }
     }
 }
@@ -127,9 +135,6 @@ pub struct Voice {
     /// Announce, heartbeat and the long poll go through this (its own link, so that stepping
     /// down interrupts a long poll without the calls in flight).
     pub master: Arc<dyn Master>,
-    /// The voice lock ([`crate::voice`]): speak only while holding it, following the table
-    /// file until then. None: speak at once (the only process of the node).
-    pub lock: Option<PathBuf>,
 }
 
 impl Agent {
@@ -141,7 +146,7 @@ impl Agent {
         master: Arc<dyn Master>,
         sink: Arc<dyn Sink>,
     ) -> std::io::Result<Agent> {
-        let voice = Voice { master: master.clone(), lock: None };
+        let voice = Voice { master: master.clone() };
         Agent::start_node(cfg, initial, master, Some(voice), sink)
     }
 
@@ -156,11 +161,11 @@ impl Agent {
     ) -> std::io::Result<Agent> {
         let shared = Shared::new(cfg, initial, sink);
         let mut threads = Vec::new();
-        let follows = voice.as_ref().is_none_or(|v| v.lock.is_some());
+        let follows = voice.is_none() || shared.cfg.voice_lock.is_some();
         let mut own = None;
-        if let Some(Voice { master: vm, lock }) = voice {
+        if let Some(Voice { master: vm }) = voice {
             let (m, s) = (vm.clone(), shared.clone());
-            threads.push(spawn("mesh-control", move || voice_loop(&*m, &s, lock.as_deref()))?);
+            threads.push(spawn("mesh-control", move || voice_loop(&*m, &s))?);
             let (m, s) = (vm.clone(), shared.clone());
             threads.push(spawn("mesh-poll", move || voice_poll(&*m, &s))?);
             own = (!same(&vm, &master)).then_some(vm);

@@ -64,7 +64,7 @@ pub(crate) fn control_loop(m: &dyn Master, s: &Shared) {
         } else if !s.sleep_voice(next_beat.saturating_duration_since(Instant::now())) {
             break;
         }
-        let mut hb = s.sink.heartbeat();
+        let mut hb = crate::generations::with_others(s, s.sink.heartbeat());
         hb.uptime_s = s.uptime();
         let began = Instant::now();
         next_beat = began + interval;

@@ -17,6 +17,7 @@ pub mod agent;
 pub mod calls;
 pub mod client;
 mod control;
+mod generations;
 mod link;
 pub mod load;
 mod poll;

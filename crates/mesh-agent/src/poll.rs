@@ -112,6 +112,7 @@ pub(crate) fn watch_loop(s: &Shared) {
             seen = now;
             continue;
         }
+        crate::generations::report(s);
         if now == seen || now.is_none() {
             continue;
         }

@@ -20,6 +20,7 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::agent::Level;
 use crate::client::Master;
 use crate::control::control_loop;
+use crate::generations;
 use crate::load::{os_error, SECRET_FILE_MODE};
 use crate::poll::poll_loop;
 use crate::shared::Shared;
@@ -48,16 +49,18 @@ pub fn try_lock(path: &Path) -> Result<Option<Flock<File>>, String> {
 
 /// The voice's thread: wait for the lock (when one is set), then announce and heartbeat for
 /// the node as long as this agent speaks for it.
-pub(crate) fn voice_loop(m: &dyn Master, s: &Shared, lock: Option<&Path>) {
+pub(crate) fn voice_loop(m: &dyn Master, s: &Shared) {
     let mut waited = false;
-    if let Some(path) = lock {
+    let mut before = 0;
+    if let Some(path) = s.cfg.voice_lock.as_deref() {
         let mut failed: Option<String> = None;
         loop {
             if s.stopping() || s.resigned() {
                 return;
             }
             match try_lock(path) {
-                Ok(Some(held)) => {
+                Ok(Some(mut held)) => {
+                    before = generations::claim(&mut held, s.cfg.generation);
                     *s.voice_lock.lock() = Some(held);
                     break;
                 }
@@ -96,6 +99,10 @@ pub(crate) fn voice_loop(m: &dyn Master, s: &Shared, lock: Option<&Path>) {
     }
     if waited {
         s.log(Level::Notice, "mesh: this worker speaks for the node now".to_string());
+    }
+    // From another generation (a binary upgrade): its figures come by file, give them time.
+    if before != 0 && before != s.cfg.generation && !s.sleep_voice(generations::HANDOVER) {
+        return;
     }
     control_loop(m, s);
 }

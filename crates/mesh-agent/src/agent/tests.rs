@@ -274,9 +274,9 @@ fn one_voice_at_a_time_and_the_others_follow_its_file() {
     let file = dir.join("table.json");
     std::fs::write(&file, r#"{"version": 1}"#).unwrap();
     let lock = dir.join("table.json.voice");
-    let cfg = || Config { table_file: Some(file.clone()), ..cfg() };
+    let cfg = || Config { table_file: Some(file.clone()), voice_lock: Some(lock.clone()), ..cfg() };
     let node = || Arc::new(Node { node_id: "edge-1".into(), ..Node::standalone() });
-    let voice = |m: &Arc<Scripted>| Some(Voice { master: m.clone(), lock: Some(lock.clone()) });
+    let voice = |m: &Arc<Scripted>| Some(Voice { master: m.clone() });
     let (calls, old_m, new_m) =
         (Arc::new(Scripted::default()), Arc::new(Scripted::default()), Arc::new(Scripted::default()));
     let (old_s, new_s, other_s) =
