@@ -39,7 +39,9 @@ pub(crate) fn holder(lock: &Path) -> u32 {
 /// The voice took the lock: write its generation there; returns the one written before.
 pub(crate) fn claim(lock: &mut fs::File, generation: u32) -> u32 {
     let mut s = String::new();
-    let before = lock.take(32).read_to_string(&mut s).ok().and_then(|_| s.trim().parse().ok()).unwrap_or(0);
+    let _ = lock.seek(SeekFrom::Start(0));
+    let before =
+        (&mut *lock).take(32).read_to_string(&mut s).ok().and_then(|_| s.trim().parse().ok()).unwrap_or(0);
     let _ = lock.set_len(0);
     let _ = lock.seek(SeekFrom::Start(0));
     let _ = lock.write_all(format!("{generation}\n").as_bytes());
@@ -130,6 +132,52 @@ mod tests {
     use super::*;
     use mesh_core::wire::StreamStat;
     use mesh_core::Role;
+
+    struct Figures(Heartbeat);
+    impl crate::agent::Sink for Figures {
+        fn send(&self, _: crate::agent::Event) {}
+        fn heartbeat(&self) -> Heartbeat {
+            self.0.clone()
+        }
+    }
+
+    fn shared(lock: &Path, generation: u32, hb: Heartbeat) -> std::sync::Arc<Shared> {
+        let cfg = crate::agent::Config { voice_lock: Some(lock.into()), generation, ..Default::default() };
+        Shared::new(
+            cfg,
+            std::sync::Arc::new(mesh_core::node::Node::standalone()),
+            std::sync::Arc::new(Figures(hb)),
+        )
+    }
+
+    /// A binary upgrade: the voice (generation 1) counts the stream of generation 2, which
+    /// writes its figures only while the voice is of another generation.
+    #[test]
+    fn the_voice_counts_the_other_generations_figures() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = std::env::temp_dir().join(format!("mesh-agent-generations-{}", std::process::id()));
+        fs::create_dir_all(&d).unwrap();
+        let lock = d.join("t.json.voice");
+        let st = StreamStat { stream: "cam1".into(), source: "broadcaster".into(), viewers: 1, in_kbps: 900 };
+        let old = shared(&lock, 2, Heartbeat { streams: vec![st], ..Heartbeat::empty("i", Role::Ingest) });
+        let voice = shared(&lock, 1, Heartbeat::empty("i", Role::Ingest));
+        let mut f =
+            fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock).unwrap();
+        assert_eq!(claim(&mut f, 2), 0);
+        report(&old);
+        assert!(!file_of(&lock, 2).exists(), "its own generation speaks: nothing to leave");
+        assert_eq!(claim(&mut f, 1), 2);
+        assert_eq!(holder(&lock), 1);
+        report(&old);
+        assert_eq!(fs::metadata(file_of(&lock, 2)).unwrap().permissions().mode() & 0o777, 0o600);
+        let hb = with_others(&voice, voice.sink.heartbeat());
+        assert_eq!(hb.streams.iter().map(|s| s.stream.as_str()).collect::<Vec<_>>(), ["cam1"]);
+        // A voice's own generation's file (left from when it followed) is not counted, and goes.
+        let mine = shared(&lock, 2, Heartbeat::empty("i", Role::Ingest));
+        assert!(with_others(&mine, mine.sink.heartbeat()).streams.is_empty());
+        assert!(!file_of(&lock, 2).exists());
+        fs::remove_dir_all(&d).unwrap();
+    }
 
     #[test]
     fn a_stream_of_another_generation_counts_once() {
