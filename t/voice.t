@@ -17,6 +17,7 @@ use HTTP::Tiny;
 use Time::HiRes qw(sleep time);
 use lib 't/lib';
 use Mesh::Test qw(publish probe wait_until log_lines reap);
+use Mesh::Hostile qw(node_status);
 use Mesh::Master;
 use Mesh::Node;
 
@@ -35,7 +36,8 @@ sub node {
 	my $t = Mesh::Node->under_master(id => $id, role => $role, master => $master,
 		main => "worker_processes $workers;\nrtmp_auto_push on;\nrtmp_socket_dir $sock;",
 		extra => 'mesh_rtmp_url rtmp://127.0.0.1:%%PORT_1%%;',
-		apps => 'application live { mesh on; live on; } application relay { mesh on; live on; }');
+		apps => 'application live { mesh on; live on; } application relay { mesh on; live on; }',
+		http => q{http { access_log off; server { listen 127.0.0.1:%%PORT_2%%; location = /status { mesh_status; } } }});
 	return $t->run;
 }
 
@@ -75,6 +77,13 @@ for my $workers (2, 4) {
 	my $beats = beats_in($id, 10);
 	ok($beats >= 7 && $beats <= 13, "$workers workers: one heartbeat a second ($beats in 10 s)");
 	is(announces($id), 1, "$workers workers: one announce");
+	# mesh_status shows the voice's links to the master, whichever worker answers.
+	my @links = map {
+		my $st = node_status($t);
+		join ',', map { "$_->{link}=" . ($_->{up} ? 'up' : 'down') } @{($st // {})->{master} // []};
+	} 1 .. 8;
+	is(scalar(grep { /heartbeat=up/ && /streams=up/ } @links), 8, "$workers workers: every mesh_status shows the links up")
+		or diag(join ' | ', @links);
 	my %talkers = map { /\] (\d+)#/ ? ($1 => 1) : () } log_lines($t, qr/mesh: table version \d+ from master in force/);
 	is(scalar(keys %talkers), 1, "$workers workers: one worker takes tables from the master");
 	my $port = $t->port(1);
