@@ -166,7 +166,9 @@ pub fn links() -> Option<Vec<LinkStatus>> {
 /// The links to the master while this worker speaks for the node (else empty): the node's,
 /// for every worker's `mesh_status` (through the shared zone).
 pub fn voice_links() -> Vec<LinkStatus> {
-    LINK.with_borrow(|l| l.as_ref().filter(|l| l.agent.is_voice()).map(|l| l.agent.links()).unwrap_or_default())
+    LINK.with_borrow(|l| {
+        l.as_ref().filter(|l| l.agent.is_voice()).map(|l| l.agent.links()).unwrap_or_default()
+    })
 }
 
 /// Queue a call to the master: refused without one, or when the queue is full.

@@ -144,7 +144,7 @@ pub fn is_worker() -> bool {
 /// nginx running as one process).
 pub fn worker_index() -> usize {
     // SAFETY: a plain global nginx sets at process start.
-    unsafe { *std::ptr::addr_of!(ngx_worker) as usize }
+    unsafe { *std::ptr::addr_of!(ngx_worker) }
 }
 
 /// Connections of this worker in use now.
