@@ -53,7 +53,6 @@ pub(crate) fn voice_loop(m: &dyn Master, s: &Shared) {
     let mut waited = false;
     let mut before = 0;
     if let Some(path) = s.cfg.voice_lock.as_deref() {
-        let mut failed: Option<String> = None;
         loop {
             if s.stopping() || s.resigned() {
                 return;
@@ -75,17 +74,17 @@ pub(crate) fn voice_loop(m: &dyn Master, s: &Shared) {
                     );
                 }
                 Ok(None) => {}
+                // A lock that cannot be had at all (not writable, a link planted there): the
+                // node must still be heard; only a reload's hand-over loses its order.
                 Err(e) => {
-                    if failed.as_ref() != Some(&e) {
-                        s.log(
-                            Level::Error,
-                            format!(
-                                "mesh: cannot take the voice lock \"{}\": {e}; trying again",
-                                path.display()
-                            ),
-                        );
-                        failed = Some(e);
-                    }
+                    s.log(
+                        Level::Error,
+                        format!(
+                            "mesh: cannot take the voice lock \"{}\": {e}; this worker speaks for the node without it",
+                            path.display()
+                        ),
+                    );
+                    break;
                 }
             }
             if !s.sleep(LOCK_RETRY) {
