@@ -5,9 +5,9 @@
 #   the master), and publish and play work from any worker (the workers that do not speak for
 #   the node follow the table file the voice writes);
 # - three `nginx -s reload`s of an ingest, 5 s apart, under a live stream pushed to a root
-#   relay: the node announces once per reload (the new generation's voice), the master's table
-#   for the node keeps its version, the root relay never drops nor re-admits the stream, the
-#   broadcaster stays;
+#   relay and on to an edge: the node announces once per reload (the new generation's voice),
+#   the master's table versions stay, the root relay and the edge never drop nor re-admit the
+#   stream, the broadcaster stays, a viewer at the edge reads on without a stall;
 # - the same for a binary upgrade (USR2, WINCH, QUIT of the old master process).
 
 use strict;
@@ -117,14 +117,34 @@ for my $workers (2, 4) {
 # --- Reloads and a binary upgrade under a live stream: ingest (2 workers) → root relay.
 my $ingest = node('ingest-1', 'ingest', 2);
 my $root = node('root-1', 'root_relay', 1);
+my $edge = node('edge-1', 'relay', 2);
 my $rport = $root->port(1);
-ok(wait_until(sub { my $n = $master->nodes; 2 == grep { $n->{$_} && $n->{$_}{alive} } qw(ingest-1 root-1) }, 10), 'ingest and root relay alive');
+ok(wait_until(sub { my $n = $master->nodes; 3 == grep { $n->{$_} && $n->{$_}{alive} } qw(ingest-1 root-1 edge-1) }, 10), 'ingest, root relay and edge alive');
 my $pub = publish('rtmp://127.0.0.1:' . $ingest->port(1) . "/live/cam1?key=$key", secs => 300);
 ok(wait_until(sub { log_lines($root, qr/publish accepted: stream "cam1" from ingest-1/) }, 15), 'the root relay takes the push');
+ok(wait_until(sub { log_lines($edge, qr/publish accepted: stream "cam1" from root-1/) }, 15), 'the edge takes the push');
+
+# A viewer at the edge reading `secs` seconds of the stream all the while: returns a check that
+# it read them (video all along) in about that time (a stall would make it late).
+sub viewer {
+	my ($secs) = @_;
+	my $t0 = time;
+	my $pid = fork // die "fork: $!";
+	if ($pid == 0) {
+		my $r = probe('rtmp://127.0.0.1:' . $edge->port(1) . "/relay/cam1?token=$token", secs => $secs, timeout => $secs + 30);
+		POSIX::_exit($r->{ok} && $r->{video} >= $secs * 20 ? 0 : 1);
+	}
+	return sub {
+		my ($what) = @_;
+		waitpid($pid, 0);
+		my ($ok, $took) = ($? == 0, time - $t0);
+		ok($ok && $took < $secs + 5, sprintf('%s: the edge viewer read %d s of video in %.1f s', $what, $secs, $took));
+	};
+}
 
 # The push's connection into the root relay (its ingest-side address), and the table versions.
 sub push_conn { my @c = map { (split ' ')[3] } qx{ss -tnH state established '( dport = :$rport )' 2>/dev/null}; join ' ', sort @c }
-sub versions { my $n = $master->nodes; join ' ', map { "$_=" . ($n->{$_}{table_version_sent} // '?') } qw(ingest-1 root-1) }
+sub versions { my $n = $master->nodes; join ' ', map { "$_=" . ($n->{$_}{table_version_sent} // '?') } qw(ingest-1 root-1 edge-1) }
 sleep 3;
 my ($conn, $v) = (push_conn(), versions());
 like($conn, qr/^\S+$/, "one push connection ($conn)");
@@ -137,6 +157,7 @@ sub unchanged {
 	is(versions(), $v, "$what: the master's table versions do not move");
 	is(push_conn(), $conn, "$what: the same push connection into the root relay");
 	is(scalar(() = log_lines($root, qr/publish accepted: stream "cam1"/)), 1, "$what: the root relay admitted the stream once");
+	is(scalar(() = log_lines($edge, qr/publish accepted: stream "cam1" from/)), 1, "$what: the edge admitted the stream once");
 	my $bad = qr/mesh: (publish|play) (refused|dropped)|disconnect/;
 	is(scalar(() = log_lines($root, $bad)), 0, "$what: nothing dropped nor refused at the root relay")
 		or diag(join "\n", log_lines($root, $bad));
@@ -150,16 +171,19 @@ sub unchanged {
 
 is(sprintf('%o', (stat($ingest->testdir . '/table.json.voice'))[2] & 07777), '600', 'the voice lock is 0600');
 my $tables = tables_sent('ingest-1');
+my $watching = viewer(18);
 for my $i (1 .. 3) {
 	$ingest->reload;
 	sleep 5;
 }
+$watching->('three reloads');
 ok(wait_until(sub { 3 == log_lines($ingest, qr/mesh: this worker speaks for the node now/) }, 5), 'reloads: each new generation took the voice');
 unchanged('three reloads', 4);
 is(tables_sent('ingest-1'), $tables, 'reloads: no table sent to the ingest');
 
 # A binary upgrade: a new master process with its workers, then the old workers leave.
 my $old = $ingest->pid;
+$watching = viewer(14);
 kill 'USR2', $old;
 ok(wait_until(sub { my $p = $ingest->pid; $p && $p != $old }, 10), 'upgrade: a new master process');
 sleep 3;
@@ -167,6 +191,7 @@ kill 'WINCH', $old;
 sleep 4;
 kill 'QUIT', $old;
 ok(wait_until(sub { 4 == log_lines($ingest, qr/mesh: this worker speaks for the node now/) }, 5), 'upgrade: the new generation took the voice');
+$watching->('binary upgrade');
 unchanged('binary upgrade', 5);
 is(tables_sent('ingest-1'), $tables, 'upgrade: no table sent to the ingest');
 ok(kill(0, $old), 'upgrade: the old master stays while its worker holds the broadcaster');
@@ -176,6 +201,7 @@ reap($pub, 5);
 ok(wait_until(sub { !kill(0, $old) }, 10), 'upgrade: the old master leaves with its last worker');
 $ingest->stop;
 $root->stop;
+$edge->stop;
 $master->stop;
 unlike($master->log, qr/panic/, 'master: no panic');
 done_testing();
