@@ -93,7 +93,7 @@ pub(crate) fn with_others(s: &Shared, mut hb: Heartbeat) -> Heartbeat {
             _ if generation == s.cfg.generation => {
                 let _ = fs::remove_file(e.path());
             }
-            Some(a) if a <= FRESH => {
+            Some(a) if a <= FRESH && e.metadata().is_ok_and(|md| crate::voice::written_by_us(&md)) => {
                 let mut bytes = Vec::new();
                 let read = fs::File::open(e.path()).and_then(|f| f.take(MAX_BYTES).read_to_end(&mut bytes));
                 if let (Ok(_), Ok(other)) = (read, serde_json::from_slice::<Heartbeat>(&bytes)) {

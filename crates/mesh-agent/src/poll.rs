@@ -117,6 +117,20 @@ pub(crate) fn watch_loop(s: &Shared) {
             continue;
         }
         seen = now;
+        // The voice's file, under a master: only as it writes it (0600, this user's).
+        let foreign = s.cfg.voice_lock.is_some()
+            && !std::fs::metadata(&path).is_ok_and(|md| crate::voice::written_by_us(&md));
+        if foreign {
+            s.log(
+                Level::Error,
+                format!(
+                    "mesh: mesh_table_file \"{}\" refused: not written by this node (another owner, or writable by others); keeping table version {}",
+                    path.display(),
+                    s.state.version()
+                ),
+            );
+            continue;
+        }
         match read_table(&path) {
             Ok(t) if t == s.state.node().table => {}
             Ok(t) => {

@@ -47,6 +47,14 @@ pub fn try_lock(path: &Path) -> Result<Option<Flock<File>>, String> {
     }
 }
 
+/// Whether a file beside the lock is one a process of this node wrote: owned by this user,
+/// writable by no one else (the voice writes 0600). A worker following the voice takes nothing
+/// else for a table, nor for another generation's figures.
+pub(crate) fn written_by_us(md: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    md.uid() == nix::unistd::geteuid().as_raw() && md.mode() & 0o022 == 0
+}
+
 /// The voice's thread: wait for the lock (when one is set), then announce and heartbeat for
 /// the node as long as this agent speaks for it.
 pub(crate) fn voice_loop(m: &dyn Master, s: &Shared) {

@@ -319,3 +319,28 @@ fn one_voice_at_a_time_and_the_others_follow_its_file() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Under a master the table file is the voice's: a worker following it takes it only as the
+/// voice writes it (this user's, writable by no one else).
+#[test]
+fn a_follower_takes_only_the_voices_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("mesh-agent-follow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("table.json");
+    std::fs::write(&file, r#"{"version": 1}"#).unwrap();
+    let cfg =
+        Config { table_file: Some(file.clone()), voice_lock: Some(dir.join("table.json.voice")), ..cfg() };
+    let sink = Arc::new(Collect::default());
+    let node = Arc::new(Node { node_id: "edge-1".into(), ..Node::standalone() });
+    let agent = Agent::start_node(cfg, node, Arc::new(Scripted::default()), None, sink.clone()).unwrap();
+    thread::sleep(Duration::from_millis(60));
+    std::fs::write(&file, r#"{"version": 2, "viewer_secret": "planted"}"#).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    assert!(sink.wait_for(|s| s.logs().iter().any(|l| l.contains("refused: not written by this node"))));
+    crate::load::write_atomic(&file, br#"{"version": 3}"#).unwrap();
+    assert!(sink.wait_for(|s| s.changes().contains(&Change::Table(3))));
+    agent.stop(Duration::from_secs(2));
+    assert_eq!(sink.changes(), vec![Change::Table(3)]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
