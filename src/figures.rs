@@ -9,7 +9,7 @@ use mesh_core::figures::{merge, WorkerFigures};
 
 use crate::nginx::ffi::NGX_LOG_WARN;
 use crate::nginx::shm::SlotError;
-use crate::{conf, registry, rtmp, transcode};
+use crate::{conf, link, registry, rtmp, transcode};
 
 thread_local! {
     /// The zone refused this worker's figures (logged once until it takes them again).
@@ -27,6 +27,7 @@ pub fn local() -> WorkerFigures {
         pushes: rtmp::push_status(),
         transcodes: transcode::figures(),
         refusals: rtmp::refusals(),
+        links: link::voice_links(),
     }
 }
 

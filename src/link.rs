@@ -2,6 +2,12 @@
 //! started when a worker starts and stopped when it exits, and the way their results come back
 //! to the event loop — a queue of events and a wake-up socket ([`crate::nginx::event::Wake`]).
 //!
+//! One voice per node: only worker 0 of a generation may speak for the node (announce,
+//! heartbeat, the table long poll), and only while it holds the voice lock beside the table
+//! file (`<mesh_table_file>.voice`: at a reload or an upgrade, the other generation's worker 0
+//! holds it until it starts exiting). Every other worker follows the table file the voice
+//! writes, and makes its own auth and route calls.
+//!
 //! This module only carries: calls go out through [`call`], events come back through
 //! [`next_event`], read by the wiring, which hands each to its concern. It knows nothing of
 //! sessions or requests.
@@ -11,7 +17,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_agent::agent::{self, Agent, Call, Event, Refused, Sink};
+use mesh_agent::agent::{self, Agent, Call, Event, Refused, Sink, Voice};
 use mesh_agent::client::{HttpConfig, HttpMaster};
 use mesh_core::node::Node;
 use mesh_core::status::LinkStatus;
@@ -64,27 +70,44 @@ pub fn start(mcf: &MainConf, figures: Heartbeat, on_wake: fn()) -> Result<(), St
         heartbeat_interval: Duration::from_millis(mcf.heartbeat_interval as u64),
         poll_wait: Duration::from_millis(mcf.poll_wait as u64),
         table_file: mcf.table_file.clone().map(Into::into),
+        voice_lock: mcf.master.as_ref().and(mcf.table_file.as_ref()).map(|f| voice_lock(f).into()),
         capabilities: Capabilities { transcode: false, hls: false, dash: false },
         ..agent::Config::default()
     };
     let agent = match &mcf.master {
         Some(base) => {
-            let http = HttpMaster::new(HttpConfig {
-                base: base.clone(),
-                key: mcf.master_key.clone().unwrap_or_default(),
-                node_id: node.node_id.clone(),
-                paths: mcf.master_paths(),
-                timeout: Duration::from_millis(mcf.master_timeout as u64),
-                max_body: mesh_core::table::MAX_TABLE_BYTES,
-                ca: mcf.master_ca.clone(),
-            });
-            Agent::start_master(cfg, node, Arc::new(http), queue.clone())
+            let http = || {
+                Arc::new(HttpMaster::new(HttpConfig {
+                    base: base.clone(),
+                    key: mcf.master_key.clone().unwrap_or_default(),
+                    node_id: node.node_id.clone(),
+                    paths: mcf.master_paths(),
+                    timeout: Duration::from_millis(mcf.master_timeout as u64),
+                    max_body: mesh_core::table::MAX_TABLE_BYTES,
+                    ca: mcf.master_ca.clone(),
+                }))
+            };
+            // Worker 0 may speak for the node, under the voice lock when there is a table file
+            // to put it beside (without one the node has one worker: nginx -t says so).
+            let voice = (crate::nginx::util::worker_index() == 0).then(|| Voice { master: http() });
+            Agent::start_node(cfg, node.clone(), http(), voice, queue.clone())
         }
         None => Agent::start_watch(cfg, node, queue.clone()),
     }
     .map_err(|e| e.to_string())?;
     LINK.with_borrow_mut(|l| *l = Some(Link { agent, queue, wake, on_wake }));
     Ok(())
+}
+
+/// The voice lock of a node whose table file is `table_file`.
+pub fn voice_lock(table_file: &str) -> String {
+    format!("{table_file}.voice")
+}
+
+/// This worker starts exiting: if it speaks for the node, it stops (the next generation's
+/// worker 0 takes over) and follows the table file until it exits. Returns whether it spoke.
+pub fn resign() -> bool {
+    LINK.with_borrow(|l| l.as_ref().is_some_and(|l| l.agent.resign()))
 }
 
 /// The wake-up socket is readable: drain it, then let the wiring take the queued events.
@@ -139,6 +162,14 @@ pub fn has_master() -> bool {
 /// The state of each link to the master; None without one.
 pub fn links() -> Option<Vec<LinkStatus>> {
     LINK.with_borrow(|l| l.as_ref().filter(|l| l.agent.has_master()).map(|l| l.agent.links()))
+}
+
+/// The links to the master while this worker speaks for the node (else empty): the node's,
+/// for every worker's `mesh_status` (through the shared zone).
+pub fn voice_links() -> Vec<LinkStatus> {
+    LINK.with_borrow(|l| {
+        l.as_ref().filter(|l| l.agent.is_voice()).map(|l| l.agent.links()).unwrap_or_default()
+    })
 }
 
 /// Queue a call to the master: refused without one, or when the queue is full.

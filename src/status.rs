@@ -41,7 +41,8 @@ fn collect(renditions: Vec<String>) -> Status {
             let (apply_us_last, apply_us_max) = conf::apply_us();
             TableStatus { version: node.table.version, age_s: conf::node_age(), apply_us_last, apply_us_max }
         },
-        master: link::links(),
+        // The voice's links, whichever worker answers.
+        master: link::links().map(|_| f.links.clone()),
         streams: f
             .streams
             .into_iter()

@@ -3,7 +3,7 @@
 //!
 //! * a worker starts ([`init_process`]): the link to the master or the table file, and a task
 //!   that every second refreshes the heartbeat's figures and asks again about sessions whose
-//!   admission ran out;
+//!   admission ran out (and, once the worker is exiting, makes it stop speaking for the node);
 //! * an event comes back ([`on_wake`]): a log line, a new table or role (applied to the node's
 //!   snapshot, the admitted sessions and the transcodes), an auth answer (to each asker, by its
 //!   handle), a route answer;
@@ -156,8 +156,15 @@ fn apply_node(node: Arc<Node>, change: &Change) {
 }
 
 /// Every second: rates, this worker's figures into the node's, heartbeat figures, and
-/// admissions that ran out.
+/// admissions that ran out. A worker that started exiting no longer speaks for the node.
 fn tick() {
+    if crate::nginx::util::exiting() && link::resign() {
+        ngx::ngx_log_error!(
+            NGX_LOG_NOTICE,
+            ngx::log::ngx_cycle_log().as_ptr(),
+            "mesh: worker exiting: it no longer speaks for the node"
+        );
+    }
     registry::tick_rates(TICK.as_secs());
     let mine = figures::publish();
     let node = conf::current_node();

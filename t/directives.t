@@ -131,7 +131,8 @@ $t->write_file_expand('nginx.conf', conf("mesh_node_id i1;\n    mesh_role ingest
 		'unresolvable host: warned') or diag($out);
 }
 
-# A master with every directive set passes; with more than one worker it is refused.
+# A master with every directive set passes; with more than one worker it needs the table file
+# (the workers that do not speak for the node follow it).
 my $full = "mesh_node_id e1;\n    mesh_role relay;\n    mesh_master https://master.example:8443/api/;\n"
 	. "    mesh_master_key_file master.key;\n    mesh_master_path announce /v1/announce;\n    mesh_master_path streams /v1/streams;\n"
 	. "    mesh_rtmp_url rtmp://203.0.113.5:1935;\n    mesh_http_url https://edge1.example;\n"
@@ -144,8 +145,14 @@ $t->write_file_expand('nginx.conf', conf($full));
 $t->write_file_expand('nginx.conf', "worker_processes 2;\n" . conf($full));
 {
 	my ($ok, $out) = $t->test_config;
-	ok(!$ok, 'a master with two workers: refused');
-	like($out, qr/\[emerg\] "mesh_master" needs "worker_processes 1" \(found 2\)/, 'a master with two workers: says why') or diag($out);
+	ok(!$ok, 'a master with two workers and no table file: refused');
+	like($out, qr/\[emerg\] "mesh_master" with "worker_processes 2" needs "mesh_table_file" \(one worker speaks for the node, the others follow the table file it writes\) in \S+nginx\.conf:\d+/,
+		'... says why, and where mesh_master is') or diag($out);
+}
+$t->write_file_expand('nginx.conf', conf("$full\n    mesh_table_file good.json;") =~ s/^events/worker_processes 2;\nrtmp_auto_push on;\nevents/mr);
+{
+	my ($ok, $out) = $t->test_config;
+	ok($ok, 'a master with two workers and a table file: accepted') or diag($out);
 }
 $t->write_file_expand('nginx.conf', "worker_processes 2;\n" . conf('mesh_table_file good.json;'));
 {

@@ -22,18 +22,22 @@ directive! {
                 v.parse::<Role>()
                     .map_err(|()| "it must be \"ingest\", \"root_relay\", \"relay\" or \"standalone\"".into())
             }),
-            "mesh_master" => directive::set_once(cf, &mut m.master, |v| {
-                let url = check_http_url(v)?;
-                if plain_to_remote(&url) {
-                    ngx_conf_log_error!(
-                        NGX_LOG_WARN,
-                        cf,
-                        "\"mesh_master {}\" is plain HTTP to another host: the node's requests and tables cross the network in clear, use https:// and \"mesh_master_ca\"",
-                        for_log(&url)
-                    );
-                }
-                Ok(url)
-            }),
+            "mesh_master" => {
+                // SAFETY: in this directive's handler.
+                m.master_at = unsafe { directive::location(cf) };
+                directive::set_once(cf, &mut m.master, |v| {
+                    let url = check_http_url(v)?;
+                    if plain_to_remote(&url) {
+                        ngx_conf_log_error!(
+                            NGX_LOG_WARN,
+                            cf,
+                            "\"mesh_master {}\" is plain HTTP to another host: the node's requests and tables cross the network in clear, use https:// and \"mesh_master_ca\"",
+                            for_log(&url)
+                        );
+                    }
+                    Ok(url)
+                })
+            }
             "mesh_rtmp_url" => directive::set_once(cf, &mut m.rtmp_url, public_url(&["rtmp://"])),
             "mesh_http_url" => directive::set_once(cf, &mut m.http_url, public_url(&["http://", "https://"])),
             _ => CONF_ERROR,

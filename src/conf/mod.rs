@@ -51,6 +51,8 @@ pub struct MainConf {
     pub(crate) table: Option<Table>,
     /// `http(s)://host[:port][/prefix]`, no trailing slash.
     pub master: Option<String>,
+    /// Where `mesh_master` is (`<file>:<line>`), for nginx -t's word about it.
+    pub master_at: String,
     pub master_key: Option<Vec<u8>>,
     /// `mesh_master_ca`: the CA an https master is verified against (read at configuration).
     pub master_ca: Option<mesh_agent::tls::MasterCa>,
@@ -81,6 +83,7 @@ impl Default for MainConf {
             table_file: None,
             table: None,
             master: None,
+            master_at: String::new(),
             master_key: None,
             master_ca: None,
             paths: Default::default(),
@@ -215,8 +218,8 @@ pub fn apply_us() -> (u64, u64) {
     APPLY_US.with(std::cell::Cell::get)
 }
 
-/// What the node thinks of a configuration: refused (a master needs one worker: each worker
-/// would announce itself as the node, with a part of its figures), or a warning to log.
+/// What the node thinks of a configuration: refused (several workers under a master need the
+/// table file: all but the one speaking for the node follow it), or a warning to log.
 pub enum Check {
     Fine,
     /// Runs, but not as the operator likely means.
@@ -234,8 +237,9 @@ pub unsafe fn check_cycle(cycle: *mut ngx_cycle_t) -> Check {
         (cycle_main_conf(cycle), worker_processes(cycle), crate::nginx::rtmp::auto_push::enabled(cycle))
     };
     match (mcf, workers) {
-        (Some(m), Some(n)) if m.master.is_some() && n > 1 => Check::Refuse(format!(
-            "\"mesh_master\" needs \"worker_processes 1\" (found {n}): the node announces itself and its figures from one worker"
+        (Some(m), Some(n)) if m.master.is_some() && m.table_file.is_none() && n > 1 => Check::Refuse(format!(
+            "\"mesh_master\" with \"worker_processes {n}\" needs \"mesh_table_file\" (one worker speaks for the node, the others follow the table file it writes) in {}",
+            m.master_at
         )),
         (Some(_), Some(n)) if 2 * n as usize > crate::nginx::shm::SLOTS => Check::Warn(format!(
             "\"worker_processes {n}\": the node's figures hold {} worker processes, and a reload runs two generations at once",

@@ -32,6 +32,18 @@ pub unsafe fn arg(cf: *mut ngx_conf_t, i: usize) -> String {
     unsafe { String::from_utf8_lossy(str_bytes(&args(cf)[i])).into_owned() }
 }
 
+/// Where the directive being parsed is: `<file>:<line>`, as nginx's messages end.
+///
+/// # Safety
+/// `cf` is the configuration being parsed, in a directive handler.
+pub unsafe fn location(cf: *mut ngx_conf_t) -> String {
+    // SAFETY: the parser's current file (set while a file is parsed) and line.
+    unsafe {
+        let Some(f) = (*cf).conf_file.as_ref() else { return String::new() };
+        format!("{}:{}", String::from_utf8_lossy(str_bytes(&f.file.name)), f.line)
+    }
+}
+
 /// Log `invalid value "<value>" in "<directive>" directive, <why>` at emerg, where `why` is
 /// nginx's "it must be ..."; returns `NGX_CONF_ERROR`.
 ///

@@ -140,6 +140,13 @@ pub fn is_worker() -> bool {
     p == NGX_PROCESS_WORKER || p == NGX_PROCESS_SINGLE
 }
 
+/// This worker's number in its generation (`ngx_worker`: 0 to `worker_processes` - 1; 0 for
+/// nginx running as one process).
+pub fn worker_index() -> usize {
+    // SAFETY: a plain global nginx sets at process start.
+    unsafe { *std::ptr::addr_of!(ngx_worker) }
+}
+
 /// Connections of this worker in use now.
 pub fn connections_in_use() -> u64 {
     // SAFETY: ngx_cycle is the worker's current cycle, read on the event loop.

@@ -23,12 +23,14 @@ pub fn apply(node: &Node, why_now: &str) {
             e.stream().to_string(),
             e.source().map(str::to_string),
             e.is_publisher(),
+            e.admitted.is_copy(),
         )
     });
-    for (id, s, (verdict, stream, source, publisher)) in verdicts {
+    for (id, s, (verdict, stream, source, publisher, copy)) in verdicts {
         match verdict {
             Verdict::Drop(why) => drop_session(id, s, publisher, &stream, &Why::Decided(why), why_now),
-            Verdict::Keep if publisher => {
+            // A copy (rtmp_auto_push) pushes nothing: the worker it is published into does.
+            Verdict::Keep if publisher && !copy => {
                 let plan = node.plan_pushes(&stream, source.as_deref());
                 let start = ctx::with(s, |c| match &mut c.pushes {
                     Some(p) => {

@@ -1,12 +1,15 @@
-//! The node's background work, per nginx worker: announce, heartbeat, the table long poll and
-//! the calls the event loop asks for (auth, route) — or, with no master, a watch on the table
-//! file. Results go to a [`Sink`], which hands them to the event loop.
+//! The node's background work, per nginx worker: the calls the event loop asks for (auth,
+//! route) and, in the one process that speaks for the node (its voice, [`crate::voice`]),
+//! announce, heartbeat and the table long poll; every other process follows the table file the
+//! voice writes. With no master, a watch on the table file. Results go to a [`Sink`], which
+//! hands them to the event loop.
 //!
 //! Every failure leaves the node on its last good table, is logged once per change of state
 //! (not per retry), and is retried with capped exponential backoff with jitter.
 //!
-//! The threads: `mesh-control` ([`crate::control`]: announce, heartbeat, resync), `mesh-poll`
-//! ([`crate::poll`]: the table long poll) or `mesh-watch` (the table file), the call threads
+//! The threads: `mesh-control` ([`crate::control`]: the voice lock, then announce, heartbeat,
+//! resync), `mesh-poll` ([`crate::poll`]: the table long poll), `mesh-watch` (the table file,
+//! while this process does not speak for the node), the call threads
 //! ([`crate::calls`]) and a janitor. Every change of the node state goes through one writer
 //! ([`crate::state`]).
 
@@ -23,9 +26,9 @@ use nix::sys::signal::{SigSet, SigmaskHow};
 
 use crate::calls::CallQueue;
 use crate::client::{CallError, Master};
-use crate::control::control_loop;
-use crate::poll::{poll_loop, watch_loop};
+use crate::poll::watch_loop;
 use crate::shared::Shared;
+use crate::voice::{voice_loop, voice_poll};
 
 /// Log levels the event loop maps to nginx's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +87,12 @@ pub struct Config {
     /// How long a table the master's heartbeat answer announces may take to come by the long
     /// poll before the poll is taken for stale and the table fetched at once.
     pub resync_grace: Duration,
+    /// The voice lock ([`crate::voice`]): a voice speaks only while holding it, following the
+    /// table file until then. None: a voice speaks at once (the node's only process).
+    pub voice_lock: Option<PathBuf>,
+    /// This process's generation: its nginx master process (the workers of one share its
+    /// shared zone, and so their figures; see [`crate::generations`]).
+    pub generation: u32,
 }
 
 impl Default for Config {
@@ -102,6 +111,8 @@ impl Default for Config {
             call_threads: 2,
             call_queue: 1024,
             resync_grace: Duration::from_millis(500),
+            voice_lock: None,
+            generation: std::os::unix::process::parent_id(),
         }
     }
 }
@@ -114,22 +125,55 @@ pub struct Agent {
     janitor: Option<mpsc::Sender<Arc<Node>>>,
     calls: Option<Arc<CallQueue>>,
     master: Option<Arc<dyn Master>>,
+    /// The voice's own link to the master, when it has one of its own (interrupted when it
+    /// resigns, the calls' link staying up).
+    voice: Option<Arc<dyn Master>>,
+}
+
+/// How a process may speak for the node.
+pub struct Voice {
+    /// Announce, heartbeat and the long poll go through this (its own link, so that stepping
+    /// down interrupts a long poll without the calls in flight).
+    pub master: Arc<dyn Master>,
 }
 
 impl Agent {
-    /// Follow a master: announce, heartbeat, long-poll the table, serve calls.
+    /// Follow a master as the node's only process: announce, heartbeat, long-poll the table,
+    /// serve calls.
     pub fn start_master(
         cfg: Config,
         initial: Arc<Node>,
         master: Arc<dyn Master>,
         sink: Arc<dyn Sink>,
     ) -> std::io::Result<Agent> {
+        let voice = Voice { master: master.clone() };
+        Agent::start_node(cfg, initial, master, Some(voice), sink)
+    }
+
+    /// Follow a master: serve calls through `master`; speak for the node as `voice` says (None:
+    /// never, follow the table file the voice writes).
+    pub fn start_node(
+        cfg: Config,
+        initial: Arc<Node>,
+        master: Arc<dyn Master>,
+        voice: Option<Voice>,
+        sink: Arc<dyn Sink>,
+    ) -> std::io::Result<Agent> {
         let shared = Shared::new(cfg, initial, sink);
         let mut threads = Vec::new();
-        let (m, s) = (master.clone(), shared.clone());
-        threads.push(spawn("mesh-control", move || control_loop(&*m, &s))?);
-        let (m, s) = (master.clone(), shared.clone());
-        threads.push(spawn("mesh-poll", move || poll_loop(&*m, &s))?);
+        let follows = voice.is_none() || shared.cfg.voice_lock.is_some();
+        let mut own = None;
+        if let Some(Voice { master: vm }) = voice {
+            let (m, s) = (vm.clone(), shared.clone());
+            threads.push(spawn("mesh-control", move || voice_loop(&*m, &s))?);
+            let (m, s) = (vm.clone(), shared.clone());
+            threads.push(spawn("mesh-poll", move || voice_poll(&*m, &s))?);
+            own = (!same(&vm, &master)).then_some(vm);
+        }
+        if follows && shared.cfg.table_file.is_some() {
+            let s = shared.clone();
+            threads.push(spawn("mesh-watch", move || watch_loop(&s))?);
+        }
         let queue = Arc::new(CallQueue::new(shared.cfg.call_queue));
         // One more thread than `call_threads`, kept for known credentials and re-checks.
         for i in 0..=shared.cfg.call_threads.max(1) {
@@ -138,7 +182,14 @@ impl Agent {
             threads.push(spawn(&name, move || calls_loop(&*m, &s, &q, i == 0))?);
         }
         let janitor = start_janitor(&mut threads)?;
-        Ok(Agent { shared, threads, janitor: Some(janitor), calls: Some(queue), master: Some(master) })
+        Ok(Agent {
+            shared,
+            threads,
+            janitor: Some(janitor),
+            calls: Some(queue),
+            master: Some(master),
+            voice: own,
+        })
     }
 
     /// No master: watch the table file and load it again when it changes.
@@ -147,7 +198,24 @@ impl Agent {
         let s = shared.clone();
         let mut threads = vec![spawn("mesh-watch", move || watch_loop(&s))?];
         let janitor = start_janitor(&mut threads)?;
-        Ok(Agent { shared, threads, janitor: Some(janitor), calls: None, master: None })
+        Ok(Agent { shared, threads, janitor: Some(janitor), calls: None, master: None, voice: None })
+    }
+
+    /// Stop speaking for the node, for good (the worker starts exiting): announce, heartbeat
+    /// and the long poll end, the voice lock is released for the next generation's voice; the
+    /// table file is followed and calls served until [`Agent::stop`]. Returns whether this
+    /// agent was speaking.
+    pub fn resign(&self) -> bool {
+        let was = self.shared.resign();
+        if let Some(v) = &self.voice {
+            v.shutdown();
+        }
+        was
+    }
+
+    /// Whether this agent speaks for the node now.
+    pub fn is_voice(&self) -> bool {
+        self.shared.speaking()
     }
 
     /// Free a snapshot the event loop no longer uses, on a background thread.
@@ -183,9 +251,10 @@ impl Agent {
     /// Returns how many threads were joined.
     pub fn stop(mut self, within: Duration) -> usize {
         self.shared.stop();
-        if let Some(m) = &self.master {
+        for m in self.master.iter().chain(&self.voice) {
             m.shutdown();
         }
+        self.shared.resign();
         if let Some(q) = self.calls.take() {
             q.close();
         }
@@ -203,6 +272,11 @@ impl Agent {
         }
         joined
     }
+}
+
+/// Whether two links are the same object.
+fn same(a: &Arc<dyn Master>, b: &Arc<dyn Master>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
 }
 
 /// A thread that drops what it is sent, until the sender goes.

@@ -38,7 +38,7 @@ pub(crate) fn control_loop(m: &dyn Master, s: &Shared) {
     // Heartbeats go every interval, start to start (a slow answer or a resync between two does
     // not push the next one later).
     let mut next_beat = Instant::now();
-    while !s.stopping() {
+    while s.speaking() {
         if !announced {
             let began = Instant::now();
             match m.announce(&announce_payload(s)) {
@@ -58,14 +58,14 @@ pub(crate) fn control_loop(m: &dyn Master, s: &Shared) {
                 }
                 Err(e) => {
                     let d = announce.fail(s, &e, began);
-                    s.sleep(d.min(interval));
+                    s.sleep_voice(d.min(interval));
                     continue;
                 }
             }
-        } else if !s.sleep(next_beat.saturating_duration_since(Instant::now())) {
+        } else if !s.sleep_voice(next_beat.saturating_duration_since(Instant::now())) {
             break;
         }
-        let mut hb = s.sink.heartbeat();
+        let mut hb = crate::generations::with_others(s, s.sink.heartbeat());
         hb.uptime_s = s.uptime();
         let began = Instant::now();
         next_beat = began + interval;
@@ -88,7 +88,7 @@ pub(crate) fn control_loop(m: &dyn Master, s: &Shared) {
                 // The master may have lost us (a restart): announce again once it answers.
                 announced = false;
                 let d = beat.fail(s, &e, began);
-                s.sleep(d.min(interval));
+                s.sleep_voice(d.min(interval));
             }
         }
     }

@@ -9,6 +9,7 @@
 //! * [`client`]: the master behind a trait, and its signed HTTP implementation.
 //! * [`tls`]: the CA a node verifies its master against (`mesh_master_ca`).
 //! * [`load`]: read, validate and resolve a table into a node snapshot; write one atomically.
+//! * [`voice`]: one process speaks for the node (the voice lock); the others follow its file.
 //!
 //! Inside the agent: `control` (announce, heartbeat, resync), `poll` (long poll, file watch),
 //! `state` (the node state's one writer), `link` (each link's state and backoff), `shared`.
@@ -17,6 +18,7 @@ pub mod agent;
 pub mod calls;
 pub mod client;
 mod control;
+mod generations;
 mod link;
 pub mod load;
 mod poll;
@@ -27,3 +29,4 @@ mod state;
 #[cfg(test)]
 mod testing;
 pub mod tls;
+pub mod voice;

@@ -15,8 +15,9 @@ use crate::load::{make_node, read_table};
 use crate::shared::Shared;
 use crate::state::{Applied, Source, Update};
 
+/// The long poll, while this agent speaks for the node.
 pub(crate) fn poll_loop(m: &dyn Master, s: &Shared) {
-    while !s.stopping() {
+    while s.speaking() {
         s.take_poke();
         let since = s.since();
         let began = Instant::now();
@@ -51,11 +52,20 @@ pub(crate) fn poll_loop(m: &dyn Master, s: &Shared) {
 }
 
 /// A table body from the master (signature checked): validated, resolved, applied, saved.
+/// One that comes after the voice stepped down is dropped: the node's new voice has it.
 pub(crate) fn take_table(s: &Shared, body: &[u8]) -> Result<Applied, String> {
     let t = Table::parse(body).map_err(|e| e.to_string())?;
     let (version, epoch) = (t.version, t.epoch.clone());
+    if !s.speaking() {
+        return Ok(Applied::Same);
+    }
     let applied = install(s, t, Source::Master);
     if let (Applied::Installed { .. }, Some(path)) = (applied, &s.cfg.table_file) {
+        // Under the voice lock: a voice that stepped down meanwhile writes nothing.
+        let _held = s.voice_lock.lock();
+        if !s.speaking() {
+            return Ok(applied);
+        }
         if let Err(e) = s.state.save(path, epoch.as_deref(), version, body) {
             s.log(
                 Level::Error,
@@ -90,6 +100,9 @@ fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((md.modified().ok()?, md.len()))
 }
 
+/// Follow the table file: the operator's (no master), or the one the node's voice writes
+/// (the other workers, and every worker of a generation whose voice is elsewhere). A voice
+/// does not read back what it writes, while it speaks.
 pub(crate) fn watch_loop(s: &Shared) {
     let Some(path) = s.cfg.table_file.clone() else {
         return;
@@ -97,10 +110,29 @@ pub(crate) fn watch_loop(s: &Shared) {
     let mut seen = file_stamp(&path);
     while s.sleep(s.cfg.watch_interval) {
         let now = file_stamp(&path);
+        if s.speaking() {
+            seen = now;
+            continue;
+        }
+        crate::generations::report(s);
         if now == seen || now.is_none() {
             continue;
         }
         seen = now;
+        // The voice's file, under a master: only as it writes it (0600, this user's).
+        let foreign = s.cfg.voice_lock.is_some()
+            && !std::fs::metadata(&path).is_ok_and(|md| crate::voice::written_by_us(&md));
+        if foreign {
+            s.log(
+                Level::Error,
+                format!(
+                    "mesh: mesh_table_file \"{}\" refused: not written by this node (another owner, or writable by others); keeping table version {}",
+                    path.display(),
+                    s.state.version()
+                ),
+            );
+            continue;
+        }
         match read_table(&path) {
             Ok(t) if t == s.state.node().table => {}
             Ok(t) => {

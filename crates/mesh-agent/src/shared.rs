@@ -2,12 +2,14 @@
 //! [`crate::state`]), each link's status, the sink to the event loop, and the stop and wake-up
 //! signals.
 
+use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mesh_core::node::Node;
 use mesh_core::status::LinkStatus;
+use nix::fcntl::Flock;
 use parking_lot::{Condvar, Mutex};
 
 use crate::agent::{Config, Event, Level, Sink};
@@ -35,6 +37,14 @@ pub(crate) struct Shared {
     behind: Mutex<Option<Behind>>,
     /// The master's epoch, as its last signed announce or heartbeat answer said.
     master_epoch: Mutex<Option<String>>,
+    /// Whether this agent speaks for the node now (announce, heartbeat, long poll): the voice
+    /// holds the voice lock (or needs none), and has not resigned. Changed under `stop`.
+    speaking: AtomicBool,
+    /// The voice stepped down for good (its worker is exiting).
+    resigned: AtomicBool,
+    /// The voice lock while held; saves of the table file happen under it, so none is written
+    /// once the voice resigned.
+    pub voice_lock: Mutex<Option<Flock<File>>>,
     stop: Mutex<bool>,
     wake: Condvar,
     fetch_now: AtomicBool,
@@ -51,6 +61,9 @@ impl Shared {
             links: Mutex::new(Vec::new()),
             behind: Mutex::new(None),
             master_epoch: Mutex::new(None),
+            speaking: AtomicBool::new(false),
+            resigned: AtomicBool::new(false),
+            voice_lock: Mutex::new(None),
             stop: Mutex::new(false),
             wake: Condvar::new(),
             fetch_now: AtomicBool::new(false),
@@ -60,18 +73,25 @@ impl Shared {
 
     /// Sleep up to `d`; false when the agent is stopping.
     pub(crate) fn sleep(&self, d: Duration) -> bool {
-        self.sleep_until(d, false)
+        self.sleep_until(d, false, false)
     }
 
-    /// Sleep up to `d`, or until a fetch is asked for (the poll loop); false when stopping.
+    /// The voice's sleep: up to `d`; false when the agent stops or the voice steps down.
+    pub(crate) fn sleep_voice(&self, d: Duration) -> bool {
+        self.sleep_until(d, false, true)
+    }
+
+    /// Sleep up to `d`, or until a fetch is asked for (the poll loop, a voice's); false when
+    /// stopping or no longer the voice.
     pub(crate) fn sleep_poll(&self, d: Duration) -> bool {
-        self.sleep_until(d, true)
+        self.sleep_until(d, true, true)
     }
 
-    fn sleep_until(&self, d: Duration, wake_on_fetch: bool) -> bool {
+    fn sleep_until(&self, d: Duration, wake_on_fetch: bool, voice: bool) -> bool {
         let deadline = Instant::now() + d;
         let mut stop = self.stop.lock();
-        while !*stop {
+        let done = |stop: bool| stop || (voice && !self.speaking.load(Ordering::Relaxed));
+        while !done(*stop) {
             if wake_on_fetch && self.fetch_now.load(Ordering::Relaxed) {
                 return true;
             }
@@ -79,7 +99,54 @@ impl Shared {
                 break;
             }
         }
-        !*stop
+        !done(*stop)
+    }
+
+    /// Whether this agent speaks for the node now.
+    pub(crate) fn speaking(&self) -> bool {
+        self.speaking.load(Ordering::Relaxed) && !self.stopping()
+    }
+
+    pub(crate) fn resigned(&self) -> bool {
+        self.resigned.load(Ordering::Relaxed)
+    }
+
+    /// Start speaking for the node (the voice lock is held, or none is needed); false when the
+    /// voice resigned meanwhile.
+    pub(crate) fn start_speaking(&self) -> bool {
+        let _stop = self.stop.lock();
+        if self.resigned() {
+            return false;
+        }
+        self.speaking.store(true, Ordering::Relaxed);
+        self.wake.notify_all();
+        true
+    }
+
+    /// Step down for good: the voice's loops end, the lock is released (after a save in
+    /// progress). Returns whether this agent was speaking.
+    pub(crate) fn resign(&self) -> bool {
+        let was = {
+            let _stop = self.stop.lock();
+            self.resigned.store(true, Ordering::Relaxed);
+            let was = self.speaking.swap(false, Ordering::Relaxed);
+            self.wake.notify_all();
+            was
+        };
+        *self.voice_lock.lock() = None;
+        was
+    }
+
+    /// Wait up to `d` until this agent speaks; whether it does.
+    pub(crate) fn wait_speaking(&self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        let mut stop = self.stop.lock();
+        while !*stop && !self.resigned() && !self.speaking.load(Ordering::Relaxed) {
+            if self.wake.wait_until(&mut stop, deadline).timed_out() {
+                break;
+            }
+        }
+        self.speaking.load(Ordering::Relaxed) && !*stop
     }
 
     /// Ask the poll loop to poll now (it may be waiting out a backoff).

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::status::{PushStatus, RefusalCount};
+use crate::status::{LinkStatus, PushStatus, RefusalCount};
 use crate::wire::{Load, PushStat, StreamStat, TranscodeStat};
 
 /// What one worker holds now.
@@ -23,6 +23,9 @@ pub struct WorkerFigures {
     pub pushes: Vec<PushStatus>,
     pub transcodes: Vec<TranscodeStat>,
     pub refusals: Vec<RefusalCount>,
+    /// The links to the master, from the worker that speaks for the node (empty in the others).
+    #[serde(default)]
+    pub links: Vec<LinkStatus>,
 }
 
 impl WorkerFigures {
@@ -49,6 +52,9 @@ pub fn merge<'a>(workers: impl IntoIterator<Item = &'a WorkerFigures>) -> Worker
         out.load.out_kbps += w.load.out_kbps;
         out.pushes.extend(w.pushes.iter().cloned());
         out.transcodes.extend(w.transcodes.iter().cloned());
+        if out.links.is_empty() {
+            out.links.clone_from(&w.links);
+        }
         for r in &w.refusals {
             *refusals.entry((r.action.clone(), r.reason.clone())).or_insert(0) += r.count;
         }

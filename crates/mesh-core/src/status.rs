@@ -57,7 +57,7 @@ pub struct TableStatus {
     pub apply_us_max: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct LinkStatus {
     /// `announce`, `heartbeat` or `streams`.
     pub link: String,

@@ -197,7 +197,7 @@ mod tests {
         announce_as(&r, "edge-a", Role::Relay).await;
         let (st, v) = admin(&r, "PUT", "/admin/nodes/edge-a/revoked", r#"{"revoked": true}"#).await;
         assert_eq!((st, v["revoked"].as_bool()), (StatusCode::OK, Some(true)));
-        assert!(!app.mesh.lock().nodes["edge-a"].alive, "out of every placement at once");
+        assert!(!app.mesh.lock().nodes()["edge-a"].alive, "out of every placement at once");
         let (st, body) = call(&r, signed_req("POST", "/heartbeat", "edge-a", &beat("edge-a"), now())).await;
         assert_eq!((st, reason(&body).as_str()), (StatusCode::UNAUTHORIZED, "node revoked"));
         assert!(app.store.lock().node_creds().unwrap()[0].1.revoked, "kept in the database");

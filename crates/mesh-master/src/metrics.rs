@@ -17,6 +17,7 @@ pub struct Counters {
 /// The counters' help texts; a counter not listed here is not kept.
 const HELP: &[(&str, &str)] = &[
     ("mesh_master_announces_total", "Announces taken."),
+    ("mesh_master_heartbeats_total", "Heartbeats taken, by node."),
     ("mesh_master_auth_total", "Auth answers, by action and result."),
     ("mesh_master_routes_total", "Route requests, by answer."),
     ("mesh_master_tables_sent_total", "Tables sent to long polls."),

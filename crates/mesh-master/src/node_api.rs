@@ -218,6 +218,7 @@ pub(crate) async fn heartbeat(State(app): State<Arc<App>>, req: Request) -> Resp
     };
     match app.with_mesh(|m| m.heartbeat(&hb, now()).map(|role| (role, m.table_version(&hb.node_id)))) {
         Ok((role, version)) => {
+            app.counters.inc("mesh_master_heartbeats_total", &format!("node=\"{}\"", hb.node_id));
             let table_version = app.serving_tables().then_some(version);
             let epoch = Some(app.epoch.clone());
             app.signed_json(

@@ -5,7 +5,8 @@ package Mesh::Node;
 # and extra directives. `hls => { directive => value }` adds an edge's HTTP side
 # (Mesh::Test::edge_http): a media root writable by the worker, the transcoder reading its own
 # `relay` application, 1 s segments, and `/hls/` on PORT_2 (the hash adds or overrides
-# http-level directives, and takes edge_http's options).
+# http-level directives, and takes edge_http's options). `main => '...'`: main-level lines
+# (worker_processes, rtmp_auto_push).
 
 use strict;
 use warnings;
@@ -25,7 +26,7 @@ sub under_master {
 		? $t->edge_http(mesh_ffmpeg => undef, renditions => [], mesh_rtmp_source => 'rtmp://127.0.0.1:%%PORT_1%%/relay',
 			mesh_manifest_wait => '20s', %{$o{hls}})
 		: $o{http} // '';
-	$t->write_node_conf(apps => $o{apps}, http => $http, rtmp => qq{
+	$t->write_node_conf(apps => $o{apps}, http => $http, main => $o{main}, rtmp => qq{
     mesh_node_id $o{id};
     $role
     mesh_table_file table.json;

@@ -285,3 +285,84 @@ fn a_new_master_epoch_is_taken_whatever_its_version() {
     assert!(logs.iter().any(|l| l.contains("master epoch e-new (was e-old)")), "{logs:?}");
     assert!(!logs.iter().any(|l| l.contains("refused")), "{logs:?}");
 }
+
+/// Two generations of a node's worker 0 and another worker: one voice at a time, the others
+/// follow the file it writes; when the voice resigns the next one speaks and the first says
+/// nothing more to the master.
+#[test]
+fn one_voice_at_a_time_and_the_others_follow_its_file() {
+    let dir = std::env::temp_dir().join(format!("mesh-agent-voice-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("table.json");
+    std::fs::write(&file, r#"{"version": 1}"#).unwrap();
+    let lock = dir.join("table.json.voice");
+    let cfg = || Config { table_file: Some(file.clone()), voice_lock: Some(lock.clone()), ..cfg() };
+    let node = || Arc::new(Node { node_id: "edge-1".into(), ..Node::standalone() });
+    let voice = |m: &Arc<Scripted>| Some(Voice { master: m.clone() });
+    let (calls, old_m, new_m) =
+        (Arc::new(Scripted::default()), Arc::new(Scripted::default()), Arc::new(Scripted::default()));
+    let (old_s, new_s, other_s) =
+        (Arc::new(Collect::default()), Arc::new(Collect::default()), Arc::new(Collect::default()));
+    let old = Agent::start_node(cfg(), node(), calls.clone(), voice(&old_m), old_s.clone()).unwrap();
+    assert!(old_s.wait_for(|_| old.is_voice() && *old_m.heartbeats.lock() >= 2));
+    let new = Agent::start_node(cfg(), node(), calls.clone(), voice(&new_m), new_s.clone()).unwrap();
+    let other = Agent::start_node(cfg(), node(), calls.clone(), None, other_s.clone()).unwrap();
+    thread::sleep(Duration::from_millis(50));
+    old_m.set_table(7, r#"{"version": 7, "role": "relay"}"#);
+    assert!(
+        new_s.wait_for(|s| s.changes().contains(&Change::Table(7))),
+        "the waiting voice follows the file"
+    );
+    assert!(
+        other_s.wait_for(|s| s.changes().contains(&Change::Table(7))),
+        "so does a worker that never speaks"
+    );
+    assert!(new_s.logs().iter().any(|l| l.contains("another process speaks for the node")));
+    thread::sleep(Duration::from_millis(300));
+    assert!(!new.is_voice() && !other.is_voice());
+    assert_eq!(*new_m.heartbeats.lock(), 0, "one voice");
+    assert!(new.has_master(), "calls go out from any worker");
+
+    assert!(old.resign(), "it was speaking");
+    assert!(!old.resign());
+    let beats = *old_m.heartbeats.lock();
+    assert!(new_s.wait_for(|_| new.is_voice() && *new_m.heartbeats.lock() >= 2), "the next voice speaks");
+    assert!(new_s.logs().iter().any(|l| l.contains("this worker speaks for the node now")));
+    thread::sleep(Duration::from_millis(200));
+    assert!(*old_m.heartbeats.lock() <= beats + 1, "the old voice said nothing more");
+    assert!(!old.is_voice());
+    // The new voice's tables reach the old one (still serving its sessions) through the file.
+    new_m.set_table(8, r#"{"version": 8, "role": "relay"}"#);
+    assert!(old_s.wait_for(|s| s.changes().contains(&Change::Table(8))));
+    assert!(other_s.wait_for(|s| s.changes().contains(&Change::Table(8))));
+    assert_eq!(read_table(&file).unwrap().version, 8);
+    for a in [old, new, other] {
+        a.stop(Duration::from_secs(2));
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Under a master the table file is the voice's: a worker following it takes it only as the
+/// voice writes it (this user's, writable by no one else).
+#[test]
+fn a_follower_takes_only_the_voices_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("mesh-agent-follow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("table.json");
+    std::fs::write(&file, r#"{"version": 1}"#).unwrap();
+    let cfg =
+        Config { table_file: Some(file.clone()), voice_lock: Some(dir.join("table.json.voice")), ..cfg() };
+    let sink = Arc::new(Collect::default());
+    let node = Arc::new(Node { node_id: "edge-1".into(), ..Node::standalone() });
+    let agent = Agent::start_node(cfg, node, Arc::new(Scripted::default()), None, sink.clone()).unwrap();
+    thread::sleep(Duration::from_millis(60));
+    std::fs::write(&file, r#"{"version": 2, "viewer_secret": "planted"}"#).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    assert!(sink.wait_for(|s| s.logs().iter().any(|l| l.contains("refused: not written by this node"))));
+    crate::load::write_atomic(&file, br#"{"version": 3}"#).unwrap();
+    assert!(sink.wait_for(|s| s.changes().contains(&Change::Table(3))));
+    agent.stop(Duration::from_secs(2));
+    assert_eq!(sink.changes(), vec![Change::Table(3)]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
