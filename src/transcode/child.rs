@@ -98,7 +98,8 @@ pub fn make_dir(root: &Path, dir: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
 }
 
-/// Start ffmpeg for transcode `id` of `stream` into `dir`, with a new credential; its output
+/// Start ffmpeg for transcode `id` of `stream` into `dir`, with a new credential (in the claim
+/// of `generation`, when the transcode has one); its output
 /// readable calls `on_output(id)`.
 pub fn start(
     id: u64,
@@ -106,9 +107,10 @@ pub fn start(
     dir: &Path,
     s: &Settings,
     node_id: &str,
+    generation: Option<u64>,
     on_output: fn(u64),
 ) -> Result<Child, StartError> {
-    let key = credential::issue(stream).map_err(StartError::NoRandom)?;
+    let key = credential::issue(stream, generation).map_err(StartError::NoRandom)?;
     let input = format!("{}/{}?node={node_id}&key={key}", s.source.trim_end_matches('/'), stream);
     let out_dir = dir.to_string_lossy().into_owned();
     let argv = ffmpeg_argv(&Job {

@@ -242,6 +242,11 @@ pub fn signal(pid: u32, sig: Signal) -> bool {
     kill(Pid::from_raw(pid as i32), sig).is_ok()
 }
 
+/// Is there a process `pid` (one we may not signal counts too)?
+pub fn alive(pid: i32) -> bool {
+    pid > 0 && !matches!(kill(Pid::from_raw(pid), None), Err(nix::errno::Errno::ESRCH))
+}
+
 pub use nix::sys::signal::Signal;
 pub const SIGKILL: Signal = Signal::SIGKILL;
 pub const SIGTERM: Signal = Signal::SIGTERM;
