@@ -39,7 +39,9 @@ sub edge {
 	    mesh_table_file table.json;
 	}, apps => q{
 	    application relay { mesh on; live on; }
-	}, http => $t->edge_http(mesh_rtmp_source => 'rtmp://127.0.0.1:%%PORT_1%%/relay', mesh_transcode_idle => '5s'));
+	}, http => $t->edge_http(mesh_rtmp_source => 'rtmp://127.0.0.1:%%PORT_1%%/relay', mesh_transcode_idle => '5s',
+		# (every viewer here is 127.0.0.1: more than the default 8 held at once in one worker)
+		mesh_manifest_wait_per_client => 64));
 	$t->run;
 	return $t;
 }
@@ -90,7 +92,7 @@ sub media_playlist {
 	return "/hls/cam1/$uri";
 }
 
-for my $n (2, 4) {
+for my $n (split ' ', $ENV{WORKERS} // '2 4') {
 	my $t = edge($n);
 	my $media = "$t->{dir}/media";
 	my $pub = publish('rtmp://127.0.0.1:' . $t->port(1) . "/relay/cam1?node=root-1&key=$nkey", secs => 180);
@@ -114,6 +116,7 @@ for my $n (2, 4) {
 				my ($s2) = $s1 == 200 ? get($c, media_playlist($m)) : (0);
 				sleep 1;
 				my ($s3) = $s1 == 200 ? get($c, media_playlist($m)) : (0);
+				if (open my $fh, '>', "$t->{dir}/viewer-$$") { print $fh "$s1 $s2 $s3"; close $fh }
 				POSIX::_exit($s1 == 200 && $s2 == 200 && $s3 == 200 ? 0 : 1);
 			}
 			close $c;
@@ -127,6 +130,7 @@ for my $n (2, 4) {
 			}
 			$asked++;
 			$good++ if $? == 0;
+			diag("viewer: " . $t->read_file("viewer-$k")) if $?;
 		}
 		last if keys %served >= $n;
 	}
@@ -225,6 +229,55 @@ for my $n (2, 4) {
 	ok(wait_until(sub { !transcoders($media) }, 10), "$n workers: no ffmpeg after the publisher left");
 	$t->stop;
 	ok(!transcoders($media), "$n workers: none after quit");
+}
+
+# The owner dies (SIGKILL, as a crash): its ffmpeg dies with it (PR_SET_PDEATHSIG) and the next
+# request in another worker takes the claim over; one ffmpeg again. The transcode is started
+# from a worker the publisher is not connected to, so that the stream outlives the kill.
+{
+	my $t = edge(2);
+	my $media = "$t->{dir}/media";
+	my $pub = publish('rtmp://127.0.0.1:' . $t->port(1) . "/relay/cam1?node=root-1&key=$nkey", secs => 120);
+	ok(wait_until(sub { log_lines($t, qr/stream "cam1" copied from the worker/) }, 10), 'kill: published and copied');
+	my ($pw) = map { /pid=(\d+)/ ? $1 : () } grep { /pid=$pub,/ } qx{ss -tnpH state established '( dport = :@{[$t->port(1)]} )' 2>/dev/null};
+	my ($lport) = map { /127\.0\.0\.1:(\d+)\s+127\.0\.0\.1:@{[$t->port(1)]}/ ? $1 : () } grep { /pid=$pub,/ }
+		qx{ss -tnpH state established '( dport = :@{[$t->port(1)]} )' 2>/dev/null};
+	my ($holder) = map { /pid=(\d+)/ ? $1 : () } grep { /127\.0\.0\.1:$lport\s/ }
+		qx{ss -tnpH state established '( sport = :@{[$t->port(1)]} )' 2>/dev/null};
+	ok($holder, "kill: the publisher is in worker $holder");
+	my $c;
+	for (1 .. 40) {
+		my $h;
+		($c, $h) = connection($t);
+		last if $h && $h != $holder;
+		close $c if $c;
+		undef $c;
+	}
+	ok($c, 'kill: a connection in the other worker');
+	my ($s) = get($c, "/hls/cam1/master.m3u8?$tok");
+	is($s, 200, 'kill: transcoding');
+	close $c;
+	my @ff = transcoders($media);
+	is(scalar(@ff), 1, 'kill: one ffmpeg');
+	my $owner = ppid_of($ff[0]);
+	isnt($owner, $holder, "kill: owned by the worker without the publisher ($owner)");
+	kill 'KILL', $owner;
+	$t->allow_alert(qr/worker process $owner exited on signal 9/);
+	ok(wait_until(sub { !kill 0, $ff[0] }, 5), 'kill: its ffmpeg died with it');
+	my $got;
+	ok(wait_until(sub {
+		my ($c2) = connection($t) or return 0;
+		($got) = get($c2, "/hls/cam1/master.m3u8?$tok");
+		close $c2;
+		$got == 200;
+	}, 20), 'kill: entry manifests again');
+	ok(log_lines($t, qr/transcode of stream "cam1" taken over from process $owner \(gone\)/), 'kill: the claim was taken over');
+	sleep 2;
+	is(scalar(transcoders($media)), 1, 'kill: one ffmpeg');
+	kill 'TERM', $pub;
+	reap($pub, 5);
+	ok(wait_until(sub { !transcoders($media) }, 10), 'kill: none after the publisher left');
+	$t->stop;
 }
 
 done_testing();
