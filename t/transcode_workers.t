@@ -280,4 +280,34 @@ for my $n (split ' ', $ENV{WORKERS} // '2 4') {
 	$t->stop;
 }
 
+# Claims do not reach another nginx generation with its own zone (a binary upgrade, a zone of a
+# new size): the lock file next to a stream's directory does. While another process holds it,
+# no ffmpeg starts; once it lets go, one does.
+{
+	my $t = edge(2);
+	my $media = "$t->{dir}/media";
+	open my $lock, '>', "$media/.cam1.lock" or die;
+	flock($lock, 2 | 4) or die 'flock';    # LOCK_EX | LOCK_NB
+	my $pub = publish('rtmp://127.0.0.1:' . $t->port(1) . "/relay/cam1?node=root-1&key=$nkey", secs => 60);
+	ok(wait_until(sub { log_lines($t, qr/stream "cam1" copied from the worker/) }, 10), 'lock: published and copied');
+	my $pid = fork // die;
+	if ($pid == 0) {
+		close $lock;    # (the lock is the open file's: the parent's copy is what holds it)
+		my ($c) = connection($t);
+		my ($s) = get($c, "/hls/cam1/master.m3u8?$tok");
+		POSIX::_exit($s == 200 ? 0 : 1);
+	}
+	ok(wait_until(sub { log_lines($t, qr/transcode of stream "cam1" waits: another process's ffmpeg still has its directory/) }, 5),
+		'lock: the transcode waits for the other process');
+	sleep 2;
+	is(scalar(transcoders($media)), 0, 'lock: no ffmpeg while another process holds the directory');
+	close $lock;
+	is(reap($pid, 20), 0, 'lock: the held entry manifest is served once it lets go');
+	is(scalar(transcoders($media)), 1, 'lock: one ffmpeg');
+	kill 'TERM', $pub;
+	reap($pub, 5);
+	ok(wait_until(sub { !transcoders($media) }, 10), 'lock: none after the publisher left');
+	$t->stop;
+}
+
 done_testing();

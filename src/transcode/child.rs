@@ -86,6 +86,18 @@ impl Child {
     }
 }
 
+/// The lock of `stream`'s directory, `<root>/.<stream>.lock` (no stream's name starts with a
+/// dot), held by the worker whose ffmpeg writes there until that ffmpeg has ended and the
+/// directory is gone: None while another process holds it (a worker of another nginx
+/// generation, after a binary upgrade or a zone of a new size, whose claim is not in this zone).
+pub fn lock(root: &Path, stream: &str) -> std::io::Result<Option<proc::Lock>> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !root.is_dir() {
+        std::fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(root)?;
+    }
+    proc::try_lock(&root.join(format!(".{stream}.lock")))
+}
+
 /// The stream's directory, anew and empty, 0750 (the media root too when it is missing).
 pub fn make_dir(root: &Path, dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};

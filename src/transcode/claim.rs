@@ -38,6 +38,8 @@ struct Local {
     remote: HashMap<String, Remote>,
     /// The zone had no free claim (logged once until one is taken again).
     full: bool,
+    /// Streams waiting for another process's lock of their directory (logged once each).
+    waiting: std::collections::HashSet<String>,
 }
 
 thread_local! {
@@ -72,6 +74,7 @@ pub fn decide(stream: &str) -> Decision {
             LOCAL.with_borrow_mut(|l| {
                 l.remote.remove(stream);
                 l.full = false;
+                l.waiting.remove(stream);
             });
             if let Some(p) = taken_over_from {
                 log!(
@@ -99,6 +102,19 @@ pub fn decide(stream: &str) -> Decision {
             Decision::Elsewhere(State::Failed(Failure::NoClaim))
         }
         Claimed::BadName => Decision::Elsewhere(State::Failed(Failure::BadName)),
+    }
+}
+
+/// The directory of `stream` is locked by another process (child.rs): logged once while so.
+pub fn waiting(stream: &str) {
+    let first =
+        LOCAL.with_borrow_mut(|l| l.waiting.len() < REMOTE_MAX && l.waiting.insert(stream.to_string()));
+    if first {
+        log!(
+            NGX_LOG_NOTICE,
+            "mesh: transcode of stream \"{}\" waits: another process's ffmpeg still has its directory",
+            stream
+        );
     }
 }
 

@@ -32,6 +32,7 @@ mod child;
 mod claim;
 mod credential;
 mod idle;
+mod state;
 mod stop;
 
 use std::cell::RefCell;
@@ -44,6 +45,7 @@ use mesh_core::media::Ladder;
 use mesh_core::name::is_valid_id;
 
 pub use credential::take_credential;
+pub use state::{Failure, State};
 pub use stop::{exit_all, stop, stop_all};
 
 use crate::nginx::event::{after, every, Task, Timer};
@@ -72,51 +74,6 @@ pub struct Settings {
     pub idle_s: u64,
 }
 
-/// A transcode's state, as viewers see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Running,
-    /// Waiting to start again after a death.
-    Restarting,
-    /// Given up (why).
-    Failed(Failure),
-}
-
-impl State {
-    /// Its name in the heartbeat's figures.
-    fn name(self) -> &'static str {
-        match self {
-            State::Running => "running",
-            State::Restarting => "restarting",
-            State::Failed(_) => "failed",
-        }
-    }
-}
-
-/// Why a transcode is not available.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// The stream's name is no valid id (it would name its directory).
-    BadName,
-    /// Its directory cannot be made.
-    Dir(std::io::ErrorKind),
-    /// ffmpeg died early [`MAX_RESTARTS`] times in a row.
-    GaveUp,
-    /// The node's shared zone has no room for another transcode's claim.
-    NoClaim,
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::BadName => f.write_str("bad stream name"),
-            Failure::Dir(e) => write!(f, "cannot create its directory: {e}"),
-            Failure::GaveUp => write!(f, "ffmpeg failed {MAX_RESTARTS} times"),
-            Failure::NoClaim => f.write_str("no room for its claim in \"mesh_shared_zone\""),
-        }
-    }
-}
-
 struct Transcode {
     stream: String,
     dir: PathBuf,
@@ -136,6 +93,8 @@ struct Transcode {
     generation: Option<u64>,
     /// Its claim was taken over: its directory is the new owner's.
     lost: bool,
+    /// The directory's lock (child.rs), given back when the transcode goes, after its directory.
+    _lock: Option<mesh_agent::proc::Lock>,
 }
 
 impl Transcode {
@@ -261,6 +220,22 @@ pub fn figures() -> Vec<mesh_core::wire::TranscodeStat> {
 
 /// A new transcode of `stream` (its claim of `generation` taken), and its first run.
 fn start(settings: &Settings, stream: &str, node_id: &str, generation: Option<u64>) -> State {
+    let lock = match child::lock(&settings.root, stream) {
+        Ok(Some(l)) => Some(l),
+        Ok(None) => {
+            // Another process's ffmpeg still writes (or its directory is still being removed):
+            // wait for it, and leave the claim to whoever asks next.
+            if let Some(g) = generation {
+                claim::release(stream, g);
+            }
+            claim::waiting(stream);
+            return State::Restarting;
+        }
+        Err(e) => {
+            log!(NGX_LOG_WARN, "mesh: transcode of stream \"{}\": cannot lock its directory: {}", stream, e);
+            None
+        }
+    };
     let id = MANAGER.with_borrow_mut(|m| {
         if m.tick.is_none() {
             m.tick = Some(every(TICK, idle::tick));
@@ -279,6 +254,7 @@ fn start(settings: &Settings, stream: &str, node_id: &str, generation: Option<u6
             stopper: None,
             generation,
             lost: false,
+            _lock: lock,
         })
     });
     run(id, settings, node_id);

@@ -174,7 +174,8 @@ pub fn peek(
 
 /// The owner refreshes its claim (`phase` now): when a viewer last asked for the stream in any
 /// worker, or None when the claim is no longer its own (taken over: stop, and leave the
-/// directory to the new owner).
+/// directory to the new owner). A claim freed meanwhile (its owner was silent too long, and
+/// whoever took it over let it go) is the owner's again.
 pub fn beat(
     table: &mut [Claim],
     stream: &str,
@@ -183,7 +184,20 @@ pub fn beat(
     phase: Phase,
     now_ms: u64,
 ) -> Option<u64> {
-    let c = &mut table[find(table, stream)?];
+    let i = match find(table, stream) {
+        Some(i) => i,
+        None if stream.len() <= MAX_ID_LEN => {
+            let i = table.iter().position(|c| c.owner == 0)?;
+            table[i] = zeroed();
+            table[i].owner = me;
+            table[i].generation = generation;
+            table[i].name_len = stream.len() as u32;
+            table[i].name[..stream.len()].copy_from_slice(stream.as_bytes());
+            i
+        }
+        None => return None,
+    };
+    let c = &mut table[i];
     if c.owner != me || c.generation != generation {
         return None;
     }

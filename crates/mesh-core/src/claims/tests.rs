@@ -115,3 +115,21 @@ fn release_all_frees_a_leaving_worker() {
     release_all(&mut t, 1);
     assert_eq!(held(&t).map(|(p, _)| p).collect::<Vec<_>>(), vec![2]);
 }
+
+#[test]
+fn an_owner_back_from_silence_takes_a_freed_claim_again() {
+    let mut t = empty(2);
+    let mut g = 0;
+    let g1 = mine(claim(&mut t, "cam1", 100, 0, &mut g, &all_alive));
+    // silent: taken over, and let go by the new owner (it could not lock the directory)
+    let g2 = mine(claim(&mut t, "cam1", 200, 2 * STALE_MS, &mut g, &all_alive));
+    release(&mut t, "cam1", 200, g2);
+    assert_eq!(beat(&mut t, "cam1", 100, g1, Phase::Running, 2 * STALE_MS + 1), Some(0));
+    assert_eq!(
+        claim(&mut t, "cam1", 200, 2 * STALE_MS + 2, &mut g, &all_alive),
+        Claimed::Other { owner: 100, phase: Phase::Running }
+    );
+    // but not one another owner holds
+    mine(claim(&mut t, "cam2", 300, 0, &mut g, &all_alive));
+    assert_eq!(beat(&mut t, "cam2", 100, g1, Phase::Running, 1), None);
+}
