@@ -60,16 +60,16 @@ def port(count=1):
     raise RuntimeError("no free port in %d-%d" % (PORT_LO, PORT_HI))
 
 
-def write_conf(d, body, mesh=True, error_log="notice", worker_connections=1024, main="", mods=MODS):
-    """`d`/nginx.conf: the rtmp module (and ours, with `mesh`) loaded from `mods`, one worker
-    (`main`: more main-level directives), its error log (at `error_log`) and pid file in `d`,
-    then `body`."""
+def write_conf(d, body, mesh=True, error_log="notice", worker_connections=1024, main="", mods=MODS, workers=1):
+    """`d`/nginx.conf: the rtmp module (and ours, with `mesh`) loaded from `mods`, `workers`
+    workers (`main`: more main-level directives), its error log (at `error_log`) and pid file in
+    `d`, then `body`."""
     load = "load_module %s/ngx_rtmp_module.so;\n" % mods
     if mesh:
         load += "load_module %s/ngx_rtmp_mesh_module.so;\n" % mods
     with open(os.path.join(d, "nginx.conf"), "w") as f:
-        f.write("%sworker_processes 1;\n%serror_log %s/error.log %s;\npid %s/nginx.pid;\n"
-                "events { worker_connections %d; }\n%s" % (load, main, d, error_log, d, worker_connections, body))
+        f.write("%sworker_processes %d;\n%serror_log %s/error.log %s;\npid %s/nginx.pid;\n"
+                "events { worker_connections %d; }\n%s" % (load, workers, main, d, error_log, d, worker_connections, body))
 
 
 def nginx(d, *args, check=True):

@@ -31,7 +31,8 @@ use parking_lot::RwLock;
 use crate::nginx::ffi::*;
 use crate::nginx::util::{guard, pool_new, worker_processes, CONF_ERROR, CONF_OK};
 
-/// `mesh_shared_zone`'s default: 64 slots of 64 KiB (about 600 streams' figures a worker).
+/// `mesh_shared_zone`'s default: 1,024 transcode claims and 64 slots of about 60 KiB (about 550
+/// streams' figures a worker).
 pub const DEFAULT_ZONE_SIZE: usize = 4 << 20;
 /// The least zone: slots of 8 KiB.
 const MIN_ZONE_SIZE: usize = 640 << 10;

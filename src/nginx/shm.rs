@@ -4,10 +4,16 @@
 //! its own slot (bytes, with its pid and when), anyone reads all the fresh ones; a slot not
 //! written for [`STALE_MS`] is free again (its worker is gone).
 //!
-//! Every access holds the zone's slab mutex for one copy of at most a slot.
+//! Before the slots, a table of transcode claims (`mesh_core::claims`: which worker runs a
+//! stream's one ffmpeg), [`claims_for`] of them by the zone's size.
+//!
+//! Every access holds the zone's slab mutex (`ngx_shmtx`, shared by every process of the node)
+//! for one copy of at most a slot, or one pass over the claims.
 
 use std::ffi::c_void;
 use std::ptr::{addr_of, NonNull};
+
+use mesh_core::claims::Claim;
 
 use super::ffi::*;
 
@@ -15,12 +21,21 @@ use super::ffi::*;
 pub const SLOTS: usize = 64;
 /// A slot not written for this long is free.
 pub const STALE_MS: u64 = 10_000;
-const MAGIC: u64 = 0x6d65_7368_7a6f_6e65; // "meshzone"
+const MAGIC: u64 = 0x6d65_7368_7a6f_6e32; // "meshzon2": slots after claims
 
 #[repr(C)]
 struct Header {
     magic: u64,
     slot_size: usize,
+    /// Claims after the header.
+    claims: usize,
+    /// The last claim generation handed out (node-wide).
+    generation: u64,
+}
+
+/// Transcode claims a zone of `size` bytes holds: one per 4 KiB, at least 64, at most 4096.
+pub fn claims_for(size: usize) -> usize {
+    (size / 4096).clamp(64, 4096)
 }
 
 #[repr(C)]
@@ -99,8 +114,29 @@ impl Zone {
             // Unlocked when this goes, even if `f` panics (the guard catches it, and a lock left
             // held would stop every process of the node).
             let _unlock = Unlock(pool);
-            let mut s = Slots { base: h.add(1).cast::<u8>(), slot_size: (*h).slot_size };
+            let base = h.add(1).cast::<Claim>().add((*h).claims).cast::<u8>();
+            let mut s = Slots { base, slot_size: (*h).slot_size };
             Some(f(&mut s))
+        }
+    }
+
+    /// Claims in the zone.
+    pub fn claims(self) -> usize {
+        // SAFETY: the header, set up by init, does not change after.
+        self.area().map_or(0, |(_, h)| unsafe { (*h).claims })
+    }
+
+    /// Run `f` over the claim table and the node's generation counter, the zone locked.
+    pub fn with_claims<R>(self, f: impl FnOnce(&mut [Claim], &mut u64) -> R) -> Option<R> {
+        let (pool, h) = self.area()?;
+        // SAFETY: as in `locked`; the claims follow the header (8-aligned: the header and a
+        // claim are multiples of 8 bytes), `claims` of them, zeroed by init (a free claim), and
+        // only touched with the mutex held.
+        unsafe {
+            ngx_shmtx_lock(&mut (*pool).mutex);
+            let _unlock = Unlock(pool);
+            let table = std::slice::from_raw_parts_mut(h.add(1).cast::<Claim>(), (*h).claims);
+            Some(f(table, &mut (*h).generation))
         }
     }
 
@@ -155,7 +191,8 @@ impl Drop for Unlock {
     }
 }
 
-fn pid() -> ngx_pid_t {
+/// This process's pid.
+pub fn pid() -> ngx_pid_t {
     // SAFETY: nginx sets ngx_pid at process start.
     unsafe { *addr_of!(ngx_pid) }
 }
@@ -205,6 +242,16 @@ unsafe extern "C" fn init(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_i
         // memory starts with its slab pool.
         unsafe {
             if !data.is_null() {
+                // (A zone made by another build of the module, kept across a reload, has another
+                // layout: refused rather than misread.)
+                if (*data.cast::<Header>()).magic != MAGIC {
+                    ngx::ngx_log_error!(
+                        NGX_LOG_EMERG,
+                        ngx::log::ngx_cycle_log().as_ptr(),
+                        "\"mesh_shared_zone\" was made by another version of the module: change its size or restart nginx"
+                    );
+                    return NGX_ERROR as ngx_int_t;
+                }
                 (*zone).data = data;
                 return NGX_OK as ngx_int_t;
             }
@@ -212,9 +259,11 @@ unsafe extern "C" fn init(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_i
             // What the pool really has free (its pages less its own bookkeeping), less a page
             // for the large allocation's rounding.
             let page = *addr_of!(ngx_pagesize);
-            let avail = ((*pool).pfree.saturating_sub(1) * page).saturating_sub(size_of::<Header>());
+            let claims = claims_for((*zone).shm.size);
+            let table = claims * size_of::<Claim>();
+            let avail = ((*pool).pfree.saturating_sub(1) * page).saturating_sub(size_of::<Header>() + table);
             let slot_size = (avail / SLOTS).saturating_sub(size_of::<SlotHead>()) / 8 * 8;
-            let total = size_of::<Header>() + SLOTS * (size_of::<SlotHead>() + slot_size);
+            let total = size_of::<Header>() + table + SLOTS * (size_of::<SlotHead>() + slot_size);
             let h = if slot_size < 1024 {
                 std::ptr::null_mut()
             } else {
@@ -233,6 +282,7 @@ unsafe extern "C" fn init(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_i
             std::ptr::write_bytes(h.cast::<u8>(), 0, total);
             (*h).magic = MAGIC;
             (*h).slot_size = slot_size;
+            (*h).claims = claims;
             (*pool).data = h.cast();
             (*zone).data = h.cast();
             NGX_OK as ngx_int_t

@@ -86,6 +86,18 @@ impl Child {
     }
 }
 
+/// The lock of `stream`'s directory, `<root>/.<stream>.lock` (no stream's name starts with a
+/// dot), held by the worker whose ffmpeg writes there until that ffmpeg has ended and the
+/// directory is gone: None while another process holds it (a worker of another nginx
+/// generation, after a binary upgrade or a zone of a new size, whose claim is not in this zone).
+pub fn lock(root: &Path, stream: &str) -> std::io::Result<Option<proc::Lock>> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !root.is_dir() {
+        std::fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(root)?;
+    }
+    proc::try_lock(&root.join(format!(".{stream}.lock")))
+}
+
 /// The stream's directory, anew and empty, 0750 (the media root too when it is missing).
 pub fn make_dir(root: &Path, dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -98,7 +110,8 @@ pub fn make_dir(root: &Path, dir: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
 }
 
-/// Start ffmpeg for transcode `id` of `stream` into `dir`, with a new credential; its output
+/// Start ffmpeg for transcode `id` of `stream` into `dir`, with a new credential (in the claim
+/// of `generation`, when the transcode has one); its output
 /// readable calls `on_output(id)`.
 pub fn start(
     id: u64,
@@ -106,9 +119,10 @@ pub fn start(
     dir: &Path,
     s: &Settings,
     node_id: &str,
+    generation: Option<u64>,
     on_output: fn(u64),
 ) -> Result<Child, StartError> {
-    let key = credential::issue(stream).map_err(StartError::NoRandom)?;
+    let key = credential::issue(stream, generation).map_err(StartError::NoRandom)?;
     let input = format!("{}/{}?node={node_id}&key={key}", s.source.trim_end_matches('/'), stream);
     let out_dir = dir.to_string_lossy().into_owned();
     let argv = ffmpeg_argv(&Job {

@@ -8,6 +8,10 @@
 //! with backoff, up to a cap, then given up with a log line. Its output directory (made from a
 //! validated stream id under `mesh_media_root`, 0750) is removed when it ends.
 //!
+//! One per stream per node too (claim.rs): the worker that starts a transcode holds the
+//! stream's claim in the node's shared zone; the other workers serve its files, keep it wanted
+//! and wait for a stopping one to end before starting their own.
+//!
 //! Stopping is graceful (stop.rs): SIGTERM, SIGKILL only after a grace period, never at the
 //! worker's exit. Event loop only.
 //!
@@ -25,7 +29,10 @@ macro_rules! log {
 }
 
 mod child;
+mod claim;
 mod credential;
+mod idle;
+mod state;
 mod stop;
 
 use std::cell::RefCell;
@@ -33,10 +40,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mesh_core::claims::Phase;
 use mesh_core::media::Ladder;
 use mesh_core::name::is_valid_id;
 
 pub use credential::take_credential;
+pub use state::{Failure, State};
 pub use stop::{exit_all, stop, stop_all};
 
 use crate::nginx::event::{after, every, Task, Timer};
@@ -50,7 +59,7 @@ const HEALTHY_S: u64 = 30;
 /// How often idle transcodes are looked for.
 const TICK: Duration = Duration::from_secs(1);
 /// A transcode given up is tried again by a viewer after this long.
-const RETRY_FAILED_S: u64 = 60;
+pub(crate) const RETRY_FAILED_S: u64 = 60;
 
 /// What a transcode needs to know (from the http{} configuration).
 #[derive(Debug, Clone)]
@@ -63,48 +72,6 @@ pub struct Settings {
     pub segment_s: f64,
     pub window: u32,
     pub idle_s: u64,
-}
-
-/// A transcode's state, as viewers see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Running,
-    /// Waiting to start again after a death.
-    Restarting,
-    /// Given up (why).
-    Failed(Failure),
-}
-
-impl State {
-    /// Its name in the heartbeat's figures.
-    fn name(self) -> &'static str {
-        match self {
-            State::Running => "running",
-            State::Restarting => "restarting",
-            State::Failed(_) => "failed",
-        }
-    }
-}
-
-/// Why a transcode is not available.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// The stream's name is no valid id (it would name its directory).
-    BadName,
-    /// Its directory cannot be made.
-    Dir(std::io::ErrorKind),
-    /// ffmpeg died early [`MAX_RESTARTS`] times in a row.
-    GaveUp,
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::BadName => f.write_str("bad stream name"),
-            Failure::Dir(e) => write!(f, "cannot create its directory: {e}"),
-            Failure::GaveUp => write!(f, "ffmpeg failed {MAX_RESTARTS} times"),
-        }
-    }
 }
 
 struct Transcode {
@@ -122,6 +89,31 @@ struct Transcode {
     backoff: Option<Task<()>>,
     /// The stop sequence's next step (not cancelable: a quitting worker waits for it).
     stopper: Option<Timer>,
+    /// Its claim's generation (None: no shared zone).
+    generation: Option<u64>,
+    /// Its claim was taken over: its directory is the new owner's.
+    lost: bool,
+    /// The directory's lock (child.rs), given back when the transcode goes, after its directory.
+    _lock: Option<mesh_agent::proc::Lock>,
+}
+
+impl Transcode {
+    /// Its phase as the other workers see it.
+    fn phase(&self) -> Phase {
+        match self.state {
+            _ if self.stopping => Phase::Stopping,
+            State::Running => Phase::Running,
+            State::Restarting => Phase::Restarting,
+            State::Failed(_) => Phase::Failed,
+        }
+    }
+
+    /// It ended: its directory goes (unless it is another owner's now), then its claim.
+    fn clean_up(&self) {
+        if !self.lost {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -184,15 +176,23 @@ pub fn want(settings: &Settings, stream: &str, node_id: &str) -> State {
         (Some(t.state), None)
     });
     drop(retired);
-    match state {
-        Some(s) => s,
-        None => start(settings, stream, node_id),
+    if let Some(s) = state {
+        return s;
+    }
+    if !is_valid_id(stream) {
+        return State::Failed(Failure::BadName);
+    }
+    match claim::decide(stream) {
+        claim::Decision::Start(generation) => start(settings, stream, node_id, generation),
+        claim::Decision::Elsewhere(s) => s,
     }
 }
 
-/// Is a transcode of `stream` there (running or restarting)?
+/// Is a transcode of `stream` there (running or restarting), in this worker or another?
 pub fn exists(stream: &str) -> bool {
-    MANAGER.with_borrow(|m| m.of(stream).is_some_and(|t| !matches!(t.state, State::Failed(_)) && !t.stopping))
+    let local =
+        MANAGER.with_borrow(|m| m.of(stream).map(|t| !matches!(t.state, State::Failed(_)) && !t.stopping));
+    local.unwrap_or_else(|| claim::elsewhere(stream))
 }
 
 /// A viewer fetched a file of `stream`.
@@ -218,14 +218,27 @@ pub fn figures() -> Vec<mesh_core::wire::TranscodeStat> {
     })
 }
 
-/// A new transcode of `stream`, and its first run.
-fn start(settings: &Settings, stream: &str, node_id: &str) -> State {
-    if !is_valid_id(stream) {
-        return State::Failed(Failure::BadName);
-    }
+/// A new transcode of `stream` (its claim of `generation` taken), and its first run.
+fn start(settings: &Settings, stream: &str, node_id: &str, generation: Option<u64>) -> State {
+    let lock = match child::lock(&settings.root, stream) {
+        Ok(Some(l)) => Some(l),
+        Ok(None) => {
+            // Another process's ffmpeg still writes (or its directory is still being removed):
+            // wait for it, and leave the claim to whoever asks next.
+            if let Some(g) = generation {
+                claim::release(stream, g);
+            }
+            claim::waiting(stream);
+            return State::Restarting;
+        }
+        Err(e) => {
+            log!(NGX_LOG_WARN, "mesh: transcode of stream \"{}\": cannot lock its directory: {}", stream, e);
+            None
+        }
+    };
     let id = MANAGER.with_borrow_mut(|m| {
         if m.tick.is_none() {
-            m.tick = Some(every(TICK, tick));
+            m.tick = Some(every(TICK, idle::tick));
         }
         m.insert(Transcode {
             stream: stream.to_string(),
@@ -239,6 +252,9 @@ fn start(settings: &Settings, stream: &str, node_id: &str) -> State {
             signals: 0,
             backoff: None,
             stopper: None,
+            generation,
+            lost: false,
+            _lock: lock,
         })
     });
     run(id, settings, node_id);
@@ -261,7 +277,7 @@ fn run(id: u64, s: &Settings, node_id: &str) {
             t.state = State::Failed(Failure::Dir(e.kind()));
             return false;
         }
-        match child::start(id, &t.stream, &t.dir, s, node_id, on_output) {
+        match child::start(id, &t.stream, &t.dir, s, node_id, t.generation, on_output) {
             Ok(c) => {
                 log!(NGX_LOG_NOTICE, "mesh: transcode of stream \"{}\" started (pid {})", t.stream, c.pid);
                 t.child = Some(c);
@@ -311,7 +327,10 @@ fn died(id: u64) {
         // (From inside the backoff itself when a restart failed: dropping it is allowed.)
         t.backoff = None;
         if t.stopping {
-            let _ = std::fs::remove_dir_all(&t.dir);
+            t.clean_up();
+            if let (Some(g), false) = (t.generation, t.lost) {
+                claim::release(&t.stream, g);
+            }
             log!(NGX_LOG_NOTICE, "mesh: transcode of stream \"{}\" ended", t.stream);
             return m.remove(id);
         }
@@ -321,7 +340,7 @@ fn died(id: u64) {
         t.restarts += 1;
         if t.restarts > MAX_RESTARTS {
             t.state = State::Failed(Failure::GaveUp);
-            let _ = std::fs::remove_dir_all(&t.dir);
+            t.clean_up();
             log!(
                 NGX_LOG_ERR,
                 "mesh: transcode of stream \"{}\" given up after {} restarts",
@@ -345,37 +364,4 @@ fn died(id: u64) {
     });
     // Its pipe, timers and tasks go now, the manager no longer borrowed.
     drop(ended);
-}
-
-/// The once-a-second check for idle transcodes; it ends itself when there are none.
-fn tick() {
-    // A worker shutting down (reload, quit) serves no new viewers: stop at once rather than
-    // when its last RTMP client leaves.
-    if crate::nginx::util::exiting() {
-        stop::stop_all("worker shutting down");
-        end_tick();
-        return;
-    }
-    let now = now();
-    let idle: Vec<String> = MANAGER.with_borrow(|m| {
-        let idle_s = m.settings.as_ref().map_or(30, |s| s.idle_s);
-        m.all
-            .values()
-            .filter(|t| !t.stopping && now.saturating_sub(t.last_wanted) >= idle_s)
-            .filter(|t| crate::registry::rtmp_viewers(&t.stream) == 0)
-            .map(|t| t.stream.clone())
-            .collect()
-    });
-    for s in idle {
-        stop::stop(&s, "idle");
-    }
-    if MANAGER.with_borrow(|m| m.all.is_empty()) {
-        end_tick();
-    }
-}
-
-/// Drop the idle check (from inside itself: allowed), the manager no longer borrowed after.
-fn end_tick() {
-    let tick = MANAGER.with_borrow_mut(|m| m.tick.take());
-    drop(tick);
 }

@@ -120,7 +120,8 @@ fn next_signal(t: &mut Transcode) {
 
 /// Worker exit: SIGTERM every child not signalled yet, wait a little for those to end, and
 /// remove the directories (nothing will watch them). No SIGKILL: what is left dies with the
-/// worker (PR_SET_PDEATHSIG), reaped by init, so nginx reports no killed child.
+/// worker (PR_SET_PDEATHSIG), reaped by init, so nginx reports no killed child. The worker's
+/// claims are released last.
 pub fn exit_all() {
     let Ok((tick, mut streams)) = MANAGER.try_with(|m| {
         let mut m = m.borrow_mut();
@@ -154,6 +155,9 @@ pub fn exit_all() {
             c.close(&t.stream);
         }
         credential::revoke(&t.stream);
-        let _ = std::fs::remove_dir_all(&t.dir);
+        t.clean_up();
     }
+    // Its claims go with it: a worker of the next generation starts the transcodes anew (any
+    // child still here dies with this process at once, PR_SET_PDEATHSIG).
+    super::claim::release_all();
 }

@@ -242,6 +242,32 @@ pub fn signal(pid: u32, sig: Signal) -> bool {
     kill(Pid::from_raw(pid as i32), sig).is_ok()
 }
 
+/// Is there a process `pid` (one we may not signal counts too)?
+pub fn alive(pid: i32) -> bool {
+    pid > 0 && !matches!(kill(Pid::from_raw(pid), None), Err(nix::errno::Errno::ESRCH))
+}
+
+/// A file locked by [`try_lock`].
+pub type Lock = nix::fcntl::Flock<std::fs::File>;
+
+/// An exclusive lock on the file at `path` (made 0600 if missing), held until the value is
+/// dropped or the process ends; None when another process holds it. Never blocks.
+pub fn try_lock(path: &std::path::Path) -> io::Result<Option<Lock>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // (A lock needs no write access: an existing file is opened for reading.)
+    let f = match std::fs::File::open(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path)?
+        }
+        other => other?,
+    };
+    match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(io::Error::from(e)),
+    }
+}
+
 pub use nix::sys::signal::Signal;
 pub const SIGKILL: Signal = Signal::SIGKILL;
 pub const SIGTERM: Signal = Signal::SIGTERM;
@@ -249,6 +275,19 @@ pub const SIGTERM: Signal = Signal::SIGTERM;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_lock_holder_at_a_time() {
+        let dir = std::env::temp_dir().join(format!("mesh-lock-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let first = try_lock(&dir).unwrap();
+        assert!(first.is_some());
+        // flock locks belong to the open file: a second open is refused while the first holds it.
+        assert!(try_lock(&dir).unwrap().is_none());
+        drop(first);
+        assert!(try_lock(&dir).unwrap().is_some());
+        let _ = std::fs::remove_file(&dir);
+    }
     use std::os::fd::AsRawFd;
 
     /// Wait for end-of-file on the output pipe (None, with what was read) or time out (Some).

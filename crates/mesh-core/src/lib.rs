@@ -20,6 +20,7 @@
 //! * [`status`]: the figures `mesh_status` reports, as JSON and Prometheus text.
 //! * [`figures`]: a node's figures from each of its workers', merged.
 //! * [`handles`]: bounded slot maps whose handles die with what they name.
+//! * [`claims`]: which worker of a node runs a stream's one ffmpeg (a table in shared memory).
 //! * [`client`]: which client addresses a per-client cap counts together (IPv6 by /64).
 //! * [`backoff`]: capped exponential backoff with jitter.
 //! * [`credential`]: the transcoder's single-use credential, and redaction of query secrets.
@@ -29,6 +30,7 @@ pub mod admission;
 pub mod args;
 pub mod auth;
 pub mod backoff;
+pub mod claims;
 pub mod client;
 pub mod credential;
 pub mod figures;

@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Benchmark 9: what one node sustains with 1, 2 and N workers (N = cores), ours against plain
+nginx-rtmp at the same settings, in the same run.
+
+For each worker count W, two nginx 1.22.1 + nginx-rtmp 1.2.2 servers run side by side, both
+with `worker_processes W`, `rtmp_auto_push on` and one live stream (ffmpeg, 320x240, 25 fps):
+
+- ours: our module, a standalone table (the publish key, a viewer secret), the stream
+  transcoded on demand (source rendition, 2 s segments) and served by `mesh_media hls` (token
+  checked on every request, playlists rewritten; with W > 1 the workers without the ffmpeg
+  serve its files through its claim in the shared zone);
+- plain: no module of ours, `live on`, and a plain `root` location serving the same directory.
+
+Measured, runs alternating ours / plain, `--rounds` times:
+
+- RTMP plays per second: complete play sessions (TCP connect, handshake, connect,
+  createStream, play, until the first audio or video message; a session with none within 3 s
+  fails), from two client processes (`--concurrency` sessions at a time in all), ours with a
+  viewer token;
+- HLS requests per second with wrk (2 threads, 32 keep-alive connections) on a media segment
+  and on the media playlist.
+
+Prints one markdown table: the rates, ours / plain per worker count, and each server's W / 1
+scaling. The clients share the machine's cores with the servers: on a 2-core machine, the
+scaling from 1 to 2 workers is bounded by the client taking its share.
+
+    python3 bench/workers.py [--seconds 8] [--rounds 2] [--sessions 2000] [--concurrency 64]
+"""
+
+import argparse
+import concurrent.futures
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "t/lib"))
+from benchlib import nginx, port, wait_port, write_conf  # noqa: E402
+from rtmp_publish import Reader, chunk  # noqa: E402
+from rtmp_raw import amf, full_name, parse_url, run_pool  # noqa: E402
+
+SECRET = "bench-secret"
+KEY = "k1"
+FFMPEG_IN = ["-re", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-f", "lavfi", "-i", "sine=frequency=440"]
+FFMPEG_OUT = ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "50",
+              "-c:a", "aac", "-f", "flv"]
+TYPES = "types { application/vnd.apple.mpegurl m3u8; video/mp4 m4s; }"
+
+
+def token(stream):
+    exp = int(time.time()) + 3600
+    mac = hmac.new(SECRET.encode(), f"{stream}\n{exp}".encode(), hashlib.sha256).hexdigest()
+    return f"{exp}.{mac}"
+
+
+def play_session(url, name, timeout):
+    """One RTMP play until the first media message; whether it got one."""
+    host, prt, app, tc = parse_url(url)
+    try:
+        s = socket.create_connection((host, prt), timeout=timeout)
+    except OSError:
+        return False
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        s.sendall(b"\x03" + bytes(8) + os.urandom(1528))
+        r = Reader(s)
+        s0s1 = r.need(1 + 1536)
+        r.need(1536)
+        s.sendall(s0s1[1:])
+        s.sendall(chunk(2, 1, 0, struct.pack(">I", 65536)))
+        s.sendall(chunk(3, 20, 0, amf("connect") + amf(1) + amf(
+            {"app": app, "type": "nonprivate", "flashVer": "LNX 9,0,124,2", "tcUrl": tc})))
+        while True:
+            t, p = r.message()
+            if t == 20 and b"_result" in p:
+                break
+        s.sendall(chunk(3, 20, 0, amf("createStream") + amf(2) + amf(None)))
+        while True:
+            t, p = r.message()
+            if t == 20 and b"_result" in p:
+                sid = int(struct.unpack(">d", p[-8:])[0])
+                break
+        s.sendall(chunk(8, 20, sid, amf("play") + amf(0) + amf(None) + amf(name)))
+        while True:
+            t, p = r.message()
+            if t in (8, 9):
+                return True
+    except (ConnectionError, OSError):
+        return False
+    finally:
+        s.close()
+
+
+def plays_part(url, name, n, c):
+    """`n` play sessions, `c` at a time (one client process): (got media, wall seconds)."""
+    ok = []
+    t0 = time.perf_counter()
+    run_pool(n, c, lambda i: ok.append(play_session(url, name, 3)))
+    return sum(ok), time.perf_counter() - t0
+
+
+def plays(url, name, n, c):
+    """Play sessions per second from two client processes; (rate, failures)."""
+    with concurrent.futures.ProcessPoolExecutor(2) as ex:
+        parts = list(ex.map(plays_part, [url] * 2, [name] * 2, [n // 2] * 2, [max(1, c // 2)] * 2))
+    ok = sum(p[0] for p in parts)
+    return ok / max(p[1] for p in parts), n // 2 * 2 - ok
+
+
+def wrk(url, secs):
+    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{secs}s", url], capture_output=True, text=True).stdout
+    rps = next((float(l.split()[1]) for l in out.splitlines() if l.startswith("Requests/sec:")), None)
+    bad = next((int(l.split()[-1]) for l in out.splitlines() if "Non-2xx" in l), 0)
+    if rps is None or bad:
+        raise RuntimeError(f"wrk {url}: {out}")
+    return rps
+
+
+class Server:
+    def __init__(self, work, name, workers, mesh, media=None):
+        self.dir = os.path.join(work, name)
+        os.makedirs(os.path.join(self.dir, "sock"), exist_ok=True)
+        os.makedirs(os.path.join(self.dir, "logs"), exist_ok=True)
+        for d in (self.dir, os.path.join(self.dir, "sock")):
+            os.chmod(d, 0o777)
+        self.rtmp, self.http = port(), port()
+        main = f"rtmp_auto_push on;\nrtmp_socket_dir {self.dir}/sock;\n"
+        if mesh:
+            self.media = os.path.join(self.dir, "media")
+            os.makedirs(self.media, exist_ok=True)
+            os.chmod(self.media, 0o777)
+            with open(os.path.join(self.dir, "table.json"), "w") as f:
+                json.dump({"role": "standalone", "viewer_secret": SECRET,
+                           "publish": {"cam1": {"key_sha256": hashlib.sha256(KEY.encode()).hexdigest()}}}, f)
+            rtmp = (f"    mesh_node_id bench;\n    mesh_table_file {self.dir}/table.json;\n"
+                    f"    server {{ listen 127.0.0.1:{self.rtmp}; application live {{ mesh on; live on; }} }}\n")
+            http = (f"    mesh_media_root {self.media};\n    mesh_ffmpeg /usr/bin/ffmpeg;\n"
+                    f"    mesh_rtmp_source rtmp://127.0.0.1:{self.rtmp}/live;\n    mesh_rendition source;\n"
+                    f"    mesh_segment 2s;\n    mesh_transcode_idle 600s;\n"
+                    f"    server {{ listen 127.0.0.1:{self.http}; location /hls/ {{ mesh_media hls; }} }}\n")
+        else:
+            self.media = media
+            rtmp = f"    server {{ listen 127.0.0.1:{self.rtmp}; application live {{ live on; }} }}\n"
+            http = f"    server {{ listen 127.0.0.1:{self.http}; location /cam1/ {{ root {media}; }} }}\n"
+        body = (f"rtmp {{\n    access_log off;\n{rtmp}}}\n"
+                f"http {{\n    access_log off;\n    sendfile on;\n    {TYPES}\n{http}}}\n")
+        write_conf(self.dir, body, mesh=mesh, worker_connections=4096, main=main, workers=workers)
+        nginx(self.dir)
+        if not (wait_port(self.rtmp) and wait_port(self.http)):
+            raise RuntimeError(f"{name}: nginx does not listen: " + open(os.path.join(self.dir, "error.log")).read())
+        pidfile = os.path.join(self.dir, "nginx.pid")
+        end = time.time() + 5
+        while not os.path.exists(pidfile) and time.time() < end:
+            time.sleep(0.1)
+        self.master = int(open(pidfile).read())
+        args = f"?key={KEY}" if mesh else ""
+        self.pub = subprocess.Popen(["ffmpeg", "-nostdin", "-loglevel", "error", *FFMPEG_IN, "-t", "3600",
+                                     *FFMPEG_OUT, f"rtmp://127.0.0.1:{self.rtmp}/live/cam1{args}"],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self):
+        self.pub.terminate()
+        self.pub.wait()
+        try:
+            os.kill(self.master, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        time.sleep(1)
+
+
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read()
+    except OSError:
+        return 0, b""
+
+
+def segment(media):
+    chunks = sorted(n for n in os.listdir(os.path.join(media, "cam1")) if n.startswith("chunk-0-") and n.endswith(".m4s"))
+    return chunks[-2]
+
+
+def measure(work, workers, a):
+    ours = Server(work, f"ours-{workers}", workers, mesh=True)
+    plain = Server(work, f"plain-{workers}", workers, mesh=False, media=ours.media)
+    try:
+        tok = token("cam1")
+        time.sleep(2)
+        st, _ = get(f"http://127.0.0.1:{ours.http}/hls/cam1/master.m3u8?token={tok}")
+        if st != 200:
+            raise RuntimeError(f"ours with {workers} workers: master playlist {st}")
+        end = time.time() + 30
+        while time.time() < end and len([n for n in os.listdir(f"{ours.media}/cam1") if n.startswith("chunk-0-")]) < 3:
+            time.sleep(0.5)
+        res = {k: {"ours": [], "plain": []} for k in ("plays", "segment", "playlist")}
+        fails = {"ours": 0, "plain": 0}
+        for _ in range(a.rounds):
+            for side, srv, name in (("ours", ours, f"cam1?token={tok}"), ("plain", plain, "cam1")):
+                rate, failed = plays(f"rtmp://127.0.0.1:{srv.rtmp}/live", name, a.sessions, a.concurrency)
+                res["plays"][side].append(rate)
+                fails[side] += failed
+            # (the newest complete segment, picked again for each run: the window moves on)
+            for side, url in (("ours", f"http://127.0.0.1:{ours.http}/hls/cam1/%s?token={tok}"),
+                              ("plain", f"http://127.0.0.1:{plain.http}/cam1/%s")):
+                res["segment"][side].append(wrk(url % segment(ours.media), a.seconds))
+            for side, url in (("ours", f"http://127.0.0.1:{ours.http}/hls/cam1/media_0.m3u8?token={tok}"),
+                              ("plain", f"http://127.0.0.1:{plain.http}/cam1/media_0.m3u8")):
+                res["playlist"][side].append(wrk(url, a.seconds))
+        ffmpegs = subprocess.run(["pgrep", "-f", f"{ours.media}/cam1"], capture_output=True, text=True).stdout.split()
+        return res, fails, len(ffmpegs)
+    finally:
+        ours.stop()
+        plain.stop()
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=int, default=8, help="seconds per wrk run")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--sessions", type=int, default=2000, help="RTMP play sessions per run")
+    ap.add_argument("--concurrency", type=int, default=64)
+    a = ap.parse_args()
+    for tool in ("wrk", "ffmpeg"):
+        if not shutil.which(tool):
+            sys.exit(f"bench/workers.py needs {tool}")
+    cores = os.cpu_count() or 1
+    counts = sorted({1, 2, cores})
+    work = tempfile.mkdtemp(prefix="mesh-bench-workers-")
+    os.chmod(work, 0o755)
+    rows = {}
+    try:
+        for w in counts:
+            rows[w] = measure(work, w, a)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"| workers ({cores} cores; {a.rounds} rounds; plays: {a.sessions} sessions, {a.concurrency} at a time; "
+          f"wrk 2 threads 32 connections {a.seconds} s) | RTMP plays/s ours | plain | ours / plain "
+          f"| HLS segment req/s ours | plain | ours / plain | HLS media playlist req/s ours | plain | ours / plain "
+          f"| ffmpegs (ours) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    m = {w: {k: {s: mean(v[s]) for s in v} for k, v in rows[w][0].items()} for w in counts}
+    for w in counts:
+        cells = []
+        for k in ("plays", "segment", "playlist"):
+            o, p = m[w][k]["ours"], m[w][k]["plain"]
+            cells += [f"{o:.0f}", f"{p:.0f}", f"{o / p:.3f}"]
+        f = rows[w][1]
+        note = f" (failed plays: ours {f['ours']}, plain {f['plain']})" if f["ours"] or f["plain"] else ""
+        print(f"| {w}{note} | " + " | ".join(cells) + f" | {rows[w][2]} |")
+    for w in counts[1:]:
+        cells = []
+        for k in ("plays", "segment", "playlist"):
+            so, sp = m[w][k]["ours"] / m[1][k]["ours"], m[w][k]["plain"] / m[1][k]["plain"]
+            cells += [f"{so:.2f}×", f"{sp:.2f}×", ""]
+        print(f"| {w} / 1 workers | " + " | ".join(cells) + " | |")
+
+
+if __name__ == "__main__":
+    main()
