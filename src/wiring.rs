@@ -173,6 +173,10 @@ fn tick() {
     }
     rtmp::ask::ask_again(&node);
     route::ask_for_starved(&node, false);
+    // Workers started after a stream was published (a reload's) get their copy of it too.
+    for (s, _) in registry::publishers() {
+        crate::nginx::rtmp::auto_push::reach_new_workers(s);
+    }
 }
 
 /// Heartbeat figures: the node's (`f`), from every worker.

@@ -80,13 +80,86 @@ unsafe fn is_unix(ls: &ngx_listening_t) -> bool {
 extern "C" {
     /// nginx-rtmp's auto-push module (not declared in its headers).
     static mut ngx_rtmp_auto_push_module: ngx_module_t;
+    /// The module whose session ctx holds a publisher's auto-push state.
+    static mut ngx_rtmp_auto_push_index_module: ngx_module_t;
 }
 
-/// The first field of ngx_rtmp_auto_push_module.c's private conf (`rtmp_auto_push`), unchanged
+/// ngx_rtmp_auto_push_module.c's private session ctx of a publisher, unchanged since
+/// nginx-rtmp 1.0: which worker slots have its copy, and the reconnect event.
+#[repr(C)]
+struct AutoPushCtx {
+    slots: *mut ngx_int_t,
+    name: [u8; NGX_RTMP_MAX_NAME as usize],
+    args: [u8; NGX_RTMP_MAX_ARGS as usize],
+    push_evt: ngx_event_t,
+}
+
+/// Make nginx-rtmp copy `s`'s stream to the workers started after it was published.
+///
+/// nginx-rtmp pushes a stream to the workers alive when it is published and retries only the
+/// copies that failed or ended; a worker started later — every worker of a reload's new
+/// generation — never gets it, so its players and HLS requests find nothing while the
+/// broadcaster stays on an old worker. When a worker slot that has no copy yet is alive (its
+/// channel open) and has its socket, this runs nginx-rtmp's own reconnect now. Returns
+/// whether it did. Does nothing for copies and for sessions nginx-rtmp does not push.
+pub fn reach_new_workers(s: super::Session) -> bool {
+    // SAFETY: a live session on the event loop; the index module's ctx slot holds nginx-rtmp's
+    // AutoPushCtx for a publisher it pushes (NULL otherwise); `slots` has NGX_MAX_PROCESSES
+    // entries; ngx_processes and ngx_process_slot are the worker's own, updated on this loop
+    // by nginx's channel handler; the reconnect handler is nginx-rtmp's, run as its timer would.
+    unsafe {
+        let idx = (*addr_of!(ngx_rtmp_auto_push_index_module)).ctx_index;
+        let ctx = (*(*s.raw()).ctx.add(idx)).cast::<AutoPushCtx>();
+        if ctx.is_null() || (*ctx).slots.is_null() || (*ctx).push_evt.timer_set() == 1 {
+            return false;
+        }
+        let Some(reconnect) = (*ctx).push_evt.handler else { return false };
+        let dir = auto_push_socket_dir();
+        let procs = &*addr_of!(ngx_processes);
+        let me = ngx_process_slot;
+        // Every slot: a worker learns of later ones through its channel, not ngx_last_process.
+        let missing = (0..NGX_MAX_PROCESSES as usize).any(|n| {
+            let p = &procs[n];
+            n as ngx_int_t != me
+                && p.pid != 0
+                && p.pid != NGX_INVALID_PID as ngx_pid_t
+                && p.channel[0] != -1
+                && *(*ctx).slots.add(n) == 0
+                && dir.as_ref().is_some_and(|d| d.join(format!("nginx-rtmp.{n}")).exists())
+        });
+        if missing {
+            reconnect(&mut (*ctx).push_evt);
+        }
+        missing
+    }
+}
+
+/// nginx-rtmp's `rtmp_socket_dir`.
+///
+/// # Safety
+/// On the event loop of a configured cycle.
+unsafe fn auto_push_socket_dir() -> Option<std::path::PathBuf> {
+    // SAFETY: the core module's conf at its index; AutoPushConf's layout (above) is the
+    // module's, its socket_dir an nginx string.
+    unsafe {
+        let cycle = ngx_cycle;
+        let idx = (*addr_of!(ngx_rtmp_auto_push_module)).index;
+        let conf = (*(*cycle).conf_ctx.add(idx)).cast::<AutoPushConf>();
+        if conf.is_null() {
+            return None;
+        }
+        let dir = crate::nginx::util::str_bytes(&(*conf).socket_dir);
+        Some(std::path::PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(dir)))
+    }
+}
+
+/// ngx_rtmp_auto_push_module.c's private conf (`rtmp_auto_push`, `rtmp_socket_dir`), unchanged
 /// since nginx-rtmp 1.0.
 #[repr(C)]
 struct AutoPushConf {
     auto_push: ngx_flag_t,
+    socket_dir: ngx_str_t,
+    push_reconnect: ngx_msec_t,
 }
 
 /// Is `rtmp_auto_push on` in this cycle?
