@@ -76,10 +76,10 @@ entry_fails({ HTTP_PORT => $rtmp }, 'HTTP_PORT', 'both ports the same');
 entry_fails({ %m, NODE_KEY => 'sekrit', HEARTBEAT_INTERVAL => '10s' }, 'HEARTBEAT_INTERVAL', 'a heartbeat with a unit');
 entry_fails({ %m, NODE_KEY => 'sekrit', ROUTE_ENDPOINT => 'route' }, 'ROUTE_ENDPOINT', 'an endpoint that is not a path');
 entry_fails({ PUBLIC_HOST => 'a b' }, 'PUBLIC_HOST', 'a host with a space');
-entry_fails({ %m, MASTER_KEY => 'sekrit', MASTER_CA_FILE => '/etc/hostname' }, 'MASTER_CA_FILE', 'a CA for an http:// master');
-entry_fails({ %m, MASTER_SERVER => 'https://master:8000', MASTER_KEY => 'sekrit', MASTER_CA_FILE => '/nonexistent/ca.pem' },
+entry_fails({ %m, NODE_KEY => 'sekrit', MASTER_CA_FILE => '/etc/hostname' }, 'MASTER_CA_FILE', 'a CA for an http:// master');
+entry_fails({ %m, MASTER_SERVER => 'https://master:8000', NODE_KEY => 'sekrit', MASTER_CA_FILE => '/nonexistent/ca.pem' },
 	'MASTER_CA_FILE', 'a MASTER_CA_FILE that is not there');
-entry_fails({ %m, MASTER_SERVER => 'https://master:8000', MASTER_KEY => 'sekrit', MASTER_CA_FILE => 'ca.pem' },
+entry_fails({ %m, MASTER_SERVER => 'https://master:8000', NODE_KEY => 'sekrit', MASTER_CA_FILE => 'ca.pem' },
 	'MASTER_CA_FILE', 'a relative MASTER_CA_FILE');
 
 my $pid = entry(NGINX_PORT => $rtmp, HTTP_PORT => $http);
