@@ -102,3 +102,28 @@ fn a_suspect_that_goes_silent_dies_after_one_interval_not_the_timeout() {
     // Unsuspected nodes wait out the timeout.
     assert_eq!(m.sweep(20), Vec::<String>::new());
 }
+
+#[test]
+fn a_restarted_master_keeps_the_edges_whose_heartbeats_show_viewers() {
+    // A new master: it never saw edge-2's route request. Its heartbeat (viewers of cam1,
+    // which it still has) comes before or after the ingest's: either way it keeps cam1.
+    for edge_first in [true, false] {
+        let mut m = four(Config { edge_fanout: 1, ..Config::default() });
+        let watched: &[(&str, &str, u64)] = &[("cam1", "root-1", 3)];
+        if edge_first {
+            beat(&mut m, "edge-2", watched, 1);
+            beat(&mut m, "ingest-1", LIVE, 1);
+        } else {
+            beat(&mut m, "ingest-1", LIVE, 1);
+            beat(&mut m, "edge-2", watched, 1);
+        }
+        let p = &m.streams["cam1"];
+        assert!(p.edges.iter().any(|h| h.to == "edge-2"), "edge first: {edge_first}: {p:?}");
+        assert!(p.edges.iter().any(|h| h.to == "edge-1" && !h.by_route), "the fan-out as before");
+        // No viewers there any more: it leaves after --edge-idle, as a routed edge does.
+        beat(&mut m, "edge-2", &[("cam1", "root-1", 0)], 2);
+        let idle = m.cfg.edge_idle_s;
+        beat(&mut m, "edge-2", &[("cam1", "root-1", 0)], 2 + idle);
+        assert!(!m.streams["cam1"].edges.iter().any(|h| h.to == "edge-2"));
+    }
+}
