@@ -1,7 +1,7 @@
 //! The probe of a suspect ([`crate::mesh`]'s `suspect`): a node a peer could not push to is
 //! confirmed dead when the master cannot open a TCP connection to its announced RTMP address
 //! within [`PROBE_TIMEOUT`], and its streams are placed again at once. A name that does not
-//! resolve proves nothing (the suspect then dies only by its silence). One probe per suspect
+//! resolve (within 2 s) proves nothing (the suspect then dies only by its silence). One probe per suspect
 //! at a time, at most one a second (the mesh hands them out so).
 
 use std::sync::Arc;
@@ -15,6 +15,9 @@ use crate::server::{now, App};
 /// How long a suspect's RTMP port has to accept the master's connection.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// How long the suspect's host name may take to resolve.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Probe the suspects the last change made (call after a heartbeat).
 pub fn suspects(app: &Arc<App>) {
     let probes = app.mesh.lock().take_probes();
@@ -22,7 +25,9 @@ pub fn suspects(app: &Arc<App>) {
         let Some(addr) = rtmp_addr(&url) else { continue };
         let app = app.clone();
         tokio::spawn(async move {
-            let Ok(mut addrs) = tokio::net::lookup_host(addr.as_str()).await else { return };
+            // A resolver that hangs proves nothing either, and holds no task for long.
+            let lookup = tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host(addr.as_str()));
+            let Ok(Ok(mut addrs)) = lookup.await else { return };
             let Some(sa) = addrs.next() else { return };
             let refused = match tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(sa)).await {
                 Ok(Ok(_)) => None,
