@@ -9,7 +9,8 @@
 #   - master TERM / master KILL: the master restarts on its database.
 # The gap is the longest time without a video packet from the failure on; an HLS player reads
 # in segment bursts, so its quiet baseline (the same measure over a quiet stretch before the
-# round) is printed too. A player that was disconnected is counted.
+# round) is printed too. A player that was disconnected is counted, and replaced at once (as a
+# player reloads): the gap then runs until the new one has media.
 #
 #   perl bench/failover.pl [rounds]          (default 10)
 
@@ -46,9 +47,34 @@ my $pub = publish(rtmp('ingest-1') . "/cam1?key=$key", secs => 3600);
 my $live;
 wait_until(sub { $live = $master->live->{cam1}; $live && @{$live->{edges}} }, 15) or die 'not placed';
 my $edge = $live->{edges}[0]{to};
-my $rtmp = Mesh::Watch->new(rtmp($edge) . "/cam1?token=$token");
-my $hls = Mesh::Watch->new('http://127.0.0.1:' . $node{$edge}->port(2) . "/hls/cam1/master.m3u8?token=$token");
-wait_until(sub { $rtmp->video_since(0) > 30 && $hls->video_since(0) > 30 }, 40) or die 'players';
+# The players of each kind: a player that was disconnected is replaced at once by a new one (a
+# real player reloads), and counted; the gaps are taken over all of a kind's players.
+my %url = (rtmp => rtmp($edge) . "/cam1?token=$token",
+	hls => 'http://127.0.0.1:' . $node{$edge}->port(2) . "/hls/cam1/master.m3u8?token=$token");
+my %players = map { ($_ => [Mesh::Watch->new($url{$_})]) } qw(rtmp hls);
+my %dropped;
+sub player { $players{$_[0]}[-1] }
+sub video_since { my ($kind, $t) = @_; my $n = 0; $n += $_->video_since($t) for @{$players{$kind}}; $n }
+sub replace_ended {
+	my ($round) = @_;
+	for my $kind (qw(rtmp hls)) {
+		next unless player($kind)->ended;
+		$dropped{$round}{$kind}++;
+		push @{$players{$kind}}, Mesh::Watch->new($url{$kind});
+	}
+}
+sub gap {
+	my ($kind, $from) = @_;
+	my @t = sort { $a <=> $b } map { $_->[0] } grep { $_->[1] =~ /^video/ && $_->[0] >= $from }
+		map { @{$_->stamps} } @{$players{$kind}};
+	my ($gap, $prev) = (0, $from);
+	for my $t (@t) {
+		$gap = $t - $prev if $t - $prev > $gap;
+		$prev = $t;
+	}
+	return $gap;
+}
+wait_until(sub { video_since(rtmp => 0) > 30 && video_since(hls => 0) > 30 }, 40) or die 'players';
 
 sub kill_node {
 	my ($t) = @_;
@@ -63,14 +89,18 @@ my %ended;
 sub round {
 	my ($kind, $fail) = @_;
 	sleep 3;
+	replace_ended('before');
 	my $quiet = time;
 	sleep 4;
-	my $base = $hls->longest_gap($quiet);
+	my $base = gap(hls => $quiet);
 	my $t0 = time;
 	$fail->();
-	my $ok = wait_until(sub { $rtmp->video_since(time - 1) > 5 && $hls->video_since(time - 1) > 5 }, 40);
-	push @{$gaps{$kind}{rtmp}}, $rtmp->longest_gap($t0);
-	push @{$gaps{$kind}{hls}}, $hls->longest_gap($t0);
+	my $ok = wait_until(sub {
+		replace_ended($kind);
+		video_since(rtmp => time - 1) > 5 && video_since(hls => time - 1) > 5
+	}, 40);
+	push @{$gaps{$kind}{rtmp}}, gap(rtmp => $t0);
+	push @{$gaps{$kind}{hls}}, gap(hls => $t0);
 	push @{$gaps{$kind}{base}}, $base;
 	$ended{$kind}++ unless $ok;
 }
@@ -84,7 +114,7 @@ for my $i (1 .. $rounds) {
 		kill_node($node{$root});
 		wait_until(sub { my $l = $master->live->{cam1}; $l && $l->{roots}[0] && $l->{roots}[0]{to} ne $root }, 20);
 		# back for the next round, after the players have the stream again
-		wait_until(sub { $rtmp->video_since(time - 1) > 5 }, 30);
+		wait_until(sub { video_since(rtmp => time - 1) > 5 }, 30);
 		$node{$root}->run;
 	});
 	wait_until(sub { 5 == grep { $_->{alive} } values %{$master->nodes} }, 15);
@@ -97,16 +127,15 @@ sub pct {
 	@v = sort { $a <=> $b } @v;
 	return $v[int($p * $#v + 0.5)];
 }
-print "| failure | rounds | RTMP gap p50 | RTMP gap max | HLS gap p50 | HLS gap max | HLS quiet baseline p50 | players disconnected |\n";
-print "|---|---:|---:|---:|---:|---:|---:|---:|\n";
+print "| failure | rounds | RTMP gap p50 | RTMP gap max | HLS gap p50 | HLS gap max | HLS quiet baseline p50 | players disconnected (RTMP / HLS) | rounds without media |\n";
+print "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
 for my $kind ('root', 'master TERM', 'master KILL') {
 	my $g = $gaps{$kind};
-	printf "| %s | %d | %.1f s | %.1f s | %.1f s | %.1f s | %.1f s | %s |\n", $kind, scalar @{$g->{rtmp}},
+	printf "| %s | %d | %.1f s | %.1f s | %.1f s | %.1f s | %.1f s | %d / %d | %d |\n", $kind, scalar @{$g->{rtmp}},
 		pct(0.5, @{$g->{rtmp}}), pct(1, @{$g->{rtmp}}), pct(0.5, @{$g->{hls}}), pct(1, @{$g->{hls}}),
-		pct(0.5, @{$g->{base}}), ($rtmp->ended ? 'RTMP ' : '') . ($hls->ended ? 'HLS ' : '') . ($ended{$kind} // 0) . ' rounds without media';
+		pct(0.5, @{$g->{base}}), $dropped{$kind}{rtmp} // 0, $dropped{$kind}{hls} // 0, $ended{$kind} // 0;
 }
-$rtmp->stop;
-$hls->stop;
+$_->stop for map { @$_ } values %players;
 kill 'TERM', $pub;
 reap($pub, 5);
 $node{$_}->stop for grep { $node{$_}{running} } sort keys %node;

@@ -149,6 +149,17 @@ pub fn set_figures(hb: Heartbeat) {
     })
 }
 
+/// A heartbeat now with figures `hb`, if this worker speaks for the node (a push went down:
+/// the master hears of it within a round trip, not at the next interval).
+pub fn beat_now(hb: Heartbeat) {
+    LINK.with_borrow(|l| {
+        if let Some(l) = l {
+            *l.queue.figures.lock() = hb;
+            l.agent.beat_now();
+        }
+    })
+}
+
 /// Is the link running in this worker (to a master or a table file)?
 pub fn is_running() -> bool {
     LINK.with_borrow(Option::is_some)

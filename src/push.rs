@@ -4,12 +4,15 @@
 //! per-target id, so that a task can see which pushes are alive and start the missing ones
 //! again: a target that is down is retried every [`RETRY`] without touching the source.
 //! When the table changes, [`Pushes::reconcile`] starts new targets and closes removed ones.
+//! The task looks every [`CHECK`]: a push that went down is seen within it, and the hook set
+//! by [`on_down`] runs (the wiring asks for a heartbeat now, so the master hears of the failure
+//! within a round trip rather than at the next interval or after three missed ones).
 //! URLs arrive with their hosts already resolved (mesh_agent, at table load): nothing here
 //! waits for DNS.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mesh_core::node::PlannedPush;
 
@@ -17,8 +20,20 @@ use crate::nginx::event::{every, Task};
 use crate::nginx::ffi::{NGX_LOG_ERR, NGX_LOG_WARN};
 use crate::nginx::rtmp::{RelayName, RelayTarget, Session};
 
-/// Interval between checks for pushes to start again.
+/// Interval between two starts of a push that is down.
 pub const RETRY: Duration = Duration::from_secs(3);
+/// Interval between two looks at which pushes are alive.
+pub const CHECK: Duration = Duration::from_millis(500);
+
+thread_local! {
+    /// Run when a push goes down (see [`on_down`]).
+    static ON_DOWN: Cell<Option<fn()>> = const { Cell::new(None) };
+}
+
+/// Run `f` on the event loop whenever a push that was up is seen down.
+pub fn on_down(f: fn()) {
+    ON_DOWN.with(|h| h.set(Some(f)));
+}
 
 struct PushTarget {
     id: usize,
@@ -29,6 +44,8 @@ struct PushTarget {
     up: bool,
     /// Times the push was started again.
     reconnects: u64,
+    /// When it was last started.
+    started: Instant,
 }
 
 /// The pushes of one published stream, and the task that starts missing ones again (dropped,
@@ -60,7 +77,7 @@ impl Pushes {
         }));
         state.borrow_mut().reconcile(plan);
         let weak = Rc::downgrade(&state);
-        let retry = every(RETRY, move || {
+        let retry = every(CHECK, move || {
             if let Some(st) = weak.upgrade() {
                 st.borrow_mut().push_missing();
             }
@@ -121,6 +138,7 @@ impl State {
             target,
             up: true,
             reconnects: 0,
+            started: Instant::now(),
         })
     }
 
@@ -135,11 +153,13 @@ impl State {
         }
     }
 
-    /// Push again to every target that has no live push now, then check again later.
-    /// A change of a target's state is logged once, not every retry.
+    /// Push again to every target that has had no live push for [`RETRY`], then check again
+    /// later. A change of a target's state is logged once, not every retry; a push seen down
+    /// runs the [`on_down`] hook once.
     fn push_missing(&mut self) {
         let alive: Vec<usize> = self.s.relay_pushes().into_iter().map(|(d, _)| d).collect();
         let s = self.s;
+        let mut went_down = false;
         for t in self.targets.iter_mut() {
             if alive.contains(&t.id) {
                 if !t.up {
@@ -150,10 +170,19 @@ impl State {
             }
             if t.up {
                 t.up = false;
+                went_down = true;
                 log_push(s, NGX_LOG_WARN, &self.stream, &t.node_id, "is down, retrying");
             }
-            t.reconnects += 1;
-            s.relay_push(&mut self.name, &mut t.target);
+            if t.started.elapsed() >= RETRY {
+                t.reconnects += 1;
+                t.started = Instant::now();
+                s.relay_push(&mut self.name, &mut t.target);
+            }
+        }
+        if went_down {
+            if let Some(f) = ON_DOWN.with(Cell::get) {
+                f();
+            }
         }
     }
 

@@ -72,6 +72,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             return NGX_OK as ngx_int_t;
         }
         auth::set_limits(mcf.auth_pending_max.max(1) as usize, mcf.auth_pending_per_addr.max(1) as usize);
+        crate::push::on_down(beat_now);
         if let Err(e) = link::start(mcf, heartbeat(&mcf.node(), figures::node()), on_wake) {
             ngx::ngx_log_error!(NGX_LOG_ALERT, log, "mesh: cannot start the background threads: {}", e);
         }
@@ -177,6 +178,12 @@ fn tick() {
     for (s, _) in registry::publishers() {
         crate::nginx::rtmp::auto_push::reach_new_workers(s);
     }
+}
+
+/// A push went down: a heartbeat now, with the figures as they are now (its push
+/// `retrying`), so the master can re-place within that round trip.
+fn beat_now() {
+    link::beat_now(heartbeat(&conf::current_node(), figures::node()));
 }
 
 /// Heartbeat figures: the node's (`f`), from every worker.

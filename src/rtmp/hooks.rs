@@ -6,6 +6,10 @@
 //! the background ([`super::ask`]) while the session waits. A refusal closes the session and
 //! writes one error-log line ([`super::refusals`]).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Duration;
+
 use mesh_core::admission::{Outcome, Request};
 use mesh_core::wire::Action;
 
@@ -15,6 +19,7 @@ use super::ctx;
 use super::refusals::{refused, Why};
 use super::waiting::PendingCmd;
 use crate::conf::AppConf;
+use crate::nginx::event::{after, Task};
 use crate::nginx::rtmp::{Play, Publish, Session, Verdict};
 use crate::nginx::util::{now, now_ms};
 use crate::registry;
@@ -97,14 +102,37 @@ pub fn close_stream(s: Session) {
     // Stops the push retries; nginx-rtmp's relay module closes the pushes.
     let published = ctx::with(s, |c| {
         c.pushes = None;
-        let published =
-            c.reg.and_then(|id| registry::with(id, |e| e.is_publisher().then(|| e.stream().to_string())));
+        let published = c.reg.and_then(|id| {
+            registry::with(id, |e| e.is_publisher().then(|| (e.stream().to_string(), e.source().is_some())))
+        });
         c.unregister();
         c.cancel_pending();
         published.flatten()
     })
     .flatten();
-    if let Some(stream) = published {
-        transcode::stop(&stream, "publisher left");
+    match published {
+        // A node's push ended: its feed may be moving (another root relay, a new hop key). The
+        // transcode rides through a short gap, as RTMP viewers do, and stops only if nothing
+        // publishes the stream again here within FEED_GRACE.
+        Some((stream, true)) => {
+            let again = stream.clone();
+            let task = after(FEED_GRACE, move || {
+                LEFT.with_borrow_mut(|l| l.remove(&again));
+                if !registry::has_publisher(&again) {
+                    transcode::stop(&again, "publisher left");
+                }
+            });
+            LEFT.with_borrow_mut(|l| l.insert(stream, task));
+        }
+        Some((stream, false)) => transcode::stop(&stream, "publisher left"),
+        None => {}
     }
+}
+
+/// How long the transcode of a stream whose node push ended waits for a feed again.
+const FEED_GRACE: Duration = Duration::from_secs(5);
+
+thread_local! {
+    /// Streams whose node push ended: the stop of their transcode, pending (one per stream).
+    static LEFT: RefCell<HashMap<String, Task<()>>> = RefCell::new(HashMap::new());
 }

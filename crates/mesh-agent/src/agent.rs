@@ -214,6 +214,13 @@ impl Agent {
     }
 
     /// Whether this agent speaks for the node now.
+    /// A heartbeat now rather than at the next interval, when this agent speaks for the node
+    /// (the data plane saw a failure the master should hear of at once). Asking often is
+    /// harmless: heartbeats go at most every 250 ms.
+    pub fn beat_now(&self) {
+        self.shared.ask_beat();
+    }
+
     pub fn is_voice(&self) -> bool {
         self.shared.speaking()
     }

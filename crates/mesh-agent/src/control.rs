@@ -18,6 +18,10 @@ use crate::poll::take_table;
 use crate::shared::{Behind, Shared};
 use crate::state::{Applied, Update};
 
+/// The shortest time between two heartbeats, however often one is asked for now
+/// ([`crate::agent::Agent::beat_now`]): a few a second at most.
+pub const MIN_BEAT_GAP: Duration = Duration::from_millis(250);
+
 fn announce_payload(s: &Shared) -> Announce {
     Announce {
         node_id: s.cfg.node_id.clone(),
@@ -38,6 +42,7 @@ pub(crate) fn control_loop(m: &dyn Master, s: &Shared) {
     // Heartbeats go every interval, start to start (a slow answer or a resync between two does
     // not push the next one later).
     let mut next_beat = Instant::now();
+    let mut last_beat: Option<Instant> = None;
     while s.speaking() {
         if !announced {
             let began = Instant::now();
@@ -62,13 +67,21 @@ pub(crate) fn control_loop(m: &dyn Master, s: &Shared) {
                     continue;
                 }
             }
-        } else if !s.sleep_voice(next_beat.saturating_duration_since(Instant::now())) {
+        } else if !s.sleep_beat(next_beat.saturating_duration_since(Instant::now())) {
             break;
+        } else if Instant::now() < next_beat {
+            // Asked for now (a push went down): the master hears of it within this round trip,
+            // but never more often than every MIN_BEAT_GAP.
+            let since = last_beat.map_or(MIN_BEAT_GAP, |b: Instant| b.elapsed());
+            if since < MIN_BEAT_GAP && !s.sleep_voice(MIN_BEAT_GAP - since) {
+                break;
+            }
         }
         let mut hb = crate::generations::with_others(s, s.sink.heartbeat());
         hb.uptime_s = s.uptime();
         let began = Instant::now();
         next_beat = began + interval;
+        last_beat = Some(began);
         match m.heartbeat(&hb) {
             Ok(r) => {
                 let was_down = beat.is_down();

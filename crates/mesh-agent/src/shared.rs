@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     stop: Mutex<bool>,
     wake: Condvar,
     fetch_now: AtomicBool,
+    /// The event loop asked for a heartbeat now (a push went down): the voice's sleep ends.
+    beat_now: AtomicBool,
     started: Instant,
 }
 
@@ -67,6 +69,7 @@ impl Shared {
             stop: Mutex::new(false),
             wake: Condvar::new(),
             fetch_now: AtomicBool::new(false),
+            beat_now: AtomicBool::new(false),
             started: Instant::now(),
         })
     }
@@ -79,6 +82,30 @@ impl Shared {
     /// The voice's sleep: up to `d`; false when the agent stops or the voice steps down.
     pub(crate) fn sleep_voice(&self, d: Duration) -> bool {
         self.sleep_until(d, false, true)
+    }
+
+    /// The voice's sleep before a heartbeat: up to `d`, or until one is asked for now
+    /// ([`Shared::ask_beat`]); false when the agent stops or the voice steps down.
+    pub(crate) fn sleep_beat(&self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        let mut stop = self.stop.lock();
+        let done = |stop: bool| stop || !self.speaking.load(Ordering::Relaxed);
+        while !done(*stop) {
+            if self.beat_now.swap(false, Ordering::Relaxed) {
+                return true;
+            }
+            if self.wake.wait_until(&mut stop, deadline).timed_out() {
+                break;
+            }
+        }
+        !done(*stop)
+    }
+
+    /// A heartbeat now, rather than at the next interval (the voice's sleep before it ends).
+    pub(crate) fn ask_beat(&self) {
+        let _stop = self.stop.lock();
+        self.beat_now.store(true, Ordering::Relaxed);
+        self.wake.notify_all();
     }
 
     /// Sleep up to `d`, or until a fetch is asked for (the poll loop, a voice's); false when

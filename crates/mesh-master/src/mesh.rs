@@ -24,6 +24,7 @@
 
 mod model;
 mod place;
+mod suspect;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -64,6 +65,8 @@ pub struct Mesh {
     index: place::Index,
     /// Every node's table, and what must be brought up to date in them.
     tables: tables::Tables,
+    /// Nodes a peer's failed push made suspect (crate::mesh::suspect).
+    suspects: suspect::Suspects,
 }
 
 impl Mesh {
@@ -82,6 +85,7 @@ impl Mesh {
             keys,
             index: place::Index::default(),
             tables: tables::Tables::default(),
+            suspects: suspect::Suspects::default(),
         }
     }
 
@@ -253,7 +257,11 @@ impl Mesh {
         }
         if role == Role::Relay {
             self.track_edge_viewers(&id, now);
+            self.keep_watched(&id, now);
         }
+        // Its pushes that are down make their targets suspect; it is none itself.
+        self.heard_from(&id);
+        self.note_pushes(hb, now);
         self.settle(now);
         Ok(role)
     }
@@ -296,6 +304,13 @@ impl Mesh {
             if n.alive && now.saturating_sub(n.last_seen) > timeout {
                 n.alive = false;
                 died.push(n.node_id.clone());
+            }
+        }
+        // Suspects (a peer's push to them failed) that went silent die sooner.
+        for id in self.silent_suspects(now) {
+            if let Some(n) = self.nodes.get_mut(&id).filter(|n| n.alive) {
+                n.alive = false;
+                died.push(id);
             }
         }
         for id in &died {

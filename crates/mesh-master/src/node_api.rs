@@ -216,7 +216,10 @@ pub(crate) async fn heartbeat(State(app): State<Arc<App>>, req: Request) -> Resp
         Ok(h) => h,
         Err(r) => return r,
     };
-    match app.with_mesh(|m| m.heartbeat(&hb, now()).map(|role| (role, m.table_version(&hb.node_id)))) {
+    let done = app.with_mesh(|m| m.heartbeat(&hb, now()).map(|role| (role, m.table_version(&hb.node_id))));
+    // Pushes it reports down: their targets probed now (crate::probe).
+    crate::probe::suspects(&app);
+    match done {
         Ok((role, version)) => {
             app.counters.inc("mesh_master_heartbeats_total", &format!("node=\"{}\"", hb.node_id));
             let table_version = app.serving_tables().then_some(version);

@@ -3,10 +3,12 @@ package Mesh::Watch;
 # A viewer that keeps watching: ffprobe reads a stream and prints every packet as it arrives;
 # a child stamps each with the wall clock into a file. The test reads the gaps afterwards, and
 # whether the player was ever disconnected (ffprobe ended before the test stopped it).
+# The child leaves with POSIX::_exit: a plain exit would run the destructors of the test's
+# objects it inherited (its nodes and master), stopping them all when the player ends.
 
 use strict;
 use warnings;
-use POSIX qw(WNOHANG);
+use POSIX qw(WNOHANG _exit);
 use Time::HiRes qw(time);
 use File::Temp qw(tempfile);
 
@@ -17,16 +19,17 @@ sub new {
 	my $pid = fork() // die "fork: $!";
 	if (!$pid) {
 		setpgrp(0, 0);
-		open(my $out, '>', $file) or exit 1;
+		open(my $out, '>', $file) or _exit(1);
 		$out->autoflush(1);
 		# rw_timeout long: a gap in the feed must not end the player; only the server can.
 		open(my $in, '-|', 'ffprobe', '-v', 'error', '-rw_timeout', 120_000_000,
-			'-show_entries', 'packet=codec_type', '-of', 'csv=p=0', $url) or exit 1;
+			'-show_entries', 'packet=codec_type', '-of', 'csv=p=0', $url) or _exit(1);
 		while (my $l = <$in>) {
 			printf $out "%.3f %s", time, $l;
 		}
 		printf $out "%.3f end\n", time;
-		exit 0;
+		close $out;
+		_exit(0);
 	}
 	return bless { pid => $pid, file => $file, started => time }, $class;
 }

@@ -366,3 +366,28 @@ fn a_follower_takes_only_the_voices_file() {
     assert_eq!(sink.changes(), vec![Change::Table(3)]);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The event loop saw a push go down: a heartbeat goes at once, not at the next interval, and
+/// never more often than every 250 ms however often it is asked.
+#[test]
+fn a_heartbeat_asked_for_now_goes_at_once_a_few_a_second_at_most() {
+    let m = Arc::new(Scripted::default());
+    let (agent, sink) = start(m.clone(), Config { heartbeat_interval: Duration::from_secs(30), ..cfg() });
+    assert!(sink.wait_for(|_| *m.heartbeats.lock() >= 1), "the first heartbeat");
+    thread::sleep(Duration::from_millis(300));
+    let before = *m.heartbeats.lock();
+    let asked = Instant::now();
+    agent.beat_now();
+    assert!(sink.wait_for(|_| *m.heartbeats.lock() > before), "asked for: it goes");
+    assert!(asked.elapsed() < Duration::from_secs(2), "at once, not after the 30 s interval");
+    // Asked for 20 times in 200 ms: one heartbeat per 250 ms at most.
+    let before = *m.heartbeats.lock();
+    for _ in 0..20 {
+        agent.beat_now();
+        thread::sleep(Duration::from_millis(10));
+    }
+    thread::sleep(Duration::from_millis(300));
+    let sent = *m.heartbeats.lock() - before;
+    assert!((1..=2).contains(&sent), "{sent} heartbeats");
+    agent.stop(Duration::from_secs(2));
+}

@@ -250,6 +250,26 @@ impl Mesh {
         }
     }
 
+    /// An edge's heartbeat shows viewers of a stream it is not placed on (a restarted master
+    /// that has not seen its route request, or a fan-out that moved): it keeps the stream, by
+    /// route, as if it had asked; waiting for it when the stream is not placed yet.
+    pub(super) fn keep_watched(&mut self, edge: &str, now: u64) {
+        let Some(node) = self.nodes.get(edge) else { return };
+        let watched: Vec<String> =
+            node.streams.iter().filter(|(_, v)| **v > 0).map(|(s, _)| s.clone()).collect();
+        for s in watched {
+            match self.streams.get(&s) {
+                Some(p) if p.edges.iter().any(|h| h.to == edge) => {}
+                Some(p) if !p.roots.is_empty() => self.route_edge(&s, edge),
+                _ if self.publish.contains_key(&s) => {
+                    let until = now.saturating_add(self.cfg.want_ttl_s);
+                    self.wants.entry(s).or_default().insert(edge.to_string(), until);
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// An edge asked for a live stream: put it on, by route.
     pub(super) fn route_edge(&mut self, s: &str, edge: &str) {
         self.add_edges(s, vec![(edge.to_string(), true)]);

@@ -1,6 +1,7 @@
 //! The placement rules, and the kept indexes and tables checked against ones made from nothing.
 
 mod kept;
+mod suspect;
 
 use super::*;
 use mesh_core::admission::{PublishRequest, SessionKind};

@@ -1,0 +1,129 @@
+//! Failures the data plane reports (crate::mesh::suspect): a failed push makes its target a
+//! suspect, never dead on a peer's word.
+
+use super::*;
+use mesh_core::wire::PushStat;
+
+/// A heartbeat from `id` carrying `live` and its pushes down (`stream`, `to`).
+fn beat_down(m: &mut Mesh, id: &str, live: &[(&str, &str, u64)], down: &[(&str, &str)], now: u64) {
+    let mut hb = Heartbeat::empty(id, m.nodes[id].role);
+    hb.table_version = m.table_version(id);
+    hb.streams = live
+        .iter()
+        .map(|(s, src, v)| StreamStat {
+            stream: s.to_string(),
+            source: src.to_string(),
+            viewers: *v,
+            in_kbps: 1,
+        })
+        .collect();
+    hb.pushes = down
+        .iter()
+        .map(|(s, to)| PushStat { stream: s.to_string(), to: to.to_string(), state: "retrying".into() })
+        .collect();
+    m.heartbeat(&hb, now).unwrap();
+    check(m);
+}
+
+const LIVE: &[(&str, &str, u64)] = &[("cam1", "broadcaster", 0)];
+
+#[test]
+fn a_failed_push_makes_a_suspect_confirmed_by_a_failed_connect() {
+    let mut m = four(Config { heartbeat_interval_s: 1, node_timeout_s: 3, ..Config::default() });
+    beat(&mut m, "ingest-1", LIVE, 10);
+    let root = m.streams["cam1"].roots[0].to.clone();
+    let edge = m.streams["cam1"].edges[0].to.clone();
+    assert_eq!(m.take_probes(), vec![], "nothing suspect");
+    beat_down(&mut m, "ingest-1", LIVE, &[("cam1", &root)], 10);
+    let url = m.nodes[&root].rtmp_url.clone();
+    assert_eq!(m.take_probes(), vec![(root.clone(), url)], "the root relay is probed");
+    assert_eq!(m.take_probes(), vec![], "once");
+    assert!(m.nodes[&root].alive, "suspected only");
+    // Probed again at most once a second while the push stays down.
+    beat_down(&mut m, "ingest-1", LIVE, &[("cam1", &root)], 10);
+    assert_eq!(m.take_probes().len(), 0);
+    beat_down(&mut m, "ingest-1", LIVE, &[("cam1", &root)], 11);
+    assert_eq!(m.take_probes().len(), 1);
+    // Its RTMP port refused the master: dead now, the edge kept, fed by the other root relay.
+    assert!(m.confirm_dead(&root, 11));
+    check(&m);
+    assert!(!m.nodes[&root].alive);
+    let p = &m.streams["cam1"];
+    assert_eq!(p.roots.len(), 1);
+    assert_ne!(p.roots[0].to, root);
+    assert!(p.edges.iter().any(|h| h.to == edge && h.from == p.roots[0].to), "{p:?}");
+    assert!(!m.confirm_dead(&root, 11), "once");
+}
+
+#[test]
+fn a_liar_cannot_evict_a_node_that_beats() {
+    let mut m = four(Config { heartbeat_interval_s: 1, node_timeout_s: 3, ..Config::default() });
+    beat(&mut m, "ingest-1", LIVE, 10);
+    let root = m.streams["cam1"].roots[0].to.clone();
+    let edge = m.streams["cam1"].edges[0].to.clone();
+    let other = if edge == "edge-1" { "edge-2" } else { "edge-1" };
+    // Nodes it does not push that stream to: not its word to give.
+    beat_down(&mut m, "ingest-1", LIVE, &[("cam1", &edge), ("cam1", other), ("cam9", &root)], 10);
+    beat_down(&mut m, other, &[], &[("cam1", &edge)], 10);
+    beat_down(&mut m, &edge, &[], &[("cam1", &edge)], 10);
+    assert_eq!(m.take_probes(), vec![]);
+    // Its own feed's target: suspected; the suspect beats, and is cleared.
+    beat_down(&mut m, "ingest-1", LIVE, &[("cam1", &root)], 10);
+    beat(&mut m, &root, &[], 11);
+    assert!(!m.confirm_dead(&root, 11), "a suspect that beat is not confirmed dead");
+    assert!(m.nodes[&root].alive);
+    // Suspected again, and it keeps beating: the sweeps leave it alone.
+    beat_down(&mut m, "ingest-1", LIVE, &[("cam1", &root)], 12);
+    let other_root = if root == "root-1" { "root-2" } else { "root-1" };
+    for t in 12..20 {
+        beat(&mut m, &root, &[], t);
+        beat(&mut m, other_root, &[], t);
+        beat(&mut m, &edge, &[], t);
+        beat(&mut m, other, &[], t);
+        beat_down(&mut m, "ingest-1", LIVE, &[("cam1", &root)], t);
+        assert_eq!(m.sweep(t), Vec::<String>::new());
+    }
+    assert_eq!(m.streams["cam1"].roots[0].to, root);
+}
+
+#[test]
+fn a_suspect_that_goes_silent_dies_after_one_interval_not_the_timeout() {
+    let mut m = four(Config { heartbeat_interval_s: 2, node_timeout_s: 10, ..Config::default() });
+    for id in ["root-1", "root-2", "edge-1", "edge-2"] {
+        beat(&mut m, id, &[], 10);
+    }
+    beat(&mut m, "ingest-1", LIVE, 10);
+    let root = m.streams["cam1"].roots[0].to.clone();
+    beat_down(&mut m, "ingest-1", LIVE, &[("cam1", &root)], 11);
+    assert_eq!(m.sweep(13), Vec::<String>::new(), "a beat late by less than a second");
+    assert_eq!(m.sweep(14), vec![root.clone()], "silent for more than the interval and a second");
+    check(&m);
+    assert_ne!(m.streams["cam1"].roots[0].to, root);
+    // Unsuspected nodes wait out the timeout.
+    assert_eq!(m.sweep(20), Vec::<String>::new());
+}
+
+#[test]
+fn a_restarted_master_keeps_the_edges_whose_heartbeats_show_viewers() {
+    // A new master: it never saw edge-2's route request. Its heartbeat (viewers of cam1,
+    // which it still has) comes before or after the ingest's: either way it keeps cam1.
+    for edge_first in [true, false] {
+        let mut m = four(Config { edge_fanout: 1, ..Config::default() });
+        let watched: &[(&str, &str, u64)] = &[("cam1", "root-1", 3)];
+        if edge_first {
+            beat(&mut m, "edge-2", watched, 1);
+            beat(&mut m, "ingest-1", LIVE, 1);
+        } else {
+            beat(&mut m, "ingest-1", LIVE, 1);
+            beat(&mut m, "edge-2", watched, 1);
+        }
+        let p = &m.streams["cam1"];
+        assert!(p.edges.iter().any(|h| h.to == "edge-2"), "edge first: {edge_first}: {p:?}");
+        assert!(p.edges.iter().any(|h| h.to == "edge-1" && !h.by_route), "the fan-out as before");
+        // No viewers there any more: it leaves after --edge-idle, as a routed edge does.
+        beat(&mut m, "edge-2", &[("cam1", "root-1", 0)], 2);
+        let idle = m.cfg.edge_idle_s;
+        beat(&mut m, "edge-2", &[("cam1", "root-1", 0)], 2 + idle);
+        assert!(!m.streams["cam1"].edges.iter().any(|h| h.to == "edge-2"));
+    }
+}

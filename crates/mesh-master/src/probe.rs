@@ -1,0 +1,77 @@
+//! The probe of a suspect ([`crate::mesh`]'s `suspect`): a node a peer could not push to is
+//! confirmed dead when the master cannot open a TCP connection to its announced RTMP address
+//! within [`PROBE_TIMEOUT`], and its streams are placed again at once. A name that does not
+//! resolve (within 2 s) proves nothing (the suspect then dies only by its silence). One probe per suspect
+//! at a time, at most one a second (the mesh hands them out so).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tracing::{info, warn};
+
+use crate::server::{now, App};
+
+/// How long a suspect's RTMP port has to accept the master's connection.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long the suspect's host name may take to resolve.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Probe the suspects the last change made (call after a heartbeat).
+pub fn suspects(app: &Arc<App>) {
+    let probes = app.mesh.lock().take_probes();
+    for (id, url) in probes {
+        let Some(addr) = rtmp_addr(&url) else { continue };
+        let app = app.clone();
+        tokio::spawn(async move {
+            // A resolver that hangs proves nothing either, and holds no task for long.
+            let lookup = tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host(addr.as_str()));
+            let Ok(Ok(mut addrs)) = lookup.await else { return };
+            let Some(sa) = addrs.next() else { return };
+            let refused = match tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(sa)).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("no answer".to_string()),
+            };
+            match refused {
+                None => info!(node = %id, "suspect answers: a peer's push to it failed, it stays"),
+                Some(why) => {
+                    if app.with_mesh(|m| m.confirm_dead(&id, now())) {
+                        app.counters.add("mesh_master_node_deaths_total", "", 1);
+                        warn!(node = %id, addr = %addr, error = %why,
+                              "node dead: a peer's push to it failed and its RTMP port does not answer; its streams are placed again");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// `host:port` of an RTMP URL (port 1935 when it names none).
+fn rtmp_addr(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("rtmp://")?;
+    let hostport = rest.split('/').next().filter(|h| !h.is_empty())?;
+    let has_port = match hostport.rsplit_once(':') {
+        Some((h, p)) => {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (!h.contains(':') || h.ends_with(']'))
+        }
+        None => false,
+    };
+    Some(if has_port { hostport.to_string() } else { format!("{hostport}:1935") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rtmp_addr;
+
+    #[test]
+    fn the_address_of_an_rtmp_url() {
+        assert_eq!(rtmp_addr("rtmp://10.0.0.1:1936/relay").as_deref(), Some("10.0.0.1:1936"));
+        assert_eq!(rtmp_addr("rtmp://edge.example").as_deref(), Some("edge.example:1935"));
+        assert_eq!(rtmp_addr("rtmp://[::1]:19350/x").as_deref(), Some("[::1]:19350"));
+        assert_eq!(rtmp_addr("rtmp://[::1]/x").as_deref(), Some("[::1]:1935"));
+        assert_eq!(rtmp_addr("http://x:1"), None);
+        assert_eq!(rtmp_addr("rtmp:///x"), None);
+    }
+}
