@@ -115,7 +115,8 @@ mod tests {
 
     #[test]
     fn gauges_and_counters() {
-        let mut m = Mesh::new(Config::default(), 0, Box::new(K));
+        let mut m =
+            Mesh::new(Config { auto_approve: vec![Role::Relay], ..Config::default() }, 0, Box::new(K));
         m.announce(
             &Announce {
                 node_id: "edge-1".into(),
