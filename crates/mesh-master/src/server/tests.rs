@@ -12,6 +12,8 @@ use mesh_core::wire::Capabilities;
 use mesh_core::wire::{Action, Announce, AnnounceReply, AuthReply, AuthRequest};
 use tower::ServiceExt;
 
+mod roles;
+
 /// The master secret; node N signs with [`node_key`]`(KEY, N, 0)`.
 pub(crate) const KEY: &[u8] = b"test-master-key";
 pub(crate) const EPOCH: &str = "test-epoch";
