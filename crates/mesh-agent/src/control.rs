@@ -7,6 +7,7 @@
 //! slower than the heartbeat interval: a node that comes back later than that would be
 //! declared dead by the master, and the master's recovery is seen within one interval.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mesh_core::wire::Announce;
@@ -46,6 +47,7 @@ pub(crate) fn control_loop(m: &dyn Master, s: &Shared) {
                 Ok(r) => {
                     if awaiting {
                         awaiting = false;
+                        s.awaiting.store(false, Ordering::Relaxed);
                         s.link_status("announce", |l| l.awaiting_approval = false);
                         let role = r.role.map_or("?", |r| r.as_str());
                         s.log(
@@ -78,6 +80,7 @@ pub(crate) fn control_loop(m: &dyn Master, s: &Shared) {
                         s.log(Level::Warn, msg.clone());
                     }
                     awaiting = true;
+                    s.awaiting.store(true, Ordering::Relaxed);
                     s.link_status("announce", |l| l.awaiting_approval = true);
                     announce.fail_with(s, msg, began);
                     s.sleep_voice(interval);
@@ -122,7 +125,7 @@ pub(crate) fn control_loop(m: &dyn Master, s: &Shared) {
 }
 
 /// The master's answer to a node without a granted role (docs/protocol.md, "Roles").
-fn is_pending(e: &CallError) -> bool {
+pub(crate) fn is_pending(e: &CallError) -> bool {
     matches!(e, CallError::Refused { status: 403, reason } if reason.starts_with("awaiting approval"))
 }
 

@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     stop: Mutex<bool>,
     wake: Condvar,
     fetch_now: AtomicBool,
+    /// The master grants this node no role yet (docs/protocol.md, "Roles"): no long poll.
+    pub awaiting: AtomicBool,
     started: Instant,
 }
 
@@ -67,6 +69,7 @@ impl Shared {
             stop: Mutex::new(false),
             wake: Condvar::new(),
             fetch_now: AtomicBool::new(false),
+            awaiting: AtomicBool::new(false),
             started: Instant::now(),
         })
     }
