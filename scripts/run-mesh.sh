@@ -72,6 +72,8 @@ start_node() { # id role rtmp-port http-port
 	conf=$(NODE_ID=$1 NODE_ROLE=$2 NGINX_PORT=$3 HTTP_PORT=$4 MASTER_SERVER=$murl NODE_KEY_FILE=$run/keys/$1.key \
 		MASTER_CA_FILE=$ca HEARTBEAT_INTERVAL=2 bash "$top/scripts/render-node-conf.sh" "$run/$1")
 	"$dist/sbin/nginx" -p "$dist/" -c "$conf" -t -q
+	# Roles are granted, not claimed (the master auto-approves none): each node's, before it starts.
+	"${admin[@]}" -X PUT -d "{\"role\":\"$2\"}" "$murl/admin/nodes/$1/role" >/dev/null
 	"$dist/sbin/nginx" -p "$dist/" -c "$conf"
 	nodes+=("$1")
 }

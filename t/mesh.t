@@ -115,9 +115,11 @@ ok(wait_until(sub { probe(rtmp($other) . "/cam1?token=$token", secs => 1, timeou
 	&& log_lines($node{$other}, qr/play refused: app "relay", stream "cam1", .*: wrong role/) }, 15),
 	"$other as root_relay: viewers refused for the wrong role");
 is($master->nodes->{$other}{role}, 'root_relay', 'the master says so');
-$master->admin('PUT', "/admin/nodes/$other/role", { role => undef });
+# (roles are granted, not claimed: the node now asks for root_relay, and only an admin's grant
+# makes it a relay again)
+$master->admin('PUT', "/admin/nodes/$other/role", { role => 'relay' });
 ok(wait_until(sub { probe(rtmp($other) . "/cam1?token=$token", secs => 2, timeout => 10)->{video} > 0 }, 30),
-	"$other back to its announced role: plays again");
+	"$other granted relay again: plays again");
 
 kill 'TERM', $pub;
 reap($pub, 5);

@@ -7,12 +7,13 @@
 //! slower than the heartbeat interval: a node that comes back later than that would be
 //! declared dead by the master, and the master's recovery is seen within one interval.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mesh_core::wire::Announce;
 
 use crate::agent::Level;
-use crate::client::Master;
+use crate::client::{CallError, Master};
 use crate::link::{unix_now, Link};
 use crate::poll::take_table;
 use crate::shared::{Behind, Shared};
@@ -39,6 +40,7 @@ pub(crate) fn control_loop(m: &dyn Master, s: &Shared) {
     let mut resync = Resync::default();
     let mut interval = s.cfg.heartbeat_interval;
     let mut announced = false;
+    let mut awaiting = false;
     // Heartbeats go every interval, start to start (a slow answer or a resync between two does
     // not push the next one later).
     let mut next_beat = Instant::now();
@@ -48,6 +50,16 @@ pub(crate) fn control_loop(m: &dyn Master, s: &Shared) {
             let began = Instant::now();
             match m.announce(&announce_payload(s)) {
                 Ok(r) => {
+                    if awaiting {
+                        awaiting = false;
+                        s.awaiting.store(false, Ordering::Relaxed);
+                        s.link_status("announce", |l| l.awaiting_approval = false);
+                        let role = r.role.map_or("?", |r| r.as_str());
+                        s.log(
+                            Level::Notice,
+                            format!("mesh: approved by the master: role \"{role}\" granted"),
+                        );
+                    }
                     announce.ok(s);
                     announced = true;
                     if let Some(i) = r.heartbeat_interval_s.filter(|i| *i > 0) {
@@ -60,6 +72,24 @@ pub(crate) fn control_loop(m: &dyn Master, s: &Shared) {
                     // The master knows us (again): a poll waiting out its backoff goes now,
                     // and the heartbeat follows at once.
                     s.poke_poll();
+                }
+                Err(e) if is_pending(&e) => {
+                    // Logged once; announced again every interval until an admin grants a role.
+                    let msg = format!(
+                        "mesh: awaiting approval: the master grants this node no role yet ({e}); an admin \
+                         grants one (PUT /admin/nodes/{}/role); announcing again every {}s",
+                        s.cfg.node_id,
+                        interval.as_secs()
+                    );
+                    if !awaiting && announce.is_down() {
+                        s.log(Level::Warn, msg.clone());
+                    }
+                    awaiting = true;
+                    s.awaiting.store(true, Ordering::Relaxed);
+                    s.link_status("announce", |l| l.awaiting_approval = true);
+                    announce.fail_with(s, msg, began);
+                    s.sleep_voice(interval);
+                    continue;
                 }
                 Err(e) => {
                     let d = announce.fail(s, &e, began);
@@ -105,6 +135,11 @@ pub(crate) fn control_loop(m: &dyn Master, s: &Shared) {
             }
         }
     }
+}
+
+/// The master's answer to a node without a granted role (docs/protocol.md, "Roles").
+pub(crate) fn is_pending(e: &CallError) -> bool {
+    matches!(e, CallError::Refused { status: 403, reason } if reason.starts_with("awaiting approval"))
 }
 
 /// What the heartbeats said about the table versions, so each is logged once.

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use mesh_core::node::Node;
@@ -18,6 +19,11 @@ use crate::state::{Applied, Source, Update};
 /// The long poll, while this agent speaks for the node.
 pub(crate) fn poll_loop(m: &dyn Master, s: &Shared) {
     while s.speaking() {
+        if s.awaiting.load(Ordering::Relaxed) {
+            // No table for a node without a role: the announce that ends the wait pokes us.
+            s.sleep_poll(s.cfg.heartbeat_interval);
+            continue;
+        }
         s.take_poke();
         let since = s.since();
         let began = Instant::now();
@@ -43,6 +49,8 @@ pub(crate) fn poll_loop(m: &dyn Master, s: &Shared) {
                     began,
                 )),
             },
+            // Waiting for a role: the announce link says so (once).
+            Err(e) if crate::control::is_pending(&e) => Some(s.cfg.heartbeat_interval),
             Err(e) => Some(s.streams.lock().fail(s, &e, began)),
         };
         if let Some(d) = failed {

@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     fetch_now: AtomicBool,
     /// The event loop asked for a heartbeat now (a push went down): the voice's sleep ends.
     beat_now: AtomicBool,
+    /// The master grants this node no role yet (docs/protocol.md, "Roles"): no long poll.
+    pub awaiting: AtomicBool,
     started: Instant,
 }
 
@@ -70,6 +72,7 @@ impl Shared {
             wake: Condvar::new(),
             fetch_now: AtomicBool::new(false),
             beat_now: AtomicBool::new(false),
+            awaiting: AtomicBool::new(false),
             started: Instant::now(),
         })
     }

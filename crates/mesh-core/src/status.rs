@@ -74,6 +74,10 @@ pub struct LinkStatus {
     pub behind_version: Option<u64>,
     /// When the node learned it was behind (Unix time).
     pub behind_since_unix: Option<u64>,
+    /// On the `announce` link: the master answered that no role is granted to this node yet
+    /// (docs/protocol.md, "Roles"): it announces again every heartbeat interval.
+    #[serde(default)]
+    pub awaiting_approval: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -224,6 +228,13 @@ impl Status {
                 "Whether the master holds a newer table for this node than the one in force, not fetched yet.",
                 behind,
             );
+            let awaiting = links.iter().any(|l| l.awaiting_approval);
+            metric(
+                "mesh_master_awaiting_approval",
+                "gauge",
+                "Whether the master has granted this node no role yet (it waits for an admin).",
+                vec![(String::new(), u8::from(awaiting).to_string())],
+            );
             metric(
                 "mesh_master_link_last_success_timestamp_seconds",
                 "gauge",
@@ -334,6 +345,7 @@ mod tests {
                 backoff_ms: 2500,
                 behind_version: Some(9),
                 behind_since_unix: Some(1_795_400_010),
+                awaiting_approval: true,
             }]),
             streams: vec![StreamStatus {
                 stream: "cam1".into(),
@@ -365,6 +377,7 @@ mod tests {
         assert_eq!(v["table"]["version"], 7);
         assert_eq!(v["master"][0]["last_error"], "timed out");
         assert_eq!(v["master"][0]["behind_version"], 9);
+        assert_eq!(v["master"][0]["awaiting_approval"], true);
         assert_eq!(v["transcodes"][0]["renditions"][1], "360p");
         assert_eq!(v["refusals"][0]["reason"], "wrong key");
         let standalone = Status { master: None, ..sample() };
@@ -382,6 +395,7 @@ mod tests {
             r#"mesh_table_version{node="edge-1",role="relay"} 7"#,
             r#"mesh_master_link_up{node="edge-1",role="relay",link="streams"} 0"#,
             r#"mesh_master_link_behind{node="edge-1",role="relay",link="streams"} 1"#,
+            r#"mesh_master_awaiting_approval{node="edge-1",role="relay"} 1"#,
             r#"mesh_master_link_backoff_seconds{node="edge-1",role="relay",link="streams"} 2.500"#,
             r#"mesh_stream_in_bits_per_second{node="edge-1",role="relay",stream="cam1",source="root-1"} 2500000"#,
             r#"mesh_push_reconnects_total{node="edge-1",role="relay",stream="cam1",target="edge-9"} 2"#,

@@ -61,7 +61,7 @@ fn ms(t: Instant) -> f64 {
 }
 
 fn mesh(cfg: Config, ingests: usize, roots: usize, edges: usize) -> Mesh {
-    let mut m = Mesh::new(cfg, 0, Box::new(Counted(0)));
+    let mut m = Mesh::new(Config { auto_approve: Role::ALL.to_vec(), ..cfg }, 0, Box::new(Counted(0)));
     let mut port = 0;
     let mut add = |m: &mut Mesh, prefix: &str, count: usize, role: Role| {
         for i in 0..count {

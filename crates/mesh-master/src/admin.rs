@@ -75,20 +75,37 @@ pub(crate) async fn admin_body<T: for<'de> Deserialize<'de>>(body: Body) -> Resu
         .map_err(|e| admin_error(StatusCode::BAD_REQUEST, &format!("bad body: {e}")))
 }
 
+/// Every node: those in the mesh with their granted role, then those waiting for one
+/// (`pending`, the role they ask for in `announced_role`).
 pub(crate) async fn admin_nodes(State(app): State<Arc<App>>) -> Response {
     let m = app.mesh.lock();
-    let nodes: Vec<_> = m
+    let creds = |v: &mut serde_json::Value, id: &str| {
+        let c = app.creds.get(id);
+        v["revoked"] = c.revoked.into();
+        v["key_generation"] = c.generation.into();
+    };
+    let mut nodes: Vec<_> = m
         .nodes()
         .values()
         .map(|n| {
             let mut v = serde_json::to_value(n).unwrap_or_default();
             v["table_version_sent"] = m.table_version(&n.node_id).into();
-            let c = app.creds.get(&n.node_id);
-            v["revoked"] = c.revoked.into();
-            v["key_generation"] = c.generation.into();
+            v["granted_role"] = json!(n.role);
+            v["pending"] = false.into();
+            creds(&mut v, &n.node_id);
             v
         })
         .collect();
+    nodes.extend(m.pending().values().map(|p| {
+        let a = &p.announce;
+        let mut v = json!({
+            "node_id": a.node_id, "role": null, "granted_role": null, "pending": true,
+            "announced_role": a.role, "rtmp_url": a.rtmp_url, "http_url": a.http_url,
+            "version": a.version, "first_seen": p.first_seen, "last_seen": p.last_seen, "alive": false,
+        });
+        creds(&mut v, &a.node_id);
+        v
+    }));
     axum::Json(json!({ "nodes": nodes })).into_response()
 }
 
@@ -113,7 +130,10 @@ pub(crate) async fn admin_set_role(
         return store_error(e);
     }
     app.with_mesh(|m| m.set_role(&id, b.role, now()));
-    info!(node = %id, role = ?b.role, "admin: role assigned");
+    match b.role {
+        Some(r) => info!(node = %id, role = %r, "admin: role granted"),
+        None => info!(node = %id, "admin: role taken back, the node waits for approval"),
+    }
     axum::Json(json!({ "node_id": id, "role": b.role })).into_response()
 }
 

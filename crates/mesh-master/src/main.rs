@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use mesh_core::role::Role;
 use tracing::{error, info, warn};
 
 use mesh_master::creds::Creds;
@@ -151,6 +152,13 @@ struct Args {
     #[arg(long, env = "HEADER_TIMEOUT", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     header_timeout: u64,
 
+    /// Roles granted to a new node at its first announce, as it asks (comma-separated: ingest,
+    /// root_relay, relay, standalone; or "all"; default none). A node asking any other role
+    /// waits until an admin grants it one (PUT /admin/nodes/{id}/role). A granted role never
+    /// changes by what a node announces later.
+    #[arg(long, env = "AUTO_APPROVE", default_value = "", value_parser = parse_roles)]
+    auto_approve: Roles,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -158,6 +166,26 @@ struct Args {
     /// Log filter (tracing's syntax: info, debug, mesh_master=debug, ...).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
+}
+
+/// A list of roles (`--auto-approve`).
+#[derive(Debug, Clone)]
+struct Roles(Vec<Role>);
+
+fn parse_roles(s: &str) -> Result<Roles, String> {
+    if s.trim() == "all" {
+        return Ok(Roles(Role::ALL.to_vec()));
+    }
+    let mut out = Vec::new();
+    for r in s.split(',').map(str::trim).filter(|r| !r.is_empty() && *r != "none") {
+        let role = r.parse::<Role>().map_err(|_| {
+            format!("unknown role \"{r}\": ingest, root_relay, relay, standalone, all or none")
+        })?;
+        if !out.contains(&role) {
+            out.push(role);
+        }
+    }
+    Ok(Roles(out))
 }
 
 /// A secret from the environment variable `env` or the file `file` (one of them).
@@ -277,7 +305,12 @@ fn run(args: Args) -> Result<(), String> {
         edge_idle_s: args.edge_idle,
         want_ttl_s: 60,
         max_token_ttl_s: args.max_token_ttl,
+        auto_approve: args.auto_approve.0.clone(),
     };
+    if args.auto_approve.0.iter().any(|r| r.serves_viewers()) {
+        warn!(roles = ?args.auto_approve.0.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+              "auto-approval grants a role that receives the viewer keys to any node with a key at its first announce");
+    }
     let mut mesh = Mesh::new(cfg, ceiling, Box::new(RandomKeys));
     mesh.set_viewer_keys(viewer_keys);
     for (id, role) in store.roles().map_err(|e| e.to_string())? {

@@ -22,6 +22,7 @@
 //! streams a change touched; `tables` brings each node's table up to date for the (stream,
 //! node) pairs that changed, and gives a changed table the next version.
 
+mod grants;
 mod model;
 mod place;
 mod suspect;
@@ -38,15 +39,28 @@ use mesh_core::wire::{Announce, Heartbeat, RouteStatus};
 
 use crate::store::StreamRow;
 
-pub use model::{node_url, Config, Hop, Keys, MeshError, Node, Placement, FOLLOW_MAX};
+pub use model::{
+    node_url, Config, Hop, Keys, MeshError, Node, PendingNode, Placement, FOLLOW_MAX, PENDING_MAX,
+    PENDING_REASON,
+};
 pub use tables::{table_json, Entry, PublishKey, StreamDoc, TableDoc};
+
+/// What an announce did: the node's granted role (None: it waits for one), and whether it
+/// was granted now (by auto-approval: the caller stores it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announced {
+    pub role: Option<Role>,
+    pub granted_now: bool,
+}
 
 /// The mesh.
 pub struct Mesh {
     pub cfg: Config,
     nodes: BTreeMap<String, Node>,
-    /// Admin role assignments (kept in the database).
+    /// Granted roles (by an admin, or auto-approval; kept in the database).
     roles: HashMap<String, Role>,
+    /// Nodes that announced without a granted role.
+    pending: BTreeMap<String, PendingNode>,
     streams: BTreeMap<String, Placement>,
     /// stream → edge → until: route requests for streams not live yet.
     wants: HashMap<String, HashMap<String, u64>>,
@@ -75,6 +89,7 @@ impl Mesh {
             cfg,
             nodes: BTreeMap::new(),
             roles: HashMap::new(),
+            pending: BTreeMap::new(),
             streams: BTreeMap::new(),
             wants: HashMap::new(),
             publish: BTreeMap::new(),
@@ -104,9 +119,20 @@ impl Mesh {
         &self.streams
     }
 
-    /// The role an admin assigned to a node, if any.
+    /// The role granted to a node, if any.
     pub fn assigned_role(&self, node_id: &str) -> Option<Role> {
         self.roles.get(node_id).copied()
+    }
+
+    /// The nodes waiting for a role.
+    pub fn pending(&self) -> &BTreeMap<String, PendingNode> {
+        &self.pending
+    }
+
+    /// The role a node's announce is checked against: the one granted, else the one it asks
+    /// for (which it is granted only by auto-approval).
+    pub fn role_for(&self, a: &Announce) -> Role {
+        self.assigned_role(&a.node_id).unwrap_or(a.role)
     }
 
     /// The viewer keys and limits tokens are made and checked by (the same as the tables').
@@ -166,10 +192,26 @@ impl Mesh {
         self.publish.get(stream).map(String::as_str)
     }
 
-    /// A node announces itself (at start, or again after losing us). Returns its role in force.
-    /// A node that announces again with the same role and URL keeps every hop and its table.
-    pub fn announce(&mut self, a: &Announce, now: u64) -> Role {
-        let role = self.roles.get(&a.node_id).copied().unwrap_or(a.role);
+    /// A node announces itself (at start, or again after losing us). Its role in force is the
+    /// one granted; a node without one is granted the role it asks for when that role is
+    /// auto-approved, else it waits ([`Mesh::pending`]). The role it asks for changes nothing
+    /// once one is granted. A node that announces again with the same role and URL keeps
+    /// every hop and its table.
+    pub fn announce(&mut self, a: &Announce, now: u64) -> Announced {
+        let mut granted_now = false;
+        let role = match self.roles.get(&a.node_id) {
+            Some(r) => *r,
+            None if self.cfg.auto_approve.contains(&a.role) => {
+                self.roles.insert(a.node_id.clone(), a.role);
+                granted_now = true;
+                a.role
+            }
+            None => {
+                self.wait(a, now);
+                return Announced { role: None, granted_now: false };
+            }
+        };
+        self.pending.remove(&a.node_id);
         let node_url = node_url(&a.rtmp_url, &self.cfg.relay_app);
         let prev = self.nodes.get(&a.node_id);
         let was_candidate = prev.is_some_and(place::is_candidate);
@@ -202,12 +244,23 @@ impl Mesh {
             self.index.up.push(a.node_id.clone());
         }
         self.settle(now);
-        role
+        Announced { role: Some(role), granted_now }
     }
 
     /// A heartbeat: figures, liveness, and the streams it carries.
+    /// The role it names is ignored: it is taken as its granted role (returned, and in the
+    /// answer). A node without one gets [`MeshError::Pending`] and changes nothing.
     pub fn heartbeat(&mut self, hb: &Heartbeat, now: u64) -> Result<Role, MeshError> {
-        let node = self.nodes.get_mut(&hb.node_id).ok_or(MeshError::NotAnnounced)?;
+        let Some(node) = self.nodes.get_mut(&hb.node_id) else {
+            return Err(match self.pending.get_mut(&hb.node_id) {
+                Some(p) => {
+                    p.last_seen = now;
+                    MeshError::Pending
+                }
+                None => MeshError::NotAnnounced,
+            });
+        };
+        node.announced_role = hb.role;
         // Most heartbeats change nothing that placement depends on: then nothing is redone.
         let revived = !node.alive;
         node.last_seen = now;
@@ -268,7 +321,7 @@ impl Mesh {
 
     /// An edge asks for a stream a viewer wants.
     pub fn route(&mut self, edge: &str, stream: &str, now: u64) -> Result<(RouteStatus, u64), MeshError> {
-        let node = self.nodes.get(edge).ok_or(MeshError::NotAnnounced)?;
+        let node = self.nodes.get(edge).ok_or_else(|| self.unknown(edge))?;
         if !node.role.serves_viewers() || node.role == Role::Standalone {
             return Ok((RouteStatus::Denied, self.table_version(edge)));
         }
@@ -316,6 +369,7 @@ impl Mesh {
         for id in &died {
             self.drop_node_hops(id);
         }
+        self.pending.retain(|_, p| now.saturating_sub(p.last_seen) <= timeout);
         self.wants.retain(|_, edges| {
             edges.retain(|_, until| *until > now);
             !edges.is_empty()
@@ -330,24 +384,6 @@ impl Mesh {
         if let Some(n) = self.nodes.get_mut(node_id) {
             n.last_seen = 0;
         }
-    }
-
-    /// An admin assigns a role (None: back to what the node announced).
-    pub fn set_role(&mut self, node_id: &str, role: Option<Role>, now: u64) {
-        match role {
-            Some(r) => self.roles.insert(node_id.to_string(), r),
-            None => self.roles.remove(node_id),
-        };
-        if let Some(n) = self.nodes.get_mut(node_id) {
-            let r = role.unwrap_or(n.announced_role);
-            if n.role != r {
-                n.role = r;
-                self.drop_node_hops(node_id);
-                self.tables.nodes.insert(node_id.to_string());
-                self.index.up.push(node_id.to_string());
-            }
-        }
-        self.settle(now);
     }
 
     /// Place what a change left to place, then bring the tables that changed up to date.

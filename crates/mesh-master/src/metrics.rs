@@ -23,6 +23,11 @@ const HELP: &[(&str, &str)] = &[
     ("mesh_master_tables_sent_total", "Tables sent to long polls."),
     ("mesh_master_requests_refused_total", "Node requests refused before use, by reason."),
     ("mesh_master_node_deaths_total", "Nodes declared dead after a silence."),
+    ("mesh_master_announces_pending_total", "Announces of nodes without a granted role, answered 403."),
+    (
+        "mesh_master_role_claims_ignored_total",
+        "Heartbeats naming another role than the granted one (taken as the granted one).",
+    ),
     ("mesh_master_requests_invalid_total", "Node requests refused with 400 for a bad field, by endpoint."),
     ("mesh_master_requests_limited_total", "Node requests refused with 429 past the node's rate, by class."),
     ("mesh_master_connections_evicted_total", "Idle or unfinished connections closed to make room."),
@@ -67,6 +72,12 @@ pub fn render(mesh: &Mesh, counters: &Counters) -> String {
             .into_iter()
             .map(|((role, alive), c)| (format!("role=\"{role}\",alive=\"{alive}\""), c.to_string()))
             .collect(),
+    );
+    metric(
+        "mesh_master_nodes_pending",
+        "gauge",
+        "Nodes that announced without a granted role (waiting for an admin).",
+        vec![(String::new(), mesh.pending().len().to_string())],
     );
     metric(
         "mesh_master_streams_live",
@@ -115,7 +126,8 @@ mod tests {
 
     #[test]
     fn gauges_and_counters() {
-        let mut m = Mesh::new(Config::default(), 0, Box::new(K));
+        let mut m =
+            Mesh::new(Config { auto_approve: vec![Role::Relay], ..Config::default() }, 0, Box::new(K));
         m.announce(
             &Announce {
                 node_id: "edge-1".into(),

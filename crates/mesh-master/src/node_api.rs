@@ -176,8 +176,10 @@ fn invalid(app: &App, call: &NodeCall, why: &str) -> Response {
     app.signed_error(&call.reply, StatusCode::BAD_REQUEST, why)
 }
 
+/// Not in the mesh: never announced (404: announce), or waiting for a role (403).
 fn not_announced(app: &App, call: &NodeCall, e: MeshError) -> Response {
-    app.signed_error(&call.reply, StatusCode::NOT_FOUND, &e.to_string())
+    let status = if e == MeshError::Pending { StatusCode::FORBIDDEN } else { StatusCode::NOT_FOUND };
+    app.signed_error(&call.reply, status, &e.to_string())
 }
 
 pub(crate) async fn announce(State(app): State<Arc<App>>, req: Request) -> Response {
@@ -185,14 +187,28 @@ pub(crate) async fn announce(State(app): State<Arc<App>>, req: Request) -> Respo
         Ok(c) => c,
         Err(r) => return r,
     };
-    let role_in_force = |a: &Announce| app.mesh.lock().assigned_role(&a.node_id).unwrap_or(a.role);
+    let role_in_force = |a: &Announce| app.mesh.lock().role_for(a);
     let a: Announce =
         match payload(&app, &call, |a: &Announce| &a.node_id, |a| validate::announce(a, role_in_force(a))) {
             Ok(a) => a,
             Err(r) => return r,
         };
-    let role = app.with_mesh(|m| m.announce(&a, now()));
+    let done = app.with_mesh(|m| m.announce(&a, now()));
     app.counters.inc("mesh_master_announces_total", "");
+    let Some(role) = done.role else {
+        // No table, no keys, no hops: it announces again at its heartbeat interval.
+        info!(node = %a.node_id, asks = %a.role, "node announced, awaiting approval (no role granted)");
+        app.counters.inc("mesh_master_announces_pending_total", "");
+        return app.signed_error(&call.reply, StatusCode::FORBIDDEN, mesh::PENDING_REASON);
+    };
+    if done.granted_now {
+        if let Err(e) = app.store.lock().set_role(&a.node_id, Some(role)) {
+            error!(node = %a.node_id, error = %e, "database: cannot keep an auto-approved role");
+        }
+        info!(node = %a.node_id, role = %role, "role granted by auto-approval");
+    } else if a.role != role {
+        info!(node = %a.node_id, asks = %a.role, role = %role, "announced role ignored: the granted one is in force");
+    }
     let interval = app.mesh.lock().cfg.heartbeat_interval_s;
     info!(node = %a.node_id, role = %role, rtmp_url = %a.rtmp_url, version = %a.version, "node announced");
     app.signed_json(
@@ -222,6 +238,12 @@ pub(crate) async fn heartbeat(State(app): State<Arc<App>>, req: Request) -> Resp
     match done {
         Ok((role, version)) => {
             app.counters.inc("mesh_master_heartbeats_total", &format!("node=\"{}\"", hb.node_id));
+            if hb.role != role {
+                // Taken as its granted role (the answer says which); never as the one it names.
+                app.counters.inc("mesh_master_role_claims_ignored_total", "");
+                info!(node = %hb.node_id, asks = %hb.role, role = %role,
+                      "heartbeat role ignored: the granted one is in force");
+            }
             let table_version = app.serving_tables().then_some(version);
             let epoch = Some(app.epoch.clone());
             app.signed_json(
@@ -260,8 +282,8 @@ pub(crate) async fn streams(State(app): State<Arc<App>>, req: Request) -> Respon
     if let Err(e) = validate::since(q.since) {
         return invalid(&app, &call, &e.to_string());
     }
-    if !app.mesh.lock().is_known(&q.node_id) {
-        return not_announced(&app, &call, MeshError::NotAnnounced);
+    if let Err(e) = app.mesh.lock().check_known(&q.node_id) {
+        return not_announced(&app, &call, e);
     }
     let mut changes = app.changed.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(app.max_poll_wait_s));
@@ -323,7 +345,13 @@ pub(crate) async fn auth(State(app): State<Arc<App>>, req: Request) -> Response 
 fn decide(app: &App, a: &AuthRequest) -> AuthReply {
     let deny = |why: &str| AuthReply { allow: false, ttl_s: Some(AUTH_TTL_S), reason: Some(why.into()) };
     let m = app.mesh.lock();
-    let Some(node) = m.nodes().get(&a.node_id) else { return deny("node not announced") };
+    let Some(node) = m.nodes().get(&a.node_id) else {
+        return deny(if m.pending().contains_key(&a.node_id) {
+            mesh::PENDING_REASON
+        } else {
+            "node not announced"
+        });
+    };
     match a.action {
         Action::Publish => {
             if !node.role.takes_broadcasters() {

@@ -5,6 +5,8 @@ package Mesh::Master;
 # started again on the same database. `nofile => N` starts it with an open-file limit of N.
 # `tls => { cert => file, key => file, ca => file }` serves HTTPS (scripts/mesh-tls.sh makes the
 # files); its admin calls then go through curl, verifying the master against `ca`.
+# `auto_approve => 'ingest,relay'` (default 'all', so tests' nodes join; 'none' makes every
+# new node wait for an admin's grant) is the master's --auto-approve.
 # `node_key(ID)` is the key node ID signs with (derived from the secret as the master does);
 # `node_call` sends a request signed as a node and checks the answer's signature.
 
@@ -28,7 +30,7 @@ sub new {
 	my ($class, %opt) = @_;
 	my $dir = tempdir('mesh-master-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{TEST_NGINX_LEAVE});
 	my $self = bless { key => 'test-master-key', admin => 'test-admin-token', port => free_port(),
-		dir => $dir, args => $opt{args} // [], nofile => $opt{nofile}, tls => $opt{tls} }, $class;
+		dir => $dir, args => ['--auto-approve', $opt{auto_approve} // 'all', @{$opt{args} // []}], nofile => $opt{nofile}, tls => $opt{tls} }, $class;
 	$self->start;
 	return $self;
 }

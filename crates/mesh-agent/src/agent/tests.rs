@@ -55,6 +55,42 @@ fn announce_retries_logs_once_and_applies_the_role() {
     assert_eq!(logs.iter().filter(|l| l.contains("announce is back")).count(), 1, "{logs:?}");
 }
 
+/// A node without a granted role: the master answers its announce 403 "awaiting approval";
+/// the agent says so once (status too), announces again every interval, sends no heartbeat,
+/// and goes on when a role is granted.
+#[test]
+fn a_node_awaiting_approval_logs_once_and_announces_until_granted() {
+    let m = Arc::new(Scripted::default());
+    let pending = || {
+        Err(CallError::Refused {
+            status: 403,
+            reason: "awaiting approval: no role granted to this node".into(),
+        })
+    };
+    m.announce.lock().extend([pending(), pending(), pending()]);
+    let (agent, sink) = start(m.clone(), cfg());
+    let announce_link = |a: &Agent| a.links().into_iter().find(|l| l.link == "announce");
+    assert!(sink.wait_for(|_| announce_link(&agent).is_some_and(|l| l.awaiting_approval)));
+    assert_eq!(*m.heartbeats.lock(), 0, "no heartbeat while awaiting approval");
+    m.announce.lock().push_back(Ok(AnnounceReply {
+        role: Some(Role::Relay),
+        heartbeat_interval_s: None,
+        table_refresh_s: None,
+        epoch: None,
+    }));
+    assert!(sink.wait_for(|s| s.changes().contains(&Change::Role(Role::Relay))));
+    assert!(sink.wait_for(|_| *m.heartbeats.lock() >= 1), "heartbeats once granted");
+    assert!(!announce_link(&agent).unwrap().awaiting_approval);
+    agent.stop(Duration::from_secs(2));
+    let logs = sink.logs();
+    assert_eq!(logs.iter().filter(|l| l.contains("awaiting approval")).count(), 1, "{logs:?}");
+    assert_eq!(
+        logs.iter().filter(|l| l.contains("approved by the master: role \"relay\"")).count(),
+        1,
+        "{logs:?}"
+    );
+}
+
 #[test]
 fn tables_are_validated_swapped_and_saved() {
     let dir = std::env::temp_dir().join(format!("mesh-agent-poll-{}", std::process::id()));

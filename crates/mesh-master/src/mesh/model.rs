@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use mesh_core::role::Role;
 use mesh_core::viewer::DEFAULT_MAX_TTL_S;
-use mesh_core::wire::Load;
+use mesh_core::wire::{Announce, Load};
 
 /// What the placement needs to know, from flags.
 #[derive(Debug, Clone)]
@@ -23,6 +23,9 @@ pub struct Config {
     pub want_ttl_s: u64,
     /// Longest viewer token lifetime (minted here, and told to the nodes in their tables).
     pub max_token_ttl_s: u64,
+    /// Roles granted to a node without a role at its first announce, as it asks (the operator's
+    /// `--auto-approve`); any other role waits for an admin.
+    pub auto_approve: Vec<Role>,
 }
 
 impl Default for Config {
@@ -36,6 +39,7 @@ impl Default for Config {
             edge_idle_s: 300,
             want_ttl_s: 60,
             max_token_ttl_s: DEFAULT_MAX_TTL_S,
+            auto_approve: Vec::new(),
         }
     }
 }
@@ -44,8 +48,10 @@ impl Default for Config {
 #[derive(Debug, Clone, Serialize)]
 pub struct Node {
     pub node_id: String,
-    /// Its role in force: the admin's assignment, else what it announced.
+    /// Its role in force: the one granted (by an admin, or by auto-approval at its first
+    /// announce). Never what it asks for: a node without a grant is a [`PendingNode`].
     pub role: Role,
+    /// The role it last asked for (announce or heartbeat): shown, never used.
     pub announced_role: Role,
     pub rtmp_url: String,
     pub http_url: String,
@@ -61,6 +67,20 @@ pub struct Node {
     /// Streams it reported, with their viewers.
     pub streams: BTreeMap<String, u64>,
 }
+
+/// A node that announced without a granted role: it gets no table, no keys, no hops, and its
+/// heartbeats touch nothing until an admin grants it one.
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingNode {
+    /// Its last announce (its role what it asks for).
+    pub announce: Announce,
+    pub first_seen: u64,
+    pub last_seen: u64,
+}
+
+/// Most nodes waiting for approval (each holds a valid node key); past it the one seen
+/// longest ago is forgotten.
+pub const PENDING_MAX: usize = 4096;
 
 /// One hop of a stream: from a node to a node, with its key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -88,6 +108,9 @@ pub struct Placement {
 pub enum MeshError {
     /// The node has not announced itself (or the master restarted): it must announce again.
     NotAnnounced,
+    /// The node announced, but no role is granted to it (an admin must, `PUT
+    /// /admin/nodes/{id}/role`).
+    Pending,
     BadNode(String),
 }
 
@@ -95,10 +118,14 @@ impl std::fmt::Display for MeshError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             MeshError::NotAnnounced => f.write_str("node not announced"),
+            MeshError::Pending => f.write_str(PENDING_REASON),
             MeshError::BadNode(why) => f.write_str(why),
         }
     }
 }
+
+/// The reason a node without a granted role is given (docs/protocol.md, "Roles").
+pub const PENDING_REASON: &str = "awaiting approval: no role granted to this node";
 
 /// A source of hop keys (random in the master, counted in tests).
 pub trait Keys {

@@ -86,6 +86,15 @@ impl Tables {
         self.docs.get(id).map_or(0, |(v, _)| *v)
     }
 
+    /// A node left the mesh: its table goes.
+    pub(super) fn forget(&mut self, id: &str) {
+        self.docs.remove(id);
+        self.nodes.remove(id);
+        for set in self.pairs.values_mut() {
+            set.remove(id);
+        }
+    }
+
     pub(super) fn get(&self, id: &str) -> Option<(u64, Arc<TableDoc>)> {
         self.docs.get(id).map(|(v, d)| (*v, d.clone()))
     }

@@ -2,6 +2,7 @@
 
 mod kept;
 mod suspect;
+mod roles;
 
 use super::*;
 use mesh_core::admission::{PublishRequest, SessionKind};
@@ -18,7 +19,12 @@ impl Keys for Counted {
     }
 }
 
+/// A mesh that grants every node the role it asks for (roles.rs tests the grants).
 fn mesh(cfg: Config) -> Mesh {
+    mesh_granting(Config { auto_approve: Role::ALL.to_vec(), ..cfg })
+}
+
+fn mesh_granting(cfg: Config) -> Mesh {
     let mut m = Mesh::new(cfg, 100, Box::new(Counted(0)));
     m.set_viewer_keys(vec![ViewerKey {
         id: "k1".into(),
@@ -335,7 +341,13 @@ fn an_admin_role_change_moves_the_streams() {
     // A re-announce keeps the admin's role.
     announce(&mut m, "root-1", Role::RootRelay, 1936);
     assert_eq!(m.nodes["root-1"].role, Role::Relay);
+    // Taken back: the node waits, out of the mesh, until it announces again (auto-approval
+    // here grants it what it asks for then).
     m.set_role("root-1", None, 3);
+    check(&m);
+    assert!(!m.nodes.contains_key("root-1") && m.pending.contains_key("root-1"));
+    assert!(m.table("root-1").is_none());
+    announce(&mut m, "root-1", Role::RootRelay, 1936);
     assert_eq!(m.nodes["root-1"].role, Role::RootRelay);
 }
 

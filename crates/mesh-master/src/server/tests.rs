@@ -12,6 +12,8 @@ use mesh_core::wire::Capabilities;
 use mesh_core::wire::{Action, Announce, AnnounceReply, AuthReply, AuthRequest};
 use tower::ServiceExt;
 
+mod roles;
+
 /// The master secret; node N signs with [`node_key`]`(KEY, N, 0)`.
 pub(crate) const KEY: &[u8] = b"test-master-key";
 pub(crate) const EPOCH: &str = "test-epoch";
@@ -21,11 +23,21 @@ pub(crate) fn nonce() -> String {
     random_hex(16)
 }
 
+/// A master that auto-approves every role (the grants: [`app_granting`]).
 pub(crate) fn app() -> (Arc<App>, Router) {
+    app_granting(&mesh_core::role::Role::ALL)
+}
+
+/// A master that auto-approves `auto`.
+pub(crate) fn app_granting(auto: &[mesh_core::role::Role]) -> (Arc<App>, Router) {
     let store = Store::memory().unwrap();
     store.create_account("acme", 0).unwrap();
     store.create_stream("cam1", "acme", &key_sha256_hex("k1"), "gen1", 0).unwrap();
-    let mut mesh = Mesh::new(Config { max_token_ttl_s: 7200, ..Config::default() }, 0, Box::new(RandomKeys));
+    let mut mesh = Mesh::new(
+        Config { max_token_ttl_s: 7200, auto_approve: auto.to_vec(), ..Config::default() },
+        0,
+        Box::new(RandomKeys),
+    );
     mesh.set_viewer_keys(store.viewer_keys_or_make(0, || random_hex(32)).unwrap().0);
     mesh.set_streams(store.streams().unwrap());
     let creds = crate::creds::Creds::new(KEY.to_vec(), []);
