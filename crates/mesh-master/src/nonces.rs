@@ -128,6 +128,23 @@ mod tests {
         assert_eq!(n.take("a", 2, 1300, 1000 + MAX_SKEW_S + 1), Err(NonceError::Replay));
     }
 
+    /// TODO (review): the nonce is taken before the rate budget, and the whole memory is shared
+    /// first come: 25 node keys sending 40,000 signed requests each within the window (refused
+    /// 429 past their budgets, their nonces kept all the same) fill the 1,000,000, and every
+    /// other node gets `503 too many nonces` for up to 300 s. Fix: past the global cap, refuse
+    /// only the nodes holding more than their share. Run with `--ignored`.
+    #[test]
+    #[ignore]
+    fn a_few_keys_cannot_fill_the_memory_for_every_other_node() {
+        let mut n = Nonces::default();
+        for node in 0..25 {
+            for i in 0..PER_NODE as u128 {
+                let _ = n.take(&format!("thief-{node}"), i, 1000, 1000);
+            }
+        }
+        assert_eq!(n.take("honest", 1, 1000, 1000), Ok(()), "a node with no nonce kept is not refused");
+    }
+
     #[test]
     fn bounded_per_node_and_in_all() {
         let mut n = Nonces::new(3, 5);
