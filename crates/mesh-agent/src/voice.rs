@@ -40,6 +40,12 @@ pub fn try_lock(path: &Path) -> Result<Option<Flock<File>>, String> {
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| os_error("open", e))?;
+    // A lock planted by another user (or left writable by others) could be held by anyone to
+    // keep the node silent: only one of ours is a voice lock.
+    let md = file.metadata().map_err(|e| os_error("fstat", e))?;
+    if !written_by_us(&md) {
+        return Err("the file is not the worker user's, or others can write it".to_string());
+    }
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(held) => Ok(Some(held)),
         Err((_, Errno::EWOULDBLOCK)) => Ok(None),
@@ -140,6 +146,12 @@ mod tests {
         assert!(try_lock(&p).unwrap().is_none());
         drop(a);
         assert!(try_lock(&p).unwrap().is_some());
+        // A lock that others can write (or another user's) is refused: anyone could hold it.
+        let open = d.join("open.voice");
+        std::fs::write(&open, b"").unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = try_lock(&open).unwrap_err();
+        assert!(e.contains("others can write it"), "{e}");
         // A link planted at the lock's path is not followed.
         let l = d.join("link.voice");
         std::os::unix::fs::symlink(d.join("elsewhere"), &l).unwrap();

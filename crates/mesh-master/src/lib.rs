@@ -8,6 +8,7 @@ pub mod admin;
 pub mod admin_creds;
 pub mod admin_viewers;
 pub mod creds;
+pub mod guards;
 pub mod listener;
 pub mod mesh;
 pub mod metrics;

@@ -27,6 +27,7 @@ use mesh_core::wire::{
 };
 
 use crate::creds::NodeCred;
+use crate::guards::{LargeBody, Polling};
 use crate::listener::{Busy, Conn};
 use crate::mesh::{self, MeshError};
 use crate::nonces::NonceError;
@@ -74,11 +75,20 @@ async fn node_call(app: &App, req: Request, class: Class) -> Result<NodeCall, Re
     let (key, cred) = app.creds.key(&node);
     let nonce = text(H_NONCE).filter(|n| parse_nonce(n).is_some()).unwrap_or("").to_string();
     let reply = Reply { key, method: parts.method.as_str().to_string(), path_query, nonce };
+    // The body is read before its signature can be checked: a large one draws on a budget
+    // shared by all, so strangers cannot make the master hold a MiB per connection.
+    let declared = h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let Some(large) = LargeBody::reserve(declared) else {
+        let mut r = app.signed_error(&reply, StatusCode::SERVICE_UNAVAILABLE, "too many large bodies");
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Err(r);
+    };
     let body = match tokio::time::timeout(BODY_TIMEOUT, to_bytes(body, MAX_BODY)).await {
         Ok(Ok(b)) => b,
         Ok(Err(_)) => return Err(app.signed_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "body too large")),
         Err(_) => return Err(app.signed_error(&reply, StatusCode::REQUEST_TIMEOUT, "body timed out")),
     };
+    drop(large);
     let stamp = Stamp { ts: text(H_TIMESTAMP), sig: text(H_SIGNATURE), nonce: text(H_NONCE) };
     let t = now();
     let verified = match verify_request(&reply.key, &reply.method, &reply.path_query, stamp, &body, t) {
@@ -269,6 +279,13 @@ pub(crate) async fn streams(State(app): State<Arc<App>>, req: Request) -> Respon
     let call = match node_call(&app, req, Class::Poll).await {
         Ok(c) => c,
         Err(r) => return r,
+    };
+    // Each poll holds a connection that is never closed for room: one node's key must not hold
+    // a third of them (5/s for 60 s).
+    let Some(_poll) = Polling::start(&call.node) else {
+        let mut r = app.signed_error(&call.reply, StatusCode::TOO_MANY_REQUESTS, "too many long polls");
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
     };
     let q: PollQuery = match Query::try_from_uri(&call.uri) {
         Ok(Query(q)) => q,

@@ -68,7 +68,7 @@ impl Nonces {
         }
         if self.total >= self.global {
             self.prune(now);
-            if self.total >= self.global {
+            if self.total >= self.global && !self.make_room(node) {
                 return Err(NonceError::Full);
             }
         }
@@ -77,6 +77,21 @@ impl Nonces {
             self.total += 1;
         }
         Ok(())
+    }
+
+    /// The whole memory is full: a node holding fewer nonces than the one holding most takes
+    /// the place of one of that one's (a few keys that fill the memory cannot shut every other
+    /// node out; the node losing a nonce is the one sending most). False when `node` is that one.
+    fn make_room(&mut self, node: &str) -> bool {
+        let mine = self.by_node.get(node).map_or(0, HashMap::len);
+        let Some((top, m)) = self.by_node.iter_mut().max_by_key(|(_, m)| m.len()) else { return false };
+        if top == node || m.len() <= mine + 1 {
+            return false;
+        }
+        let Some(&victim) = m.keys().next() else { return false };
+        m.remove(&victim);
+        self.total -= 1;
+        true
     }
 
     fn prune_node(&mut self, node: &str, now: u64) {
@@ -128,6 +143,20 @@ mod tests {
         assert_eq!(n.take("a", 2, 1300, 1000 + MAX_SKEW_S + 1), Err(NonceError::Replay));
     }
 
+    /// The nonce is taken before the rate budget: 25 node keys sending 40,000 signed requests
+    /// each within the window (refused 429 past their budgets, their nonces kept all the same)
+    /// filled the 1,000,000, and every other node got `503 too many nonces` for up to 300 s.
+    #[test]
+    fn a_few_keys_cannot_fill_the_memory_for_every_other_node() {
+        let mut n = Nonces::default();
+        for node in 0..25 {
+            for i in 0..PER_NODE as u128 {
+                let _ = n.take(&format!("thief-{node}"), i, 1000, 1000);
+            }
+        }
+        assert_eq!(n.take("honest", 1, 1000, 1000), Ok(()), "a node with no nonce kept is not refused");
+    }
+
     #[test]
     fn bounded_per_node_and_in_all() {
         let mut n = Nonces::new(3, 5);
@@ -137,12 +166,15 @@ mod tests {
         assert_eq!(n.take("a", 9, 1000, 1000), Err(NonceError::Full), "the node's share");
         assert_eq!(n.take("b", 1, 1000, 1000), Ok(()), "another node is not hurt");
         assert_eq!(n.take("b", 2, 1000, 1000), Ok(()));
-        assert_eq!(n.take("c", 1, 1000, 1000), Err(NonceError::Full), "the whole memory");
+        // The whole memory full: a node with fewer takes the place of one of the top holder's.
+        assert_eq!(n.take("c", 1, 1000, 1000), Ok(()), "c takes one of a's places");
         assert_eq!(n.len(), 5);
+        assert_eq!(n.take("b", 3, 1000, 1000), Err(NonceError::Full), "b holds as many as a, now");
+        assert_eq!(n.take("a", 8, 1000, 1000), Err(NonceError::Full), "the top holder is refused");
         // Expired ones make room at once, without waiting for the sweep.
         assert_eq!(n.take("a", 9, 1400, 1000 + MAX_SKEW_S + 1), Ok(()));
-        assert_eq!(n.take("c", 1, 1400, 1400), Ok(()));
-        assert_eq!(n.len(), 4, "b's are pruned by the sweep");
+        assert_eq!(n.take("d", 1, 1400, 1400), Ok(()));
+        assert_eq!(n.len(), 2, "the full memory let the expired go at once");
         n.prune(1400);
         assert_eq!(n.len(), 2);
     }
