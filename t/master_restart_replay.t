@@ -7,9 +7,9 @@
 # the replay is taken. Reproduction by hand: announce, kill -9 the master, start it again at
 # once, send the same announce (same X-Mesh-Timestamp, nonce, signature): 200, and for a
 # heartbeat the handler runs (404 node not announced, past every signature and nonce check).
-# The fix (`ts <= started_at`, in node_api.rs node_call) refuses a node's requests for the
-# rest of the master's first second; t/resync.t's 2 s budget after a restart must be
-# checked with it, so it is left to the lead: TODO until then.
+# Fixed: the master refuses requests signed in the second it started in (`ts <= started_at`);
+# a node's first requests in that second are refused and sent again (t/resync.t's 2 s budget
+# after a restart holds).
 
 use strict;
 use warnings;
@@ -38,9 +38,6 @@ while ($tries++ < 5) {
 	$taken++ if $again->{status} == 200;
 	last;
 }
-TODO: {
-	local $TODO = 'the master compares its start with whole seconds: ts < started_at';
-	is($taken, 0, 'a request recorded before a crash is not taken by the master restarted within the same second');
-}
+is($taken, 0, 'a request recorded before a crash is not taken by the master restarted within the same second');
 
 done_testing();

@@ -106,7 +106,7 @@ async fn node_call(app: &App, req: Request, class: Class) -> Result<NodeCall, Re
     if cred.revoked {
         return Err(refuse(app, &reply, &node, &path, StatusCode::UNAUTHORIZED, "node revoked"));
     }
-    if verified.ts < app.started_at {
+    if verified.ts <= app.started_at {
         let why = "timestamp before the master started";
         return Err(refuse(app, &reply, &node, &path, StatusCode::UNAUTHORIZED, why));
     }

@@ -1,8 +1,8 @@
 //! The placement rules, and the kept indexes and tables checked against ones made from nothing.
 
 mod kept;
-mod suspect;
 mod roles;
+mod suspect;
 
 use super::*;
 use mesh_core::admission::{PublishRequest, SessionKind};
