@@ -216,15 +216,18 @@ pub(crate) async fn heartbeat(State(app): State<Arc<App>>, req: Request) -> Resp
         Ok(h) => h,
         Err(r) => return r,
     };
-    match app.with_mesh(|m| m.heartbeat(&hb, now()).map(|role| (role, m.table_version(&hb.node_id)))) {
-        Ok((role, version)) => {
-            app.counters.inc("mesh_master_heartbeats_total", &format!("node=\"{}\"", hb.node_id));
-            let table_version = app.serving_tables().then_some(version);
+    // Applied now if the mesh is free, else by the decision holding it: the answer is what the
+    // node was last told, never a wait behind another node's decision.
+    let id = hb.node_id.clone();
+    match app.heartbeat(hb, now()) {
+        Ok(told) => {
+            app.counters.inc("mesh_master_heartbeats_total", &format!("node=\"{id}\""));
+            let table_version = app.serving_tables().then_some(told.version);
             let epoch = Some(app.epoch.clone());
             app.signed_json(
                 &call.reply,
                 StatusCode::OK,
-                &HeartbeatReply { table_version, role: Some(role), epoch },
+                &HeartbeatReply { table_version, role: Some(told.role), epoch },
             )
         }
         Err(e) => not_announced(&app, &call, e),
@@ -257,10 +260,12 @@ pub(crate) async fn streams(State(app): State<Arc<App>>, req: Request) -> Respon
     if let Err(e) = validate::since(q.since) {
         return invalid(&app, &call, &e.to_string());
     }
-    if !app.mesh.lock().is_known(&q.node_id) {
+    if app.published.get(&q.node_id).is_none() {
         return not_announced(&app, &call, MeshError::NotAnnounced);
     }
-    let mut changes = app.changed.subscribe();
+    // Woken when this node's table changes (or it is cut off), nothing else's.
+    let mut waiter = app.published.wait(&q.node_id);
+    let mut closing = app.changed.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(app.max_poll_wait_s));
     loop {
         // Revoked, or its key rotated, while the poll waited: no table for it.
@@ -269,9 +274,10 @@ pub(crate) async fn streams(State(app): State<Arc<App>>, req: Request) -> Respon
             return refuse(&app, &call.reply, &call.node, call.uri.path(), StatusCode::UNAUTHORIZED, why);
         }
         if app.serving_tables() {
-            // The document is shared: taken under the lock, made JSON after it.
-            let table = app.mesh.lock().table(&q.node_id).filter(|(v, _)| *v > q.since);
-            if let Some((v, body)) = table.and_then(|(v, doc)| mesh::table_json(v, &doc)) {
+            // What the node was last told (the heartbeat's answer says the same version); the
+            // document is shared, made JSON here, off every lock.
+            let told = app.published.get(&q.node_id).filter(|t| t.version > q.since);
+            if let Some((v, body)) = told.and_then(|t| mesh::table_json(t.version, &t.doc)) {
                 info!(node = %q.node_id, version = v, "table sent");
                 app.counters.inc("mesh_master_tables_sent_total", "");
                 return app.signed(&call.reply, StatusCode::OK, with_epoch(body, &app.epoch));
@@ -284,7 +290,8 @@ pub(crate) async fn streams(State(app): State<Arc<App>>, req: Request) -> Respon
         };
         let wake = tokio::time::sleep_until(wake_at);
         tokio::select! {
-            r = changes.changed() => if r.is_err() { break },
+            r = waiter.changes.changed() => if r.is_err() { break },
+            r = closing.changed() => if r.is_err() { break },
             _ = wake => {}
         }
         if tokio::time::Instant::now() >= deadline || app.closing() {

@@ -69,6 +69,8 @@ pub(super) struct Tables {
     pub(super) shared: bool,
     /// The counter jumped: every table takes a version past it.
     pub(super) renumber: bool,
+    /// Nodes whose table took a new version since the last [`Mesh::take_changed`].
+    pub(super) changed: BTreeSet<String>,
 }
 
 impl Tables {
@@ -124,6 +126,7 @@ impl Mesh {
             if let Some((v, _)) = self.tables.docs.get_mut(&id) {
                 self.version = self.version.saturating_add(1);
                 *v = self.version;
+                self.tables.changed.insert(id);
             }
         }
     }
