@@ -290,7 +290,10 @@ pub(crate) async fn streams(State(app): State<Arc<App>>, req: Request) -> Respon
         };
         let wake = tokio::time::sleep_until(wake_at);
         tokio::select! {
-            r = waiter.changes.changed() => if r.is_err() { break },
+            r = waiter.changes.changed() => {
+                if r.is_err() { break }
+                app.counters.inc("mesh_master_poll_wakeups_total", "");
+            }
             r = closing.changed() => if r.is_err() { break },
             _ = wake => {}
         }

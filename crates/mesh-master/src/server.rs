@@ -19,8 +19,8 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use mesh_core::sign::{sign_response, Bound, H_SIGNATURE, H_TIMESTAMP};
-pub use mesh_core::wire::Paths;
 use mesh_core::wire::Heartbeat;
+pub use mesh_core::wire::Paths;
 
 use crate::admin::*;
 use crate::admin_viewers;
@@ -124,7 +124,6 @@ impl App {
         app.reserve_versions(ceiling);
         app
     }
-
 
     fn reserve_versions(&self, version: u64) {
         let mut ceiling = self.ceiling.lock();
@@ -318,3 +317,5 @@ pub fn router(app: Arc<App>, paths: &Paths) -> Router {
 
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_wake;
