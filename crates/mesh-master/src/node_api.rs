@@ -276,8 +276,17 @@ pub(crate) async fn streams(State(app): State<Arc<App>>, req: Request) -> Respon
         if app.serving_tables() {
             // What the node was last told (the heartbeat's answer says the same version); the
             // document is shared, made JSON here, off every lock.
+            // A big table is written on the blocking pool, not on the threads that answer
+            // heartbeats.
             let told = app.published.get(&q.node_id).filter(|t| t.version > q.since);
-            if let Some((v, body)) = told.and_then(|t| mesh::table_json(t.version, &t.doc)) {
+            let json = match told {
+                Some(t) => tokio::task::spawn_blocking(move || mesh::table_json(t.version, &t.doc))
+                    .await
+                    .ok()
+                    .flatten(),
+                None => None,
+            };
+            if let Some((v, body)) = json {
                 info!(node = %q.node_id, version = v, "table sent");
                 app.counters.inc("mesh_master_tables_sent_total", "");
                 return app.signed(&call.reply, StatusCode::OK, with_epoch(body, &app.epoch));
