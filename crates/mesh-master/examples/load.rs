@@ -164,6 +164,8 @@ struct Sim {
     watch: Mutex<Option<(String, HashMap<String, (bool, Instant)>)>>,
     /// node → whether its last table names root-0 (the relay that dies).
     last: Mutex<HashMap<String, bool>>,
+    /// When the last table came.
+    quiet: Mutex<Instant>,
     /// Extra streams an ingest reports (the "new stream" change).
     extra: Mutex<HashMap<String, Vec<String>>>,
     stopped: Mutex<Vec<String>>,
@@ -241,6 +243,7 @@ async fn poll(sim: Arc<Sim>, id: String, key: String, version: Arc<AtomicU64>) {
                     seen.insert(id.clone(), (mentions(&body, w), at));
                 }
                 sim.last.lock().insert(id.clone(), mentions(&body, "root-0"));
+                *sim.quiet.lock() = Instant::now();
             }
             304 => {}
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
@@ -358,6 +361,7 @@ async fn main() {
         watch: Mutex::new(None),
         last: Mutex::default(),
         extra: Mutex::default(),
+        quiet: Mutex::new(Instant::now()),
         stopped: Mutex::default(),
         beat_now: tokio::sync::Notify::new(),
         polls: polls.handle().clone(),
@@ -386,13 +390,20 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    // Settle: every stream placed and every table fetched.
-    tokio::time::sleep(Duration::from_secs(3 * o.interval + 5)).await;
+    // Settle: every stream placed and every table fetched (no table sent for 3 s).
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3 * o.interval)).await;
+    while sim.quiet.lock().elapsed() < Duration::from_secs(3) && start.elapsed() < Duration::from_secs(300) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let settle = start.elapsed().as_secs_f64();
     let t0 = Instant::now();
     let c0 = cpu_ticks(pid);
+    let sent0 = metric(o.port, "mesh_master_tables_sent_total").await;
     sim.measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(o.secs)).await;
     sim.measuring.store(false, Ordering::Relaxed);
+    let quiet_sent = metric(o.port, "mesh_master_tables_sent_total").await - sent0;
     let cpu = (cpu_ticks(pid) - c0) as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
     let mut beats = std::mem::take(&mut *sim.beats.lock());
     let (p50, p99, max) = (pct(&mut beats, 0.5), pct(&mut beats, 0.99), pct(&mut beats, 1.0));
@@ -417,9 +428,9 @@ async fn main() {
     let mut during = std::mem::take(&mut *sim.beats.lock());
     let deaths = metric(o.port, "mesh_master_node_deaths_total").await;
     println!(
-        "nodes {} ({ingests} ingest, {roots} root, {relays} relays) streams {} edge-fanout {fanout} idle {}: \
+        "nodes {} ({ingests} ingest, {roots} root, {relays} relays) streams {} edge-fanout {fanout} idle {} (settled in {settle:.0} s): \
          heartbeat p50 {p50:.2} ms p99 {p99:.2} ms max {max:.1} ms ({} beats, {} refused), master CPU {cpu:.1} % \
-         of one core; new stream in {n_new} tables {new_first:.0}..{new_ms:.0} ms; root-0's death: {n_dead}/{} tables \
+         of one core, {quiet_sent} tables sent; new stream in {n_new} tables {new_first:.0}..{new_ms:.0} ms; root-0's death: {n_dead}/{} tables \
          {first:.0}..{last:.0} ms after it stopped (spread {:.0} ms), heartbeat p99 meanwhile {:.2} ms; \
          node deaths {deaths} (1 expected)",
         o.nodes,

@@ -276,20 +276,21 @@ pub(crate) async fn streams(State(app): State<Arc<App>>, req: Request) -> Respon
         if app.serving_tables() {
             // What the node was last told (the heartbeat's answer says the same version); the
             // document is shared, made JSON here, off every lock.
-            // A big table is written on the blocking pool, not on the threads that answer
-            // heartbeats.
-            let told = app.published.get(&q.node_id).filter(|t| t.version > q.since);
-            let json = match told {
-                Some(t) => tokio::task::spawn_blocking(move || mesh::table_json(t.version, &t.doc))
-                    .await
-                    .ok()
-                    .flatten(),
-                None => None,
-            };
-            if let Some((v, body)) = json {
-                info!(node = %q.node_id, version = v, "table sent");
-                app.counters.inc("mesh_master_tables_sent_total", "");
-                return app.signed(&call.reply, StatusCode::OK, with_epoch(body, &app.epoch));
+            // A big table (megabytes at 10,000 streams) is written and signed on the blocking
+            // pool, not on the threads that answer heartbeats.
+            if let Some(t) = app.published.get(&q.node_id).filter(|t| t.version > q.since) {
+                let _one = app.published.writers.acquire().await;
+                let (app, to) = (app.clone(), call.reply.clone());
+                let node = q.node_id.clone();
+                let signed = tokio::task::spawn_blocking(move || {
+                    let (v, body) = mesh::table_json(t.version, &t.doc)?;
+                    info!(node = %node, version = v, "table sent");
+                    app.counters.inc("mesh_master_tables_sent_total", "");
+                    Some(app.signed(&to, StatusCode::OK, with_epoch(body, &app.epoch)))
+                });
+                if let Ok(Some(r)) = signed.await {
+                    return r;
+                }
             }
         }
         // Woken by a change, at the deadline, or when tables start being served.

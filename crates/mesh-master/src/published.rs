@@ -26,8 +26,10 @@ pub(crate) struct Told {
     pub doc: Arc<TableDoc>,
 }
 
-#[derive(Default)]
 pub(crate) struct Published {
+    /// Tables written (JSON) and signed one at a time, on the blocking pool: a change that
+    /// sends every relay its megabytes keeps the other core for the heartbeats.
+    pub writers: tokio::sync::Semaphore,
     told: Mutex<HashMap<String, Told>>,
     /// node → (its wake-up, the polls waiting on it): an entry only while a poll waits.
     waiters: Mutex<HashMap<String, (watch::Sender<u64>, usize)>>,
@@ -52,6 +54,17 @@ impl Drop for Waiter<'_> {
             if *n == 0 {
                 w.remove(&self.node);
             }
+        }
+    }
+}
+
+impl Default for Published {
+    fn default() -> Published {
+        Published {
+            writers: tokio::sync::Semaphore::new(1),
+            told: Mutex::default(),
+            waiters: Mutex::default(),
+            pending: Mutex::default(),
         }
     }
 }

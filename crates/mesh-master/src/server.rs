@@ -267,6 +267,7 @@ impl App {
 }
 
 /// What a response is signed for: the key of the node that asked and the request it answers.
+#[derive(Clone)]
 pub(crate) struct Reply {
     pub key: Vec<u8>,
     pub method: String,
