@@ -153,6 +153,9 @@ fn mentions(body: &[u8], id: &str) -> bool {
     std::str::from_utf8(body).is_ok_and(|b| b.contains(&format!("\"{id}\"")))
 }
 
+/// node → whether its last table mentions the watched id, and when it came.
+type Seen = HashMap<String, (bool, Instant)>;
+
 struct Sim {
     port: u16,
     interval: u64,
@@ -161,7 +164,7 @@ struct Sim {
     measuring: AtomicBool,
     failed: AtomicU64,
     /// node → whether its last table mentions the watched id, and when that table came.
-    watch: Mutex<Option<(String, HashMap<String, (bool, Instant)>)>>,
+    watch: Mutex<Option<(String, Seen)>>,
     /// node → whether its last table names root-0 (the relay that dies).
     last: Mutex<HashMap<String, bool>>,
     /// When the last table came.

@@ -191,9 +191,24 @@ pub(crate) async fn announce(State(app): State<Arc<App>>, req: Request) -> Respo
             Ok(a) => a,
             Err(r) => return r,
         };
-    let role = app.with_mesh(|m| m.announce(&a, now()));
+    // On the blocking pool: a decision under way holds the mesh, never a thread that answers
+    // heartbeats.
+    let role_interval = {
+        let (app, a) = (app.clone(), a.clone());
+        tokio::task::spawn_blocking(move || {
+            app.with_mesh(|m| (m.announce(&a, now()), m.cfg.heartbeat_interval_s))
+        })
+    };
+    let (role, interval) = {
+        let decided = role_interval;
+        match decided.await {
+            Ok(r) => r,
+            Err(_) => {
+                return app.signed_error(&call.reply, StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            }
+        }
+    };
     app.counters.inc("mesh_master_announces_total", "");
-    let interval = app.mesh.lock().cfg.heartbeat_interval_s;
     info!(node = %a.node_id, role = %role, rtmp_url = %a.rtmp_url, version = %a.version, "node announced");
     app.signed_json(
         &call.reply,
@@ -398,7 +413,14 @@ pub(crate) async fn route(State(app): State<Arc<App>>, req: Request) -> Response
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    match app.with_mesh(|m| m.route(&r.node_id, &r.stream, now())) {
+    let decided = {
+        let (app, edge, stream) = (app.clone(), r.node_id.clone(), r.stream.clone());
+        tokio::task::spawn_blocking(move || app.with_mesh(|m| m.route(&edge, &stream, now()))).await
+    };
+    let Ok(decided) = decided else {
+        return app.signed_error(&call.reply, StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    };
+    match decided {
         Ok((status, version)) => {
             info!(node = %r.node_id, stream = %r.stream, status = ?status, "route request");
             let answer = serde_json::to_value(status)
