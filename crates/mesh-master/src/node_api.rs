@@ -233,8 +233,17 @@ pub(crate) async fn heartbeat(State(app): State<Arc<App>>, req: Request) -> Resp
     };
     // Applied now if the mesh is free, else by the decision holding it: the answer is what the
     // node was last told, never a wait behind another node's decision.
+    // On the blocking pool: when it applies (its own and the queued ones), the decision holds
+    // no thread that answers requests.
     let id = hb.node_id.clone();
-    match app.heartbeat(hb, now()) {
+    let applied = {
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || app.heartbeat(hb, now())).await
+    };
+    let Ok(applied) = applied else {
+        return app.signed_error(&call.reply, StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    };
+    match applied {
         Ok(told) => {
             app.counters.inc("mesh_master_heartbeats_total", &format!("node=\"{id}\""));
             let table_version = app.serving_tables().then_some(told.version);
