@@ -33,8 +33,8 @@ fn change(app: &App, id: &str, c: NodeCred, cut_off: bool) -> Result<(), StoreEr
         app.with_mesh(|m| m.never_seen(id));
         app.sweep();
     }
-    // Long polls wake and look again: a node cut off gets no table.
-    app.changed.send_modify(|g| *g += 1);
+    // Its long polls wake and look again: a node cut off gets no table.
+    app.published.wake([&id.to_string()]);
     Ok(())
 }
 

@@ -371,7 +371,9 @@ async fn serve(
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                app.sweep();
+                // A node's death can take a while to place again: off the runtime's threads.
+                let app = app.clone();
+                let _ = tokio::task::spawn_blocking(move || app.sweep()).await;
             }
         })
     };

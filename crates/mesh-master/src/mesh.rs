@@ -409,6 +409,11 @@ impl Mesh {
         table_json(v, &doc)
     }
 
+    /// The nodes whose table took a new version since the last call: the long polls to wake.
+    pub fn take_changed(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.tables.changed).into_iter().collect()
+    }
+
     pub fn is_known(&self, id: &str) -> bool {
         self.nodes.contains_key(id)
     }

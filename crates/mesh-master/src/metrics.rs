@@ -37,6 +37,7 @@ const HELP: &[(&str, &str)] = &[
         "TLS handshakes that failed or did not finish in the header timeout.",
     ),
     ("mesh_master_plain_http_refused_total", "Plain-HTTP requests on the TLS port, answered 400 and closed."),
+    ("mesh_master_poll_wakeups_total", "Long polls woken because their node's table changed."),
 ];
 
 impl Counters {
@@ -47,6 +48,11 @@ impl Counters {
     pub fn add(&self, name: &'static str, labels: &str, n: u64) {
         debug_assert!(HELP.iter().any(|(h, _)| *h == name), "{name} has no help text");
         *self.by_name.lock().entry(name).or_default().entry(labels.to_string()).or_default() += n;
+    }
+
+    /// One counter's value (tests).
+    pub fn get(&self, name: &str, labels: &str) -> u64 {
+        self.by_name.lock().get(name).and_then(|m| m.get(labels)).copied().unwrap_or(0)
     }
 
     fn snapshot(&self) -> BTreeMap<&'static str, BTreeMap<String, u64>> {

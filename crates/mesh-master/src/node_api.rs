@@ -203,7 +203,17 @@ pub(crate) async fn announce(State(app): State<Arc<App>>, req: Request) -> Respo
             Ok(a) => a,
             Err(r) => return r,
         };
-    let done = app.with_mesh(|m| m.announce(&a, now()));
+    // On the blocking pool: a decision under way holds the mesh, never a thread that answers
+    // heartbeats.
+    let decided = {
+        let (app, a) = (app.clone(), a.clone());
+        tokio::task::spawn_blocking(move || {
+            app.with_mesh(|m| (m.announce(&a, now()), m.cfg.heartbeat_interval_s))
+        })
+    };
+    let Ok((done, interval)) = decided.await else {
+        return app.signed_error(&call.reply, StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    };
     app.counters.inc("mesh_master_announces_total", "");
     let Some(role) = done.role else {
         // No table, no keys, no hops: it announces again at its heartbeat interval.
@@ -219,7 +229,6 @@ pub(crate) async fn announce(State(app): State<Arc<App>>, req: Request) -> Respo
     } else if a.role != role {
         info!(node = %a.node_id, asks = %a.role, role = %role, "announced role ignored: the granted one is in force");
     }
-    let interval = app.mesh.lock().cfg.heartbeat_interval_s;
     info!(node = %a.node_id, role = %role, rtmp_url = %a.rtmp_url, version = %a.version, "node announced");
     app.signed_json(
         &call.reply,
@@ -242,24 +251,35 @@ pub(crate) async fn heartbeat(State(app): State<Arc<App>>, req: Request) -> Resp
         Ok(h) => h,
         Err(r) => return r,
     };
-    let done = app.with_mesh(|m| m.heartbeat(&hb, now()).map(|role| (role, m.table_version(&hb.node_id))));
+    // Applied now if the mesh is free, else by the decision holding it: the answer is what the
+    // node was last told, never a wait behind another node's decision.
+    // On the blocking pool: when it applies (its own and the queued ones), the decision holds
+    // no thread that answers requests.
+    let (id, claimed) = (hb.node_id.clone(), hb.role);
+    let applied = {
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || app.heartbeat(hb, now())).await
+    };
+    let Ok(applied) = applied else {
+        return app.signed_error(&call.reply, StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    };
     // Pushes it reports down: their targets probed now (crate::probe).
     crate::probe::suspects(&app);
-    match done {
-        Ok((role, version)) => {
-            app.counters.inc("mesh_master_heartbeats_total", &format!("node=\"{}\"", hb.node_id));
-            if hb.role != role {
+    match applied {
+        Ok(told) => {
+            app.counters.inc("mesh_master_heartbeats_total", &format!("node=\"{id}\""));
+            if claimed != told.role {
                 // Taken as its granted role (the answer says which); never as the one it names.
                 app.counters.inc("mesh_master_role_claims_ignored_total", "");
-                info!(node = %hb.node_id, asks = %hb.role, role = %role,
+                info!(node = %id, asks = %claimed, role = %told.role,
                       "heartbeat role ignored: the granted one is in force");
             }
-            let table_version = app.serving_tables().then_some(version);
+            let table_version = app.serving_tables().then_some(told.version);
             let epoch = Some(app.epoch.clone());
             app.signed_json(
                 &call.reply,
                 StatusCode::OK,
-                &HeartbeatReply { table_version, role: Some(role), epoch },
+                &HeartbeatReply { table_version, role: Some(told.role), epoch },
             )
         }
         Err(e) => not_announced(&app, &call, e),
@@ -299,10 +319,14 @@ pub(crate) async fn streams(State(app): State<Arc<App>>, req: Request) -> Respon
     if let Err(e) = validate::since(q.since) {
         return invalid(&app, &call, &e.to_string());
     }
-    if let Err(e) = app.mesh.lock().check_known(&q.node_id) {
-        return not_announced(&app, &call, e);
+    if app.published.get(&q.node_id).is_none() {
+        // Not told anything yet: the mesh says why (not announced, or awaiting approval).
+        let known = app.mesh.lock().check_known(&q.node_id);
+        return not_announced(&app, &call, known.err().unwrap_or(MeshError::NotAnnounced));
     }
-    let mut changes = app.changed.subscribe();
+    // Woken when this node's table changes (or it is cut off), nothing else's.
+    let mut waiter = app.published.wait(&q.node_id);
+    let mut closing = app.changed.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(app.max_poll_wait_s));
     loop {
         // Revoked, or its key rotated, while the poll waited: no table for it.
@@ -311,12 +335,23 @@ pub(crate) async fn streams(State(app): State<Arc<App>>, req: Request) -> Respon
             return refuse(&app, &call.reply, &call.node, call.uri.path(), StatusCode::UNAUTHORIZED, why);
         }
         if app.serving_tables() {
-            // The document is shared: taken under the lock, made JSON after it.
-            let table = app.mesh.lock().table(&q.node_id).filter(|(v, _)| *v > q.since);
-            if let Some((v, body)) = table.and_then(|(v, doc)| mesh::table_json(v, &doc)) {
-                info!(node = %q.node_id, version = v, "table sent");
-                app.counters.inc("mesh_master_tables_sent_total", "");
-                return app.signed(&call.reply, StatusCode::OK, with_epoch(body, &app.epoch));
+            // What the node was last told (the heartbeat's answer says the same version); the
+            // document is shared, made JSON here, off every lock.
+            // A big table (megabytes at 10,000 streams) is written and signed on the blocking
+            // pool, not on the threads that answer heartbeats.
+            if let Some(t) = app.published.get(&q.node_id).filter(|t| t.version > q.since) {
+                let _one = app.published.writers.acquire().await;
+                let (app, to) = (app.clone(), call.reply.clone());
+                let node = q.node_id.clone();
+                let signed = tokio::task::spawn_blocking(move || {
+                    let (v, body) = mesh::table_json(t.version, &t.doc)?;
+                    info!(node = %node, version = v, "table sent");
+                    app.counters.inc("mesh_master_tables_sent_total", "");
+                    Some(app.signed(&to, StatusCode::OK, with_epoch(body, &app.epoch)))
+                });
+                if let Ok(Some(r)) = signed.await {
+                    return r;
+                }
             }
         }
         // Woken by a change, at the deadline, or when tables start being served.
@@ -326,7 +361,11 @@ pub(crate) async fn streams(State(app): State<Arc<App>>, req: Request) -> Respon
         };
         let wake = tokio::time::sleep_until(wake_at);
         tokio::select! {
-            r = changes.changed() => if r.is_err() { break },
+            r = waiter.changes.changed() => {
+                if r.is_err() { break }
+                app.counters.inc("mesh_master_poll_wakeups_total", "");
+            }
+            r = closing.changed() => if r.is_err() { break },
             _ = wake => {}
         }
         if tokio::time::Instant::now() >= deadline || app.closing() {
@@ -426,7 +465,14 @@ pub(crate) async fn route(State(app): State<Arc<App>>, req: Request) -> Response
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    match app.with_mesh(|m| m.route(&r.node_id, &r.stream, now())) {
+    let decided = {
+        let (app, edge, stream) = (app.clone(), r.node_id.clone(), r.stream.clone());
+        tokio::task::spawn_blocking(move || app.with_mesh(|m| m.route(&edge, &stream, now()))).await
+    };
+    let Ok(decided) = decided else {
+        return app.signed_error(&call.reply, StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    };
+    match decided {
         Ok((status, version)) => {
             info!(node = %r.node_id, stream = %r.stream, status = ?status, "route request");
             let answer = serde_json::to_value(status)

@@ -16,9 +16,10 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use mesh_core::sign::{sign_response, Bound, H_SIGNATURE, H_TIMESTAMP};
+use mesh_core::wire::Heartbeat;
 pub use mesh_core::wire::Paths;
 
 use crate::admin::*;
@@ -28,6 +29,7 @@ use crate::mesh::Mesh;
 use crate::metrics::Counters;
 use crate::node_api::{announce, auth, heartbeat, route, streams};
 use crate::nonces::Nonces;
+use crate::published::{Published, Told};
 use crate::rates::Rates;
 use crate::store::{Store, StoreError, VERSION_BLOCK};
 
@@ -54,8 +56,10 @@ pub struct App {
     /// tables until the heartbeats have told the new master where streams are.
     pub serve_tables_at: u64,
     pub max_poll_wait_s: u64,
-    /// Bumped on every change of any table: long polls wake up and look.
+    /// Bumped when every long poll must look again (shutting down).
     pub(crate) changed: watch::Sender<u64>,
+    /// What nodes are told (tables, roles), heartbeats not applied yet, per-node wake-ups.
+    pub(crate) published: Published,
     ceiling: Mutex<u64>,
     /// Shutting down: long polls answer at once.
     closing: std::sync::atomic::AtomicBool,
@@ -94,7 +98,11 @@ impl App {
         serve_tables_at: u64,
         max_poll_wait_s: u64,
     ) -> Arc<App> {
+        let mut mesh = mesh;
         let ceiling = mesh.version();
+        let published = Published::default();
+        mesh.take_changed();
+        published.publish(&mesh, mesh.nodes().keys());
         let rates = Rates::for_interval(mesh.cfg.heartbeat_interval_s);
         let app = Arc::new(App {
             mesh: Mutex::new(mesh),
@@ -107,6 +115,7 @@ impl App {
             serve_tables_at,
             max_poll_wait_s,
             changed: watch::Sender::new(0),
+            published,
             ceiling: Mutex::new(ceiling),
             closing: Default::default(),
             counters: Counters::default(),
@@ -114,12 +123,6 @@ impl App {
         });
         app.reserve_versions(ceiling);
         app
-    }
-
-    /// After a change: keep the version ceiling ahead of what was handed out, wake long polls.
-    fn changed(&self, version: u64) {
-        self.reserve_versions(version);
-        self.changed.send_modify(|g| *g += 1);
     }
 
     fn reserve_versions(&self, version: u64) {
@@ -133,18 +136,60 @@ impl App {
         }
     }
 
-    /// Run `f` on the mesh, then publish what changed.
+    /// Run `f` on the mesh (after the heartbeats waiting for it), publish what changed, wake
+    /// the polls of the nodes whose table changed; then apply the heartbeats that came in
+    /// meanwhile.
     pub(crate) fn with_mesh<R>(&self, f: impl FnOnce(&mut Mesh) -> R) -> R {
-        let (r, before, after) = {
-            let mut m = self.mesh.lock();
-            let before = m.version();
-            let r = f(&mut m);
-            (r, before, m.version())
-        };
-        if after != before {
-            self.changed(after);
+        let r = self.decide(f);
+        self.apply_waiting_beats();
+        r
+    }
+
+    /// Under the mesh's lock (`m` given when taken already).
+    fn decide<R>(&self, f: impl FnOnce(&mut Mesh) -> R) -> R {
+        self.decide_in(&mut self.mesh.lock(), f)
+    }
+
+    fn decide_in<R>(&self, m: &mut Mesh, f: impl FnOnce(&mut Mesh) -> R) -> R {
+        let before = m.version();
+        for (hb, t) in self.published.take_pending() {
+            if let Err(e) = m.heartbeat(&hb, t) {
+                debug!(node = %hb.node_id, error = %e, "heartbeat dropped");
+            }
+        }
+        let r = f(m);
+        let changed = m.take_changed();
+        self.published.publish(m, &changed);
+        self.published.wake(&changed);
+        if m.version() != before {
+            self.reserve_versions(m.version());
         }
         r
+    }
+
+    /// Heartbeats queued while the mesh was held: applied by whoever takes it next, here if
+    /// it is free (a heartbeat queued while another holds it is applied by that one, which
+    /// looks again once it lets go).
+    fn apply_waiting_beats(&self) {
+        while self.published.has_pending() {
+            match self.mesh.try_lock() {
+                Some(mut m) => self.decide_in(&mut m, |_| ()),
+                None => return,
+            }
+        }
+    }
+
+    /// A heartbeat: its figures and liveness are queued and applied at once when the mesh is
+    /// free, else by the decision holding it; the answer is what the node was last told (its
+    /// table's version, its role), so it never waits behind another node's decision.
+    pub(crate) fn heartbeat(&self, hb: Heartbeat, t: u64) -> Result<Told, crate::mesh::MeshError> {
+        let id = hb.node_id.clone();
+        if self.published.get(&id).is_none() {
+            return Err(crate::mesh::MeshError::NotAnnounced);
+        }
+        self.published.queue(hb, t);
+        self.apply_waiting_beats();
+        self.published.get(&id).ok_or(crate::mesh::MeshError::NotAnnounced)
     }
 
     /// Shutting down: answer the long polls now (a graceful shutdown waits for them).
@@ -222,6 +267,7 @@ impl App {
 }
 
 /// What a response is signed for: the key of the node that asked and the request it answers.
+#[derive(Clone)]
 pub(crate) struct Reply {
     pub key: Vec<u8>,
     pub method: String,
@@ -272,3 +318,5 @@ pub fn router(app: Arc<App>, paths: &Paths) -> Router {
 
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_wake;

@@ -393,8 +393,12 @@ fn a_follower_takes_only_the_voices_file() {
     let node = Arc::new(Node { node_id: "edge-1".into(), ..Node::standalone() });
     let agent = Agent::start_node(cfg, node, Arc::new(Scripted::default()), None, sink.clone()).unwrap();
     thread::sleep(Duration::from_millis(60));
-    std::fs::write(&file, r#"{"version": 2, "viewer_secret": "planted"}"#).unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // Planted whole (made writable by others before it is put in place: the follower never
+    // sees it half-made).
+    let planted = dir.join("planted.json");
+    std::fs::write(&planted, r#"{"version": 2, "viewer_secret": "planted"}"#).unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::rename(&planted, &file).unwrap();
     assert!(sink.wait_for(|s| s.logs().iter().any(|l| l.contains("refused: not written by this node"))));
     crate::load::write_atomic(&file, br#"{"version": 3}"#).unwrap();
     assert!(sink.wait_for(|s| s.changes().contains(&Change::Table(3))));

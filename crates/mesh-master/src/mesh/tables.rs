@@ -52,10 +52,18 @@ pub struct PublishKey {
 }
 
 /// A table as the protocol's JSON: the document with its version.
+/// Written straight from the document (no JSON tree in between: a relay's table of 10,000
+/// streams is megabytes).
 pub fn table_json(version: u64, doc: &TableDoc) -> Option<(u64, Vec<u8>)> {
-    let mut value = serde_json::to_value(doc).ok()?;
-    value.as_object_mut()?.insert("version".into(), version.into());
-    Some((version, serde_json::to_vec(&value).ok()?))
+    let body = serde_json::to_vec(doc).ok()?;
+    let rest = body.strip_prefix(b"{")?;
+    let mut out = Vec::with_capacity(body.len() + 32);
+    out.extend_from_slice(format!("{{\"version\":{version}").as_bytes());
+    if !rest.starts_with(b"}") {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    Some((version, out))
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +77,8 @@ pub(super) struct Tables {
     pub(super) shared: bool,
     /// The counter jumped: every table takes a version past it.
     pub(super) renumber: bool,
+    /// Nodes whose table took a new version since the last [`Mesh::take_changed`].
+    pub(super) changed: BTreeSet<String>,
 }
 
 impl Tables {
@@ -88,6 +98,8 @@ impl Tables {
 
     /// A node left the mesh: its table goes.
     pub(super) fn forget(&mut self, id: &str) {
+        // Changed: what it was told goes too (crate::published).
+        self.changed.insert(id.to_string());
         self.docs.remove(id);
         self.nodes.remove(id);
         for set in self.pairs.values_mut() {
@@ -133,6 +145,7 @@ impl Mesh {
             if let Some((v, _)) = self.tables.docs.get_mut(&id) {
                 self.version = self.version.saturating_add(1);
                 *v = self.version;
+                self.tables.changed.insert(id);
             }
         }
     }
