@@ -20,7 +20,9 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Probe the suspects the last change made (call after a heartbeat).
 pub fn suspects(app: &Arc<App>) {
-    let probes = app.mesh.lock().take_probes();
+    // Never behind a decision (this runs on a thread that answers heartbeats): a busy mesh
+    // keeps its probes for the next heartbeat.
+    let Some(probes) = app.mesh.try_lock().map(|mut m| m.take_probes()) else { return };
     for (id, url) in probes {
         let Some(addr) = rtmp_addr(&url) else { continue };
         let app = app.clone();

@@ -185,7 +185,13 @@ impl App {
     pub(crate) fn heartbeat(&self, hb: Heartbeat, t: u64) -> Result<Told, crate::mesh::MeshError> {
         let id = hb.node_id.clone();
         if self.published.get(&id).is_none() {
-            return Err(crate::mesh::MeshError::NotAnnounced);
+            // Told nothing: the mesh says why (not announced, or awaiting approval).
+            return Err(self
+                .mesh
+                .lock()
+                .check_known(&id)
+                .err()
+                .unwrap_or(crate::mesh::MeshError::NotAnnounced));
         }
         self.published.queue(hb, t);
         self.apply_waiting_beats();
