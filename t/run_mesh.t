@@ -55,6 +55,9 @@ if ($pid == 0) {
 	$ENV{MESH_RTMP_BASE} = $rbase;
 	$ENV{MESH_HTTP_BASE} = $hbase;
 	$ENV{PATH} = "$shims:$ENV{PATH}";
+	# Ctrl-C as at a terminal: a shell cannot trap a signal ignored when it started (as it is
+	# under a background job, `nohup make test &`), so the test gives it the default back.
+	$SIG{INT} = 'DEFAULT';
 	exec 'bash', 'scripts/run-mesh.sh' or die;
 }
 sub out { open my $fh, '<', $out or return ''; local $/; <$fh> }
