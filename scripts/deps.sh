@@ -4,7 +4,8 @@
 set -euo pipefail
 
 want=(build-essential pkg-config libpcre2-dev libssl-dev zlib1g-dev libclang-dev dpkg-dev xz-utils
-      ffmpeg perl curl ca-certificates python3 procps iproute2)
+      ffmpeg perl curl ca-certificates openssl python3 procps iproute2)
+# openssl: scripts/mesh-tls.sh makes the private CA (make mesh, t/master_tls.t, t/run_mesh.t, t/image.t).
 # Perl tests use only core modules (Test::More, Digest::SHA, JSON::PP, HTTP::Tiny).
 
 missing=()
