@@ -114,7 +114,8 @@ pub fn reach_new_workers(s: super::Session) -> bool {
             return false;
         }
         let Some(reconnect) = (*ctx).push_evt.handler else { return false };
-        let dir = auto_push_socket_dir();
+        // Read only when a slot lacks its copy (rare: after a reload), not every tick.
+        let mut dir = None;
         let procs = &*addr_of!(ngx_processes);
         let me = ngx_process_slot;
         // Every slot: a worker learns of later ones through its channel, not ngx_last_process.
@@ -125,7 +126,10 @@ pub fn reach_new_workers(s: super::Session) -> bool {
                 && p.pid != NGX_INVALID_PID as ngx_pid_t
                 && p.channel[0] != -1
                 && *(*ctx).slots.add(n) == 0
-                && dir.as_ref().is_some_and(|d| d.join(format!("nginx-rtmp.{n}")).exists())
+                && dir
+                    .get_or_insert_with(|| auto_push_socket_dir())
+                    .as_ref()
+                    .is_some_and(|d| d.join(format!("nginx-rtmp.{n}")).exists())
         });
         if missing {
             reconnect(&mut (*ctx).push_evt);
