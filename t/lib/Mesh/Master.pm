@@ -68,7 +68,7 @@ sub node_call {
 	my $rsig = $r->{headers}{'x-mesh-signature'} // '';
 	my $want = hmac_sha256_hex(join("\n", 'mesh-response-v2', $r->{status}, $rts, $nonce, $method, $pq,
 		sha256_hex($content)), $self->node_key($node));
-	return { status => $r->{status}, content => $content, data => eval { $json->decode($content) },
+	return { status => $r->{status}, content => $content, data => scalar(eval { $json->decode($content) }),
 		headers => $r->{headers}, nonce => $nonce, ts => $ts, sig_ok => $rsig eq $want };
 }
 sub url { ($_[0]{tls} ? 'https' : 'http') . '://127.0.0.1:' . $_[0]{port} }
