@@ -21,6 +21,7 @@ use File::Spec;
 use File::Temp qw(tempdir);
 use IO::Socket::INET;
 use IO::Socket::IP;
+use Fcntl qw(O_WRONLY O_CREAT O_EXCL);
 use POSIX qw(WNOHANG);
 use Test::More;
 use Time::HiRes qw(sleep time);
@@ -65,6 +66,33 @@ sub port_is_free {
 	return 1;
 }
 
+# Test files run side by side (`make test` runs two at a time): a port one has probed free but
+# not bound yet is reserved in a file named after it, so another file's probe never takes it.
+# A reservation whose process is gone is taken over; ours are removed when the file ends.
+my $RESERVED = File::Spec->catdir(File::Spec->tmpdir, 'mesh-test-ports');
+my (@reserved, $reserver);
+
+sub reserve {
+	my ($port) = @_;
+	mkdir $RESERVED, 01777 unless -d $RESERVED;
+	my $f = "$RESERVED/$port";
+	for (1 .. 2) {
+		if (sysopen(my $fh, $f, O_WRONLY | O_CREAT | O_EXCL, 0644)) {
+			print $fh "$$\n";
+			close $fh;
+			push @reserved, $f;
+			$reserver = $$;
+			return 1;
+		}
+		return 0 unless $!{EEXIST};
+		my $owner = do { open my $fh, '<', $f; $fh ? (scalar(<$fh>) // '') : '' };
+		my ($pid) = $owner =~ /^(\d+)/;
+		return 0 if $pid && (kill(0, $pid) || $!{EPERM});
+		unlink $f;    # its process is gone
+	}
+	return 0;
+}
+
 sub free_port {
 	my ($count) = @_;
 	$count //= 1;
@@ -73,6 +101,14 @@ sub free_port {
 		$next_port = $port + 1 > $PORT_HI ? $PORT_LO : $port + 1;
 		next if $port + $count - 1 > $PORT_HI;
 		next if grep { $used_ports{$_} || !port_is_free($_) } $port .. $port + $count - 1;
+		my @got;
+		for my $p ($port .. $port + $count - 1) { reserve($p) ? push(@got, $p) : last }
+		if (@got < $count) {
+			my %mine = map { ("$RESERVED/$_" => 1) } @got;
+			unlink keys %mine;
+			@reserved = grep { !$mine{$_} } @reserved;
+			next;
+		}
 		$used_ports{$_} = 1 for $port .. $port + $count - 1;
 		return $port;
 	}
@@ -301,6 +337,7 @@ sub stop {
 }
 
 END {
+	unlink @reserved if $reserver && $$ == $reserver;    # not from a forked child
 	kill 'KILL', grep { kill 0, $_ } @spawned;
 	for my $t (@instances) {
 		next unless $t->{running};
