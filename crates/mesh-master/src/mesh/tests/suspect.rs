@@ -134,7 +134,12 @@ fn beat_stalled(m: &mut Mesh, id: &str, live: &[(&str, &str, u64)], stalled: &[(
     hb.table_version = m.table_version(id);
     hb.streams = live
         .iter()
-        .map(|(s, src, v)| StreamStat { stream: s.to_string(), source: src.to_string(), viewers: *v, in_kbps: 1 })
+        .map(|(s, src, v)| StreamStat {
+            stream: s.to_string(),
+            source: src.to_string(),
+            viewers: *v,
+            in_kbps: 1,
+        })
         .collect();
     hb.pushes = stalled
         .iter()
