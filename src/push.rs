@@ -184,12 +184,17 @@ impl State {
         for t in self.targets.iter_mut() {
             let live = pushes.iter().find_map(|(d, p)| p.filter(|p| *d == t.id && !p.is_closing()));
             if let (Some(p), Some(stall)) = (live, self.stall) {
+                let was = t.stalled;
                 if t.check_stall(p, stall) {
-                    t.up = false;
-                    went_down = true;
-                    let why = format!("stalled: nothing heard from it for {} ms, closed", stall.as_millis());
-                    log_push(s, NGX_LOG_WARN, &self.stream, &t.node_id, &why);
                     p.finalize();
+                    // Logged and reported once; its retries stall quietly until one makes progress.
+                    if !was {
+                        t.up = false;
+                        went_down = true;
+                        let why =
+                            format!("stalled: nothing heard from it for {} ms, closed", stall.as_millis());
+                        log_push(s, NGX_LOG_WARN, &self.stream, &t.node_id, &why);
+                    }
                     continue;
                 }
             }
