@@ -113,8 +113,9 @@ sub round {
 # The path from the ingest to the root relay feeding the stream is cut; thawed once the stream
 # moved and the players have media again.
 sub cut {
-	my $l = $master->live->{cam1};
-	my $root = $l && $l->{roots}[0] && $l->{roots}[0]{to} or return;
+	my $root;
+	wait_until(sub { my $l = $master->live->{cam1}; $root = $l && $l->{roots}[0] && $l->{roots}[0]{to} }, 30)
+		or die 'cam1 not placed again';
 	round(cut => sub {
 		$cut{$root}->freeze;
 		wait_until(sub { my $l = $master->live->{cam1}; $l && $l->{roots}[0] && $l->{roots}[0]{to} ne $root }, 20);

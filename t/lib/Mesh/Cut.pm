@@ -6,18 +6,26 @@ package Mesh::Cut;
 # answers a connect, as a host behind a dead route would not; the node behind it answers anyone
 # else). `thaw` lets bytes flow again. Signals carry the orders (USR1 freeze, USR2 thaw); the
 # child leaves with POSIX::_exit (no destructor of the test's objects runs in it).
+# Not frozen, the path is as alive as the node behind it: while nothing listens on the node's
+# port (it died), the path's port is closed too (a connect is refused, as the master's probe of
+# a dead node expects), and opened again when the node is back. Seen in /proc/net/tcp{,6}, so
+# the relay never connects to the node to find out.
 
 use strict;
 use warnings;
 use IO::Socket::INET;
 use IO::Select;
 use POSIX qw(_exit);
+use Time::HiRes qw(time);
 
 # Mesh::Cut->new(listen => $port, to => $port): the relay runs once `new` returns.
 sub new {
 	my ($class, %o) = @_;
-	my $ls = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $o{listen}, Listen => 16,
-		ReuseAddr => 1, Proto => 'tcp') or die "listen $o{listen}: $!";
+	my $listen = sub {
+		IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $o{listen}, Listen => 128,
+			ReuseAddr => 1, Proto => 'tcp');
+	};
+	my $ls = $listen->() or die "listen $o{listen}: $!";
 	my $pid = fork() // die "fork: $!";
 	if (!$pid) {
 		my $frozen = 0;
@@ -27,14 +35,27 @@ sub new {
 		my %peer;    # fileno → the socket at the other end
 		my %sock;    # fileno → socket
 		my $sel = IO::Select->new($ls);
+		my $looked = 0;
 		while (1) {
 			if ($frozen) {
 				select(undef, undef, undef, 0.05);
 				next;
 			}
+			if (time - $looked >= 0.2) {
+				$looked = time;
+				my $up = listening($o{to});
+				if (!$up && $ls) {
+					$sel->remove($ls);
+					close $ls;
+					undef $ls;
+				} elsif ($up && !$ls) {
+					$ls = $listen->();
+					$sel->add($ls) if $ls;
+				}
+			}
 			my @ready = $sel->can_read(0.05);
 			for my $fh (@ready) {
-				if ($fh == $ls) {
+				if ($ls && $fh == $ls) {
 					my $c = $ls->accept or next;
 					my $u = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $o{to}, Proto => 'tcp');
 					if (!$u) { close $c; next; }
@@ -66,6 +87,20 @@ sub new {
 	}
 	close $ls;
 	return bless { pid => $pid }, $class;
+}
+
+# Is something listening on `port` (any address, IPv4 or IPv6)?
+sub listening {
+	my ($port) = @_;
+	my $hex = sprintf ':%04X', $port;
+	for my $f ('/proc/net/tcp', '/proc/net/tcp6') {
+		open(my $in, '<', $f) or next;
+		while (<$in>) {
+			my (undef, $local, undef, $st) = split ' ';
+			return 1 if $st && $st eq '0A' && substr($local, -5) eq $hex;
+		}
+	}
+	return 0;
 }
 
 sub freeze { kill 'USR1', $_[0]{pid} }
