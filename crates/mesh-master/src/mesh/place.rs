@@ -35,6 +35,8 @@ pub(super) struct Index {
     pub(super) fill: BTreeSet<String>,
     /// Nodes that became candidates (alive with a URL, or a new role) since the last placement.
     pub(super) up: Vec<String>,
+    /// Hops taken away since the last placement, (stream, from, to): their keys go.
+    pub(super) dropped: Vec<(String, String, String)>,
 }
 
 impl Index {
@@ -108,6 +110,7 @@ fn added(index: &mut Index, tables: &mut Tables, s: &str, ingest: &str, h: &Hop,
 
 /// A hop of stream `s` was taken away (`forget` afterwards drops the nodes that left it).
 fn removed(index: &mut Index, tables: &mut Tables, s: &str, ingest: &str, h: &Hop, edge: bool) {
+    index.dropped.push((s.to_string(), h.from.clone(), h.to.clone()));
     if h.by_route {
         if let Some(set) = index.routed.get_mut(&h.to) {
             set.remove(s);
@@ -270,6 +273,13 @@ impl Mesh {
         }
     }
 
+    /// The keys of the hops taken away since the last call are never handed out again.
+    pub(super) fn drop_keys(&mut self) {
+        for (s, from, to) in std::mem::take(&mut self.index.dropped) {
+            self.keys.dropped(&s, &from, &to);
+        }
+    }
+
     /// An edge asked for a live stream: put it on, by route.
     pub(super) fn route_edge(&mut self, s: &str, edge: &str) {
         self.add_edges(s, vec![(edge.to_string(), true)]);
@@ -277,6 +287,8 @@ impl Mesh {
 
     /// Place what the changes since the last call left to place.
     pub(super) fn place(&mut self, now: u64) {
+        // Keys of the hops taken away go first: a hop placed again now is a new one.
+        self.drop_keys();
         for s in std::mem::take(&mut self.index.fill) {
             self.fill(&s, None, now);
         }
@@ -300,8 +312,8 @@ impl Mesh {
         let had_roots = !p.roots.is_empty();
         let need = self.cfg.root_fanout.saturating_sub(p.roots.len());
         for root in self.pick(Role::RootRelay, need, &p.roots, only) {
-            let key = self.keys.hop_key();
             let p = self.streams.get_mut(s).expect("listed");
+            let key = self.keys.key_of(s, &p.ingest, &root);
             let h = Hop { from: p.ingest.clone(), to: root, key, by_route: false, idle_since: None };
             added(&mut self.index, &mut self.tables, s, &p.ingest, &h, false);
             p.roots.push(h);
@@ -372,8 +384,8 @@ impl Mesh {
         for (edge, by_route) in edges {
             let Some(least) = per_root.iter_mut().min() else { return };
             least.0 += 1;
-            let h =
-                Hop { from: least.1.clone(), to: edge, key: self.keys.hop_key(), by_route, idle_since: None };
+            let key = self.keys.key_of(s, &least.1, &edge);
+            let h = Hop { from: least.1.clone(), to: edge, key, by_route, idle_since: None };
             added(&mut self.index, &mut self.tables, s, &p.ingest, &h, true);
             p.edges.push(h);
         }
