@@ -10,6 +10,7 @@ use strict;
 use warnings;
 use Test::More;
 use Time::HiRes qw(time);
+use File::Temp ();
 use lib 't/lib';
 use Mesh::Test qw(publish wait_until log_lines reap);
 use Mesh::Master;
@@ -34,6 +35,36 @@ for ([qw(ingest-1 ingest)], [qw(root-1 root_relay)], [qw(root-2 root_relay)], [q
 	$node{$id} = $t;
 }
 ok(wait_until(sub { 5 == grep { $_->{alive} } values %{$master->nodes} }, 10), 'five nodes alive');
+# The largest step between consecutive video timestamps in a stream's segments on disk (its
+# first rendition, init + chunks in order, the newest unbroken run), and when the oldest of
+# them was written.
+sub pts_jump {
+	my ($dir) = @_;
+	my $read = sub { open my $f, '<:raw', $_[0] or return; local $/; <$f> };
+	my $init = $read->("$dir/init-0.m4s") // return (0, 0);
+	my @n = sort { $a <=> $b } map { /chunk-0-(\d+)\.m4s$/ ? $1 : () } glob("$dir/chunk-0-*.m4s");
+	my (@body, $oldest);
+	for my $n (@n) {
+		my $name = sprintf '%s/chunk-0-%05d.m4s', $dir, $n;
+		my $mtime = (Time::HiRes::stat($name))[9];
+		my $c = $read->($name);
+		@body = () unless defined $c;    # removed meanwhile: only what follows is unbroken
+		next unless defined $c;
+		$oldest = $mtime unless @body;
+		push @body, $c;
+	}
+	my ($fh, $file) = File::Temp::tempfile('mesh-pts-XXXXXX', TMPDIR => 1, UNLINK => 1);
+	binmode $fh;
+	print $fh $init, @body;
+	close $fh;
+	my @pts = map { chomp; $_ } `ffprobe -v error -select_streams v -show_entries packet=pts_time -of csv=p=0 $file`;
+	my $jump = 0;
+	for my $i (1 .. $#pts) {
+		$jump = $pts[$i] - $pts[$i - 1] if $pts[$i] - $pts[$i - 1] > $jump;
+	}
+	return ($jump, $oldest // time);
+}
+
 # A node dies, all of it at once.
 sub kill_node {
 	my ($id) = @_;
@@ -67,6 +98,14 @@ ok(!$w->ended, 'and was never disconnected');
 ok(wait_until(sub { $hls->video_since($killed + 0.5) > 30 }, 30), 'the HLS player gets media again');
 ok(!$hls->ended, 'and was never disconnected (the transcode kept running)') or diag($node{$edge}->error_log);
 note(sprintf('root relay death: %.1f s without video at the HLS player', $hls->longest_gap($killed)));
+# Its output is continuous through the feed change: the new feed's timestamps (the
+# broadcaster's, later by the gap) are brought back in line with the old ones
+# (crates/mesh-core/src/media.rs, "-f live_flv -dts_delta_threshold"), so no segment holds a
+# jump that hls.js or dash.js would stall on (a hole in the buffer, the playlist saying nothing).
+my ($jump, $oldest) = pts_jump($node{$edge}->testdir . '/media/cam1');
+note(sprintf('root relay death: the largest step between video timestamps in the segments since %.1f s before the death: %.2f s', $killed - $oldest, $jump));
+cmp_ok($oldest, '<', $killed, 'the segments from before the feed change to now are on disk');
+cmp_ok($jump, '<', 0.3, 'and their timestamps do not jump across the feed change');
 $hls->stop;
 my $gap = $w->longest_gap($killed);
 note(sprintf('root relay death: %.1f s without video at the watching viewer', $gap));
