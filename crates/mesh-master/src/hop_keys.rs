@@ -133,6 +133,10 @@ impl Keys for KeptKeys {
         k
     }
 
+    fn had(&self, stream: &str, from: &str, to: &str) -> bool {
+        !self.last_run.is_empty() && self.last_run.contains(&id(stream, from, to))
+    }
+
     fn dropped(&mut self, stream: &str, from: &str, to: &str) {
         let hop = id(stream, from, to);
         self.last_run.remove(&hop);

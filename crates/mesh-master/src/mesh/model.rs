@@ -137,6 +137,11 @@ pub trait Keys {
     fn key_of(&mut self, _stream: &str, _from: &str, _to: &str) -> String {
         self.hop_key()
     }
+    /// Whether hop (stream, from, to) was placed in the master's last run and not yet again
+    /// (a restarted master places it again first, so its push goes on).
+    fn had(&self, _stream: &str, _from: &str, _to: &str) -> bool {
+        false
+    }
     /// Hop (stream, from, to) was taken away: its key is never handed out again.
     fn dropped(&mut self, _stream: &str, _from: &str, _to: &str) {}
     /// The placement settled: save what changed (before a table with the keys goes out).

@@ -311,7 +311,10 @@ impl Mesh {
         let Some(p) = self.streams.get(s) else { return };
         let had_roots = !p.roots.is_empty();
         let need = self.cfg.root_fanout.saturating_sub(p.roots.len());
-        for root in self.pick(Role::RootRelay, need, &p.roots, only) {
+        // A restarted master takes the root relays the stream had (their hop keys kept), so
+        // that its pushes go on.
+        let last_run = Some((s, p.ingest.as_str()));
+        for root in self.pick(Role::RootRelay, need, &p.roots, only, last_run) {
             let p = self.streams.get_mut(s).expect("listed");
             let key = self.keys.key_of(s, &p.ingest, &root);
             let h = Hop { from: p.ingest.clone(), to: root, key, by_route: false, idle_since: None };
@@ -356,7 +359,7 @@ impl Mesh {
             let need = self.cfg.edge_fanout.saturating_sub(fanned);
             // Roots were missing: the edges were never placed, every relay is a candidate.
             let only = if had_roots { only } else { None };
-            let picked = self.pick(Role::Relay, need, &p.edges, only);
+            let picked = self.pick(Role::Relay, need, &p.edges, only, None);
             self.add_edges(s, picked.into_iter().map(|e| (e, false)).collect());
         }
         let p = &self.streams[s];
@@ -393,15 +396,24 @@ impl Mesh {
 
     /// The `need` least loaded live nodes of `role` not in `have`: fewest hops placed, then the
     /// lower outbound bandwidth, then fewer connections (both from the last heartbeat), then
-    /// the id. `only`: that node alone is a candidate.
-    fn pick<'a>(&'a self, role: Role, need: usize, have: &[Hop], only: Option<&str>) -> Vec<String> {
+    /// the id. `only`: that node alone is a candidate. `last_run`: (stream, from): the nodes
+    /// that had a hop of it from there in the last run of the master come first.
+    fn pick<'a>(
+        &'a self,
+        role: Role,
+        need: usize,
+        have: &[Hop],
+        only: Option<&str>,
+        last_run: Option<(&str, &str)>,
+    ) -> Vec<String> {
         if need == 0 {
             return Vec::new();
         }
         let taken: HashSet<&str> = have.iter().map(|h| h.to.as_str()).collect();
         let fits = |n: &&Node| is_candidate(n) && n.role == role && !taken.contains(n.node_id.as_str());
+        let had = |n: &Node| last_run.is_some_and(|(s, from)| self.keys.had(s, from, &n.node_id));
         let key = |n: &'a Node| {
-            (self.index.load(&n.node_id), n.load.out_kbps, n.load.connections, n.node_id.as_str())
+            (!had(n), self.index.load(&n.node_id), n.load.out_kbps, n.load.connections, n.node_id.as_str())
         };
         let mut c: Vec<_> = match only {
             Some(id) => self.nodes.get(id).filter(fits).map(key).into_iter().collect(),
@@ -412,7 +424,7 @@ impl Mesh {
             c.truncate(need);
         }
         c.sort_unstable();
-        c.into_iter().map(|k| k.3.to_string()).collect()
+        c.into_iter().map(|k| k.4.to_string()).collect()
     }
 
     /// The indexes recomputed from the placements (tests check the kept ones against these).

@@ -92,3 +92,22 @@ fn a_restarted_master_hands_out_the_keys_of_the_hops_it_places_again() {
         assert!(!moved.values().any(|k| *k == key), "{from} → {to}: a new key after the stream ended");
     }
 }
+
+#[test]
+fn a_restarted_master_takes_the_root_relay_a_stream_had() {
+    // The last run placed cam1 on root-2 (root-1 was down then); both are up after the restart:
+    // the least loaded rule alone would take root-1 (the id), and the push would move.
+    let (_db, path) = db("root");
+    let mut m = run(&path, 0, &["root-1"]);
+    beat(&mut m, "ingest-1", LIVE, 1);
+    let before = hops(&m);
+    assert!(before.contains_key(&("ingest-1".to_string(), "root-2".to_string())), "{before:?}");
+    drop(m);
+    let mut m = run(&path, 100, &[]);
+    beat(&mut m, "ingest-1", LIVE, 50);
+    assert_eq!(hops(&m), before, "the same root relay, with the same key");
+    // The stream ends and comes back: placed anew, by load again.
+    beat(&mut m, "ingest-1", &[], 51);
+    beat(&mut m, "ingest-1", LIVE, 100);
+    assert!(hops(&m).contains_key(&("ingest-1".to_string(), "root-1".to_string())));
+}
