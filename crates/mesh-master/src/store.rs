@@ -1,10 +1,11 @@
 //! What the master keeps across restarts, in SQLite: broadcaster accounts and their streams
 //! (key hashes and identities), admin role assignments, node credentials (key generations,
-//! revocations), the master's epoch, the viewer keys ([`crate::viewer_keys`])
+//! revocations), the master's epoch, the viewer keys ([`crate::viewer_keys`]), the keys of
+//! the hops placed (their own table, [`crate::hop_keys`])
 //! and a ceiling on table versions (so a restarted master never hands out a version it used
 //! before). Everything else is rebuilt from announces and heartbeats.
 //!
-//! The database holds the viewer keys in clear: it and its `-wal` and `-shm` files are made
+//! The database holds the viewer keys and hop keys in clear: it and its `-wal` and `-shm` files are made
 //! 0600 (SQLite gives the last two the database's mode), and an existing one is brought to 0600.
 
 use std::collections::BTreeMap;
