@@ -228,7 +228,7 @@ impl Mesh {
         if !p.roots.iter().any(|h| h.to == to) {
             return None;
         }
-        let new = self.pick(Role::RootRelay, 1, &p.roots, None).pop()?;
+        let new = self.pick(Role::RootRelay, 1, &p.roots, None, None).pop()?;
         let key = self.keys.hop_key();
         let p = self.streams.get_mut(s).expect("listed");
         let (index, tables) = (&mut self.index, &mut self.tables);
