@@ -2,7 +2,9 @@
 //! confirmed dead when the master cannot open a TCP connection to its announced RTMP address
 //! within [`PROBE_TIMEOUT`], and its streams are placed again at once. A name that does not
 //! resolve (within 2 s) proves nothing (the suspect then dies only by its silence). One probe per suspect
-//! at a time, at most one a second (the mesh hands them out so).
+//! at a time, at most one a second (the mesh hands them out so). `--suspect-probe off` (for a
+//! master that cannot reach the nodes' RTMP ports, or must never connect where a node's
+//! announce points) probes nothing: a suspect then dies only by its silence.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +25,10 @@ pub fn suspects(app: &Arc<App>) {
     // Never behind a decision (this runs on a thread that answers heartbeats): a busy mesh
     // keeps its probes for the next heartbeat.
     let Some(probes) = app.mesh.try_lock().map(|mut m| m.take_probes()) else { return };
+    if !app.suspect_probe {
+        // `--suspect-probe off`: taken and dropped; suspects die only by their silence.
+        return;
+    }
     for (id, url) in probes {
         let Some(addr) = rtmp_addr(&url) else { continue };
         let app = app.clone();

@@ -66,6 +66,8 @@ pub struct App {
     pub counters: Counters,
     /// Per-node request budgets.
     pub rates: Rates,
+    /// Suspects are probed (crate::probe); off, a suspect dies only by its silence.
+    pub suspect_probe: bool,
 }
 
 pub fn now() -> u64 {
@@ -120,6 +122,7 @@ impl App {
             closing: Default::default(),
             counters: Counters::default(),
             rates,
+            suspect_probe: true,
         });
         app.reserve_versions(ceiling);
         app
@@ -324,5 +327,7 @@ pub fn router(app: Arc<App>, paths: &Paths) -> Router {
 
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_probe;
 #[cfg(test)]
 mod tests_wake;
