@@ -13,23 +13,24 @@ use serde::Serialize;
 use mesh_core::role::Role;
 use mesh_core::viewer::ViewerKey;
 
+use super::table_json::{Cached, Entries};
 use super::{Hop, Mesh};
 
 /// One node's table as sent (the protocol's shape), without its version.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TableDoc {
     pub role: Option<Role>,
-    pub ingest: BTreeMap<String, Vec<Entry>>,
-    pub relay: BTreeMap<String, Vec<Entry>>,
-    /// Shared by every ingest node's table (and compared by pointer first).
-    pub publish: Arc<BTreeMap<String, PublishKey>>,
+    pub ingest: BTreeMap<Arc<str>, Entries>,
+    pub relay: BTreeMap<Arc<str>, Entries>,
+    /// Shared by every ingest node's table.
+    pub publish: Arc<Cached<BTreeMap<String, PublishKey>>>,
     /// Nodes that serve viewers: the keys, the lifetime and every stream's identity (shared).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub viewer_keys: Option<Arc<Vec<ViewerKey>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_token_ttl_s: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub streams: Option<Arc<BTreeMap<String, StreamDoc>>>,
+    pub streams: Option<Arc<Cached<BTreeMap<String, StreamDoc>>>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -49,21 +50,6 @@ pub struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PublishKey {
     pub key_sha256: String,
-}
-
-/// A table as the protocol's JSON: the document with its version.
-/// Written straight from the document (no JSON tree in between: a relay's table of 10,000
-/// streams is megabytes).
-pub fn table_json(version: u64, doc: &TableDoc) -> Option<(u64, Vec<u8>)> {
-    let body = serde_json::to_vec(doc).ok()?;
-    let rest = body.strip_prefix(b"{")?;
-    let mut out = Vec::with_capacity(body.len() + 32);
-    out.extend_from_slice(format!("{{\"version\":{version}").as_bytes());
-    if !rest.starts_with(b"}") {
-        out.push(b',');
-    }
-    out.extend_from_slice(rest);
-    Some((version, out))
 }
 
 #[derive(Debug, Default)]
@@ -182,13 +168,15 @@ impl Mesh {
     fn write_entries(&mut self, s: &str, id: &str, (ingest, relay): Slot) -> bool {
         let created = !self.tables.docs.contains_key(id) && self.write_base(id);
         let Some((_, doc)) = self.tables.docs.get_mut(id) else { return false };
-        if doc.ingest.get(s) == ingest.as_ref() && doc.relay.get(s) == relay.as_ref() {
+        let same = |kept: Option<&Entries>, v: &Option<Vec<Entry>>| kept.map(|e| &***e) == v.as_ref();
+        if same(doc.ingest.get(s), &ingest) && same(doc.relay.get(s), &relay) {
             return created;
         }
+        // Copies the document's maps when a long poll holds it (pointers, not entries).
         let d = Arc::make_mut(doc);
         for (map, v) in [(&mut d.ingest, ingest), (&mut d.relay, relay)] {
             match v {
-                Some(v) => map.insert(s.to_string(), v),
+                Some(v) => map.insert(Arc::from(s), Arc::new(Cached::new(v))),
                 None => map.remove(s),
             };
         }
@@ -287,10 +275,10 @@ impl Mesh {
             for s in self.streams.keys() {
                 let (ingest, relay) = self.slot(s, id);
                 if let Some(v) = ingest {
-                    t.ingest.insert(s.clone(), v);
+                    t.ingest.insert(Arc::from(s.as_str()), Arc::new(Cached::new(v)));
                 }
                 if let Some(v) = relay {
-                    t.relay.insert(s.clone(), v);
+                    t.relay.insert(Arc::from(s.as_str()), Arc::new(Cached::new(v)));
                 }
             }
             out.insert(id.clone(), t);
@@ -298,8 +286,17 @@ impl Mesh {
         out
     }
 
+    /// The kept tables; each one's JSON checked against its document's `Serialize`.
     #[cfg(test)]
     pub(super) fn tables_kept(&self) -> HashMap<String, TableDoc> {
+        for (id, (v, d)) in &self.tables.docs {
+            let (_, json) = super::table_json(*v, d).expect("a table");
+            assert_eq!(
+                String::from_utf8_lossy(&json),
+                String::from_utf8_lossy(&super::table_json::table_json_by_serde(*v, d)),
+                "{id}'s JSON"
+            );
+        }
         self.tables.docs.iter().map(|(id, (_, d))| (id.clone(), (**d).clone())).collect()
     }
 }
