@@ -381,6 +381,17 @@ impl Mesh {
         died
     }
 
+    /// The master was behind for `secs` (busy or stopped, not hearing heartbeats): that time
+    /// counts toward no node's silence. Never past `now`.
+    pub fn excuse(&mut self, secs: u64, now: u64) {
+        if secs == 0 {
+            return;
+        }
+        for n in self.nodes.values_mut().filter(|n| n.alive && n.last_seen > 0) {
+            n.last_seen = n.last_seen.saturating_add(secs).min(now);
+        }
+    }
+
     /// A node cut off (revoked): as if never seen, so the next sweep declares it dead and
     /// places its streams again.
     pub fn never_seen(&mut self, node_id: &str) {

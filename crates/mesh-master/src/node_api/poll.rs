@@ -71,8 +71,16 @@ pub(crate) async fn streams(State(app): State<Arc<App>>, req: Request) -> Respon
             // document is shared, made JSON here, off every lock.
             // A big table (megabytes at 10,000 streams) is written and signed on the blocking
             // pool, not on the threads that answer heartbeats.
-            if let Some(t) = app.published.get(&q.node_id).filter(|t| t.version > q.since) {
+            if app.published.get(&q.node_id).is_some_and(|t| t.version > q.since) {
+                // A burst of changes is one table (crate::published::TABLE_EVERY).
+                if let Some(d) = app.published.hold(&q.node_id, std::time::Instant::now()) {
+                    tokio::time::sleep(d).await;
+                }
                 let _one = app.published.writers.acquire().await;
+                // The latest, read once the writer is ours: changes made while this poll
+                // waited for it are in the one table it sends.
+                let Some(t) = app.published.get(&q.node_id) else { continue };
+                app.published.sent(&q.node_id, std::time::Instant::now());
                 let (app, to) = (app.clone(), call.reply.clone());
                 let node = q.node_id.clone();
                 let signed = tokio::task::spawn_blocking(move || {
