@@ -98,6 +98,9 @@ impl Tables {
     }
 }
 
+/// At most this many nodes asked about one stream: their hops are found by comparison.
+const SMALL: usize = 8;
+
 /// A node's entries for one stream: under `ingest` and under `relay`.
 type Slot = (Option<Vec<Entry>>, Option<Vec<Entry>>);
 
@@ -192,12 +195,20 @@ impl Mesh {
         let role = |id: &str| self.nodes.get(id).map(|n| n.role);
         let mut here: HashMap<&str, Vec<&Hop>> = HashMap::new();
         let mut out: HashMap<&str, Vec<&Hop>> = HashMap::new();
-        for h in &p.roots {
+        // Only the hops of the nodes asked about: a stream fanned out to 1,000 relays, of
+        // which one changed, is one pass of comparisons, not a map of 1,000 hops.
+        let asked: Option<Vec<&str>> = (ids.len() <= SMALL).then(|| ids.iter().map(String::as_str).collect());
+        let wanted = |id: &str| asked.as_ref().is_none_or(|a| a.contains(&id));
+        for h in p.roots.iter().filter(|h| wanted(&h.to)) {
             here.entry(h.to.as_str()).or_default().push(h);
         }
         for h in &p.edges {
-            out.entry(h.from.as_str()).or_default().push(h);
-            here.entry(h.to.as_str()).or_default().push(h);
+            if wanted(&h.from) {
+                out.entry(h.from.as_str()).or_default().push(h);
+            }
+            if wanted(&h.to) {
+                here.entry(h.to.as_str()).or_default().push(h);
+            }
         }
         let entries = |hops: Option<&Vec<&Hop>>, with_from: bool| -> Option<Vec<Entry>> {
             let v: Vec<Entry> = hops.into_iter().flatten().map(|h| self.entry(h, with_from)).collect();
