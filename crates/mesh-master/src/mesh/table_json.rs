@@ -61,7 +61,7 @@ impl<T: Serialize> Serialize for Cached<T> {
 }
 
 /// One stream's entries in one node's table.
-pub type Entries = Arc<Cached<Vec<Entry>>>;
+pub type Entries = Arc<Cached<Vec<Arc<Entry>>>>;
 
 /// A table as the protocol's JSON: the document with its version first. Fields in the
 /// document's order (`role`, `ingest`, `relay`, `publish`, `viewer_keys`, `max_token_ttl_s`,

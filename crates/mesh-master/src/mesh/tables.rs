@@ -5,6 +5,7 @@
 //! its own. Documents are shared (`Arc`), so a long poll takes one under the lock and
 //! serializes it after.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -65,6 +66,10 @@ pub(super) struct Tables {
     pub(super) renumber: bool,
     /// Nodes whose table took a new version since the last [`Mesh::take_changed`].
     pub(super) changed: BTreeSet<String>,
+    /// hop key → its entry, without `from` and with it ([`Mesh::entry`]).
+    entries: RefCell<[HashMap<String, Arc<Entry>>; 2]>,
+    /// More entries than this: those of hops that are gone are forgotten.
+    entries_limit: usize,
 }
 
 impl Tables {
@@ -102,7 +107,7 @@ impl Tables {
 const SMALL: usize = 8;
 
 /// A node's entries for one stream: under `ingest` and under `relay`.
-type Slot = (Option<Vec<Entry>>, Option<Vec<Entry>>);
+type Slot = (Option<Vec<Arc<Entry>>>, Option<Vec<Arc<Entry>>>);
 
 impl Mesh {
     /// Bring the tables up to date with what changed; a table that changed takes the next
@@ -127,6 +132,7 @@ impl Mesh {
                 }
             }
         }
+        self.forget_old_entries();
         if std::mem::take(&mut self.tables.renumber) {
             changed.extend(self.tables.docs.keys().cloned());
         }
@@ -171,7 +177,7 @@ impl Mesh {
     fn write_entries(&mut self, s: &str, id: &str, (ingest, relay): Slot) -> bool {
         let created = !self.tables.docs.contains_key(id) && self.write_base(id);
         let Some((_, doc)) = self.tables.docs.get_mut(id) else { return false };
-        let same = |kept: Option<&Entries>, v: &Option<Vec<Entry>>| kept.map(|e| &***e) == v.as_ref();
+        let same = |kept: Option<&Entries>, v: &Option<Vec<Arc<Entry>>>| kept.map(|e| &***e) == v.as_ref();
         if same(doc.ingest.get(s), &ingest) && same(doc.relay.get(s), &relay) {
             return created;
         }
@@ -210,8 +216,8 @@ impl Mesh {
                 here.entry(h.to.as_str()).or_default().push(h);
             }
         }
-        let entries = |hops: Option<&Vec<&Hop>>, with_from: bool| -> Option<Vec<Entry>> {
-            let v: Vec<Entry> = hops.into_iter().flatten().map(|h| self.entry(h, with_from)).collect();
+        let entries = |hops: Option<&Vec<&Hop>>, with_from: bool| -> Option<Vec<Arc<Entry>>> {
+            let v: Vec<Arc<Entry>> = hops.into_iter().flatten().map(|h| self.entry(h, with_from)).collect();
             (!v.is_empty()).then_some(v)
         };
         ids.into_iter()
@@ -232,7 +238,43 @@ impl Mesh {
             .collect()
     }
 
-    fn entry(&self, h: &Hop, with_from: bool) -> Entry {
+    /// A hop's entry, made once per hop (its key is its own: a hop that moves, or whose
+    /// node's URL changes, is a new hop) and shared by every list and version that has it.
+    fn entry(&self, h: &Hop, with_from: bool) -> Arc<Entry> {
+        let url = self.nodes.get(&h.to).map_or("", |n| n.node_url.as_str());
+        let mut made = self.tables.entries.borrow_mut();
+        let side = &mut made[usize::from(with_from)];
+        let same = |e: &&Arc<Entry>| {
+            e.node_id == h.to && e.node_url == url && (!with_from || e.from.as_ref() == Some(&h.from))
+        };
+        if let Some(e) = side.get(&h.key).filter(same) {
+            return e.clone();
+        }
+        let e = Arc::new(self.new_entry(h, with_from));
+        side.insert(h.key.clone(), e.clone());
+        e
+    }
+
+    /// Entries of hops that are gone are forgotten once they are as many as the rest.
+    pub(super) fn forget_old_entries(&mut self) {
+        let made = self.tables.entries.get_mut();
+        let n = made[0].len() + made[1].len();
+        if n <= self.tables.entries_limit {
+            return;
+        }
+        let live: std::collections::HashSet<&str> = self
+            .streams
+            .values()
+            .flat_map(|p| p.roots.iter().chain(&p.edges))
+            .map(|h| h.key.as_str())
+            .collect();
+        for side in made.iter_mut() {
+            side.retain(|k, _| live.contains(k.as_str()));
+        }
+        self.tables.entries_limit = (2 * (made[0].len() + made[1].len())).max(1024);
+    }
+
+    fn new_entry(&self, h: &Hop, with_from: bool) -> Entry {
         Entry {
             node_id: h.to.clone(),
             node_url: self.nodes.get(&h.to).map(|n| n.node_url.clone()).unwrap_or_default(),
@@ -246,8 +288,8 @@ impl Mesh {
     #[cfg(test)]
     fn slot(&self, s: &str, id: &str) -> Slot {
         let (Some(p), Some(node)) = (self.streams.get(s), self.nodes.get(id)) else { return (None, None) };
-        let entry = |h: &Hop, with_from: bool| self.entry(h, with_from);
-        let some = |v: Vec<Entry>| (!v.is_empty()).then_some(v);
+        let entry = |h: &Hop, with_from: bool| Arc::new(self.new_entry(h, with_from));
+        let some = |v: Vec<Arc<Entry>>| (!v.is_empty()).then_some(v);
         match node.role {
             Role::Ingest | Role::Standalone if p.ingest == id => {
                 (Some(p.roots.iter().map(|h| entry(h, false)).collect()), None)
