@@ -381,6 +381,7 @@ async fn serve(
             loop {
                 tick.tick().await;
                 // A node's death can take a while to place again: off the runtime's threads.
+                let _turn = app.deciders.acquire().await;
                 let app = app.clone();
                 let _ = tokio::task::spawn_blocking(move || app.sweep()).await;
             }

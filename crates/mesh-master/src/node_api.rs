@@ -192,6 +192,7 @@ pub(crate) async fn announce(State(app): State<Arc<App>>, req: Request) -> Respo
         };
     // On the blocking pool: a decision under way holds the mesh, never a thread that answers
     // heartbeats.
+    let _turn = app.deciders.acquire().await;
     let decided = {
         let (app, a) = (app.clone(), a.clone());
         tokio::task::spawn_blocking(move || {
@@ -363,6 +364,7 @@ pub(crate) async fn route(State(app): State<Arc<App>>, req: Request) -> Response
         Ok(r) => r,
         Err(resp) => return resp,
     };
+    let _turn = app.deciders.acquire().await;
     let decided = {
         let (app, edge, stream) = (app.clone(), r.node_id.clone(), r.stream.clone());
         tokio::task::spawn_blocking(move || app.with_mesh(|m| m.route(&edge, &stream, now()))).await

@@ -68,6 +68,11 @@ pub struct App {
     pub rates: Rates,
     /// Suspects are probed (crate::probe); off, a suspect dies only by its silence.
     pub suspect_probe: bool,
+    /// Held by a request while its decision waits for the mesh, or runs: the decisions queue
+    /// here, as tasks, not on the blocking pool's threads, which stay free for the tables'
+    /// writer and the heartbeats (900 relays announcing at once held 512 threads, and no table
+    /// was sent until they were done).
+    pub deciders: tokio::sync::Semaphore,
     /// When the last sweep began ([`App::behind`]).
     last_sweep: Mutex<Option<std::time::Instant>>,
 }
@@ -126,6 +131,7 @@ impl App {
             rates,
             suspect_probe: true,
             last_sweep: Mutex::default(),
+            deciders: tokio::sync::Semaphore::new(1),
         });
         app.reserve_versions(ceiling);
         app
