@@ -12,6 +12,7 @@ use strict;
 use warnings;
 use FindBin;
 use lib "$FindBin::Bin/../t/lib";
+use POSIX ();
 use Time::HiRes qw(sleep time);
 use Test::More;    # Mesh::Test reports through it
 use Mesh::Test qw(reap);
@@ -45,9 +46,12 @@ for my $round (1 .. $rounds) {
 	if ($pid == 0) {
 		close $r;
 		my $t = time;
-		my $st = beat('ing-1', 'ingest', map { "s$round-$_" } 1 .. 10_000)->{status};
+		my $res = beat('ing-1', 'ingest', map { "s$round-$_" } 1 .. 10_000);
+		my $st = $res->{status};
+		print STDERR "ingest heartbeat: $st $res->{content}\n" if $st != 200;
 		printf $w "%d %.6f\n", $st, time - $t;
-		exit 0;
+		close $w;
+		POSIX::_exit(0);    # no destructors: the master belongs to the parent
 	}
 	close $w;
 	my $end = time + 1.5;
