@@ -4,7 +4,10 @@
 //! resolve (within 2 s) proves nothing (the suspect then dies only by its silence). One probe per suspect
 //! at a time, at most one a second (the mesh hands them out so). A suspect that answers is alive:
 //! the hops to it whose pushes were reported `stalled` cross a dead path and move
-//! (`Mesh::path_dead`).
+//! (`Mesh::path_dead`). `--suspect-probe off` (for a master that cannot reach the nodes' RTMP
+//! ports, or must never connect where a node's announce points) probes nothing: a suspect then
+//! dies only by its silence, and a stalled path moves its hop on the ingest's word alone (an
+//! ingest can move only its own streams' hops; a dead node's streams move anyway).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +28,14 @@ pub fn suspects(app: &Arc<App>) {
     // Never behind a decision (this runs on a thread that answers heartbeats): a busy mesh
     // keeps its probes for the next heartbeat.
     let Some(probes) = app.mesh.try_lock().map(|mut m| m.take_probes()) else { return };
+    if !app.suspect_probe {
+        // `--suspect-probe off`: no connection; suspects die only by their silence, and the
+        // paths reported stalled move (whether the node is alive or dead, the hop must go).
+        for (id, _) in probes {
+            paths_dead(app, &id);
+        }
+        return;
+    }
     for (id, url) in probes {
         let Some(addr) = rtmp_addr(&url) else { continue };
         let app = app.clone();
@@ -42,11 +53,7 @@ pub fn suspects(app: &Arc<App>) {
                 None => {
                     info!(node = %id, "suspect answers: a peer's push to it failed, it stays");
                     // Alive: a push to it that stalled crossed a dead path; that hop moves.
-                    for (stream, new) in app.with_mesh(|m| m.path_dead(&id, now())) {
-                        app.counters.add("mesh_master_paths_dead_total", "", 1);
-                        warn!(node = %id, stream = %stream, to = %new,
-                              "path dead: the ingest's push to it stalled while it answers; the stream's hop moves");
-                    }
+                    paths_dead(&app, &id);
                 }
                 Some(why) => {
                     if app.with_mesh(|m| m.confirm_dead(&id, now())) {
@@ -57,6 +64,15 @@ pub fn suspects(app: &Arc<App>) {
                 }
             }
         });
+    }
+}
+
+/// The hops to `id` whose pushes were reported stalled move to another root relay.
+fn paths_dead(app: &Arc<App>, id: &str) {
+    for (stream, new) in app.with_mesh(|m| m.path_dead(id, now())) {
+        app.counters.add("mesh_master_paths_dead_total", "", 1);
+        warn!(node = %id, stream = %stream, to = %new,
+              "path dead: the ingest's push to it stalled; the stream's hop moves");
     }
 }
 
