@@ -6,7 +6,7 @@
 //! http, server or location: `mesh_allow_origin`. location: `mesh_media hls | dash;`.
 //!
 //! * [`media`]: the handler (a token on every request);
-//! * [`token`]: the one check of a viewer token;
+//! * [`token`]: the one check of a viewer token; [`verified`]: the tokens it verified, remembered;
 //! * [`hold`]: entry-manifest requests held until the manifest exists, bounded;
 //! * [`serve`]: manifests from a stream's directory (no symlinks); segments by nginx's static
 //!   module, which `mesh_media` sets up to serve the location from `mesh_media_root`;
@@ -22,6 +22,7 @@ mod media;
 mod refusal;
 mod serve;
 mod token;
+mod verified;
 
 use std::ffi::{c_char, c_void};
 use std::path::PathBuf;
