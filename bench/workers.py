@@ -124,13 +124,31 @@ def plays(url, name, n, c):
 PIN = {"server": [], "client": []}
 
 
-def wrk(url, secs):
+def cpu_s(pids):
+    """User + system CPU seconds the processes `pids` have used (themselves, not their children)."""
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url, secs, pids=()):
+    """Requests per second, and the CPU microseconds `pids` (the server's workers) spent per
+    request meanwhile."""
+    c0 = cpu_s(pids)
     out = subprocess.run([*PIN["client"], "wrk", "-t2", "-c32", f"-d{secs}s", url], capture_output=True, text=True).stdout
+    c1 = cpu_s(pids)
     rps = next((float(l.split()[1]) for l in out.splitlines() if l.startswith("Requests/sec:")), None)
+    n = next((int(l.split()[0]) for l in out.splitlines() if " requests in " in l), 0)
     bad = next((int(l.split()[-1]) for l in out.splitlines() if "Non-2xx" in l), 0)
     if rps is None or bad:
         raise RuntimeError(f"wrk {url}: {out}")
-    return rps
+    return rps, (c1 - c0) * 1e6 / max(n, 1)
 
 
 class Server:
@@ -178,6 +196,10 @@ class Server:
                                      *FFMPEG_OUT, f"rtmp://127.0.0.1:{self.rtmp}/live/cam1{args}"],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    def workers(self):
+        out = subprocess.run(["pgrep", "-P", str(self.master)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
     def stop(self):
         self.pub.terminate()
         self.pub.wait()
@@ -223,6 +245,7 @@ def measure(work, workers, a):
                   + f"; {a.hold} s", flush=True)
             time.sleep(a.hold)
         res = {k: {s: [] for s in sides} for k in METRICS[a.only]}
+        cpu = {k: {s: [] for s in sides} for k in ("segment", "playlist")}
         fails = dict.fromkeys(sides, 0)
         servers = {"ours": ours, **peers}
         for r in range(a.rounds):
@@ -244,9 +267,11 @@ def measure(work, workers, a):
                     name = file or segment(ours.media)
                     url = (f"http://127.0.0.1:{srv.http}/hls/cam1/{name}?token={tok}" if side == "ours"
                            else f"http://127.0.0.1:{srv.http}/cam1/{name}")
-                    res[k][side].append(wrk(url, a.seconds))
+                    rps, us = wrk(url, a.seconds, srv.workers())
+                    res[k][side].append(rps)
+                    cpu[k][side].append(us)
         ffmpegs = subprocess.run(["pgrep", "-f", f"{ours.media}/cam1"], capture_output=True, text=True).stdout.split()
-        return res, fails, len(ffmpegs)
+        return res, fails, len(ffmpegs), cpu
     finally:
         ours.stop()
         for p in peers.values():
@@ -313,13 +338,32 @@ def main():
         f = rows[w][1]
         note = f" (failed plays: ours {f['ours']}, plain {f['plain']})" if f["ours"] or f["plain"] else ""
         print(f"| {w}{note} | " + " | ".join(cells) + f" | {rows[w][2]} |")
-    if 1 in m:
+    hls = [k for k in metrics if k != "plays"]
+    if hls:
+        print()
+        head = []
+        for k in hls:
+            head += [f"{TITLES[k].replace(' req/s', '')}: worker CPU µs/request ours"] + peers + [f"ours / {p}" for p in peers]
+        print("| workers | " + " | ".join(head) + " |")
+        print("|---|" + "---:|" * len(head))
+        for w in counts:
+            c = {k: {s: mean(v) for s, v in rows[w][3][k].items()} for k in hls}
+            cells = []
+            for k in hls:
+                o = c[k]["ours"]
+                cells += [f"{o:.1f}"] + [f"{c[k][p]:.1f}" for p in peers] + [f"{o / c[k][p]:.3f}" for p in peers]
+            print(f"| {w} | " + " | ".join(cells) + " |")
+    if 1 in m and len(counts) > 1:
+        print()
+        head = [f"{TITLES[k]} {s}" for k in metrics for s in ["ours"] + (["plain"] if k == "plays" else peers)]
+        print("| scaling | " + " | ".join(head) + " |")
+        print("|---|" + "---:|" * len(head))
         for w in counts[1:]:
             cells = []
             for k in metrics:
                 sides = ["ours"] + (["plain"] if k == "plays" else peers)
-                cells += [f"{m[w][k][s] / m[1][k][s]:.2f}×" for s in sides] + [""] * (len(sides) - 1)
-            print(f"| {w} / 1 workers | " + " | ".join(cells) + " | |")
+                cells += [f"{m[w][k][s] / m[1][k][s]:.2f}×" for s in sides]
+            print(f"| {w} / 1 workers | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -130,7 +130,12 @@ for my $c (sort keys %class) {
 my $exp = int(time) + 2;
 my $short = viewer_token($secret, 'cam1', $exp);
 is($ua->get("$http/hls/cam1/$chunk?token=$short")->{status}, 200, 'a token good for 2 s: 200');
-is($ua->get("$http/hls/cam1/media_0.m3u8?token=$short")->{status}, 200, 'the same token again (remembered): 200');
+is($ua->get("$http/hls/cam1/media_0.m3u8?token=$good")->{status}, 200, 'a media playlist for one token...');
+$r = $ua->get("$http/hls/cam1/media_0.m3u8?token=$short");
+is($r->{status}, 200, '... then for another (remembered): 200');
+my @lines = grep { /^[^#\s]/ || /URI="/ } split /\n/, $r->{content};
+ok(@lines && !grep({ !/token=\Q$short\E(?:"|$)/ } @lines), "... every URI with that viewer's token") or diag($r->{content});
+unlike($r->{content}, qr/\Q$good\E/, "... and none with the other viewer's");
 $r = $ua->get("$http/hls/cam2/$chunk?token=$good");
 is($r->{status}, 403, "a remembered token, for another stream: 403");
 like($r->{content}, qr/^bad token/, '... as a bad token');

@@ -8,6 +8,7 @@
 //! * [`media`]: the handler (a token on every request);
 //! * [`token`]: the one check of a viewer token; [`verified`]: the tokens it verified, remembered;
 //! * [`hold`]: entry-manifest requests held until the manifest exists, bounded;
+//! * [`playlist`]: media playlists rewritten once per version, for every viewer's token;
 //! * [`serve`]: manifests from a stream's directory (no symlinks); segments by nginx's static
 //!   module, which `mesh_media` sets up to serve the location from `mesh_media_root`;
 //! * [`refusal`]: why a request gets no media, as the viewer is told;
@@ -19,6 +20,7 @@
 mod cors;
 mod hold;
 mod media;
+mod playlist;
 mod refusal;
 mod serve;
 mod token;

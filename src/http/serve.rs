@@ -38,16 +38,18 @@ pub struct Opened {
     file: File,
     len: u64,
     mtime: i64,
+    /// Which version of the file this is: device, inode, size, mtime (s, ns).
+    pub version: (u64, u64, u64, i64, i64),
 }
 
 impl Opened {
-    /// Its text, for a manifest (at most [`MAX_MANIFEST`] bytes).
+    /// Its text, for a manifest (at most [`MAX_MANIFEST`] bytes), in one read.
     pub fn text(self) -> Option<String> {
         if self.len > MAX_MANIFEST {
             return None;
         }
         let mut s = String::with_capacity(self.len as usize);
-        self.file.take(MAX_MANIFEST).read_to_string(&mut s).ok()?;
+        self.file.take(self.len).read_to_string(&mut s).ok()?;
         Some(s)
     }
 }
@@ -96,7 +98,8 @@ pub fn open(root: &Path, stream: &str, name: &str) -> Option<Opened> {
         None
     })?;
     let m = file.metadata().ok()?;
-    (m.is_file() && m.uid() == euid()).then(|| Opened { file, len: m.len(), mtime: m.mtime() })
+    let version = (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec());
+    (m.is_file() && m.uid() == euid()).then(|| Opened { file, len: m.len(), mtime: m.mtime(), version })
 }
 
 /// `struct open_how` of openat2(2).
@@ -228,10 +231,10 @@ pub fn serve_manifest(
     text: Option<String>,
     file: &MediaFile,
     segment_s: f64,
-    rewrite: impl FnOnce(&str) -> String,
+    rewrite: impl FnOnce(String) -> String,
 ) -> Status {
     match text {
-        Some(t) => r.respond(HTTPStatus::OK, file.mime, &rewrite(&t), &file.cache_control(segment_s)),
+        Some(t) => r.respond(HTTPStatus::OK, file.mime, &rewrite(t), &file.cache_control(segment_s)),
         None => Refusal::NoFile.send(r),
     }
 }
