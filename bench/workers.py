@@ -9,7 +9,9 @@ with `worker_processes W`, `rtmp_auto_push on` and one live stream (ffmpeg, 320x
   transcoded on demand (source rendition, 2 s segments) and served by `mesh_media hls` (token
   checked on every request, playlists rewritten; with W > 1 the workers without the ffmpeg
   serve its files through its claim in the shared zone);
-- plain: no module of ours, `live on`, and a plain `root` location serving the same directory.
+- plain: no module of ours, `live on`, and a plain `root` location serving the same directory;
+- with `--guarded`, also plain with `disable_symlinks on` below that root (the rule
+  `mesh_media` keeps: no symlink followed), the like-for-like peer for HLS.
 
 Measured, runs alternating ours / plain, `--rounds` times:
 
@@ -18,13 +20,19 @@ Measured, runs alternating ours / plain, `--rounds` times:
   fails), from two client processes (`--concurrency` sessions at a time in all), ours with a
   viewer token;
 - HLS requests per second with wrk (2 threads, 32 keep-alive connections) on a media segment
-  and on the media playlist.
+  and on the media playlist, and the server's workers' CPU microseconds per request meanwhile
+  (from /proc: steadier than the rates on a shared machine).
+
+`--pin SERVER:CLIENT` puts the servers (with their ffmpegs and the publishers) and the clients
+on different CPUs (taskset); `--only`, `--counts` narrow the run; `--hold` waits before
+measuring, to attach perf or strace to the printed worker.
 
 Prints one markdown table: the rates, ours / plain per worker count, and each server's W / 1
 scaling. The clients share the machine's cores with the servers: on a 2-core machine, the
 scaling from 1 to 2 workers is bounded by the client taking its share.
 
     python3 bench/workers.py [--seconds 8] [--rounds 2] [--sessions 2000] [--concurrency 64]
+        [--counts 1,2] [--only all|hls|plays] [--guarded] [--pin 0:1] [--hold 0]
 """
 
 import argparse
@@ -244,7 +252,7 @@ def measure(work, workers, a):
                   + subprocess.run(["pgrep", "-P", str(ours.master)], capture_output=True, text=True).stdout.split()[0]
                   + f"; {a.hold} s", flush=True)
             time.sleep(a.hold)
-        res = {k: {s: [] for s in sides} for k in METRICS[a.only]}
+        res = {k: {s: [] for s in (sides[:2] if k == "plays" else sides)} for k in METRICS[a.only]}
         cpu = {k: {s: [] for s in sides} for k in ("segment", "playlist")}
         fails = dict.fromkeys(sides, 0)
         servers = {"ours": ours, **peers}
