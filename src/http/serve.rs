@@ -245,5 +245,5 @@ pub fn serve_file(r: &mut Request, opened: Option<Opened>, file: &MediaFile, seg
     let Some(o) = opened else { return Refusal::NoFile.send(r) };
     r.set_content_type(file.mime);
     r.set_header("Cache-Control", &file.cache_control(segment_s));
-    crate::nginx::http::send_file(r, o.file, o.len, o.mtime)
+    crate::nginx::http::send_file(r, o.file, &file.name, o.len, o.mtime)
 }

@@ -121,12 +121,12 @@ impl RequestExt for Request {
 }
 
 /// Send `file` (opened by the caller: a regular file, `len` bytes, modified at `mtime`, unix
-/// seconds) as the response, as nginx's static module sends the file it opens: status 200,
+/// seconds; `name` for nginx's log lines) as the response, as nginx's static module sends the file it opens: status 200,
 /// Content-Length, Last-Modified and ETag (so that the not-modified filter answers conditional
 /// requests), ranges allowed (the range filter answers `Range`), the body from the file
 /// (sendfile when on). The descriptor is closed with the request's pool. The caller has set
 /// the Content-Type and discarded the request body.
-pub fn send_file(r: &mut Request, file: std::fs::File, len: u64, mtime: i64) -> Status {
+pub fn send_file(r: &mut Request, file: std::fs::File, name: &str, len: u64, mtime: i64) -> Status {
     use std::os::fd::AsRawFd;
     let raw: *mut ngx_http_request_t = r.into();
     // SAFETY: a live request in its content phase; the buffer and file structs come from its
@@ -152,13 +152,18 @@ pub fn send_file(r: &mut Request, file: std::fs::File, len: u64, mtime: i64) -> 
         (*raw).set_allow_ranges(1);
         let b = ngx_pcalloc(pool, std::mem::size_of::<ngx_buf_t>()).cast::<ngx_buf_t>();
         let f = ngx_pcalloc(pool, std::mem::size_of::<ngx_file_t>()).cast::<ngx_file_t>();
-        if b.is_null() || f.is_null() {
+        // Its name for nginx's log lines about the file ("%s": NUL-terminated).
+        let n = ngx_pnalloc(pool, name.len() + 1).cast::<u8>();
+        if b.is_null() || f.is_null() || n.is_null() {
             return HTTPStatus::INTERNAL_SERVER_ERROR.into();
         }
         let rc = ngx_http_send_header(raw);
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*raw).header_only() == 1 {
             return Status(rc);
         }
+        std::ptr::copy_nonoverlapping(name.as_ptr(), n, name.len());
+        *n.add(name.len()) = 0;
+        (*f).name = ngx_str_t { len: name.len(), data: n };
         (*f).fd = fd;
         (*f).log = (*(*raw).connection).log;
         (*b).file = f;
