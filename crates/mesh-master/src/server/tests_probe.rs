@@ -90,11 +90,9 @@ async fn with_the_probe_off_a_stalled_path_still_moves_its_hop() {
         vec![StreamStat { stream: "cam1".into(), source: "broadcaster".into(), viewers: 0, in_kbps: 1 }];
     let pushes = vec![PushStat { stream: "cam1".into(), to: first.clone(), state: "stalled".into() }];
     let hb = Heartbeat { streams, pushes, ..Heartbeat::empty("ingest-1", Role::Ingest) };
-    let (st, _) = call(
-        &r,
-        signed_req("POST", "/heartbeat", "ingest-1", &serde_json::to_vec(&hb).unwrap(), now()),
-    )
-    .await;
+    let (st, _) =
+        call(&r, signed_req("POST", "/heartbeat", "ingest-1", &serde_json::to_vec(&hb).unwrap(), now()))
+            .await;
     assert_eq!(st, StatusCode::OK);
     let mut moved = false;
     for _ in 0..30 {
