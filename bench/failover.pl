@@ -6,7 +6,10 @@
 # reading at the edge the stream was placed on, each packet stamped with the wall clock
 # (t/lib/Mesh/Watch.pm). Each round:
 #   - root: the root relay feeding the stream dies (SIGKILL, the whole node), comes back after;
-#   - master TERM / master KILL: the master restarts on its database.
+#   - master TERM / master KILL: the master restarts on its database;
+#   - cut: the path ingest → root relay feeding the stream is frozen (t/lib/Mesh/Cut.pm: the root
+#     relays are pushed to through paths the bench can cut; nothing forwarded, connections open,
+#     the root relay alive and answering the master), thawed after.
 # The gap is the longest time without a video packet from the failure on; an HLS player reads
 # in segment bursts, so its quiet baseline (the same measure over a quiet stretch before the
 # round) is printed too. A player that was disconnected is counted, and replaced at once (as a
@@ -24,20 +27,22 @@ use Mesh::Test qw(publish wait_until reap);
 use Mesh::Master;
 use Mesh::Node;
 use Mesh::Watch;
+use Mesh::Cut;
 
 my $rounds = shift // 10;
 my @hb = qw(--heartbeat-interval 1 --node-timeout 3 --max-poll-wait 3);
 my $master = Mesh::Master->new(args => \@hb);
 my $key = $master->stream_key('cam1');
 my $token = $master->viewer_token('cam1');
-my %node;
+my (%node, %cut);
 for ([qw(ingest-1 ingest)], [qw(root-1 root_relay)], [qw(root-2 root_relay)], [qw(edge-1 relay)], [qw(edge-2 relay)]) {
 	my ($id, $role) = @$_;
 	my $t = Mesh::Node->under_master(id => $id, role => $role, master => $master,
-		extra => 'mesh_rtmp_url rtmp://127.0.0.1:%%PORT_1%%;',
+		extra => 'mesh_rtmp_url rtmp://127.0.0.1:%%PORT_' . ($role eq 'root_relay' ? 3 : 1) . '%%;',
 		apps => 'application ' . ($role eq 'ingest' ? 'live' : 'relay') . ' { mesh on; live on; }',
 		($role eq 'relay' ? (hls => { mesh_rendition => 'source', mesh_manifest_wait => '30s' }) : ()));
 	$t->allow_alert(qr/exited on signal 9/);
+	$cut{$id} = Mesh::Cut->new(listen => $t->port(3), to => $t->port(1)) if $role eq 'root_relay';
 	$t->run;
 	$node{$id} = $t;
 }
@@ -105,6 +110,20 @@ sub round {
 	$ended{$kind}++ unless $ok;
 }
 
+# The path from the ingest to the root relay feeding the stream is cut; thawed once the stream
+# moved and the players have media again.
+sub cut {
+	my $root;
+	wait_until(sub { my $l = $master->live->{cam1}; $root = $l && $l->{roots}[0] && $l->{roots}[0]{to} }, 30)
+		or die 'cam1 not placed again';
+	round(cut => sub {
+		$cut{$root}->freeze;
+		wait_until(sub { my $l = $master->live->{cam1}; $l && $l->{roots}[0] && $l->{roots}[0]{to} ne $root }, 20);
+		wait_until(sub { video_since(rtmp => time - 1) > 5 }, 30);
+		$cut{$root}->thaw;
+	});
+}
+
 for my $i (1 .. $rounds) {
 	my $placed;
 	wait_until(sub { my $l = $master->live->{cam1}; $placed = $l && $l->{roots}[0] && $l->{roots}[0]{to} }, 30)
@@ -120,6 +139,7 @@ for my $i (1 .. $rounds) {
 	wait_until(sub { 5 == grep { $_->{alive} } values %{$master->nodes} }, 15);
 	round('master TERM' => sub { $master->stop; $master->start });
 	round('master KILL' => sub { $master->stop(kill => 1); $master->start });
+	cut();
 }
 
 sub pct {
@@ -129,7 +149,7 @@ sub pct {
 }
 print "| failure | rounds | RTMP gap p50 | RTMP gap max | HLS gap p50 | HLS gap max | HLS quiet baseline p50 | players disconnected (RTMP / HLS) | rounds without media |\n";
 print "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-for my $kind ('root', 'master TERM', 'master KILL') {
+for my $kind ('root', 'master TERM', 'master KILL', 'cut') {
 	my $g = $gaps{$kind};
 	printf "| %s | %d | %.1f s | %.1f s | %.1f s | %.1f s | %.1f s | %d / %d | %d |\n", $kind, scalar @{$g->{rtmp}},
 		pct(0.5, @{$g->{rtmp}}), pct(1, @{$g->{rtmp}}), pct(0.5, @{$g->{hls}}), pct(1, @{$g->{hls}}),
@@ -139,5 +159,6 @@ $_->stop for map { @$_ } values %players;
 kill 'TERM', $pub;
 reap($pub, 5);
 $node{$_}->stop for grep { $node{$_}{running} } sort keys %node;
+$_->stop for values %cut;
 $master->stop;
 done_testing();

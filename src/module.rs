@@ -38,7 +38,7 @@ const fn main(name: ngx_str_t, args: u32, set: SetFn, offset: usize) -> ngx_comm
 
 const T1: u32 = NGX_CONF_TAKE1;
 
-static mut RTMP_COMMANDS: [ngx_command_t; 18] = [
+static mut RTMP_COMMANDS: [ngx_command_t; 19] = [
     main(ngx_string!("mesh_master"), T1, d::set_value, 0),
     main(ngx_string!("mesh_master_ca"), T1, d::set_master_ca, 0),
     main(ngx_string!("mesh_master_key"), T1, d::set_master_key, 0),
@@ -59,6 +59,7 @@ static mut RTMP_COMMANDS: [ngx_command_t; 18] = [
         ngx_conf_set_msec_slot,
         offset_of!(MainConf, master_timeout),
     ),
+    main(ngx_string!("mesh_push_timeout"), T1, ngx_conf_set_msec_slot, offset_of!(MainConf, push_timeout)),
     main(
         ngx_string!("mesh_auth_pending_max"),
         T1,

@@ -7,6 +7,11 @@
 //! The task looks every [`CHECK`]: a push that went down is seen within it, and the hook set
 //! by [`on_down`] runs (the wiring asks for a heartbeat now, so the master hears of the failure
 //! within a round trip rather than at the next interval or after three missed ones).
+//! A push that is up but hears nothing from its target for `mesh_push_timeout` (a quiet push
+//! is pinged every [`CHECK`], and any RTMP peer answers) is *stalled*: the path to the target is
+//! cut while the connection stays open. It is closed, the hook runs as for a push that went
+//! down, and the push shows `stalled` until one to that target makes progress again (the master
+//! moves the hop when the target still answers it: docs/master.md).
 //! URLs arrive with their hosts already resolved (mesh_agent, at table load): nothing here
 //! waits for DNS.
 
@@ -16,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use mesh_core::node::PlannedPush;
 
+use crate::conf::{MainConf, DEFAULT_PUSH_TIMEOUT_MS};
 use crate::nginx::event::{every, Task};
 use crate::nginx::ffi::{NGX_LOG_ERR, NGX_LOG_WARN};
 use crate::nginx::rtmp::{RelayName, RelayTarget, Session};
@@ -46,6 +52,11 @@ struct PushTarget {
     reconnects: u64,
     /// When it was last started.
     started: Instant,
+    /// Bytes its live push had received at the last look, and when that count last moved.
+    heard: u32,
+    progress: Instant,
+    /// Closed for hearing nothing for the stall timeout; until a push to it makes progress.
+    stalled: bool,
 }
 
 /// The pushes of one published stream, and the task that starts missing ones again (dropped,
@@ -61,6 +72,8 @@ struct State {
     name: RelayName,
     targets: Vec<PushTarget>,
     next_id: usize,
+    /// `mesh_push_timeout` (None: off).
+    stall: Option<Duration>,
 }
 
 impl Pushes {
@@ -68,12 +81,15 @@ impl Pushes {
     /// connection's pool is out of memory.
     pub fn start(s: Session, stream: &str, plan: &[PlannedPush]) -> Option<Pushes> {
         let name = s.relay_name(stream)?;
+        // SAFETY: our rtmp main conf is a MainConf.
+        let ms = unsafe { s.main_conf::<MainConf>() }.map_or(DEFAULT_PUSH_TIMEOUT_MS, |c| c.push_timeout);
         let state = Rc::new(RefCell::new(State {
             s,
             stream: stream.to_string(),
             name,
             targets: Vec::new(),
             next_id: 0,
+            stall: (ms > 0).then(|| Duration::from_millis(ms as u64)),
         }));
         state.borrow_mut().reconcile(plan);
         let weak = Rc::downgrade(&state);
@@ -139,6 +155,9 @@ impl State {
             up: true,
             reconnects: 0,
             started: Instant::now(),
+            heard: 0,
+            progress: Instant::now(),
+            stalled: false,
         })
     }
 
@@ -157,12 +176,30 @@ impl State {
     /// later. A change of a target's state is logged once, not every retry; a push seen down
     /// runs the [`on_down`] hook once.
     fn push_missing(&mut self) {
-        let alive: Vec<usize> = self.s.relay_pushes().into_iter().map(|(d, _)| d).collect();
+        let pushes = self.s.relay_pushes();
+        let alive: Vec<usize> =
+            pushes.iter().filter(|(_, p)| !p.is_some_and(Session::is_closing)).map(|(d, _)| *d).collect();
         let s = self.s;
         let mut went_down = false;
         for t in self.targets.iter_mut() {
+            let live = pushes.iter().find_map(|(d, p)| p.filter(|p| *d == t.id && !p.is_closing()));
+            if let (Some(p), Some(stall)) = (live, self.stall) {
+                let was = t.stalled;
+                if t.check_stall(p, stall) {
+                    p.finalize();
+                    // Logged and reported once; its retries stall quietly until one makes progress.
+                    if !was {
+                        t.up = false;
+                        went_down = true;
+                        let why =
+                            format!("stalled: nothing heard from it for {} ms, closed", stall.as_millis());
+                        log_push(s, NGX_LOG_WARN, &self.stream, &t.node_id, &why);
+                    }
+                    continue;
+                }
+            }
             if alive.contains(&t.id) {
-                if !t.up {
+                if !t.up && !t.stalled {
                     t.up = true;
                     log_push(s, NGX_LOG_WARN, &self.stream, &t.node_id, "is connected again");
                 }
@@ -176,6 +213,7 @@ impl State {
             if t.started.elapsed() >= RETRY {
                 t.reconnects += 1;
                 t.started = Instant::now();
+                (t.heard, t.progress) = (0, t.started);
                 s.relay_push(&mut self.name, &mut t.target);
             }
         }
@@ -193,10 +231,44 @@ impl State {
             .map(|t| mesh_core::status::PushStatus {
                 stream: self.stream.clone(),
                 target: t.node_id.clone(),
-                state: if t.up { "connected" } else { "retrying" }.into(),
+                state: if t.stalled {
+                    "stalled"
+                } else if t.up {
+                    "connected"
+                } else {
+                    "retrying"
+                }
+                .into(),
                 reconnects: t.reconnects,
             })
             .collect()
+    }
+}
+
+impl PushTarget {
+    /// Look at its live push `p`: progress (bytes from the target since the last look) clears a
+    /// stall; a quiet push is pinged. True when it has heard nothing for `stall` (since it
+    /// started, or since it last heard): stalled now.
+    fn check_stall(&mut self, p: Session, stall: Duration) -> bool {
+        let (heard, _) = p.bytes();
+        if heard != self.heard {
+            self.heard = heard;
+            self.progress = Instant::now();
+            if self.stalled {
+                self.stalled = false;
+                self.up = false;
+            }
+            return false;
+        }
+        if self.progress.elapsed() >= stall {
+            self.stalled = true;
+            return true;
+        }
+        // Past the handshake (it heard an RTMP message): ask for an answer.
+        if heard > 0 {
+            p.ping();
+        }
+        false
     }
 }
 

@@ -4,7 +4,7 @@
 //! `mesh_master`, `mesh_master_ca`, `mesh_master_key` | `mesh_master_key_file`, `mesh_master_path`,
 //! `mesh_rtmp_url`, `mesh_http_url`, `mesh_heartbeat_interval`, `mesh_poll_wait`,
 //! `mesh_master_timeout`, and the caps on questions waiting for it: `mesh_auth_pending_max`,
-//! `mesh_auth_pending_per_addr`.
+//! `mesh_auth_pending_per_addr`; `mesh_push_timeout` (a push that hears nothing is stalled).
 //! application level (inherited): `mesh on|off`.
 //!
 //! The directives' handlers are in [`directives`]; here: the confs, their create/init/merge,
@@ -39,6 +39,9 @@ const MIN_ZONE_SIZE: usize = 640 << 10;
 /// The zone's name (nginx's shared memory namespace).
 const ZONE_NAME: &str = "ngx_rtmp_mesh";
 
+/// `mesh_push_timeout`: a push that hears nothing from its target for this long is stalled.
+pub const DEFAULT_PUSH_TIMEOUT_MS: ngx_msec_t = 2_000;
+
 /// `mesh_auth_pending_max`: auth questions about unknown credentials waiting per worker.
 pub const DEFAULT_PENDING_MAX: usize = 256;
 /// `mesh_auth_pending_per_addr`: the same per client address (IPv6 by /64).
@@ -63,6 +66,8 @@ pub struct MainConf {
     pub heartbeat_interval: ngx_msec_t,
     pub poll_wait: ngx_msec_t,
     pub master_timeout: ngx_msec_t,
+    /// `mesh_push_timeout` (0: never stalled).
+    pub push_timeout: ngx_msec_t,
     /// Auth questions of unknown credentials that may wait per worker, and per client address.
     pub auth_pending_max: ngx_int_t,
     pub auth_pending_per_addr: ngx_int_t,
@@ -93,6 +98,7 @@ impl Default for MainConf {
             heartbeat_interval: UNSET_MSEC,
             poll_wait: UNSET_MSEC,
             master_timeout: UNSET_MSEC,
+            push_timeout: UNSET_MSEC,
             auth_pending_max: NGX_CONF_UNSET as ngx_int_t,
             auth_pending_per_addr: NGX_CONF_UNSET as ngx_int_t,
             zone_size: UNSET_SIZE,
@@ -307,6 +313,7 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
         msec(&mut mcf.heartbeat_interval, 10_000);
         msec(&mut mcf.poll_wait, 25_000);
         msec(&mut mcf.master_timeout, 5_000);
+        msec(&mut mcf.push_timeout, DEFAULT_PUSH_TIMEOUT_MS);
         let num = |v: &mut ngx_int_t, d: usize| {
             if *v == NGX_CONF_UNSET as ngx_int_t {
                 *v = d as ngx_int_t;

@@ -67,7 +67,7 @@ pub struct StreamStat {
 pub struct PushStat {
     pub stream: String,
     pub to: String,
-    /// `connected` or `retrying`.
+    /// `connected`, `retrying` (down) or `stalled` (up, but nothing heard from the target).
     pub state: String,
 }
 

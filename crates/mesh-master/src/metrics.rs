@@ -23,6 +23,7 @@ const HELP: &[(&str, &str)] = &[
     ("mesh_master_tables_sent_total", "Tables sent to long polls."),
     ("mesh_master_requests_refused_total", "Node requests refused before use, by reason."),
     ("mesh_master_node_deaths_total", "Nodes declared dead after a silence."),
+    ("mesh_master_paths_dead_total", "Hops moved: the push to a node that answers the master stalled."),
     ("mesh_master_announces_pending_total", "Announces of nodes without a granted role, answered 403."),
     (
         "mesh_master_role_claims_ignored_total",

@@ -2,7 +2,9 @@
 //! confirmed dead when the master cannot open a TCP connection to its announced RTMP address
 //! within [`PROBE_TIMEOUT`], and its streams are placed again at once. A name that does not
 //! resolve (within 2 s) proves nothing (the suspect then dies only by its silence). One probe per suspect
-//! at a time, at most one a second (the mesh hands them out so).
+//! at a time, at most one a second (the mesh hands them out so). A suspect that answers is alive:
+//! the hops to it whose pushes were reported `stalled` cross a dead path and move
+//! (`Mesh::path_dead`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +39,15 @@ pub fn suspects(app: &Arc<App>) {
                 Err(_) => Some("no answer".to_string()),
             };
             match refused {
-                None => info!(node = %id, "suspect answers: a peer's push to it failed, it stays"),
+                None => {
+                    info!(node = %id, "suspect answers: a peer's push to it failed, it stays");
+                    // Alive: a push to it that stalled crossed a dead path; that hop moves.
+                    for (stream, new) in app.with_mesh(|m| m.path_dead(&id, now())) {
+                        app.counters.add("mesh_master_paths_dead_total", "", 1);
+                        warn!(node = %id, stream = %stream, to = %new,
+                              "path dead: the ingest's push to it stalled while it answers; the stream's hop moves");
+                    }
+                }
                 Some(why) => {
                     if app.with_mesh(|m| m.confirm_dead(&id, now())) {
                         app.counters.add("mesh_master_node_deaths_total", "", 1);

@@ -126,6 +126,15 @@ impl Session {
         unsafe { ((*self.raw()).in_bytes, (*self.raw()).out_bytes) }
     }
 
+    /// Send the peer an RTMP ping request (user control 6), which it answers with a ping
+    /// response: a session that only sends hears from its peer so. Call only once the session
+    /// has received an RTMP message (past the handshake).
+    pub fn ping(self) {
+        // SAFETY: live session, on the event loop; nginx-rtmp builds the message in its own
+        // buffers and queues it (a full queue drops it).
+        unsafe { ngx_rtmp_send_ping_request(self.raw(), super::util::now_ms() as u32) };
+    }
+
     /// Does the session come from this machine (IPv4 loopback, ::1, or IPv4-mapped loopback)?
     pub fn is_loopback(self) -> bool {
         // SAFETY: the connection's sockaddr is of the family it says.

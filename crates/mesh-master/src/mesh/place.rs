@@ -215,6 +215,47 @@ impl Mesh {
         }
     }
 
+    /// The path from stream `s`'s ingest to its root relay `to` is dead (its push stalled,
+    /// `to` answers the master): that hop moves to the least loaded root relay not on the
+    /// stream, and the edges `to` fed keep the stream, fed by the stream's root relays (by the
+    /// new one when it is the only one). `to` keeps its other streams. Without another root
+    /// relay the hop stays. Returns the new root relay.
+    pub(super) fn move_root_hop(&mut self, s: &str, to: &str) -> Option<String> {
+        let p = self.streams.get(s)?;
+        if !p.roots.iter().any(|h| h.to == to) {
+            return None;
+        }
+        let new = self.pick(Role::RootRelay, 1, &p.roots, None).pop()?;
+        let key = self.keys.hop_key();
+        let p = self.streams.get_mut(s).expect("listed");
+        let (index, tables) = (&mut self.index, &mut self.tables);
+        let ingest = p.ingest.clone();
+        p.roots.retain(|h| {
+            let keep = h.to != to;
+            if !keep {
+                removed(index, tables, s, &ingest, h, false);
+            }
+            keep
+        });
+        let h = Hop { from: ingest.clone(), to: new.clone(), key, by_route: false, idle_since: None };
+        added(index, tables, s, &ingest, &h, false);
+        p.roots.push(h);
+        let mut gone = vec![to.to_string()];
+        let mut fed = Vec::new();
+        p.edges.retain(|h| {
+            let keep = h.from != to;
+            if !keep {
+                removed(index, tables, s, &ingest, h, true);
+                fed.push((h.to.clone(), h.by_route));
+                gone.push(h.to.clone());
+            }
+            keep
+        });
+        forget(index, s, p, &gone);
+        self.add_edges(s, fed);
+        Some(new)
+    }
+
     /// Route-added edges that have had no viewer for `edge_idle_s` leave the stream.
     pub(super) fn track_edge_viewers(&mut self, edge: &str, now: u64) {
         let Some(node) = self.nodes.get(edge) else { return };

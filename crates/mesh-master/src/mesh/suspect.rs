@@ -11,6 +11,13 @@
 //! and its hops are placed again at once, as a silent node's are. A suspect that beats again is
 //! cleared. Only a node placed to push a stream to the suspect can suspect it, so a liar can make
 //! the master look at the nodes it feeds, no more: one that answers stays.
+//!
+//! A push that was up and stopped making progress (`pushes[].state` `stalled`: the path to the
+//! node is cut, packets dropped, the connection still open) makes its target a suspect the same
+//! way. When the suspect answers the probe it is alive and the path is what is dead: the
+//! reporter's own hop of that stream moves to another root relay ([`Mesh::path_dead`]), and
+//! the suspect keeps everything else. A reporter can so move only the hops it feeds, only for
+//! an ingest → root relay hop, and only to another live root relay.
 
 use std::collections::HashMap;
 
@@ -29,20 +36,30 @@ pub(super) struct Suspects {
     probed: HashMap<String, u64>,
     /// Nodes to probe (their ids), taken by [`Mesh::take_probes`].
     probe: Vec<String>,
+    /// node → the streams whose push to it from their ingest stalled: (stream, that ingest,
+    /// when reported). At most one entry per hop the reporter feeds.
+    stalled: HashMap<String, Vec<(String, String, u64)>>,
 }
 
 impl Mesh {
     /// `hb`'s node reports the pushes it has down: each node it is placed to push that stream
     /// to becomes a suspect.
     pub(super) fn note_pushes(&mut self, hb: &Heartbeat, now: u64) {
-        for p in hb.pushes.iter().filter(|p| p.state == "retrying") {
+        for p in hb.pushes.iter().filter(|p| p.state == "retrying" || p.state == "stalled") {
             let Some(pl) = self.streams.get(&p.stream) else { continue };
-            let feeds = (pl.ingest == hb.node_id && pl.roots.iter().any(|h| h.to == p.to))
-                || pl.edges.iter().any(|h| h.from == hb.node_id && h.to == p.to);
+            let root_hop = pl.ingest == hb.node_id && pl.roots.iter().any(|h| h.to == p.to);
+            let feeds = root_hop || pl.edges.iter().any(|h| h.from == hb.node_id && h.to == p.to);
             if !feeds || p.to == hb.node_id || !self.nodes.get(&p.to).is_some_and(|n| n.alive) {
                 continue;
             }
             let sus = &mut self.suspects;
+            if root_hop && p.state == "stalled" {
+                let paths = sus.stalled.entry(p.to.clone()).or_default();
+                match paths.iter_mut().find(|(s, from, _)| *s == p.stream && *from == hb.node_id) {
+                    Some(seen) => seen.2 = now,
+                    None => paths.push((p.stream.clone(), hb.node_id.clone(), now)),
+                }
+            }
             sus.since.entry(p.to.clone()).or_insert(now);
             let due = sus.probed.get(&p.to).is_none_or(|t| now >= t.saturating_add(PROBE_EVERY_S));
             if due && !sus.probe.contains(&p.to) {
@@ -76,11 +93,39 @@ impl Mesh {
         }
         self.suspects.since.remove(id);
         self.suspects.probed.remove(id);
+        self.suspects.stalled.remove(id);
         let Some(n) = self.nodes.get_mut(id).filter(|n| n.alive) else { return false };
         n.alive = false;
         self.drop_node_hops(id);
         self.settle(now);
         true
+    }
+
+    /// A suspect's RTMP address answered the master: it is alive, so the paths to it that were
+    /// reported stalled (within a heartbeat interval and a second) are what is dead. Each such
+    /// stream's hop to it moves to another root relay, if there is one; it keeps its other
+    /// streams. Returns the streams moved, each with its new root relay.
+    pub fn path_dead(&mut self, id: &str, now: u64) -> Vec<(String, String)> {
+        let Some(paths) = self.suspects.stalled.remove(id) else { return Vec::new() };
+        if !self.nodes.get(id).is_some_and(|n| n.alive) {
+            return Vec::new();
+        }
+        let fresh = self.cfg.heartbeat_interval_s.saturating_add(1);
+        let mut moved = Vec::new();
+        for (s, from, when) in paths {
+            // Still its ingest's hop (the stream did not move to another ingest since).
+            let still = self.streams.get(&s).is_some_and(|p| p.ingest == from);
+            if !still || now.saturating_sub(when) > fresh {
+                continue;
+            }
+            if let Some(new) = self.move_root_hop(&s, id) {
+                moved.push((s, new));
+            }
+        }
+        if !moved.is_empty() {
+            self.settle(now);
+        }
+        moved
     }
 
     /// Suspects silent for more than one heartbeat interval and a second (a late beat is not a
@@ -100,7 +145,14 @@ impl Mesh {
         });
         for id in &dead {
             self.suspects.probed.remove(id);
+            self.suspects.stalled.remove(id);
         }
+        // Stalled paths never probed (the suspect died, or was probed a moment before): forgotten.
+        let fresh = interval.saturating_add(1);
+        self.suspects.stalled.retain(|_, paths| {
+            paths.retain(|(_, _, when)| now.saturating_sub(*when) <= fresh);
+            !paths.is_empty()
+        });
         dead
     }
 }

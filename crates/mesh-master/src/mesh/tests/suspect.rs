@@ -127,3 +127,87 @@ fn a_restarted_master_keeps_the_edges_whose_heartbeats_show_viewers() {
         assert!(!m.streams["cam1"].edges.iter().any(|h| h.to == "edge-2"));
     }
 }
+
+/// `beat_down` with the pushes `stalled` rather than `retrying`.
+fn beat_stalled(m: &mut Mesh, id: &str, live: &[(&str, &str, u64)], stalled: &[(&str, &str)], now: u64) {
+    let mut hb = Heartbeat::empty(id, m.nodes[id].role);
+    hb.table_version = m.table_version(id);
+    hb.streams = live
+        .iter()
+        .map(|(s, src, v)| StreamStat {
+            stream: s.to_string(),
+            source: src.to_string(),
+            viewers: *v,
+            in_kbps: 1,
+        })
+        .collect();
+    hb.pushes = stalled
+        .iter()
+        .map(|(s, to)| PushStat { stream: s.to_string(), to: to.to_string(), state: "stalled".into() })
+        .collect();
+    m.heartbeat(&hb, now).unwrap();
+    check(m);
+}
+
+#[test]
+fn a_stalled_push_to_a_node_that_answers_moves_that_hop_only() {
+    let mut m = four(Config { heartbeat_interval_s: 1, node_timeout_s: 3, ..Config::default() });
+    beat(&mut m, "ingest-1", &[("cam1", "broadcaster", 0), ("cam2", "broadcaster", 0)], 10);
+    let root = m.streams["cam1"].roots[0].to.clone();
+    let other_root = if root == "root-1" { "root-2" } else { "root-1" };
+    let edge = m.streams["cam1"].edges[0].to.clone();
+    let cam2_root = m.streams["cam2"].roots[0].to.clone();
+    let live: &[(&str, &str, u64)] = &[("cam1", "broadcaster", 0), ("cam2", "broadcaster", 0)];
+    // The path ingest-1 → root stalls for cam1: root is probed, it answers.
+    beat_stalled(&mut m, "ingest-1", live, &[("cam1", &root)], 11);
+    let url = m.nodes[&root].rtmp_url.clone();
+    assert_eq!(m.take_probes(), vec![(root.clone(), url)]);
+    let before = m.table_version(&edge);
+    assert_eq!(m.path_dead(&root, 11), vec![("cam1".to_string(), other_root.to_string())]);
+    check(&m);
+    assert!(m.nodes[&root].alive, "never evicted: it answers");
+    let p = &m.streams["cam1"];
+    assert_eq!(p.roots.len(), 1);
+    assert_eq!(p.roots[0].to, other_root, "the hop moved: {p:?}");
+    assert!(p.edges.iter().any(|h| h.to == edge && h.from == other_root), "the edge kept, fed anew: {p:?}");
+    assert!(m.table_version(&edge) > before, "the edge's table says so");
+    assert_eq!(m.streams["cam2"].roots[0].to, cam2_root, "its other streams stay");
+    assert_eq!(m.path_dead(&root, 11), vec![], "once");
+}
+
+#[test]
+fn a_stalled_push_moves_only_the_reporters_root_hop_and_only_while_fresh() {
+    let mut m = four(Config { heartbeat_interval_s: 1, node_timeout_s: 3, ..Config::default() });
+    beat(&mut m, "ingest-1", LIVE, 10);
+    let root = m.streams["cam1"].roots[0].to.clone();
+    let edge = m.streams["cam1"].edges[0].to.clone();
+    let other = if edge == "edge-1" { "edge-2" } else { "edge-1" };
+    // Not its hop (an edge, a stream it does not ingest, a node it does not feed): nothing.
+    beat_stalled(&mut m, other, &[], &[("cam1", &edge), ("cam1", &root)], 10);
+    beat_stalled(&mut m, &edge, &[], &[("cam1", &root)], 10);
+    beat_stalled(&mut m, "ingest-1", LIVE, &[("cam9", &root), ("cam1", &edge)], 10);
+    assert_eq!(m.path_dead(&root, 10), vec![]);
+    assert_eq!(m.path_dead(&edge, 10), vec![]);
+    assert_eq!(m.streams["cam1"].roots[0].to, root);
+    // A root relay's stalled push to its edge: suspect only (no other root to feed it from).
+    beat_stalled(&mut m, &root, &[], &[("cam1", &edge)], 10);
+    assert!(m.take_probes().iter().any(|(id, _)| *id == edge));
+    assert_eq!(m.path_dead(&edge, 10), vec![]);
+    // Its own hop, but the report is stale by the time the probe answers: nothing.
+    beat_stalled(&mut m, "ingest-1", LIVE, &[("cam1", &root)], 12);
+    assert_eq!(m.path_dead(&root, 15), vec![]);
+    assert_eq!(m.streams["cam1"].roots[0].to, root);
+    // No other root relay alive: the hop stays where it is.
+    let other_root = if root == "root-1" { "root-2" } else { "root-1" };
+    for t in 16..20 {
+        beat(&mut m, &root, &[], t);
+        beat(&mut m, &edge, &[], t);
+        beat(&mut m, "ingest-1", LIVE, t);
+    }
+    m.sweep(20);
+    assert!(!m.nodes[other_root].alive);
+    beat_stalled(&mut m, "ingest-1", LIVE, &[("cam1", &root)], 20);
+    assert_eq!(m.path_dead(&root, 20), vec![]);
+    check(&m);
+    assert_eq!(m.streams["cam1"].roots[0].to, root);
+}
