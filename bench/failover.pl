@@ -10,6 +10,7 @@
 #   - cut: the path ingest → root relay feeding the stream is frozen (t/lib/Mesh/Cut.pm: the root
 #     relays are pushed to through paths the bench can cut; nothing forwarded, connections open,
 #     the root relay alive and answering the master), thawed after.
+#   - edge: the other edge, with a viewer of its own, dies (SIGKILL, the whole node).
 # The gap is the longest time without a video packet from the failure on; an HLS player reads
 # in segment bursts, so its quiet baseline (the same measure over a quiet stretch before the
 # round) is printed too. A player that was disconnected is counted, and replaced at once (as a
@@ -122,6 +123,20 @@ sub cut {
 		wait_until(sub { video_since(rtmp => time - 1) > 5 }, 30);
 		$cut{$root}->thaw;
 	});
+# edge: the other edge, carrying the stream for a viewer of its own (routed there), dies
+# (SIGKILL, the whole node) until the master has taken it off the stream; the players at the
+# stream's edge should not notice. It comes back after.
+sub edge_round {
+	my ($other) = grep { $_ ne $edge } qw(edge-1 edge-2);
+	my $v = Mesh::Watch->new(rtmp($other) . "/cam1?token=$token");
+	wait_until(sub { $v->video_since(0) > 30 }, 20) or die "no viewer at $other";
+	round(edge => sub {
+		kill_node($node{$other});
+		wait_until(sub { my $l = $master->live->{cam1}; $l && !grep { $_->{to} eq $other } @{$l->{edges}} }, 20);
+	});
+	$v->stop;
+	$node{$other}->run;
+	wait_until(sub { $master->nodes->{$other}{alive} }, 15) or die "$other not back";
 }
 
 for my $i (1 .. $rounds) {
@@ -140,6 +155,7 @@ for my $i (1 .. $rounds) {
 	round('master TERM' => sub { $master->stop; $master->start });
 	round('master KILL' => sub { $master->stop(kill => 1); $master->start });
 	cut();
+	edge_round();
 }
 
 sub pct {
@@ -149,7 +165,7 @@ sub pct {
 }
 print "| failure | rounds | RTMP gap p50 | RTMP gap max | HLS gap p50 | HLS gap max | HLS quiet baseline p50 | players disconnected (RTMP / HLS) | rounds without media |\n";
 print "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-for my $kind ('root', 'master TERM', 'master KILL', 'cut') {
+for my $kind ('root', 'master TERM', 'master KILL', 'cut', 'edge') {
 	my $g = $gaps{$kind};
 	printf "| %s | %d | %.1f s | %.1f s | %.1f s | %.1f s | %.1f s | %d / %d | %d |\n", $kind, scalar @{$g->{rtmp}},
 		pct(0.5, @{$g->{rtmp}}), pct(1, @{$g->{rtmp}}), pct(0.5, @{$g->{hls}}), pct(1, @{$g->{hls}}),

@@ -125,6 +125,14 @@ pub fn ffmpeg_argv(job: &Job<'_>) -> Vec<String> {
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     // Each line tagged with its level ([error], [warning]): the node logs it at that level.
     push(&[job.ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "level+warning"]);
+    // The input is a live stream whose feed may be replaced under the play session (another
+    // root relay, a new push: the transcode rides through, src/rtmp/hooks.rs): the new feed's
+    // timestamps are the broadcaster's, later by the gap (or from 0 for a new publish). The
+    // live FLV demuxer lets ffmpeg see such a jump, and a threshold of a quarter second takes it
+    // out (the new feed follows on from the old one), so the segments stay continuous: no hole
+    // in the middle of one, which hls.js and dash.js stall on and the playlist cannot mark
+    // (the DASH muxer writes no EXT-X-DISCONTINUITY). A gap shorter than that stays a gap.
+    push(&["-f", "live_flv", "-dts_delta_threshold", DTS_JUMP_S]);
     push(&["-rw_timeout", "15000000", "-i", job.input]);
     for _ in job.ladder.renditions() {
         push(&["-map", "0:v:0"]);
@@ -184,6 +192,9 @@ pub fn ffmpeg_argv(job: &Job<'_>) -> Vec<String> {
     push(&[&format!("{}/manifest.mpd", job.out_dir.trim_end_matches('/'))]);
     a
 }
+
+/// The timestamp jump (seconds) in the input that ffmpeg takes out.
+const DTS_JUMP_S: &str = "0.25";
 
 /// A video filter that passes every frame from the first keyframe on.
 const FROM_FIRST_KEYFRAME: &str = "select='gt(st(0,ld(0)+key),0)',";
@@ -385,6 +396,8 @@ mod tests {
         assert!(s.contains("-c:v:0 copy"), "{s}");
         assert!(s.contains("-c:v:1 libx264 -filter:v:1 select='gt(st(0,ld(0)+key),0)',scale=1280:720,format=yuv420p -b:v:1 2800k -maxrate:v:1 3000k -bufsize:v:1 4200k"), "{s}");
         assert!(s.contains("-loglevel level+warning"), "{s}");
+        // A replaced feed's timestamp jump is taken out before the segments see it.
+        assert!(s.contains("-f live_flv -dts_delta_threshold 0.25 -rw_timeout 15000000 -i "), "{s}");
         // Aligned with the copied source: the encoded renditions cut at its keyframes only.
         assert!(s.contains("-c:v:0 copy -c:v:1 libx264"), "{s}");
         assert!(

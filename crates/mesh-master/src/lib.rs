@@ -9,6 +9,7 @@ pub mod admin_creds;
 pub mod admin_viewers;
 pub mod creds;
 pub mod guards;
+pub mod hop_keys;
 pub mod listener;
 pub mod mesh;
 pub mod metrics;

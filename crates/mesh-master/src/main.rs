@@ -12,9 +12,10 @@ use mesh_core::role::Role;
 use tracing::{error, info, warn};
 
 use mesh_master::creds::Creds;
+use mesh_master::hop_keys::KeptKeys;
 use mesh_master::listener::{self, Limits};
 use mesh_master::mesh::{Config, Mesh};
-use mesh_master::server::{self, now, random_hex, App, Paths, RandomKeys};
+use mesh_master::server::{self, now, random_hex, App, Paths};
 use mesh_master::store::Store;
 use mesh_master::tls;
 
@@ -311,17 +312,21 @@ fn run(args: Args) -> Result<(), String> {
         warn!(roles = ?args.auto_approve.0.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
               "auto-approval grants a role that receives the viewer keys to any node with a key at its first announce");
     }
-    let mut mesh = Mesh::new(cfg, ceiling, Box::new(RandomKeys));
-    mesh.set_viewer_keys(viewer_keys);
-    for (id, role) in store.roles().map_err(|e| e.to_string())? {
-        mesh.set_role(&id, Some(role), 0);
-    }
-    mesh.set_streams(store.streams().map_err(|e| e.to_string())?);
     let grace = match args.startup_grace {
         Some(g) => g,
         None if ceiling == 0 => 0,
         None => 2 * args.heartbeat_interval + 1,
     };
+    // The last run's hop keys are handed back to the hops placed again while the first
+    // heartbeats come in (the grace, then a node timeout more), so no push reconnects.
+    let keep_until = now().saturating_add(grace).saturating_add(cfg.node_timeout_s);
+    let keys = KeptKeys::open(&args.db, keep_until).map_err(|e| e.to_string())?;
+    let mut mesh = Mesh::new(cfg, ceiling, Box::new(keys));
+    mesh.set_viewer_keys(viewer_keys);
+    for (id, role) in store.roles().map_err(|e| e.to_string())? {
+        mesh.set_role(&id, Some(role), 0);
+    }
+    mesh.set_streams(store.streams().map_err(|e| e.to_string())?);
     let paths = Paths {
         announce: args.announce_endpoint.clone(),
         heartbeat: args.heartbeat_endpoint.clone(),

@@ -14,7 +14,8 @@
 //! - A node is dead after `node_timeout_s` without a heartbeat; its hops leave every table and
 //!   the streams it carried are placed again on the others.
 //! - Every hop (stream, from, to) gets its own random key when it is made; a hop that moves is a
-//!   new hop with a new key, so a route change rotates keys.
+//!   new hop with a new key, so a route change rotates keys. The key source ([`Keys`]) may keep
+//!   keys across a restart: a restarted master placing the same hop again hands out its key.
 //!
 //! Cost: every decision does work in proportion to what it changes, never to nodes × streams
 //! × hops. `place` keeps the indexes that make this so (the streams each node takes part in,
@@ -389,6 +390,8 @@ impl Mesh {
     /// Place what a change left to place, then bring the tables that changed up to date.
     fn settle(&mut self, now: u64) {
         self.place(now);
+        self.drop_keys();
+        self.keys.commit(now);
         self.write_tables();
     }
 

@@ -127,9 +127,25 @@ impl std::fmt::Display for MeshError {
 /// The reason a node without a granted role is given (docs/protocol.md, "Roles").
 pub const PENDING_REASON: &str = "awaiting approval: no role granted to this node";
 
-/// A source of hop keys (random in the master, counted in tests).
+/// A source of hop keys (random and kept across restarts in the master,
+/// [`crate::hop_keys`]; counted in tests).
 pub trait Keys {
+    /// A new key.
     fn hop_key(&mut self) -> String;
+    /// The key of hop (stream, from, to), being placed: a new one, unless the source kept one
+    /// for that hop (a restarted master placing a hop of its last run again).
+    fn key_of(&mut self, _stream: &str, _from: &str, _to: &str) -> String {
+        self.hop_key()
+    }
+    /// Whether hop (stream, from, to) was placed in the master's last run and not yet again
+    /// (a restarted master places it again first, so its push goes on).
+    fn had(&self, _stream: &str, _from: &str, _to: &str) -> bool {
+        false
+    }
+    /// Hop (stream, from, to) was taken away: its key is never handed out again.
+    fn dropped(&mut self, _stream: &str, _from: &str, _to: &str) {}
+    /// The placement settled: save what changed (before a table with the keys goes out).
+    fn commit(&mut self, _now: u64) {}
 }
 
 /// Highest reported table version the counter follows (2^52).

@@ -35,6 +35,8 @@ pub(super) struct Index {
     pub(super) fill: BTreeSet<String>,
     /// Nodes that became candidates (alive with a URL, or a new role) since the last placement.
     pub(super) up: Vec<String>,
+    /// Hops taken away since the last placement, (stream, from, to): their keys go.
+    pub(super) dropped: Vec<(String, String, String)>,
 }
 
 impl Index {
@@ -108,6 +110,7 @@ fn added(index: &mut Index, tables: &mut Tables, s: &str, ingest: &str, h: &Hop,
 
 /// A hop of stream `s` was taken away (`forget` afterwards drops the nodes that left it).
 fn removed(index: &mut Index, tables: &mut Tables, s: &str, ingest: &str, h: &Hop, edge: bool) {
+    index.dropped.push((s.to_string(), h.from.clone(), h.to.clone()));
     if h.by_route {
         if let Some(set) = index.routed.get_mut(&h.to) {
             set.remove(s);
@@ -311,6 +314,13 @@ impl Mesh {
         }
     }
 
+    /// The keys of the hops taken away since the last call are never handed out again.
+    pub(super) fn drop_keys(&mut self) {
+        for (s, from, to) in std::mem::take(&mut self.index.dropped) {
+            self.keys.dropped(&s, &from, &to);
+        }
+    }
+
     /// An edge asked for a live stream: put it on, by route.
     pub(super) fn route_edge(&mut self, s: &str, edge: &str) {
         self.add_edges(s, vec![(edge.to_string(), true)]);
@@ -318,6 +328,8 @@ impl Mesh {
 
     /// Place what the changes since the last call left to place.
     pub(super) fn place(&mut self, now: u64) {
+        // Keys of the hops taken away go first: a hop placed again now is a new one.
+        self.drop_keys();
         for s in std::mem::take(&mut self.index.fill) {
             self.fill(&s, None, now);
         }
@@ -340,9 +352,12 @@ impl Mesh {
         let Some(p) = self.streams.get(s) else { return };
         let had_roots = !p.roots.is_empty();
         let need = self.cfg.root_fanout.saturating_sub(p.roots.len());
-        for root in self.pick(Role::RootRelay, need, &p.roots, only) {
-            let key = self.keys.hop_key();
+        // A restarted master takes the root relays the stream had (their hop keys kept), so
+        // that its pushes go on.
+        let last_run = Some((s, p.ingest.as_str()));
+        for root in self.pick(Role::RootRelay, need, &p.roots, only, last_run) {
             let p = self.streams.get_mut(s).expect("listed");
+            let key = self.keys.key_of(s, &p.ingest, &root);
             let h = Hop { from: p.ingest.clone(), to: root, key, by_route: false, idle_since: None };
             added(&mut self.index, &mut self.tables, s, &p.ingest, &h, false);
             p.roots.push(h);
@@ -385,7 +400,7 @@ impl Mesh {
             let need = self.cfg.edge_fanout.saturating_sub(fanned);
             // Roots were missing: the edges were never placed, every relay is a candidate.
             let only = if had_roots { only } else { None };
-            let picked = self.pick(Role::Relay, need, &p.edges, only);
+            let picked = self.pick(Role::Relay, need, &p.edges, only, None);
             self.add_edges(s, picked.into_iter().map(|e| (e, false)).collect());
         }
         let p = &self.streams[s];
@@ -413,8 +428,8 @@ impl Mesh {
         for (edge, by_route) in edges {
             let Some(least) = per_root.iter_mut().min() else { return };
             least.0 += 1;
-            let h =
-                Hop { from: least.1.clone(), to: edge, key: self.keys.hop_key(), by_route, idle_since: None };
+            let key = self.keys.key_of(s, &least.1, &edge);
+            let h = Hop { from: least.1.clone(), to: edge, key, by_route, idle_since: None };
             added(&mut self.index, &mut self.tables, s, &p.ingest, &h, true);
             p.edges.push(h);
         }
@@ -422,15 +437,24 @@ impl Mesh {
 
     /// The `need` least loaded live nodes of `role` not in `have`: fewest hops placed, then the
     /// lower outbound bandwidth, then fewer connections (both from the last heartbeat), then
-    /// the id. `only`: that node alone is a candidate.
-    fn pick<'a>(&'a self, role: Role, need: usize, have: &[Hop], only: Option<&str>) -> Vec<String> {
+    /// the id. `only`: that node alone is a candidate. `last_run`: (stream, from): the nodes
+    /// that had a hop of it from there in the last run of the master come first.
+    fn pick<'a>(
+        &'a self,
+        role: Role,
+        need: usize,
+        have: &[Hop],
+        only: Option<&str>,
+        last_run: Option<(&str, &str)>,
+    ) -> Vec<String> {
         if need == 0 {
             return Vec::new();
         }
         let taken: HashSet<&str> = have.iter().map(|h| h.to.as_str()).collect();
         let fits = |n: &&Node| is_candidate(n) && n.role == role && !taken.contains(n.node_id.as_str());
+        let had = |n: &Node| last_run.is_some_and(|(s, from)| self.keys.had(s, from, &n.node_id));
         let key = |n: &'a Node| {
-            (self.index.load(&n.node_id), n.load.out_kbps, n.load.connections, n.node_id.as_str())
+            (!had(n), self.index.load(&n.node_id), n.load.out_kbps, n.load.connections, n.node_id.as_str())
         };
         let mut c: Vec<_> = match only {
             Some(id) => self.nodes.get(id).filter(fits).map(key).into_iter().collect(),
@@ -441,7 +465,7 @@ impl Mesh {
             c.truncate(need);
         }
         c.sort_unstable();
-        c.into_iter().map(|k| k.3.to_string()).collect()
+        c.into_iter().map(|k| k.4.to_string()).collect()
     }
 
     /// The indexes recomputed from the placements (tests check the kept ones against these).

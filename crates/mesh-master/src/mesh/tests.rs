@@ -1,6 +1,7 @@
 //! The placement rules, and the kept indexes and tables checked against ones made from nothing.
 
 mod kept;
+mod restart_keys;
 mod roles;
 mod suspect;
 
