@@ -123,6 +123,8 @@ sub cut {
 		wait_until(sub { video_since(rtmp => time - 1) > 5 }, 30);
 		$cut{$root}->thaw;
 	});
+}
+
 # edge: the other edge, carrying the stream for a viewer of its own (routed there), dies
 # (SIGKILL, the whole node) until the master has taken it off the stream; the players at the
 # stream's edge should not notice. It comes back after.

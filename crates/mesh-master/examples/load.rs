@@ -341,6 +341,7 @@ async fn main() {
         .args(["--listen", &format!("127.0.0.1:{}", o.port), "--db", dir.join("db").to_str().unwrap()])
         .args(["--heartbeat-interval", &o.interval.to_string(), "--edge-fanout", &fanout])
         .args(["--startup-grace", "0", "--max-connections", &cap.to_string(), "--log-level", "warn"])
+        .args(["--auto-approve", "all"])
         .env("MASTER_KEY", SECRET)
         .env("ADMIN_TOKEN", ADMIN)
         .stderr(std::fs::File::create(dir.join("master.log")).unwrap())
@@ -355,6 +356,8 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The master refuses requests signed in the second it started in.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let sim = Arc::new(Sim {
         port: o.port,
         interval: o.interval,

@@ -156,6 +156,25 @@ fn main() {
         let hops: usize = m.streams().values().map(|p| p.roots.len() + p.edges.len()).sum();
         println!("| {relays} | {five:.2} ms | {hops} |");
     }
+    println!("\n2b. fan-out to every relay, relays joining after the streams are live (as in the load example): 20 ingest nodes, 50 root relays, 1,000 live streams\n");
+    println!("| relays joined | the last 100 joins, each | hops placed |");
+    println!("|---:|---:|---:|");
+    {
+        let cfg = Config { node_timeout_s: 30, edge_fanout: usize::MAX, ..Config::default() };
+        let mut m = mesh(cfg, 20, 50, 0);
+        live(&mut m, 20, 1000);
+        let mut t = Instant::now();
+        for i in 0..930u32 {
+            announce(&mut m, &format!("edge-{i}"), Role::Relay, 100 + i);
+            if i % 310 == 309 {
+                let hops: usize = m.streams().values().map(|p| p.roots.len() + p.edges.len()).sum();
+                println!("| {} | {:.2} ms | {hops} |", i + 1, ms(t) / 100.0);
+            }
+            if i % 310 == 209 {
+                t = Instant::now();
+            }
+        }
+    }
     println!("\n3. 1,000 nodes (20 ingest nodes, 50 root relays, 930 edges), 10,000 live streams\n");
     println!("| edge fan-out | ingest heartbeat, nothing new | ingest heartbeat, one new stream | edge heartbeat | route request | root relay dies | a relay joins |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");

@@ -160,6 +160,11 @@ struct Args {
     #[arg(long, env = "AUTO_APPROVE", default_value = "", value_parser = parse_roles)]
     auto_approve: Roles,
 
+    /// Probe a suspect (a node a peer reports it cannot push to) with a TCP connection to its
+    /// announced RTMP address: on (default) or off (a suspect then dies only by its silence).
+    #[arg(long, env = "SUSPECT_PROBE", default_value = "on", value_parser = ["on", "off"])]
+    suspect_probe: String,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -334,8 +339,12 @@ fn run(args: Args) -> Result<(), String> {
         auth: args.auth_endpoint.clone(),
         route: args.route_endpoint.clone(),
     };
-    let app =
+    let mut app =
         App::new(mesh, store, creds, epoch, admin_token, now().saturating_add(grace), args.max_poll_wait);
+    if args.suspect_probe == "off" {
+        Arc::get_mut(&mut app).expect("not shared yet").suspect_probe = false;
+        info!("suspect probe off: a node a peer cannot push to dies only by its silence");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

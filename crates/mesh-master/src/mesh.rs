@@ -27,6 +27,7 @@ mod grants;
 mod model;
 mod place;
 mod suspect;
+mod table_json;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -44,7 +45,8 @@ pub use model::{
     node_url, Config, Hop, Keys, MeshError, Node, PendingNode, Placement, FOLLOW_MAX, PENDING_MAX,
     PENDING_REASON,
 };
-pub use tables::{table_json, Entry, PublishKey, StreamDoc, TableDoc};
+pub use table_json::{table_json, Cached};
+pub use tables::{Entry, PublishKey, StreamDoc, TableDoc};
 
 /// What an announce did: the node's granted role (None: it waits for one), and whether it
 /// was granted now (by auto-approval: the caller stores it).
@@ -68,9 +70,9 @@ pub struct Mesh {
     /// Broadcaster keys: stream → hex sha256.
     publish: BTreeMap<String, String>,
     /// The same, as the tables carry them.
-    publish_doc: Arc<BTreeMap<String, PublishKey>>,
+    publish_doc: Arc<Cached<BTreeMap<String, PublishKey>>>,
     /// Every stream's identity, as the tables carry them.
-    streams_doc: Arc<BTreeMap<String, StreamDoc>>,
+    streams_doc: Arc<Cached<BTreeMap<String, StreamDoc>>>,
     /// The signing key first.
     viewer_keys: Arc<Vec<ViewerKey>>,
     /// The last version handed out; every changed table takes the next one.
@@ -168,14 +170,15 @@ impl Mesh {
 
     /// The streams as stored: broadcaster keys (hex sha256) and identities.
     pub fn set_streams(&mut self, streams: BTreeMap<String, StreamRow>) {
-        self.publish_doc = Arc::new(
+        self.publish_doc = Arc::new(Cached::new(
             streams
                 .iter()
                 .map(|(s, r)| (s.clone(), PublishKey { key_sha256: r.key_sha256.clone() }))
                 .collect(),
-        );
-        self.streams_doc =
-            Arc::new(streams.iter().map(|(s, r)| (s.clone(), StreamDoc { id: r.id.clone() })).collect());
+        ));
+        self.streams_doc = Arc::new(Cached::new(
+            streams.iter().map(|(s, r)| (s.clone(), StreamDoc { id: r.id.clone() })).collect(),
+        ));
         self.publish = streams.into_iter().map(|(s, r)| (s, r.key_sha256)).collect();
         self.tables.shared = true;
         self.settle(0);
@@ -377,6 +380,17 @@ impl Mesh {
         });
         self.settle(now);
         died
+    }
+
+    /// The master was behind for `secs` (busy or stopped, not hearing heartbeats): that time
+    /// counts toward no node's silence. Never past `now`.
+    pub fn excuse(&mut self, secs: u64, now: u64) {
+        if secs == 0 {
+            return;
+        }
+        for n in self.nodes.values_mut().filter(|n| n.alive && n.last_seen > 0) {
+            n.last_seen = n.last_seen.saturating_add(secs).min(now);
+        }
     }
 
     /// A node cut off (revoked): as if never seen, so the next sweep declares it dead and

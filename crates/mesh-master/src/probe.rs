@@ -4,7 +4,9 @@
 //! resolve (within 2 s) proves nothing (the suspect then dies only by its silence). One probe per suspect
 //! at a time, at most one a second (the mesh hands them out so). A suspect that answers is alive:
 //! the hops to it whose pushes were reported `stalled` cross a dead path and move
-//! (`Mesh::path_dead`).
+//! (`Mesh::path_dead`). `--suspect-probe off` (for a
+//! master that cannot reach the nodes' RTMP ports, or must never connect where a node's
+//! announce points) probes nothing: a suspect then dies only by its silence.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,10 @@ pub fn suspects(app: &Arc<App>) {
     // Never behind a decision (this runs on a thread that answers heartbeats): a busy mesh
     // keeps its probes for the next heartbeat.
     let Some(probes) = app.mesh.try_lock().map(|mut m| m.take_probes()) else { return };
+    if !app.suspect_probe {
+        // `--suspect-probe off`: taken and dropped; suspects die only by their silence.
+        return;
+    }
     for (id, url) in probes {
         let Some(addr) = rtmp_addr(&url) else { continue };
         let app = app.clone();

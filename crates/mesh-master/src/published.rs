@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -36,7 +37,14 @@ pub(crate) struct Published {
     /// Heartbeats not applied yet, with when they came (the last of each node: it says all
     /// a heartbeat says). Only nodes the master knows: at most one per node.
     pending: Mutex<HashMap<String, (Heartbeat, u64)>>,
+    /// node → when it was last sent a table (nodes the master tells something only).
+    sent: Mutex<HashMap<String, Instant>>,
 }
+
+/// A node is sent a table at most this often: a burst of changes (a placement that runs
+/// over many heartbeats) becomes one table, not one per change. The first change after a
+/// quiet spell is sent at once.
+pub(crate) const TABLE_EVERY: Duration = Duration::from_millis(250);
 
 /// A poll waiting for its node's table to change; dropping it forgets the wake-up when it was
 /// the node's last.
@@ -65,6 +73,7 @@ impl Default for Published {
             told: Mutex::default(),
             waiters: Mutex::default(),
             pending: Mutex::default(),
+            sent: Mutex::default(),
         }
     }
 }
@@ -78,6 +87,7 @@ impl Published {
             let (Some((version, doc)), Some(node)) = (m.table(id), m.nodes().get(id)) else {
                 // Left the mesh (its grant taken back): told nothing any more.
                 told.remove(id);
+                self.sent.lock().remove(id);
                 continue;
             };
             told.insert(id.clone(), Told { role: node.role, version, doc });
@@ -87,6 +97,19 @@ impl Published {
     /// What `id` was last told (None: a node the master does not know).
     pub(crate) fn get(&self, id: &str) -> Option<Told> {
         self.told.lock().get(id).cloned()
+    }
+
+    /// How long `id`'s next table waits so that it comes [`TABLE_EVERY`] after its last.
+    pub(crate) fn hold(&self, id: &str, now: Instant) -> Option<Duration> {
+        let last = *self.sent.lock().get(id)?;
+        TABLE_EVERY.checked_sub(now.saturating_duration_since(last)).filter(|d| !d.is_zero())
+    }
+
+    /// `id` was sent a table now (a node the master tells something: one entry per node).
+    pub(crate) fn sent(&self, id: &str, now: Instant) {
+        if self.told.lock().contains_key(id) {
+            self.sent.lock().insert(id.to_string(), now);
+        }
     }
 
     /// Wake the polls waiting for these nodes.
@@ -130,5 +153,39 @@ impl Published {
         let mut v: Vec<_> = std::mem::take(&mut *self.pending.lock()).into_values().collect();
         v.sort_by(|(a, at), (b, bt)| at.cmp(bt).then_with(|| a.node_id.cmp(&b.node_id)));
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::Config;
+
+    #[test]
+    fn a_node_is_sent_a_table_at_most_every_table_every() {
+        let mut m = Mesh::new(
+            Config { auto_approve: Role::ALL.to_vec(), ..Config::default() },
+            0,
+            Box::new(crate::server::RandomKeys),
+        );
+        let a = mesh_core::wire::Announce {
+            node_id: "edge-1".into(),
+            role: Role::Relay,
+            rtmp_url: "rtmp://127.0.0.1:1935".into(),
+            http_url: String::new(),
+            version: "t".into(),
+            capabilities: mesh_core::wire::Capabilities { transcode: false, hls: false, dash: false },
+        };
+        m.announce(&a, 1);
+        let p = Published::default();
+        let t0 = Instant::now();
+        p.sent("stranger", t0);
+        assert_eq!(p.hold("stranger", t0), None, "only nodes told something are remembered");
+        p.publish(&m, [&"edge-1".to_string()]);
+        assert_eq!(p.hold("edge-1", t0), None, "the first table goes at once");
+        p.sent("edge-1", t0);
+        assert_eq!(p.hold("edge-1", t0), Some(TABLE_EVERY));
+        assert_eq!(p.hold("edge-1", t0 + TABLE_EVERY / 2), Some(TABLE_EVERY / 2));
+        assert_eq!(p.hold("edge-1", t0 + TABLE_EVERY), None);
     }
 }

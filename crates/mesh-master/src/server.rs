@@ -66,6 +66,10 @@ pub struct App {
     pub counters: Counters,
     /// Per-node request budgets.
     pub rates: Rates,
+    /// Suspects are probed (crate::probe); off, a suspect dies only by its silence.
+    pub suspect_probe: bool,
+    /// When the last sweep began ([`App::behind`]).
+    last_sweep: Mutex<Option<std::time::Instant>>,
 }
 
 pub fn now() -> u64 {
@@ -120,6 +124,8 @@ impl App {
             closing: Default::default(),
             counters: Counters::default(),
             rates,
+            suspect_probe: true,
+            last_sweep: Mutex::default(),
         });
         app.reserve_versions(ceiling);
         app
@@ -213,7 +219,15 @@ impl App {
         let t = now();
         self.rates.prune(std::time::Instant::now());
         self.nonces.lock().prune(t);
-        let died = self.with_mesh(|m| m.sweep(t));
+        let behind = self.behind();
+        if behind > 0 {
+            warn!(seconds = behind, "master behind: its sweep came late; no node's silence counts that time");
+            self.counters.add("mesh_master_behind_seconds_total", "", behind);
+        }
+        let died = self.with_mesh(|m| {
+            m.excuse(behind, t);
+            m.sweep(t)
+        });
         self.counters.add("mesh_master_node_deaths_total", "", died.len() as u64);
         for id in died {
             warn!(node = %id, "node dead: no heartbeat; its streams are placed again");
@@ -229,6 +243,14 @@ impl App {
                 Err(e) => warn!(error = %e, "cannot drop retired viewer keys"),
             }
         }
+    }
+
+    /// Whole seconds the sweeps (one a second) came late since the last one: the master was
+    /// behind (its threads busy, or stopped), not the nodes silent.
+    fn behind(&self) -> u64 {
+        let at = std::time::Instant::now();
+        let last = self.last_sweep.lock().replace(at);
+        last.map_or(0, |l| at.saturating_duration_since(l).as_secs().saturating_sub(1))
     }
 
     /// Streams changed in the database (keys, identities): the tables follow.
@@ -324,5 +346,7 @@ pub fn router(app: Arc<App>, paths: &Paths) -> Router {
 
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_probe;
 #[cfg(test)]
 mod tests_wake;

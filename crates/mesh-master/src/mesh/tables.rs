@@ -5,6 +5,7 @@
 //! its own. Documents are shared (`Arc`), so a long poll takes one under the lock and
 //! serializes it after.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -13,23 +14,24 @@ use serde::Serialize;
 use mesh_core::role::Role;
 use mesh_core::viewer::ViewerKey;
 
+use super::table_json::{Cached, Entries};
 use super::{Hop, Mesh};
 
 /// One node's table as sent (the protocol's shape), without its version.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TableDoc {
     pub role: Option<Role>,
-    pub ingest: BTreeMap<String, Vec<Entry>>,
-    pub relay: BTreeMap<String, Vec<Entry>>,
-    /// Shared by every ingest node's table (and compared by pointer first).
-    pub publish: Arc<BTreeMap<String, PublishKey>>,
+    pub ingest: BTreeMap<Arc<str>, Entries>,
+    pub relay: BTreeMap<Arc<str>, Entries>,
+    /// Shared by every ingest node's table.
+    pub publish: Arc<Cached<BTreeMap<String, PublishKey>>>,
     /// Nodes that serve viewers: the keys, the lifetime and every stream's identity (shared).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub viewer_keys: Option<Arc<Vec<ViewerKey>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_token_ttl_s: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub streams: Option<Arc<BTreeMap<String, StreamDoc>>>,
+    pub streams: Option<Arc<Cached<BTreeMap<String, StreamDoc>>>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -51,21 +53,6 @@ pub struct PublishKey {
     pub key_sha256: String,
 }
 
-/// A table as the protocol's JSON: the document with its version.
-/// Written straight from the document (no JSON tree in between: a relay's table of 10,000
-/// streams is megabytes).
-pub fn table_json(version: u64, doc: &TableDoc) -> Option<(u64, Vec<u8>)> {
-    let body = serde_json::to_vec(doc).ok()?;
-    let rest = body.strip_prefix(b"{")?;
-    let mut out = Vec::with_capacity(body.len() + 32);
-    out.extend_from_slice(format!("{{\"version\":{version}").as_bytes());
-    if !rest.starts_with(b"}") {
-        out.push(b',');
-    }
-    out.extend_from_slice(rest);
-    Some((version, out))
-}
-
 #[derive(Debug, Default)]
 pub(super) struct Tables {
     docs: HashMap<String, (u64, Arc<TableDoc>)>,
@@ -79,6 +66,10 @@ pub(super) struct Tables {
     pub(super) renumber: bool,
     /// Nodes whose table took a new version since the last [`Mesh::take_changed`].
     pub(super) changed: BTreeSet<String>,
+    /// hop key → its entry, without `from` and with it ([`Mesh::entry`]).
+    entries: RefCell<[HashMap<String, Arc<Entry>>; 2]>,
+    /// More entries than this: those of hops that are gone are forgotten.
+    entries_limit: usize,
 }
 
 impl Tables {
@@ -112,8 +103,11 @@ impl Tables {
     }
 }
 
+/// At most this many nodes asked about one stream: their hops are found by comparison.
+const SMALL: usize = 8;
+
 /// A node's entries for one stream: under `ingest` and under `relay`.
-type Slot = (Option<Vec<Entry>>, Option<Vec<Entry>>);
+type Slot = (Option<Vec<Arc<Entry>>>, Option<Vec<Arc<Entry>>>);
 
 impl Mesh {
     /// Bring the tables up to date with what changed; a table that changed takes the next
@@ -138,6 +132,7 @@ impl Mesh {
                 }
             }
         }
+        self.forget_old_entries();
         if std::mem::take(&mut self.tables.renumber) {
             changed.extend(self.tables.docs.keys().cloned());
         }
@@ -182,13 +177,15 @@ impl Mesh {
     fn write_entries(&mut self, s: &str, id: &str, (ingest, relay): Slot) -> bool {
         let created = !self.tables.docs.contains_key(id) && self.write_base(id);
         let Some((_, doc)) = self.tables.docs.get_mut(id) else { return false };
-        if doc.ingest.get(s) == ingest.as_ref() && doc.relay.get(s) == relay.as_ref() {
+        let same = |kept: Option<&Entries>, v: &Option<Vec<Arc<Entry>>>| kept.map(|e| &***e) == v.as_ref();
+        if same(doc.ingest.get(s), &ingest) && same(doc.relay.get(s), &relay) {
             return created;
         }
+        // Copies the document's maps when a long poll holds it (pointers, not entries).
         let d = Arc::make_mut(doc);
         for (map, v) in [(&mut d.ingest, ingest), (&mut d.relay, relay)] {
             match v {
-                Some(v) => map.insert(s.to_string(), v),
+                Some(v) => map.insert(Arc::from(s), Arc::new(Cached::new(v))),
                 None => map.remove(s),
             };
         }
@@ -204,15 +201,23 @@ impl Mesh {
         let role = |id: &str| self.nodes.get(id).map(|n| n.role);
         let mut here: HashMap<&str, Vec<&Hop>> = HashMap::new();
         let mut out: HashMap<&str, Vec<&Hop>> = HashMap::new();
-        for h in &p.roots {
+        // Only the hops of the nodes asked about: a stream fanned out to 1,000 relays, of
+        // which one changed, is one pass of comparisons, not a map of 1,000 hops.
+        let asked: Option<Vec<&str>> = (ids.len() <= SMALL).then(|| ids.iter().map(String::as_str).collect());
+        let wanted = |id: &str| asked.as_ref().is_none_or(|a| a.contains(&id));
+        for h in p.roots.iter().filter(|h| wanted(&h.to)) {
             here.entry(h.to.as_str()).or_default().push(h);
         }
         for h in &p.edges {
-            out.entry(h.from.as_str()).or_default().push(h);
-            here.entry(h.to.as_str()).or_default().push(h);
+            if wanted(&h.from) {
+                out.entry(h.from.as_str()).or_default().push(h);
+            }
+            if wanted(&h.to) {
+                here.entry(h.to.as_str()).or_default().push(h);
+            }
         }
-        let entries = |hops: Option<&Vec<&Hop>>, with_from: bool| -> Option<Vec<Entry>> {
-            let v: Vec<Entry> = hops.into_iter().flatten().map(|h| self.entry(h, with_from)).collect();
+        let entries = |hops: Option<&Vec<&Hop>>, with_from: bool| -> Option<Vec<Arc<Entry>>> {
+            let v: Vec<Arc<Entry>> = hops.into_iter().flatten().map(|h| self.entry(h, with_from)).collect();
             (!v.is_empty()).then_some(v)
         };
         ids.into_iter()
@@ -233,7 +238,43 @@ impl Mesh {
             .collect()
     }
 
-    fn entry(&self, h: &Hop, with_from: bool) -> Entry {
+    /// A hop's entry, made once per hop (its key is its own: a hop that moves, or whose
+    /// node's URL changes, is a new hop) and shared by every list and version that has it.
+    fn entry(&self, h: &Hop, with_from: bool) -> Arc<Entry> {
+        let url = self.nodes.get(&h.to).map_or("", |n| n.node_url.as_str());
+        let mut made = self.tables.entries.borrow_mut();
+        let side = &mut made[usize::from(with_from)];
+        let same = |e: &&Arc<Entry>| {
+            e.node_id == h.to && e.node_url == url && (!with_from || e.from.as_ref() == Some(&h.from))
+        };
+        if let Some(e) = side.get(&h.key).filter(same) {
+            return e.clone();
+        }
+        let e = Arc::new(self.new_entry(h, with_from));
+        side.insert(h.key.clone(), e.clone());
+        e
+    }
+
+    /// Entries of hops that are gone are forgotten once they are as many as the rest.
+    pub(super) fn forget_old_entries(&mut self) {
+        let made = self.tables.entries.get_mut();
+        let n = made[0].len() + made[1].len();
+        if n <= self.tables.entries_limit {
+            return;
+        }
+        let live: std::collections::HashSet<&str> = self
+            .streams
+            .values()
+            .flat_map(|p| p.roots.iter().chain(&p.edges))
+            .map(|h| h.key.as_str())
+            .collect();
+        for side in made.iter_mut() {
+            side.retain(|k, _| live.contains(k.as_str()));
+        }
+        self.tables.entries_limit = (2 * (made[0].len() + made[1].len())).max(1024);
+    }
+
+    fn new_entry(&self, h: &Hop, with_from: bool) -> Entry {
         Entry {
             node_id: h.to.clone(),
             node_url: self.nodes.get(&h.to).map(|n| n.node_url.clone()).unwrap_or_default(),
@@ -247,8 +288,8 @@ impl Mesh {
     #[cfg(test)]
     fn slot(&self, s: &str, id: &str) -> Slot {
         let (Some(p), Some(node)) = (self.streams.get(s), self.nodes.get(id)) else { return (None, None) };
-        let entry = |h: &Hop, with_from: bool| self.entry(h, with_from);
-        let some = |v: Vec<Entry>| (!v.is_empty()).then_some(v);
+        let entry = |h: &Hop, with_from: bool| Arc::new(self.new_entry(h, with_from));
+        let some = |v: Vec<Arc<Entry>>| (!v.is_empty()).then_some(v);
         match node.role {
             Role::Ingest | Role::Standalone if p.ingest == id => {
                 (Some(p.roots.iter().map(|h| entry(h, false)).collect()), None)
@@ -287,10 +328,10 @@ impl Mesh {
             for s in self.streams.keys() {
                 let (ingest, relay) = self.slot(s, id);
                 if let Some(v) = ingest {
-                    t.ingest.insert(s.clone(), v);
+                    t.ingest.insert(Arc::from(s.as_str()), Arc::new(Cached::new(v)));
                 }
                 if let Some(v) = relay {
-                    t.relay.insert(s.clone(), v);
+                    t.relay.insert(Arc::from(s.as_str()), Arc::new(Cached::new(v)));
                 }
             }
             out.insert(id.clone(), t);
@@ -298,8 +339,17 @@ impl Mesh {
         out
     }
 
+    /// The kept tables; each one's JSON checked against its document's `Serialize`.
     #[cfg(test)]
     pub(super) fn tables_kept(&self) -> HashMap<String, TableDoc> {
+        for (id, (v, d)) in &self.tables.docs {
+            let (_, json) = super::table_json(*v, d).expect("a table");
+            assert_eq!(
+                String::from_utf8_lossy(&json),
+                String::from_utf8_lossy(&super::table_json::table_json_by_serde(*v, d)),
+                "{id}'s JSON"
+            );
+        }
         self.tables.docs.iter().map(|(id, (_, d))| (id.clone(), (**d).clone())).collect()
     }
 }

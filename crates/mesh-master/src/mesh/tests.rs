@@ -1,5 +1,6 @@
 //! The placement rules, and the kept indexes and tables checked against ones made from nothing.
 
+mod behind;
 mod kept;
 mod restart_keys;
 mod roles;
