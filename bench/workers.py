@@ -45,7 +45,7 @@ import urllib.request
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "t/lib"))
-from benchlib import nginx, port, wait_port, write_conf  # noqa: E402
+from benchlib import NGINX, port, wait_port, write_conf  # noqa: E402
 from rtmp_publish import Reader, chunk  # noqa: E402
 from rtmp_raw import amf, full_name, parse_url, run_pool  # noqa: E402
 
@@ -103,6 +103,8 @@ def play_session(url, name, timeout):
 
 def plays_part(url, name, n, c):
     """`n` play sessions, `c` at a time (one client process): (got media, wall seconds)."""
+    if PIN.get("client_cpus"):
+        os.sched_setaffinity(0, PIN["client_cpus"])
     ok = []
     t0 = time.perf_counter()
     run_pool(n, c, lambda i: ok.append(play_session(url, name, 3)))
@@ -117,17 +119,40 @@ def plays(url, name, n, c):
     return ok / max(p[1] for p in parts), n // 2 * 2 - ok
 
 
-def wrk(url, secs):
-    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{secs}s", url], capture_output=True, text=True).stdout
+# `--pin`: the servers (nginx, its ffmpegs, the publishers) on one set of CPUs, the clients on
+# another (taskset), so that a rate measures the server, not the clients sharing its cores.
+PIN = {"server": [], "client": []}
+
+
+def cpu_s(pids):
+    """User + system CPU seconds the processes `pids` have used (themselves, not their children)."""
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url, secs, pids=()):
+    """Requests per second, and the CPU microseconds `pids` (the server's workers) spent per
+    request meanwhile."""
+    c0 = cpu_s(pids)
+    out = subprocess.run([*PIN["client"], "wrk", "-t2", "-c32", f"-d{secs}s", url], capture_output=True, text=True).stdout
+    c1 = cpu_s(pids)
     rps = next((float(l.split()[1]) for l in out.splitlines() if l.startswith("Requests/sec:")), None)
+    n = next((int(l.split()[0]) for l in out.splitlines() if " requests in " in l), 0)
     bad = next((int(l.split()[-1]) for l in out.splitlines() if "Non-2xx" in l), 0)
     if rps is None or bad:
         raise RuntimeError(f"wrk {url}: {out}")
-    return rps
+    return rps, (c1 - c0) * 1e6 / max(n, 1)
 
 
 class Server:
-    def __init__(self, work, name, workers, mesh, media=None):
+    def __init__(self, work, name, workers, mesh, media=None, symlinks=False):
         self.dir = os.path.join(work, name)
         os.makedirs(os.path.join(self.dir, "sock"), exist_ok=True)
         os.makedirs(os.path.join(self.dir, "logs"), exist_ok=True)
@@ -151,11 +176,14 @@ class Server:
         else:
             self.media = media
             rtmp = f"    server {{ listen 127.0.0.1:{self.rtmp}; application live {{ live on; }} }}\n"
-            http = f"    server {{ listen 127.0.0.1:{self.http}; location /cam1/ {{ root {media}; }} }}\n"
+            # (`symlinks`: the same `disable_symlinks on` below the root as `mesh_media` sets)
+            guard = f" disable_symlinks on from={media};" if symlinks else ""
+            http = f"    server {{ listen 127.0.0.1:{self.http}; location /cam1/ {{ root {media};{guard} }} }}\n"
         body = (f"rtmp {{\n    access_log off;\n{rtmp}}}\n"
                 f"http {{\n    access_log off;\n    sendfile on;\n    {TYPES}\n{http}}}\n")
         write_conf(self.dir, body, mesh=mesh, worker_connections=4096, main=main, workers=workers)
-        nginx(self.dir)
+        subprocess.run([*PIN["server"], NGINX, "-p", self.dir + "/", "-c", "nginx.conf", "-e",
+                        self.dir + "/error.log"], check=True)
         if not (wait_port(self.rtmp) and wait_port(self.http)):
             raise RuntimeError(f"{name}: nginx does not listen: " + open(os.path.join(self.dir, "error.log")).read())
         pidfile = os.path.join(self.dir, "nginx.pid")
@@ -164,9 +192,13 @@ class Server:
             time.sleep(0.1)
         self.master = int(open(pidfile).read())
         args = f"?key={KEY}" if mesh else ""
-        self.pub = subprocess.Popen(["ffmpeg", "-nostdin", "-loglevel", "error", *FFMPEG_IN, "-t", "3600",
+        self.pub = subprocess.Popen([*PIN["server"], "ffmpeg", "-nostdin", "-loglevel", "error", *FFMPEG_IN, "-t", "3600",
                                      *FFMPEG_OUT, f"rtmp://127.0.0.1:{self.rtmp}/live/cam1{args}"],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def workers(self):
+        out = subprocess.run(["pgrep", "-P", str(self.master)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
 
     def stop(self):
         self.pub.terminate()
@@ -193,7 +225,10 @@ def segment(media):
 
 def measure(work, workers, a):
     ours = Server(work, f"ours-{workers}", workers, mesh=True)
-    plain = Server(work, f"plain-{workers}", workers, mesh=False, media=ours.media)
+    peers = {"plain": Server(work, f"plain-{workers}", workers, mesh=False, media=ours.media)}
+    if a.guarded:
+        peers["guarded"] = Server(work, f"guarded-{workers}", workers, mesh=False, media=ours.media, symlinks=True)
+    sides = ["ours", *peers]
     try:
         tok = token("cam1")
         time.sleep(2)
@@ -203,25 +238,48 @@ def measure(work, workers, a):
         end = time.time() + 30
         while time.time() < end and len([n for n in os.listdir(f"{ours.media}/cam1") if n.startswith("chunk-0-")]) < 3:
             time.sleep(0.5)
-        res = {k: {"ours": [], "plain": []} for k in ("plays", "segment", "playlist")}
-        fails = {"ours": 0, "plain": 0}
-        for _ in range(a.rounds):
-            for side, srv, name in (("ours", ours, f"cam1?token={tok}"), ("plain", plain, "cam1")):
-                rate, failed = plays(f"rtmp://127.0.0.1:{srv.rtmp}/live", name, a.sessions, a.concurrency)
-                res["plays"][side].append(rate)
-                fails[side] += failed
-            # (the newest complete segment, picked again for each run: the window moves on)
-            for side, url in (("ours", f"http://127.0.0.1:{ours.http}/hls/cam1/%s?token={tok}"),
-                              ("plain", f"http://127.0.0.1:{plain.http}/cam1/%s")):
-                res["segment"][side].append(wrk(url % segment(ours.media), a.seconds))
-            for side, url in (("ours", f"http://127.0.0.1:{ours.http}/hls/cam1/media_0.m3u8?token={tok}"),
-                              ("plain", f"http://127.0.0.1:{plain.http}/cam1/media_0.m3u8")):
-                res["playlist"][side].append(wrk(url, a.seconds))
+        if a.hold:
+            print(f"ours: http://127.0.0.1:{ours.http}/hls/cam1/media_0.m3u8?token={tok}; plain: "
+                  f"http://127.0.0.1:{peers['plain'].http}/cam1/; workers: "
+                  + subprocess.run(["pgrep", "-P", str(ours.master)], capture_output=True, text=True).stdout.split()[0]
+                  + f"; {a.hold} s", flush=True)
+            time.sleep(a.hold)
+        res = {k: {s: [] for s in sides} for k in METRICS[a.only]}
+        cpu = {k: {s: [] for s in sides} for k in ("segment", "playlist")}
+        fails = dict.fromkeys(sides, 0)
+        servers = {"ours": ours, **peers}
+        for r in range(a.rounds):
+            if "plays" in res:
+                for side in ("ours", "plain"):
+                    name = f"cam1?token={tok}" if side == "ours" else "cam1"
+                    rate, failed = plays(f"rtmp://127.0.0.1:{servers[side].rtmp}/live", name, a.sessions,
+                                         a.concurrency)
+                    res["plays"][side].append(rate)
+                    fails[side] += failed
+            for k, file in (("segment", None), ("playlist", "media_0.m3u8")):
+                if k not in res:
+                    continue
+                # (sides in turn, each round in another order)
+                for side in sides[r % len(sides):] + sides[:r % len(sides)]:
+                    srv = servers[side]
+                    # the newest complete segment, picked again for each run: the window moves
+                    # on (a segment stays about 14 s)
+                    name = file or segment(ours.media)
+                    url = (f"http://127.0.0.1:{srv.http}/hls/cam1/{name}?token={tok}" if side == "ours"
+                           else f"http://127.0.0.1:{srv.http}/cam1/{name}")
+                    rps, us = wrk(url, a.seconds, srv.workers())
+                    res[k][side].append(rps)
+                    cpu[k][side].append(us)
         ffmpegs = subprocess.run(["pgrep", "-f", f"{ours.media}/cam1"], capture_output=True, text=True).stdout.split()
-        return res, fails, len(ffmpegs)
+        return res, fails, len(ffmpegs), cpu
     finally:
         ours.stop()
-        plain.stop()
+        for p in peers.values():
+            p.stop()
+
+
+METRICS = {"all": ("plays", "segment", "playlist"), "hls": ("segment", "playlist"), "plays": ("plays",)}
+TITLES = {"plays": "RTMP plays/s", "segment": "HLS segment req/s", "playlist": "HLS media playlist req/s"}
 
 
 def mean(xs):
@@ -234,12 +292,23 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--sessions", type=int, default=2000, help="RTMP play sessions per run")
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--counts", help="worker counts, comma-separated (default: 1, 2 and the cores)")
+    ap.add_argument("--only", choices=sorted(METRICS), default="all", help="what to measure")
+    ap.add_argument("--guarded", action="store_true",
+                    help="a third server: plain with `disable_symlinks on`, as mesh_media sets it")
+    ap.add_argument("--pin", metavar="SERVER:CLIENT",
+                    help="CPU lists for taskset, e.g. 0:1: the servers on the first, the clients on the second")
+    ap.add_argument("--hold", type=int, default=0, help="seconds to wait before measuring (to attach perf)")
     a = ap.parse_args()
-    for tool in ("wrk", "ffmpeg"):
+    for tool in ("wrk", "ffmpeg") + (("taskset",) if a.pin else ()):
         if not shutil.which(tool):
             sys.exit(f"bench/workers.py needs {tool}")
+    if a.pin:
+        server, client = a.pin.split(":")
+        PIN["server"], PIN["client"] = ["taskset", "-c", server], ["taskset", "-c", client]
+        PIN["client_cpus"] = {int(c) for c in client.split(",")}
     cores = os.cpu_count() or 1
-    counts = sorted({1, 2, cores})
+    counts = sorted({int(c) for c in a.counts.split(",")} if a.counts else {1, 2, cores})
     work = tempfile.mkdtemp(prefix="mesh-bench-workers-")
     os.chmod(work, 0o755)
     rows = {}
@@ -248,26 +317,53 @@ def main():
             rows[w] = measure(work, w, a)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"| workers ({cores} cores; {a.rounds} rounds; plays: {a.sessions} sessions, {a.concurrency} at a time; "
-          f"wrk 2 threads 32 connections {a.seconds} s) | RTMP plays/s ours | plain | ours / plain "
-          f"| HLS segment req/s ours | plain | ours / plain | HLS media playlist req/s ours | plain | ours / plain "
-          f"| ffmpegs (ours) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    metrics = METRICS[a.only]
+    peers = ["plain", "guarded"] if a.guarded else ["plain"]
+    head, cols = [], 0
+    for k in metrics:
+        sides = ["plain"] if k == "plays" else peers
+        head += [f"{TITLES[k]} ours"] + [f"{p}" for p in sides] + [f"ours / {p}" for p in sides]
+        cols += 1 + 2 * len(sides)
+    pin = f"; pinned {a.pin}" if a.pin else ""
+    print(f"| workers ({cores} cores{pin}; {a.rounds} rounds; plays: {a.sessions} sessions, {a.concurrency} at a time; "
+          f"wrk 2 threads 32 connections {a.seconds} s) | " + " | ".join(head) + " | ffmpegs (ours) |")
+    print("|---|" + "---:|" * (cols + 1))
     m = {w: {k: {s: mean(v[s]) for s in v} for k, v in rows[w][0].items()} for w in counts}
     for w in counts:
         cells = []
-        for k in ("plays", "segment", "playlist"):
-            o, p = m[w][k]["ours"], m[w][k]["plain"]
-            cells += [f"{o:.0f}", f"{p:.0f}", f"{o / p:.3f}"]
+        for k in metrics:
+            sides = ["plain"] if k == "plays" else peers
+            o = m[w][k]["ours"]
+            cells += [f"{o:.0f}"] + [f"{m[w][k][p]:.0f}" for p in sides] + [f"{o / m[w][k][p]:.3f}" for p in sides]
         f = rows[w][1]
         note = f" (failed plays: ours {f['ours']}, plain {f['plain']})" if f["ours"] or f["plain"] else ""
         print(f"| {w}{note} | " + " | ".join(cells) + f" | {rows[w][2]} |")
-    for w in counts[1:]:
-        cells = []
-        for k in ("plays", "segment", "playlist"):
-            so, sp = m[w][k]["ours"] / m[1][k]["ours"], m[w][k]["plain"] / m[1][k]["plain"]
-            cells += [f"{so:.2f}×", f"{sp:.2f}×", ""]
-        print(f"| {w} / 1 workers | " + " | ".join(cells) + " | |")
+    hls = [k for k in metrics if k != "plays"]
+    if hls:
+        print()
+        head = []
+        for k in hls:
+            head += [f"{TITLES[k].replace(' req/s', '')}: worker CPU µs/request ours"] + peers + [f"ours / {p}" for p in peers]
+        print("| workers | " + " | ".join(head) + " |")
+        print("|---|" + "---:|" * len(head))
+        for w in counts:
+            c = {k: {s: mean(v) for s, v in rows[w][3][k].items()} for k in hls}
+            cells = []
+            for k in hls:
+                o = c[k]["ours"]
+                cells += [f"{o:.1f}"] + [f"{c[k][p]:.1f}" for p in peers] + [f"{o / c[k][p]:.3f}" for p in peers]
+            print(f"| {w} | " + " | ".join(cells) + " |")
+    if 1 in m and len(counts) > 1:
+        print()
+        head = [f"{TITLES[k]} {s}" for k in metrics for s in ["ours"] + (["plain"] if k == "plays" else peers)]
+        print("| scaling | " + " | ".join(head) + " |")
+        print("|---|" + "---:|" * len(head))
+        for w in counts[1:]:
+            cells = []
+            for k in metrics:
+                sides = ["ours"] + (["plain"] if k == "plays" else peers)
+                cells += [f"{m[w][k][s] / m[1][k][s]:.2f}×" for s in sides]
+            print(f"| {w} / 1 workers | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
 # media segments, the MPD and the DASH segments are each refused without a token (401), with a
 # wrong, expired or another stream's token (403), and served with a good one; the manifests
 # served carry the token in every URL, so players need only the entry URL (ffprobe plays it).
-# Segments come from nginx's static module: a Range request gets 206 and its bytes, a
-# conditional one 304.
+# Segments are sent as nginx's static module sends a file: a Range request gets 206 and its
+# bytes, a conditional one 304. A token verified once is remembered, never past its expiry nor
+# for another stream.
 # Refused requests neither start nor keep a transcode. No CORS header unless
 # `mesh_allow_origin` lists the page's origin. Files planted in a stream's directory (symlinks,
 # a FIFO) and a stream directory replaced by a symlink are not served. Under a master with no
@@ -124,8 +125,30 @@ for my $c (sort keys %class) {
 	is($ua->get("$url?token=$good")->{status}, 200, "$c, good token: 200");
 }
 
-# Segments are sent by nginx's static module: ranges, validators, conditional requests, each
-# behind the token all the same.
+# A token verified once is remembered by the worker (no HMAC per request), never past its
+# expiry and never for another stream.
+my $exp = int(time) + 2;
+my $short = viewer_token($secret, 'cam1', $exp);
+is($ua->get("$http/hls/cam1/$chunk?token=$short")->{status}, 200, 'a token good for 2 s: 200');
+is($ua->get("$http/hls/cam1/media_0.m3u8?token=$good")->{status}, 200, 'a media playlist for one token...');
+$r = $ua->get("$http/hls/cam1/media_0.m3u8?token=$short");
+is($r->{status}, 200, '... then for another (remembered): 200');
+my @lines = grep { /^[^#\s]/ || /URI="/ } split /\n/, $r->{content};
+ok(@lines && !grep({ !/token=\Q$short\E(?:"|$)/ } @lines), "... every URI with that viewer's token") or diag($r->{content});
+unlike($r->{content}, qr/\Q$good\E/, "... and none with the other viewer's");
+$r = $ua->get("$http/hls/cam2/$chunk?token=$good");
+is($r->{status}, 403, "a remembered token, for another stream: 403");
+like($r->{content}, qr/^bad token/, '... as a bad token');
+sleep 0.1 while time < $exp + 1.05;
+for my $f ($chunk, 'media_0.m3u8') {
+	$r = $ua->get("$http/hls/cam1/$f?token=$short");
+	is($r->{status}, 403, "the remembered token once expired, $f: 403");
+	like($r->{content}, qr/^expired token/, '... as expired');
+}
+is($ua->get("$http/hls/cam1/$chunk?token=$good")->{status}, 200, 'the long-lived token still: 200');
+
+# Segments are sent as nginx's static module sends a file: ranges, validators, conditional
+# requests, each behind the token all the same.
 my $seg_url = "$http/hls/cam1/$chunk?token=$good";
 $r = $ua->get($seg_url);
 is($r->{status}, 200, 'segment: 200');

@@ -5,7 +5,8 @@
 #   the master), and publish and play work from any worker (the workers that do not speak for
 #   the node follow the table file the voice writes);
 # - three `nginx -s reload`s of an ingest, 5 s apart, under a live stream pushed to a root
-#   relay and on to an edge: the node announces once per reload (the new generation's voice),
+#   relay and on to an edge, each with 2 workers (one push per target, counted at the
+#   receiver): the node announces once per reload (the new generation's voice),
 #   the master's table versions stay, the root relay and the edge never drop nor re-admit the
 #   stream, the broadcaster stays, a viewer at the edge reads on without a stall;
 # - the same for a binary upgrade (USR2, WINCH, QUIT of the old master process).
@@ -114,9 +115,9 @@ for my $workers (2, 4) {
 	$t->stop;
 }
 
-# --- Reloads and a binary upgrade under a live stream: ingest (2 workers) → root relay.
+# --- Reloads and a binary upgrade under a live stream: ingest → root relay → edge, 2 workers each.
 my $ingest = node('ingest-1', 'ingest', 2);
-my $root = node('root-1', 'root_relay', 1);
+my $root = node('root-1', 'root_relay', 2);
 my $edge = node('edge-1', 'relay', 2);
 my $rport = $root->port(1);
 ok(wait_until(sub { my $n = $master->nodes; 3 == grep { $n->{$_} && $n->{$_}{alive} } qw(ingest-1 root-1 edge-1) }, 10), 'ingest, root relay and edge alive');
@@ -158,6 +159,9 @@ sub unchanged {
 	is(push_conn(), $conn, "$what: the same push connection into the root relay");
 	is(scalar(() = log_lines($root, qr/publish accepted: stream "cam1"/)), 1, "$what: the root relay admitted the stream once");
 	is(scalar(() = log_lines($edge, qr/publish accepted: stream "cam1" from/)), 1, "$what: the edge admitted the stream once");
+	is(scalar(() = log_lines($edge, qr/publish accepted: stream "cam1" from root-1/)), 1, "$what: one push from the 2-worker root relay");
+	is(scalar(() = log_lines($root, qr/stream "cam1" copied from the worker it is published on/)), 1, "$what: the root relay's other worker has its copy");
+	is(announces('root-1'), 1, "$what: the root relay announced once");
 	my $bad = qr/mesh: (publish|play) (refused|dropped)|disconnect/;
 	is(scalar(() = log_lines($root, $bad)), 0, "$what: nothing dropped nor refused at the root relay")
 		or diag(join "\n", log_lines($root, $bad));

@@ -197,7 +197,7 @@ fn entry_ready(root: &std::path::Path, stream: &str, name: &str) -> Option<Strin
 /// Serve the entry manifest (its text) with the viewer's token in its URLs.
 pub fn serve(r: &mut Request, h: &Hold, text: String) -> Status {
     let segment_s = Module::main_conf(r).and_then(|c| c.settings.as_ref()).map_or(2.0, |s| s.segment_s);
-    serve_manifest(r, Some(text), &h.file, segment_s, |t| rewrite(h.format, t, h.token.as_deref()))
+    serve_manifest(r, Some(text), &h.file, segment_s, |t| rewrite(h.format, &t, h.token.as_deref()))
 }
 
 /// A manifest of `format` with `token` in its URLs (as it is without a token).

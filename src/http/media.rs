@@ -6,19 +6,20 @@
 //!
 //! An entry manifest (`<location><stream>/master.m3u8`, `.../manifest.mpd`) starts the transcode
 //! (or asks the master for a route, or for the token's answer) and is held until it exists
-//! ([`super::hold`]). Media playlists are read and rewritten on every request (they change every
-//! segment); segments are sent by nginx's static module (the handler declines to it, see
-//! [`super::serve::serve_file`]). Every manifest served carries the viewer's token in its URLs,
+//! ([`super::hold`]). Media playlists are rewritten once per version of the file and copied
+//! with each viewer's token ([`super::playlist`]); segments are sent from the descriptor the handler opened, as nginx's static module sends a
+//! file ([`super::serve::serve_file`]). Every manifest served carries the viewer's token in its URLs,
 //! so a player needs only the entry URL.
 
 use mesh_core::manifest::query_token;
-use mesh_core::media::{parse_media_path, Cache};
+use mesh_core::media::{parse_media_path, Cache, Format};
 use ngx::core::Status;
 use ngx::http::{HTTPStatus, HttpModuleLocationConf, HttpModuleMainConf, Request};
 
 use super::hold::{self, Hold, Step};
+use super::playlist;
 use super::refusal::Refusal;
-use super::serve::{serve_file, serve_manifest, StreamDir};
+use super::serve::{self, serve_file, serve_manifest};
 use super::token::{self, Check};
 use super::{cors, Module};
 use crate::nginx::ffi::*;
@@ -86,12 +87,21 @@ fn handle(r: &mut Request) -> Status {
     }
     token::refresh(&node, &stream, token.as_deref(), &check, now, || r.client());
     transcode::touch(&stream);
-    let dir = StreamDir::open(&settings.root, &stream);
+    let opened = serve::open(&settings.root, &stream, &file.name);
     match file.cache {
-        Cache::Manifest => {
-            let text = dir.and_then(|d| d.read(&file.name));
-            serve_manifest(r, text, &file, settings.segment_s, |t| hold::rewrite(format, t, token.as_deref()))
-        }
-        Cache::Segment => serve_file(r, dir, &file, settings.segment_s),
+        // An HLS playlist for a token: from the template of its version (`super::playlist`).
+        Cache::Manifest => match (format, token.as_deref().filter(|t| !t.is_empty())) {
+            (Format::Hls, Some(t)) => {
+                let text = opened.and_then(|o| playlist::rewritten(&stream, &file.name, o, t));
+                serve_manifest(r, text, &file, settings.segment_s, |t| t)
+            }
+            _ => {
+                let text = opened.and_then(serve::Opened::text);
+                serve_manifest(r, text, &file, settings.segment_s, |t| {
+                    hold::rewrite(format, &t, token.as_deref())
+                })
+            }
+        },
+        Cache::Segment => serve_file(r, opened, &file, settings.segment_s),
     }
 }

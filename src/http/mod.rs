@@ -6,8 +6,9 @@
 //! http, server or location: `mesh_allow_origin`. location: `mesh_media hls | dash;`.
 //!
 //! * [`media`]: the handler (a token on every request);
-//! * [`token`]: the one check of a viewer token;
+//! * [`token`]: the one check of a viewer token; [`verified`]: the tokens it verified, remembered;
 //! * [`hold`]: entry-manifest requests held until the manifest exists, bounded;
+//! * [`playlist`]: media playlists rewritten once per version, for every viewer's token;
 //! * [`serve`]: manifests from a stream's directory (no symlinks); segments by nginx's static
 //!   module, which `mesh_media` sets up to serve the location from `mesh_media_root`;
 //! * [`refusal`]: why a request gets no media, as the viewer is told;
@@ -19,9 +20,11 @@
 mod cors;
 mod hold;
 mod media;
+mod playlist;
 mod refusal;
 mod serve;
 mod token;
+mod verified;
 
 use std::ffi::{c_char, c_void};
 use std::path::PathBuf;

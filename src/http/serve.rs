@@ -1,21 +1,26 @@
 //! Responses of the media handler: manifests read, rewritten and sent from memory; every other
-//! file sent by nginx's own static module (Range, ETag, conditional requests, sendfile,
-//! `open_file_cache`); never a symlink, never outside the stream's directory.
+//! file sent from the descriptor opened here as nginx's static module sends a file (Range,
+//! ETag, conditional requests, sendfile: [`crate::nginx::http::send_file`]); never a symlink,
+//! never outside the stream's directory.
 //!
-//! A manifest is opened relative to a descriptor of the stream's directory, itself opened with
-//! `O_DIRECTORY | O_NOFOLLOW`; the file with `O_NOFOLLOW | O_NONBLOCK` (a FIFO planted there
-//! cannot block the worker), and it must be a regular file owned by the worker's user (what
-//! its ffmpeg writes). A segment is checked the same way ([`StreamDir::has`]) before nginx
-//! opens it, with `disable_symlinks on` below `mesh_media_root` (a symlink swapped in after the
-//! check is refused by nginx itself; it opens non-blocking and sends only regular files).
+//! A request's file is opened once ([`open`]), relative to the worker's descriptor of
+//! `mesh_media_root`, in one `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` (no
+//! symlink on the way, none swapped in later: the file sent is the one checked), `O_NOFOLLOW |
+//! O_NONBLOCK` (a FIFO planted there cannot block the worker); where `openat2` is not allowed,
+//! the stream's directory with `O_DIRECTORY | O_NOFOLLOW`, then the file in it. It must be a
+//! regular file owned by the worker's user (what its ffmpeg writes). That is as many system
+//! calls as a plain `root` location makes for a file (open, fstat, close).
 //! Names reach here validated (`mesh_core::media`): one component, no `/`.
 
+use std::cell::RefCell;
 use std::ffi::CString;
 use std::fs::File;
-use std::io::Read;
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use mesh_core::media::MediaFile;
 use ngx::core::Status;
@@ -27,6 +32,134 @@ use crate::nginx::http::RequestExt;
 
 /// Largest manifest read into memory.
 const MAX_MANIFEST: u64 = 1 << 20;
+
+/// A media file opened for a request ([`open`]): a regular file of ours, its length and mtime.
+pub struct Opened {
+    file: File,
+    len: u64,
+    mtime: i64,
+    /// Which version of the file this is: device, inode, size, mtime (s, ns).
+    pub version: (u64, u64, u64, i64, i64),
+}
+
+impl Opened {
+    /// Its text, for a manifest (at most [`MAX_MANIFEST`] bytes), in one read.
+    pub fn text(self) -> Option<String> {
+        if self.len > MAX_MANIFEST {
+            return None;
+        }
+        let mut s = String::with_capacity(self.len as usize);
+        self.file.take(self.len).read_to_string(&mut s).ok()?;
+        Some(s)
+    }
+}
+
+thread_local! {
+    /// The worker's descriptor of `mesh_media_root` (opened at its first request), and the path.
+    static ROOT: RefCell<Option<(PathBuf, File)>> = const { RefCell::new(None) };
+}
+
+/// `openat2` refused here (seccomp, an old kernel): the two-step open from then on.
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+/// The worker's user: what its files must be owned by.
+fn euid() -> u32 {
+    static EUID: OnceLock<u32> = OnceLock::new();
+    // SAFETY: geteuid has no preconditions.
+    *EUID.get_or_init(|| unsafe { geteuid() })
+}
+
+/// `<root>/<stream>/<name>` as described above, or None (absent, a symlink on the way, not a
+/// regular file of ours).
+pub fn open(root: &Path, stream: &str, name: &str) -> Option<Opened> {
+    let file = ROOT.with_borrow_mut(|slot| {
+        for _ in 0..2 {
+            if slot.as_ref().is_none_or(|(p, _)| p != root) {
+                let d = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags((O_DIRECTORY | O_CLOEXEC) as i32)
+                    .open(root)
+                    .ok()?;
+                *slot = Some((root.to_path_buf(), d));
+            }
+            let (_, dir) = slot.as_ref()?;
+            match open_beneath(dir, stream, name) {
+                Ok(f) => return Some(f),
+                // The root was removed (and perhaps made again): look it up anew, once.
+                Err(e)
+                    if e.raw_os_error() == Some(ENOENT as i32)
+                        && dir.metadata().is_ok_and(|m| m.nlink() == 0) =>
+                {
+                    *slot = None
+                }
+                Err(_) => return None,
+            }
+        }
+        None
+    })?;
+    let m = file.metadata().ok()?;
+    let version = (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec());
+    (m.is_file() && m.uid() == euid()).then(|| Opened { file, len: m.len(), mtime: m.mtime(), version })
+}
+
+/// `struct open_how` of openat2(2).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+const RESOLVE_BENEATH: u64 = 0x08;
+const FILE_FLAGS: u32 = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC;
+
+/// `stream/name` below `dir`, through no symlink.
+fn open_beneath(dir: &File, stream: &str, name: &str) -> io::Result<File> {
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        let path = CString::new(format!("{stream}/{name}"))?;
+        let how = OpenHow {
+            flags: u64::from(FILE_FLAGS),
+            mode: 0,
+            resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+        };
+        // SAFETY: a live directory descriptor, a NUL-terminated path and an open_how of the
+        // size passed; the kernel only reads them.
+        let fd = unsafe {
+            syscall(
+                SYS_openat2 as std::ffi::c_long,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: a descriptor we just opened and own.
+            return Ok(unsafe { File::from_raw_fd(fd as i32) });
+        }
+        let e = io::Error::last_os_error();
+        if !matches!(e.raw_os_error(), Some(n) if n == ENOSYS as i32 || n == EPERM as i32) {
+            return Err(e);
+        }
+        NO_OPENAT2.store(true, Ordering::Relaxed);
+    }
+    let sd = openat_file(dir, stream, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)?;
+    openat_file(&sd, name, FILE_FLAGS)
+}
+
+/// openat(2) of one component.
+fn openat_file(dir: &File, name: &str, flags: u32) -> io::Result<File> {
+    let cname = CString::new(name)?;
+    // SAFETY: a live directory descriptor and a NUL-terminated name.
+    let fd = unsafe { openat(dir.as_raw_fd(), cname.as_ptr(), flags as i32) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor we just opened and own.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
 
 /// A stream's directory, opened once for a request.
 pub struct StreamDir {
@@ -98,22 +231,19 @@ pub fn serve_manifest(
     text: Option<String>,
     file: &MediaFile,
     segment_s: f64,
-    rewrite: impl FnOnce(&str) -> String,
+    rewrite: impl FnOnce(String) -> String,
 ) -> Status {
     match text {
-        Some(t) => r.respond(HTTPStatus::OK, file.mime, &rewrite(&t), &file.cache_control(segment_s)),
+        Some(t) => r.respond(HTTPStatus::OK, file.mime, &rewrite(t), &file.cache_control(segment_s)),
         None => Refusal::NoFile.send(r),
     }
 }
 
-/// A file sent as it is on disk (a segment), by nginx's static module: after the checks of
-/// [`StreamDir::has`], the type and cache policy of `file` and `NGX_DECLINED` for the content
-/// phase, in a location that [`crate::nginx::http::serve_from`] set up.
-pub fn serve_file(r: &mut Request, dir: Option<StreamDir>, file: &MediaFile, segment_s: f64) -> Status {
-    if !dir.is_some_and(|d| d.has(&file.name)) {
-        return Refusal::NoFile.send(r);
-    }
+/// A file sent as it is on disk (a segment), [`open`]ed: with the type and cache policy of
+/// `file`, as nginx's static module sends a file.
+pub fn serve_file(r: &mut Request, opened: Option<Opened>, file: &MediaFile, segment_s: f64) -> Status {
+    let Some(o) = opened else { return Refusal::NoFile.send(r) };
     r.set_content_type(file.mime);
     r.set_header("Cache-Control", &file.cache_control(segment_s));
-    Status::NGX_DECLINED
+    crate::nginx::http::send_file(r, o.file, o.len, o.mtime)
 }

@@ -2,12 +2,16 @@
 //! stream now, for every request (manifests, playlists, segments), in-process — mesh-core's one
 //! admission decision, as for RTMP plays: with the table's viewer keys it verifies the token;
 //! with a master and no keys it reads the master's cached answer (which only an entry request
-//! asks for); with neither, the node serves everyone, as its RTMP side does.
+//! asks for); with neither, the node serves everyone, as its RTMP side does. A token the keys
+//! verified is remembered for its lifetime under the same table ([`super::verified`]).
 
-use mesh_core::admission::{Outcome, Reason, Refusal, Request, REFRESH_S};
+use std::sync::Arc;
+
+use mesh_core::admission::{Outcome, Reason, Refusal, Request, Via, REFRESH_S};
 use mesh_core::auth::Waiter;
 use mesh_core::node::Node;
 
+use super::verified;
 use crate::auth;
 
 /// What [`check`] says of a token.
@@ -26,9 +30,19 @@ pub enum Check {
 }
 
 /// Is `token` (decoded from the query) good for `stream` at `now`?
-pub fn check(node: &Node, stream: &str, token: Option<&str>, now: u64) -> Check {
+pub fn check(node: &Arc<Node>, stream: &str, token: Option<&str>, now: u64) -> Check {
+    // Only the table's own verdicts are remembered: a master's answers have their own cache.
+    let keyed = token.filter(|t| !t.is_empty() && node.table.checks_viewer_tokens());
+    if keyed.is_some_and(|t| verified::holds(node, stream, t, now)) {
+        return Check::Good { until: None };
+    }
     match auth::decide(&Request::http(stream, token, ""), node, now) {
-        Outcome::Admit(a) => Check::Good { until: a.via.until() },
+        Outcome::Admit(a) => {
+            if let (Some(t), Via::Table) = (keyed, a.via) {
+                verified::remember(node, stream, t, now);
+            }
+            Check::Good { until: a.via.until() }
+        }
         Outcome::Refuse(Reason::Rule(Refusal::NoToken)) => Check::Missing,
         Outcome::Refuse(Reason::Rule(Refusal::WrongRole)) => Check::NotServed,
         Outcome::Refuse(why) => Check::Refused(why.to_string()),

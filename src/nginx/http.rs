@@ -120,11 +120,63 @@ impl RequestExt for Request {
     }
 }
 
-/// Hand the location being configured to nginx's static module, serving from `dir`: a request
+/// Send `file` (opened by the caller: a regular file, `len` bytes, modified at `mtime`, unix
+/// seconds) as the response, as nginx's static module sends the file it opens: status 200,
+/// Content-Length, Last-Modified and ETag (so that the not-modified filter answers conditional
+/// requests), ranges allowed (the range filter answers `Range`), the body from the file
+/// (sendfile when on). The descriptor is closed with the request's pool. The caller has set
+/// the Content-Type and discarded the request body.
+pub fn send_file(r: &mut Request, file: std::fs::File, len: u64, mtime: i64) -> Status {
+    use std::os::fd::AsRawFd;
+    let raw: *mut ngx_http_request_t = r.into();
+    // SAFETY: a live request in its content phase; the buffer and file structs come from its
+    // pool (zeroed), and the descriptor stays open, owned by the pool, until the pool goes
+    // (after the output is sent or the request is freed).
+    unsafe {
+        let pool = (*raw).pool;
+        let fd = file.as_raw_fd();
+        if super::util::pool_put(pool, file).is_err() {
+            return HTTPStatus::INTERNAL_SERVER_ERROR.into();
+        }
+        let out = &mut (*raw).headers_out;
+        out.status = NGX_HTTP_OK as ngx_uint_t;
+        out.content_length_n = len as off_t;
+        out.last_modified_time = mtime as time_t;
+        if ngx_http_set_etag(raw) != NGX_OK as ngx_int_t {
+            return HTTPStatus::INTERNAL_SERVER_ERROR.into();
+        }
+        let main = (*raw).main == raw;
+        if !main && len == 0 {
+            return Status(ngx_http_send_header(raw));
+        }
+        (*raw).set_allow_ranges(1);
+        let b = ngx_pcalloc(pool, std::mem::size_of::<ngx_buf_t>()).cast::<ngx_buf_t>();
+        let f = ngx_pcalloc(pool, std::mem::size_of::<ngx_file_t>()).cast::<ngx_file_t>();
+        if b.is_null() || f.is_null() {
+            return HTTPStatus::INTERNAL_SERVER_ERROR.into();
+        }
+        let rc = ngx_http_send_header(raw);
+        if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*raw).header_only() == 1 {
+            return Status(rc);
+        }
+        (*f).fd = fd;
+        (*f).log = (*(*raw).connection).log;
+        (*b).file = f;
+        (*b).file_pos = 0;
+        (*b).file_last = len as off_t;
+        (*b).set_in_file(u32::from(len > 0));
+        (*b).set_last_buf(u32::from(main));
+        (*b).set_last_in_chain(1);
+        let mut chain = ngx_chain_t { buf: b, next: null_mut() };
+        Status(ngx_http_output_filter(raw, &mut chain))
+    }
+}
+
+/// Point the location being configured at `dir` as nginx's static module reads it: a request
 /// for `<location><rest>` is the file `<dir>/<rest>` (as `alias` maps it), opened without
-/// following a symlink anywhere below `dir` (`disable_symlinks on from=<dir>`). Its handler
-/// then returns `NGX_DECLINED` for nginx's content phase to send the file (Range, ETag,
-/// Last-Modified, conditional requests, sendfile, `open_file_cache`, as for any static file).
+/// following a symlink anywhere below `dir` (`disable_symlinks on from=<dir>`). The media
+/// handler opens and sends its files itself ([`send_file`]); this keeps anything nginx would
+/// serve from the location under the same rule.
 ///
 /// Called while the location's confs merge (the core module's are merged by then, so these
 /// values are final): the location's own `root` or `alias` is replaced. A regex location has

@@ -45,6 +45,7 @@ pub mod role;
 pub mod sign;
 pub mod status;
 pub mod table;
+pub mod template;
 pub mod token;
 pub mod viewer;
 pub mod wire;

@@ -182,6 +182,19 @@ impl Table {
         self.viewers().verify(stream, self.stream_identity(stream), token, now)
     }
 
+    /// Until when (unix s, inclusive) a token that [`Table::verify_viewer`] accepted stays good
+    /// under this table: its expiry, or its key's end of grace when that comes first (nothing
+    /// else in the check depends on the time). None for a token that does not parse or names no
+    /// key of the table.
+    pub fn viewer_good_until(&self, token: &str) -> Option<u64> {
+        let parsed = parse_token(token).ok()?;
+        let not_after = match parsed {
+            Parsed::V2 { kid, .. } => self.viewer_keys.iter().find(|k| k.id == kid)?.not_after,
+            Parsed::Legacy { .. } => self.viewer_secret.as_ref().map(|_| None)?,
+        };
+        Some(not_after.map_or(parsed.expiry(), |t| t.min(parsed.expiry())))
+    }
+
     /// Make a viewer token for `stream`, valid `ttl_s` from `now`: `(token, expiry)`.
     pub fn mint_viewer(&self, stream: &str, ttl_s: u64, now: u64) -> Result<(String, u64), TokenError> {
         self.viewers().mint(stream, self.stream_identity(stream), ttl_s, now)
@@ -375,5 +388,31 @@ mod tests {
         let open = Table::parse(b"{}").unwrap();
         assert!(!open.checks_viewer_tokens());
         assert_eq!(open.verify_viewer("cam1", &tok, 1_000), Err(UnknownKey));
+    }
+
+    #[test]
+    fn a_verified_token_is_good_until_its_expiry_or_its_keys_grace() {
+        let t = Table::parse(
+            br#"{"viewer_keys": [{"id": "k2", "secret": "new-secret-0123456789"},
+                                 {"id": "k1", "secret": "old-secret-0123456789", "not_after": 1500}]}"#,
+        )
+        .unwrap();
+        let new = make_token_v2(NEW, "k2", "cam1", "", 1_600);
+        assert_eq!(t.viewer_good_until(&new), Some(1_600));
+        // the key retires first; and a token expiring before the key does
+        assert_eq!(t.viewer_good_until(&make_token_v2(OLD, "k1", "cam1", "", 1_600)), Some(1_500));
+        assert_eq!(t.viewer_good_until(&make_token_v2(OLD, "k1", "cam1", "", 1_400)), Some(1_400));
+        // the bound holds exactly as the check does: good at it, refused after
+        let old = make_token_v2(OLD, "k1", "cam1", "", 1_600);
+        assert_eq!(t.verify_viewer("cam1", &old, 1_500), Ok(()));
+        assert_eq!(t.verify_viewer("cam1", &old, 1_501), Err(RetiredKey));
+        assert_eq!(t.verify_viewer("cam1", &new, 1_600), Ok(()));
+        assert_eq!(t.verify_viewer("cam1", &new, 1_601), Err(Expired));
+        // no such key, no legacy secret, not a token
+        assert_eq!(t.viewer_good_until(&make_token_v2(NEW, "k9", "cam1", "", 1_600)), None);
+        assert_eq!(t.viewer_good_until(&make_viewer_token(NEW, "cam1", 1_600)), None);
+        assert_eq!(t.viewer_good_until("nope"), None);
+        let legacy = Table::parse(br#"{"viewer_secret": "vs"}"#).unwrap();
+        assert_eq!(legacy.viewer_good_until(&make_viewer_token("vs", "cam1", 1_600)), Some(1_600));
     }
 }
