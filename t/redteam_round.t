@@ -15,6 +15,9 @@ use Test::More;
 use IO::Socket::INET;
 use IO::Select;
 use POSIX ();
+use Socket ();
+use HTTP::Tiny;
+use Time::HiRes qw(sleep time);
 use lib 't/lib';
 use Mesh::Test qw(sha256_hex publish wait_until log_lines reap free_port);
 
@@ -35,14 +38,14 @@ sub hostile {
 	my $pid = fork // die "fork: $!";
 	return $pid if $pid;
 	my $sel = IO::Select->new($l);
-	my %got;
+	my (%got, @pit);
 	while (1) {
 		for my $s ($sel->can_read(0.2)) {
 			if ($s == $l) {
 				my $c = $l->accept or next;
 				open(my $f, '>>', $file) or die; print $f "conn\n"; close $f;
-				$sel->add($c) if $handshake;
-				$got{$c} = '' if $handshake;
+				# The tarpit holds the connection open, never reading it.
+				if ($handshake) { $sel->add($c); $got{$c} = '' } else { push @pit, $c }
 				next;
 			}
 			my $n = sysread($s, my $buf, 65536);
@@ -95,7 +98,8 @@ ok(wait_until(sub { log_lines($root, qr/publish accepted: stream "cam1" from ing
 	'the good target gets the stream');
 for my $n (qw(root-8 root-9)) {
 	ok(wait_until(sub { log_lines($ingest, qr/push of stream "cam1" to node "$n" stalled: nothing heard/) }, 8),
-		"$n: stalled (nothing heard from it), closed");
+		"$n: stalled (nothing heard from it), closed")
+		or diag(join "", grep { /"$n"/ } split /^/, $ingest->error_log);
 }
 my $t0 = time;
 my $fd0 = $fds->();
@@ -120,4 +124,68 @@ reap($pub, 5);
 kill 'KILL', @servers;
 waitpid($_, 0) for @servers;
 $_->stop for $ingest, $root;
+
+# The edge's HLS segments, sent from the descriptor the handler opened: ranges, validators and
+# HEAD as nginx's static module answers them; encoded and dotted paths refused; clients that
+# leave in the middle of a segment leave no descriptor behind.
+my $secret = 'red-secret';
+my $e = Mesh::Test->new(name => 'red-edge');
+$e->write_standalone_table($secret, cam1 => 'k1');
+$e->write_node_conf(http => $e->edge_http(mesh_manifest_wait => undef));
+$e->run;
+my $http = 'http://127.0.0.1:' . $e->port(2);
+my $ua = HTTP::Tiny->new(timeout => 20);
+my $good = Mesh::Test::viewer_token($secret, 'cam1', int(time) + 3600);
+$pub = publish('rtmp://127.0.0.1:' . $e->port(1) . "/live/cam1?key=k1", secs => 60);
+ok(wait_until(sub { log_lines($e, qr/publish accepted: stream "cam1"/) }, 5), 'edge: published');
+my $r = $ua->get("$http/hls/cam1/master.m3u8?token=$good");
+is($r->{status}, 200, 'edge: master playlist') or diag("$r->{status} $r->{content}");
+my @segs;
+wait_until(sub {
+	my $p = $ua->get("$http/hls/cam1/media_0.m3u8?token=$good");
+	@segs = map { s/\?.*//r } grep { /^chunk-/ } split /\n/, ($p->{content} // '');
+	@segs >= 2;
+}, 15);
+ok(@segs >= 2, 'edge: segments listed');
+my $seg = "$http/hls/cam1/$segs[0]?token=$good";
+$r = $ua->get($seg);
+my $len = length $r->{content};
+is($r->{status}, 200, "a segment: 200 ($len bytes)");
+my $etag = $r->{headers}{etag};
+$r = $ua->request('HEAD', $seg);
+ok($r->{status} == 200 && $r->{headers}{'content-length'} == $len && !length($r->{content}), 'HEAD: the length, no body');
+$r = $ua->get($seg, { headers => { Range => 'bytes=0-0' } });
+ok($r->{status} == 206 && length($r->{content}) == 1, 'Range 0-0: 206, one byte');
+$r = $ua->get($seg, { headers => { Range => "bytes=$len-" } });
+is($r->{status}, 416, 'a range past the end: 416');
+$r = $ua->get($seg, { headers => { Range => 'bytes=0-1', 'If-Range' => '"not-it"' } });
+ok($r->{status} == 200 && length($r->{content}) == $len, 'If-Range with another validator: the whole file');
+$r = $ua->get($seg, { headers => { 'If-None-Match' => $etag } });
+is($r->{status}, 304, 'If-None-Match: 304');
+for my $path ("cam1/..%2f..%2ftable.json", "cam1/%2e%2e/cam1/$segs[0]", "cam1%2f$segs[0]", "cam1/$segs[0]%00.m4s",
+	"cam1/./$segs[0]x", "..%2fcam1/$segs[0]") {
+	my $st = $ua->get("$http/hls/$path?token=$good")->{status};
+	ok($st != 200 || $path =~ m{^cam1(?:/%2e%2e/cam1/|%2f)}, "/hls/$path: not served from elsewhere ($st)");
+}
+# Clients that ask for a segment with a tiny receive window and leave mid-send.
+my $efds = sub {
+	my ($w) = grep { /^\d+$/ } map { (split ' ', $_)[0] } grep { /nginx: worker/ } `ps -o pid=,args= --ppid @{[$e->pid]}`;
+	opendir(my $d, "/proc/$w/fd") or return -1;
+	scalar grep { /^\d+$/ } readdir $d;
+};
+my $before = $efds->();
+my @held;
+for (1 .. 30) {
+	my $c = IO::Socket::INET->new(PeerAddr => '127.0.0.1:' . $e->port(2)) or next;
+	setsockopt($c, Socket::SOL_SOCKET(), Socket::SO_RCVBUF(), 2048);
+	print $c "GET /hls/cam1/$segs[0]?token=$good HTTP/1.1\r\nHost: x\r\n\r\n";
+	push @held, $c;
+}
+sleep 1;
+my $during = $efds->();
+close $_ for @held;
+ok(wait_until(sub { $efds->() <= $before + 1 }, 5), "clients gone mid-send: the worker's descriptors back ($before, $during while held, then " . $efds->() . ')');
+kill 'TERM', $pub;
+reap($pub, 5);
+$e->stop;
 done_testing();
