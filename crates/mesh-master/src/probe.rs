@@ -4,10 +4,10 @@
 //! resolve (within 2 s) proves nothing (the suspect then dies only by its silence). One probe per suspect
 //! at a time, at most one a second (the mesh hands them out so). A suspect that answers is alive:
 //! the hops to it whose pushes were reported `stalled` cross a dead path and move
-//! (`Mesh::path_dead`). `--suspect-probe off` (for a master that cannot reach the nodes' RTMP
-//! ports, or must never connect where a node's announce points) probes nothing: a suspect then
-//! dies only by its silence, and a stalled path moves its hop on the ingest's word alone (an
-//! ingest can move only its own streams' hops; a dead node's streams move anyway).
+//! (`Mesh::path_dead`). `--suspect-probe off` (for a
+//! master that cannot reach the nodes' RTMP ports, or must never connect where a node's
+//! announce points) probes nothing: a suspect then dies only by its silence, and the hops of
+//! pushes reported `stalled` move at once (their reporter can move only its own hops).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,10 +29,18 @@ pub fn suspects(app: &Arc<App>) {
     // keeps its probes for the next heartbeat.
     let Some(probes) = app.mesh.try_lock().map(|mut m| m.take_probes()) else { return };
     if !app.suspect_probe {
-        // `--suspect-probe off`: no connection; suspects die only by their silence, and the
-        // paths reported stalled move (whether the node is alive or dead, the hop must go).
-        for (id, _) in probes {
-            paths_dead(app, &id);
+        // `--suspect-probe off`: taken and dropped; suspects die only by their silence. A
+        // stalled push's hop still moves (its reporter can move only its own hops, and a
+        // suspect that is alive keeps beating): without a probe, a cut path would otherwise
+        // hold the stream on it for as long as the root relay beats.
+        // Off this thread: the decision waits for the mesh.
+        if !probes.is_empty() {
+            let app = app.clone();
+            tokio::task::spawn_blocking(move || {
+                for (id, _) in probes {
+                    path_dead(&app, &id, app.with_mesh(|m| m.path_dead(&id, now())));
+                }
+            });
         }
         return;
     }
@@ -53,7 +61,7 @@ pub fn suspects(app: &Arc<App>) {
                 None => {
                     info!(node = %id, "suspect answers: a peer's push to it failed, it stays");
                     // Alive: a push to it that stalled crossed a dead path; that hop moves.
-                    paths_dead(&app, &id);
+                    path_dead(&app, &id, app.with_mesh(|m| m.path_dead(&id, now())));
                 }
                 Some(why) => {
                     if app.with_mesh(|m| m.confirm_dead(&id, now())) {
@@ -67,12 +75,12 @@ pub fn suspects(app: &Arc<App>) {
     }
 }
 
-/// The hops to `id` whose pushes were reported stalled move to another root relay.
-fn paths_dead(app: &Arc<App>, id: &str) {
-    for (stream, new) in app.with_mesh(|m| m.path_dead(id, now())) {
+/// Count and log the streams whose hop to `id` moved off a dead path.
+fn path_dead(app: &App, id: &str, moved: Vec<(String, String)>) {
+    for (stream, new) in moved {
         app.counters.add("mesh_master_paths_dead_total", "", 1);
         warn!(node = %id, stream = %stream, to = %new,
-              "path dead: the ingest's push to it stalled; the stream's hop moves");
+              "path dead: the ingest's push to it stalled while it answers; the stream's hop moves");
     }
 }
 

@@ -229,8 +229,9 @@ impl Mesh {
             return None;
         }
         let new = self.pick(Role::RootRelay, 1, &p.roots, None, None).pop()?;
-        let key = self.keys.hop_key();
         let p = self.streams.get_mut(s).expect("listed");
+        // A placed hop like any other: its key kept (a restarted master hands it back).
+        let key = self.keys.key_of(s, &p.ingest, &new);
         let (index, tables) = (&mut self.index, &mut self.tables);
         let ingest = p.ingest.clone();
         p.roots.retain(|h| {

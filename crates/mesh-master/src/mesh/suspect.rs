@@ -19,7 +19,7 @@
 //! the suspect keeps everything else. A reporter can so move only the hops it feeds, only for
 //! an ingest → root relay hop, and only to another live root relay.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use mesh_core::wire::Heartbeat;
 
@@ -36,9 +36,10 @@ pub(super) struct Suspects {
     probed: HashMap<String, u64>,
     /// Nodes to probe (their ids), taken by [`Mesh::take_probes`].
     probe: Vec<String>,
-    /// node → the streams whose push to it from their ingest stalled: (stream, that ingest,
-    /// when reported). At most one entry per hop the reporter feeds.
-    stalled: HashMap<String, Vec<(String, String, u64)>>,
+    /// node → the streams whose push to it from their ingest stalled: (stream, that ingest)
+    /// → when reported. At most one entry per hop the reporter feeds, found in a sorted map (an
+    /// ingest may report 20,000 stalled pushes in every heartbeat).
+    stalled: HashMap<String, BTreeMap<(String, String), u64>>,
 }
 
 impl Mesh {
@@ -55,10 +56,7 @@ impl Mesh {
             let sus = &mut self.suspects;
             if root_hop && p.state == "stalled" {
                 let paths = sus.stalled.entry(p.to.clone()).or_default();
-                match paths.iter_mut().find(|(s, from, _)| *s == p.stream && *from == hb.node_id) {
-                    Some(seen) => seen.2 = now,
-                    None => paths.push((p.stream.clone(), hb.node_id.clone(), now)),
-                }
+                paths.insert((p.stream.clone(), hb.node_id.clone()), now);
             }
             sus.since.entry(p.to.clone()).or_insert(now);
             let due = sus.probed.get(&p.to).is_none_or(|t| now >= t.saturating_add(PROBE_EVERY_S));
@@ -112,7 +110,7 @@ impl Mesh {
         }
         let fresh = self.cfg.heartbeat_interval_s.saturating_add(1);
         let mut moved = Vec::new();
-        for (s, from, when) in paths {
+        for ((s, from), when) in paths {
             // Still its ingest's hop (the stream did not move to another ingest since).
             let still = self.streams.get(&s).is_some_and(|p| p.ingest == from);
             if !still || now.saturating_sub(when) > fresh {
@@ -150,7 +148,7 @@ impl Mesh {
         // Stalled paths never probed (the suspect died, or was probed a moment before): forgotten.
         let fresh = interval.saturating_add(1);
         self.suspects.stalled.retain(|_, paths| {
-            paths.retain(|(_, _, when)| now.saturating_sub(*when) <= fresh);
+            paths.retain(|_, when| now.saturating_sub(*when) <= fresh);
             !paths.is_empty()
         });
         dead

@@ -71,37 +71,47 @@ async fn with_the_probe_off_a_suspect_is_never_connected_to() {
     assert!(root_alive_after_a_failed_push(false).await, "no probe: it dies only by its silence");
 }
 
-/// With the probe off, an ingest's push reported `stalled` still moves that stream's hop to the
-/// other root relay (on the ingest's word: its own stream), and the first root relay stays.
+/// With the probe off, an ingest whose push to its root relay stalled (the path cut, the root
+/// relay beating on) gets its hop moved to the other root relay, the root relay never
+/// connected to nor evicted. Red team: the hop stayed on the cut path for as long as the root
+/// relay beat (the stalled report's only way out was the probe's answer).
 #[tokio::test]
-async fn with_the_probe_off_a_stalled_path_still_moves_its_hop() {
+async fn with_the_probe_off_a_stalled_push_still_moves_its_hop() {
     let (mut app, _) = app();
     Arc::get_mut(&mut app).expect("not shared yet").suspect_probe = false;
     let r = router(app.clone(), &Paths::default());
     announce_as(&r, "ingest-1", Role::Ingest).await;
-    announce_as(&r, "root-1", Role::RootRelay).await;
-    announce_as(&r, "root-2", Role::RootRelay).await;
     announce_as(&r, "edge-1", Role::Relay).await;
+    for id in ["root-1", "root-2"] {
+        let a = Announce {
+            node_id: id.into(),
+            role: Role::RootRelay,
+            rtmp_url: REFUSING.into(),
+            http_url: String::new(),
+            version: "t".into(),
+            capabilities: Capabilities { transcode: false, hls: false, dash: false },
+        };
+        let body = serde_json::to_vec(&a).unwrap();
+        assert_eq!(call(&r, signed_req("POST", "/announce", id, &body, now())).await.0, StatusCode::OK);
+    }
     let (st, _) =
         call(&r, signed_req("POST", "/heartbeat", "ingest-1", &beat("ingest-1", None), now())).await;
     assert_eq!(st, StatusCode::OK);
-    let first = app.mesh.lock().streams()["cam1"].roots[0].to.clone();
-    let streams =
-        vec![StreamStat { stream: "cam1".into(), source: "broadcaster".into(), viewers: 0, in_kbps: 1 }];
-    let pushes = vec![PushStat { stream: "cam1".into(), to: first.clone(), state: "stalled".into() }];
-    let hb = Heartbeat { streams, pushes, ..Heartbeat::empty("ingest-1", Role::Ingest) };
-    let (st, _) =
-        call(&r, signed_req("POST", "/heartbeat", "ingest-1", &serde_json::to_vec(&hb).unwrap(), now()))
-            .await;
+    let root = app.mesh.lock().streams()["cam1"].roots[0].to.clone();
+    let other = if root == "root-1" { "root-2" } else { "root-1" };
+    let mut hb: Heartbeat = serde_json::from_slice(&beat("ingest-1", Some(&root))).unwrap();
+    hb.pushes[0].state = "stalled".into();
+    let body = serde_json::to_vec(&hb).unwrap();
+    let (st, _) = call(&r, signed_req("POST", "/heartbeat", "ingest-1", &body, now())).await;
     assert_eq!(st, StatusCode::OK);
     let mut moved = false;
-    for _ in 0..30 {
-        if app.mesh.lock().streams()["cam1"].roots[0].to != first {
+    for _ in 0..40 {
+        if app.mesh.lock().streams()["cam1"].roots.iter().any(|h| h.to == other) {
             moved = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert!(moved, "the stalled hop moved to the other root relay");
-    assert!(app.mesh.lock().nodes()[&first].alive, "the root relay behind the cut stays");
+    assert!(moved, "the hop moved off the cut path to {other}");
+    assert!(app.mesh.lock().nodes()[&root].alive, "the root relay stays: never probed, still beating");
 }

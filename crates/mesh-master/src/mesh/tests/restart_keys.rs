@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::hop_keys::KeptKeys;
+use mesh_core::wire::PushStat;
 use std::collections::BTreeMap;
 
 const LIVE: &[(&str, &str, u64)] = &[("cam1", "broadcaster", 0)];
@@ -110,4 +111,34 @@ fn a_restarted_master_takes_the_root_relay_a_stream_had() {
     beat(&mut m, "ingest-1", &[], 51);
     beat(&mut m, "ingest-1", LIVE, 100);
     assert!(hops(&m).contains_key(&("ingest-1".to_string(), "root-1".to_string())));
+}
+
+#[test]
+fn a_root_hop_moved_off_a_dead_path_keeps_its_key_across_a_restart() {
+    // cam1's ingest → root path stalls while the root answers: the hop moves (Mesh::path_dead).
+    // The moved hop is a placed hop like any other: a restarted master hands back its key, so
+    // its push goes on across the restart (red team: it was made with a key never kept).
+    let (_db, path) = db("path-dead");
+    let mut m = run(&path, 0, &[]);
+    beat(&mut m, "ingest-1", LIVE, 1);
+    let root = m.streams["cam1"].roots[0].to.clone();
+    let other = if root == "root-1" { "root-2" } else { "root-1" };
+    let mut hb = Heartbeat::empty("ingest-1", Role::Ingest);
+    hb.table_version = m.table_version("ingest-1");
+    hb.streams =
+        vec![StreamStat { stream: "cam1".into(), source: "broadcaster".into(), viewers: 0, in_kbps: 1 }];
+    hb.pushes = vec![PushStat { stream: "cam1".into(), to: root.clone(), state: "stalled".into() }];
+    m.heartbeat(&hb, 2).unwrap();
+    assert_eq!(m.path_dead(&root, 2), vec![("cam1".to_string(), other.to_string())]);
+    check(&m);
+    let moved = hops(&m);
+    assert!(moved.contains_key(&("ingest-1".to_string(), other.to_string())), "{moved:?}");
+    drop(m);
+    let mut m = run(&path, 100, &[]);
+    beat(&mut m, "ingest-1", LIVE, 50);
+    let again = hops(&m);
+    let key =
+        |h: &BTreeMap<(String, String), String>| h.get(&("ingest-1".to_string(), other.to_string())).cloned();
+    assert!(key(&again).is_some(), "the restarted master keeps the stream on {other}: {again:?}");
+    assert_eq!(key(&again), key(&moved), "the moved root hop's key handed back");
 }
