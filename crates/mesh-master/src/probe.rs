@@ -80,7 +80,7 @@ fn path_dead(app: &App, id: &str, moved: Vec<(String, String)>) {
     for (stream, new) in moved {
         app.counters.add("mesh_master_paths_dead_total", "", 1);
         warn!(node = %id, stream = %stream, to = %new,
-              "path dead: the ingest's push to it stalled while it answers; the stream's hop moves");
+              "path dead: a push to it stalled while it answers; the stream's hop moves");
     }
 }
 

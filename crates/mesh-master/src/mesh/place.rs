@@ -260,6 +260,48 @@ impl Mesh {
         Some(new)
     }
 
+    /// The path from stream `s`'s root relay `from` to its edge `edge` is dead (the push
+    /// stalled, `edge` answers the master): the edge keeps the stream (and its viewers), fed by
+    /// another root relay of the stream (the one feeding the fewest edges of it), or else by
+    /// the least loaded root relay not on it, placed on it for this (beyond the fan-out). The
+    /// hop keeps how it came (fan-out or route); `from` keeps the stream and its other edges.
+    /// Without another root relay the hop stays. Returns the edge's new feed.
+    pub(super) fn move_edge_feed(&mut self, s: &str, from: &str, edge: &str) -> Option<String> {
+        let p = self.streams.get(s)?;
+        let at = p.edges.iter().position(|h| h.from == from && h.to == edge)?;
+        let fed_by = |r: &str| p.edges.iter().filter(|e| e.from == r).count();
+        let other = p.roots.iter().filter(|r| r.to != from).map(|r| (fed_by(&r.to), r.to.clone())).min();
+        let new = match other {
+            Some((_, r)) => r,
+            None => {
+                let root = self.pick(Role::RootRelay, 1, &p.roots, None, None).pop()?;
+                let p = self.streams.get_mut(s).expect("listed");
+                let key = self.keys.key_of(s, &p.ingest, &root);
+                let h =
+                    Hop { from: p.ingest.clone(), to: root.clone(), key, by_route: false, idle_since: None };
+                added(&mut self.index, &mut self.tables, s, &p.ingest, &h, false);
+                p.roots.push(h);
+                root
+            }
+        };
+        let p = self.streams.get_mut(s).expect("listed");
+        let old = p.edges.remove(at);
+        let (index, tables) = (&mut self.index, &mut self.tables);
+        removed(index, tables, s, &p.ingest, &old, true);
+        let key = self.keys.key_of(s, &new, edge);
+        let h = Hop {
+            from: new.clone(),
+            to: edge.to_string(),
+            key,
+            by_route: old.by_route,
+            idle_since: old.idle_since,
+        };
+        added(index, tables, s, &p.ingest, &h, true);
+        p.edges.push(h);
+        forget(index, s, p, &[from.to_string(), edge.to_string()]);
+        Some(new)
+    }
+
     /// Route-added edges that have had no viewer for `edge_idle_s` leave the stream.
     pub(super) fn track_edge_viewers(&mut self, edge: &str, now: u64) {
         let Some(node) = self.nodes.get(edge) else { return };

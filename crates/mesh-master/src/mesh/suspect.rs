@@ -15,9 +15,11 @@
 //! A push that was up and stopped making progress (`pushes[].state` `stalled`: the path to the
 //! node is cut, packets dropped, the connection still open) makes its target a suspect the same
 //! way. When the suspect answers the probe it is alive and the path is what is dead: the
-//! reporter's own hop of that stream moves to another root relay ([`Mesh::path_dead`]), and
-//! the suspect keeps everything else. A reporter can so move only the hops it feeds, only for
-//! an ingest → root relay hop, and only to another live root relay.
+//! reporter's own hop of that stream moves ([`Mesh::path_dead`]), and the suspect keeps
+//! everything else. An ingest's hop to a root relay moves to another root relay; a root
+//! relay's hop to an edge moves to another root relay of the stream (or one placed on it for
+//! that edge): the edge keeps the stream and its viewers. A reporter can so move only the hops
+//! it feeds, and only to another live root relay.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -36,8 +38,8 @@ pub(super) struct Suspects {
     probed: HashMap<String, u64>,
     /// Nodes to probe (their ids), taken by [`Mesh::take_probes`].
     probe: Vec<String>,
-    /// node → the streams whose push to it from their ingest stalled: (stream, that ingest)
-    /// → when reported. At most one entry per hop the reporter feeds, found in a sorted map (an
+    /// node → the streams whose push to it stalled: (stream, the reporter: its ingest, or the
+    /// root relay feeding it there) → when reported. At most one entry per hop the reporter feeds, found in a sorted map (an
     /// ingest may report 20,000 stalled pushes in every heartbeat).
     stalled: HashMap<String, BTreeMap<(String, String), u64>>,
 }
@@ -54,7 +56,7 @@ impl Mesh {
                 continue;
             }
             let sus = &mut self.suspects;
-            if root_hop && p.state == "stalled" {
+            if p.state == "stalled" {
                 let paths = sus.stalled.entry(p.to.clone()).or_default();
                 paths.insert((p.stream.clone(), hb.node_id.clone()), now);
             }
@@ -101,8 +103,10 @@ impl Mesh {
 
     /// A suspect's RTMP address answered the master: it is alive, so the paths to it that were
     /// reported stalled (within a heartbeat interval and a second) are what is dead. Each such
-    /// stream's hop to it moves to another root relay, if there is one; it keeps its other
-    /// streams. Returns the streams moved, each with its new root relay.
+    /// stream's hop to it moves, if there is another root relay: a root relay's to another
+    /// root relay, an edge's feed to another root relay of the stream (or one placed on it for
+    /// that edge). It keeps its other streams. Returns the streams moved, each with the root
+    /// relay that now takes the hop (for an edge: that feeds it).
     pub fn path_dead(&mut self, id: &str, now: u64) -> Vec<(String, String)> {
         let Some(paths) = self.suspects.stalled.remove(id) else { return Vec::new() };
         if !self.nodes.get(id).is_some_and(|n| n.alive) {
@@ -111,12 +115,19 @@ impl Mesh {
         let fresh = self.cfg.heartbeat_interval_s.saturating_add(1);
         let mut moved = Vec::new();
         for ((s, from), when) in paths {
-            // Still its ingest's hop (the stream did not move to another ingest since).
-            let still = self.streams.get(&s).is_some_and(|p| p.ingest == from);
-            if !still || now.saturating_sub(when) > fresh {
+            let Some(p) = self.streams.get(&s).filter(|_| now.saturating_sub(when) <= fresh) else {
                 continue;
-            }
-            if let Some(new) = self.move_root_hop(&s, id) {
+            };
+            // Still the reporter's hop (the stream did not move to another ingest, nor the edge
+            // to another root relay, since).
+            let new = if p.ingest == from {
+                self.move_root_hop(&s, id)
+            } else if p.edges.iter().any(|h| h.from == from && h.to == id) {
+                self.move_edge_feed(&s, &from, id)
+            } else {
+                None
+            };
+            if let Some(new) = new {
                 moved.push((s, new));
             }
         }

@@ -189,16 +189,16 @@ fn a_stalled_push_moves_only_the_reporters_root_hop_and_only_while_fresh() {
     assert_eq!(m.path_dead(&root, 10), vec![]);
     assert_eq!(m.path_dead(&edge, 10), vec![]);
     assert_eq!(m.streams["cam1"].roots[0].to, root);
-    // A root relay's stalled push to its edge: suspect only (no other root to feed it from).
-    beat_stalled(&mut m, &root, &[], &[("cam1", &edge)], 10);
-    assert!(m.take_probes().iter().any(|(id, _)| *id == edge));
+    // A root relay's stalled push to an edge it does not feed: not even a suspect.
+    let other_root = if root == "root-1" { "root-2" } else { "root-1" };
+    beat_stalled(&mut m, other_root, &[], &[("cam1", &edge)], 10);
+    assert!(!m.take_probes().iter().any(|(id, _)| *id == edge));
     assert_eq!(m.path_dead(&edge, 10), vec![]);
     // Its own hop, but the report is stale by the time the probe answers: nothing.
     beat_stalled(&mut m, "ingest-1", LIVE, &[("cam1", &root)], 12);
     assert_eq!(m.path_dead(&root, 15), vec![]);
     assert_eq!(m.streams["cam1"].roots[0].to, root);
     // No other root relay alive: the hop stays where it is.
-    let other_root = if root == "root-1" { "root-2" } else { "root-1" };
     for t in 16..20 {
         beat(&mut m, &root, &[], t);
         beat(&mut m, &edge, &[], t);
@@ -246,4 +246,83 @@ fn many_stalled_pushes_cost_what_as_many_retrying_ones_do() {
         stalled < retrying * 3 + std::time::Duration::from_millis(50),
         "{stalled:?} against {retrying:?}"
     );
+}
+
+/// The path root relay → edge is cut (the root relay's push to it stalled, the edge answers
+/// the probe and keeps beating): the edge keeps the stream, fed by a root relay placed on the
+/// stream for it; the root relay, the edge's other streams and other reporters' hops stay.
+#[test]
+fn a_stalled_push_to_an_edge_that_answers_moves_its_feed_only() {
+    let mut m = four(Config { heartbeat_interval_s: 1, node_timeout_s: 3, ..Config::default() });
+    let live: &[(&str, &str, u64)] = &[("cam1", "broadcaster", 0), ("cam2", "broadcaster", 0)];
+    beat(&mut m, "ingest-1", live, 10);
+    let root = m.streams["cam1"].roots[0].to.clone();
+    let other_root = if root == "root-1" { "root-2" } else { "root-1" };
+    let edge = m.streams["cam1"].edges[0].to.clone();
+    let cam2 = m.streams["cam2"].clone();
+    // Reports about hops the reporter does not feed move nothing: the other root relay, the
+    // ingest, the other edge.
+    let other_edge = if edge == "edge-1" { "edge-2" } else { "edge-1" };
+    beat_stalled(&mut m, other_root, &[], &[("cam1", &edge)], 11);
+    beat_stalled(&mut m, "ingest-1", live, &[("cam1", &edge)], 11);
+    beat_stalled(&mut m, other_edge, &[], &[("cam1", &edge)], 11);
+    assert_eq!(m.path_dead(&edge, 11), vec![]);
+    assert_eq!(m.streams["cam1"].edges[0].from, root);
+    // Its own feed: the edge is probed, answers, and is fed by the other root relay.
+    beat_stalled(&mut m, &root, &[], &[("cam1", &edge)], 11);
+    let url = m.nodes[&edge].rtmp_url.clone();
+    assert_eq!(m.take_probes(), vec![(edge.clone(), url)]);
+    let by_route = m.streams["cam1"].edges[0].by_route;
+    let before = m.table_version(&edge);
+    assert_eq!(m.path_dead(&edge, 11), vec![("cam1".to_string(), other_root.to_string())]);
+    check(&m);
+    assert!(m.nodes[&edge].alive, "never evicted: it answers");
+    let p = &m.streams["cam1"];
+    assert!(p.roots.iter().any(|h| h.to == root), "the root relay keeps the stream: {p:?}");
+    assert!(p.roots.iter().any(|h| h.to == other_root), "placed on the other one for the edge: {p:?}");
+    let fed: Vec<&Hop> = p.edges.iter().filter(|h| h.to == edge).collect();
+    assert_eq!(fed.len(), 1, "one feed: {p:?}");
+    assert_eq!((fed[0].from.as_str(), fed[0].by_route), (other_root, by_route), "{p:?}");
+    assert!(m.table_version(&edge) > before, "the edge's table says so");
+    assert_eq!(m.streams["cam2"], cam2, "its other streams stay");
+    assert_eq!(m.path_dead(&edge, 11), vec![], "once");
+    // Placed again (a heartbeat): the extra root relay and the moved feed stay.
+    beat(&mut m, "ingest-1", live, 12);
+    assert_eq!(
+        m.streams["cam1"].edges.iter().find(|h| h.to == edge).map(|h| h.from.as_str()),
+        Some(other_root)
+    );
+}
+
+/// With two root relays on the stream, the cut edge is fed by the other one; nothing else
+/// changes. Without another live root relay, nothing moves.
+#[test]
+fn a_cut_edge_is_fed_by_the_streams_other_root_relay_or_stays() {
+    let mut m =
+        four(Config { heartbeat_interval_s: 1, node_timeout_s: 3, root_fanout: 2, ..Config::default() });
+    beat(&mut m, "ingest-1", LIVE, 10);
+    let roots = m.streams["cam1"].roots.clone();
+    assert_eq!(roots.len(), 2);
+    let edge = m.streams["cam1"].edges[0].to.clone();
+    let root = m.streams["cam1"].edges[0].from.clone();
+    let other_root = if root == "root-1" { "root-2" } else { "root-1" };
+    beat_stalled(&mut m, &root, &[], &[("cam1", &edge)], 11);
+    assert_eq!(m.path_dead(&edge, 11), vec![("cam1".to_string(), other_root.to_string())]);
+    check(&m);
+    let p = &m.streams["cam1"];
+    assert_eq!(p.roots, roots, "the root relays stay");
+    assert!(p.edges.iter().all(|h| h.to != edge || h.from == other_root), "{p:?}");
+    // The first root relay dies: the other's stalled push to the edge has nowhere to move.
+    for t in 12..20 {
+        beat(&mut m, other_root, &[], t);
+        beat(&mut m, &edge, &[], t);
+        beat(&mut m, "ingest-1", LIVE, t);
+    }
+    m.sweep(20);
+    assert!(!m.nodes[&root].alive);
+    beat_stalled(&mut m, other_root, &[], &[("cam1", &edge)], 20);
+    let p = m.streams["cam1"].clone();
+    assert_eq!(m.path_dead(&edge, 20), vec![]);
+    check(&m);
+    assert_eq!(m.streams["cam1"], p, "nothing moved");
 }
