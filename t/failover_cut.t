@@ -8,6 +8,10 @@
 # ingest's push hears nothing any more (mesh_push_timeout), is closed and reported `stalled` at
 # once; the master probes the root relay, which answers, so only that stream's hop moves to the
 # other root relay. The players are never disconnected and get media again; the gap is recorded.
+# Then the path root relay → edge is cut (the open push into the edge black-holed, the edge
+# alive and reachable by new connections): the root relay's push stalls and is reported, the
+# master probes the edge, which answers, so the edge's feed of the stream moves to another root
+# relay (placed on the stream for it). The watching RTMP player is never disconnected.
 
 use strict;
 use warnings;
@@ -30,13 +34,13 @@ my $token = $master->viewer_token('cam1');
 my (%node, %cut);
 for ([qw(ingest-1 ingest)], [qw(root-1 root_relay)], [qw(root-2 root_relay)], [qw(edge-1 relay)], [qw(edge-2 relay)]) {
 	my ($id, $role) = @$_;
-	# A root relay is pushed to through its path (PORT_3 → PORT_1).
-	my $root = $role eq 'root_relay';
+	# A root relay or an edge is pushed to through its path (PORT_3 → PORT_1).
+	my $cut = $role ne 'ingest';
 	my $t = Mesh::Node->under_master(id => $id, role => $role, master => $master,
-		extra => 'mesh_rtmp_url rtmp://127.0.0.1:%%PORT_' . ($root ? 3 : 1) . '%%;',
+		extra => 'mesh_rtmp_url rtmp://127.0.0.1:%%PORT_' . ($cut ? 3 : 1) . '%%;',
 		apps => 'application ' . ($role eq 'ingest' ? 'live' : 'relay') . ' { mesh on; live on; }',
 		($role eq 'relay' ? (hls => { mesh_rendition => 'source', mesh_manifest_wait => '30s' }) : ()));
-	$cut{$id} = Mesh::Cut->new(listen => $t->port(3), to => $t->port(1)) if $root;
+	$cut{$id} = Mesh::Cut->new(listen => $t->port(3), to => $t->port(1)) if $cut;
 	$t->run;
 	$node{$id} = $t;
 }
@@ -82,8 +86,27 @@ is($live->{roots}[0]{to}, $other_root, "fed through $other_root");
 ok((grep { $_->{to} eq $edge && $_->{from} eq $other_root && !$_->{by_route} } @{$live->{edges}}),
 	"$edge kept the stream, fed by $other_root") or diag(explain($live));
 ok(log_lines($node{$other_root}, qr/publish accepted: stream "cam1" from ingest-1/), "$other_root takes the push");
-$w->stop;
 $hls->stop;
+
+# The path root relay → edge is cut (the first root relay's path healed). The push into the
+# edge is read by no one and stays open; new connections (the probe, another push) get through.
+$cut{$root}->thaw;
+$cut{$edge}->freeze_open;
+$cut_at = time;
+ok(wait_until(sub { $w->video_since($cut_at + 0.5) > 30 }, 20), 'root → edge cut: the watching viewer gets media again')
+	or diag(explain($master->live), $node{$edge}->error_log);
+$back = time - $cut_at;
+ok(!$w->ended, 'and was never disconnected');
+$gap = $w->longest_gap($cut_at);
+note(sprintf('root → edge cut: %.1f s without video at the watching viewer (media back %.1f s after the cut)', $gap, $back));
+ok($w->video_since($cut_at + 0.5) > 30 && $gap < 8, 'media back within 8 s of the cut');
+ok(log_lines($node{$other_root}, qr/push of stream "cam1" to node "$edge" stalled/), "$other_root saw its push stall");
+like($master->log, qr/path dead.*(node=$edge.*to=$root|to=$root.*node=$edge)/, "the master moved the feed of $edge");
+unlike($master->log, qr/node dead.*node=$edge|node=$edge.*node dead/, "and never declared $edge dead");
+$live = $master->live->{cam1};
+ok((grep { $_->{to} eq $edge && $_->{from} eq $root } @{$live->{edges}}), "$edge kept the stream, fed by $root")
+	or diag(explain($live));
+$w->stop;
 
 kill 'TERM', $pub;
 reap($pub, 5);

@@ -4,8 +4,12 @@ package Mesh::Cut;
 # `freeze` cuts it as a dropped link does: nothing is forwarded either way any more, every
 # connection stays open (no FIN, no RST), and new connections are taken (the kernel's backlog
 # answers a connect, as a host behind a dead route would not; the node behind it answers anyone
-# else). `thaw` lets bytes flow again. Signals carry the orders (USR1 freeze, USR2 thaw); the
-# child leaves with POSIX::_exit (no destructor of the test's objects runs in it).
+# else). `thaw` lets bytes flow again. `freeze_open` cuts only the connections open now, as a
+# path from one peer does while others still get through (on one host all peers come from the
+# same address; the peer that holds the open connection is the one cut off): those are never
+# read again and stay open, new ones are forwarded. Signals carry the orders (USR1 freeze,
+# USR2 thaw, HUP freeze_open); the child leaves with POSIX::_exit (no destructor of the test's
+# objects runs in it).
 # Not frozen, the path is as alive as the node behind it: while nothing listens on the node's
 # port (it died), the path's port is closed too (a connect is refused, as the master's probe of
 # a dead node expects), and opened again when the node is back. Seen in /proc/net/tcp{,6}, so
@@ -29,17 +33,29 @@ sub new {
 	my $pid = fork() // die "fork: $!";
 	if (!$pid) {
 		my $frozen = 0;
+		my $cut_open = 0;
 		local $SIG{USR1} = sub { $frozen = 1 };
 		local $SIG{USR2} = sub { $frozen = 0 };
+		local $SIG{HUP} = sub { $cut_open = 1 };
 		local $SIG{TERM} = sub { _exit(0) };
 		my %peer;    # fileno → the socket at the other end
 		my %sock;    # fileno → socket
+		my @held;    # connections cut by freeze_open: kept open, never read
 		my $sel = IO::Select->new($ls);
 		my $looked = 0;
 		while (1) {
 			if ($frozen) {
 				select(undef, undef, undef, 0.05);
 				next;
+			}
+			if ($cut_open) {
+				$cut_open = 0;
+				for my $fd (keys %sock) {
+					push @held, $sock{$fd};
+					$sel->remove($sock{$fd});
+				}
+				%peer = ();
+				%sock = ();
 			}
 			if (time - $looked >= 0.2) {
 				$looked = time;
@@ -105,6 +121,7 @@ sub listening {
 
 sub freeze { kill 'USR1', $_[0]{pid} }
 sub thaw { kill 'USR2', $_[0]{pid} }
+sub freeze_open { kill 'HUP', $_[0]{pid} }
 
 sub stop {
 	my ($self) = @_;
