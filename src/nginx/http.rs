@@ -51,7 +51,7 @@ pub trait RequestExt {
 impl RequestExt for Request {
     fn query(&self) -> Cow<'_, str> {
         // SAFETY: the args of a live request point into its buffers (or are empty).
-        String::from_utf8_lossy(unsafe { str_bytes(&self.as_ref().args) })
+        text(unsafe { str_bytes(&self.as_ref().args) })
     }
 
     fn client(&self) -> String {
@@ -144,8 +144,14 @@ pub fn with_uri_args<T>(r: &mut Request, f: impl FnOnce(&mut Request, &str, &str
     // stay, unchanged, until the request is freed, which is after its handler (and `f`)
     // returns. The borrows end with `f`.
     let (uri, args) = unsafe { (str_bytes(&r.as_ref().uri), str_bytes(&r.as_ref().args)) };
-    let (uri, args) = (String::from_utf8_lossy(uri), String::from_utf8_lossy(args));
+    let (uri, args) = (text(uri), text(args));
     f(r, &uri, &args)
+}
+
+/// Bytes of a request as text: borrowed when UTF-8 (validated at the speed of
+/// `str::from_utf8`), else lossily copied.
+fn text(b: &[u8]) -> Cow<'_, str> {
+    std::str::from_utf8(b).map_or_else(|_| String::from_utf8_lossy(b), Cow::Borrowed)
 }
 
 /// Send `file` (opened by the caller: a regular file, `len` bytes, modified at `mtime`, unix
