@@ -77,7 +77,7 @@ pub enum Step {
 /// An entry-manifest request, while it is looked at and while it is held.
 pub struct Hold {
     stream: String,
-    file: MediaFile,
+    file: MediaFile<'static>,
     format: Format,
     token: Option<String>,
     client: String,
@@ -93,7 +93,7 @@ impl Hold {
     pub fn new(
         r: &Request,
         stream: String,
-        file: MediaFile,
+        file: MediaFile<'static>,
         format: Format,
         token: Option<String>,
         wait: ngx_msec_t,

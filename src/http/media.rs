@@ -11,8 +11,8 @@
 //! file ([`super::serve::serve_file`]). Every manifest served carries the viewer's token in its URLs,
 //! so a player needs only the entry URL.
 
-use mesh_core::manifest::query_token;
-use mesh_core::media::{parse_media_path, Cache, Format};
+use mesh_core::manifest::query_token_ref;
+use mesh_core::media::{parse_media_path, Cache, Format, MediaFile};
 use ngx::core::Status;
 use ngx::http::{HTTPStatus, HttpModuleLocationConf, HttpModuleMainConf, Request};
 
@@ -21,9 +21,9 @@ use super::playlist;
 use super::refusal::Refusal;
 use super::serve::{self, serve_file, serve_manifest};
 use super::token::{self, Check};
-use super::{cors, Module};
+use super::{cors, HttpMainConf, Module};
 use crate::nginx::ffi::*;
-use crate::nginx::http::{request, RequestExt};
+use crate::nginx::http::{request, with_uri_args, RequestExt};
 use crate::nginx::util::guard;
 use crate::transcode;
 
@@ -49,14 +49,31 @@ fn handle(r: &mut Request) -> Status {
         return HTTPStatus::INTERNAL_SERVER_ERROR.into();
     };
     cors::apply(r, lcf.origins.as_deref());
-    let uri = r.uri_text();
-    let (stream, file) = match parse_media_path(&lcf.prefix, &uri, format) {
-        Ok((s, f)) => (s.to_string(), f),
-        Err(e) => return Refusal::Path(e).send(r),
-    };
-    let token = query_token(&r.query());
+    // The path and query borrowed from the request (copied only for an entry manifest, which
+    // may be held): a segment's request allocates nothing on its way to the file.
+    with_uri_args(r, |r, uri, query| {
+        let (stream, file) = match parse_media_path(&lcf.prefix, uri, format) {
+            Ok(p) => p,
+            Err(e) => return Refusal::Path(e).send(r),
+        };
+        let token = query_token_ref(query);
+        serve(r, hcf, settings, format, stream, file, token.as_deref())
+    })
+}
+
+/// A request for `file` of `stream` with `token` (from its query), the path checked.
+fn serve(
+    r: &mut Request,
+    hcf: &HttpMainConf,
+    settings: &transcode::Settings,
+    format: Format,
+    stream: &str,
+    file: MediaFile<'_>,
+    token: Option<&str>,
+) -> Status {
     if file.entry {
-        let h = Hold::new(r, stream, file, format, token, hcf.wait);
+        let token = token.map(str::to_string);
+        let h = Hold::new(r, stream.to_string(), file.into_owned(), format, token, hcf.wait);
         return match hold::step(r, &h, true) {
             Step::Serve(t) => hold::serve(r, &h, t),
             Step::Fail(why) => why.send(r),
@@ -67,39 +84,37 @@ fn handle(r: &mut Request) -> Status {
     // keep wanted).
     let node = crate::conf::current_node();
     let now = crate::nginx::util::now();
-    let check = token::check(&node, &stream, token.as_deref(), now);
+    let check = token::check(&node, stream, token, now);
     match &check {
         Check::Good { .. } => {}
         Check::Missing => return Refusal::NoToken.send(r),
         Check::Refused(why) => return Refusal::Token(why.clone()).send(r),
         Check::NotServed => return Refusal::NoFile.send(r),
-        Check::Unknown if token.as_deref().is_none_or(str::is_empty) => return Refusal::NoToken.send(r),
+        Check::Unknown if token.is_none_or(str::is_empty) => return Refusal::NoToken.send(r),
         // No answer (never asked, or pushed out of a full cache by others' answers): asked
         // now, not held; 503 so that players retry (they give up on a 4xx), and the retry
         // finds the answer.
         Check::Unknown => {
-            token::ask(&node, &stream, token.as_deref(), r.client());
+            token::ask(&node, stream, token, r.client());
             return Refusal::NoAnswer.send(r);
         }
     }
-    if !node.role.serves_viewers() || !transcode::exists(&stream) {
+    if !node.role.serves_viewers() || !transcode::exists(stream) {
         return Refusal::NoFile.send(r);
     }
-    token::refresh(&node, &stream, token.as_deref(), &check, now, || r.client());
-    transcode::touch(&stream);
-    let opened = serve::open(&settings.root, &stream, &file.name);
+    token::refresh(&node, stream, token, &check, now, || r.client());
+    transcode::touch(stream);
+    let opened = serve::open(&settings.root, stream, &file.name);
     match file.cache {
         // An HLS playlist for a token: from the template of its version (`super::playlist`).
-        Cache::Manifest => match (format, token.as_deref().filter(|t| !t.is_empty())) {
+        Cache::Manifest => match (format, token.filter(|t| !t.is_empty())) {
             (Format::Hls, Some(t)) => {
-                let text = opened.and_then(|o| playlist::rewritten(&stream, &file.name, o, t));
+                let text = opened.and_then(|o| playlist::rewritten(stream, &file.name, o, t));
                 serve_manifest(r, text, &file, settings.segment_s, |t| t)
             }
             _ => {
                 let text = opened.and_then(serve::Opened::text);
-                serve_manifest(r, text, &file, settings.segment_s, |t| {
-                    hold::rewrite(format, &t, token.as_deref())
-                })
+                serve_manifest(r, text, &file, settings.segment_s, |t| hold::rewrite(format, &t, token))
             }
         },
         Cache::Segment => serve_file(r, opened, &file, settings.segment_s),

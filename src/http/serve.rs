@@ -12,8 +12,9 @@
 //! calls as a plain `root` location makes for a file (open, fstat, close).
 //! Names reach here validated (`mesh_core::media`): one component, no `/`.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -115,10 +116,29 @@ const RESOLVE_NO_SYMLINKS: u64 = 0x04;
 const RESOLVE_BENEATH: u64 = 0x08;
 const FILE_FLAGS: u32 = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC;
 
+/// Longest `<stream>/<name>` opened (a stream id and a file name are far shorter).
+const PATH_MAX: usize = 256;
+
+/// `<stream>/<name>\0` in `buf`: the C string for `openat2`.
+fn beneath_path<'b>(buf: &'b mut [u8; PATH_MAX], stream: &str, name: &str) -> io::Result<&'b CStr> {
+    let (s, n) = (stream.as_bytes(), name.as_bytes());
+    let len = s.len() + 1 + n.len();
+    if len >= PATH_MAX {
+        return Err(io::Error::from_raw_os_error(ENAMETOOLONG as i32));
+    }
+    buf[..s.len()].copy_from_slice(s);
+    buf[s.len()] = b'/';
+    buf[s.len() + 1..len].copy_from_slice(n);
+    buf[len] = 0;
+    CStr::from_bytes_with_nul(&buf[..=len]).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
 /// `stream/name` below `dir`, through no symlink.
 fn open_beneath(dir: &File, stream: &str, name: &str) -> io::Result<File> {
     if !NO_OPENAT2.load(Ordering::Relaxed) {
-        let path = CString::new(format!("{stream}/{name}"))?;
+        // `<stream>/<name>` NUL-terminated, on the stack (no allocation per request).
+        let mut buf = [0u8; PATH_MAX];
+        let path = beneath_path(&mut buf, stream, name)?;
         let how = OpenHow {
             flags: u64::from(FILE_FLAGS),
             mode: 0,
@@ -229,7 +249,7 @@ impl StreamDir {
 pub fn serve_manifest(
     r: &mut Request,
     text: Option<String>,
-    file: &MediaFile,
+    file: &MediaFile<'_>,
     segment_s: f64,
     rewrite: impl FnOnce(String) -> String,
 ) -> Status {
@@ -241,9 +261,12 @@ pub fn serve_manifest(
 
 /// A file sent as it is on disk (a segment), [`open`]ed: with the type and cache policy of
 /// `file`, as nginx's static module sends a file.
-pub fn serve_file(r: &mut Request, opened: Option<Opened>, file: &MediaFile, segment_s: f64) -> Status {
+pub fn serve_file(r: &mut Request, opened: Option<Opened>, file: &MediaFile<'_>, segment_s: f64) -> Status {
     let Some(o) = opened else { return Refusal::NoFile.send(r) };
     r.set_content_type(file.mime);
-    r.set_header("Cache-Control", &file.cache_control(segment_s));
+    match file.cache_control(segment_s) {
+        Cow::Borrowed(v) => r.set_static_header("Cache-Control", v),
+        Cow::Owned(v) => r.set_header("Cache-Control", &v),
+    }
     crate::nginx::http::send_file(r, o.file, &file.name, o.len, o.mtime)
 }

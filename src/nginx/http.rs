@@ -5,6 +5,7 @@
 //! Request handlers get a raw `ngx_http_request_t` from nginx and turn it into a `&mut Request`
 //! at once ([`request`]); nothing above this layer keeps the pointer.
 
+use std::borrow::Cow;
 use std::ptr::null_mut;
 
 use ngx::core::Status;
@@ -24,10 +25,9 @@ pub unsafe fn request<'a>(r: *mut ngx_http_request_t) -> &'a mut Request {
 
 /// What the layers above ask of a request beyond ngx's [`Request`].
 pub trait RequestExt {
-    /// The URI path (decoded by nginx), lossily as text.
-    fn uri_text(&self) -> String;
-    /// The query string (undecoded), lossily as text.
-    fn query(&self) -> String;
+    /// The query string (undecoded), lossily as text: borrowed from the request when it is
+    /// UTF-8.
+    fn query(&self) -> Cow<'_, str>;
     /// The client's address as text (what per-client caps count and the master is told).
     fn client(&self) -> String;
     /// GET or HEAD?
@@ -38,6 +38,8 @@ pub trait RequestExt {
     fn header_in(&self, name: &[u8]) -> Option<&[u8]>;
     /// Add a response header (nothing when the pool is exhausted: the send fails then).
     fn set_header(&mut self, name: &str, value: &str);
+    /// Add a response header whose name and value are constants: no copy, no allocation.
+    fn set_static_header(&mut self, name: &'static str, value: &'static str);
     /// The response's Content-Type.
     fn set_content_type(&mut self, mime: &'static str);
     /// A response with a body made here.
@@ -47,13 +49,9 @@ pub trait RequestExt {
 }
 
 impl RequestExt for Request {
-    fn uri_text(&self) -> String {
-        self.path().to_string_lossy().into_owned()
-    }
-
-    fn query(&self) -> String {
+    fn query(&self) -> Cow<'_, str> {
         // SAFETY: the args of a live request point into its buffers (or are empty).
-        String::from_utf8_lossy(unsafe { str_bytes(&self.as_ref().args) }).into_owned()
+        text(unsafe { str_bytes(&self.as_ref().args) })
     }
 
     fn client(&self) -> String {
@@ -77,6 +75,24 @@ impl RequestExt for Request {
 
     fn set_header(&mut self, name: &str, value: &str) {
         let _ = self.add_header_out(name, value);
+    }
+
+    fn set_static_header(&mut self, name: &'static str, value: &'static str) {
+        let s = |v: &'static str| ngx_str_t { len: v.len(), data: v.as_ptr().cast_mut() };
+        // SAFETY: the response headers' list of a live request; the element it returns (from
+        // the request's pool, or null when the pool is exhausted) is ours to fill. Static
+        // strings outlive the request and nginx only reads them; `hash` 1 marks the header
+        // set, as nginx's own headers filter adds one (output headers need no lowercase key).
+        unsafe {
+            let h = ngx_list_push(&mut self.as_mut().headers_out.headers).cast::<ngx_table_elt_t>();
+            if h.is_null() {
+                return;
+            }
+            *h = std::mem::zeroed();
+            (*h).hash = 1;
+            (*h).key = s(name);
+            (*h).value = s(value);
+        }
     }
 
     fn set_content_type(&mut self, mime: &'static str) {
@@ -118,6 +134,24 @@ impl RequestExt for Request {
         }
         self.respond(status, "text/plain", &format!("{why}\n"), "no-store")
     }
+}
+
+/// `f` with `r` and its URI path (decoded by nginx) and query (undecoded) as text, lossily:
+/// borrowed from the request's buffers when they are UTF-8 (no copy, no allocation).
+pub fn with_uri_args<T>(r: &mut Request, f: impl FnOnce(&mut Request, &str, &str) -> T) -> T {
+    // SAFETY: a live request's uri and args point into its header buffers or its pool (or
+    // are empty), not into the request struct that `f` may change through `r`; those bytes
+    // stay, unchanged, until the request is freed, which is after its handler (and `f`)
+    // returns. The borrows end with `f`.
+    let (uri, args) = unsafe { (str_bytes(&r.as_ref().uri), str_bytes(&r.as_ref().args)) };
+    let (uri, args) = (text(uri), text(args));
+    f(r, &uri, &args)
+}
+
+/// Bytes of a request as text: borrowed when UTF-8 (validated at the speed of
+/// `str::from_utf8`), else lossily copied.
+fn text(b: &[u8]) -> Cow<'_, str> {
+    std::str::from_utf8(b).map_or_else(|_| String::from_utf8_lossy(b), Cow::Borrowed)
 }
 
 /// Send `file` (opened by the caller: a regular file, `len` bytes, modified at `mtime`, unix

@@ -58,10 +58,17 @@ pub fn decode_query_value(v: &str) -> Option<String> {
 /// The first `token` parameter of a query string (with or without its `?`), decoded.
 /// `Some("")` for `token=` (present but empty); None when absent or undecodable.
 pub fn query_token(query: &str) -> Option<String> {
+    query_token_ref(query).map(Cow::into_owned)
+}
+
+/// [`query_token`], borrowed from `query` when the value has no escape (a token as the node
+/// writes it into its URLs: no allocation on a media request's path).
+pub fn query_token_ref(query: &str) -> Option<Cow<'_, str>> {
     let query = query.strip_prefix('?').unwrap_or(query);
     query.split('&').find_map(|pair| match pair.split_once('=') {
-        Some((TOKEN_PARAM, v)) => Some(decode_query_value(v)),
-        None if pair == TOKEN_PARAM => Some(Some(String::new())),
+        Some((TOKEN_PARAM, v)) if !v.contains('%') => Some(Some(Cow::Borrowed(v))),
+        Some((TOKEN_PARAM, v)) => Some(decode_query_value(v).map(Cow::Owned)),
+        None if pair == TOKEN_PARAM => Some(Some(Cow::Borrowed(""))),
         _ => None,
     })?
 }
@@ -449,6 +456,11 @@ mod tests {
         assert_eq!(query_token("tokens=1&xtoken=2"), None);
         assert_eq!(query_token(""), None);
         assert_eq!(query_token("token=%zz"), None, "undecodable: no token");
+        assert!(
+            matches!(query_token_ref("x=1&token=1.ab"), Some(Cow::Borrowed("1.ab"))),
+            "no escape: borrowed"
+        );
+        assert!(matches!(query_token_ref("token=a%2Fb"), Some(Cow::Owned(t)) if t == "a/b"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! One ffmpeg per stream: its dash muxer with `hls_playlist` writes `manifest.mpd` (DASH),
 //! `master.m3u8` + `media_N.m3u8` (HLS) and one set of fMP4 segments both point to.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::name::is_valid_id;
@@ -246,28 +247,45 @@ pub enum Cache {
     Segment,
 }
 
-/// A file a viewer may ask for.
+/// A file a viewer may ask for: its name borrowed from the request path while a request is
+/// looked at ([`parse_media_path`]), owned ([`MediaFile::into_owned`]) by what outlives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MediaFile {
-    pub name: String,
+pub struct MediaFile<'a> {
+    pub name: Cow<'a, str>,
     pub mime: &'static str,
     pub cache: Cache,
     /// The entry point of its format (master playlist, MPD): starts the transcode.
     pub entry: bool,
 }
 
-impl MediaFile {
+impl MediaFile<'_> {
+    /// The same file, its name owned.
+    pub fn into_owned(self) -> MediaFile<'static> {
+        MediaFile {
+            name: Cow::Owned(self.name.into_owned()),
+            mime: self.mime,
+            cache: self.cache,
+            entry: self.entry,
+        }
+    }
+
     /// `Cache-Control` for the file: `private`, as every one is served only with a viewer's
     /// token and a manifest carries that token in its URLs. A shared cache (a CDN set to ignore
     /// the query, as many are for segments) would otherwise serve them to anyone, tokenless,
     /// and hand one viewer's token to the next.
-    pub fn cache_control(&self, segment_s: f64) -> String {
+    /// A segment's is a constant (no allocation on the segment path).
+    pub fn cache_control(&self, segment_s: f64) -> Cow<'static, str> {
         match self.cache {
-            Cache::Manifest => format!("private, max-age={}", (segment_s / 2.0).floor().max(1.0) as u64),
-            Cache::Segment => "private, max-age=3600".into(),
+            Cache::Manifest => {
+                Cow::Owned(format!("private, max-age={}", (segment_s / 2.0).floor().max(1.0) as u64))
+            }
+            Cache::Segment => Cow::Borrowed(SEGMENT_CACHE_CONTROL),
         }
     }
 }
+
+/// `Cache-Control` of every segment.
+pub const SEGMENT_CACHE_CONTROL: &str = "private, max-age=3600";
 
 /// Why a media request is refused before it touches the filesystem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,8 +312,8 @@ fn digits(s: &str) -> bool {
 }
 
 /// Classify a file name of `format`: only names ffmpeg's dash muxer writes with our options.
-pub fn media_file(format: Format, name: &str) -> Option<MediaFile> {
-    let file = |mime, cache, entry| Some(MediaFile { name: name.to_string(), mime, cache, entry });
+pub fn media_file(format: Format, name: &str) -> Option<MediaFile<'_>> {
+    let file = |mime, cache, entry| Some(MediaFile { name: Cow::Borrowed(name), mime, cache, entry });
     let seg = |n: &str| {
         n.strip_prefix("init-").and_then(|r| r.strip_suffix(".m4s")).is_some_and(digits)
             || n.strip_prefix("chunk-")
@@ -321,7 +339,7 @@ pub fn parse_media_path<'a>(
     prefix: &str,
     path: &'a str,
     format: Format,
-) -> Result<(&'a str, MediaFile), MediaError> {
+) -> Result<(&'a str, MediaFile<'a>), MediaError> {
     let rest = path.strip_prefix(prefix).ok_or(MediaError::BadPath)?;
     let (stream, name) = rest.split_once('/').ok_or(MediaError::BadPath)?;
     if !is_valid_id(stream) {
