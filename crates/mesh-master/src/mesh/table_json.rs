@@ -27,6 +27,11 @@ impl<T: Serialize> Cached<T> {
         Cached { value, json: OnceLock::new() }
     }
 
+    /// The value, its JSON dropped.
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+
     /// The value as JSON.
     pub fn json(&self) -> &[u8] {
         self.json.get_or_init(|| serde_json::to_vec(&self.value).unwrap_or_default().into())
