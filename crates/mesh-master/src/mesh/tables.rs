@@ -14,7 +14,7 @@ use serde::Serialize;
 use mesh_core::role::Role;
 use mesh_core::viewer::ViewerKey;
 
-use super::table_json::{Cached, Entries};
+use super::table_json::{Cached, Entries, EntryJson};
 use super::{Hop, Mesh};
 
 /// One node's table as sent (the protocol's shape), without its version.
@@ -46,6 +46,8 @@ pub struct Entry {
     pub node_key: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    #[serde(skip)]
+    pub json: EntryJson,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -399,6 +401,7 @@ impl Mesh {
             node_url: self.nodes.get(&h.to).map(|n| n.node_url.clone()).unwrap_or_default(),
             node_key: h.key.clone(),
             from: with_from.then(|| h.from.clone()),
+            json: EntryJson::default(),
         }
     }
 
