@@ -9,7 +9,9 @@
 //! 3. 1,000 nodes and 10,000 streams, fan-out 1 and 100: the same decisions as in 1, and a
 //!    relay joining.
 //!
-//!     cargo run --release -p mesh-master --example placement_scale
+//!     cargo run --release -p mesh-master --example placement_scale [1|2|2b|3]...
+//!
+//! (the tables named, or all of them).
 
 use std::time::Instant;
 
@@ -132,6 +134,23 @@ fn decisions(m: &mut Mesh, per: &[Vec<String>]) -> [f64; 5] {
 }
 
 fn main() {
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let run = |t: &str| only.is_empty() || only.iter().any(|a| a == t);
+    if run("1") {
+        one();
+    }
+    if run("2") {
+        two();
+    }
+    if run("2b") {
+        joins();
+    }
+    if run("3") {
+        three();
+    }
+}
+
+fn one() {
     println!("1. 4 ingest nodes, 8 root relays, 80 edges\n");
     println!("| live streams | nodes | ingest heartbeat, nothing new | ingest heartbeat, one new stream | edge heartbeat | route request | root relay dies (its streams placed again) |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
@@ -141,6 +160,9 @@ fn main() {
         let [quiet, new, edge, route, death] = decisions(&mut m, &per);
         println!("| {n} | 92 | {quiet:.2} ms | {new:.2} ms | {edge:.2} ms | {route:.2} ms | {death:.2} ms |");
     }
+}
+
+fn two() {
     println!("\n2. fan-out to every relay: 4 ingest nodes, 8 root relays, 100 live streams\n");
     println!("| relays | one heartbeat makes 5 streams live | hops placed |");
     println!("|---:|---:|---:|");
@@ -156,6 +178,9 @@ fn main() {
         let hops: usize = m.streams().values().map(|p| p.roots.len() + p.edges.len()).sum();
         println!("| {relays} | {five:.2} ms | {hops} |");
     }
+}
+
+fn joins() {
     println!("\n2b. fan-out to every relay, relays joining after the streams are live (as in the load example): 20 ingest nodes, 50 root relays, 1,000 live streams\n");
     println!("| relays joined | the last 100 joins, each | hops placed |");
     println!("|---:|---:|---:|");
@@ -175,6 +200,9 @@ fn main() {
             }
         }
     }
+}
+
+fn three() {
     println!("\n3. 1,000 nodes (20 ingest nodes, 50 root relays, 930 edges), 10,000 live streams\n");
     println!("| edge fan-out | ingest heartbeat, nothing new | ingest heartbeat, one new stream | edge heartbeat | route request | root relay dies | a relay joins |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");

@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use mesh_core::role::Role;
 
-use super::tables::Tables;
+use super::tables::{Out, Tables};
 use super::{Hop, Mesh, Node, Placement};
 
 /// node → streams.
@@ -98,12 +98,13 @@ fn added(index: &mut Index, tables: &mut Tables, s: &str, ingest: &str, h: &Hop,
     }
     index.add_load(&h.to);
     index.join(&h.to, s);
-    tables.touch(s, &h.to);
     if edge {
         index.add_load(&h.from);
-        tables.touch(s, &h.from);
+        tables.touch_out(s, &h.from, Out::Add(h.clone()));
+        tables.touch_out(s, &h.to, Out::Add(h.clone()));
     } else {
         // The ingest's entry lists every root relay.
+        tables.touch(s, &h.to);
         tables.touch(s, ingest);
     }
 }
@@ -120,11 +121,12 @@ fn removed(index: &mut Index, tables: &mut Tables, s: &str, ingest: &str, h: &Ho
         }
     }
     index.sub_load(&h.to);
-    tables.touch(s, &h.to);
     if edge {
         index.sub_load(&h.from);
-        tables.touch(s, &h.from);
+        tables.touch_out(s, &h.from, Out::Remove { key: h.key.clone(), to: h.to.clone() });
+        tables.touch_out(s, &h.to, Out::Remove { key: h.key.clone(), to: h.to.clone() });
     } else {
+        tables.touch(s, &h.to);
         tables.touch(s, ingest);
     }
 }
@@ -228,7 +230,7 @@ impl Mesh {
         if !p.roots.iter().any(|h| h.to == to) {
             return None;
         }
-        let new = self.pick(Role::RootRelay, 1, &p.roots, None, None).pop()?;
+        let new = self.pick(s, Role::RootRelay, 1, &p.roots, None, None).pop()?;
         let p = self.streams.get_mut(s).expect("listed");
         // A placed hop like any other: its key kept (a restarted master hands it back).
         let key = self.keys.key_of(s, &p.ingest, &new);
@@ -398,7 +400,7 @@ impl Mesh {
         // A restarted master takes the root relays the stream had (their hop keys kept), so
         // that its pushes go on.
         let last_run = Some((s, p.ingest.as_str()));
-        for root in self.pick(Role::RootRelay, need, &p.roots, only, last_run) {
+        for root in self.pick(s, Role::RootRelay, need, &p.roots, only, last_run) {
             let p = self.streams.get_mut(s).expect("listed");
             let key = self.keys.key_of(s, &p.ingest, &root);
             let h = Hop { from: p.ingest.clone(), to: root, key, by_route: false, idle_since: None };
@@ -443,7 +445,7 @@ impl Mesh {
             let need = self.cfg.edge_fanout.saturating_sub(fanned);
             // Roots were missing: the edges were never placed, every relay is a candidate.
             let only = if had_roots { only } else { None };
-            let picked = self.pick(Role::Relay, need, &p.edges, only, None);
+            let picked = self.pick(s, Role::Relay, need, &p.edges, only, None);
             self.add_edges(s, picked.into_iter().map(|e| (e, false)).collect());
         }
         let p = &self.streams[s];
@@ -463,11 +465,10 @@ impl Mesh {
             return;
         }
         let Some(p) = self.streams.get_mut(s) else { return };
-        let mut per_root: Vec<(usize, String)> = p
-            .roots
-            .iter()
-            .map(|r| (p.edges.iter().filter(|e| e.from == r.to).count(), r.to.clone()))
-            .collect();
+        // With one root relay, every edge is fed by it: no need to count.
+        let count =
+            |r: &Hop| if p.roots.len() == 1 { 0 } else { p.edges.iter().filter(|e| e.from == r.to).count() };
+        let mut per_root: Vec<(usize, String)> = p.roots.iter().map(|r| (count(r), r.to.clone())).collect();
         for (edge, by_route) in edges {
             let Some(least) = per_root.iter_mut().min() else { return };
             least.0 += 1;
@@ -484,6 +485,7 @@ impl Mesh {
     /// that had a hop of it from there in the last run of the master come first.
     fn pick<'a>(
         &'a self,
+        s: &str,
         role: Role,
         need: usize,
         have: &[Hop],
@@ -493,8 +495,18 @@ impl Mesh {
         if need == 0 {
             return Vec::new();
         }
-        let taken: HashSet<&str> = have.iter().map(|h| h.to.as_str()).collect();
-        let fits = |n: &&Node| is_candidate(n) && n.role == role && !taken.contains(n.node_id.as_str());
+        // One candidate (a node that joined) is looked for in the stream's hops, not a set
+        // made of them: a join offered to 1,000 streams fanned out to 1,000 relays.
+        let taken: HashSet<&str> =
+            if only.is_some() { HashSet::new() } else { have.iter().map(|h| h.to.as_str()).collect() };
+        let on = |id: &str| match only {
+            // On a hop of `s` only if it takes part in `s` (mostly not: it just joined).
+            Some(_) => {
+                self.index.part.get(id).is_some_and(|set| set.contains(s)) && have.iter().any(|h| h.to == id)
+            }
+            None => taken.contains(id),
+        };
+        let fits = |n: &&Node| is_candidate(n) && n.role == role && !on(n.node_id.as_str());
         let had = |n: &Node| last_run.is_some_and(|(s, from)| self.keys.had(s, from, &n.node_id));
         let key = |n: &'a Node| {
             (!had(n), self.index.load(&n.node_id), n.load.out_kbps, n.load.connections, n.node_id.as_str())

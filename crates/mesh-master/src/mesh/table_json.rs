@@ -22,14 +22,72 @@ pub struct Cached<T> {
     json: OnceLock<Box<[u8]>>,
 }
 
-impl<T: Serialize> Cached<T> {
+/// How a kept part is written as JSON.
+pub trait ToJson {
+    fn to_json(&self) -> Vec<u8>;
+}
+
+impl<K: Serialize, V: Serialize> ToJson for std::collections::BTreeMap<K, V> {
+    fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// A list of entries from its entries' own JSON: a root relay's list of 1,000 edges that
+/// gained one is copied, not written again.
+impl ToJson for Vec<Arc<Entry>> {
+    fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(2 + self.iter().map(|e| e.json().len() + 1).sum::<usize>());
+        out.push(b'[');
+        for (i, e) in self.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(e.json());
+        }
+        out.push(b']');
+        out
+    }
+}
+
+/// An entry's JSON, written once; not part of what the entry is (equal whatever it holds).
+#[derive(Default, Clone)]
+pub struct EntryJson(OnceLock<Box<[u8]>>);
+
+impl PartialEq for EntryJson {
+    fn eq(&self, _: &EntryJson) -> bool {
+        true
+    }
+}
+
+impl Eq for EntryJson {}
+
+impl fmt::Debug for EntryJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("..")
+    }
+}
+
+impl Entry {
+    /// The entry as JSON.
+    pub fn json(&self) -> &[u8] {
+        self.json.0.get_or_init(|| serde_json::to_vec(self).unwrap_or_default().into())
+    }
+}
+
+impl<T: ToJson> Cached<T> {
     pub fn new(value: T) -> Cached<T> {
         Cached { value, json: OnceLock::new() }
     }
 
+    /// The value, its JSON dropped.
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+
     /// The value as JSON.
     pub fn json(&self) -> &[u8] {
-        self.json.get_or_init(|| serde_json::to_vec(&self.value).unwrap_or_default().into())
+        self.json.get_or_init(|| self.value.to_json().into())
     }
 }
 

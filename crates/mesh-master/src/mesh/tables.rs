@@ -6,7 +6,7 @@
 //! serializes it after.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -14,7 +14,7 @@ use serde::Serialize;
 use mesh_core::role::Role;
 use mesh_core::viewer::ViewerKey;
 
-use super::table_json::{Cached, Entries};
+use super::table_json::{Cached, Entries, EntryJson};
 use super::{Hop, Mesh};
 
 /// One node's table as sent (the protocol's shape), without its version.
@@ -46,6 +46,8 @@ pub struct Entry {
     pub node_key: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    #[serde(skip)]
+    pub json: EntryJson,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -70,7 +72,32 @@ pub(super) struct Tables {
     entries: RefCell<[HashMap<String, Arc<Entry>>; 2]>,
     /// More entries than this: those of hops that are gone are forgotten.
     entries_limit: usize,
+    /// stream → node → the edges that came or went at either end, in order: a root relay's
+    /// out-list and a relay's own entries are patched by them, not rebuilt (a relay joining 1,000 streams fanned out to 1,000
+    /// relays adds one entry to a list of 1,000 per stream, bench/README.md 3d).
+    outs: HashMap<String, HashMap<String, Vec<Out>>>,
 }
+
+/// A change to a node's edges of one stream (a root relay's out-list, a relay's own).
+#[derive(Debug)]
+pub(super) enum Out {
+    /// An edge fed by it, pushed last (`Placement::edges` order).
+    Add(Hop),
+    /// The edge with this key, to this node, went away.
+    Remove { key: String, to: String },
+}
+
+impl Out {
+    fn key(&self) -> &str {
+        match self {
+            Out::Add(h) => &h.key,
+            Out::Remove { key, .. } => key,
+        }
+    }
+}
+
+/// More changes than this to one out-list: it is rebuilt whole.
+const PATCH_MAX: usize = 32;
 
 impl Tables {
     pub(super) fn touch(&mut self, s: &str, id: &str) {
@@ -80,6 +107,21 @@ impl Tables {
             }
         } else {
             self.pairs.insert(s.to_string(), BTreeSet::from([id.to_string()]));
+        }
+    }
+
+    /// Node `id`'s edges of stream `s` changed by `out` (and nothing else of its entries for
+    /// `s`, else [`Tables::touch`]).
+    pub(super) fn touch_out(&mut self, s: &str, id: &str, out: Out) {
+        let per = match self.outs.get_mut(s) {
+            Some(per) => per,
+            None => self.outs.entry(s.to_string()).or_default(),
+        };
+        match per.get_mut(id) {
+            Some(v) => v.push(out),
+            None => {
+                per.insert(id.to_string(), vec![out]);
+            }
         }
     }
 
@@ -95,6 +137,9 @@ impl Tables {
         self.nodes.remove(id);
         for set in self.pairs.values_mut() {
             set.remove(id);
+        }
+        for per in self.outs.values_mut() {
+            per.remove(id);
         }
     }
 
@@ -125,7 +170,24 @@ impl Mesh {
                 changed.insert(id);
             }
         }
-        for (s, ids) in std::mem::take(&mut self.tables.pairs) {
+        let mut pairs = std::mem::take(&mut self.tables.pairs);
+        for (s, per) in std::mem::take(&mut self.tables.outs) {
+            for (id, outs) in per {
+                if pairs.get(&s).is_some_and(|ids| ids.contains(&id)) {
+                    continue; // rebuilt whole anyway
+                }
+                match (outs.len() <= PATCH_MAX).then(|| self.patch_out(&s, &id, outs)).flatten() {
+                    Some(true) => {
+                        changed.insert(id);
+                    }
+                    Some(false) => {}
+                    None => {
+                        pairs.entry(s.clone()).or_default().insert(id);
+                    }
+                }
+            }
+        }
+        for (s, ids) in pairs {
             for (id, slot) in self.slots(&s, ids) {
                 if self.write_entries(&s, &id, slot) {
                     changed.insert(id);
@@ -190,6 +252,65 @@ impl Mesh {
             };
         }
         true
+    }
+
+    /// Node `id`'s edges of stream `s` (a root relay's out-list, a relay's own edges: its
+    /// `relay` entries for `s`) patched by `outs`. Returns whether they changed, or None when
+    /// they cannot be patched (another role, or a root relay that is not one of `s` in its kept
+    /// table): then they are rebuilt whole.
+    fn patch_out(&mut self, s: &str, id: &str, outs: Vec<Out>) -> Option<bool> {
+        let role = self.nodes.get(id)?.role;
+        if !self.streams.contains_key(s) {
+            return None;
+        }
+        let (_, doc) = self.tables.docs.get(id)?;
+        match role {
+            Role::RootRelay => doc.ingest.get(s).map(drop)?,
+            Role::Relay => {}
+            _ => return None,
+        }
+        // An edge that came and went in the same change may leave the list as it was: compared.
+        let mut seen = HashSet::new();
+        let back = outs.iter().any(|o| !seen.insert(o.key()));
+        if back {
+            let old = doc.relay.get(s);
+            let mut v: Vec<Arc<Entry>> = old.map(|e| (***e).clone()).unwrap_or_default();
+            self.apply(&mut v, outs);
+            if old.map_or(v.is_empty(), |e| ***e == v) {
+                return Some(false);
+            }
+            self.set_relay(s, id, v);
+            return Some(true);
+        }
+        // Each edge came or went once: the list changed. Taken, not copied, when no older
+        // version holds it.
+        let (_, doc) = self.tables.docs.get_mut(id)?;
+        let kept = Arc::make_mut(doc).relay.remove(s);
+        let mut v = kept
+            .map(|e| Arc::try_unwrap(e).map_or_else(|e| (**e).clone(), Cached::into_inner))
+            .unwrap_or_default();
+        self.apply(&mut v, outs);
+        self.set_relay(s, id, v);
+        Some(true)
+    }
+
+    fn apply(&self, v: &mut Vec<Arc<Entry>>, outs: Vec<Out>) {
+        for out in outs {
+            match out {
+                Out::Add(h) => v.push(self.entry(&h, true)),
+                Out::Remove { key, to } => v.retain(|e| e.node_key != key || e.node_id != to),
+            }
+        }
+    }
+
+    fn set_relay(&mut self, s: &str, id: &str, v: Vec<Arc<Entry>>) {
+        let Some((_, doc)) = self.tables.docs.get_mut(id) else { return };
+        let d = Arc::make_mut(doc);
+        if v.is_empty() {
+            d.relay.remove(s);
+        } else {
+            d.relay.insert(Arc::from(s), Arc::new(Cached::new(v)));
+        }
     }
 
     /// What the tables of `ids` say of one stream, from one pass over the stream's hops.
@@ -280,6 +401,7 @@ impl Mesh {
             node_url: self.nodes.get(&h.to).map(|n| n.node_url.clone()).unwrap_or_default(),
             node_key: h.key.clone(),
             from: with_from.then(|| h.from.clone()),
+            json: EntryJson::default(),
         }
     }
 

@@ -141,3 +141,56 @@ fn a_root_relay_death_keeps_the_edges_and_moves_their_feed() {
     let e = &m.streams["cam1"].edges[0];
     assert_eq!((e.to.as_str(), e.from.as_str()), ("edge-1", "root-1"));
 }
+
+/// Relays joining and leaving streams fanned out to every relay, with one and two root relays
+/// per stream: each root relay's out-list and each relay's own entries are patched by the
+/// edges that came or went (in place, or copied when an older version is held by a reader),
+/// and never differ from a fresh render; a held version never changes.
+#[test]
+fn patched_edge_lists_match_a_fresh_render_as_relays_join_and_leave() {
+    for roots in [1, 2] {
+        let cfg =
+            Config { root_fanout: roots, edge_fanout: usize::MAX, node_timeout_s: 5, ..Config::default() };
+        let mut m = mesh(cfg);
+        announce(&mut m, "ingest-1", Role::Ingest, 1935);
+        announce(&mut m, "root-1", Role::RootRelay, 1936);
+        announce(&mut m, "root-2", Role::RootRelay, 1937);
+        let live = [("cam1", "broadcaster", 0), ("cam2", "broadcaster", 0)];
+        beat(&mut m, "ingest-1", &live, 1);
+        let mut held = Vec::new();
+        for i in 0..80u16 {
+            let id = format!("edge-{i:02}");
+            announce(&mut m, &id, Role::Relay, 2000 + i);
+            if i % 7 == 0 {
+                for id in ["root-1", "root-2", id.as_str()] {
+                    let (v, doc) = m.table(id).expect("a table");
+                    held.push((v, (*doc).clone(), doc));
+                }
+            }
+        }
+        assert!(m.streams.values().all(|p| p.edges.len() == 80));
+        // An edge moves (a new URL: new hops), another comes back the same (nothing changes).
+        announce(&mut m, "edge-05", Role::Relay, 2999);
+        announce(&mut m, "edge-06", Role::Relay, 2006);
+        // root-1 and two edges die: with two root relays, root-2 feeds all 78 edges left
+        // (more than a patch takes at once); with one, each stream's edges move as one.
+        for id in m.nodes.keys().cloned().collect::<Vec<_>>() {
+            if !["root-1", "edge-10", "edge-11"].contains(&id.as_str()) {
+                let l: &[(&str, &str, u64)] = if id == "ingest-1" { &live } else { &[] };
+                beat(&mut m, &id, l, 10);
+            }
+        }
+        m.sweep(10);
+        check(&m);
+        assert!(m
+            .streams
+            .values()
+            .all(|p| p.edges.len() == 78 && p.edges.iter().all(|h| h.from == "root-2")));
+        // A stream ends and comes back: every list goes and is made again.
+        beat(&mut m, "ingest-1", &live[..1], 11);
+        beat(&mut m, "ingest-1", &live, 12);
+        for (v, was, doc) in held {
+            assert_eq!(*doc, was, "version {v} changed while held");
+        }
+    }
+}
