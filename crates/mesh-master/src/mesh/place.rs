@@ -276,7 +276,7 @@ impl Mesh {
         let new = match other {
             Some((_, r)) => r,
             None => {
-                let root = self.pick(Role::RootRelay, 1, &p.roots, None, None).pop()?;
+                let root = self.pick(s, Role::RootRelay, 1, &p.roots, None, None).pop()?;
                 let p = self.streams.get_mut(s).expect("listed");
                 let key = self.keys.key_of(s, &p.ingest, &root);
                 let h =
