@@ -63,6 +63,10 @@ trap stop INT TERM EXIT
 pids+=($!)
 for _ in $(seq 50); do curl -sf --cacert "$ca" "$murl/healthz" >/dev/null && break; sleep 0.1; done
 curl -sf --cacert "$ca" "$murl/healthz" >/dev/null || { echo "mesh-master did not start: see $run/master.log" >&2; exit 1; }
+# The master refuses requests signed in the second it started in (a request recorded before a
+# crash cannot be replayed to it): the nodes start in the next one.
+started=$(date +%s)
+while [ "$(date +%s)" = "$started" ]; do sleep 0.05; done
 
 start_node() { # id role rtmp-port http-port
 	local conf
